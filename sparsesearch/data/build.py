@@ -1,0 +1,229 @@
+"""``build_dataset``: a dataset from a spec string; ``make_loader``: a deterministic, resumable DataLoader."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterator, Sized
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from sparsesearch.data.folders import (
+    IMAGE_EXTENSIONS,
+    ImageFolderClassification,
+    SegmentationFolder,
+    find_segmentation_dirs,
+)
+from sparsesearch.data.synthetic import SparseScenes
+from sparsesearch.data.transforms import Size
+from sparsesearch.errors import DataError
+
+__all__ = ["build_dataset", "make_loader", "EpochSampler", "DEFAULT_SYNTHETIC_SIZE", "SPLIT_ALIASES"]
+
+#: train items of the spec "synthetic" (val/test get max(16, N // 4)).
+DEFAULT_SYNTHETIC_SIZE = 256
+#: folder names accepted for each split.
+SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
+    "train": ("train", "training"),
+    "val": ("val", "validation", "valid"),
+    "test": ("test", "testing"),
+}
+TASKS = ("seg", "cls")
+
+
+def _synthetic(spec: str, split: str, size: Size, seed: int, num_classes: int | None, kw: dict[str, Any]) -> SparseScenes:
+    _, _, count = spec.partition(":")
+    n = DEFAULT_SYNTHETIC_SIZE
+    if count:
+        try:
+            n = int(count)
+        except ValueError:
+            n = -1
+        if n < 1:
+            raise DataError(f"bad data spec {spec!r}: use 'synthetic' or 'synthetic:N' with N >= 1 train images")
+    if split != "train":
+        n = max(16, n // 4)
+    kw.setdefault("hflip", split == "train")
+    return SparseScenes(n, size, num_classes=num_classes or 4, seed=seed, split=split, **kw)
+
+
+def _has_class_dirs(root: Path) -> bool:
+    exts = set(IMAGE_EXTENSIONS)
+    for d in root.iterdir():
+        if d.is_dir() and not d.name.startswith("."):
+            if any(p.suffix.lower() in exts for p in d.rglob("*")):
+                return True
+    return False
+
+
+def _find_split(root: Path, split: str) -> tuple[Path | None, list[str]]:
+    """The folder of ``split`` under ``root`` and the names of all split folders found there."""
+    found = [n for names in SPLIT_ALIASES.values() for n in names if (root / n).is_dir()]
+    wanted = next((root / n for n in SPLIT_ALIASES[split] if (root / n).is_dir()), None)
+    return wanted, found
+
+
+def build_dataset(
+    spec: str,
+    split: str,
+    size: Size,
+    *,
+    task: str | None = None,
+    seed: int = 0,
+    num_classes: int | None = None,
+    **kw: Any,
+) -> tuple[Dataset[Any], str]:
+    """Build the ``split`` ("train", "val" or "test") of the dataset named by ``spec``.
+
+    ``spec``:
+      * ``"synthetic"`` or ``"synthetic:N"``: :class:`SparseScenes` with N train items (default
+        :data:`DEFAULT_SYNTHETIC_SIZE`) and ``max(16, N // 4)`` val/test items; flips on for train.
+      * a directory, layout auto-detected. If it holds split folders (``train``/``val``, also
+        ``training``/``validation``), the one for ``split`` is used (DataError if it is missing). Then
+        ``images/`` + ``labels/`` (or ``img_dir``/``ann_dir``, ``annotations``) -> segmentation
+        (:class:`SegmentationFolder`; a ``images/<split>`` + ``labels/<split>`` layout is also found);
+        class sub-folders holding images -> classification (:class:`ImageFolderClassification`).
+        A directory without split folders serves the same images for every split.
+
+    ``task`` ("seg"/"cls") forces the task; a layout of the other kind is a DataError. Train datasets get
+    random augmentation, others the deterministic eval transform. Extra ``kw`` go to the dataset class.
+
+    Returns ``(dataset, task)``; items are (image (3, H, W) float32, mask (H, W) int64) for "seg" and
+    (image (3, H, W) float32, int) for "cls".
+    """
+    if split not in SPLIT_ALIASES:
+        raise ValueError(f"split must be one of {sorted(SPLIT_ALIASES)}, got {split!r}")
+    if task is not None and task not in TASKS:
+        raise DataError(f"unknown task {task!r}; use 'seg' (segmentation) or 'cls' (classification)")
+    train = split == "train"
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        if task == "cls":
+            raise DataError("the synthetic data set is a segmentation set; use --task seg or a classification folder")
+        return _synthetic(spec, split, size, seed, num_classes, kw), "seg"
+
+    root = Path(spec).expanduser()
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist; pass 'synthetic[:N]' or an existing directory")
+    if not root.is_dir():
+        raise DataError(f"data path {root} is not a directory; pass 'synthetic[:N]' or a dataset directory")
+    split_dir, found = _find_split(root, split)
+    if found:
+        if split_dir is None:
+            names = "/".join(SPLIT_ALIASES[split])
+            raise DataError(f"data folder {root} has split folders ({', '.join(found)}) but no {names} folder")
+        root = split_dir
+
+    detected: str | None = None
+    subdir: str | None = None
+    seg_dirs = find_segmentation_dirs(root)
+    if seg_dirs is not None:
+        detected = "seg"
+        img_split, img_found = _find_split(seg_dirs[0], split)
+        if img_found:
+            if img_split is None:
+                raise DataError(
+                    f"image folder {seg_dirs[0]} has split folders ({', '.join(img_found)}) but no "
+                    f"{'/'.join(SPLIT_ALIASES[split])} folder"
+                )
+            subdir = img_split.name
+    elif _has_class_dirs(root):
+        detected = "cls"
+    if detected is None:
+        raise DataError(
+            f"cannot tell the layout of data folder {root}: expected images/ + labels/ (segmentation), "
+            "one sub-folder of images per class (classification), or train/ and val/ folders of either"
+        )
+    if task is not None and task != detected:
+        kind = {"seg": "segmentation", "cls": "classification"}[detected]
+        raise DataError(f"data folder {root} looks like a {kind} set but task {task!r} was asked for")
+
+    if detected == "seg":
+        ds_seg = SegmentationFolder(root, size, train=train, num_classes=num_classes, seed=seed, subdir=subdir, **kw)
+        return ds_seg, "seg"
+    ds_cls = ImageFolderClassification(root, size, train=train, seed=seed, **kw)
+    if num_classes is not None and num_classes != ds_cls.num_classes:
+        raise DataError(
+            f"data folder {root} has {ds_cls.num_classes} class folders but num_classes={num_classes} was given"
+        )
+    return ds_cls, "cls"
+
+
+def _mix(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, np.uint32)[0])
+
+
+class EpochSampler(Sampler[int]):
+    """Indices of one epoch for one rank: order fixed by (seed, epoch), optionally starting part-way in.
+
+    With ``shuffle`` the order is a permutation drawn from (seed, epoch) alone; without it, 0..n-1. For
+    ``world_size`` > 1 the order is padded by wrapping round to a multiple of ``world_size`` and rank r
+    takes positions r, r + world_size, ... (as DistributedSampler does), so every rank gets the same count.
+    ``start`` skips the first ``start`` indices of this rank (resuming mid-epoch).
+    """
+
+    def __init__(
+        self, n: int, shuffle: bool, seed: int, epoch: int = 0, rank: int = 0, world_size: int = 1, start: int = 0
+    ) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, epoch
+        self.rank, self.world_size, self.start = rank, world_size, max(0, start)
+        self.per_rank = math.ceil(n / world_size) if n else 0
+
+    def __iter__(self) -> Iterator[int]:
+        if self.n == 0:
+            return iter(())
+        if self.shuffle:
+            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        total = self.per_rank * self.world_size
+        while len(order) < total:
+            order += order[: total - len(order)]
+        return iter(order[self.rank : total : self.world_size][self.start :])
+
+    def __len__(self) -> int:
+        return max(0, self.per_rank - self.start)
+
+
+def make_loader(
+    dataset: Dataset[Any],
+    batch: int,
+    shuffle: bool,
+    seed: int = 0,
+    workers: int = 0,
+    drop_last: bool = False,
+    *,
+    epoch: int = 0,
+    skip_batches: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+) -> DataLoader[Any]:
+    """A DataLoader over one epoch whose batches depend on (dataset, seed, epoch) alone.
+
+    Build one loader per epoch. The order comes from an :class:`EpochSampler` seeded with (seed, epoch);
+    the dataset's own random augmentation is drawn per item from (its seed, epoch, index) after
+    ``dataset.set_epoch(epoch)`` is called here; so the batches do not depend on ``workers``, and a run
+    resumed at (epoch, skip_batches) sees exactly the batches an uninterrupted run would. For DDP pass
+    ``rank``/``world_size``: the ranks split the epoch's order and get equal batch counts.
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    set_epoch = getattr(dataset, "set_epoch", None)
+    if callable(set_epoch):
+        set_epoch(epoch)
+    n = len(dataset) if isinstance(dataset, Sized) else 0
+    sampler = EpochSampler(n, shuffle, seed, epoch, rank, world_size, start=skip_batches * batch)
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(_mix(seed, epoch)),
+        persistent_workers=False,
+    )

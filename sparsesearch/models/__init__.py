@@ -1,0 +1,18 @@
+"""Prunable backbones, heads, the registry and checkpoint loading."""
+from . import zoo  # noqa: F401  (registers the models)
+from .checkpoint import convert_state_dict, load_checkpoint, read_state_dict
+from .registry import create_model, list_models, model_defaults, register_model
+from .swin import SwinBlock, SwinStage, SwinTransformer
+
+__all__ = [
+    "SwinTransformer",
+    "SwinStage",
+    "SwinBlock",
+    "create_model",
+    "list_models",
+    "model_defaults",
+    "register_model",
+    "load_checkpoint",
+    "read_state_dict",
+    "convert_state_dict",
+]

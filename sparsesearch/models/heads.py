@@ -1,0 +1,50 @@
+"""Task heads: timm-style classifier and a light FPN segmentation head."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ClassifierHead", "FPNSegHead"]
+
+
+class ClassifierHead(nn.Module):
+    """Global average pool over (H, W) of NHWC features, then `fc` (timm's `head.fc`)."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, num_classes)."""
+        return self.fc(x.mean(dim=(1, 2)))
+
+
+class FPNSegHead(nn.Module):
+    """Light FPN (Panoptic-FPN style) semantic segmentation head over stride 4/8/16/32 NHWC features.
+
+    Lateral 1x1 projections, top-down sum, one 3x3 conv per level, upsample-and-sum to stride 4,
+    a 1x1 classifier, bilinear upsample to the input size.
+    """
+
+    def __init__(self, in_dims: Sequence[int], num_classes: int, dim: int = 128) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList([nn.Conv2d(c, dim, 1) for c in in_dims])
+        self.smooth = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.GroupNorm(8, dim), nn.GELU()) for _ in in_dims]
+        )
+        self.classifier = nn.Conv2d(dim, num_classes, 1)
+
+    def forward(self, feats: Sequence[torch.Tensor], out_size: Sequence[int]) -> torch.Tensor:
+        """feats: NHWC per stage, finest first; returns (B, num_classes, *out_size) logits."""
+        lat = [conv(f.permute(0, 3, 1, 2)) for conv, f in zip(self.lateral, feats)]
+        for i in range(len(lat) - 1, 0, -1):
+            lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[-2:], mode="nearest")
+        size = lat[0].shape[-2:]
+        fused = sum(
+            F.interpolate(s(l), size=size, mode="bilinear", align_corners=False) if i else s(l)
+            for i, (s, l) in enumerate(zip(self.smooth, lat))
+        )
+        return F.interpolate(self.classifier(fused), size=tuple(out_size), mode="bilinear", align_corners=False)

@@ -1,0 +1,117 @@
+"""Building blocks shared by the windowed transformers (timm-compatible parameter names)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import relative_position_index
+
+__all__ = ["Mlp", "DropPath", "WindowAttention", "PatchEmbed", "PatchMerging"]
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU -> fc2 (timm's `Mlp`, same names)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., C) -> (..., C)."""
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: zero a sample's residual branch with probability p (training only)."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+        """x: (B*g, ...) where every group of g consecutive rows belongs to one of `batch` samples (g=1 if None)."""
+        if self.p == 0.0 or not self.training:
+            return x
+        b = batch if batch is not None else x.shape[0]
+        keep = x.new_empty(b).bernoulli_(1.0 - self.p).div_(1.0 - self.p)
+        keep = keep.repeat_interleave(x.shape[0] // b)
+        return x * keep.view(-1, *([1] * (x.dim() - 1)))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows, with a relative position bias shared across window sizes.
+
+    The bias table is sized for the largest window the stage can take (`max_window`); a smaller window reads
+    the centre crop of it.
+    """
+
+    def __init__(self, dim: int, num_heads: int, max_window: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.max_window = max_window
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * max_window - 1) ** 2, num_heads))
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def position_bias(self, wh: int, ww: int) -> torch.Tensor:
+        """(heads, N, N) bias for a wh x ww window."""
+        idx = relative_position_index(wh, ww, self.max_window, self.relative_position_bias_table.device)
+        n = wh * ww
+        return self.relative_position_bias_table[idx.view(-1)].view(n, n, -1).permute(2, 0, 1)
+
+    def forward(self, x: torch.Tensor, wh: int, ww: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (Bw, N, C) windows; mask: (Bw, N, N) additive or None. Returns (Bw, N, C)."""
+        Bw, N, C = x.shape
+        qkv = self.qkv(x).reshape(Bw, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = self.position_bias(wh, ww).unsqueeze(0).to(q.dtype)  # (1, heads, N, N)
+        if mask is not None:
+            bias = bias + mask.unsqueeze(1).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.expand(Bw, -1, -1, -1))
+        return self.proj(out.transpose(1, 2).reshape(Bw, N, C))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch embedding to NHWC; the input is zero-padded to a multiple of the patch size."""
+
+    def __init__(self, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, ceil(H/p), ceil(W/p), C)."""
+        H, W = x.shape[-2:]
+        p = self.patch_size
+        if H % p or W % p:
+            x = F.pad(x, (0, (p - W % p) % p, 0, (p - H % p) % p))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbourhood concat -> LayerNorm -> Linear(4C, 2C); odd sizes are zero-padded (timm layout)."""
+
+    def __init__(self, dim: int, out_dim: int | None = None) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, out_dim or 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C)."""
+        B, H, W, C = x.shape
+        if H % 2 or W % 2:
+            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+            H, W = x.shape[1:3]
+        # channel order (w offset, h offset, C) == Microsoft's cat(x0, x1, x2, x3)
+        x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        return self.reduction(self.norm(x))

@@ -1,0 +1,56 @@
+"""Model registry: names -> constructors, timm-style."""
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Callable
+
+from torch import nn
+
+from ..errors import SparseSearchError
+
+__all__ = ["register_model", "create_model", "list_models", "model_defaults"]
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_DEFAULTS: dict[str, dict[str, Any]] = {}
+
+
+def register_model(name: str, **defaults: Any) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register `fn(**kwargs) -> nn.Module` under `name`; `defaults` records its architecture arguments."""
+
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _REGISTRY[name] = fn
+        _DEFAULTS[name] = dict(defaults)
+        return fn
+
+    return wrap
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern, sorted."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """The architecture arguments a registered model is built with."""
+    _check(name)
+    return dict(_DEFAULTS[name])
+
+
+def _check(name: str) -> None:
+    if name not in _REGISTRY:
+        close = [n for n in _REGISTRY if name.split("_")[0] in n]
+        hint = f" (did you mean one of {', '.join(close)}?)" if close else ""
+        raise SparseSearchError(f"unknown model {name!r}{hint}; sparsesearch.list_models() lists them")
+
+
+def create_model(name: str, checkpoint: str | None = None, **kwargs: Any) -> nn.Module:
+    """Build a registered model; kwargs override its defaults. `checkpoint` loads weights (timm/Microsoft
+    format, .pth or .safetensors) with `sparsesearch.load_checkpoint`."""
+    _check(name)
+    model = _REGISTRY[name](**kwargs)
+    model.model_name = name  # type: ignore[attr-defined]
+    if checkpoint is not None:
+        from .checkpoint import load_checkpoint  # noqa: PLC0415
+
+        load_checkpoint(model, checkpoint)
+    return model

@@ -1,0 +1,302 @@
+"""Window-prunable Swin Transformer, NHWC, with timm's module and parameter names.
+
+Every block can skip its least important windows (DESIGN.md, "Window pruning, per block"); every stage can run
+at any window size up to the one its relative position table was built for.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ..config import SparsityConfig
+from ..ops import WindowGeometry
+from .heads import ClassifierHead, FPNSegHead
+from .layers import DropPath, Mlp, PatchEmbed, PatchMerging, WindowAttention
+
+__all__ = ["SwinBlock", "SwinStage", "SwinTransformer"]
+
+
+def _window_partition(x: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
+    """(B, Hp, Wp, C) -> (B*nW, wh*ww, C), windows row-major."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // wh, wh, W // ww, ww, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, wh * ww, C)
+
+
+def _window_reverse(w: torch.Tensor, wh: int, ww: int, H: int, W: int) -> torch.Tensor:
+    """(B*nW, wh*ww, C) -> (B, H, W, C) for the padded H, W."""
+    C = w.shape[-1]
+    x = w.view(-1, H // wh, W // ww, wh, ww, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, H, W, C)
+
+
+class SwinBlock(nn.Module):
+    """One (shifted) window attention block that can prune windows.
+
+    `sparsity` (a float in [0, 1)) and `window_size` are set by the owning model's `set_config`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int,
+        max_window: int,
+        shifted: bool,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.shifted = shifted
+        self.window_size = window_size
+        self.sparsity = 0.0
+        self.kernel_backend: str | None = None  # None: ops dispatch decides
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, max_window, qkv_bias)
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path2 = DropPath(drop_path)
+
+    def geometry(self, H: int, W: int) -> WindowGeometry:
+        return WindowGeometry.create(H, W, self.window_size, self.shifted)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C)."""
+        geom = self.geometry(x.shape[1], x.shape[2])
+        if self.sparsity > 0.0:
+            k = ops.keep_count(self.sparsity, geom.num_windows)
+            if k < geom.num_windows:
+                return self._forward_pruned(x, geom, k)
+        return self._forward_dense(x, geom)
+
+    def _forward_dense(self, x: torch.Tensor, g: WindowGeometry) -> torch.Tensor:
+        B, H, W, C = x.shape
+        y = self.norm1(x)
+        if g.shifted:
+            y = torch.roll(y, shifts=(-g.sh, -g.sw), dims=(1, 2))
+        if g.padded:
+            y = F.pad(y, (0, 0, 0, g.Wp - W, 0, g.Hp - H))
+        windows = _window_partition(y, g.wh, g.ww)
+        mask = ops.shift_mask(g, x.device)
+        if mask is not None:
+            mask = mask.repeat(B, 1, 1)
+        y = self.attn(windows, g.wh, g.ww, mask)
+        y = _window_reverse(y, g.wh, g.ww, g.Hp, g.Wp)[:, :H, :W]
+        if g.shifted:
+            y = torch.roll(y, shifts=(g.sh, g.sw), dims=(1, 2))
+        x = x + self.drop_path1(y)
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+    def _forward_pruned(self, x: torch.Tensor, g: WindowGeometry, k: int) -> torch.Tensor:
+        B = x.shape[0]
+        scores = ops.score_windows(x, g, self.kernel_backend)
+        idx = ops.select_windows(scores, k)  # (B, k)
+        windows = ops.gather_windows(x, idx, g, self.kernel_backend)  # (B*k, N, C)
+        y = self.norm1(windows)
+        if g.padded:  # padded positions enter attention as zeros after norm1, as in the dense path
+            valid = ops.token_index(g, x.device)[idx] < g.H * g.W  # (B, k, N)
+            y = y * valid.view(B * k, -1, 1).to(y.dtype)
+        mask = ops.shift_mask(g, x.device)
+        if mask is not None:
+            mask = mask[idx.reshape(-1)]
+        windows = windows + self.drop_path1(self.attn(y, g.wh, g.ww, mask), B)
+        windows = windows + self.drop_path2(self.mlp(self.norm2(windows)), B)
+        return ops.scatter_windows(x, windows, idx, g, self.kernel_backend)
+
+
+class SwinStage(nn.Module):
+    """Optional patch merging, then `depth` blocks alternating regular and shifted windows."""
+
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        max_window: int,
+        downsample: bool,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: Sequence[float] = (),
+    ) -> None:
+        super().__init__()
+        self.dim = out_dim
+        self.max_window = max_window
+        self.downsample = PatchMerging(dim, out_dim) if downsample else nn.Identity()
+        dpr = list(drop_path) or [0.0] * depth
+        self.blocks = nn.Sequential(
+            *[
+                SwinBlock(out_dim, num_heads, window_size, max_window, i % 2 == 1, mlp_ratio, qkv_bias, dpr[i])
+                for i in range(depth)
+            ]
+        )
+
+    @property
+    def window_size(self) -> int:
+        return self.blocks[0].window_size
+
+    @window_size.setter
+    def window_size(self, value: int) -> None:
+        for blk in self.blocks:
+            blk.window_size = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C_in) -> (B, H', W', C_out)."""
+        return self.blocks(self.downsample(x))
+
+
+class SwinTransformer(nn.Module):
+    """Swin Transformer backbone with optional classification or segmentation head.
+
+    Args:
+        img_size: default input size (informational: any size is accepted at forward time).
+        window_size: per-stage default window (int or 4 values).
+        max_window_size: per-stage size the relative position tables are built for (>= window_size);
+            defaults to window_size. A search space with larger window choices raises it.
+        head: "cls" (global pool + linear, timm's `head.fc`), "seg" (light FPN, `seg_head.*`) or None.
+        num_classes: classes of the head.
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 96,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: int | Sequence[int] = 7,
+        max_window_size: int | Sequence[int] | None = None,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path_rate: float = 0.0,
+        head: str | None = "cls",
+        seg_dim: int = 128,
+    ) -> None:
+        super().__init__()
+        n = len(depths)
+        windows = [window_size] * n if isinstance(window_size, int) else list(window_size)
+        if max_window_size is None:
+            max_windows = list(windows)
+        elif isinstance(max_window_size, int):
+            max_windows = [max_window_size] * n
+        else:
+            max_windows = list(max_window_size)
+        max_windows = [max(m, w) for m, w in zip(max_windows, windows)]
+        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.patch_size = patch_size
+        self.depths = tuple(depths)
+        self.num_heads = tuple(num_heads)
+        self.default_window_size = tuple(windows)
+        self.max_window_size = tuple(max_windows)
+        self.embed_dims = tuple(embed_dim * 2**i for i in range(n))
+        self.num_features = self.embed_dims[-1]
+        self.num_classes = num_classes
+        self.head_type = head
+
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        stages, prev, start = [], embed_dim, 0
+        for i in range(n):
+            stages.append(
+                SwinStage(
+                    prev,
+                    self.embed_dims[i],
+                    depths[i],
+                    num_heads[i],
+                    windows[i],
+                    max_windows[i],
+                    downsample=i > 0,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    drop_path=dpr[start : start + depths[i]],
+                )
+            )
+            prev, start = self.embed_dims[i], start + depths[i]
+        self.layers = nn.Sequential(*stages)
+        self.norm = nn.LayerNorm(self.num_features)
+        if head == "cls":
+            self.head = ClassifierHead(self.num_features, num_classes)
+        elif head == "seg":
+            self.seg_head = FPNSegHead(self.embed_dims, num_classes, seg_dim)
+        elif head is not None:
+            raise ValueError(f"head must be 'cls', 'seg' or None, not {head!r}")
+        self._config: SparsityConfig | None = None
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # ---- configs -------------------------------------------------------------------------------------------
+    @property
+    def config(self) -> SparsityConfig | None:
+        """The active sparsity config (None = dense with the default windows)."""
+        return self._config
+
+    def set_config(self, config: SparsityConfig | None) -> None:
+        """Apply a config to every block (validated against this model); None restores the dense model."""
+        if config is None:
+            for stage, w in zip(self.layers, self.default_window_size):
+                stage.window_size = w
+                for blk in stage.blocks:
+                    blk.sparsity = 0.0
+            self._config = None
+            return
+        config.validate(self.depths, self.max_window_size)
+        for stage, w, ps in zip(self.layers, config.window_size, config.sparsity):
+            stage.window_size = w
+            for blk, p in zip(stage.blocks, ps):
+                blk.sparsity = float(p)
+        self._config = config
+
+    def set_kernel_backend(self, backend: str | None) -> None:
+        """Force the window-op backend of every block ("torch", "triton") or let dispatch decide (None)."""
+        for stage in self.layers:
+            for blk in stage.blocks:
+                blk.kernel_backend = backend
+
+    # ---- forward -------------------------------------------------------------------------------------------
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> per-stage NHWC features at strides 4, 8, 16, 32 (the last one before `norm`)."""
+        x = self.patch_embed(x)
+        feats = []
+        for stage in self.layers:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, H/32, W/32, C) normalised last-stage features (timm's forward_features)."""
+        return self.norm(self.forward_stages(x)[-1])
+
+    def forward(self, x: torch.Tensor, config: SparsityConfig | None = None) -> torch.Tensor:
+        """(B, 3, H, W) -> logits: (B, classes) for "cls", (B, classes, H, W) for "seg", features if no head.
+
+        `config`, when given, is applied for this call only.
+        """
+        if config is not None:
+            previous = self._config
+            self.set_config(config)
+            try:
+                return self.forward(x)
+            finally:
+                self.set_config(previous)
+        if self.head_type == "seg":
+            feats = self.forward_stages(x)
+            feats[-1] = self.norm(feats[-1])
+            return self.seg_head(feats, x.shape[-2:])
+        feats = self.forward_features(x)
+        return self.head(feats) if self.head_type == "cls" else feats

@@ -1,0 +1,145 @@
+"""Window geometry of one block: effective window and shift, padding, and the index tensors derived from it.
+
+All index tensors here depend only on (H, W, window, shift), never on data, and are cached per device.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+__all__ = ["WindowGeometry", "keep_count", "token_index", "shift_mask", "relative_position_index"]
+
+
+@dataclass(frozen=True)
+class WindowGeometry:
+    """How a (H, W) feature map is cut into windows for one block.
+
+    Follows timm: a window larger than the feature map along a dimension is clamped to that dimension and the
+    shift along it becomes 0. The map is cyclically shifted by (-sh, -sw), then padded bottom/right with zeros
+    to (Hp, Wp), then cut into nWh x nWw windows of wh x ww tokens, numbered row-major.
+    """
+
+    H: int
+    W: int
+    wh: int
+    ww: int
+    sh: int
+    sw: int
+
+    @classmethod
+    def create(cls, H: int, W: int, window: int, shifted: bool) -> "WindowGeometry":
+        """Geometry for nominal square `window`; `shifted` blocks use shift window // 2 (as Swin)."""
+        wh, ww = min(window, H), min(window, W)
+        sh = window // 2 if shifted and H > window else 0
+        sw = window // 2 if shifted and W > window else 0
+        return cls(H, W, wh, ww, sh, sw)
+
+    @property
+    def Hp(self) -> int:
+        return math.ceil(self.H / self.wh) * self.wh
+
+    @property
+    def Wp(self) -> int:
+        return math.ceil(self.W / self.ww) * self.ww
+
+    @property
+    def nWh(self) -> int:
+        return self.Hp // self.wh
+
+    @property
+    def nWw(self) -> int:
+        return self.Wp // self.ww
+
+    @property
+    def num_windows(self) -> int:
+        return self.nWh * self.nWw
+
+    @property
+    def window_area(self) -> int:
+        return self.wh * self.ww
+
+    @property
+    def padded(self) -> bool:
+        return self.Hp != self.H or self.Wp != self.W
+
+    @property
+    def shifted(self) -> bool:
+        return self.sh > 0 or self.sw > 0
+
+
+def keep_count(sparsity: float, num_windows: int) -> int:
+    """Windows kept per image: max(1, floor((1 - p) * nW + 0.5)), i.e. round half up.
+
+    The product is rounded to 9 decimals first so that binary floating point (0.7 * 10 = 6.999...) never
+    flips the rounding of an exact half.
+    """
+    return max(1, math.floor(round((1.0 - sparsity) * num_windows, 9) + 0.5))
+
+
+def _device_key(device: torch.device | str) -> str:
+    return str(torch.device(device))
+
+
+@lru_cache(maxsize=256)
+def _token_index(geom: WindowGeometry, device: str) -> torch.Tensor:
+    hp = torch.arange(geom.Hp)
+    wp = torch.arange(geom.Wp)
+    rows = (hp + geom.sh) % geom.H  # shifted row i holds original row (i + sh) mod H
+    cols = (wp + geom.sw) % geom.W
+    flat = rows[:, None] * geom.W + cols[None, :]
+    valid = (hp < geom.H)[:, None] & (wp < geom.W)[None, :]
+    flat = torch.where(valid, flat, torch.full_like(flat, geom.H * geom.W))
+    flat = flat.view(geom.nWh, geom.wh, geom.nWw, geom.ww).permute(0, 2, 1, 3)
+    return flat.reshape(geom.num_windows, geom.window_area).to(device)
+
+
+def token_index(geom: WindowGeometry, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(nW, wh*ww) int64: flat index h*W + w of the original token at each window position.
+
+    Padded positions hold H*W (one past the last token), so a buffer with one extra row can absorb them.
+    """
+    return _token_index(geom, _device_key(device))
+
+
+@lru_cache(maxsize=256)
+def _shift_mask(geom: WindowGeometry, device: str) -> torch.Tensor | None:
+    if not geom.shifted:
+        return None
+    img = torch.zeros(geom.Hp, geom.Wp)
+    cnt = 0
+    h_slices = ((0, -geom.wh), (-geom.wh, -geom.sh), (-geom.sh, None)) if geom.sh else ((0, None),)
+    w_slices = ((0, -geom.ww), (-geom.ww, -geom.sw), (-geom.sw, None)) if geom.sw else ((0, None),)
+    for h0, h1 in h_slices:
+        for w0, w1 in w_slices:
+            img[h0:h1, w0:w1] = cnt
+            cnt += 1
+    win = img.view(geom.nWh, geom.wh, geom.nWw, geom.ww).permute(0, 2, 1, 3).reshape(geom.num_windows, -1)
+    diff = win[:, None, :] - win[:, :, None]
+    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0).to(device)
+
+
+def shift_mask(geom: WindowGeometry, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """(nW, N, N) float32 additive attention mask of shifted windows (0 or -100, as Swin), or None if unshifted.
+
+    Regions are computed on the padded grid, exactly as timm does.
+    """
+    return _shift_mask(geom, _device_key(device))
+
+
+@lru_cache(maxsize=64)
+def _relative_position_index(wh: int, ww: int, max_window: int, device: str) -> torch.Tensor:
+    coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
+    rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N)
+    span = 2 * max_window - 1
+    return ((rel[0] + max_window - 1) * span + (rel[1] + max_window - 1)).to(device)
+
+
+def relative_position_index(wh: int, ww: int, max_window: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, N) int64 index into a relative position bias table of shape ((2M-1)^2, heads), M = max_window.
+
+    A window smaller than M reads the centre crop of the table, so every window size shares the same weights.
+    """
+    return _relative_position_index(wh, ww, max_window, _device_key(device))
