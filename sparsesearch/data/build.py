@@ -215,7 +215,9 @@ def make_loader(
     set_epoch = getattr(dataset, "set_epoch", None)
     if callable(set_epoch):
         set_epoch(epoch)
-    n = len(dataset) if isinstance(dataset, Sized) else 0
+    if not isinstance(dataset, Sized):
+        raise TypeError("make_loader needs a map-style dataset with __len__")
+    n = len(dataset)
     sampler = EpochSampler(n, shuffle, seed, epoch, rank, world_size, start=skip_batches * batch)
     return DataLoader(
         dataset,

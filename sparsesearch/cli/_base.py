@@ -1,0 +1,44 @@
+"""Base class of CLI commands and shared argument helpers."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+class CommandError(Exception):
+    """A usage problem found by a command (bad combination of flags, missing file); one line, exit 2."""
+
+
+class Command:
+    """A subcommand: `name`, `help`, arguments, and `run(args) -> exit code`."""
+
+    name: str = ""
+    help: str = ""
+    description: str = ""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:  # pragma: no cover - interface
+        pass
+
+    def run(self, args: argparse.Namespace) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def existing_file(value: str) -> Path:
+    """argparse type: a path that must exist."""
+    path = Path(value)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{value} does not exist")
+    return path
+
+
+def resolution(value: str) -> tuple[int, int]:
+    """argparse type: '512' or '512x1024' -> (H, W)."""
+    try:
+        parts = [int(v) for v in value.lower().replace("*", "x").split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"resolution {value!r} must look like 512 or 512x1024") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"resolution {value!r} must look like 512 or 512x1024")
+    return parts[0], parts[1]

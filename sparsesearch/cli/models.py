@@ -1,0 +1,47 @@
+"""`sparsesearch models` and `sparsesearch space`: what the zoo and a search space contain."""
+from __future__ import annotations
+
+import argparse
+
+from ..models import list_models, model_defaults
+from ..space import SearchSpace
+from ._base import Command
+
+
+class ModelsCommand(Command):
+    name = "models"
+    help = "list the registered models"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'swin_t*'")
+
+    def run(self, args: argparse.Namespace) -> int:
+        for name in list_models(args.pattern):
+            d = model_defaults(name)
+            print(f"{name:<34} embed {d['embed_dim']:<4} depths {list(d['depths'])} heads {list(d['num_heads'])} window {d['window_size']}")
+        return 0
+
+
+class SpaceCommand(Command):
+    name = "space"
+    help = "validate a search space file and describe it (optionally sample configs)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("space", help="search space YAML, e.g. search_spaces/swin_t.yaml")
+        parser.add_argument("--sample", type=int, default=0, metavar="N", help="print N random configs")
+        parser.add_argument("--seed", type=int, default=0)
+
+    def run(self, args: argparse.Namespace) -> int:
+        import json  # noqa: PLC0415
+
+        import numpy as np  # noqa: PLC0415
+
+        space = SearchSpace.load(args.space)
+        print(space.describe())
+        rng = np.random.default_rng(args.seed)
+        for _ in range(args.sample):
+            print(json.dumps(space.sample(rng).to_dict()))
+        return 0
+
+
+COMMANDS = [ModelsCommand, SpaceCommand]

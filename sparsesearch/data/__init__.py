@@ -1,0 +1,33 @@
+"""Datasets: the synthetic sparse-scene set, image-folder classification, segmentation folders.
+
+Items are ``(image, target)``: image a normalised float32 tensor (3, H, W); target an int64 mask (H, W)
+for segmentation (``ignore_index`` 255 marks unlabelled pixels) or an int class index for classification.
+:func:`build_dataset` turns a spec ("synthetic", "synthetic:N" or a directory) into a dataset and its task;
+:func:`make_loader` gives deterministic, resumable per-epoch loaders.
+"""
+from __future__ import annotations
+
+from sparsesearch.data.build import (
+    DEFAULT_SYNTHETIC_SIZE,
+    SPLIT_ALIASES,
+    EpochSampler,
+    build_dataset,
+    make_loader,
+)
+from sparsesearch.data.folders import ImageFolderClassification, SegmentationFolder
+from sparsesearch.data.synthetic import SparseScenes
+from sparsesearch.data.transforms import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = [
+    "SparseScenes",
+    "ImageFolderClassification",
+    "SegmentationFolder",
+    "build_dataset",
+    "make_loader",
+    "EpochSampler",
+    "DEFAULT_SYNTHETIC_SIZE",
+    "SPLIT_ALIASES",
+    "IMAGE_EXTENSIONS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
