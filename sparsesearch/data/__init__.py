@@ -10,6 +10,7 @@ from __future__ import annotations
 from sparsesearch.data.build import (
     DEFAULT_SYNTHETIC_SIZE,
     SPLIT_ALIASES,
+    AnyDataset,
     EpochSampler,
     build_dataset,
     make_loader,
@@ -25,6 +26,7 @@ __all__ = [
     "build_dataset",
     "make_loader",
     "EpochSampler",
+    "AnyDataset",
     "DEFAULT_SYNTHETIC_SIZE",
     "SPLIT_ALIASES",
     "IMAGE_EXTENSIONS",

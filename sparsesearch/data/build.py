@@ -10,16 +10,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sparsesearch.data.folders import (
-    IMAGE_EXTENSIONS,
     ImageFolderClassification,
     SegmentationFolder,
     find_segmentation_dirs,
 )
 from sparsesearch.data.synthetic import SparseScenes
-from sparsesearch.data.transforms import Size
+from sparsesearch.data.transforms import IMAGE_EXTENSIONS, Size
 from sparsesearch.errors import DataError
 
-__all__ = ["build_dataset", "make_loader", "EpochSampler", "DEFAULT_SYNTHETIC_SIZE", "SPLIT_ALIASES"]
+__all__ = ["build_dataset", "make_loader", "EpochSampler", "AnyDataset", "DEFAULT_SYNTHETIC_SIZE", "SPLIT_ALIASES"]
 
 #: train items of the spec "synthetic" (val/test get max(16, N // 4)).
 DEFAULT_SYNTHETIC_SIZE = 256
@@ -30,9 +29,13 @@ SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
     "test": ("test", "testing"),
 }
 TASKS = ("seg", "cls")
+#: what build_dataset returns.
+AnyDataset = SparseScenes | SegmentationFolder | ImageFolderClassification
 
 
-def _synthetic(spec: str, split: str, size: Size, seed: int, num_classes: int | None, kw: dict[str, Any]) -> SparseScenes:
+def _synthetic(
+    spec: str, split: str, size: Size, seed: int, num_classes: int | None, kw: dict[str, Any]
+) -> SparseScenes:
     _, _, count = spec.partition(":")
     n = DEFAULT_SYNTHETIC_SIZE
     if count:
@@ -73,7 +76,7 @@ def build_dataset(
     seed: int = 0,
     num_classes: int | None = None,
     **kw: Any,
-) -> tuple[Dataset[Any], str]:
+) -> tuple[AnyDataset, str]:
     """Build the ``split`` ("train", "val" or "test") of the dataset named by ``spec``.
 
     ``spec``:

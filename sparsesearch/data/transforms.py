@@ -120,7 +120,7 @@ def resize_label(label: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
         return label
     rows = np.minimum(((np.arange(h) + 0.5) * h0 / h).astype(np.int64), h0 - 1)
     cols = np.minimum(((np.arange(w) + 0.5) * w0 / w).astype(np.int64), w0 - 1)
-    return label[rows[:, None], cols[None, :]]
+    return np.asarray(label[rows[:, None], cols[None, :]])
 
 
 def random_resized_crop_box(
