@@ -21,7 +21,7 @@ def score_windows(x: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
         (B, nW) float32: L2 norm over each window of the token scores mean_c |x| (padded positions score 0).
     """
     B, H, W, _ = x.shape
-    tok = x.abs().mean(dim=-1, dtype=torch.float32).reshape(B, H * W)
+    tok = torch.linalg.vector_norm(x, ord=1, dim=-1, dtype=torch.float32).div_(x.shape[-1]).reshape(B, H * W)
     tok = torch.cat([tok, tok.new_zeros(B, 1)], dim=1)  # slot H*W scores 0: padded positions
     idx = token_index(geom, x.device)  # (nW, N)
     per_window = tok[:, idx]  # (B, nW, N)
@@ -64,8 +64,12 @@ def gather_windows(x: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> 
     """
     B, H, W, C = x.shape
     flat = _flat_token_index(geom, idx)
-    src = torch.cat([x.reshape(B * H * W, C), x.new_zeros(1, C)], dim=0)
-    return src.index_select(0, flat).view(B * idx.shape[1], geom.window_area, C)
+    rows = x.reshape(B * H * W, C)
+    if not geom.padded:
+        return rows.index_select(0, flat).view(B * idx.shape[1], geom.window_area, C)
+    pad = flat == B * H * W
+    out = rows.index_select(0, flat.masked_fill(pad, 0))  # read any row for padded slots, then zero them
+    return out.masked_fill(pad[:, None], 0).view(B * idx.shape[1], geom.window_area, C)
 
 
 def scatter_windows(x: torch.Tensor, windows: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
