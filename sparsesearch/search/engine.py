@@ -1,0 +1,312 @@
+"""Run a latency-constrained search with pymoo (GA, NSGA-II), optuna, Ray Tune or random sampling.
+
+Every back end works on the same pieces: the space's integer genomes, a vectorised latency predictor, and an
+AccuracyCache (which persists evaluations, so a resumed search never re-evaluates a config). pymoo runs in
+ask-and-tell form so that each generation can be checkpointed (pickled algorithm, written atomically) and
+logged; optuna keeps its study in SQLite next to the outputs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..config import atomic_write_text
+from ..errors import SparseSearchError
+from ..space import SearchSpace
+from .accuracy import AccuracyCache
+from .problem import ChoiceMutation, FeasibleSampling, LatencyFn, SpaceRepair, SparsityProblem
+
+__all__ = ["ALGORITHMS", "SearchRun", "run_search"]
+
+ALGORITHMS = ("ga", "nsga2", "optuna-nsga2", "optuna-tpe", "tune", "random")
+
+
+@dataclass
+class SearchRun:
+    """What a search evaluated: every feasible genome with its accuracy and predicted latency."""
+
+    genes: np.ndarray  # (n, n_var) int64
+    accuracy: np.ndarray  # (n,)
+    latency_ms: np.ndarray  # (n,)
+    budget_ms: float
+    algorithm: str
+    generations_done: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def best_index(self) -> int:
+        """Highest accuracy within the budget; ties go to the lower latency."""
+        ok = np.flatnonzero(self.latency_ms <= self.budget_ms)
+        if not len(ok):
+            raise SparseSearchError("the search evaluated no config within the budget")
+        order = np.lexsort((self.latency_ms[ok], -self.accuracy[ok]))
+        return int(ok[order[0]])
+
+    def pareto_indices(self) -> np.ndarray:
+        """Indices of the non-dominated (accuracy up, latency down) configs within the budget, by latency."""
+        ok = np.flatnonzero(self.latency_ms <= self.budget_ms)
+        order = ok[np.lexsort((-self.accuracy[ok], self.latency_ms[ok]))]
+        front, best = [], -np.inf
+        for i in order:
+            if self.accuracy[i] > best:
+                front.append(i)
+                best = self.accuracy[i]
+        return np.asarray(front, dtype=np.int64)
+
+
+def _atomic_pickle(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _append_jsonl(path: Path | None, record: dict[str, Any]) -> None:
+    if path is None:
+        return
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _collect(space: SearchSpace, cache: AccuracyCache, latency_fn: LatencyFn, budget_ms: float, algorithm: str, gens: int) -> SearchRun:
+    items = cache.items()
+    if not items:
+        return SearchRun(np.zeros((0, space.n_var), np.int64), np.zeros(0), np.zeros(0), budget_ms, algorithm, gens)
+    genes = np.stack([g for g, _ in items])
+    acc = np.array([a for _, a in items])
+    lat = np.asarray(latency_fn(genes), dtype=np.float64)
+    return SearchRun(genes, acc, lat, budget_ms, algorithm, gens)
+
+
+def _generation_record(gen: int, cache: AccuracyCache, latency_fn: LatencyFn, budget_ms: float, t0: float) -> dict[str, Any]:
+    rec: dict[str, Any] = {"generation": gen, "evaluated": len(cache), "seconds": round(time.time() - t0, 3)}
+    items = cache.items()
+    if items:
+        genes = np.stack([g for g, _ in items])
+        acc = np.array([a for _, a in items])
+        lat = np.asarray(latency_fn(genes))
+        ok = lat <= budget_ms
+        if ok.any():
+            i = int(np.flatnonzero(ok)[np.argmax(acc[ok])])
+            rec.update(best_accuracy=float(acc[i]), best_latency_ms=float(lat[i]), best_genes=genes[i].tolist())
+    return rec
+
+
+def run_search(
+    space: SearchSpace,
+    latency_fn: LatencyFn,
+    accuracy: AccuracyCache,
+    budget_ms: float,
+    *,
+    algorithm: str = "ga",
+    population: int = 50,
+    generations: int = 20,
+    seed: int = 0,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    on_generation: Callable[[dict[str, Any]], None] | None = None,
+    refine: bool = True,
+    **backend_options: Any,
+) -> SearchRun:
+    """Search `space` for the most accurate config whose predicted latency is within `budget_ms`.
+
+    Args:
+        latency_fn: (n, n_var) genomes -> (n,) ms (e.g. `LatencyTable.predict_many`).
+        accuracy: the cache wrapping the evaluator; its file (if any) makes evaluations survive a kill.
+        population, generations: the budget of the search (population x generations evaluations at most for
+            the sampling back ends).
+        out_dir: where checkpoints (`search_state.pkl`, `optuna.db`) and `history.jsonl` go; None keeps all in
+            memory.
+        resume: continue from the checkpoint in out_dir (raises if there is none).
+        on_generation: called with each generation's log record (progress bars).
+        refine: finish with a greedy +-1 neighbourhood search around the best config (a few dozen evaluations
+            at most per round; often recovers the last fraction of a point that a short evolution misses).
+    Returns:
+        every evaluated config (feasible ones carry real accuracies) with latency and accuracy.
+    """
+    if algorithm not in ALGORITHMS:
+        raise SparseSearchError(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+    if population < 2 or generations < 1:
+        raise SparseSearchError("--population must be at least 2 and --generations at least 1")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    history = out / "history.jsonl" if out is not None else None
+    if history is not None and not resume and history.exists():
+        history.unlink()
+
+    def log(rec: dict[str, Any]) -> None:
+        rec["algorithm"] = algorithm
+        _append_jsonl(history, rec)
+        if on_generation is not None:
+            on_generation(rec)
+
+    if algorithm in ("ga", "nsga2"):
+        gens = _run_pymoo(space, latency_fn, accuracy, budget_ms, algorithm, population, generations, seed, out, resume, log)
+    elif algorithm == "random":
+        gens = _run_random(space, latency_fn, accuracy, budget_ms, population, generations, seed, out, resume, log)
+    elif algorithm.startswith("optuna"):
+        from .optuna_backend import run_optuna  # noqa: PLC0415
+
+        gens = run_optuna(space, latency_fn, accuracy, budget_ms, algorithm, population, generations, seed, out, resume, log)
+    else:
+        from .tune_backend import run_tune  # noqa: PLC0415
+
+        gens = run_tune(space, latency_fn, accuracy, budget_ms, population, generations, seed, out, resume, log, **backend_options)
+    run = _collect(space, accuracy, latency_fn, budget_ms, algorithm, gens)
+    if refine and len(run.genes) and (run.latency_ms <= budget_ms).any():
+        start = run.genes[run.best_index()]
+        if _refine(space, latency_fn, accuracy, budget_ms, start):
+            log({"generation": gens, "refined": True, **_generation_record(gens, accuracy, latency_fn, budget_ms, time.time())})
+            run = _collect(space, accuracy, latency_fn, budget_ms, algorithm, gens)
+    return run
+
+
+def _refine(space: SearchSpace, latency_fn: LatencyFn, cache: AccuracyCache, budget_ms: float, start: np.ndarray, max_rounds: int = 20, max_candidates: int | None = None) -> bool:
+    """Greedy hill-climb from `start` within the budget; True if it improved.
+
+    Moves: one gene one step up or down, or one gene up and another down (a trade that keeps latency near the
+    budget). Each round evaluates at most `max_candidates` feasible moves (default 4 * n_var), those whose
+    latency is closest to the budget first.
+    """
+    max_candidates = max_candidates or 4 * space.n_var
+    best = start.copy()
+    best_acc = float(cache.evaluate(best[None])[0])
+    improved = False
+    for _ in range(max_rounds):
+        moves = []
+        for i in range(space.n_var):
+            for step in (-1, 1):
+                x = best.copy()
+                x[i] += step
+                moves.append(x)
+                for j in range(space.n_var):  # trade one gene against another: stays near the budget
+                    if j != i:
+                        y = x.copy()
+                        y[j] -= step
+                        moves.append(y)
+        cand = np.unique(space.repair(np.stack(moves)), axis=0)
+        cand = cand[np.any(cand != best, axis=1)]
+        lat = np.asarray(latency_fn(cand))
+        cand, lat = cand[lat <= budget_ms], lat[lat <= budget_ms]
+        if not len(cand):
+            break
+        cand = cand[np.argsort(-lat, kind="stable")[: max_candidates or len(cand)]]  # closest to the budget first
+        acc = cache.evaluate(cand)
+        j = int(np.argmax(acc))
+        if acc[j] <= best_acc:
+            break
+        best, best_acc, improved = cand[j], float(acc[j]), True
+    return improved
+
+
+def _run_pymoo(
+    space: SearchSpace,
+    latency_fn: LatencyFn,
+    cache: AccuracyCache,
+    budget_ms: float,
+    algorithm: str,
+    population: int,
+    generations: int,
+    seed: int,
+    out: Path | None,
+    resume: bool,
+    log: Callable[[dict[str, Any]], None],
+) -> int:
+    from pymoo.core.evaluator import Evaluator  # noqa: PLC0415
+    from pymoo.operators.crossover.ux import UniformCrossover  # noqa: PLC0415
+
+    state = out / "search_state.pkl" if out is not None else None
+    t0 = time.time()
+    if resume:
+        if state is None or not state.is_file():
+            raise SparseSearchError(f"--resume: no search checkpoint in {out} (start without --resume)")
+        with open(state, "rb") as f:
+            saved = pickle.load(f)
+        if saved.get("algorithm") != algorithm or saved.get("space") != space.name:
+            raise SparseSearchError(
+                f"--resume: {state} is a {saved.get('algorithm')} search of space {saved.get('space')}, not {algorithm} of {space.name}"
+            )
+        algo = saved["state"]
+        algo.problem.bind(latency_fn, cache)
+        algo.problem.budget_ms = budget_ms
+    else:
+        problem = SparsityProblem(space, latency_fn, cache, budget_ms, n_obj=1 if algorithm == "ga" else 2)
+        common = dict(
+            pop_size=population,
+            sampling=FeasibleSampling(),
+            crossover=UniformCrossover(repair=SpaceRepair()),
+            mutation=ChoiceMutation(),
+            repair=SpaceRepair(),
+            eliminate_duplicates=True,
+            seed=seed,
+        )
+        if algorithm == "ga":
+            from pymoo.algorithms.soo.nonconvex.ga import GA  # noqa: PLC0415
+
+            algo = GA(**common)
+        else:
+            from pymoo.algorithms.moo.nsga2 import NSGA2  # noqa: PLC0415
+
+            algo = NSGA2(**common)
+        algo.setup(problem, termination=("n_gen", generations), verbose=False)
+    algo.termination = _termination(generations)
+    evaluator = Evaluator()
+    while algo.has_next():
+        pop = algo.ask()
+        evaluator.eval(algo.problem, pop, algorithm=algo)
+        algo.tell(infills=pop)
+        gen = int(algo.n_iter) - 1
+        log(_generation_record(gen, cache, latency_fn, budget_ms, t0))
+        if state is not None:
+            _atomic_pickle({"algorithm": algorithm, "space": space.name, "state": algo}, state)
+    return int(algo.n_iter) - 1
+
+
+def _termination(generations: int):
+    from pymoo.termination import get_termination  # noqa: PLC0415
+
+    return get_termination("n_gen", generations)
+
+
+def _run_random(
+    space: SearchSpace,
+    latency_fn: LatencyFn,
+    cache: AccuracyCache,
+    budget_ms: float,
+    population: int,
+    generations: int,
+    seed: int,
+    out: Path | None,
+    resume: bool,
+    log: Callable[[dict[str, Any]], None],
+) -> int:
+    """Random search: each "generation" evaluates `population` fresh feasible random configs.
+
+    Deterministic per (seed, generation), so a resumed run re-draws the same batches and the cache skips
+    those already evaluated.
+    """
+    t0 = time.time()
+    for gen in range(1, generations + 1):
+        rng = np.random.default_rng([seed, gen])
+        cand = np.unique(space.sample_genes(rng, n=population * 50), axis=0)
+        rng.shuffle(cand)
+        feasible = cand[np.asarray(latency_fn(cand)) <= budget_ms][:population]
+        if len(feasible):
+            cache.evaluate(feasible)
+        log(_generation_record(gen, cache, latency_fn, budget_ms, t0))
+    return generations

@@ -1,0 +1,114 @@
+"""The search as a pymoo problem over the space's integer genes, with operators that respect the space's rules."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+from pymoo.core.mutation import Mutation
+from pymoo.core.problem import Problem
+from pymoo.core.repair import Repair
+from pymoo.core.sampling import Sampling
+
+from ..space import SearchSpace
+from .accuracy import AccuracyCache
+
+__all__ = ["SparsityProblem", "SpaceRepair", "FeasibleSampling", "ChoiceMutation", "LatencyFn"]
+
+LatencyFn = Callable[[np.ndarray], np.ndarray]
+"""(n, n_var) genomes -> (n,) predicted milliseconds."""
+
+
+class SparsityProblem(Problem):
+    """Maximise accuracy subject to predicted latency <= budget.
+
+    n_obj=1: F = -accuracy. n_obj=2: F = (-accuracy, latency), for NSGA-II's trade-off front.
+    G = latency - budget (<= 0 is feasible). Accuracy is only evaluated for feasible genomes: an infeasible one
+    gets F = 0 for the accuracy objective, and pymoo ranks it by its violation anyway.
+
+    The latency and accuracy functions are not pickled (a checkpointed algorithm stays small); reattach them
+    with `bind` after loading.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        latency_fn: LatencyFn,
+        accuracy: AccuracyCache,
+        budget_ms: float,
+        n_obj: int = 1,
+    ) -> None:
+        super().__init__(n_var=space.n_var, n_obj=n_obj, n_ieq_constr=1, xl=np.zeros(space.n_var), xu=space.upper_bounds, vtype=int)
+        self.space = space
+        self.budget_ms = float(budget_ms)
+        self.bind(latency_fn, accuracy)
+
+    def bind(self, latency_fn: LatencyFn, accuracy: AccuracyCache) -> None:
+        self.latency_fn = latency_fn
+        self.accuracy = accuracy
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["latency_fn"] = None
+        state["accuracy"] = None
+        return state
+
+    def _evaluate(self, X: np.ndarray, out: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        X = self.space.repair(X)
+        lat = np.asarray(self.latency_fn(X), dtype=np.float64)
+        feasible = lat <= self.budget_ms
+        acc = np.zeros(len(X))
+        if feasible.any():
+            acc[feasible] = self.accuracy.evaluate(X[feasible])
+        F = [-acc] if self.n_obj == 1 else [-acc, lat]
+        out["F"] = np.column_stack(F)
+        out["G"] = (lat - self.budget_ms)[:, None]
+
+
+class SpaceRepair(Repair):
+    """Round, clip, and apply the space's ordering rule (pymoo repair)."""
+
+    def _do(self, problem: SparsityProblem, X: np.ndarray, **kwargs: Any) -> np.ndarray:
+        return problem.space.repair(X)
+
+
+class FeasibleSampling(Sampling):
+    """Initial population drawn from the space and filtered by predicted latency (cheap), so the first
+    generation spends its accuracy evaluations on configs that meet the budget; topped up with the fastest
+    random ones when too few do."""
+
+    def __init__(self, oversample: int = 200) -> None:
+        super().__init__()
+        self.oversample = oversample
+
+    def _do(self, problem: SparsityProblem, n_samples: int, *args: Any, random_state=None, **kwargs: Any) -> np.ndarray:
+        space = problem.space
+        cand = space.sample_genes(random_state, n=n_samples * self.oversample)
+        cand = np.unique(cand, axis=0)
+        random_state.shuffle(cand)
+        lat = np.asarray(problem.latency_fn(cand))
+        feasible = cand[lat <= problem.budget_ms]
+        if len(feasible) >= n_samples:
+            return feasible[:n_samples]
+        rest = cand[lat > problem.budget_ms]
+        rest = rest[np.argsort(lat[lat > problem.budget_ms])]
+        return np.concatenate([feasible, rest[: n_samples - len(feasible)]])
+
+
+class ChoiceMutation(Mutation):
+    """Mutate each gene with probability `prob_var` (default 1/n_var): half of the time one step up or down its
+    ordered choices (fine-tuning near the budget), otherwise a uniform draw from all its choices (exploration).
+    """
+
+    def _do(self, problem: SparsityProblem, X: np.ndarray, *args: Any, random_state=None, **kwargs: Any) -> np.ndarray:
+        X = np.array(X, dtype=np.int64, copy=True)
+        p = self.get_prob_var(problem, size=len(X))
+        p = np.asarray(p, dtype=float).reshape(-1, 1) if np.ndim(p) else np.full((len(X), 1), float(p))
+        mask = random_state.random(X.shape) < p
+        local = random_state.random(X.shape) < 0.5
+        step = np.where(random_state.random(X.shape) < 0.5, -1, 1)
+        xu = problem.xu.astype(np.int64)
+        fresh = random_state.integers(0, xu + 1, size=X.shape)
+        moved = np.clip(X + step, 0, xu)
+        X[mask & local] = moved[mask & local]
+        X[mask & ~local] = fresh[mask & ~local]
+        return problem.space.repair(X)
