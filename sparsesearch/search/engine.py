@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import dill
 import numpy as np
 
 from ..config import atomic_write_text
@@ -66,7 +66,7 @@ def _atomic_pickle(obj: Any, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            pickle.dump(obj, f)
+            dill.dump(obj, f)  # pymoo's operators hold closures: plain pickle cannot store them
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -235,8 +235,11 @@ def _run_pymoo(
     if resume:
         if state is None or not state.is_file():
             raise SparseSearchError(f"--resume: no search checkpoint in {out} (start without --resume)")
-        with open(state, "rb") as f:
-            saved = pickle.load(f)
+        try:
+            with open(state, "rb") as f:
+                saved = dill.load(f)
+        except Exception as e:  # a foreign or damaged file
+            raise SparseSearchError(f"--resume: cannot read {state} ({type(e).__name__}); remove it to start over") from None
         if saved.get("algorithm") != algorithm or saved.get("space") != space.name:
             raise SparseSearchError(
                 f"--resume: {state} is a {saved.get('algorithm')} search of space {saved.get('space')}, not {algorithm} of {space.name}"
@@ -270,10 +273,9 @@ def _run_pymoo(
         pop = algo.ask()
         evaluator.eval(algo.problem, pop, algorithm=algo)
         algo.tell(infills=pop)
-        gen = int(algo.n_iter) - 1
-        log(_generation_record(gen, cache, latency_fn, budget_ms, t0))
-        if state is not None:
+        if state is not None:  # checkpoint before logging: a logged generation is always a saved one
             _atomic_pickle({"algorithm": algorithm, "space": space.name, "state": algo}, state)
+        log(_generation_record(int(algo.n_iter) - 1, cache, latency_fn, budget_ms, t0))
     return int(algo.n_iter) - 1
 
 

@@ -1,0 +1,151 @@
+"""The search engine on a toy problem whose optimum is known by enumeration."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sparsesearch.errors import BudgetError, SparseSearchError
+from sparsesearch.search import AccuracyCache, SerialEvaluator, parse_budget, run_search
+from sparsesearch.testing import exhaustive_best, toy_accuracy, toy_latency, toy_space
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory):
+    return toy_space(tmp_path_factory.mktemp("space"))
+
+
+@pytest.mark.parametrize(
+    "text, ms, rel",
+    [("30ms", 30.0, False), ("30 ms", 30.0, False), ("0.03s", 30.0, False), ("30000us", 30.0, False),
+     ("0.6x", 0.6, True), (" 12.5ms ", 12.5, False), ("1e1ms", 10.0, False)],
+)
+def test_budget_parsing(text, ms, rel):
+    b = parse_budget(text)
+    assert b.relative is rel and b.value == pytest.approx(ms)
+
+
+@pytest.mark.parametrize("text", ["30", "fast", "-3ms", "30 sec", "ms", "0ms", "30x"])
+def test_bad_budgets_are_refused(text):
+    with pytest.raises(BudgetError):
+        parse_budget(text)
+
+
+def test_budget_resolution_and_achievable_range():
+    assert parse_budget("0.5x").resolve(dense_ms=40.0, min_ms=10.0, max_ms=40.0) == 20.0
+    with pytest.raises(BudgetError, match=r"below the fastest config of the space \(10.00 ms\); achievable range 10.00-40.00 ms"):
+        parse_budget("5ms").resolve(dense_ms=40.0, min_ms=10.0, max_ms=40.0)
+
+
+def _cache(space, path=None, calls=None):
+    def fn(cfg):
+        if calls is not None:
+            calls.append(cfg.key())
+        return toy_accuracy(cfg)
+
+    return AccuracyCache(space, SerialEvaluator(fn), path)
+
+
+@pytest.mark.parametrize("budget", [5.0, 7.0, 9.5])
+def test_ga_finds_the_exhaustive_optimum(space, budget):
+    genes, best = exhaustive_best(space, budget)
+    run = run_search(space, toy_latency, _cache(space), budget, algorithm="ga", population=30, generations=30, seed=1)
+    i = run.best_index()
+    assert run.accuracy[i] == pytest.approx(best, abs=1e-12)
+    assert run.latency_ms[i] <= budget
+    assert len(run.genes) < 0.02 * space.size  # it did not enumerate its way there
+
+
+@pytest.mark.parametrize("algorithm", ["nsga2", "optuna-nsga2", "optuna-tpe", "random"])
+def test_other_back_ends_respect_the_budget_and_get_close(space, algorithm, tmp_path):
+    budget = 7.0
+    _, best = exhaustive_best(space, budget)
+    run = run_search(space, toy_latency, _cache(space), budget, algorithm=algorithm, population=20, generations=8,
+                     seed=0, out_dir=tmp_path)
+    i = run.best_index()
+    assert run.latency_ms[i] <= budget
+    assert run.accuracy[i] >= best - 0.05
+    assert (tmp_path / "history.jsonl").read_text().count("\n") >= 8
+
+
+def test_pareto_front_is_non_dominated_and_within_budget(space):
+    budget = 8.0
+    run = run_search(space, toy_latency, _cache(space), budget, algorithm="nsga2", population=24, generations=10, seed=0)
+    front = run.pareto_indices()
+    assert len(front) >= 5
+    assert np.all(run.latency_ms[front] <= budget)
+    for i in front:  # nothing evaluated within budget dominates a front member
+        ok = run.latency_ms <= budget
+        dominated = ok & (run.accuracy >= run.accuracy[i]) & (run.latency_ms <= run.latency_ms[i]) & (
+            (run.accuracy > run.accuracy[i]) | (run.latency_ms < run.latency_ms[i]))
+        assert not dominated.any()
+    assert run.best_index() == front[-1]  # the most accurate front member is the best config
+
+
+def test_only_feasible_configs_are_evaluated(space):
+    calls: list[str] = []
+    run_search(space, toy_latency, _cache(space, calls=calls), 6.0, algorithm="ga", population=20, generations=5, seed=0)
+    assert calls and len(calls) == len(set(calls))  # each config evaluated once
+    assert all(toy_latency(space.encode(__import__("sparsesearch").SparsityConfig.from_dict(json.loads(k)))[None])[0] <= 6.0 for k in calls)
+
+
+@pytest.mark.parametrize("algorithm", ["ga", "optuna-tpe"])
+def test_kill_and_resume_continues_the_search(space, tmp_path, algorithm):
+    budget = 7.0
+    full_dir, part_dir = tmp_path / "full", tmp_path / "part"
+    full = run_search(space, toy_latency, _cache(space, full_dir / "acc.jsonl"), budget, algorithm=algorithm,
+                      population=16, generations=8, seed=3, out_dir=full_dir, refine=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_4(rec):
+        if rec["generation"] == 4:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_search(space, toy_latency, _cache(space, part_dir / "acc.jsonl"), budget, algorithm=algorithm,
+                   population=16, generations=8, seed=3, out_dir=part_dir, on_generation=kill_after_4, refine=False)
+    calls: list[str] = []
+    resumed = run_search(space, toy_latency, _cache(space, part_dir / "acc.jsonl", calls), budget, algorithm=algorithm,
+                         population=16, generations=8, seed=3, out_dir=part_dir, resume=True, refine=False)
+    gens = [json.loads(l)["generation"] for l in (part_dir / "history.jsonl").read_text().splitlines()]
+    assert gens == list(range(1, 9))  # generations 1-4, then 5-8 after the resume: none repeated
+    assert len(calls) < len(full.genes)  # the persisted accuracies were reused
+    if algorithm == "ga":  # pymoo's state is pickled whole: the resumed run is the uninterrupted run
+        assert {tuple(g) for g in resumed.genes} == {tuple(g) for g in full.genes}
+        assert resumed.accuracy.max() == full.accuracy.max()
+
+
+def test_resume_without_checkpoint_is_refused(space, tmp_path):
+    with pytest.raises(SparseSearchError, match="no search checkpoint"):
+        run_search(space, toy_latency, _cache(space), 7.0, algorithm="ga", population=8, generations=2, out_dir=tmp_path, resume=True)
+
+
+def test_accuracy_cache_survives_a_torn_line(space, tmp_path):
+    path = tmp_path / "acc.jsonl"
+    cache = _cache(space, path)
+    X = space.sample_genes(0, n=5)
+    first = cache.evaluate(X)
+    with open(path, "a") as f:
+        f.write('{"genes": "1,2')  # a write cut short by a kill
+    calls: list[str] = []
+    again = _cache(space, path, calls)
+    assert np.array_equal(again.evaluate(X), first) and not calls
+    again.evaluate(space.sample_genes(1, n=2))
+    assert len(_cache(space, path)) == len({tuple(x) for x in X}) + 2
+
+
+def test_ray_workers_match_serial(space):
+    pytest.importorskip("ray")
+    from sparsesearch.search.parallel import RayEvaluator
+
+    X = np.unique(space.sample_genes(0, n=12), axis=0)
+    serial = _cache(space).evaluate(X)
+    with RayEvaluator(lambda: toy_accuracy, workers=2) as ev:
+        parallel = AccuracyCache(space, ev).evaluate(X)
+        run_a = run_search(space, toy_latency, AccuracyCache(space, ev), 7.0, algorithm="ga", population=12, generations=3, seed=0)
+    run_b = run_search(space, toy_latency, _cache(space), 7.0, algorithm="ga", population=12, generations=3, seed=0)
+    assert np.array_equal(serial, parallel)
+    assert {tuple(g) for g in run_a.genes} == {tuple(g) for g in run_b.genes}
