@@ -129,7 +129,7 @@ def run_search(
         accuracy: the cache wrapping the evaluator; its file (if any) makes evaluations survive a kill.
         population, generations: the budget of the search (population x generations evaluations at most for
             the sampling back ends).
-        out_dir: where checkpoints (`search_state.pkl`, `optuna.db`) and `history.jsonl` go; None keeps all in
+        out_dir: where checkpoints (`search_state.pkl`, `optuna.journal`) and `history.jsonl` go; None keeps all in
             memory.
         resume: continue from the checkpoint in out_dir (raises if there is none).
         on_generation: called with each generation's log record (progress bars).
