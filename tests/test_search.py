@@ -149,3 +149,14 @@ def test_ray_workers_match_serial(space):
     run_b = run_search(space, toy_latency, _cache(space), 7.0, algorithm="ga", population=12, generations=3, seed=0)
     assert np.array_equal(serial, parallel)
     assert {tuple(g) for g in run_a.genes} == {tuple(g) for g in run_b.genes}
+
+
+def test_ray_tune_back_end(space, tmp_path):
+    pytest.importorskip("ray.tune")
+    budget = 7.0
+    run = run_search(space, toy_latency, _cache(space), budget, algorithm="tune", population=6, generations=2, seed=0,
+                     out_dir=tmp_path, evaluator_factory=lambda: toy_accuracy, workers=2, refine=False)
+    assert len(run.genes) >= 1 and np.all(run.latency_ms[run.pareto_indices()] <= budget)
+    for g, a in zip(run.genes, run.accuracy):  # what the trials reported is the true accuracy of each config
+        assert a == pytest.approx(toy_accuracy(space.decode(g)))
+    assert (tmp_path / "tune").is_dir()

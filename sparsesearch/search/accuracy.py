@@ -79,24 +79,28 @@ class AccuracyCache:
         keys = [_key(x) for x in X]
         todo = list(dict.fromkeys(k for k in keys if k not in self.values))
         if todo:
-            rows = {k: X[keys.index(k)] for k in todo}
-            scores = self.evaluator([self.space.decode(rows[k]) for k in todo])
+            rows = np.stack([X[keys.index(k)] for k in todo])
+            scores = self.evaluator([self.space.decode(r) for r in rows])
             if len(scores) != len(todo):
                 raise RuntimeError(f"evaluator returned {len(scores)} scores for {len(todo)} configs")
-            lines = []
-            for k, s in zip(todo, scores):
-                self.values[k] = float(s)
-                lines.append(json.dumps({"genes": k, "accuracy": float(s)}))
-            self.n_new += len(todo)
-            if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.path, "a") as f:
-                    f.write("\n".join(lines) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-            if self.on_evaluated is not None:
-                self.on_evaluated(len(todo))
+            self.record(rows, scores)
         return np.array([self.values[k] for k in keys], dtype=np.float64)
+
+    def record(self, X: np.ndarray, scores: Sequence[float]) -> None:
+        """Store accuracies computed elsewhere (e.g. by Ray Tune trials): (n, n_var) genomes, n scores."""
+        new = [(_key(x), float(s)) for x, s in zip(np.atleast_2d(X), scores) if _key(x) not in self.values]
+        if not new:
+            return
+        self.values.update(new)
+        self.n_new += len(new)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write("\n".join(json.dumps({"genes": k, "accuracy": s}) for k, s in new) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        if self.on_evaluated is not None:
+            self.on_evaluated(len(new))
 
     def items(self) -> list[tuple[np.ndarray, float]]:
         """Every evaluated genome with its accuracy."""
