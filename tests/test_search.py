@@ -160,3 +160,26 @@ def test_ray_tune_back_end(space, tmp_path):
     for g, a in zip(run.genes, run.accuracy):  # what the trials reported is the true accuracy of each config
         assert a == pytest.approx(toy_accuracy(space.decode(g)))
     assert (tmp_path / "tune").is_dir()
+
+
+def test_outputs_are_written_and_meet_the_budget(space, tmp_path):
+    import sparsesearch as ss
+    from sparsesearch.search.report import Baselines, uniform_resize_baseline, uniform_sparsity_baseline, write_outputs
+
+    budget = 7.0
+    cache = _cache(space)
+    run = run_search(space, toy_latency, cache, budget, algorithm="nsga2", population=16, generations=5, seed=0)
+    base = Baselines(uniform_sparsity_baseline(space, toy_latency, cache, budget), budget_ms=budget)
+    base.uniform_resize = uniform_resize_baseline([(64, 64), (48, 48), (32, 32)], lambda r: r[0] / 8.0,
+                                                  lambda r: r[0] / 100.0, space.densest(), budget)
+    assert [p.label for p in base.uniform_resize] == ["dense 48x48", "dense 32x32"]  # 64 -> 8 ms is over budget
+    best, front = write_outputs(tmp_path, space, run, base, metric="toy")
+    doc = json.loads((tmp_path / "best.json").read_text())
+    cfg = ss.SparsityConfig.load(tmp_path / "best.json")  # best.json is a loadable config file
+    assert cfg.to_dict() == best.config and doc["latency_ms"] <= budget
+    assert doc["accuracy"] >= doc["baselines"]["uniform_sparsity"]["accuracy"]
+    pareto = json.loads((tmp_path / "pareto.json").read_text())
+    lats = [p["latency_ms"] for p in pareto["front"]]
+    accs = [p["accuracy"] for p in pareto["front"]]
+    assert all(l <= budget for l in lats) and lats == sorted(lats) and accs == sorted(accs)
+    assert (tmp_path / "pareto.png").stat().st_size > 10_000

@@ -1,0 +1,159 @@
+"""Search outputs: baselines at the same budget, pareto.json, best.json, pareto.png."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..config import SparsityConfig, atomic_write_text
+from ..space import SearchSpace
+from .accuracy import AccuracyCache
+from .engine import SearchRun
+from .problem import LatencyFn
+
+__all__ = ["Point", "Baselines", "uniform_sparsity_baseline", "uniform_resize_baseline", "write_outputs"]
+
+
+@dataclass
+class Point:
+    """One config with its figures."""
+
+    config: dict[str, Any]
+    latency_ms: float
+    accuracy: float
+    gflops: float | None = None
+    label: str = ""
+
+
+@dataclass
+class Baselines:
+    """SparseViT's comparison at the same budget: uniform sparsity, and the dense model at a lower resolution."""
+
+    uniform_sparsity: list[Point] = field(default_factory=list)  # every uniform level evaluated
+    uniform_resize: list[Point] = field(default_factory=list)  # every resolution evaluated
+    budget_ms: float = 0.0
+
+    def best(self, points: list[Point]) -> Point | None:
+        ok = [p for p in points if p.latency_ms <= self.budget_ms]
+        return max(ok, key=lambda p: (p.accuracy, -p.latency_ms)) if ok else None
+
+
+def _nearest_choice_genes(space: SearchSpace, p: float) -> np.ndarray:
+    """The genome closest to uniform sparsity p: each gene takes its choice nearest to p."""
+    x = space.encode(space.densest())
+    for gi, g in enumerate(space.genes):
+        x[gi] = int(np.argmin([abs(c - p) for c in g.choices]))
+    return space.repair(x)
+
+
+def uniform_sparsity_baseline(
+    space: SearchSpace, latency_fn: LatencyFn, cache: AccuracyCache, budget_ms: float, levels: Sequence[float] | None = None
+) -> list[Point]:
+    """Uniform sparsity at each level (default: every gene choice); accuracy evaluated for those within budget
+    and for the first level over it (so the plot shows where uniform pruning crosses the budget)."""
+    levels = sorted(set(levels or [c for g in space.genes for c in g.choices]))
+    X = np.unique(np.stack([_nearest_choice_genes(space, p) for p in levels]), axis=0)
+    lat = np.asarray(latency_fn(X))
+    ok = lat <= budget_ms
+    acc = np.full(len(X), np.nan)
+    if ok.any():
+        acc[ok] = cache.evaluate(X[ok])
+    return [
+        Point(space.decode(x).to_dict(), float(l), float(a), label=f"uniform {space.decode(x).mean_sparsity():.2f}")
+        for x, l, a in zip(X, lat, acc)
+        if not np.isnan(a)
+    ]
+
+
+def uniform_resize_baseline(
+    resolutions: Sequence[tuple[int, int]],
+    dense_latency: Callable[[tuple[int, int]], float],
+    accuracy_at: Callable[[tuple[int, int]], float],
+    dense_config: SparsityConfig,
+    budget_ms: float,
+) -> list[Point]:
+    """The dense model at each profiled resolution within the budget (inputs resized, predictions scored at
+    the label size)."""
+    points = []
+    for r in sorted(set(tuple(r) for r in resolutions), reverse=True):
+        lat = float(dense_latency(r))
+        if lat > budget_ms:
+            continue
+        cfg = SparsityConfig(dense_config.sparsity, dense_config.window_size, r)
+        points.append(Point(cfg.to_dict(), lat, float(accuracy_at(r)), label=f"dense {r[0]}x{r[1]}"))
+    return points
+
+
+def write_outputs(
+    out: str | os.PathLike,
+    space: SearchSpace,
+    run: SearchRun,
+    baselines: Baselines,
+    *,
+    metric: str = "accuracy",
+    flops_fn: Callable[[SparsityConfig], float] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> tuple[Point, list[Point]]:
+    """Write pareto.json, best.json (a loadable SparsityConfig file plus figures) and pareto.png into `out`.
+
+    Returns the best point and the front.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def point(i: int, label: str = "") -> Point:
+        cfg = space.decode(run.genes[i])
+        return Point(cfg.to_dict(), float(run.latency_ms[i]), float(run.accuracy[i]),
+                     flops_fn(cfg) / 1e9 if flops_fn else None, label)
+
+    front = [point(int(i)) for i in run.pareto_indices()]
+    best = point(run.best_index(), "searched")
+    for b in baselines.uniform_sparsity + baselines.uniform_resize:
+        if flops_fn is not None and b.gflops is None:
+            b.gflops = flops_fn(SparsityConfig.from_dict(b.config)) / 1e9
+    header = {"metric": metric, "budget_ms": run.budget_ms, "algorithm": run.algorithm, "space": space.name,
+              "evaluated": int(len(run.genes)), **(meta or {})}
+    ub, rb = baselines.best(baselines.uniform_sparsity), baselines.best(baselines.uniform_resize)
+    pareto = {**header, "front": [asdict(p) for p in front],
+              "baselines": {"uniform_sparsity": [asdict(p) for p in baselines.uniform_sparsity],
+                            "uniform_resize": [asdict(p) for p in baselines.uniform_resize]}}
+    atomic_write_text(out / "pareto.json", json.dumps(pareto, indent=1) + "\n")
+    best_doc = {"config": best.config, **{k: v for k, v in asdict(best).items() if k != "config"}, **header,
+                "baselines": {"uniform_sparsity": asdict(ub) if ub else None, "uniform_resize": asdict(rb) if rb else None}}
+    atomic_write_text(out / "best.json", json.dumps(best_doc, indent=1) + "\n")
+    _plot(out / "pareto.png", run, front, best, baselines, metric, space.name)
+    return best, front
+
+
+def _plot(path: Path, run: SearchRun, front: list[Point], best: Point, baselines: Baselines, metric: str, title: str) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ok = run.latency_ms <= run.budget_ms
+    ax.scatter(run.latency_ms[ok], run.accuracy[ok], s=8, c="0.75", label=f"evaluated ({int(ok.sum())})")
+    ax.plot([p.latency_ms for p in front], [p.accuracy for p in front], "-o", ms=3, c="C0", label="searched front")
+    if baselines.uniform_sparsity:
+        pts = sorted(baselines.uniform_sparsity, key=lambda p: p.latency_ms)
+        ax.plot([p.latency_ms for p in pts], [p.accuracy for p in pts], "--s", ms=4, c="C1", label="uniform sparsity")
+    if baselines.uniform_resize:
+        pts = sorted(baselines.uniform_resize, key=lambda p: p.latency_ms)
+        ax.plot([p.latency_ms for p in pts], [p.accuracy for p in pts], ":^", ms=5, c="C2", label="uniform resize (dense)")
+    ax.scatter([best.latency_ms], [best.accuracy], marker="*", s=180, c="C3", zorder=5, label="best within budget")
+    ax.axvline(run.budget_ms, c="C3", lw=1, ls="--")
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{title}: {metric} vs latency, budget {run.budget_ms:.2f} ms")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
