@@ -45,7 +45,14 @@ def _sdpa(inputs: list[Any], outputs: list[Any]) -> int:
 
 
 # memory-movement ops of the pruned path: no arithmetic worth counting
-for _name in ("sparsesearch::score_windows", "sparsesearch::gather_windows", "sparsesearch::scatter_windows"):
+for _name in (
+    "sparsesearch::score_windows",
+    "sparsesearch::gather_windows",
+    "sparsesearch::scatter_windows",
+    "sparsesearch::scatter_windows_inplace",
+    "sparsesearch::place_windows",
+    "sparsesearch::zero_windows",
+):
     FLOP_HANDLES[_name] = lambda inputs, outputs: 0
 
 

@@ -219,3 +219,26 @@ def test_registered_models_build(name):
     cfg = ss.SparsityConfig.uniform(0.5, m.depths, m.default_window_size)
     m.set_config(cfg)
     assert m.config is cfg
+
+
+def test_inference_writes_in_place_only_into_owned_tensors():
+    """In inference a pruned block may reuse its input's storage, but never a tensor the caller passed in."""
+    m = _model(window_size=4)
+    m.set_config(ss.SparsityConfig.uniform(0.5, TINY["depths"], 4))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = m(x)
+        stage_in = m.patch_embed(x)
+        kept = stage_in.clone()
+        out = m.layers[0](stage_in)  # not owned: left untouched
+        assert torch.equal(stage_in, kept)
+        blk = m.layers[1].blocks[0]
+        y = torch.randn(1, 8, 8, 48)
+        y0 = y.clone()
+        blk(y)
+        assert torch.equal(y, y0)
+        owned = blk(y, owns_input=True)
+        assert owned.data_ptr() == y.data_ptr()  # written in place
+    with torch.inference_mode():
+        torch.testing.assert_close(m(x), expected, rtol=0, atol=0)
+    assert out.shape == (1, 16, 16, 24)

@@ -67,13 +67,17 @@ class SwinBlock(nn.Module):
     def geometry(self, H: int, W: int) -> WindowGeometry:
         return WindowGeometry.create(H, W, self.window_size, self.shifted)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) -> (B, H, W, C)."""
+    def forward(self, x: torch.Tensor, owns_input: bool = False) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C).
+
+        `owns_input=True` declares that x is not used after this call, so in inference the pruned path may
+        write the kept windows straight into x instead of copying every pruned token (the model does this).
+        """
         geom = self.geometry(x.shape[1], x.shape[2])
         if self.sparsity > 0.0:
             k = ops.keep_count(self.sparsity, geom.num_windows)
             if k < geom.num_windows:
-                return self._forward_pruned(x, geom, k)
+                return self._forward_pruned(x, geom, k, owns_input)
         return self._forward_dense(x, geom)
 
     def _forward_dense(self, x: torch.Tensor, g: WindowGeometry) -> torch.Tensor:
@@ -94,7 +98,7 @@ class SwinBlock(nn.Module):
         x = x + self.drop_path1(y)
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
-    def _forward_pruned(self, x: torch.Tensor, g: WindowGeometry, k: int) -> torch.Tensor:
+    def _forward_pruned(self, x: torch.Tensor, g: WindowGeometry, k: int, owns_input: bool = False) -> torch.Tensor:
         B = x.shape[0]
         scores = ops.score_windows(x, g, self.kernel_backend)
         idx = ops.select_windows(scores, k)  # (B, k)
@@ -108,7 +112,7 @@ class SwinBlock(nn.Module):
             mask = mask[idx.reshape(-1)]
         windows = windows + self.drop_path1(self.attn(y, g.wh, g.ww, mask), B)
         windows = windows + self.drop_path2(self.mlp(self.norm2(windows)), B)
-        return ops.scatter_windows(x, windows, idx, g, self.kernel_backend)
+        return ops.scatter_windows(x, windows, idx, g, self.kernel_backend, inplace=owns_input)
 
 
 class SwinStage(nn.Module):
@@ -148,9 +152,15 @@ class SwinStage(nn.Module):
         for blk in self.blocks:
             blk.window_size = value
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C_in) -> (B, H', W', C_out)."""
-        return self.blocks(self.downsample(x))
+    def forward(self, x: torch.Tensor, owns_input: bool = False) -> torch.Tensor:
+        """(B, H, W, C_in) -> (B, H', W', C_out). The input is left untouched unless `owns_input`."""
+        x = self.downsample(x)
+        fresh = owns_input or not isinstance(self.downsample, nn.Identity)
+        for blk in self.blocks:
+            x_in = x
+            x = blk(x, owns_input=fresh)
+            fresh = fresh or x is not x_in
+        return x
 
 
 class SwinTransformer(nn.Module):
@@ -274,7 +284,7 @@ class SwinTransformer(nn.Module):
         x = self.patch_embed(x)
         feats = []
         for stage in self.layers:
-            x = stage(x)
+            x = stage(x, owns_input=True)  # every stage input is an intermediate of this forward
             feats.append(x)
         return feats
 

@@ -3,16 +3,21 @@
 `backend="auto"` (the default) uses the Triton kernels for CUDA tensors when they are available and the torch
 reference otherwise. Override per call with `backend=` or globally with the environment variable
 ``SPARSESEARCH_KERNELS=torch|triton|auto``.
+
+Both backends run as torch custom ops (``sparsesearch::score_windows``, ``gather_windows``, ``scatter_windows``,
+``scatter_windows_inplace``; see `custom_ops`): the torch reference is the body of the torch backend, the Triton
+kernels that of the Triton one, so torch.compile, CUDA graphs, FlopCounterMode and fvcore see the same named ops
+on every device.
 """
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from ..errors import SparseSearchError
-from . import reference
+from . import custom_ops, reference
 from .geometry import WindowGeometry, keep_count, relative_position_index, shift_mask, token_index
 
 __all__ = [
@@ -26,23 +31,37 @@ __all__ = [
     "select_windows",
     "gather_windows",
     "scatter_windows",
+    "can_scatter_inplace",
 ]
 
 Backend = Literal["auto", "torch", "triton"]
 _BACKENDS = ("auto", "torch", "triton")
 
 
-def _triton_ops():
-    """The Triton kernel module, or None when Triton (or its kernels) cannot be used here."""
-    try:
-        from . import triton_kernels  # noqa: PLC0415  (optional: imports triton)
-    except ImportError:
-        return None
-    return triton_kernels if triton_kernels.AVAILABLE else None
+_UNSET = object()
+_triton_module: object = _UNSET  # the Triton backend module, None when unusable; looked up once
+
+
+def _triton_ops() -> Any:
+    """The Triton backend module (`triton_kernels`), or None when Triton (or its kernels) cannot be used here."""
+    global _triton_module
+    if _triton_module is _UNSET:
+        try:
+            from . import triton_kernels  # noqa: PLC0415  (optional: imports triton)
+        except ImportError:
+            _triton_module = None
+        else:
+            _triton_module = triton_kernels if triton_kernels.AVAILABLE else None
+    return _triton_module
 
 
 def resolve_backend(x: torch.Tensor, backend: Backend | None = None) -> str:
-    """Pick "torch" or "triton" for tensor x from the argument, then SPARSESEARCH_KERNELS, then the device."""
+    """Pick "torch" or "triton" for tensor x from the argument, then SPARSESEARCH_KERNELS, then the device.
+
+    "auto" takes Triton for CUDA tensors it supports (float32/float16/bfloat16) and torch otherwise, CPU
+    included (even when the kernels are interpreted). An explicit "triton" raises SparseSearchError when the
+    kernels cannot run on x (CPU tensors need TRITON_INTERPRET=1 set before the kernels are first imported).
+    """
     choice = backend or os.environ.get("SPARSESEARCH_KERNELS", "auto")
     if choice not in _BACKENDS:
         raise SparseSearchError(f"unknown kernel backend {choice!r}: use one of {', '.join(_BACKENDS)}")
@@ -52,17 +71,27 @@ def resolve_backend(x: torch.Tensor, backend: Backend | None = None) -> str:
     if choice == "triton":
         if kernels is None:
             raise SparseSearchError("the Triton backend was requested but triton is not installed or usable here")
+        if not kernels.supports(x):
+            raise SparseSearchError(
+                f"the Triton kernels cannot run on a {x.device.type} {x.dtype} tensor: they take CUDA "
+                "float32/float16/bfloat16 tensors (CPU ones only with TRITON_INTERPRET=1 set before import); "
+                "use backend='torch' or SPARSESEARCH_KERNELS=torch"
+            )
         return "triton"
-    return "triton" if kernels is not None and kernels.supports(x) else "torch"
+    return "triton" if kernels is not None and x.device.type == "cuda" and kernels.supports(x) else "torch"
 
 
-def _impl(x: torch.Tensor, backend: Backend | None):
-    return _triton_ops() if resolve_backend(x, backend) == "triton" else reference
+def _use_triton(x: torch.Tensor, backend: Backend | None) -> bool:
+    return resolve_backend(x, backend) == "triton"
 
 
 def score_windows(x: torch.Tensor, geom: WindowGeometry, backend: Backend | None = None) -> torch.Tensor:
-    """(B, H, W, C) -> (B, nW) float32 window scores; see `reference.score_windows`."""
-    return _impl(x, backend).score_windows(x, geom)
+    """(B, H, W, C) -> (B, nW) float32 window scores; see `reference.score_windows`.
+
+    Both backends run as the custom op ``sparsesearch::score_windows``; Triton's scores equal the reference's up
+    to float32 rounding (summation order), not bit for bit.
+    """
+    return custom_ops.score_windows(x, geom, _use_triton(x, backend))
 
 
 def select_windows(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -73,12 +102,47 @@ def select_windows(scores: torch.Tensor, k: int) -> torch.Tensor:
 def gather_windows(
     x: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry, backend: Backend | None = None
 ) -> torch.Tensor:
-    """(B, H, W, C), (B, k) -> (B*k, wh*ww, C) kept windows; see `reference.gather_windows`."""
-    return _impl(x, backend).gather_windows(x, idx, geom)
+    """(B, H, W, C), (B, k) -> (B*k, wh*ww, C) kept windows; see `reference.gather_windows`.
+
+    Runs as ``sparsesearch::gather_windows`` (differentiable: the gradient scatters into zeros).
+    """
+    return custom_ops.gather_windows(x, idx, geom, _use_triton(x, backend))
+
+
+def can_scatter_inplace(x: torch.Tensor, windows: torch.Tensor) -> bool:
+    """Whether `scatter_windows(..., inplace=True)` really writes into x: when autograd is off (torch.no_grad or
+    torch.inference_mode), x is contiguous, and x may be modified here (an inference tensor only inside
+    inference mode).
+
+    With grad mode on the scatter always runs out of place, even if nothing requires grad: x may have been saved
+    for the backward of an earlier op (e.g. `x * weight`), which an in-place write would invalidate.
+    """
+    if torch.is_grad_enabled() or not x.is_contiguous():
+        return False
+    if torch.compiler.is_compiling():  # dynamo cannot trace is_inference(): compile under no_grad, not inference_mode
+        return True
+    return not (x.is_inference() and not torch.is_inference_mode_enabled())
 
 
 def scatter_windows(
-    x: torch.Tensor, windows: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry, backend: Backend | None = None
+    x: torch.Tensor,
+    windows: torch.Tensor,
+    idx: torch.Tensor,
+    geom: WindowGeometry,
+    backend: Backend | None = None,
+    *,
+    inplace: bool = False,
 ) -> torch.Tensor:
-    """(B, H, W, C), (B*k, N, C), (B, k) -> (B, H, W, C); see `reference.scatter_windows`."""
-    return _impl(x, backend).scatter_windows(x, windows, idx, geom)
+    """(B, H, W, C), (B*k, N, C), (B, k) -> (B, H, W, C); see `reference.scatter_windows`.
+
+    Out of place (the default, and always with grad mode on): a new tensor, through
+    ``sparsesearch::scatter_windows``, which copies every token once; its gradient is (dy with the kept tokens
+    zeroed) for x and the gathered dy for windows. With `inplace=True` the caller declares that x is not needed
+    afterwards: where `can_scatter_inplace(x, windows)` holds (inference: torch.no_grad or torch.inference_mode,
+    and x contiguous) the kept windows are written into x itself through ``sparsesearch::scatter_windows_inplace``
+    and x is returned, so tokens of pruned windows are never read or copied; otherwise the out-of-place op runs.
+    """
+    use_triton = _use_triton(x, backend)
+    if inplace and can_scatter_inplace(x, windows):
+        return custom_ops.scatter_windows_inplace(x, windows, idx, geom, use_triton)
+    return custom_ops.scatter_windows(x, windows, idx, geom, use_triton)

@@ -1,0 +1,335 @@
+"""The window ops as torch custom operators (namespace ``sparsesearch``), with fake and autograd registrations.
+
+Every backend goes through these ops: the flag `use_triton` picks the body (the Triton kernels of `triton_impl`,
+or the torch reference of `reference`), so torch.compile captures a pruned forward and backward as the same few
+named, opaque nodes on CPU and CUDA (k is static: it is the size of idx), CUDA graphs can capture them (no host
+synchronisation, fixed launch configs), and FlopCounterMode / fvcore see ``sparsesearch::*`` instead of the
+index_select / cat / index_copy that implement them.
+
+Ops (geometry as ints: the window wh x ww and shift sh, sw; H, W come from the map):
+
+    sparsesearch::score_windows(x, wh, ww, sh, sw, use_triton) -> (B, nW) float32
+    sparsesearch::gather_windows(x, idx, ...) -> (B*k, N, C)
+    sparsesearch::scatter_windows(x, windows, idx, ...) -> (B, H, W, C) new tensor
+    sparsesearch::scatter_windows_inplace(x!, windows, idx, ...) -> ()   writes the kept tokens of x only
+    sparsesearch::place_windows(windows, idx, H, W, ...) -> (B, H, W, C)   zeros, kept tokens from windows
+    sparsesearch::zero_windows(x, idx, ...) -> (B, H, W, C)                x with the kept tokens zeroed
+
+Gradients (all linear ops, so the backward reuses the same ops and kernels, and double backward works):
+    gather:  dx = place_windows(dy)                      (a scatter-add into zeros: kept windows never overlap)
+    scatter: dx = zero_windows(dy), dwindows = gather_windows(dy)  (0 at padded positions, as the reference)
+    place:   dwindows = gather_windows(dy);   zero: dx = zero_windows(dy)
+    score:   dx = sum over the token's window of dy_w * tok / s_w * sign(x) / C, in torch ops (0 where s_w = 0,
+             where the reference's autograd gives NaN); scores only feed a discrete top-k in the models.
+The in-place scatter has no autograd formula: `sparsesearch.ops.scatter_windows` only uses it where autograd
+records nothing (see its docstring).
+
+This module deliberately does not use ``from __future__ import annotations``: torch.library infers the op
+schemas from the annotations.
+"""
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import SparseSearchError
+from . import reference
+from .geometry import WindowGeometry, token_index
+
+__all__ = [
+    "score_windows",
+    "gather_windows",
+    "scatter_windows",
+    "scatter_windows_inplace",
+    "place_windows",
+    "zero_windows",
+]
+
+
+def _triton_impl() -> Any:
+    from . import triton_impl  # noqa: PLC0415  (optional: imports triton)
+
+    return triton_impl
+
+
+def _geom(H: int, W: int, wh: int, ww: int, sh: int, sw: int) -> WindowGeometry:
+    return WindowGeometry(int(H), int(W), int(wh), int(ww), int(sh), int(sw))
+
+
+def _num_windows(H: Any, W: Any, wh: int, ww: int) -> Any:
+    return ((H + wh - 1) // wh) * ((W + ww - 1) // ww)
+
+
+# ---- torch bodies of the helper ops ------------------------------------------------------------------------
+def _zero_windows_torch(x: Tensor, idx: Tensor, geom: WindowGeometry) -> Tensor:
+    B, H, W, C = x.shape
+    flat = reference._flat_token_index(geom, idx)
+    out = torch.cat([x.reshape(B * H * W, C), x.new_zeros(1, C)], dim=0)
+    out.index_fill_(0, flat, 0)
+    return out[: B * H * W].view(B, H, W, C)
+
+
+def _scatter_inplace_torch(x: Tensor, windows: Tensor, idx: Tensor, geom: WindowGeometry) -> None:
+    """index_copy_ into x itself. A padded position is redirected to position 0 of its window (always a real
+    token: the top-left corner of every window lies inside the map), with that position's value as source, so
+    every write lands on a kept token and duplicate writes carry equal values."""
+    B, H, W, C = x.shape
+    k, N = idx.shape[1], geom.window_area
+    tok = token_index(geom, x.device)[idx]  # (B, k, N)
+    rows = windows.reshape(B * k * N, C).to(x.dtype)
+    if geom.padded:
+        valid = tok < H * W
+        tok = torch.where(valid, tok, tok[..., :1])
+        pos = torch.arange(N, device=x.device).expand(B, k, N)
+        src = torch.where(valid, pos, torch.zeros_like(pos))
+        src = src + (torch.arange(B * k, device=x.device) * N).view(B, k, 1)
+        rows = rows.index_select(0, src.reshape(-1))
+    flat = (tok + (torch.arange(B, device=x.device) * (H * W)).view(B, 1, 1)).reshape(-1)
+    x.view(B * H * W, C).index_copy_(0, flat, rows)
+
+
+def _window_of_token(geom: WindowGeometry, device: torch.device) -> Tensor:
+    """(H*W,) int64: the window (of the shifted, padded partition) that holds each original token.
+
+    Built from fresh tensors (not a cached constant) so that it can be traced inside a compiled backward.
+    """
+    hs = (torch.arange(geom.H, device=device) - geom.sh) % geom.H  # row of each original row in the shifted map
+    ws = (torch.arange(geom.W, device=device) - geom.sw) % geom.W
+    return ((hs // geom.wh)[:, None] * geom.nWw + (ws // geom.ww)[None, :]).reshape(-1)
+
+
+# ---- score ---------------------------------------------------------------------------------------------------
+@torch.library.custom_op("sparsesearch::score_windows", mutates_args=())
+def _score_op(x: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
+    geom = _geom(x.shape[1], x.shape[2], wh, ww, sh, sw)
+    if use_triton:
+        return _triton_impl().score(x, geom)
+    return reference.score_windows(x, geom)
+
+
+@_score_op.register_fake
+def _(x: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
+    return x.new_empty((x.shape[0], _num_windows(x.shape[1], x.shape[2], wh, ww)), dtype=torch.float32)
+
+
+def _score_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    x, wh, ww, sh, sw, _ = inputs
+    ctx.save_for_backward(x, output)
+    ctx.geom = (wh, ww, sh, sw)
+
+
+def _score_backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:
+    x, scores = ctx.saved_tensors
+    B, H, W, C = x.shape
+    geom = _geom(H, W, *ctx.geom)
+    tok = x.abs().mean(dim=-1, dtype=torch.float32).reshape(B, H * W)
+    coef = torch.where(scores > 0, grad / scores, torch.zeros_like(scores))  # d s_w / d tok_t = tok_t / s_w
+    g_tok = coef[:, _window_of_token(geom, x.device)] * tok / C
+    gx = g_tok.view(B, H, W, 1) * x.sign()
+    return gx.to(x.dtype), None, None, None, None, None
+
+
+_score_op.register_autograd(_score_backward, setup_context=_score_setup)
+
+
+# ---- gather ---------------------------------------------------------------------------------------------------
+@torch.library.custom_op("sparsesearch::gather_windows", mutates_args=())
+def _gather_op(x: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
+    geom = _geom(x.shape[1], x.shape[2], wh, ww, sh, sw)
+    if use_triton:
+        return _triton_impl().gather(x, idx, geom)
+    return reference.gather_windows(x, idx, geom)
+
+
+@_gather_op.register_fake
+def _(x: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
+    return x.new_empty((x.shape[0] * idx.shape[1], wh * ww, x.shape[3]))
+
+
+def _gather_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    x, idx, wh, ww, sh, sw, use_triton = inputs
+    ctx.save_for_backward(idx)
+    ctx.args = (x.shape[1], x.shape[2], wh, ww, sh, sw, use_triton)
+
+
+def _gather_backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:
+    (idx,) = ctx.saved_tensors
+    gx = _place_op(grad, idx, *ctx.args) if ctx.needs_input_grad[0] else None
+    return gx, None, None, None, None, None, None
+
+
+_gather_op.register_autograd(_gather_backward, setup_context=_gather_setup)
+
+
+# ---- scatter (out of place) ----------------------------------------------------------------------------------
+@torch.library.custom_op("sparsesearch::scatter_windows", mutates_args=())
+def _scatter_op(
+    x: Tensor, windows: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool
+) -> Tensor:
+    geom = _geom(x.shape[1], x.shape[2], wh, ww, sh, sw)
+    if use_triton:
+        return _triton_impl().merge(x, windows, idx, geom)
+    return reference.scatter_windows(x, windows, idx, geom)
+
+
+@_scatter_op.register_fake
+def _(x: Tensor, windows: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
+    return x.new_empty(x.shape)
+
+
+def _scatter_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    x, windows, idx, wh, ww, sh, sw, use_triton = inputs
+    ctx.save_for_backward(idx)
+    ctx.args = (wh, ww, sh, sw, use_triton)
+    ctx.windows_dtype = windows.dtype
+
+
+def _scatter_backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:
+    (idx,) = ctx.saved_tensors
+    gx = _zero_op(grad, idx, *ctx.args) if ctx.needs_input_grad[0] else None
+    gw = _gather_op(grad, idx, *ctx.args).to(ctx.windows_dtype) if ctx.needs_input_grad[1] else None
+    return gx, gw, None, None, None, None, None, None
+
+
+_scatter_op.register_autograd(_scatter_backward, setup_context=_scatter_setup)
+
+
+# ---- scatter (in place) --------------------------------------------------------------------------------------
+@torch.library.custom_op("sparsesearch::scatter_windows_inplace", mutates_args=("x",))
+def _scatter_inplace_op(
+    x: Tensor, windows: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool
+) -> None:
+    geom = _geom(x.shape[1], x.shape[2], wh, ww, sh, sw)
+    if use_triton:
+        _triton_impl().scatter_inplace(x, windows, idx, geom)
+    else:
+        _scatter_inplace_torch(x, windows, idx, geom)
+
+
+@_scatter_inplace_op.register_fake
+def _(x: Tensor, windows: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> None:
+    return None
+
+
+# ---- helpers of the backward ---------------------------------------------------------------------------------
+@torch.library.custom_op("sparsesearch::place_windows", mutates_args=())
+def _place_op(
+    windows: Tensor, idx: Tensor, H: int, W: int, wh: int, ww: int, sh: int, sw: int, use_triton: bool
+) -> Tensor:
+    geom = _geom(H, W, wh, ww, sh, sw)
+    shape = (idx.shape[0], H, W, windows.shape[2])
+    if use_triton:
+        return _triton_impl().merge(None, windows, idx, geom, shape=shape, dtype=windows.dtype)
+    return reference.scatter_windows(windows.new_zeros(shape), windows, idx, geom)
+
+
+@_place_op.register_fake
+def _(windows: Tensor, idx: Tensor, H: int, W: int, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
+    return windows.new_empty((idx.shape[0], H, W, windows.shape[2]))
+
+
+def _place_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    windows, idx, H, W, wh, ww, sh, sw, use_triton = inputs
+    ctx.save_for_backward(idx)
+    ctx.args = (wh, ww, sh, sw, use_triton)
+
+
+def _place_backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:
+    (idx,) = ctx.saved_tensors
+    gw = _gather_op(grad, idx, *ctx.args) if ctx.needs_input_grad[0] else None
+    return (gw,) + (None,) * 8
+
+
+_place_op.register_autograd(_place_backward, setup_context=_place_setup)
+
+
+@torch.library.custom_op("sparsesearch::zero_windows", mutates_args=())
+def _zero_op(x: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
+    geom = _geom(x.shape[1], x.shape[2], wh, ww, sh, sw)
+    if use_triton:
+        return _triton_impl().merge(x, None, idx, geom)
+    return _zero_windows_torch(x, idx, geom)
+
+
+@_zero_op.register_fake
+def _(x: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
+    return x.new_empty(x.shape)
+
+
+def _zero_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    x, idx, wh, ww, sh, sw, use_triton = inputs
+    ctx.save_for_backward(idx)
+    ctx.args = (wh, ww, sh, sw, use_triton)
+
+
+def _zero_backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:
+    (idx,) = ctx.saved_tensors
+    gx = _zero_op(grad, idx, *ctx.args) if ctx.needs_input_grad[0] else None
+    return (gx,) + (None,) * 6
+
+
+_zero_op.register_autograd(_zero_backward, setup_context=_zero_setup)
+
+
+# ---- Python entry points -------------------------------------------------------------------------------------
+def _check_map(x: Tensor, geom: WindowGeometry, what: str = "x") -> None:
+    if x.dim() != 4 or x.shape[1] != geom.H or x.shape[2] != geom.W:
+        raise SparseSearchError(
+            f"{what} must have shape (B, {geom.H}, {geom.W}, C) for {geom}, got {tuple(x.shape)}"
+        )
+
+
+def _check_idx(idx: Tensor, x: Tensor) -> None:
+    if idx.dim() != 2 or idx.shape[0] != x.shape[0]:
+        raise SparseSearchError(f"idx must have shape (B={x.shape[0]}, k), got {tuple(idx.shape)}")
+
+
+def score_windows(x: Tensor, geom: WindowGeometry, use_triton: bool = False) -> Tensor:
+    """(B, H, W, C) -> (B, nW) float32 window scores, through ``sparsesearch::score_windows``."""
+    _check_map(x, geom)
+    return _score_op(x, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
+
+
+def gather_windows(x: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False) -> Tensor:
+    """(B, H, W, C), (B, k) -> (B*k, wh*ww, C) kept windows, through ``sparsesearch::gather_windows``."""
+    _check_map(x, geom)
+    _check_idx(idx, x)
+    return _gather_op(x, idx, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
+
+
+def scatter_windows(
+    x: Tensor, windows: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False
+) -> Tensor:
+    """(B, H, W, C), (B*k, N, C), (B, k) -> new (B, H, W, C), through ``sparsesearch::scatter_windows``."""
+    _check_map(x, geom)
+    _check_idx(idx, x)
+    return _scatter_op(x, windows, idx, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
+
+
+def scatter_windows_inplace(
+    x: Tensor, windows: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False
+) -> Tensor:
+    """Write the kept windows into x itself and return x (no autograd: x and windows must not need grads).
+
+    Through ``sparsesearch::scatter_windows_inplace``; tokens of pruned windows are never read or written.
+    """
+    _check_map(x, geom)
+    _check_idx(idx, x)
+    if not x.is_contiguous():
+        raise SparseSearchError("the in-place scatter needs a contiguous x")
+    _scatter_inplace_op(x, windows, idx, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
+    return x
+
+
+def place_windows(
+    windows: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False
+) -> Tensor:
+    """(B*k, N, C), (B, k) -> (B, H, W, C): zeros with the kept windows' tokens from windows (grad of gather)."""
+    return _place_op(windows, idx, geom.H, geom.W, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
+
+
+def zero_windows(x: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False) -> Tensor:
+    """(B, H, W, C), (B, k) -> (B, H, W, C): x with the kept windows' tokens zeroed (grad of scatter for x)."""
+    _check_map(x, geom)
+    _check_idx(idx, x)
+    return _zero_op(x, idx, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
