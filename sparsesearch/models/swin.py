@@ -73,7 +73,7 @@ class SwinBlock(nn.Module):
         `owns_input=True` declares that x is not used after this call, so in inference the pruned path may
         write the kept windows straight into x instead of copying every pruned token (the model does this).
         """
-        geom = self.geometry(x.shape[1], x.shape[2])
+        geom = self.geometry(int(x.shape[1]), int(x.shape[2]))  # int(): sizes are tensors when ONNX-traced
         if self.sparsity > 0.0:
             k = ops.keep_count(self.sparsity, geom.num_windows)
             if k < geom.num_windows:
@@ -101,7 +101,7 @@ class SwinBlock(nn.Module):
     def _forward_pruned(self, x: torch.Tensor, g: WindowGeometry, k: int, owns_input: bool = False) -> torch.Tensor:
         B = x.shape[0]
         scores = ops.score_windows(x, g, self.kernel_backend)
-        idx = ops.select_windows(scores, k)  # (B, k)
+        idx = ops.select_windows(scores, k, self.kernel_backend)  # (B, k)
         windows = ops.gather_windows(x, idx, g, self.kernel_backend)  # (B*k, N, C)
         y = self.norm1(windows)
         if g.padded:  # padded positions enter attention as zeros after norm1, as in the dense path

@@ -2,7 +2,9 @@
 
 `backend="auto"` (the default) uses the Triton kernels for CUDA tensors when they are available and the torch
 reference otherwise. Override per call with `backend=` or globally with the environment variable
-``SPARSESEARCH_KERNELS=torch|triton|auto``.
+``SPARSESEARCH_KERNELS=torch|triton|auto|export``. "export" calls the torch reference as plain torch ops, not
+through the custom ops, and selects windows with TopK: for exporters that only know standard ops (ONNX, whose
+TopK breaks ties by the lower index, as the reference does).
 
 Both backends run as torch custom ops (``sparsesearch::score_windows``, ``gather_windows``, ``scatter_windows``,
 ``scatter_windows_inplace``; see `custom_ops`): the torch reference is the body of the torch backend, the Triton
@@ -34,8 +36,8 @@ __all__ = [
     "can_scatter_inplace",
 ]
 
-Backend = Literal["auto", "torch", "triton"]
-_BACKENDS = ("auto", "torch", "triton")
+Backend = Literal["auto", "torch", "triton", "export"]
+_BACKENDS = ("auto", "torch", "triton", "export")
 
 
 _UNSET = object()
@@ -62,11 +64,9 @@ def resolve_backend(x: torch.Tensor, backend: Backend | None = None) -> str:
     included (even when the kernels are interpreted). An explicit "triton" raises SparseSearchError when the
     kernels cannot run on x (CPU tensors need TRITON_INTERPRET=1 set before the kernels are first imported).
     """
-    choice = backend or os.environ.get("SPARSESEARCH_KERNELS", "auto")
-    if choice not in _BACKENDS:
-        raise SparseSearchError(f"unknown kernel backend {choice!r}: use one of {', '.join(_BACKENDS)}")
-    if choice == "torch":
-        return "torch"
+    choice = _choice(backend)
+    if choice in ("torch", "export"):
+        return choice
     kernels = _triton_ops()
     if choice == "triton":
         if kernels is None:
@@ -81,6 +81,13 @@ def resolve_backend(x: torch.Tensor, backend: Backend | None = None) -> str:
     return "triton" if kernels is not None and x.device.type == "cuda" and kernels.supports(x) else "torch"
 
 
+def _choice(backend: Backend | None) -> str:
+    choice = backend or os.environ.get("SPARSESEARCH_KERNELS", "auto")
+    if choice not in _BACKENDS:
+        raise SparseSearchError(f"unknown kernel backend {choice!r}: use one of {', '.join(_BACKENDS)}")
+    return choice
+
+
 def _use_triton(x: torch.Tensor, backend: Backend | None) -> bool:
     return resolve_backend(x, backend) == "triton"
 
@@ -91,11 +98,16 @@ def score_windows(x: torch.Tensor, geom: WindowGeometry, backend: Backend | None
     Both backends run as the custom op ``sparsesearch::score_windows``; Triton's scores equal the reference's up
     to float32 rounding (summation order), not bit for bit.
     """
+    if _choice(backend) == "export":
+        return reference.score_windows(x, geom)
     return custom_ops.score_windows(x, geom, _use_triton(x, backend))
 
 
-def select_windows(scores: torch.Tensor, k: int) -> torch.Tensor:
+def select_windows(scores: torch.Tensor, k: int, backend: Backend | None = None) -> torch.Tensor:
     """(B, nW) scores -> (B, k) int64 kept indices, ascending; ties go to the lower index."""
+    if _choice(backend) == "export":
+        top = torch.topk(scores, k, dim=1, largest=True, sorted=True).indices
+        return torch.topk(top, k, dim=1, largest=False, sorted=True).values
     return reference.select_windows(scores, k)
 
 
@@ -106,6 +118,8 @@ def gather_windows(
 
     Runs as ``sparsesearch::gather_windows`` (differentiable: the gradient scatters into zeros).
     """
+    if _choice(backend) == "export":
+        return reference.gather_windows(x, idx, geom)
     return custom_ops.gather_windows(x, idx, geom, _use_triton(x, backend))
 
 
@@ -142,6 +156,8 @@ def scatter_windows(
     and x contiguous) the kept windows are written into x itself through ``sparsesearch::scatter_windows_inplace``
     and x is returned, so tokens of pruned windows are never read or copied; otherwise the out-of-place op runs.
     """
+    if _choice(backend) == "export":
+        return reference.scatter_windows(x, windows, idx, geom)
     use_triton = _use_triton(x, backend)
     if inplace and can_scatter_inplace(x, windows):
         return custom_ops.scatter_windows_inplace(x, windows, idx, geom, use_triton)
