@@ -17,12 +17,17 @@ from .errors import (
 )
 from .models import SwinTransformer, create_model, list_models, load_checkpoint
 from .space import SearchSpace
+from .latency import LatencyTable
+from .evaluate import EvalResult, Evaluator, evaluate
+from .supernet import SupernetMeta, load_supernet, save_supernet
+from .adapt import AdaptOptions, AdaptResult, train_supernet
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SparsityConfig",
     "SearchSpace",
+    "LatencyTable",
     "SwinTransformer",
     "create_model",
     "list_models",
@@ -34,5 +39,14 @@ __all__ = [
     "DataError",
     "LatencyTableError",
     "BudgetError",
+    "train_supernet",
+    "AdaptOptions",
+    "AdaptResult",
+    "evaluate",
+    "Evaluator",
+    "EvalResult",
+    "load_supernet",
+    "save_supernet",
+    "SupernetMeta",
     "__version__",
 ]

@@ -242,3 +242,15 @@ def test_inference_writes_in_place_only_into_owned_tensors():
     with torch.inference_mode():
         torch.testing.assert_close(m(x), expected, rtol=0, atol=0)
     assert out.shape == (1, 16, 16, 24)
+
+
+def test_training_after_inference_mode_calls():
+    """Index tensors cached during an inference-mode forward must not poison a later training step."""
+    m = _model(window_size=4)
+    m.set_config(ss.SparsityConfig.uniform(0.5, TINY["depths"], 4))
+    x = torch.randn(1, 3, 40, 56)
+    with torch.inference_mode():
+        m(x)
+    m.train()
+    m(x).sum().backward()
+    assert m.layers[0].blocks[1].attn.relative_position_bias_table.grad is not None

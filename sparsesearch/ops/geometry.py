@@ -101,7 +101,8 @@ def token_index(geom: WindowGeometry, device: torch.device | str = "cpu") -> tor
 
     Padded positions hold H*W (one past the last token), so a buffer with one extra row can absorb them.
     """
-    return _token_index(geom, _device_key(device))
+    with torch.inference_mode(False):  # cached: must stay usable by autograd after an inference-mode call
+        return _token_index(geom, _device_key(device))
 
 
 @lru_cache(maxsize=256)
@@ -126,7 +127,8 @@ def shift_mask(geom: WindowGeometry, device: torch.device | str = "cpu") -> torc
 
     Regions are computed on the padded grid, exactly as timm does.
     """
-    return _shift_mask(geom, _device_key(device))
+    with torch.inference_mode(False):
+        return _shift_mask(geom, _device_key(device))
 
 
 @lru_cache(maxsize=64)
@@ -142,4 +144,5 @@ def relative_position_index(wh: int, ww: int, max_window: int, device: torch.dev
 
     A window smaller than M reads the centre crop of the table, so every window size shares the same weights.
     """
-    return _relative_position_index(wh, ww, max_window, _device_key(device))
+    with torch.inference_mode(False):
+        return _relative_position_index(wh, ww, max_window, _device_key(device))

@@ -1,0 +1,30 @@
+"""Supernet adaptation: train one set of weights under randomly sampled layerwise sparsity.
+
+:func:`adapt` runs the loop (resumable, DDP-ready); :class:`ConfigSampler` holds the sampling rules;
+:mod:`.checkpoint` the training checkpoint format; :mod:`.distributed` the torchrun helpers.
+"""
+from .checkpoint import capture_rng, inspect_run, load_train_checkpoint, restore_rng
+from .options import RUNTIME_FIELDS, AdaptOptions, parse_image_size
+from .sampling import SAMPLERS, ConfigSampler, StepConfig, input_resolution
+from .trainer import AdaptResult, adapt, build_optimizer, train_supernet, cosine_schedule, distill_loss, seg_or_cls_loss
+
+__all__ = [
+    "AdaptOptions",
+    "AdaptResult",
+    "adapt",
+    "train_supernet",
+    "ConfigSampler",
+    "StepConfig",
+    "SAMPLERS",
+    "RUNTIME_FIELDS",
+    "input_resolution",
+    "parse_image_size",
+    "seg_or_cls_loss",
+    "distill_loss",
+    "build_optimizer",
+    "cosine_schedule",
+    "capture_rng",
+    "restore_rng",
+    "inspect_run",
+    "load_train_checkpoint",
+]

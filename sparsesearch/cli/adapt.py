@@ -1,0 +1,162 @@
+"""`sparsesearch adapt` (train a supernet under random layerwise sparsity) and `sparsesearch eval` (score configs)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from ._base import Command, CommandError
+
+_S = argparse.SUPPRESS  # unset flags stay absent, so a --config-file value is only overridden by a real flag
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+class AdaptCommand(Command):
+    name = "adapt"
+    help = "train a weight-sharing supernet: every step a random layerwise sparsity (resumable, torchrun-ready)"
+    description = (
+        "Fine-tune one set of weights under a freshly sampled sparsity config every step, so that every config "
+        "of the space works without retraining. Writes OUT/supernet.pt, OUT/last.pt, OUT/metrics.jsonl and "
+        "OUT/args.yaml. Options may come from --config-file (YAML, keys = option names); flags override it. "
+        "Distributed: torchrun --nproc_per_node N -m sparsesearch adapt ... (--batch is per process)."
+    )
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        a = parser.add_argument
+        a("--config-file", metavar="YAML", default=_S, help="YAML mapping of options (e.g. examples/adapt.yaml)")
+        a("--space", metavar="FILE", default=_S, help="search space YAML (e.g. search_spaces/demo.yaml)")
+        a("--data", metavar="DATA", default=_S, help="'synthetic', 'synthetic:N' or a data folder")
+        a("--task", choices=["seg", "cls"], default=_S, help="segmentation or classification (default: from the data)")
+        a("--init", metavar="CKPT", default=_S, help="initial weights (timm/Microsoft .pth/.safetensors or a supernet)")
+        g = parser.add_mutually_exclusive_group()
+        g.add_argument("--steps", type=int, metavar="N", default=_S, help="optimiser steps")
+        g.add_argument("--epochs", type=int, metavar="N", default=_S, help="passes over the data (default 10)")
+        a("--batch", type=int, metavar="N", default=_S, help="images per process and step (default 8)")
+        a("--lr", type=float, default=_S, help="peak AdamW learning rate (default 5e-4)")
+        a("--min-lr", type=float, default=_S, help="final learning rate of the cosine decay (default 1e-6)")
+        a("--weight-decay", type=float, default=_S, help="AdamW weight decay (default 0.05)")
+        a("--warmup-steps", type=int, metavar="N", default=_S, help="linear warm-up steps (default 5%% of the steps)")
+        a("--clip-grad", type=float, metavar="NORM", default=_S, help="max gradient norm, 0 = off (default 5)")
+        a("--drop-path", type=float, metavar="P", default=_S, help="stochastic depth rate (default 0)")
+        a("--amp", action=argparse.BooleanOptionalAction, default=_S, help="mixed precision (fp16 on CUDA, bf16 on CPU)")
+        a("--sampler", choices=["uniform", "sandwich", "dense"], default=_S,
+          help="uniform: one random config per step (default); sandwich: also the densest and the sparsest; "
+          "dense: the densest only (a baseline)")
+        a("--distill", action=argparse.BooleanOptionalAction, default=_S,
+          help="in-place distillation: the densest config's output is the soft target of the others")
+        a("--distill-weight", type=float, metavar="W", default=_S, help="weight of the distillation term (default 0.5)")
+        a("--distill-temperature", type=float, metavar="T", default=_S, help="distillation temperature (default 1)")
+        a("--seed", type=int, default=_S, help="training seed (default 0)")
+        a("--data-seed", type=int, default=_S, help="data set seed (default 0)")
+        a("--image-size", metavar="HxW", default=_S, help="training size, e.g. 256 or 256x512 (default: the space's)")
+        a("--num-classes", type=int, metavar="N", default=_S, help="classes of the synthetic set (default 4)")
+        a("--val-samples", type=int, metavar="N", default=_S, help="validation items, 0 = none (default 64)")
+        a("--val-every", type=int, metavar="N", default=_S, help="validate every N steps (default: at the end only)")
+        a("--ckpt-every", type=int, metavar="N", default=_S, help="write last.pt every N steps (default 500)")
+        a("--workers", type=int, metavar="N", default=_S, help="data loader processes (default 0)")
+        a("--tensorboard", action=argparse.BooleanOptionalAction, default=_S, help="also log to OUT/tb")
+        a("--device", choices=["auto", "cpu", "cuda"], default=_S, help="default: cuda if available")
+        a("--out", metavar="DIR", default=_S, help="run folder")
+        a("--resume", action="store_true", help="continue the run in --out from its last.pt")
+        a("--overwrite", action="store_true", help="start afresh in an --out that already holds a run")
+        a("--quiet", action="store_true", help="no progress bar and no summary")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from ..adapt import AdaptOptions, adapt  # noqa: PLC0415
+
+        if args.resume and args.overwrite:
+            raise CommandError("--resume and --overwrite contradict each other: pick one")
+        values: dict[str, Any] = {}
+        source = "adapt"
+        if hasattr(args, "config_file"):
+            values.update(AdaptOptions.from_file(args.config_file))
+            source = args.config_file
+        names = AdaptOptions.field_names()
+        values.update({k: getattr(args, k) for k in names if hasattr(args, k)})
+        if not values.get("out"):
+            raise CommandError("--out DIR is required (the run folder)")
+        if not args.resume:
+            missing = [f"--{k}" for k in ("space", "data") if not values.get(k)]
+            if missing:
+                raise CommandError(f"{' and '.join(missing)} required (or --resume an existing run)")
+        opts = AdaptOptions.from_mapping(values, source)
+        main = _is_main_process()
+        log = (lambda msg: print(msg, flush=True)) if main and not args.quiet else None
+        result = adapt(
+            opts,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            explicit=set(values),
+            progress=False if args.quiet else None,
+            log=log,
+        )
+        if main and not args.quiet and result.losses:
+            last = result.losses[max(result.losses)]
+            val = ", ".join(f"{k} {v}" for k, v in result.val.items())
+            print(f"wrote {result.out / 'supernet.pt'}: {result.total_steps} steps, final loss {last:.4f}"
+                  + (f"; val {val}" if val else "")
+                  + (f"; {result.world_size} processes agree" if result.world_size > 1 else ""))
+        return 0
+
+
+class EvalCommand(Command):
+    name = "eval"
+    help = "score sparsity configs of a supernet: mIoU (seg) or top-1 (cls) on the first N validation items"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        a = parser.add_argument
+        a("--supernet", required=True, metavar="CKPT", help="supernet.pt (or last.pt) written by adapt")
+        a("--config", action="append", metavar="CFG",
+          help="dense, sparsest, uniform:P or a config JSON/YAML file; repeat for several (default: dense)")
+        a("--data", metavar="DATA", help="data set (default: the one the supernet was trained on)")
+        a("--split", default="val", choices=["train", "val", "test"], help="split to score (default val)")
+        a("--val-samples", type=int, metavar="N", help="score the first N items (default: all)")
+        a("--batch", type=int, default=16, metavar="N")
+        a("--device", choices=["auto", "cpu", "cuda"], default="auto")
+        a("--amp", action="store_true", help="mixed precision (fp16 on CUDA, bf16 on CPU)")
+        a("--per-class", action="store_true", help="also print the IoU of each class")
+        a("--json", action="store_true", help="one JSON object per config instead of text")
+
+    def run(self, args: argparse.Namespace) -> int:
+        import torch  # noqa: PLC0415
+
+        from ..adapt.sampling import input_resolution  # noqa: PLC0415
+        from ..evaluate import Evaluator, resolve_config  # noqa: PLC0415
+        from ..supernet import build_eval_dataset, load_supernet  # noqa: PLC0415
+
+        if args.val_samples is not None and args.val_samples < 1:
+            raise CommandError("--val-samples must be >= 1")
+        if args.batch < 1:
+            raise CommandError("--batch must be >= 1")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise CommandError("--device cuda was asked for but torch sees no CUDA device")
+        device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+        model, space, meta = load_supernet(args.supernet, device)
+        specs = args.config or ["dense"]
+        configs = [(s, resolve_config(s, space)) for s in specs]  # check them all before the slow part
+        dataset = build_eval_dataset(meta, args.data, args.split)
+        ev = Evaluator(model, dataset, args.val_samples, batch=args.batch, device=device, amp=args.amp,
+                       task=meta.task, num_classes=meta.num_classes)
+        names = getattr(dataset, "class_names", None) or meta.class_names
+        for spec, cfg in configs:
+            assert cfg is not None
+            res = ev(cfg, input_resolution(space, cfg))
+            if args.json:
+                print(json.dumps({"config": spec, "data": args.data or meta.data, "split": args.split, **res.to_dict()}))
+                continue
+            print(f"{spec:<24} {res.metric} {res.value:6.2f}  (n={res.n}, {args.split} of {args.data or meta.data}, "
+                  f"mean sparsity {cfg.mean_sparsity():.2f})")
+            if args.per_class and res.per_class:
+                for i, v in enumerate(res.per_class):
+                    label = names[i] if names and i < len(names) else str(i)
+                    print(f"    {label:<20} {'-' if v != v else f'{v:6.2f}'}")
+        sys.stdout.flush()
+        return 0
+
+
+COMMANDS = [AdaptCommand, EvalCommand]

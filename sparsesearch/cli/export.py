@@ -1,0 +1,96 @@
+"""`sparsesearch export` and `sparsesearch flops`."""
+from __future__ import annotations
+
+import argparse
+
+from ._base import Command, resolution
+
+
+class ExportCommand(Command):
+    name = "export"
+    help = "fix a config into a plain deployable model with a model card (optionally fine-tuned, ONNX)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--supernet", required=True, help="supernet checkpoint from `sparsesearch adapt`")
+        parser.add_argument("--config", required=True, help="a config file, e.g. the search's best.json")
+        parser.add_argument("--out", required=True, help="output folder")
+        parser.add_argument("--table", default=None, help="latency table for the predicted latency")
+        parser.add_argument("--data", default=None, help="evaluate accuracy on this data (default: the supernet's)")
+        parser.add_argument("--val-samples", type=int, default=None, help="validation images for the accuracy figures")
+        parser.add_argument("--finetune-steps", type=int, default=0, help="fine-tune this one config first")
+        parser.add_argument("--finetune-lr", type=float, default=1e-4)
+        parser.add_argument("--onnx", action="store_true", help="also export model.onnx and check it with ONNX Runtime")
+        parser.add_argument("--device", default="cpu")
+        parser.add_argument("--no-measure", dest="measure", action="store_false", help="skip timing on this machine")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from tabulate import tabulate  # noqa: PLC0415
+
+        from ..export import export_model  # noqa: PLC0415
+
+        r = export_model(
+            args.supernet, args.config, args.out, data=args.data, val_samples=args.val_samples, table=args.table,
+            finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, onnx=args.onnx, device=args.device,
+            measure=args.measure, progress=lambda msg: print(f"export: {msg}"),
+        )
+        rows = [["parameters", f"{r.parameters / 1e6:.2f} M", ""],
+                ["GFLOPs", f"{r.gflops:.2f}", f"{r.gflops_dense:.2f}"]]
+        if r.predicted_ms is not None:
+            rows.append(["predicted ms", f"{r.predicted_ms:.2f}", f"{r.predicted_dense_ms:.2f}"])
+        if r.measured_ms is not None:
+            rows.append([f"measured ms ({r.measured_on})", f"{r.measured_ms:.2f}", f"{r.measured_dense_ms:.2f}"])
+        if r.accuracy is not None:
+            rows.append([f"{r.accuracy['metric']} (n={r.accuracy['n']})", f"{r.accuracy['value']:.2f}",
+                         f"{r.accuracy_dense['value']:.2f}"])
+        print(tabulate(rows, headers=["", "exported config", "dense"], tablefmt="github"))
+        if r.onnx is not None:
+            print(f"ONNX: {args.out}/model.onnx, max |onnxruntime - torch| = {r.onnx['max_abs_diff']:.2e}")
+            if not r.onnx["ok"]:
+                print("sparsesearch export: error: ONNX Runtime's output differs from torch's", flush=True)
+                return 1
+        print(f"wrote {args.out}: model.safetensors, model.json, config.json, card.json "
+              "(load it with sparsesearch.load_exported)")
+        return 0
+
+
+class FlopsCommand(Command):
+    name = "flops"
+    help = "FLOPs per stage and in total for a config (fvcore; one multiply-add = one FLOP)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--space", required=True, help="search space YAML")
+        parser.add_argument("--config", default="dense",
+                            help="config file, 'dense', or 'uniform:P' (default: dense)")
+        parser.add_argument("--resolution", type=resolution, default=None, help="input size (default: the config's or space's)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from tabulate import tabulate  # noqa: PLC0415
+
+        from ..config import SparsityConfig  # noqa: PLC0415
+        from ..errors import ConfigError  # noqa: PLC0415
+        from ..flops import count_flops  # noqa: PLC0415
+        from ..space import SearchSpace  # noqa: PLC0415
+
+        space = SearchSpace.load(args.space)
+        if args.config == "dense":
+            cfg = space.densest()
+        elif args.config.startswith("uniform:"):
+            try:
+                cfg = space.uniform(float(args.config.split(":", 1)[1]))
+            except ValueError:
+                raise ConfigError(f"--config {args.config!r}: write uniform:P with P a number in [0, 1)") from None
+        else:
+            cfg = SparsityConfig.load(args.config)
+        res = args.resolution or cfg.resolution or space.resolutions[0]
+        model = space.create_model(head=None)
+        dense = count_flops(model, res, SparsityConfig([[0.0] * d for d in space.depths], cfg.window_size))
+        r = count_flops(model, res, cfg)
+        rows = [[part, f"{r.parts.get(part, 0) / 1e9:.3f}", f"{dense.parts.get(part, 0) / 1e9:.3f}",
+                 f"{r.parts.get(part, 0) / max(dense.parts.get(part, 1), 1):.2f}"] for part in dense.parts]
+        rows.append(["total", f"{r.gflops:.3f}", f"{dense.gflops:.3f}", f"{r.total / dense.total:.2f}"])
+        print(f"{space.architecture} backbone at {res[0]}x{res[1]}, config mean sparsity {cfg.mean_sparsity():.2f}")
+        print(tabulate(rows, headers=["part", "GFLOPs", "dense GFLOPs", "ratio"], tablefmt="github"))
+        return 0
+
+
+COMMANDS = [ExportCommand, FlopsCommand]

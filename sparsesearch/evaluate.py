@@ -1,0 +1,288 @@
+"""Accuracy of a model under a sparsity config: mIoU (segmentation) or top-1 (classification).
+
+:func:`evaluate` is what ``sparsesearch eval`` and the search call. It always scores the same items (the first
+``n`` of the data set, in order), under ``torch.inference_mode`` and in batches. :class:`Evaluator` does the
+same but loads the items once and caches results per config, for searches that score many configs.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .config import SparsityConfig
+from .errors import ConfigError, DataError
+
+__all__ = [
+    "EvalResult",
+    "Evaluator",
+    "evaluate",
+    "confusion_matrix",
+    "miou_from_confusion",
+    "resolve_config",
+]
+
+#: items kept in memory by Evaluator when preloading (bytes of image data), beyond which it streams.
+PRELOAD_LIMIT_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One accuracy figure.
+
+    Attributes:
+        metric: "mIoU" (segmentation) or "top1" (classification).
+        value: the figure in percent (0-100).
+        n: number of items scored.
+        per_class: IoU (percent) of each class for "mIoU", NaN where a class is absent from both prediction
+            and labels; empty for "top1".
+    """
+
+    metric: str
+    value: float
+    n: int
+    per_class: tuple[float, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"metric": self.metric, "value": self.value, "n": self.n}
+        if self.per_class:
+            d["per_class"] = [None if math.isnan(v) else v for v in self.per_class]
+        return d
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.value:.2f} (n={self.n})"
+
+
+# ---- metrics -------------------------------------------------------------------------------------------------
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None = 255) -> torch.Tensor:
+    """(num_classes, num_classes) int64 counts, rows = label, columns = prediction.
+
+    pred, target: integer tensors of the same shape (e.g. (B, H, W)). Pixels whose label is ``ignore_index``
+    or outside [0, num_classes) are not counted.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    t = target.reshape(-1).long()
+    p = pred.reshape(-1).long()
+    valid = (t >= 0) & (t < num_classes)
+    if ignore_index is not None:
+        valid &= t != ignore_index
+    idx = t[valid] * num_classes + p[valid].clamp(0, num_classes - 1)
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes).cpu()
+
+
+def miou_from_confusion(cm: torch.Tensor) -> tuple[float, tuple[float, ...]]:
+    """mIoU (percent) and per-class IoU (percent, NaN where the class is in neither labels nor predictions).
+
+    IoU_c = cm[c, c] / (sum(cm[c, :]) + sum(cm[:, c]) - cm[c, c]); mIoU averages the classes that occur.
+    """
+    cm = cm.double()
+    inter = cm.diag()
+    union = cm.sum(0) + cm.sum(1) - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(union, float("nan"))) * 100.0
+    present = ~torch.isnan(iou)
+    value = float(iou[present].mean()) if bool(present.any()) else float("nan")
+    return value, tuple(float(v) for v in iou)
+
+
+# ---- configs from strings ------------------------------------------------------------------------------------
+def resolve_config(spec: str | SparsityConfig | None, space: Any) -> SparsityConfig | None:
+    """A config from a CLI-style spec: "dense" (or "densest"), "sparsest", "uniform:P", or a JSON/YAML file.
+
+    ``space`` is the model's SearchSpace (for the dense/sparsest/uniform shortcuts and to validate files).
+    """
+    if spec is None or isinstance(spec, SparsityConfig):
+        return spec
+    text = str(spec).strip()
+    low = text.lower()
+    if low in ("dense", "densest"):
+        return space.densest()
+    if low == "sparsest":
+        return space.sparsest()
+    if low.startswith("uniform:") or low.startswith("uniform="):
+        try:
+            p = float(text.split(":" if ":" in text else "=", 1)[1])
+        except ValueError:
+            raise ConfigError(f"config {text!r}: write uniform:P with P a sparsity in [0, 1), e.g. uniform:0.5") from None
+        return space.uniform(p)
+    from pathlib import Path  # noqa: PLC0415
+
+    path = Path(text)
+    if not path.is_file():
+        raise ConfigError(f"config {text!r} is neither dense, sparsest, uniform:P nor an existing JSON/YAML file")
+    cfg = SparsityConfig.load(path)
+    cfg.validate(space.depths, space.max_window_size)
+    return cfg
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------------
+def _task_of(model: nn.Module, dataset: Any, task: str | None) -> str:
+    if task is not None:
+        return task
+    head = getattr(model, "head_type", None)
+    if head in ("seg", "cls"):
+        return str(head)
+    return str(getattr(dataset, "task", "seg"))
+
+
+def _num_classes(model: nn.Module, dataset: Any, num_classes: int | None) -> int:
+    if num_classes is not None:
+        return int(num_classes)
+    n = getattr(model, "num_classes", None) or getattr(dataset, "num_classes", None)
+    if not n:
+        raise DataError("cannot tell the number of classes: pass num_classes")
+    return int(n)
+
+
+class Evaluator:
+    """Scores configs of one model on a fixed subset: the first ``n`` items of ``dataset``.
+
+    Args:
+        model: a SwinTransformer (or any module taking ``(x, config=...)``), with a "seg" or "cls" head.
+        dataset: items (image (3, H, W) float, mask (H, W) int64) or (image, class int).
+        n: number of items (None: all of them).
+        batch: items per forward pass.
+        device: where to run (default: the model's device).
+        amp: autocast (bf16 on CPU, fp16 on CUDA).
+        task, num_classes, ignore_index: inferred from the model/dataset when None.
+        preload: keep the subset in memory (default: when it takes less than 1 GiB), so repeated calls skip
+            decoding/generation.
+        cache: remember the result of each config (keyed by ``config.key()`` and resolution).
+        workers: DataLoader workers for loading.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: Dataset[Any],
+        n: int | None = None,
+        *,
+        batch: int = 16,
+        device: str | torch.device | None = None,
+        amp: bool = False,
+        task: str | None = None,
+        num_classes: int | None = None,
+        ignore_index: int | None = None,
+        preload: bool | None = None,
+        cache: bool = True,
+        workers: int = 0,
+    ) -> None:
+        total = len(dataset)  # type: ignore[arg-type]
+        if n is not None and n < 1:
+            raise DataError(f"the number of evaluation items must be >= 1, got {n}")
+        self.n = total if n is None else min(int(n), total)
+        if self.n == 0:
+            raise DataError("the evaluation data set is empty")
+        self.model = model
+        self.dataset = Subset(dataset, range(self.n))
+        self.batch = max(1, int(batch))
+        if device is None:
+            first = next(model.parameters(), None)
+            device = first.device if first is not None else "cpu"
+        self.device = torch.device(device)
+        self.amp = amp
+        self.task = _task_of(model, dataset, task)
+        self.num_classes = _num_classes(model, dataset, num_classes)
+        self.ignore_index = ignore_index if ignore_index is not None else getattr(dataset, "ignore_index", 255)
+        self.workers = workers
+        self._cache: dict[str, EvalResult] | None = {} if cache else None
+        self._batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        if preload is None:
+            first = dataset[0][0]
+            preload = first.numel() * first.element_size() * self.n < PRELOAD_LIMIT_BYTES
+        if preload:
+            self._batches = list(self._load())
+
+    def _load(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = DataLoader(self.dataset, batch_size=self.batch, shuffle=False, num_workers=self.workers)
+        for images, targets in loader:
+            yield images, torch.as_tensor(targets)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if not self.amp:
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def __call__(self, config: SparsityConfig | None, resolution: Sequence[int] | None = None) -> EvalResult:
+        """Score ``config`` (None: the model as it is). ``resolution`` (H, W) resizes the inputs first (the
+        prediction is resized back to the labels for mIoU); None runs at the data set's size."""
+        key = (config.key() if config is not None else "current") + f"|{tuple(resolution) if resolution else ''}"
+        if self._cache is not None and key in self._cache:
+            return self._cache[key]
+        result = self._run(config, resolution)
+        if self._cache is not None:
+            self._cache[key] = result
+        return result
+
+    @torch.inference_mode()
+    def _run(self, config: SparsityConfig | None, resolution: Sequence[int] | None) -> EvalResult:
+        model = self.model
+        was_training = model.training
+        previous = getattr(model, "config", None)
+        model.eval()
+        set_config = getattr(model, "set_config", None)
+        if config is not None:
+            if set_config is None:
+                raise ConfigError(f"{type(model).__name__} has no set_config: it cannot run sparsity configs")
+            set_config(config)
+        cm = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+        correct = 0
+        try:
+            batches = self._batches if self._batches is not None else self._load()
+            for images, targets in batches:
+                images = images.to(self.device, non_blocking=True)
+                targets = targets.to(self.device, non_blocking=True)
+                if resolution is not None and tuple(images.shape[-2:]) != tuple(resolution):
+                    images = F.interpolate(images, size=tuple(resolution), mode="bilinear", align_corners=False)
+                with self._autocast():
+                    logits = model(images)
+                if self.task == "seg":
+                    if logits.shape[-2:] != targets.shape[-2:]:
+                        logits = F.interpolate(logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
+                    cm += confusion_matrix(logits.argmax(1), targets, self.num_classes, self.ignore_index)
+                else:
+                    correct += int((logits.argmax(-1) == targets).sum())
+        finally:
+            if set_config is not None and config is not None:
+                set_config(previous)
+            model.train(was_training)
+        if self.task == "seg":
+            value, per_class = miou_from_confusion(cm)
+            return EvalResult("mIoU", value, self.n, per_class)
+        return EvalResult("top1", 100.0 * correct / self.n, self.n)
+
+
+def evaluate(
+    model: nn.Module,
+    config: SparsityConfig | None,
+    dataset: Dataset[Any],
+    n: int | None = None,
+    *,
+    batch: int = 16,
+    device: str | torch.device | None = None,
+    amp: bool = False,
+    resolution: Sequence[int] | None = None,
+    task: str | None = None,
+    num_classes: int | None = None,
+    ignore_index: int | None = None,
+    workers: int = 0,
+) -> EvalResult:
+    """mIoU ("seg") or top-1 ("cls") of ``model`` under ``config`` on the first ``n`` items of ``dataset``.
+
+    Images (B, 3, H, W) go through ``model`` with ``config`` applied for the call (the previous config is
+    restored); segmentation logits (B, C, H, W) are compared with masks (B, H, W) through a confusion
+    matrix that skips ``ignore_index`` (default: the data set's, else 255). Deterministic: same items, same
+    order, inference mode. See :class:`Evaluator` to score many configs on one preloaded subset.
+    """
+    ev = Evaluator(
+        model, dataset, n, batch=batch, device=device, amp=amp, task=task, num_classes=num_classes,
+        ignore_index=ignore_index, preload=False, cache=False, workers=workers,
+    )
+    return ev(config, resolution)

@@ -1,0 +1,249 @@
+"""Materialise a config into a plain deployable model, with a model card; `load_exported` rebuilds it.
+
+An exported folder holds:
+    model.safetensors   the weights (the supernet's, or fine-tuned for this one config)
+    model.json          architecture, model kwargs, task, classes, input size: enough to rebuild it
+    config.json         the fixed SparsityConfig
+    card.json           parameters, FLOPs (fvcore, per part), predicted and measured latency, accuracy
+    model.onnx          optional, checked against torch with ONNX Runtime
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .config import SparsityConfig, atomic_write_text
+from .errors import CheckpointError, SparseSearchError
+
+__all__ = ["ExportReport", "export_model", "load_exported", "measure_latency", "check_onnx", "finetune_config"]
+
+
+@dataclass
+class ExportReport:
+    """The model card (also written as card.json)."""
+
+    architecture: str
+    config: dict[str, Any]
+    resolution: tuple[int, int]
+    parameters: int
+    gflops: float
+    gflops_dense: float
+    flops_parts: dict[str, float]
+    measured_ms: float | None = None
+    measured_dense_ms: float | None = None
+    measured_on: str = ""
+    predicted_ms: float | None = None
+    predicted_dense_ms: float | None = None
+    table: str | None = None
+    accuracy: dict[str, Any] | None = None
+    accuracy_dense: dict[str, Any] | None = None
+    finetune_steps: int = 0
+    onnx: dict[str, Any] | None = None
+    source: str = ""
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    versions: dict[str, str] = field(default_factory=lambda: {"torch": torch.__version__, "python": platform.python_version()})
+
+
+def measure_latency(model: nn.Module, resolution: tuple[int, int], batch: int = 1, device: str = "cpu",
+                    warmup: int = 3, repeats: int = 10) -> float:
+    """Milliseconds per forward of `model` on random input (trimmed mean of `repeats` after `warmup`)."""
+    from .latency import make_timer  # noqa: PLC0415
+
+    x = torch.randn(batch, 3, *resolution, device=device)
+    timer = make_timer(device)
+    with torch.inference_mode():
+        return float(timer.measure(lambda: model(x), warmup=warmup, repeats=repeats).ms)
+
+
+def check_onnx(model: nn.Module, path: Path, resolution: tuple[int, int], seed: int = 0) -> dict[str, Any]:
+    """Export `model` to ONNX (plain ops, TopK selection) and compare ONNX Runtime's output with torch's."""
+    try:
+        import numpy as np  # noqa: PLC0415
+        import onnxruntime as ort  # noqa: PLC0415
+    except ImportError:
+        raise SparseSearchError("--onnx needs onnx and onnxruntime: pip install 'sparsesearch[onnx]'") from None
+    import warnings  # noqa: PLC0415
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 3, *resolution, generator=g)
+    previous = [blk.kernel_backend for stage in model.layers for blk in stage.blocks]
+    model.set_kernel_backend("export")
+    try:
+        tmp = path.with_name(f".{path.name}.tmp")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), str(tmp), opset_version=18, dynamo=False, input_names=["image"],
+                              output_names=["logits"])
+        os.replace(tmp, path)
+        with torch.inference_mode():
+            ref = model(x).numpy()
+    finally:
+        for blk, b in zip((blk for stage in model.layers for blk in stage.blocks), previous):
+            blk.kernel_backend = b
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"image": x.numpy()})[0]
+    diff = float(np.abs(out - ref).max())
+    return {"file": path.name, "max_abs_diff": diff, "opset": 18, "onnxruntime": ort.__version__, "ok": diff < 1e-3}
+
+
+def finetune_config(model: nn.Module, meta: Any, config: SparsityConfig, *, steps: int, lr: float = 1e-4,
+                    batch: int = 8, device: str = "cpu", seed: int = 0) -> list[float]:
+    """Fine-tune `model` under one fixed config on the supernet's training data (AdamW, cosine decay).
+
+    Returns the loss of each step.
+    """
+    from .adapt import build_optimizer, cosine_schedule, seg_or_cls_loss  # noqa: PLC0415
+    from .data import build_dataset, make_loader  # noqa: PLC0415
+
+    dataset, task = build_dataset(meta.data, "train", tuple(meta.image_size), task=meta.task, seed=meta.data_seed,
+                                  num_classes=meta.num_classes or None)
+    torch.manual_seed(seed)
+    model.to(device).train()
+    model.set_config(config)
+    opt = build_optimizer(model, lr, 0.05)
+    sched = cosine_schedule(opt, steps, max(1, steps // 10), lr, lr * 0.01)
+    losses: list[float] = []
+    epoch = 0
+    while len(losses) < steps:
+        for images, targets in make_loader(dataset, batch, shuffle=True, seed=seed, epoch=epoch, drop_last=True):
+            loss = seg_or_cls_loss(model(images.to(device)), targets.to(device), task, meta.ignore_index)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+            if len(losses) >= steps:
+                break
+        epoch += 1
+    model.eval()
+    return losses
+
+
+def export_model(
+    supernet: str | os.PathLike,
+    config: SparsityConfig | str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    data: str | None = None,
+    val_samples: int | None = None,
+    table: str | os.PathLike | None = None,
+    finetune_steps: int = 0,
+    finetune_lr: float = 1e-4,
+    onnx: bool = False,
+    device: str = "cpu",
+    measure: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> ExportReport:
+    """Fix `config` in the supernet's model, optionally fine-tune it, and write the exported folder.
+
+    Args:
+        data: evaluate accuracy on this data (default: none, unless val_samples is given: then the supernet's).
+        val_samples: number of validation images for the accuracy figures.
+        table: a latency table (of the same space) for the predicted latency.
+        finetune_steps: fine-tune this one config for N steps on the supernet's training data first.
+    """
+    from .flops import count_flops  # noqa: PLC0415
+    from .supernet import load_supernet  # noqa: PLC0415
+
+    say = progress or (lambda msg: None)
+    model, space, meta = load_supernet(supernet, device=device)
+    cfg = config if isinstance(config, SparsityConfig) else SparsityConfig.load(config)
+    model.set_config(cfg)  # validates against the model
+    resolution = tuple(cfg.resolution or space.resolutions[0])
+    if finetune_steps > 0:
+        say(f"fine-tuning the config for {finetune_steps} steps")
+        finetune_config(model, meta, cfg, steps=finetune_steps, lr=finetune_lr, device=device)
+        model.set_config(cfg)
+    model.eval()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    say("counting FLOPs")
+    fl = count_flops(model, resolution, cfg)
+    dense_cfg = SparsityConfig([[0.0] * d for d in space.depths], cfg.window_size, cfg.resolution)
+    fl_dense = count_flops(model, resolution, dense_cfg)
+    report = ExportReport(
+        architecture=space.architecture, config=cfg.to_dict(), resolution=resolution,
+        parameters=sum(p.numel() for p in model.parameters()), gflops=fl.gflops, gflops_dense=fl_dense.gflops,
+        flops_parts={k: v / 1e9 for k, v in fl.parts.items()}, finetune_steps=finetune_steps, source=str(supernet),
+    )
+    if table is not None:
+        from .latency import LatencyTable  # noqa: PLC0415
+
+        t = LatencyTable.load(table)
+        report.table = str(table)
+        report.predicted_ms = float(t.predict(cfg))
+        report.predicted_dense_ms = float(t.dense_latency(resolution))
+    if measure:
+        from .latency import device_name  # noqa: PLC0415
+
+        say("measuring latency on this machine")
+        report.measured_ms = measure_latency(model, resolution, device=device)
+        model.set_config(dense_cfg)
+        report.measured_dense_ms = measure_latency(model, resolution, device=device)
+        model.set_config(cfg)
+        report.measured_on = f"{device_name(device)}, {torch.get_num_threads()} threads, batch 1"
+    if data is not None or val_samples is not None:
+        from .evaluate import Evaluator  # noqa: PLC0415
+        from .supernet import build_eval_dataset  # noqa: PLC0415
+
+        say("evaluating accuracy")
+        ev = Evaluator(model, build_eval_dataset(meta, data), val_samples, device=device)
+        res = None if resolution == tuple(meta.image_size) else resolution
+        report.accuracy = ev(cfg, res).to_dict()
+        report.accuracy_dense = ev(dense_cfg, res).to_dict()
+        model.set_config(cfg)
+
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    tmp = out / ".model.safetensors.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, out / "model.safetensors")
+    model_doc = {
+        "format": "sparsesearch-exported/1",
+        "architecture": space.architecture,
+        "model_kwargs": {**space.model_kwargs, **meta.model_kwargs, "max_window_size": list(space.max_window_size)},
+        "task": meta.task,
+        "num_classes": meta.num_classes,
+        "class_names": list(meta.class_names),
+        "image_size": list(meta.image_size),
+        "resolution": list(resolution),
+        "ignore_index": meta.ignore_index,
+    }
+    atomic_write_text(out / "model.json", json.dumps(model_doc, indent=1) + "\n")
+    cfg.save(out / "config.json")
+    if onnx:
+        say("exporting ONNX and checking it with ONNX Runtime")
+        report.onnx = check_onnx(model.cpu(), out / "model.onnx", resolution)
+    atomic_write_text(out / "card.json", json.dumps(asdict(report), indent=1) + "\n")
+    return report
+
+
+def load_exported(folder: str | os.PathLike, device: str = "cpu") -> nn.Module:
+    """Rebuild an exported model (weights, architecture and fixed config) in eval mode."""
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    from .models import create_model  # noqa: PLC0415
+
+    folder = Path(folder)
+    for name in ("model.json", "config.json", "model.safetensors"):
+        if not (folder / name).is_file():
+            raise CheckpointError(f"{folder} is not an exported model: {name} is missing (write one with `sparsesearch export`)")
+    doc = json.loads((folder / "model.json").read_text())
+    if doc.get("format") != "sparsesearch-exported/1":
+        raise CheckpointError(f"{folder}/model.json is not a sparsesearch export (format {doc.get('format')!r})")
+    model = create_model(doc["architecture"], **doc["model_kwargs"])
+    try:
+        model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    except (RuntimeError, OSError) as e:
+        raise CheckpointError(f"{folder}/model.safetensors does not fit {doc['architecture']}: {str(e).splitlines()[0]}") from None
+    model.set_config(SparsityConfig.load(folder / "config.json"))
+    return model.to(device).eval()
