@@ -1,0 +1,258 @@
+"""`sparsesearch profile` (measure a latency table) and `sparsesearch latency validate|show|predict`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import LatencyTableError, SparseSearchError
+from ._base import Command, CommandError, resolution
+
+
+def _res(r: tuple[int, int]) -> str:
+    return f"{r[0]}x{r[1]}"
+
+
+def _load_space(path: str):
+    from ..space import SearchSpace  # noqa: PLC0415
+
+    return SearchSpace.load(path)
+
+
+def _load_table(path: str, space: str | None = None):
+    from ..latency import LatencyTable  # noqa: PLC0415
+
+    table = LatencyTable.load(path)
+    if space is not None:
+        table.check_space(_load_space(space))
+    return table
+
+
+class ProfileCommand(Command):
+    name = "profile"
+    help = "measure a latency table of a search space on this machine"
+    description = (
+        "Time every block kind of a search space's model at every kept-window count the space can produce, plus "
+        "the fixed parts (patch embedding, patch merging, norm, head), in several rounds, and fit the back-to-back "
+        "correction on whole-model runs. Resumable: rerun the same command after an interruption."
+    )
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--space", required=True, help="search space YAML, e.g. search_spaces/swin_t.yaml")
+        parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+        parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+        parser.add_argument("--batch", type=int, default=1, help="images per forward (default 1)")
+        parser.add_argument(
+            "--resolution", type=resolution, nargs="+", metavar="HxW", help="input size(s) (default: the space's)"
+        )
+        parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 on shared CPUs)")
+        parser.add_argument("--out", type=Path, help="table path (default latency_tables/<device>/<space>_<res>_<dtype>_b<batch>.json)")
+        parser.add_argument("--warmup", type=int, default=2, help="untimed calls per entry and round (default 2)")
+        parser.add_argument("--repeats", type=int, default=10, help="timed calls per entry and round (default 10)")
+        parser.add_argument("--rounds", type=int, default=3, help="passes over all entries, averaged (default 3)")
+        parser.add_argument("--calibration", type=int, default=12, help="whole-model configs for the correction (default 12)")
+        parser.add_argument("--head", default="cls", choices=["cls", "seg", "none"], help="model head (default cls)")
+        parser.add_argument("--num-classes", type=int, default=1000)
+        parser.add_argument("--max-k-points", type=int, default=24, help="above this many kept counts per block, use a grid")
+        parser.add_argument("--flush-mb", type=float, default=None, help="cache flush before each timed call (MiB; 0: none)")
+        parser.add_argument("--max-load", type=float, default=None, help="wait until other processes use at most this many cores")
+        parser.add_argument("--max-wait", type=float, default=600.0, help="total wait for a quiet machine, seconds (default 600)")
+        parser.add_argument(
+            "--clock", default="wall", choices=["wall", "thread"],
+            help="wall: elapsed time; thread: the thread's CPU time (CPU, --threads 1: ignores other processes' time slices)",
+        )
+        parser.add_argument("--no-wait", action="store_true", help="measure whatever the load of the machine")
+        parser.add_argument("--fresh", action="store_true", help="ignore partial results of an interrupted run")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from ..latency import Profiler, ProfileSettings, default_table_path  # noqa: PLC0415
+
+        space = _load_space(args.space)
+        settings = ProfileSettings(
+            device=args.device,
+            dtype=args.dtype,
+            batch=args.batch,
+            resolutions=tuple(args.resolution) if args.resolution else None,
+            threads=args.threads,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            rounds=args.rounds,
+            head=args.head,
+            num_classes=args.num_classes,
+            max_k_points=args.max_k_points,
+            calibration=args.calibration,
+            flush_mb=args.flush_mb,
+            clock=args.clock,
+            quiet=not args.no_wait,
+            max_load=args.max_load,
+            max_wait_s=args.max_wait,
+            seed=args.seed,
+        )
+        profiler = Profiler(space, settings)
+        out = args.out or default_table_path(profiler.space, settings)
+        env = profiler.environment
+        print(
+            f"profiling {space.name} ({space.architecture}) on {env['device']} [{settings.dtype}, batch {settings.batch}, "
+            f"threads {settings.threads or 'default'}, {', '.join(_res(r) for r in profiler.resolutions)}]"
+        )
+        bar = None
+
+        def on_start(done: int, total: int) -> None:
+            nonlocal bar
+            if done:
+                print(f"resuming: {done} of {total} measurements kept from the interrupted run")
+            if not args.no_progress:
+                from tqdm import tqdm  # noqa: PLC0415
+
+                bar = tqdm(total=total, initial=done, unit="entry", file=sys.stderr, dynamic_ncols=True)
+
+        def on_entry(entry, stat, done: int, total: int) -> None:
+            if bar is not None:
+                bar.set_postfix_str(f"{entry.key} {stat.ms:.3f} ms", refresh=False)
+                bar.update(1)
+
+        try:
+            table = profiler.run(out, resume=not args.fresh, on_entry=on_entry, on_start=on_start)
+        finally:
+            if bar is not None:
+                bar.close()
+        waited, busy = table.meta.get("waited_s", 0), table.meta.get("busy_measurements", 0)
+        print(f"wrote {out}  ({table.meta['duration_s']:.0f} s{f', {waited:.0f} s waiting for a quiet machine' if waited else ''})")
+        if busy:
+            print(f"  note: {busy} measurements started while other processes kept the machine busy; rerun when it is quiet")
+        for res in table.resolutions:
+            rt = table.resolution_table(res)
+            corr = rt.correction
+            line = f"  {_res(res)}: dense {table.dense_latency(res):.3f} ms, fixed parts {rt.fixed_ms:.3f} ms"
+            if corr:
+                line += f", correction {corr['offset_ms']:+.3f} ms + {corr['scale']:.4f} x parts"
+            print(line)
+        print(f"  achievable over the space: {table.min_latency():.3f} .. {table.max_latency():.3f} ms")
+        return 0
+
+
+class LatencyCommand(Command):
+    name = "latency"
+    help = "validate, inspect or query a latency table"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        sub = parser.add_subparsers(dest="latency_command", metavar="ACTION")
+        sub.required = True
+        v = sub.add_parser("validate", help="time random configs end to end and compare with the table's predictions")
+        v.add_argument("--table", required=True, help="table JSON written by `sparsesearch profile`")
+        v.add_argument("--n", type=int, default=50, help="random configs (plus dense and uniform ones; default 50)")
+        v.add_argument("--seed", type=int, default=0)
+        v.add_argument("--space", help="check that the table was measured for this search space")
+        v.add_argument("--warmup", type=int, default=None, help="default: the table's")
+        v.add_argument("--repeats", type=int, default=None, help="default: the table's")
+        v.add_argument("--rounds", type=int, default=None, help="default: the table's")
+        v.add_argument("--allow-foreign-table", action="store_true", help="measure even if the table is for another setup")
+        v.add_argument("--max-load", type=float, default=None, help="wait until other processes use at most this many cores")
+        v.add_argument("--max-wait", type=float, default=600.0, help="total wait for a quiet machine, seconds")
+        v.add_argument("--no-wait", action="store_true", help="measure whatever the load of the machine")
+        v.add_argument("--report", type=Path, help="report JSON (default: <table>.validation.json); the PNG goes beside it")
+        v.add_argument("--no-progress", action="store_true")
+        s = sub.add_parser("show", help="print a table's metadata and entries")
+        s.add_argument("--table", required=True)
+        p = sub.add_parser("predict", help="predict the latency of configs (JSON/YAML files) from a table")
+        p.add_argument("--table", required=True)
+        p.add_argument("configs", nargs="+", help="config files")
+        p.add_argument("--space", help="check that the table was measured for this search space")
+        p.add_argument("--allow-foreign-table", action="store_true", help="predict even if the table is for another setup")
+
+    def run(self, args: argparse.Namespace) -> int:
+        return {"validate": self.validate, "show": self.show, "predict": self.predict}[args.latency_command](args)
+
+    def validate(self, args: argparse.Namespace) -> int:
+        from ..latency import report_paths, validate, write_report  # noqa: PLC0415
+
+        if args.n < 0:
+            raise CommandError(f"--n must be >= 0, got {args.n}")
+        table = _load_table(args.table, args.space)
+        if not args.allow_foreign_table:
+            table.check_compatible()
+        json_path, png_path = report_paths(args.report or args.table)
+        if args.report:
+            json_path = args.report
+        bar = None
+        if not args.no_progress:
+            from tqdm import tqdm  # noqa: PLC0415
+
+            bar = tqdm(unit="config", file=sys.stderr, dynamic_ncols=True)
+
+        def on_config(done: int, total: int) -> None:
+            if bar is not None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+        try:
+            report = validate(
+                table,
+                n=args.n,
+                seed=args.seed,
+                warmup=args.warmup,
+                repeats=args.repeats,
+                rounds=args.rounds,
+                allow_foreign=args.allow_foreign_table,
+                quiet=not args.no_wait,
+                max_load=args.max_load,
+                max_wait_s=args.max_wait,
+                on_config=on_config,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        write_report(report, json_path, png_path)
+        s = report.summary()
+        m = table.meta
+        print(f"{table.space.name} on {m['device']} [{m['dtype']}, batch {m['batch']}, threads {m['threads']}, {m.get('clock', 'wall')} clock]")
+        print(f"  configs        {s['n']} (dense, uniform, {args.n} random), measured {s['measured_range_ms'][0]:.2f} .. {s['measured_range_ms'][1]:.2f} ms")
+        print(f"  MAPE           {s['mape_pct']:.2f}%")
+        print(f"  within +-10%   {s['within_10_pct']:.1f}%")
+        print(f"  Kendall tau    {s['kendall_tau']:.3f}")
+        print(f"  worst error    {s['worst_error_pct']:+.2f}% ({s['worst_label']})")
+        if report.settings.get("busy_measurements"):
+            print(f"  note: {report.settings['busy_measurements']} configs were timed while other processes kept the machine busy")
+        print(f"wrote {json_path} and {png_path}")
+        return 0
+
+    def show(self, args: argparse.Namespace) -> int:
+        from tabulate import tabulate  # noqa: PLC0415
+
+        table = _load_table(args.table)
+        m = table.meta
+        print(table)
+        for key in ("device", "driver", "cuda", "torch", "triton", "threads", "dtype", "batch", "warmup", "repeats", "rounds", "date"):
+            print(f"  {key:<9} {m.get(key)}")
+        print(f"  space     {m['space']['name']} ({m['space']['architecture']}, {m['space']['hash']})")
+        for res in table.resolutions:
+            rt = table.resolution_table(res)
+            print(f"\n{_res(res)}: fixed parts " + ", ".join(f"{k} {v.ms:.3f}" for k, v in rt.fixed.items()) + " ms")
+            if rt.correction:
+                print(f"  correction: {rt.correction['offset_ms']:+.3f} ms + {rt.correction['scale']:.4f} x parts")
+            rows = [
+                [kt.stage, kt.window, "yes" if kt.shifted else "no", f"{kt.H}x{kt.W}", kt.num_windows,
+                 " ".join(f"{k}:{s.ms:.3f}" for k, s in zip(kt.ks, kt.stats))]
+                for _, kt in sorted(rt.kinds.items())
+            ]
+            print(tabulate(rows, headers=["stage", "window", "shifted", "map", "windows", "kept:ms"]))
+        return 0
+
+    def predict(self, args: argparse.Namespace) -> int:
+        from ..config import SparsityConfig  # noqa: PLC0415
+
+        table = _load_table(args.table, args.space)
+        if not args.allow_foreign_table:
+            table.check_compatible()
+        for path in args.configs:
+            try:
+                config = SparsityConfig.load(path)
+            except SparseSearchError as e:
+                raise LatencyTableError(str(e)) from None
+            print(f"{path}: {table.predict(config):.3f} ms")
+        return 0
+
+
+COMMANDS = [ProfileCommand, LatencyCommand]

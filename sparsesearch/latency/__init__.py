@@ -1,0 +1,33 @@
+"""Latency lookup tables: profile the parts of a search space's model on this machine, predict the latency of
+any config as the sum of its parts, and validate predictions against end-to-end measurements."""
+from .env import device_name, device_slug, environment
+from .measure import CpuTimer, CudaTimer, Stat, Timer, make_timer, summarize
+from .profile import Entry, Profiler, ProfileSettings, default_table_path, partial_path, profile
+from .table import KindTable, LatencyTable
+from .validate import ValidationReport, ValidationRow, report_paths, validate, validation_genomes, write_report
+
+__all__ = [
+    "LatencyTable",
+    "KindTable",
+    "Profiler",
+    "ProfileSettings",
+    "Entry",
+    "profile",
+    "default_table_path",
+    "partial_path",
+    "validate",
+    "validation_genomes",
+    "ValidationReport",
+    "ValidationRow",
+    "report_paths",
+    "write_report",
+    "Stat",
+    "Timer",
+    "CpuTimer",
+    "CudaTimer",
+    "make_timer",
+    "summarize",
+    "device_name",
+    "device_slug",
+    "environment",
+]

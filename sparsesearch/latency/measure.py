@@ -1,0 +1,505 @@
+"""Timers: warm-up, repeats, a trimmed mean and its spread; CUDA events on GPU, perf_counter on CPU."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import LatencyTableError
+
+__all__ = [
+    "Stat",
+    "summarize",
+    "combine_rounds",
+    "time_parts",
+    "Timer",
+    "CpuTimer",
+    "CudaTimer",
+    "make_timer",
+    "default_flush_bytes",
+    "num_threads",
+    "LoadMonitor",
+    "default_max_load",
+]
+
+#: Fraction of samples dropped at each end before averaging.
+DEFAULT_TRIM = 0.2
+#: What a CPU sample measures: elapsed time, or the CPU time of the calling thread (one torch thread only).
+CLOCKS = ("wall", "thread")
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Summary of repeated timings, in milliseconds.
+
+    Attributes:
+        ms: trimmed mean (the figure predictions use).
+        spread: standard deviation of the samples that survived trimming.
+        median: median of all samples.
+        min: fastest sample.
+        n: number of samples (repeats).
+        rejected: samples thrown away and re-run because another process took the CPU during them.
+        rounds: for an entry timed in several rounds, the trimmed mean of each round (see `combine_rounds`).
+    """
+
+    ms: float
+    spread: float
+    median: float
+    min: float
+    n: int
+    rejected: int = 0
+    rounds: tuple[float, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = asdict(self)
+        for k in ("ms", "spread", "median", "min"):
+            d[k] = round(d[k], 6)
+        d["rounds"] = [round(v, 6) for v in self.rounds]
+        if not d["rounds"]:
+            del d["rounds"]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Stat":
+        if not isinstance(data, dict):
+            raise LatencyTableError(f"a timing must be a mapping with ms, spread, median, min, n; got {data!r}")
+        try:
+            stat = cls(
+                float(data["ms"]),
+                float(data["spread"]),
+                float(data["median"]),
+                float(data["min"]),
+                int(data["n"]),
+                int(data.get("rejected", 0)),
+                tuple(float(v) for v in data.get("rounds", ())),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise LatencyTableError(f"a timing is missing or has a bad field ({e}): {data!r}") from None
+        if not (math.isfinite(stat.ms) and stat.ms >= 0.0):
+            raise LatencyTableError(f"a timing has an invalid ms value: {data!r}")
+        return stat
+
+
+def summarize(samples_ms: Sequence[float], trim: float = DEFAULT_TRIM, rejected: int = 0) -> Stat:
+    """Trimmed mean (drop floor(n * trim) samples at each end) and the spread of what is left."""
+    x = np.sort(np.asarray(samples_ms, dtype=np.float64))
+    if x.size == 0:
+        raise LatencyTableError("no timing samples: use at least one repeat")
+    if not 0.0 <= trim < 0.5:
+        raise LatencyTableError(f"trim must be in [0, 0.5), got {trim}")
+    cut = int(x.size * trim)
+    kept = x[cut : x.size - cut] if x.size - 2 * cut > 0 else x
+    spread = float(kept.std(ddof=1)) if kept.size > 1 else 0.0
+    return Stat(float(kept.mean()), spread, float(np.median(x)), float(x[0]), int(x.size), int(rejected))
+
+
+Setup = Callable[[], Any] | None
+
+
+def combine_rounds(stats: Sequence[Stat]) -> Stat:
+    """Combine the rounds of one entry: the mean of the rounds' trimmed means, the spread of all samples
+    (within-round variance plus the variance of the round means), the counts of all rounds, and every round's
+    trimmed mean in `rounds`.
+
+    The rounds of an entry are spread over the whole run, so that a slow phase of a shared machine weighs on
+    every entry alike instead of on a few. (Measured on a shared 2-core machine, averaging the rounds
+    reproduced per-config latencies across sessions about 1.5x more tightly than keeping the quietest round.)
+    """
+    if not stats:
+        raise LatencyTableError("no rounds to combine")
+    means = np.array([s.ms for s in stats])
+    within = float(np.mean([s.spread**2 for s in stats]))
+    between = float(means.var(ddof=1)) if len(stats) > 1 else 0.0
+    return Stat(
+        float(means.mean()),
+        float(np.sqrt(within + between)),
+        float(np.median([s.median for s in stats])),
+        min(s.min for s in stats),
+        sum(s.n for s in stats),
+        sum(s.rejected for s in stats),
+        tuple(float(v) for v in means) if len(stats) > 1 else (),
+    )
+
+
+class Timer:
+    """Times a zero-argument callable: `warmup` untimed calls, then `repeats` timed calls, one sample each.
+
+    Before every call (warm-up included) the timer can evict the caches by reading a buffer of `flush_bytes`
+    and then run `setup` (untimed): a part measured in isolation then starts as it does inside the model,
+    with its weights cold and its input freshly written by the previous part.
+    """
+
+    def __init__(self, trim: float = DEFAULT_TRIM, flush_bytes: int = 0) -> None:
+        self.trim = trim
+        self.flush_bytes = int(flush_bytes)
+        self._buffer: torch.Tensor | None = None
+        self.last_rejected = 0
+
+    def flush(self) -> None:
+        """Evict the caches (no-op when flush_bytes is 0)."""
+
+    def samples(self, fn: Callable[[], Any], warmup: int, repeats: int, setup: Setup = None) -> list[float]:  # pragma: no cover
+        raise NotImplementedError
+
+    def measure(self, fn: Callable[[], Any], warmup: int, repeats: int, setup: Setup = None) -> Stat:
+        """Warm up, time `repeats` calls, summarise."""
+        if repeats < 1 or warmup < 0:
+            raise LatencyTableError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats} warmup={warmup}")
+        samples = self.samples(fn, warmup, repeats, setup)
+        return summarize(samples, self.trim, self.last_rejected)
+
+    def measure_parts(
+        self, run: Callable[[], Any], parts: Sequence[tuple[str, torch.nn.Module]], warmup: int, repeats: int
+    ) -> dict[str, Stat]:
+        """Time a whole forward and each of `parts` inside it (see `time_parts`)."""
+        raise NotImplementedError  # pragma: no cover
+
+
+class CpuTimer(Timer):
+    """Wall-clock time of each call with time.perf_counter_ns.
+
+    With one torch thread, a call during which this thread got less than `min_cpu_fraction` of the wall time
+    on the CPU (thread CPU time / wall time) was preempted by another process: the sample is thrown away and
+    the call re-run, up to `max_rejects_per_repeat * repeats` times (then samples are kept as they come).
+    On a shared machine this keeps other processes' bursts out of the table; `Stat.rejected` counts them.
+
+    `clock="thread"` times the calling thread's CPU time instead (time.thread_time_ns). With one torch
+    thread the forward pass runs on the calling thread and never blocks, so on an idle machine this equals
+    the wall time; on a machine other processes keep busy it leaves out the time slices they take.
+    """
+
+    def __init__(
+        self,
+        trim: float = DEFAULT_TRIM,
+        flush_bytes: int = 0,
+        min_cpu_fraction: float = 0.95,
+        max_rejects_per_repeat: int = 20,
+        clock: str = "wall",
+    ) -> None:
+        super().__init__(trim, flush_bytes)
+        if clock not in CLOCKS:
+            raise LatencyTableError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
+        self.min_cpu_fraction = min_cpu_fraction
+        self.max_rejects_per_repeat = max_rejects_per_repeat
+        self.clock = clock
+
+    def measure_parts(
+        self, run: Callable[[], Any], parts: Sequence[tuple[str, torch.nn.Module]], warmup: int, repeats: int
+    ) -> dict[str, Stat]:
+        return time_parts(
+            run, parts, warmup, repeats, "cpu", self.clock, self.trim, self.min_cpu_fraction, self.max_rejects_per_repeat
+        )
+
+    def flush(self) -> None:
+        if self.flush_bytes <= 0:
+            return
+        if self._buffer is None:
+            self._buffer = torch.ones(self.flush_bytes // 4, dtype=torch.float32)
+        self._buffer.sum()
+
+    def samples(self, fn: Callable[[], Any], warmup: int, repeats: int, setup: Setup = None) -> list[float]:
+        clock, cpu = time.perf_counter_ns, time.thread_time_ns
+        thread_clock = self.clock == "thread"
+        if thread_clock and torch.get_num_threads() != 1:
+            raise LatencyTableError("the thread clock needs one torch thread (--threads 1)")
+        check = not thread_clock and self.min_cpu_fraction > 0 and torch.get_num_threads() == 1
+        budget = self.max_rejects_per_repeat * repeats
+        out: list[float] = []
+        rejected = 0
+        for _ in range(warmup):
+            self.flush()
+            if setup is not None:
+                setup()
+            fn()
+        while len(out) < repeats:
+            self.flush()
+            if setup is not None:
+                setup()
+            c0 = cpu()
+            t0 = clock()
+            fn()
+            t1 = clock()
+            c1 = cpu()
+            if check and rejected < budget and (c1 - c0) < self.min_cpu_fraction * (t1 - t0):
+                rejected += 1
+                continue
+            out.append(((c1 - c0) if thread_clock else (t1 - t0)) / 1e6)
+        self.last_rejected = rejected
+        return out
+
+
+class CudaTimer(Timer):
+    """Device time of each call between two CUDA events on the current stream; one synchronise at the end.
+
+    The queue is drained before the first timed call so that warm-up work is not counted.
+    """
+
+    def __init__(self, device: torch.device | str = "cuda", trim: float = DEFAULT_TRIM, flush_bytes: int = 0) -> None:
+        super().__init__(trim, flush_bytes)
+        self.device = torch.device(device)
+
+    def measure_parts(
+        self, run: Callable[[], Any], parts: Sequence[tuple[str, torch.nn.Module]], warmup: int, repeats: int
+    ) -> dict[str, Stat]:
+        return time_parts(run, parts, warmup, repeats, self.device, "wall", self.trim)
+
+    def flush(self) -> None:
+        if self.flush_bytes <= 0:
+            return
+        if self._buffer is None:
+            self._buffer = torch.empty(self.flush_bytes // 4, dtype=torch.float32, device=self.device)
+        self._buffer.zero_()  # as triton.testing.do_bench: overwrite a buffer larger than L2
+
+    def samples(self, fn: Callable[[], Any], warmup: int, repeats: int, setup: Setup = None) -> list[float]:
+        with torch.cuda.device(self.device):
+            for _ in range(warmup):
+                self.flush()
+                if setup is not None:
+                    setup()
+                fn()
+            starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+            ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+            torch.cuda.synchronize()
+            for s, e in zip(starts, ends):
+                self.flush()
+                if setup is not None:
+                    setup()
+                s.record()
+                fn()
+                e.record()
+            torch.cuda.synchronize()
+            return [float(s.elapsed_time(e)) for s, e in zip(starts, ends)]
+
+
+def time_parts(
+    run: Callable[[], Any],
+    parts: Sequence[tuple[str, torch.nn.Module]],
+    warmup: int,
+    repeats: int,
+    device: torch.device | str = "cpu",
+    clock: str = "wall",
+    trim: float = DEFAULT_TRIM,
+    min_cpu_fraction: float = 0.95,
+    max_rejects_per_repeat: int = 20,
+) -> dict[str, Stat]:
+    """Time a whole forward `run` and, with forward hooks, each module of `parts` inside it.
+
+    Every part is timed where it runs in the model: after the part that precedes it, with the caches and
+    branch predictors as the model leaves them. On CPU the clock is perf_counter (or the thread's CPU time),
+    and a forward during which the thread was preempted is re-run, as in CpuTimer; on CUDA, events.
+
+    Returns:
+        {"total": Stat of the whole forward, name: Stat of each part}.
+    """
+    if repeats < 1 or warmup < 0:
+        raise LatencyTableError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats} warmup={warmup}")
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    thread_clock = clock == "thread"
+    if thread_clock and (cuda or torch.get_num_threads() != 1):
+        raise LatencyTableError("the thread clock needs a CPU and one torch thread (--threads 1)")
+    now = time.thread_time_ns if thread_clock else time.perf_counter_ns
+    names = [n for n, _ in parts]
+    current: dict[str, Any] = {}
+    handles = []
+
+    def pre(name: str) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: Any) -> None:
+            if cuda:
+                ev = torch.cuda.Event(enable_timing=True)
+                ev.record()
+                current[name] = [ev]
+            else:
+                current[name] = now()
+
+        return hook
+
+    def post(name: str) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            if cuda:
+                ev = torch.cuda.Event(enable_timing=True)
+                ev.record()
+                current[name].append(ev)
+            else:
+                current[name] = now() - current[name]
+
+        return hook
+
+    for name, module in parts:
+        handles.append(module.register_forward_pre_hook(pre(name)))
+        handles.append(module.register_forward_hook(post(name)))
+    rows: list[dict[str, Any]] = []
+    rejected = 0
+    budget = max_rejects_per_repeat * repeats
+    check = not cuda and not thread_clock and min_cpu_fraction > 0 and torch.get_num_threads() == 1
+    try:
+        for _ in range(warmup):
+            run()
+        if cuda:
+            torch.cuda.synchronize(dev)
+        while len(rows) < repeats:
+            current.clear()
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                run()
+                end.record()
+                rows.append({"total": [start, end], **current})
+                continue
+            c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
+            a0 = now()
+            run()
+            a1 = now()
+            t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
+            if check and rejected < budget and (c1 - c0) < min_cpu_fraction * (t1 - t0):
+                rejected += 1
+                continue
+            rows.append({"total": a1 - a0, **current})
+        if cuda:
+            torch.cuda.synchronize(dev)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in names if any(n not in r for r in rows)]
+    if missing:
+        raise LatencyTableError(f"part(s) {', '.join(missing)} did not run in the forward pass")
+
+    def ms(value: Any) -> float:
+        return float(value[0].elapsed_time(value[1])) if cuda else value / 1e6
+
+    return {name: summarize([ms(r[name]) for r in rows], trim, rejected) for name in ["total", *names]}
+
+
+def _cache_size(level: int) -> int | None:
+    """Bytes of the CPU's data/unified cache at `level` (Linux sysfs), or None."""
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for name in sorted(os.listdir(root)):
+            base = os.path.join(root, name)
+            with open(os.path.join(base, "level")) as f:
+                if int(f.read()) != level:
+                    continue
+            with open(os.path.join(base, "type")) as f:
+                if f.read().strip() == "Instruction":
+                    continue
+            with open(os.path.join(base, "size")) as f:
+                text = f.read().strip().upper()
+            mult = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+            return int(text.rstrip("KMG")) * mult
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def default_flush_bytes(device: torch.device | str) -> int:
+    """Bytes to read (CPU) or overwrite (GPU) before each timed call.
+
+    GPU: 256 MiB, as triton.testing.do_bench (larger than any GPU's L2). CPU: four times the per-core L2
+    (the parts of a model evict each other's weights from it), or twice the last-level cache when that is
+    small enough to flush cheaply (<= 64 MiB); 32 MiB when sysfs does not say.
+    """
+    if torch.device(device).type == "cuda":
+        return 256 * 2**20
+    l2, l3 = _cache_size(2), _cache_size(3)
+    if l3 is not None and l3 <= 64 * 2**20:
+        return 2 * l3
+    if l2 is not None:
+        return 4 * l2
+    return 32 * 2**20
+
+
+def make_timer(device: torch.device | str, trim: float = DEFAULT_TRIM, flush_bytes: int = 0, clock: str = "wall") -> Timer:
+    """CudaTimer for a CUDA device (wall clock only), CpuTimer otherwise."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if clock != "wall":
+            raise LatencyTableError("CUDA latencies are timed with CUDA events: use the wall clock")
+        return CudaTimer(dev, trim, flush_bytes)
+    return CpuTimer(trim, flush_bytes, clock=clock)
+
+
+class LoadMonitor:
+    """How many cores' worth of CPU other processes use (Linux: /proc/stat minus this process); None elsewhere.
+
+    `wait_quiet` lets a measurement start only when the machine is quiet enough, so that profiles and
+    validations taken on a shared machine see the same conditions.
+    """
+
+    def __init__(self) -> None:
+        self._hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._last = self._read()
+        self.waited_s = 0.0
+        self.busy = 0
+
+    @staticmethod
+    def _read() -> tuple[float, int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+            with open("/proc/self/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
+            return None
+        busy = sum(v) - v[3] - (v[4] if len(v) > 4 else 0)  # all but idle and iowait (steal counts as busy)
+        if len(v) > 8:  # guest time is also counted in user time
+            busy -= sum(v[8:10])
+        return time.monotonic(), busy, int(fields[11]) + int(fields[12])
+
+    def foreign_load(self) -> float | None:
+        """Average cores used by other processes since the previous call (or construction)."""
+        now = self._read()
+        last, self._last = self._last, now
+        if now is None or last is None or now[0] - last[0] <= 0:
+            return None
+        return max(0.0, ((now[1] - last[1]) - (now[2] - last[2])) / self._hz / (now[0] - last[0]))
+
+    def wait_quiet(self, max_load: float | None, window_s: float = 0.25, budget_s: float = 600.0) -> float | None:
+        """Judge the foreign load since the previous call (what ran during the last measurement); while it is
+        above `max_load` cores, sleep in windows of `window_s` and judge again.
+
+        Waiting stops for good once this monitor has waited `budget_s` in all (a machine that stays busy
+        should not stall a profile forever); a measurement that then starts on a busy machine is counted in
+        `busy`. Costs nothing on a quiet machine. Returns the last load judged (None: no limit, not
+        measurable, or less than `window_s` since the previous judgement, which is left to the next call).
+        """
+        if max_load is None or self._last is None or time.monotonic() - self._last[0] < window_s:
+            return None
+        load = self.foreign_load()
+        start = time.monotonic()
+        while load is not None and load > max_load and self.waited_s + time.monotonic() - start < budget_s:
+            time.sleep(window_s)
+            load = self.foreign_load()
+        self.waited_s += time.monotonic() - start
+        if load is not None and load > max_load:
+            self.busy += 1
+        return load
+
+
+def default_max_load(device: torch.device | str, threads: int | None) -> float | None:
+    """The most foreign CPU load a CPU measurement starts under: the cores this process leaves free, plus a
+    quarter core (then nobody needs to share our cores). None (no gate) for CUDA and when unknown."""
+    if torch.device(device).type != "cpu" or not os.path.exists("/proc/stat"):
+        return None
+    cores = os.cpu_count() or 1
+    used = threads or torch.get_num_threads()
+    return max(0.25, cores - used + 0.25)
+
+
+@contextmanager
+def num_threads(n: int | None) -> Iterator[int]:
+    """Run the body with torch.set_num_threads(n) (None: leave as is); restores the previous value."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        if n < 1:
+            raise LatencyTableError(f"--threads must be at least 1, got {n}")
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)

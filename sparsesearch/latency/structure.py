@@ -1,0 +1,156 @@
+"""The parts of a search space's model that a latency table is made of: stage shapes, block kinds, kept counts.
+
+Nothing here measures anything; the profiler and the table both use it, so they agree on what a "part" is.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from ..models import model_defaults
+from ..ops import WindowGeometry, keep_count
+from ..space import SearchSpace
+
+__all__ = [
+    "StageShape",
+    "BlockKind",
+    "stage_shapes",
+    "space_to_dict",
+    "space_fingerprint",
+    "space_hash",
+    "kinds_and_counts",
+    "sparsity_for_count",
+    "res_key",
+]
+
+
+def res_key(resolution: tuple[int, int]) -> str:
+    """(512, 1024) -> '512x1024'."""
+    return f"{resolution[0]}x{resolution[1]}"
+
+
+@dataclass(frozen=True)
+class StageShape:
+    """What the blocks of one stage see at one input resolution."""
+
+    stage: int
+    H: int
+    W: int
+    dim: int
+    heads: int
+    depth: int
+
+
+@dataclass(frozen=True)
+class BlockKind:
+    """Blocks that cost the same for a given kept-window count: one stage, window size and shift flag."""
+
+    resolution: tuple[int, int]
+    stage: int
+    window: int
+    shifted: bool
+    H: int
+    W: int
+    dim: int
+    heads: int
+
+    @property
+    def geometry(self) -> WindowGeometry:
+        return WindowGeometry.create(self.H, self.W, self.window, self.shifted)
+
+    @property
+    def num_windows(self) -> int:
+        return self.geometry.num_windows
+
+    @property
+    def key(self) -> str:
+        return f"{res_key(self.resolution)}/s{self.stage}/w{self.window}/{'shifted' if self.shifted else 'regular'}"
+
+
+def _arch(space: SearchSpace) -> dict[str, Any]:
+    return {**model_defaults(space.architecture), **space.model_kwargs}
+
+
+def stage_shapes(space: SearchSpace, resolution: tuple[int, int]) -> list[StageShape]:
+    """Feature map size, width and heads of every stage for a (H, W) input (patch embed pads, merging pads)."""
+    arch = _arch(space)
+    patch = int(arch.get("patch_size", 4))
+    embed = int(arch.get("embed_dim", 96))
+    heads = tuple(arch.get("num_heads", (3, 6, 12, 24)))
+    H, W = math.ceil(resolution[0] / patch), math.ceil(resolution[1] / patch)
+    out = []
+    for i, depth in enumerate(space.depths):
+        if i > 0:
+            H, W = math.ceil(H / 2), math.ceil(W / 2)
+        out.append(StageShape(i, H, W, embed * 2**i, int(heads[i]), depth))
+    return out
+
+
+def space_to_dict(space: SearchSpace) -> dict[str, Any]:
+    """A SearchSpace as the plain mapping its YAML would hold (SearchSpace(space_to_dict(s)) rebuilds it)."""
+    data: dict[str, Any] = {
+        "name": space.name,
+        "architecture": space.architecture,
+        "resolutions": [list(r) for r in space.resolutions],
+        "genes": [
+            {"name": g.name, "blocks": [f"{s}.{b}" for s, b in g.blocks], "choices": list(g.choices)} for g in space.genes
+        ],
+        "window_sizes": [list(c) for c in space.window_choices],
+    }
+    if space.model_kwargs:
+        data["model_kwargs"] = dict(space.model_kwargs)
+    if space.non_decreasing:
+        data["rules"] = {"non_decreasing_within_stage": True}
+    return data
+
+
+def space_fingerprint(space: SearchSpace) -> dict[str, Any]:
+    """What decides the latency of a config and how genomes map to blocks: not the name nor the resolutions."""
+    data = space_to_dict(space)
+    data.pop("name")
+    data.pop("resolutions")
+    data["architecture_args"] = {k: v for k, v in sorted(_arch(space).items()) if k != "img_size"}
+    data["max_window_size"] = list(space.max_window_size)
+    return data
+
+
+def space_hash(space: SearchSpace) -> str:
+    """'sha256:<16 hex>' of `space_fingerprint` (canonical JSON)."""
+    text = json.dumps(space_fingerprint(space), sort_keys=True, default=list)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def kinds_and_counts(
+    space: SearchSpace, resolutions: Iterable[tuple[int, int]]
+) -> dict[BlockKind, set[int]]:
+    """Every block kind the space can run at these resolutions, with the kept-window counts it can take.
+
+    The dense count (all windows) is always included, so the dense model can be predicted whatever the
+    genes allow.
+    """
+    out: dict[BlockKind, set[int]] = {}
+    for res in resolutions:
+        shapes = stage_shapes(space, res)
+        for g in space.genes:
+            for s, b in g.blocks:
+                sh = shapes[s]
+                for w in space.window_choices[s]:
+                    kind = BlockKind(tuple(res), s, w, b % 2 == 1, sh.H, sh.W, sh.dim, sh.heads)
+                    nw = kind.num_windows
+                    counts = out.setdefault(kind, {nw})
+                    counts.update(keep_count(p, nw) for p in g.choices)
+    return out
+
+
+def sparsity_for_count(k: int, num_windows: int) -> float:
+    """A sparsity p with keep_count(p, num_windows) == k (0.0 for the dense count)."""
+    if not 1 <= k <= num_windows:
+        raise ValueError(f"kept count {k} is outside [1, {num_windows}]")
+    if k == num_windows:
+        return 0.0
+    p = (num_windows - k + 0.25) / num_windows  # (1 - p) * nW = k - 0.25, which rounds half up to k
+    assert keep_count(p, num_windows) == k, (k, num_windows, p)
+    return p

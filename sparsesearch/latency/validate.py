@@ -1,0 +1,280 @@
+"""Check a latency table against the real thing: time whole-model forwards of configs of its space end to end
+and compare with the table's predictions (MAPE, share within +-10%, Kendall tau, worst error)."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..config import atomic_write_text
+from ..errors import LatencyTableError
+from .env import DTYPES, device_type
+from .measure import LoadMonitor, Stat, Timer, combine_rounds, default_max_load, make_timer, num_threads
+from .table import LatencyTable
+
+__all__ = ["ValidationRow", "ValidationReport", "validation_genomes", "validate", "report_paths", "write_report"]
+
+
+@dataclass
+class ValidationRow:
+    """One validated config: its genome, the prediction and the measurement (ms)."""
+
+    label: str
+    genome: list[int]
+    predicted: float
+    measured: Stat
+
+    @property
+    def error(self) -> float:
+        """Signed relative error of the prediction, (predicted - measured) / measured."""
+        return (self.predicted - self.measured.ms) / self.measured.ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "genome": self.genome,
+            "predicted_ms": round(self.predicted, 5),
+            "measured_ms": round(self.measured.ms, 5),
+            "measured_spread_ms": round(self.measured.spread, 5),
+            "rejected_samples": self.measured.rejected,
+            "error_pct": round(100 * self.error, 3),
+        }
+
+
+@dataclass
+class ValidationReport:
+    """Predicted vs measured latency of a set of configs, with the summary figures."""
+
+    table: str
+    rows: list[ValidationRow]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> np.ndarray:
+        return np.array([r.error for r in self.rows])
+
+    @property
+    def mape(self) -> float:
+        """Mean absolute percentage error, in percent."""
+        return float(100 * np.mean(np.abs(self.errors)))
+
+    @property
+    def within_10(self) -> float:
+        """Share of configs predicted within +-10%, in percent."""
+        return float(100 * np.mean(np.abs(self.errors) <= 0.10))
+
+    @property
+    def kendall_tau(self) -> float:
+        """Rank agreement of predictions and measurements (1 = same order)."""
+        from scipy.stats import kendalltau  # noqa: PLC0415
+
+        if len(self.rows) < 2:
+            return float("nan")
+        return float(kendalltau([r.predicted for r in self.rows], [r.measured.ms for r in self.rows]).statistic)
+
+    @property
+    def worst(self) -> ValidationRow:
+        """The row with the largest absolute relative error."""
+        return max(self.rows, key=lambda r: abs(r.error))
+
+    def summary(self) -> dict[str, Any]:
+        w = self.worst
+        return {
+            "n": len(self.rows),
+            "mape_pct": round(self.mape, 3),
+            "within_10_pct": round(self.within_10, 2),
+            "kendall_tau": round(self.kendall_tau, 4),
+            "worst_error_pct": round(100 * w.error, 3),
+            "worst_label": w.label,
+            "measured_range_ms": [round(min(r.measured.ms for r in self.rows), 4), round(max(r.measured.ms for r in self.rows), 4)],
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"table": self.table, "summary": self.summary(), "settings": self.settings, "rows": [r.to_dict() for r in self.rows]}
+
+
+def _uniform_genome(table: LatencyTable, p: float, resolution_index: int) -> np.ndarray:
+    """Every gene at its choice nearest to p (ties: lower), default windows, one resolution."""
+    space = table.space
+    x = space.encode(space.densest(space.resolutions[resolution_index]))
+    for gi, g in enumerate(space.genes):
+        x[gi] = int(np.argmin([abs(c - p) for c in g.choices]))
+    return space.repair(x)
+
+
+def validation_genomes(table: LatencyTable, n: int = 50, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """The configs a validation times: per resolution the dense config and one 'uniform' config per sparsity
+    level of the space (each gene at its nearest choice), then n random configs; duplicates dropped."""
+    space = table.space
+    levels = sorted({c for g in space.genes for c in g.choices})
+    out: list[tuple[str, np.ndarray]] = []
+    seen: set[tuple[int, ...]] = set()
+
+    def add(label: str, genome: np.ndarray) -> None:
+        key = tuple(int(v) for v in genome)
+        if key not in seen:
+            seen.add(key)
+            out.append((label, np.asarray(genome, dtype=np.int64)))
+
+    for ri, res in enumerate(space.resolutions):
+        tag = f"@{res[0]}x{res[1]}" if len(space.resolutions) > 1 else ""
+        add(f"dense{tag}", space.encode(space.densest(res)))
+        for p in levels:
+            add(f"uniform {p:g}{tag}", _uniform_genome(table, p, ri))
+    rng = np.random.default_rng(seed)
+    for i, genome in enumerate(space.sample_genes(rng, n) if n > 0 else []):
+        add(f"random {i}", genome)
+    return out
+
+
+def validate(
+    table: LatencyTable,
+    n: int = 50,
+    seed: int = 0,
+    warmup: int | None = None,
+    repeats: int | None = None,
+    rounds: int | None = None,
+    allow_foreign: bool = False,
+    quiet: bool = True,
+    max_load: float | None = None,
+    max_wait_s: float = 600.0,
+    timer: Timer | None = None,
+    on_config: Callable[[int, int], None] | None = None,
+) -> ValidationReport:
+    """Time whole-model forwards of `validation_genomes(table, n, seed)` at the table's device, dtype, batch,
+    threads, head and resolution(s) and compare with `table.predict_many`.
+
+    Args:
+        warmup, repeats, rounds: per config and round, and passes over all configs (default: the table's).
+            Each config's figure is the mean of its rounds, the rule the profiler applies to its entries.
+        allow_foreign: skip `table.check_compatible` (measure on this machine anyway).
+        quiet, max_load, max_wait_s: wait for a quiet machine before each config, as `ProfileSettings`.
+    The table's clock (wall or thread CPU time) is used.
+        on_config: called after each timed config with (done, total).
+    """
+    meta = table.meta
+    dev_type = meta["device_type"]
+    device = torch.device(dev_type)
+    if not allow_foreign:
+        table.check_compatible()
+    else:
+        device_type(dev_type)
+    warmup = int(meta.get("warmup", 5)) if warmup is None else warmup
+    repeats = int(meta.get("repeats", 20)) if repeats is None else repeats
+    rounds = int(meta.get("rounds", 1)) if rounds is None else rounds
+    if repeats < 1 or warmup < 0 or rounds < 1:
+        raise LatencyTableError(f"need repeats >= 1, warmup >= 0, rounds >= 1; got {repeats}, {warmup}, {rounds}")
+    trim = float(meta.get("trim", 0.2))
+    timer = timer or make_timer(device, trim, clock=meta.get("clock", "wall"))
+    genomes = validation_genomes(table, n, seed)
+    predicted = table.predict_many(np.stack([g for _, g in genomes]))
+    space = table.space
+    head = meta.get("head", "cls")
+    dtype = DTYPES[meta["dtype"]]
+    batch = int(meta["batch"])
+    torch.manual_seed(int(meta.get("seed", 0)))
+    model = space.create_model(head=None if head == "none" else head, num_classes=int(meta.get("num_classes", 1000)))
+    model = model.eval().to(device=device, dtype=dtype)
+    images = {}
+    for res in space.resolutions:
+        g = torch.Generator().manual_seed(int(meta.get("seed", 0)) + res[0] * 7 + res[1])
+        images[res] = torch.randn(batch, 3, *res, generator=g).to(device=device, dtype=dtype)
+    stats: list[list[Stat]] = [[] for _ in genomes]
+    monitor = LoadMonitor()
+    threads = int(meta["threads"])
+    limit = (max_load if max_load is not None else default_max_load(device, threads)) if quiet else None
+    total = rounds * len(genomes)
+    with num_threads(threads), torch.inference_mode():
+        for r in range(rounds):
+            for i, (_, genome) in enumerate(genomes):
+                config = space.decode(genome)
+                model.set_config(config)
+                image = images[space.resolutions[int(genome[-1])]]
+                monitor.wait_quiet(limit, budget_s=max_wait_s)
+                stats[i].append(timer.measure(lambda: model(image), warmup, repeats))
+                if on_config is not None:
+                    on_config(r * len(genomes) + i + 1, total)
+    rows = [
+        ValidationRow(label, [int(v) for v in genome], float(p), combine_rounds(st))
+        for (label, genome), p, st in zip(genomes, predicted, stats)
+    ]
+    settings = {
+        "n_random": n,
+        "seed": seed,
+        "warmup": warmup,
+        "repeats": repeats,
+        "rounds": rounds,
+        "threads": int(meta["threads"]),
+        "dtype": meta["dtype"],
+        "batch": batch,
+        "device": meta["device"],
+        "allow_foreign": allow_foreign,
+        "max_foreign_load": limit,
+        "waited_s": round(monitor.waited_s, 1),
+        "busy_measurements": monitor.busy,
+        "clock": meta.get("clock", "wall"),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return ValidationReport(table.source, rows, settings)
+
+
+def report_paths(table_path: str | os.PathLike) -> tuple[Path, Path]:
+    """(<table>.validation.json, <table>.validation.png) beside the table."""
+    p = Path(table_path)
+    stem = p.name[: -len(p.suffix)] if p.suffix else p.name
+    return p.with_name(stem + ".validation.json"), p.with_name(stem + ".validation.png")
+
+
+def write_report(report: ValidationReport, json_path: str | os.PathLike, png_path: str | os.PathLike | None = None) -> None:
+    """Write the JSON report atomically and, if png_path is given, the predicted-vs-measured scatter plot."""
+    atomic_write_text(json_path, json.dumps(report.to_dict(), indent=1) + "\n")
+    if png_path is None:
+        return
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    meas = np.array([r.measured.ms for r in report.rows])
+    pred = np.array([r.predicted for r in report.rows])
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=120)
+    lo, hi = float(min(meas.min(), pred.min())) * 0.95, float(max(meas.max(), pred.max())) * 1.05
+    line = np.array([lo, hi])
+    ax.plot(line, line, color="black", lw=1, label="predicted = measured")
+    ax.fill_between(line, line * 0.9, line * 1.1, color="tab:green", alpha=0.12, label="+-10%")
+    kinds = {"dense": "tab:red", "uniform": "tab:orange", "random": "tab:blue"}
+    for prefix, color in kinds.items():
+        sel = np.array([r.label.startswith(prefix) for r in report.rows])
+        if sel.any():
+            ax.errorbar(
+                meas[sel],
+                pred[sel],
+                xerr=np.array([r.measured.spread for r in report.rows])[sel],
+                fmt="o",
+                ms=3.5,
+                color=color,
+                elinewidth=0.7,
+                label=prefix,
+            )
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("measured (ms)")
+    ax.set_ylabel("predicted (ms)")
+    s = report.summary()
+    ax.set_title(
+        f"{Path(report.table).name}\nMAPE {s['mape_pct']:.2f}%  within10 {s['within_10_pct']:.0f}%  "
+        f"tau {s['kendall_tau']:.3f}  worst {s['worst_error_pct']:+.1f}%",
+        fontsize=8,
+    )
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    tmp = Path(png_path).with_name("." + Path(png_path).name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, png_path)
