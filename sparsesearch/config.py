@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,26 +11,11 @@ from typing import Any, Sequence
 import yaml
 
 from .errors import ConfigError
+from .fileio import atomic_write_text
 
 __all__ = ["SparsityConfig", "atomic_write_text", "read_structured"]
 
 _KEYS = ("sparsity", "window_size", "resolution")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text to path via a temp file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_structured(path: str | os.PathLike, error: type[Exception] = ConfigError) -> Any:

@@ -20,8 +20,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .config import SparsityConfig, atomic_write_text
+from .config import SparsityConfig
 from .errors import CheckpointError, SparseSearchError
+from .fileio import atomic_write, atomic_write_text
 
 __all__ = ["ExportReport", "export_model", "load_exported", "measure_latency", "check_onnx", "finetune_config"]
 
@@ -202,11 +203,10 @@ def export_model(
         report.accuracy_dense = ev(dense_cfg, res).to_dict()
         model.set_config(cfg)
 
-    from safetensors.torch import save_file  # noqa: PLC0415
+    from safetensors.torch import save  # noqa: PLC0415
 
-    tmp = out / ".model.safetensors.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, out / "model.safetensors")
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(out / "model.safetensors", lambda f: f.write(save(weights)))
     model_doc = {
         "format": "sparsesearch-exported/1",
         "architecture": space.architecture,

@@ -17,7 +17,6 @@ Everything but the tensors is plain Python data, so the file loads with ``torch.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,6 +26,7 @@ import yaml
 from torch import nn
 
 from .errors import CheckpointError, SpaceError
+from .fileio import atomic_torch_save
 from .space import SearchSpace
 
 __all__ = [
@@ -39,8 +39,6 @@ __all__ = [
     "space_to_dict",
     "space_from_yaml",
     "same_space",
-    "atomic_torch_save",
-    "atomic_write",
     "load_weights",
     "model_from_meta",
     "build_eval_dataset",
@@ -161,35 +159,6 @@ class SupernetMeta:
 
 
 # ---- files ---------------------------------------------------------------------------------------------------
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write(path: str | os.PathLike, write: Any, binary: bool = True) -> None:
-    """Call ``write(f)`` on a temp file in ``path``'s folder, fsync, then ``os.replace`` it onto ``path``:
-    readers never see a half-written file. The file gets the usual permissions (0666 less the umask)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` atomically (see :func:`atomic_write`)."""
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
 def read_supernet_file(path: str | os.PathLike) -> dict[str, Any]:
     """Load and check the container of a supernet/training checkpoint; CheckpointError if it is not one."""
     path = Path(path)

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..supernet import atomic_write, read_supernet_file
+from ..fileio import atomic_write
+from ..supernet import read_supernet_file
 
 __all__ = [
     "LAST",

@@ -37,7 +37,8 @@ from ..errors import CheckpointError, ConfigError, DataError, SparseSearchError
 from ..evaluate import EvalResult, Evaluator
 from ..models import load_checkpoint
 from ..space import SearchSpace
-from ..supernet import SupernetMeta, atomic_write, load_weights, same_space, save_supernet, space_from_yaml
+from ..fileio import atomic_write
+from ..supernet import SupernetMeta, load_weights, same_space, save_supernet, space_from_yaml
 from . import distributed as D
 from .checkpoint import ARGS, FINAL, LAST, METRICS, capture_rng, inspect_run, load_train_checkpoint, restore_rng, truncate_metrics
 from .options import RUNTIME_FIELDS, AdaptOptions

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, Callable
 import dill
 import numpy as np
 
-from ..config import atomic_write_text
+from ..fileio import atomic_write
 from ..errors import SparseSearchError
 from ..space import SearchSpace
 from .accuracy import AccuracyCache
@@ -62,17 +61,7 @@ class SearchRun:
 
 
 def _atomic_pickle(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            dill.dump(obj, f)  # pymoo's operators hold closures: plain pickle cannot store them
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: dill.dump(obj, f))  # pymoo's operators hold closures: plain pickle cannot
 
 
 def _append_jsonl(path: Path | None, record: dict[str, Any]) -> None:

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import SparsityConfig, atomic_write_text
+from ..config import SparsityConfig
+from ..fileio import atomic_write_text
 from ..errors import SparseSearchError
 from .accuracy import AccuracyCache, SerialEvaluator
 from .budget import parse_budget

@@ -9,7 +9,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..config import SparsityConfig, atomic_write_text
+from ..config import SparsityConfig
+from ..fileio import atomic_write, atomic_write_text
 from ..space import SearchSpace
 from .accuracy import AccuracyCache
 from .engine import SearchRun
@@ -153,7 +154,5 @@ def _plot(path: Path, run: SearchRun, front: list[Point], best: Point, baselines
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
