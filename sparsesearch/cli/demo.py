@@ -1,63 +1,59 @@
-"""`sparsesearch demo`: the main job on the built-in default (what `make demo` runs)."""
+"""`sparsesearch demo`: the whole pipeline on the built-in default (what `make demo` runs)."""
 from __future__ import annotations
 
 import argparse
+import time
 
-from ._base import Command, resolution
+from ._base import Command
 
 
 class DemoCommand(Command):
     name = "demo"
-    help = "build a model from a search space, apply configs, compare parameters, FLOPs and CPU latency"
+    help = "run the whole pipeline on synthetic sparse scenes: profile, adapt, evolve, export, compare"
+    description = (
+        "Profile a CPU latency table for search_spaces/demo.yaml (swin_nano), adapt a supernet on synthetic "
+        "sparse scenes, search under a latency budget, export the result, and print dense vs uniform sparsity vs "
+        "uniform resize vs searched (predicted and measured latency, mIoU, FLOPs). A second run reuses what the "
+        "first produced; --fresh starts over."
+    )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--space", default="search_spaces/swin_t.yaml", help="search space YAML")
-        parser.add_argument("--resolution", type=resolution, default=None, help="input size (default: the space's)")
-        parser.add_argument("--sparsity", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7], help="uniform sparsities to compare")
-        parser.add_argument("--random", type=int, default=2, metavar="N", help="also compare N random configs of the space")
+        from ..pipeline import DemoOptions  # noqa: PLC0415
+
+        d = DemoOptions()
+        parser.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
+        parser.add_argument("--space", default=d.space)
+        parser.add_argument("--data", default=d.data)
+        parser.add_argument("--steps", type=int, default=d.steps, help="adaptation steps")
+        parser.add_argument("--latency", default=d.latency, help="search budget (e.g. 0.6x, 40ms)")
+        parser.add_argument("--algorithm", default=d.algorithm)
+        parser.add_argument("--population", type=int, default=d.population)
+        parser.add_argument("--generations", type=int, default=d.generations)
+        parser.add_argument("--val-samples", type=int, default=d.val_samples)
         parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-        parser.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per config")
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--seed", type=int, default=d.seed)
+        parser.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
+        parser.add_argument("--quick", action="store_true", help="a reduced run in seconds (tiny model, 64x64)")
 
     def run(self, args: argparse.Namespace) -> int:
-        import numpy as np  # noqa: PLC0415
-        import torch  # noqa: PLC0415
         from tabulate import tabulate  # noqa: PLC0415
-        from torch.utils import benchmark  # noqa: PLC0415
-        from tqdm import tqdm  # noqa: PLC0415
 
-        from ..flops import count_flops  # noqa: PLC0415
-        from ..space import SearchSpace  # noqa: PLC0415
+        from ..pipeline import DemoOptions, run_demo  # noqa: PLC0415
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        space = SearchSpace.load(args.space)
-        res = args.resolution or space.resolutions[0]
-        torch.manual_seed(args.seed)
-        model = space.create_model(head=None).eval()
-        params = sum(p.numel() for p in model.parameters())
-        print(space.describe())
-        print(f"{space.architecture}: {params / 1e6:.2f} M parameters (backbone), input {res[0]}x{res[1]}, "
-              f"{torch.get_num_threads()} CPU threads")
-        rng = np.random.default_rng(args.seed)
-        configs = [(f"uniform {p:g}", space.uniform(p)) for p in args.sparsity]
-        configs += [(f"random #{i + 1}", space.sample(rng)) for i in range(args.random)]
-        x = torch.randn(1, 3, *res)
-        rows, dense_ms, dense_flops = [], None, None
-        with torch.inference_mode():
-            for label, cfg in tqdm(configs, desc="configs", unit="cfg"):
-                fl = count_flops(model, res, cfg).total
-                model.set_config(cfg)
-                model(x)
-                timer = benchmark.Timer("model(x)", globals={"model": model, "x": x}, num_threads=torch.get_num_threads())
-                ms = timer.blocked_autorange(min_run_time=args.min_time).median * 1e3
-                dense_ms = dense_ms or ms
-                dense_flops = dense_flops or fl
-                genes = " ".join(f"{row[0]:.1f}" for row in cfg.sparsity)
-                rows.append([label, f"{cfg.mean_sparsity():.2f}", genes, f"{fl / 1e9:.2f}", f"{fl / dense_flops:.2f}",
-                             f"{ms:.1f}", f"{ms / dense_ms:.2f}"])
-        print(tabulate(rows, headers=["config", "mean p", "p (1st block/stage)", "GFLOPs", "x first", "CPU ms", "x first"],
-                       tablefmt="github"))
+        opts = DemoOptions(**{k: getattr(args, k) for k in ("out", "space", "data", "steps", "latency", "algorithm",
+                                                            "population", "generations", "val_samples", "threads",
+                                                            "seed", "fresh", "quick")})
+        t0 = time.time()
+        s = run_demo(opts, say=lambda msg: print(msg, flush=True))
+        if s.reused:
+            print(f"reused from an earlier run: {', '.join(s.reused)} (--fresh to redo)")
+        dense = s.rows[0]
+        rows = [[r.name, f"{r.predicted_ms:.2f}", f"{r.measured_ms:.2f}", f"{r.measured_ms / dense.measured_ms:.2f}",
+                 f"{r.accuracy:.2f}", f"{r.gflops:.3f}"] for r in s.rows]
+        print(f"\nbudget {s.budget_ms:.2f} ms ({args.latency} of dense), measured on {s.machine}")
+        print(tabulate(rows, headers=["config", "pred. ms", "meas. ms", "x dense", s.metric, "GFLOPs"], tablefmt="github"))
+        print(f"\nplot: {s.out}/search/pareto.png  best config: {s.out}/search/best.json  model: {s.out}/export/ "
+              f"({time.time() - t0:.0f} s)")
         return 0
 
 

@@ -47,10 +47,12 @@ class EvolveCommand(Command):
         from ..search.evolve import EvolveOptions, evolve  # noqa: PLC0415
 
         opts = EvolveOptions(**{k: getattr(args, k) for k in EvolveOptions.__dataclass_fields__})
-        bar = tqdm(total=args.generations, desc=f"evolve ({args.algorithm})", unit="gen")
-        evals = {"n": 0}
+        bars: list = []  # created at the first generation: input errors come out as one clean line
 
         def on_generation(rec: dict) -> None:
+            if not bars:
+                bars.append(tqdm(total=args.generations, desc=f"evolve ({args.algorithm})", unit="gen"))
+            bar = bars[0]
             if rec.get("refined"):
                 bar.set_postfix_str("refined around the best")
                 return
@@ -61,13 +63,11 @@ class EvolveCommand(Command):
             bar.set_postfix(post)
             bar.refresh()
 
-        def on_evaluated(n: int) -> None:
-            evals["n"] += n
-
         try:
-            s = evolve(opts, on_generation=on_generation, on_evaluated=on_evaluated)
+            s = evolve(opts, on_generation=on_generation)
         finally:
-            bar.close()
+            for bar in bars:
+                bar.close()
         print(f"budget {s.budget_ms:.2f} ms ({args.latency}); {s.evaluated} configs evaluated "
               f"({s.new_evaluations} new), {s.metric} on {args.val_samples} validation images")
         rows = [["dense", s.dense]]

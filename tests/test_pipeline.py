@@ -1,0 +1,72 @@
+"""The end-to-end pipeline in its reduced mode, and the evolve command's handling of users' input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sparsesearch.cli import main
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return out, main(["demo", "--quick", "--out", str(out)])
+
+
+def test_quick_demo_runs_every_stage(demo, capsys):
+    out, rc = demo
+    assert rc == 0
+    for f in ("table/table.json", "adapt/supernet.pt", "search/best.json", "search/pareto.json",
+              "search/pareto.png", "export/model.safetensors", "export/card.json", "export/model.onnx", "summary.json"):
+        assert (out / f).is_file(), f
+    summary = json.loads((out / "summary.json").read_text())
+    names = [r["name"] for r in summary["rows"]]
+    assert names[0] == "dense" and names[-1] == "searched" and any(n.startswith("uniform sparsity") for n in names)
+    assert all(r["measured_ms"] > 0 and r["gflops"] > 0 for r in summary["rows"])
+
+
+def test_second_demo_run_reuses_the_first(demo, capsys):
+    out, _ = demo
+    capsys.readouterr()
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "reused from an earlier run: latency table, supernet, search, export" in text
+    assert "searched" in text
+
+
+def _evolve(out, *extra):
+    return ["evolve", "--supernet", str(out / "adapt" / "supernet.pt"), "--table", str(out / "table" / "table.json"),
+            "--val-samples", "4", "--population", "4", "--generations", "2", *extra]
+
+
+@pytest.mark.parametrize(
+    "budget, message",
+    [("fast", "cannot read latency budget 'fast'"), ("0.001ms", "below the fastest config of the space"),
+     ("-1ms", "cannot read latency budget")],
+)
+def test_evolve_refuses_bad_budgets_in_one_line(demo, tmp_path, capsys, budget, message):
+    out, _ = demo
+    assert main(_evolve(out, f"--latency={budget}", "--out", str(tmp_path / "s"))) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_evolve_resume_and_never_clobber(demo, tmp_path, capsys):
+    out, _ = demo
+    argv = _evolve(out, "--latency", "100000ms", "--out", str(tmp_path / "s"))
+    assert main(argv) == 0
+    best = json.loads((tmp_path / "s" / "best.json").read_text())
+    assert best["latency_ms"] <= best["budget_ms"]
+    capsys.readouterr()
+    assert main(argv) == 2  # the folder holds a search: neither --resume nor --overwrite
+    assert "--resume" in capsys.readouterr().err
+    assert main(argv + ["--resume"]) == 0  # finished: resuming re-reads and rewrites the outputs
+    assert json.loads((tmp_path / "s" / "best.json").read_text())["config"] == best["config"]
+    assert main(_evolve(out, "--latency", "100000ms", "--out", str(tmp_path / "s"), "--seed", "3", "--resume")) == 2
+    assert "other settings (seed)" in capsys.readouterr().err
+
+
+def test_evolve_missing_inputs(tmp_path, capsys):
+    assert main(["evolve", "--supernet", "nope.pt", "--table", "t.json", "--latency", "30ms", "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
