@@ -45,7 +45,7 @@ def throughput(table: LatencyTable, n_candidates: int = 10_000) -> tuple[float, 
         def __call__(self, configs):
             return [100.0 - float(np.dot(weights, space.encode(c)[: len(weights)])) for c in configs]
 
-    budget = 0.5 * (table.min_latency() + table.max_latency())
+    budget = 0.5 * (table.min_latency(space.resolutions) + table.max_latency(space.resolutions))
     pop = 100
     t = time.perf_counter()
     run = run_search(space, lambda G: table.predict_many(G, space), AccuracyCache(space, Proxy()), budget,
@@ -95,7 +95,7 @@ def main() -> None:
     rows = [["dense", "-", f"{dense_ms:.2f}", f"{score(test, dense):.2f}", "", "", "", ""]]
     wins = 0
     for text in args.budgets:
-        budget = parse_budget(text).resolve(dense_ms, table.min_latency(), table.max_latency())
+        budget = parse_budget(text).resolve(dense_ms, table.min_latency(space.resolutions), table.max_latency(space.resolutions))
         t = time.perf_counter()
         run = run_search(space, latency, cache, budget, algorithm="ga", population=args.population,
                          generations=args.generations, seed=0)

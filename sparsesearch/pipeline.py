@@ -40,11 +40,11 @@ class DemoOptions:
     out: str = "runs/demo"
     space: str = "search_spaces/demo.yaml"
     data: str = "synthetic:320"
-    resolutions: tuple[int, ...] = (256, 224, 192, 160)  # profiled; the smaller ones serve the resize baseline
-    steps: int = 360
-    batch: int = 8
+    resolutions: tuple[int, ...] = (192, 160, 128)  # profiled; the smaller ones serve the resize baseline
+    steps: int = 300
+    batch: int = 4
     lr: float = 1e-3
-    latency: str = "0.6x"
+    latency: str = "0.8x"
     algorithm: str = "ga"
     population: int = 16
     generations: int = 6

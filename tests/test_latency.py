@@ -6,6 +6,7 @@ modules (resume, validation, CLI) only check what was measured and written.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,10 +36,26 @@ from sparsesearch.latency.structure import kinds_and_counts, space_hash, sparsit
 from sparsesearch.ops import keep_count
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "search_spaces" / "demo.yaml"
+# The tests use their own copy of a demo-like space (swin_nano, pairs of blocks per gene, two window choices),
+# so that they do not depend on how search_spaces/demo.yaml is tuned for the demo.
+DEMO_YAML = """
+name: demo
+architecture: swin_nano
+resolutions: [[256, 256]]
+sparsity_choices: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+genes:
+  - {name: s1, blocks: ["0.0", "0.1"]}
+  - {name: s2, blocks: ["1.0", "1.1"]}
+  - {name: s3, blocks: ["2.0", "2.1"]}
+  - {name: s4, blocks: ["3.0", "3.1"], choices: [0.0]}
+window_sizes: [[7, 8], [7, 8], [7, 8], [7]]
+"""
+_TMP = tempfile.TemporaryDirectory(prefix="sparsesearch-test-latency-")  # removed when the module is unloaded
+DEMO = Path(_TMP.name) / "demo.yaml"
+DEMO.write_text(DEMO_YAML)
 
-# fast, deterministic settings: no cache flush, no waiting for a quiet machine, one round
-FAST = dict(threads=1, warmup=0, repeats=1, rounds=1, calibration=0, flush_mb=0, quiet=False)
+# fast, deterministic settings: no cache flush, no waiting for a quiet machine, one round, glibc left alone
+FAST = dict(threads=1, warmup=0, repeats=1, rounds=1, calibration=0, flush_mb=0, quiet=False, malloc=False)
 
 
 def _space(tmp_path: Path, text: str, name: str = "tiny.yaml") -> ss.SearchSpace:
@@ -165,6 +182,28 @@ def test_slug_and_default_path():
 
 # ---------------------------------------------------------------------------------------------------------
 # what is measured
+
+
+@pytest.mark.parametrize("name", ["demo", "swin_t", "swin_s", "swin_b"])
+def test_plans_of_the_shipped_spaces(name):
+    space = ss.SearchSpace.load(ROOT / "search_spaces" / f"{name}.yaml")
+    profiler = Profiler(space, ProfileSettings(**FAST))
+    plan = profiler.plan()
+    assert {e.part for e in plan} == {"block", "fixed", "in_model"}
+    levels = profiler.level_genomes(0)
+    assert levels and all(space.is_valid(g) for _, g in levels)
+    # the in-model configs run every (block kind, kept count) the genes produce
+    covered = set()
+    for _, g in levels:
+        config = space.decode(g)
+        for kind, counts in profiler._counts.items():
+            if config.window_size[kind.stage] != kind.window:
+                continue
+            for j, p in enumerate(config.sparsity[kind.stage]):
+                if (j % 2 == 1) == kind.shifted:
+                    covered.add((kind, keep_count(p, kind.num_windows)))
+    wanted = {(kind, k) for kind, counts in profiler._counts.items() for k in counts if k < kind.num_windows}
+    assert wanted <= covered
 
 
 def test_kept_counts_come_from_the_gene_choices():
@@ -434,6 +473,8 @@ def test_validate_writes_report_and_plot(tmp_path):
     report = validate(table, n=3, seed=0, quiet=False)
     labels = [r.label for r in report.rows]
     assert labels[0] == "dense" and "uniform 0.8" in labels and sum(lbl.startswith("random") for lbl in labels) == 3
+    assert all(not lbl.startswith("profile check") for lbl in labels)
+    assert len(report.drift) == 2 and report.speed_vs_profile > 0  # the two calibration configs timed again
     s = report.summary()
     assert set(s) >= {"mape_pct", "within_10_pct", "kendall_tau", "worst_error_pct"}
     json_path, png_path = report_paths(out)
@@ -456,12 +497,13 @@ def _one_line_error(capsys) -> str:
 def test_cli_profile_and_validate(tmp_path, capsys):
     out = tmp_path / "cli.json"
     args = ["profile", "--space", str(DEMO), "--resolution", "32x32", "--threads", "1", "--warmup", "0", "--repeats", "1",
-            "--rounds", "1", "--calibration", "2", "--flush-mb", "0", "--no-wait", "--no-progress", "--out", str(out)]
+            "--rounds", "1", "--calibration", "2", "--flush-mb", "0", "--default-malloc", "--no-progress",
+            "--out", str(out)]
     assert main(args) == 0
     assert "wrote" in capsys.readouterr().out and out.exists()
-    assert main(["latency", "validate", "--table", str(out), "--n", "2", "--no-wait", "--no-progress", "--space", str(DEMO)]) == 2
+    assert main(["latency", "validate", "--table", str(out), "--n", "2", "--no-progress", "--space", str(DEMO)]) == 2
     assert "lacks resolution" in _one_line_error(capsys)  # demo.yaml is 256x256, the table 32x32
-    assert main(["latency", "validate", "--table", str(out), "--n", "2", "--no-wait", "--no-progress"]) == 0
+    assert main(["latency", "validate", "--table", str(out), "--n", "2", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "MAPE" in text and "Kendall tau" in text and report_paths(out)[1].exists()
     assert main(["latency", "show", "--table", str(out)]) == 0
@@ -525,3 +567,13 @@ def test_in_model_figures_replace_isolated_ones(tmp_path, monkeypatch):
     profiler = Profiler(space, ProfileSettings(**FAST, resolutions=((64, 64),)))
     levels = profiler.level_genomes(0)
     assert len(levels) == 2 * 9 and all(space.is_valid(g) for _, g in levels)
+
+
+def test_tune_malloc_in_a_subprocess():
+    """mallopt is process-wide, so it is exercised in a child process (glibc: it reports what it set)."""
+    import subprocess
+    import sys
+
+    code = "from sparsesearch.latency.measure import tune_malloc; a = tune_malloc(); print(a == tune_malloc(), a)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("True")

@@ -55,13 +55,23 @@ class ProfileCommand(Command):
         parser.add_argument("--num-classes", type=int, default=1000)
         parser.add_argument("--max-k-points", type=int, default=24, help="above this many kept counts per block, use a grid")
         parser.add_argument("--flush-mb", type=float, default=None, help="cache flush before each timed call (MiB; 0: none)")
-        parser.add_argument("--max-load", type=float, default=None, help="wait until other processes use at most this many cores")
+        parser.add_argument(
+            "--wait-quiet", action="store_true",
+            help="CPU: start each measurement only when other processes leave the cores free (see --max-load)",
+        )
+        parser.add_argument(
+            "--max-load", type=float, default=None,
+            help="with --wait-quiet: most cores other processes may use (default: cores left free by --threads, +0.25)",
+        )
         parser.add_argument("--max-wait", type=float, default=600.0, help="total wait for a quiet machine, seconds (default 600)")
         parser.add_argument(
             "--clock", default="wall", choices=["wall", "thread"],
             help="wall: elapsed time; thread: the thread's CPU time (CPU, --threads 1: ignores other processes' time slices)",
         )
-        parser.add_argument("--no-wait", action="store_true", help="measure whatever the load of the machine")
+        parser.add_argument(
+            "--default-malloc", action="store_true",
+            help="leave glibc's allocator as it is (default: keep freed memory in the heap, see tune_malloc)",
+        )
         parser.add_argument("--fresh", action="store_true", help="ignore partial results of an interrupted run")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -85,7 +95,8 @@ class ProfileCommand(Command):
             calibration=args.calibration,
             flush_mb=args.flush_mb,
             clock=args.clock,
-            quiet=not args.no_wait,
+            malloc=not args.default_malloc,
+            quiet=args.wait_quiet,
             max_load=args.max_load,
             max_wait_s=args.max_wait,
             seed=args.seed,
@@ -149,9 +160,9 @@ class LatencyCommand(Command):
         v.add_argument("--repeats", type=int, default=None, help="default: the table's")
         v.add_argument("--rounds", type=int, default=None, help="default: the table's")
         v.add_argument("--allow-foreign-table", action="store_true", help="measure even if the table is for another setup")
-        v.add_argument("--max-load", type=float, default=None, help="wait until other processes use at most this many cores")
+        v.add_argument("--wait-quiet", action="store_true", help="as for `sparsesearch profile`")
+        v.add_argument("--max-load", type=float, default=None, help="as for `sparsesearch profile`")
         v.add_argument("--max-wait", type=float, default=600.0, help="total wait for a quiet machine, seconds")
-        v.add_argument("--no-wait", action="store_true", help="measure whatever the load of the machine")
         v.add_argument("--report", type=Path, help="report JSON (default: <table>.validation.json); the PNG goes beside it")
         v.add_argument("--no-progress", action="store_true")
         s = sub.add_parser("show", help="print a table's metadata and entries")
@@ -196,7 +207,7 @@ class LatencyCommand(Command):
                 repeats=args.repeats,
                 rounds=args.rounds,
                 allow_foreign=args.allow_foreign_table,
-                quiet=not args.no_wait,
+                quiet=args.wait_quiet,
                 max_load=args.max_load,
                 max_wait_s=args.max_wait,
                 on_config=on_config,
@@ -213,6 +224,11 @@ class LatencyCommand(Command):
         print(f"  within +-10%   {s['within_10_pct']:.1f}%")
         print(f"  Kendall tau    {s['kendall_tau']:.3f}")
         print(f"  worst error    {s['worst_error_pct']:+.2f}% ({s['worst_label']})")
+        if s["speed_vs_profile"] is not None:
+            print(
+                f"  machine speed  {s['speed_vs_profile']:.3f}x that of the profile run (its calibration configs timed again); "
+                f"MAPE with that factor removed {s['mape_drift_corrected_pct']:.2f}%"
+            )
         if report.settings.get("busy_measurements"):
             print(f"  note: {report.settings['busy_measurements']} configs were timed while other processes kept the machine busy")
         print(f"wrote {json_path} and {png_path}")

@@ -52,6 +52,7 @@ from .measure import (
     default_max_load,
     make_timer,
     num_threads,
+    tune_malloc,
 )
 from .structure import BlockKind, kinds_and_counts, res_key, space_hash, space_to_dict, sparsity_for_count, stage_shapes
 from .table import KindTable, LatencyTable, ResolutionTable
@@ -82,6 +83,9 @@ class ProfileSettings:
         flush_mb: cache flush before each timed call of a part (MiB; None: `default_flush_bytes`; 0: none).
         clock: 'wall' (elapsed time) or, on CPU with one thread, 'thread' (the thread's CPU time: equal to
             the wall time on an idle machine, and blind to the time slices other processes take on a busy one).
+        malloc: on CPU, keep freed memory in the allocator's heap for the rest of the process (`tune_malloc`),
+            so forwards run without page faults and do not depend on the process's allocation history
+            (process-wide, hence off by default in the library; `sparsesearch profile` turns it on).
         quiet: on CPU, start each measurement only once other processes use at most `max_load` cores
             (None: the cores this process leaves free + 0.25), waiting at most `max_wait_s` over the run.
         seed: seed of the random inputs and of the calibration configs.
@@ -103,7 +107,8 @@ class ProfileSettings:
     in_model: bool = True
     flush_mb: float | None = None
     clock: str = "wall"
-    quiet: bool = True
+    malloc: bool = False
+    quiet: bool = False
     max_load: float | None = None
     max_wait_s: float = 600.0
     seed: int = 0
@@ -191,6 +196,7 @@ class Profiler:
         self._plain_timer = make_timer(self.device, settings.trim, clock=settings.clock) if timer is None else timer
         self.environment = environment(self.device)
         self.monitor = LoadMonitor()
+        self.malloc: str | None = None
         self.max_load = (
             (settings.max_load if settings.max_load is not None else default_max_load(self.device, settings.threads))
             if settings.quiet
@@ -464,6 +470,7 @@ class Profiler:
             on_start(count, total)
         partial = partial_path(out)
         settings_hash = self.settings_hash()
+        self.malloc = tune_malloc() if self.settings.malloc and self.device.type == "cpu" else None
         with num_threads(self.settings.threads):
             for r in range(rounds):
                 for entry in entries:
@@ -634,6 +641,7 @@ class Profiler:
             "waited_s": round(self.monitor.waited_s, 1),
             "busy_measurements": self.monitor.busy,
             "clock": s.clock,
+            "malloc": self.malloc,
             "seed": s.seed,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "duration_s": round(duration_s, 1),

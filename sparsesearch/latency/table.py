@@ -193,15 +193,21 @@ class ResolutionTable:
         where = f"{where} {res_key(tuple(res))}"
         if not isinstance(d["fixed"], dict) or not isinstance(d["blocks"], list):
             raise LatencyTableError(f"{where}: 'fixed' must be a mapping and 'blocks' a list")
-        fixed = {str(k): Stat.from_dict(v) for k, v in d["fixed"].items()}
+        try:
+            fixed = {str(k): Stat.from_dict(v) for k, v in d["fixed"].items()}
+        except LatencyTableError as e:
+            raise LatencyTableError(f"{where} fixed parts: {e}") from None
         fixed_details = {str(k): _details(v) for k, v in d["fixed"].items() if _details(v)}
         kinds: dict[tuple[int, int, bool], KindTable] = {}
         for i, b in enumerate(d["blocks"]):
             kt = KindTable.from_dict(b, f"{where} blocks[{i}]")
             kinds[(kt.stage, kt.window, kt.shifted)] = kt
         correction = d.get("correction") or {}
-        if not isinstance(correction, dict):
-            raise LatencyTableError(f"{where}: 'correction' must be a mapping")
+        if not isinstance(correction, dict) or not all(
+            isinstance(correction.get(k, 0.0), (int, float)) and not isinstance(correction.get(k, 0.0), bool)
+            for k in ("offset_ms", "scale")
+        ):
+            raise LatencyTableError(f"{where}: 'correction' must be a mapping with numeric offset_ms and scale")
         return cls((int(res[0]), int(res[1])), fixed, kinds, correction, fixed_details)
 
 
@@ -247,6 +253,8 @@ class LatencyTable:
         missing = [k for k in _REQUIRED_META if k not in meta]
         if missing:
             raise LatencyTableError(f"{source}: meta lacks {', '.join(missing)}")
+        if not isinstance(meta["space"], dict) or "hash" not in meta["space"]:
+            raise LatencyTableError(f"{source}: meta.space must be a mapping with the space's name and hash")
         return cls(meta, space, [ResolutionTable.from_dict(t, f"{source} tables[{i}]") for i, t in enumerate(tables)], source)
 
     @classmethod
@@ -495,7 +503,7 @@ class LatencyTable:
         windows = [d if d in ch else ch[0] for ch, d in zip(self.space.window_choices, self.space.default_window)]
         return self.predict(SparsityConfig.dense(self.space.depths, windows, rt.resolution))
 
-    def _extreme(self, sign: float) -> tuple[float, np.ndarray]:
+    def _extreme(self, sign: float, resolutions: Any = None) -> tuple[float, np.ndarray]:
         """Exact min (sign=1) or max (sign=-1) of the prediction over the space, honouring the ordering rule."""
         space = self.space
         values, base, pairs = self._build_lookup()
@@ -509,7 +517,10 @@ class LatencyTable:
             groups = [[gi] for gi in range(n_genes)]
         best: tuple[float, np.ndarray] | None = None
         window_ranges = [range(len(c)) for c in space.window_choices]
+        allowed = None if resolutions is None else {tuple(r) for r in resolutions}
         for ri in range(len(self._tables)):
+            if allowed is not None and tuple(self._tables[ri].resolution) not in allowed:
+                continue
             for wins in itertools.product(*window_ranges):
                 cost = [np.zeros(len(g.choices)) for g in space.genes]
                 for gi, s, off, nw, nc in pairs:
@@ -528,21 +539,21 @@ class LatencyTable:
         assert best is not None
         return best
 
-    def min_latency(self) -> float:
+    def min_latency(self, resolutions: Any = None) -> float:
         """The fastest prediction any config of the space reaches."""
-        return self._extreme(1.0)[0]
+        return self._extreme(1.0, resolutions)[0]
 
-    def max_latency(self) -> float:
+    def max_latency(self, resolutions: Any = None) -> float:
         """The slowest prediction any config of the space reaches."""
-        return self._extreme(-1.0)[0]
+        return self._extreme(-1.0, resolutions)[0]
 
-    def min_config(self) -> SparsityConfig:
+    def min_config(self, resolutions: Any = None) -> SparsityConfig:
         """A config with the smallest predicted latency."""
-        return self.space.decode(self._extreme(1.0)[1])
+        return self.space.decode(self._extreme(1.0, resolutions)[1])
 
-    def max_config(self) -> SparsityConfig:
+    def max_config(self, resolutions: Any = None) -> SparsityConfig:
         """A config with the largest predicted latency."""
-        return self.space.decode(self._extreme(-1.0)[1])
+        return self.space.decode(self._extreme(-1.0, resolutions)[1])
 
     @property
     def dtype(self) -> torch.dtype:

@@ -15,7 +15,7 @@ import torch
 from ..config import atomic_write_text
 from ..errors import LatencyTableError
 from .env import DTYPES, device_type
-from .measure import LoadMonitor, Stat, Timer, combine_rounds, default_max_load, make_timer, num_threads
+from .measure import LoadMonitor, Stat, Timer, combine_rounds, default_max_load, make_timer, num_threads, tune_malloc
 from .table import LatencyTable
 
 __all__ = ["ValidationRow", "ValidationReport", "validation_genomes", "validate", "report_paths", "write_report"]
@@ -54,6 +54,24 @@ class ValidationReport:
     table: str
     rows: list[ValidationRow]
     settings: dict[str, Any] = field(default_factory=dict)
+    drift: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def speed_vs_profile(self) -> float | None:
+        """Median over the profile's calibration configs, timed again here, of (time in the profile / time
+        now): above 1, the machine runs faster now than while it was profiled (None without them)."""
+        if not self.drift:
+            return None
+        return float(np.median([d["profile_ms"] / d["measured_ms"] for d in self.drift]))
+
+    @property
+    def mape_drift_corrected(self) -> float | None:
+        """MAPE after dividing every prediction by `speed_vs_profile`: the error that is not the machine
+        running at another speed than while it was profiled (a diagnostic, not the headline figure)."""
+        f = self.speed_vs_profile
+        if f is None:
+            return None
+        return float(100 * np.mean([abs(r.predicted / f - r.measured.ms) / r.measured.ms for r in self.rows]))
 
     @property
     def errors(self) -> np.ndarray:
@@ -93,10 +111,18 @@ class ValidationReport:
             "worst_error_pct": round(100 * w.error, 3),
             "worst_label": w.label,
             "measured_range_ms": [round(min(r.measured.ms for r in self.rows), 4), round(max(r.measured.ms for r in self.rows), 4)],
+            "speed_vs_profile": None if self.speed_vs_profile is None else round(self.speed_vs_profile, 4),
+            "mape_drift_corrected_pct": None if self.mape_drift_corrected is None else round(self.mape_drift_corrected, 3),
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"table": self.table, "summary": self.summary(), "settings": self.settings, "rows": [r.to_dict() for r in self.rows]}
+        return {
+            "table": self.table,
+            "summary": self.summary(),
+            "settings": self.settings,
+            "rows": [r.to_dict() for r in self.rows],
+            "drift_check": self.drift,
+        }
 
 
 def _uniform_genome(table: LatencyTable, p: float, resolution_index: int) -> np.ndarray:
@@ -141,21 +167,23 @@ def validate(
     repeats: int | None = None,
     rounds: int | None = None,
     allow_foreign: bool = False,
-    quiet: bool = True,
+    quiet: bool = False,
     max_load: float | None = None,
     max_wait_s: float = 600.0,
+    drift_check: bool = True,
     timer: Timer | None = None,
     on_config: Callable[[int, int], None] | None = None,
 ) -> ValidationReport:
     """Time whole-model forwards of `validation_genomes(table, n, seed)` at the table's device, dtype, batch,
-    threads, head and resolution(s) and compare with `table.predict_many`.
+    threads, head, resolution(s), clock and allocator setting, and compare with `table.predict_many`.
 
     Args:
         warmup, repeats, rounds: per config and round, and passes over all configs (default: the table's).
             Each config's figure is the mean of its rounds, the rule the profiler applies to its entries.
         allow_foreign: skip `table.check_compatible` (measure on this machine anyway).
         quiet, max_load, max_wait_s: wait for a quiet machine before each config, as `ProfileSettings`.
-    The table's clock (wall or thread CPU time) is used.
+        drift_check: also time the profile's calibration configs again (not part of the figures) to tell how
+            much faster or slower the machine runs now than while it was profiled (`speed_vs_profile`).
         on_config: called after each timed config with (done, total).
     """
     meta = table.meta
@@ -173,6 +201,13 @@ def validate(
     trim = float(meta.get("trim", 0.2))
     timer = timer or make_timer(device, trim, clock=meta.get("clock", "wall"))
     genomes = validation_genomes(table, n, seed)
+    n_rows = len(genomes)
+    checks: list[tuple[float, np.ndarray]] = []
+    if drift_check:
+        for rt in table._tables:
+            for c in rt.correction.get("calibration", []):
+                checks.append((float(c["measured_ms"]), np.asarray(c["genome"], dtype=np.int64)))
+        genomes = genomes + [(f"profile check {i}", g) for i, (_, g) in enumerate(checks)]
     predicted = table.predict_many(np.stack([g for _, g in genomes]))
     space = table.space
     head = meta.get("head", "cls")
@@ -186,6 +221,7 @@ def validate(
         g = torch.Generator().manual_seed(int(meta.get("seed", 0)) + res[0] * 7 + res[1])
         images[res] = torch.randn(batch, 3, *res, generator=g).to(device=device, dtype=dtype)
     stats: list[list[Stat]] = [[] for _ in genomes]
+    malloc = tune_malloc() if meta.get("malloc") and dev_type == "cpu" else None  # as the profile ran
     monitor = LoadMonitor()
     threads = int(meta["threads"])
     limit = (max_load if max_load is not None else default_max_load(device, threads)) if quiet else None
@@ -204,6 +240,11 @@ def validate(
         ValidationRow(label, [int(v) for v in genome], float(p), combine_rounds(st))
         for (label, genome), p, st in zip(genomes, predicted, stats)
     ]
+    drift = [
+        {"genome": row.genome, "profile_ms": round(then, 4), "measured_ms": round(row.measured.ms, 4)}
+        for (then, _), row in zip(checks, rows[n_rows:])
+    ]
+    rows = rows[:n_rows]
     settings = {
         "n_random": n,
         "seed": seed,
@@ -219,9 +260,10 @@ def validate(
         "waited_s": round(monitor.waited_s, 1),
         "busy_measurements": monitor.busy,
         "clock": meta.get("clock", "wall"),
+        "malloc": malloc,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return ValidationReport(table.source, rows, settings)
+    return ValidationReport(table.source, rows, settings, drift)
 
 
 def report_paths(table_path: str | os.PathLike) -> tuple[Path, Path]:

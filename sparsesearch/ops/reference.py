@@ -21,7 +21,7 @@ def score_windows(x: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
         (B, nW) float32: L2 norm over each window of the token scores mean_c |x| (padded positions score 0).
     """
     B, H, W, _ = x.shape
-    tok = (torch.linalg.vector_norm(x.float(), ord=1, dim=-1) / x.shape[-1]).reshape(B, H * W)
+    tok = x.abs().mean(dim=-1, dtype=torch.float32).reshape(B, H * W)  # (linalg.vector_norm(ord=1) is 30x slower on CPU)
     tok = torch.cat([tok, tok.new_zeros(B, 1)], dim=1)  # slot H*W scores 0: padded positions
     idx = token_index(geom, x.device)  # (nW, N)
     per_window = tok[:, idx]  # (B, nW, N)

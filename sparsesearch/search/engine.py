@@ -109,6 +109,7 @@ def run_search(
     resume: bool = False,
     on_generation: Callable[[dict[str, Any]], None] | None = None,
     refine: bool = True,
+    seeds: np.ndarray | None = None,
     **backend_options: Any,
 ) -> SearchRun:
     """Search `space` for the most accurate config whose predicted latency is within `budget_ms`.
@@ -122,6 +123,8 @@ def run_search(
             memory.
         resume: continue from the checkpoint in out_dir (raises if there is none).
         on_generation: called with each generation's log record (progress bars).
+        seeds: genomes the pymoo back ends put in their first population when they meet the budget (evolve
+            passes the fastest config of the space, so a budget near the minimum still has a feasible start).
         refine: finish with a greedy +-1 neighbourhood search around the best config (a few dozen evaluations
             at most per round; often recovers the last fraction of a point that a short evolution misses).
     Returns:
@@ -145,7 +148,7 @@ def run_search(
             on_generation(rec)
 
     if algorithm in ("ga", "nsga2"):
-        gens = _run_pymoo(space, latency_fn, accuracy, budget_ms, algorithm, population, generations, seed, out, resume, log)
+        gens = _run_pymoo(space, latency_fn, accuracy, budget_ms, algorithm, population, generations, seed, out, resume, log, seeds)
     elif algorithm == "random":
         gens = _run_random(space, latency_fn, accuracy, budget_ms, population, generations, seed, out, resume, log)
     elif algorithm.startswith("optuna"):
@@ -215,6 +218,7 @@ def _run_pymoo(
     out: Path | None,
     resume: bool,
     log: Callable[[dict[str, Any]], None],
+    seeds: np.ndarray | None = None,
 ) -> int:
     from pymoo.core.evaluator import Evaluator  # noqa: PLC0415
     from pymoo.operators.crossover.ux import UniformCrossover  # noqa: PLC0415
@@ -240,7 +244,7 @@ def _run_pymoo(
         problem = SparsityProblem(space, latency_fn, cache, budget_ms, n_obj=1 if algorithm == "ga" else 2)
         common = dict(
             pop_size=population,
-            sampling=FeasibleSampling(),
+            sampling=FeasibleSampling(seeds=seeds),
             crossover=UniformCrossover(repair=SpaceRepair()),
             mutation=ChoiceMutation(),
             repair=SpaceRepair(),

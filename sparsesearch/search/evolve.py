@@ -150,7 +150,8 @@ def evolve(opts: EvolveOptions, on_generation: Callable[[dict[str, Any]], None] 
         if not same_space(user_space, space):
             raise SparseSearchError(f"--space {opts.space} is not the space the supernet was trained on ({space.name})")
     table.check_space(space)
-    budget_ms = budget.resolve(table.dense_latency(space.resolutions[0]), table.min_latency(), table.max_latency())
+    res = space.resolutions  # the table may hold more resolutions (for the resize baseline) than the space
+    budget_ms = budget.resolve(table.dense_latency(res[0]), table.min_latency(res), table.max_latency(res))
     out = _prepare_out(opts, _fingerprint(opts, table.meta))
 
     factory = functools.partial(make_supernet_evaluator, opts.supernet, opts.data, opts.val_samples, opts.batch, opts.device)
@@ -169,7 +170,8 @@ def evolve(opts: EvolveOptions, on_generation: Callable[[dict[str, Any]], None] 
         run = run_search(
             space, latency_fn, cache, budget_ms, algorithm=opts.algorithm, population=opts.population,
             generations=opts.generations, seed=opts.seed, out_dir=out, resume=opts.resume, on_generation=on_generation,
-            refine=opts.refine, evaluator_factory=factory, workers=max(1, opts.workers), address=opts.ray,
+            refine=opts.refine, seeds=space.encode(table.min_config(res))[None], evaluator_factory=factory,
+            workers=max(1, opts.workers), address=opts.ray,
         )
         base = Baselines(uniform_sparsity_baseline(space, latency_fn, cache, budget_ms), budget_ms=budget_ms)
         dense_cfg = space.densest()

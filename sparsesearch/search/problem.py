@@ -76,13 +76,16 @@ class FeasibleSampling(Sampling):
     generation spends its accuracy evaluations on configs that meet the budget; topped up with the fastest
     random ones when too few do."""
 
-    def __init__(self, oversample: int = 200) -> None:
+    def __init__(self, oversample: int = 200, seeds: np.ndarray | None = None) -> None:
         super().__init__()
         self.oversample = oversample
+        self.seeds = None if seeds is None else np.atleast_2d(np.asarray(seeds, dtype=np.int64))
 
     def _do(self, problem: SparsityProblem, n_samples: int, *args: Any, random_state=None, **kwargs: Any) -> np.ndarray:
         space = problem.space
         cand = space.sample_genes(random_state, n=n_samples * self.oversample)
+        if self.seeds is not None:  # e.g. the fastest config: a tight budget still starts with a feasible one
+            cand = np.concatenate([space.repair(self.seeds), cand])
         cand = np.unique(cand, axis=0)
         random_state.shuffle(cand)
         lat = np.asarray(problem.latency_fn(cand))
