@@ -44,7 +44,7 @@ class DemoOptions:
     steps: int = 300
     batch: int = 4
     lr: float = 1e-3
-    latency: str = "0.8x"
+    latency: str = "0.9x"
     algorithm: str = "ga"
     population: int = 16
     generations: int = 6
