@@ -60,6 +60,28 @@ class SearchRun:
         return np.asarray(front, dtype=np.int64)
 
 
+@dataclass
+class SearchContext:
+    """What every back end works with: the problem, the run's settings, and where to log."""
+
+    space: SearchSpace
+    latency_fn: LatencyFn
+    cache: AccuracyCache
+    budget_ms: float
+    algorithm: str
+    population: int
+    generations: int
+    seed: int
+    out: Path | None
+    resume: bool
+    log: Callable[[dict[str, Any]], None]
+    t0: float = field(default_factory=time.time)
+
+    def record(self, generation: int) -> dict[str, Any]:
+        """The log record of a finished generation (best feasible config so far)."""
+        return _generation_record(generation, self.cache, self.latency_fn, self.budget_ms, self.t0)
+
+
 def _atomic_pickle(obj: Any, path: Path) -> None:
     atomic_write(path, lambda f: dill.dump(obj, f))  # pymoo's operators hold closures: plain pickle cannot
 
@@ -147,18 +169,19 @@ def run_search(
         if on_generation is not None:
             on_generation(rec)
 
+    ctx = SearchContext(space, latency_fn, accuracy, budget_ms, algorithm, population, generations, seed, out, resume, log)
     if algorithm in ("ga", "nsga2"):
-        gens = _run_pymoo(space, latency_fn, accuracy, budget_ms, algorithm, population, generations, seed, out, resume, log, seeds)
+        gens = _run_pymoo(ctx, seeds)
     elif algorithm == "random":
-        gens = _run_random(space, latency_fn, accuracy, budget_ms, population, generations, seed, out, resume, log)
+        gens = _run_random(ctx)
     elif algorithm.startswith("optuna"):
         from .optuna_backend import run_optuna  # noqa: PLC0415
 
-        gens = run_optuna(space, latency_fn, accuracy, budget_ms, algorithm, population, generations, seed, out, resume, log)
+        gens = run_optuna(ctx)
     else:
         from .tune_backend import run_tune  # noqa: PLC0415
 
-        gens = run_tune(space, latency_fn, accuracy, budget_ms, population, generations, seed, out, resume, log, **backend_options)
+        gens = run_tune(ctx, **backend_options)
     run = _collect(space, accuracy, latency_fn, budget_ms, algorithm, gens)
     if refine and len(run.genes) and (run.latency_ms <= budget_ms).any():
         start = run.genes[run.best_index()]
@@ -206,26 +229,16 @@ def _refine(space: SearchSpace, latency_fn: LatencyFn, cache: AccuracyCache, bud
     return improved
 
 
-def _run_pymoo(
-    space: SearchSpace,
-    latency_fn: LatencyFn,
-    cache: AccuracyCache,
-    budget_ms: float,
-    algorithm: str,
-    population: int,
-    generations: int,
-    seed: int,
-    out: Path | None,
-    resume: bool,
-    log: Callable[[dict[str, Any]], None],
-    seeds: np.ndarray | None = None,
-) -> int:
+def _run_pymoo(ctx: SearchContext, seeds: np.ndarray | None = None) -> int:
+    """GA (one objective under the budget) or NSGA-II (accuracy/latency front), asked and told a generation at
+    a time, the algorithm pickled after each."""
+    space, latency_fn, cache, budget_ms, algorithm = ctx.space, ctx.latency_fn, ctx.cache, ctx.budget_ms, ctx.algorithm
+    population, generations, seed, out = ctx.population, ctx.generations, ctx.seed, ctx.out
     from pymoo.core.evaluator import Evaluator  # noqa: PLC0415
     from pymoo.operators.crossover.ux import UniformCrossover  # noqa: PLC0415
 
     state = out / "search_state.pkl" if out is not None else None
-    t0 = time.time()
-    if resume:
+    if ctx.resume:
         if state is None or not state.is_file():
             raise SparseSearchError(f"--resume: no search checkpoint in {out} (start without --resume)")
         try:
@@ -268,7 +281,7 @@ def _run_pymoo(
         algo.tell(infills=pop)
         if state is not None:  # checkpoint before logging: a logged generation is always a saved one
             _atomic_pickle({"algorithm": algorithm, "space": space.name, "state": algo}, state)
-        log(_generation_record(int(algo.n_iter) - 1, cache, latency_fn, budget_ms, t0))
+        ctx.log(ctx.record(int(algo.n_iter) - 1))
     return int(algo.n_iter) - 1
 
 
@@ -278,30 +291,19 @@ def _termination(generations: int):
     return get_termination("n_gen", generations)
 
 
-def _run_random(
-    space: SearchSpace,
-    latency_fn: LatencyFn,
-    cache: AccuracyCache,
-    budget_ms: float,
-    population: int,
-    generations: int,
-    seed: int,
-    out: Path | None,
-    resume: bool,
-    log: Callable[[dict[str, Any]], None],
-) -> int:
+def _run_random(ctx: SearchContext) -> int:
     """Random search: each "generation" evaluates `population` fresh feasible random configs.
 
     Deterministic per (seed, generation), so a resumed run re-draws the same batches and the cache skips
     those already evaluated.
     """
-    t0 = time.time()
-    for gen in range(1, generations + 1):
-        rng = np.random.default_rng([seed, gen])
-        cand = np.unique(space.sample_genes(rng, n=population * 50), axis=0)
+    space = ctx.space
+    for gen in range(1, ctx.generations + 1):
+        rng = np.random.default_rng([ctx.seed, gen])
+        cand = np.unique(space.sample_genes(rng, n=ctx.population * 50), axis=0)
         rng.shuffle(cand)
-        feasible = cand[np.asarray(latency_fn(cand)) <= budget_ms][:population]
+        feasible = cand[np.asarray(ctx.latency_fn(cand)) <= ctx.budget_ms][: ctx.population]
         if len(feasible):
-            cache.evaluate(feasible)
-        log(_generation_record(gen, cache, latency_fn, budget_ms, t0))
-    return generations
+            ctx.cache.evaluate(feasible)
+        ctx.log(ctx.record(gen))
+    return ctx.generations

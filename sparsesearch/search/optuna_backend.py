@@ -7,65 +7,47 @@ search resumes with every finished trial.
 from __future__ import annotations
 
 import logging
-import time
-from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import SparseSearchError
-from ..space import SearchSpace
-from .accuracy import AccuracyCache
-from .problem import LatencyFn
+from .engine import SearchContext
 
 __all__ = ["run_optuna"]
 
 
-def run_optuna(
-    space: SearchSpace,
-    latency_fn: LatencyFn,
-    cache: AccuracyCache,
-    budget_ms: float,
-    algorithm: str,
-    population: int,
-    generations: int,
-    seed: int,
-    out: Path | None,
-    resume: bool,
-    log: Callable[[dict[str, Any]], None],
-) -> int:
+def run_optuna(ctx: SearchContext) -> int:
+    """optuna-nsga2 or optuna-tpe (ctx.algorithm), ctx.population trials per generation."""
     import optuna  # noqa: PLC0415
 
-    from .engine import _generation_record  # noqa: PLC0415
-
+    space, latency_fn, cache, budget_ms, population, out = ctx.space, ctx.latency_fn, ctx.cache, ctx.budget_ms, ctx.population, ctx.out
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("optuna").setLevel(logging.WARNING)
-    multi = algorithm == "optuna-nsga2"
+    multi = ctx.algorithm == "optuna-nsga2"
     if multi:
-        sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+        sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=ctx.seed)
         directions = ["maximize", "minimize"]
     else:
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(population, 20))
+        sampler = optuna.samplers.TPESampler(seed=ctx.seed, n_startup_trials=min(population, 20))
         directions = ["maximize"]
     storage = None
     if out is not None:  # an append-only journal file: far cheaper per trial than SQLite, and crash-safe
         journal = out / "optuna.journal"
-        if resume and not journal.is_file():
+        if ctx.resume and not journal.is_file():
             raise SparseSearchError(f"--resume: no optuna study in {out} (start without --resume)")
-        if not resume and journal.exists():
+        if not ctx.resume and journal.exists():
             journal.unlink()
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     study = optuna.create_study(
-        study_name=f"sparsesearch-{space.name}-{algorithm}",
+        study_name=f"sparsesearch-{space.name}-{ctx.algorithm}",
         storage=storage,
         sampler=sampler,
         directions=directions,
-        load_if_exists=resume,
+        load_if_exists=ctx.resume,
     )
     ub = space.upper_bounds
-    t0 = time.time()
     done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
-    for gen in range(done // population + 1, generations + 1):
+    for gen in range(done // population + 1, ctx.generations + 1):
         trials = [study.ask() for _ in range(population)]
         X = np.array([[t.suggest_int(f"x{i}", 0, int(ub[i])) for i in range(space.n_var)] for t in trials])
         X = space.repair(X)  # the ordering rule: the repaired genome is what is evaluated and recorded
@@ -79,5 +61,5 @@ def run_optuna(
             t.set_user_attr("latency_ms", float(l))
             t.set_constraint("latency", float(l - budget_ms))  # feasible when <= 0
             study.tell(t, [float(a), float(l)] if multi else float(a))
-        log(_generation_record(gen, cache, latency_fn, budget_ms, t0))
-    return generations
+        ctx.log(ctx.record(gen))
+    return ctx.generations

@@ -7,8 +7,6 @@ folded back into the search's AccuracyCache, so outputs look the same as for eve
 """
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -16,7 +14,7 @@ import numpy as np
 from ..config import SparsityConfig
 from ..errors import SparseSearchError
 from ..space import SearchSpace
-from .accuracy import AccuracyCache
+from .engine import SearchContext
 from .problem import LatencyFn
 
 __all__ = ["run_tune"]
@@ -39,16 +37,7 @@ def _trial(config: dict[str, Any], space: SearchSpace, latency_fn: LatencyFn, bu
 
 
 def run_tune(
-    space: SearchSpace,
-    latency_fn: LatencyFn,
-    cache: AccuracyCache,
-    budget_ms: float,
-    population: int,
-    generations: int,
-    seed: int,
-    out: Path | None,
-    resume: bool,
-    log: Callable[[dict[str, Any]], None],
+    ctx: SearchContext,
     evaluator_factory: Callable[[], Callable[[SparsityConfig], float]] | None = None,
     workers: int = 2,
     address: str | None = None,
@@ -62,8 +51,7 @@ def run_tune(
         from ray.tune.search.optuna import OptunaSearch  # noqa: PLC0415
     except ImportError:
         raise SparseSearchError("--algorithm tune needs Ray Tune: pip install 'sparsesearch[ray]'") from None
-    from .engine import _generation_record  # noqa: PLC0415
-
+    space, latency_fn, budget_ms, out = ctx.space, ctx.latency_fn, ctx.budget_ms, ctx.out
     if evaluator_factory is None:
         raise SparseSearchError("--algorithm tune needs an evaluator factory (the supernet and data to evaluate on)")
     if out is None:
@@ -75,7 +63,6 @@ def run_tune(
         else:
             ray.init(num_cpus=workers * cpus_per_worker, include_dashboard=False, log_to_driver=False)
         started = True
-    t0 = time.time()
     try:
         trainable = tune.with_resources(
             tune.with_parameters(_trial, space=space, latency_fn=latency_fn, budget_ms=budget_ms, factory=evaluator_factory),
@@ -83,26 +70,26 @@ def run_tune(
         )
         exp = (out / "tune").resolve()
         name = f"sparsesearch-{space.name}"
-        if resume:
+        if ctx.resume:
             if not (exp / name).is_dir():
                 raise SparseSearchError(f"--resume: no Ray Tune experiment in {exp} (start without --resume)")
             tuner = tune.Tuner.restore(str(exp / name), trainable=trainable, resume_errored=True)
         else:
             param_space = {f"x{i}": tune.randint(0, int(u) + 1) for i, u in enumerate(space.upper_bounds)}
-            searcher = ConcurrencyLimiter(OptunaSearch(metric="accuracy", mode="max", seed=seed), max_concurrent=workers)
+            searcher = ConcurrencyLimiter(OptunaSearch(metric="accuracy", mode="max", seed=ctx.seed), max_concurrent=workers)
             tuner = tune.Tuner(
                 trainable,
                 param_space=param_space,
-                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=population * generations,
+                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=ctx.population * ctx.generations,
                                             metric="accuracy", mode="max"),
                 run_config=tune.RunConfig(name=name, storage_path=str(exp), verbose=0),
             )
         results = tuner.fit()
         feasible = [r.metrics for r in results if r.metrics and r.metrics.get("feasible") and "genes" in r.metrics]
         if feasible:
-            cache.record(np.array([m["genes"] for m in feasible], dtype=np.int64), [m["accuracy"] for m in feasible])
-        log({**_generation_record(generations, cache, latency_fn, budget_ms, t0), "trials": len(results)})
+            ctx.cache.record(np.array([m["genes"] for m in feasible], dtype=np.int64), [m["accuracy"] for m in feasible])
+        ctx.log({**ctx.record(ctx.generations), "trials": len(results)})
     finally:
         if started:
             ray.shutdown()
-    return generations
+    return ctx.generations
