@@ -197,9 +197,10 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = lambda msg: None
         with tqdm(total=o.generations, desc="evolve", unit="gen", disable=not progress) as bar:
             def on_generation(rec: dict[str, Any]) -> None:
                 bar.n = min(int(rec.get("generation", 0)), o.generations)
-                if "best_accuracy" in rec:
+                if "best_accuracy" in rec:  # set_postfix refreshes the bar
                     bar.set_postfix(best=f"{rec['best_accuracy']:.2f}", ms=f"{rec['best_latency_ms']:.2f}")
-                bar.refresh()
+                else:
+                    bar.refresh()
 
             evolve(eo, on_generation=on_generation)
         search_stage.finish()

@@ -60,8 +60,7 @@ class EvolveCommand(Command):
             post = {"evaluated": rec.get("evaluated", 0)}
             if "best_accuracy" in rec:
                 post.update(best=f"{rec['best_accuracy']:.2f}", ms=f"{rec['best_latency_ms']:.2f}")
-            bar.set_postfix(post)
-            bar.refresh()
+            bar.set_postfix(post)  # refreshes the bar
 
         try:
             s = evolve(opts, on_generation=on_generation)
