@@ -64,7 +64,10 @@ def main() -> None:
     # 4. search: latency from the table, mIoU from the supernet on 16 validation scenes
     evaluator = Evaluator(model, build_eval_dataset(meta), 16)
     cache = AccuracyCache(space, SerialEvaluator(lambda cfg: evaluator(cfg).value), out / "accuracy.jsonl")
-    budget_ms = parse_budget("0.7x").resolve(table.dense_latency(), table.min_latency(), table.max_latency())
+    # a budget halfway through what the space can reach on this machine (a string such as "0.8x" or "12ms"
+    # works the same way through parse_budget(...).resolve(dense, min, max))
+    low, high = table.min_latency(), table.max_latency()
+    budget_ms = parse_budget(f"{(low + high) / 2:.3f}ms").resolve(table.dense_latency(), low, high)
     run = run_search(space, lambda X: table.predict_many(X, space), cache, budget_ms, algorithm="ga",
                      population=12, generations=4, seed=0)
     i = run.best_index()
