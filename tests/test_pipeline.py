@@ -70,3 +70,17 @@ def test_evolve_resume_and_never_clobber(demo, tmp_path, capsys):
 def test_evolve_missing_inputs(tmp_path, capsys):
     assert main(["evolve", "--supernet", "nope.pt", "--table", "t.json", "--latency", "30ms", "--out", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_table_range_restricted_to_the_space_resolutions(demo):
+    """The demo's table also holds smaller resolutions (for the resize baseline): the search range must not."""
+    import sparsesearch as ss
+
+    out, _ = demo
+    table = ss.LatencyTable.load(out / "table" / "table.json")
+    space = ss.SearchSpace.load(out / "quick.yaml")
+    assert set(space.resolutions) < set(table.resolutions)
+    cfg = table.min_config(space.resolutions)
+    assert tuple(cfg.resolution) == space.resolutions[0]
+    assert table.min_latency(space.resolutions) == table.predict(cfg) >= table.min_latency()
+    assert table.max_latency(space.resolutions) >= table.dense_latency(space.resolutions[0]) * 0.5
