@@ -323,6 +323,12 @@ def test_min_max_and_dense_latency_over_the_space(tmp_path, monkeypatch):
     assert table.max_latency() == pytest.approx(lat.max(), rel=1e-12)
     assert table.predict(table.min_config()) == pytest.approx(lat.min(), rel=1e-12)
     assert space.is_valid(space.encode(table.max_config()))
+    at96 = valid[:, -1] == space.resolutions.index((96, 96))
+    assert table.min_latency((96, 96)) == pytest.approx(lat[at96].min(), rel=1e-12)
+    assert table.max_latency([(64, 64), (96, 96)]) == pytest.approx(lat.max(), rel=1e-12)
+    assert table.max_latency([(64, 64)]) == pytest.approx(lat[~at96].max(), rel=1e-12)
+    with pytest.raises(LatencyTableError, match="no entries for resolution"):
+        table.min_latency((128, 128))
     dense = ss.SparsityConfig.dense(space.depths, [4, 4, 7, 4], (96, 96))  # the default 7 where it is a choice
     assert table.dense_latency((96, 96)) == pytest.approx(table.predict(dense), rel=1e-12)
 

@@ -1,7 +1,7 @@
 """Latency lookup tables: profile the parts of a search space's model on this machine, predict the latency of
 any config as the sum of its parts, and validate predictions against end-to-end measurements."""
 from .env import device_name, device_slug, environment
-from .measure import CpuTimer, CudaTimer, Stat, Timer, make_timer, summarize
+from .measure import CpuTimer, CudaTimer, Stat, Timer, combine_rounds, make_timer, summarize, time_parts, tune_malloc
 from .profile import Entry, Profiler, ProfileSettings, default_table_path, partial_path, profile
 from .table import KindTable, LatencyTable
 from .validate import ValidationReport, ValidationRow, report_paths, validate, validation_genomes, write_report
@@ -27,6 +27,9 @@ __all__ = [
     "CudaTimer",
     "make_timer",
     "summarize",
+    "combine_rounds",
+    "time_parts",
+    "tune_malloc",
     "device_name",
     "device_slug",
     "environment",
