@@ -503,6 +503,17 @@ class LatencyTable:
         windows = [d if d in ch else ch[0] for ch, d in zip(self.space.window_choices, self.space.default_window)]
         return self.predict(SparsityConfig.dense(self.space.depths, windows, rt.resolution))
 
+    def _resolution_indices(self, resolutions: Any) -> list[int]:
+        """Indices of the table's resolutions among `resolutions` (None: all; one (H, W) or int, or a list of
+        them); a resolution the table lacks raises LatencyTableError."""
+        if resolutions is None:
+            return list(range(len(self._tables)))
+        if isinstance(resolutions, int) or (
+            isinstance(resolutions, (tuple, list)) and len(resolutions) == 2 and all(isinstance(v, int) for v in resolutions)
+        ):
+            resolutions = [resolutions]
+        return sorted({self.resolutions.index(self.resolution_table(r).resolution) for r in resolutions})
+
     def _extreme(self, sign: float, resolutions: Any = None) -> tuple[float, np.ndarray]:
         """Exact min (sign=1) or max (sign=-1) of the prediction over the space, honouring the ordering rule."""
         space = self.space
@@ -517,10 +528,7 @@ class LatencyTable:
             groups = [[gi] for gi in range(n_genes)]
         best: tuple[float, np.ndarray] | None = None
         window_ranges = [range(len(c)) for c in space.window_choices]
-        allowed = None if resolutions is None else {tuple(r) for r in resolutions}
-        for ri in range(len(self._tables)):
-            if allowed is not None and tuple(self._tables[ri].resolution) not in allowed:
-                continue
+        for ri in self._resolution_indices(resolutions):
             for wins in itertools.product(*window_ranges):
                 cost = [np.zeros(len(g.choices)) for g in space.genes]
                 for gi, s, off, nw, nc in pairs:
@@ -540,19 +548,20 @@ class LatencyTable:
         return best
 
     def min_latency(self, resolutions: Any = None) -> float:
-        """The fastest prediction any config of the space reaches."""
+        """The fastest prediction any config of the space reaches (at `resolutions`: one (H, W) or a list of
+        them; None: any of the table's)."""
         return self._extreme(1.0, resolutions)[0]
 
     def max_latency(self, resolutions: Any = None) -> float:
-        """The slowest prediction any config of the space reaches."""
+        """The slowest prediction any config of the space reaches (at `resolutions`, as `min_latency`)."""
         return self._extreme(-1.0, resolutions)[0]
 
     def min_config(self, resolutions: Any = None) -> SparsityConfig:
-        """A config with the smallest predicted latency."""
+        """A config with the smallest predicted latency (at `resolutions`, as `min_latency`)."""
         return self.space.decode(self._extreme(1.0, resolutions)[1])
 
     def max_config(self, resolutions: Any = None) -> SparsityConfig:
-        """A config with the largest predicted latency."""
+        """A config with the largest predicted latency (at `resolutions`, as `min_latency`)."""
         return self.space.decode(self._extreme(-1.0, resolutions)[1])
 
     @property
