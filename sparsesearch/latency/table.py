@@ -414,9 +414,17 @@ class LatencyTable:
 
     def predict(self, config: SparsityConfig) -> float:
         """Predicted milliseconds of one forward pass of the model under `config` (at its resolution, or the
-        table's first one)."""
-        parts = self.parts(config)
-        return float(sum(parts.values()))
+        table's first one).
+
+        A config of the table's space gives exactly `predict_many` of its genome (same additions in the same
+        order); any other config that fits the model (e.g. a sparsity no gene offers) is the sum of `parts`,
+        with counts between measured ones interpolated.
+        """
+        try:
+            genome = self.space.encode(config)  # no resolution: the table's first
+        except SparseSearchError:
+            return float(sum(self.parts(config).values()))
+        return float(self.predict_many(genome[None, :])[0])
 
     def _build_lookup(self) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int, int, int]]]:
         """Flattened per-(gene, stage) latency arrays indexed by (resolution, window choice, gene choice).
@@ -542,6 +550,7 @@ class LatencyTable:
                     val, picks = _chain_optimum([sign * cost[gi] for gi in group])
                     total += sign * val
                     genome[group] = picks
+                total = float(self.predict_many(genome[None, :])[0])  # the same sum as predict / predict_many
                 if best is None or sign * total < sign * best[0]:
                     best = (float(total), genome)
         assert best is not None
