@@ -321,7 +321,8 @@ def test_min_max_and_dense_latency_over_the_space(tmp_path, monkeypatch):
     lat = table.predict_many(valid)
     assert table.min_latency() == pytest.approx(lat.min(), rel=1e-12)
     assert table.max_latency() == pytest.approx(lat.max(), rel=1e-12)
-    assert table.predict(table.min_config()) == pytest.approx(lat.min(), rel=1e-12)
+    assert table.predict(table.min_config()) == table.min_latency()  # exactly: the same sum
+    assert table.predict(table.max_config((96, 96))) == table.max_latency((96, 96))
     assert space.is_valid(space.encode(table.max_config()))
     at96 = valid[:, -1] == space.resolutions.index((96, 96))
     assert table.min_latency((96, 96)) == pytest.approx(lat[at96].min(), rel=1e-12)
