@@ -9,11 +9,13 @@ import torch
 from PIL import Image
 
 from sparsesearch.data import (
+    DEFAULT_SYNTHETIC_SIZE,
     ImageFolderClassification,
     SegmentationFolder,
     SparseScenes,
     build_dataset,
     make_loader,
+    parse_synthetic_spec,
 )
 from sparsesearch.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sparsesearch.errors import DataError
@@ -208,6 +210,24 @@ def test_synthetic_scenes_are_sparse() -> None:
     assert f.min() >= 0.03 and f.max() <= 0.25
     assert 0.05 <= f.mean() <= 0.20
     assert min(empty) >= 0.4 and np.mean(empty) > 0.55
+
+
+def test_synthetic_coverage_makes_dense_scenes() -> None:
+    sparse = SparseScenes(16, 128, seed=3)
+    dense = SparseScenes(16, 128, seed=3, objects=(4, 10), coverage=(0.3, 0.5))
+
+    def stats(ds: SparseScenes) -> tuple[float, float]:
+        fg = np.stack([ds.generate(i)[1] > 0 for i in range(len(ds))])
+        windows = fg.reshape(len(ds), 4, 32, 4, 32).any(axis=(2, 4))
+        return float(fg.mean()), float(windows.mean())
+
+    (cov_s, occ_s), (cov_d, occ_d) = stats(sparse), stats(dense)
+    assert 0.05 <= cov_s <= 0.2 and 0.25 <= cov_d <= 0.5
+    assert occ_s < 0.6 and occ_d > 0.8  # dense scenes: most 32x32 windows hold part of an object
+    # the default coverage draws exactly what the sparse set drew before the option existed
+    assert np.array_equal(sparse.generate(5)[1], SparseScenes(16, 128, seed=3, coverage=(0.06, 0.16)).generate(5)[1])
+    with pytest.raises(ValueError, match="coverage"):
+        SparseScenes(4, coverage=(0.5, 0.2))
 
 
 def test_synthetic_normalisation_and_epoch_flips() -> None:
@@ -442,6 +462,28 @@ def test_build_dataset_synthetic() -> None:
             build_dataset(bad, "train", 32)
     with pytest.raises(DataError, match="segmentation"):
         build_dataset("synthetic", "train", 32, task="cls")
+
+
+def test_synthetic_spec_options() -> None:
+    assert parse_synthetic_spec("synthetic") == (DEFAULT_SYNTHETIC_SIZE, {})
+    assert parse_synthetic_spec("synthetic:12") == (12, {})
+    n, kw = parse_synthetic_spec("synthetic:64:objects=4-10,coverage=0.3-0.5,noise=0.02")
+    assert n == 64 and kw == {"objects": (4, 10), "coverage": (0.3, 0.5), "noise": 0.02}
+    assert parse_synthetic_spec("synthetic::objects=3")[1] == {"objects": (3, 3)}
+    ds, _ = build_dataset("synthetic:64:objects=4-10,coverage=0.3-0.5", "val", 32)
+    assert isinstance(ds, SparseScenes) and len(ds) == 16
+    assert ds.objects == (4, 10) and ds.coverage == (0.3, 0.5)
+    bad = {
+        "synthetic:8:colour=red": "unknown option 'colour'",
+        "synthetic:8:objects": "not key=value",
+        "synthetic:8:objects=a-b": "objects wants MIN-MAX",
+        "synthetic:8:noise=loud": "noise wants a number",
+        "synthetic:8:coverage=0.6-0.2": "coverage must be",
+        "synthetic:8:objects=2:3": "synthetic:N",
+    }
+    for spec, message in bad.items():
+        with pytest.raises(DataError, match=message):
+            build_dataset(spec, "train", 32)
 
 
 def test_build_dataset_detects_folder_layouts(tmp_path: Path) -> None:

@@ -30,7 +30,9 @@ class AdaptCommand(Command):
         a = parser.add_argument
         a("--config-file", metavar="YAML", default=_S, help="YAML mapping of options (e.g. examples/adapt.yaml)")
         a("--space", metavar="FILE", default=_S, help="search space YAML (e.g. search_spaces/demo.yaml)")
-        a("--data", metavar="DATA", default=_S, help="'synthetic', 'synthetic:N' or a data folder")
+        a("--data", metavar="DATA", default=_S,
+          help="'synthetic', 'synthetic:N', 'synthetic:N:objects=4-10,coverage=0.3-0.5' (denser scenes) "
+               "or a data folder")
         a("--task", choices=["seg", "cls"], default=_S, help="segmentation or classification (default: from the data)")
         a("--init", metavar="CKPT", default=_S, help="initial weights (timm/Microsoft .pth/.safetensors or a supernet)")
         g = parser.add_mutually_exclusive_group()

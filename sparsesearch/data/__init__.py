@@ -2,7 +2,7 @@
 
 Items are ``(image, target)``: image a normalised float32 tensor (3, H, W); target an int64 mask (H, W)
 for segmentation (``ignore_index`` 255 marks unlabelled pixels) or an int class index for classification.
-:func:`build_dataset` turns a spec ("synthetic", "synthetic:N" or a directory) into a dataset and its task;
+:func:`build_dataset` turns a spec ("synthetic", "synthetic:N[:OPTIONS]" or a directory) into a dataset and its task;
 :func:`make_loader` gives deterministic, resumable per-epoch loaders.
 """
 from __future__ import annotations
@@ -14,12 +14,14 @@ from sparsesearch.data.build import (
     EpochSampler,
     build_dataset,
     make_loader,
+    parse_synthetic_spec,
 )
 from sparsesearch.data.folders import ImageFolderClassification, SegmentationFolder
 from sparsesearch.data.synthetic import SparseScenes
 from sparsesearch.data.transforms import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
+    "parse_synthetic_spec",
     "SparseScenes",
     "ImageFolderClassification",
     "SegmentationFolder",

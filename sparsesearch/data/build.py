@@ -18,7 +18,7 @@ from sparsesearch.data.synthetic import SparseScenes
 from sparsesearch.data.transforms import IMAGE_EXTENSIONS, Size
 from sparsesearch.errors import DataError
 
-__all__ = ["build_dataset", "make_loader", "EpochSampler", "AnyDataset", "DEFAULT_SYNTHETIC_SIZE", "SPLIT_ALIASES"]
+__all__ = ["build_dataset", "parse_synthetic_spec", "make_loader", "EpochSampler", "AnyDataset", "DEFAULT_SYNTHETIC_SIZE", "SPLIT_ALIASES"]
 
 #: train items of the spec "synthetic" (val/test get max(16, N // 4)).
 DEFAULT_SYNTHETIC_SIZE = 256
@@ -33,22 +33,68 @@ TASKS = ("seg", "cls")
 AnyDataset = SparseScenes | SegmentationFolder | ImageFolderClassification
 
 
-def _synthetic(
-    spec: str, split: str, size: Size, seed: int, num_classes: int | None, kw: dict[str, Any]
-) -> SparseScenes:
-    _, _, count = spec.partition(":")
+_SYNTH_HELP = ("use 'synthetic', 'synthetic:N' (N >= 1 train images) or 'synthetic:N:OPTIONS' with OPTIONS such as "
+               "objects=4-10,coverage=0.3-0.5,noise=0.04")
+
+
+def _range(key: str, value: str, cast: type, spec: str) -> tuple[Any, Any]:
+    lo, sep, hi = value.partition("-")
+    try:
+        a = cast(lo)
+        return (a, cast(hi) if sep else a)
+    except ValueError:
+        raise DataError(f"bad data spec {spec!r}: {key} wants MIN-MAX (or one value), got {value!r}") from None
+
+
+def parse_synthetic_spec(spec: str) -> tuple[int, dict[str, Any]]:
+    """``"synthetic[:N][:key=value,...]"`` -> (train items, :class:`SparseScenes` keyword arguments).
+
+    Options: ``objects=MIN-MAX`` (objects per image), ``coverage=MIN-MAX`` (share of the canvas the objects
+    cover), ``noise=SD``. E.g. ``"synthetic:512:objects=4-10,coverage=0.3-0.5"`` gives dense scenes.
+    """
+    parts = spec.split(":")
+    if parts[0] != "synthetic" or len(parts) > 3:
+        raise DataError(f"bad data spec {spec!r}: {_SYNTH_HELP}")
     n = DEFAULT_SYNTHETIC_SIZE
-    if count:
+    if len(parts) > 1 and parts[1]:
         try:
-            n = int(count)
+            n = int(parts[1])
         except ValueError:
             n = -1
         if n < 1:
-            raise DataError(f"bad data spec {spec!r}: use 'synthetic' or 'synthetic:N' with N >= 1 train images")
+            raise DataError(f"bad data spec {spec!r}: {_SYNTH_HELP}")
+    kw: dict[str, Any] = {}
+    for item in (parts[2].split(",") if len(parts) > 2 and parts[2] else []):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not value:
+            raise DataError(f"bad data spec {spec!r}: option {item!r} is not key=value; {_SYNTH_HELP}")
+        if key == "objects":
+            kw[key] = _range(key, value, int, spec)
+        elif key == "coverage":
+            kw[key] = _range(key, value, float, spec)
+        elif key == "noise":
+            try:
+                kw[key] = float(value)
+            except ValueError:
+                raise DataError(f"bad data spec {spec!r}: noise wants a number, got {value!r}") from None
+        else:
+            raise DataError(f"bad data spec {spec!r}: unknown option {key!r} (known: objects, coverage, noise)")
+    return n, kw
+
+
+def _synthetic(
+    spec: str, split: str, size: Size, seed: int, num_classes: int | None, kw: dict[str, Any]
+) -> SparseScenes:
+    n, options = parse_synthetic_spec(spec)
     if split != "train":
         n = max(16, n // 4)
+    kw = {**kw, **options}
     kw.setdefault("hflip", split == "train")
-    return SparseScenes(n, size, num_classes=num_classes or 4, seed=seed, split=split, **kw)
+    try:
+        return SparseScenes(n, size, num_classes=num_classes or 4, seed=seed, split=split, **kw)
+    except ValueError as e:
+        raise DataError(f"bad data spec {spec!r}: {e}") from None
 
 
 def _has_class_dirs(root: Path) -> bool:
@@ -80,8 +126,9 @@ def build_dataset(
     """Build the ``split`` ("train", "val" or "test") of the dataset named by ``spec``.
 
     ``spec``:
-      * ``"synthetic"`` or ``"synthetic:N"``: :class:`SparseScenes` with N train items (default
-        :data:`DEFAULT_SYNTHETIC_SIZE`) and ``max(16, N // 4)`` val/test items; flips on for train.
+      * ``"synthetic"``, ``"synthetic:N"`` or ``"synthetic:N:OPTIONS"``: :class:`SparseScenes` with N train
+        items (default :data:`DEFAULT_SYNTHETIC_SIZE`) and ``max(16, N // 4)`` val/test items; flips on for
+        train; OPTIONS as in :func:`parse_synthetic_spec` (e.g. ``objects=4-10,coverage=0.3-0.5``).
       * a directory, layout auto-detected. If it holds split folders (``train``/``val``, also
         ``training``/``validation``), the one for ``split`` is used (DataError if it is missing). Then
         ``images/`` + ``labels/`` (or ``img_dir``/``ann_dir``, ``annotations``) -> segmentation

@@ -54,6 +54,9 @@ class SparseScenes(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         num_classes: classes including background 0 (so ``num_classes - 1`` object classes); 2 to 64.
         seed: non-negative seed; with ``split`` and the index it fixes every item.
         objects: inclusive (min, max) number of objects per image.
+        coverage: (min, max) share of the canvas the objects of one image cover together, drawn uniformly
+            per image; the default (0.06, 0.16) gives sparse scenes, e.g. (0.3, 0.5) dense ones (harder for
+            pruning: most windows then hold part of an object).
         noise: standard deviation of the pixel noise, raw pixel scale [0, 1].
         split: "train", "val" or "test"; each split draws different items.
         hflip: flip each item horizontally with probability 1/2, drawn from (seed, split, index, epoch);
@@ -78,6 +81,7 @@ class SparseScenes(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         num_classes: int = 4,
         seed: int = 0,
         objects: tuple[int, int] = (1, 4),
+        coverage: tuple[float, float] = (0.06, 0.16),
         noise: float = 0.04,
         split: str = "train",
         hflip: bool = False,
@@ -94,6 +98,8 @@ class SparseScenes(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             raise ValueError(f"seed must be >= 0, got {seed}")
         if not 1 <= objects[0] <= objects[1]:
             raise ValueError(f"objects must be (min, max) with 1 <= min <= max, got {objects!r}")
+        if not 0 < coverage[0] <= coverage[1] < 1:
+            raise ValueError(f"coverage must be (min, max) with 0 < min <= max < 1, got {coverage!r}")
         if noise < 0:
             raise ValueError(f"noise must be >= 0, got {noise}")
         if split not in SPLITS:
@@ -102,6 +108,7 @@ class SparseScenes(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.num_classes = num_classes
         self.seed = seed
         self.objects = (int(objects[0]), int(objects[1]))
+        self.coverage = (float(coverage[0]), float(coverage[1]))
         self.noise = float(noise)
         self.split = split
         self.hflip = hflip
@@ -156,7 +163,7 @@ class SparseScenes(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         mask = np.zeros((h, w), dtype=np.int64)
 
         count = int(rng.integers(self.objects[0], self.objects[1] + 1))
-        coverage = rng.uniform(0.06, 0.16)
+        coverage = rng.uniform(*self.coverage)
         weights = rng.dirichlet(np.full(count, 3.0))
         for k in range(count):
             cls = int(rng.integers(1, self.num_classes))
