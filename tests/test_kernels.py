@@ -467,6 +467,78 @@ def test_dispatch(monkeypatch):
     assert not triton_kernels.supports(torch.zeros(2, dtype=torch.int32))
 
 
+def test_direct_calls_only_in_plain_eager_inference():
+    """Eager inference skips the custom-op dispatch; autograd, tracers, dispatch modes and the profiler do not."""
+    from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
+
+    x = torch.zeros(1, 4, 4, 8)
+    assert not ops._direct(x)  # grad mode on
+    with torch.no_grad():
+        assert ops._direct(x)
+        with FlopCounterMode(display=False):
+            assert not ops._direct(x)
+        with torch.profiler.profile():
+            assert not ops._direct(x)
+        assert not ops._direct(torch.nn.Parameter(x))  # a tensor subclass (fake tensors, parameters...)
+    with torch.inference_mode():
+        assert ops._direct(x)
+    traced: list[bool] = []
+
+    def probe(t: torch.Tensor) -> torch.Tensor:
+        traced.append(ops._direct(t))
+        return t + 1
+
+    with torch.no_grad():
+        torch.jit.trace(probe, (x,), check_trace=False)
+    assert traced == [False]
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("case", GEOMS, ids=GEOM_IDS)
+def test_direct_calls_equal_custom_ops(case, backend):
+    """The direct (eager inference) path and the custom ops give the same bits, as both run the same bodies."""
+    geom, B = _geom(case)
+    gen = torch.Generator().manual_seed(11)
+    x = _randn(B, geom.H, geom.W, 24, dtype=torch.float32, gen=gen)
+    k = max(1, geom.num_windows // 2)
+    idx = _random_idx(B, geom.num_windows, k, gen)
+    w = _randn(B * k, geom.window_area, 24, dtype=torch.float32, gen=gen)
+    via_op = (
+        ops.score_windows(x, geom, backend),
+        ops.gather_windows(x, idx, geom, backend),
+        ops.scatter_windows(x, w, idx, geom, backend),
+    )
+    with torch.inference_mode():
+        assert ops._direct(x)
+        direct = (
+            ops.score_windows(x, geom, backend),
+            ops.gather_windows(x, idx, geom, backend),
+            ops.scatter_windows(x, w, idx, geom, backend),
+        )
+        y = x.clone()
+        assert ops.scatter_windows(y, w, idx, geom, backend, inplace=True) is y
+    for a, b in zip(via_op, direct):
+        assert torch.equal(a, b)
+    assert torch.equal(y, via_op[2])
+
+
+def test_window_tables():
+    """safe/src/pad/valid agree with token_index: padded slots point at a real token of their own window."""
+    for case in GEOMS:
+        geom, _ = _geom(case)
+        t = ops.window_tables(geom)
+        tok = ops.token_index(geom)
+        pad = tok == geom.H * geom.W
+        assert torch.equal(t.token, tok) and torch.equal(t.valid, (~pad).float())
+        assert bool((t.safe < geom.H * geom.W).all()) and torch.equal(t.safe[~pad], tok[~pad])
+        assert torch.equal(t.safe[pad], tok[:, :1].expand_as(tok)[pad])
+        if geom.padded:
+            assert torch.equal(t.pad, pad)
+            assert torch.equal(t.src, torch.where(pad, 0, torch.arange(geom.window_area).expand_as(tok)))
+        else:
+            assert t.pad is None and t.src is None and not bool(pad.any())
+
+
 def test_triton_module_contract():
     """`triton_kernels` offers the reference's signatures, differentiable."""
     geom = WindowGeometry.create(9, 11, 4, True)

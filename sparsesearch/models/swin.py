@@ -105,7 +105,7 @@ class SwinBlock(nn.Module):
         windows = ops.gather_windows(x, idx, g, self.kernel_backend)  # (B*k, N, C)
         y = self.norm1(windows)
         if g.padded:  # padded positions enter attention as zeros after norm1, as in the dense path
-            valid = ops.token_index(g, x.device)[idx] < g.H * g.W  # (B, k, N)
+            valid = ops.window_tables(g, x.device).valid[idx]  # (B, k, N), 1 at real tokens
             y = y * valid.view(B * k, -1, 1).to(y.dtype)
         mask = ops.shift_mask(g, x.device)
         if mask is not None:

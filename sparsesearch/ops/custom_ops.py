@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ..errors import SparseSearchError
 from . import reference
-from .geometry import WindowGeometry, token_index
+from .geometry import WindowGeometry, image_offsets, window_tables
 
 __all__ = [
     "score_windows",
@@ -75,17 +75,15 @@ def _scatter_inplace_torch(x: Tensor, windows: Tensor, idx: Tensor, geom: Window
     every write lands on a kept token and duplicate writes carry equal values."""
     B, H, W, C = x.shape
     k, N = idx.shape[1], geom.window_area
-    tok = token_index(geom, x.device)[idx]  # (B, k, N)
+    tables = window_tables(geom, x.device)
+    tok = tables.safe[idx]  # (B, k, N)
+    if B > 1:
+        tok = tok + image_offsets(B, H * W, x.device)
     rows = windows.reshape(B * k * N, C).to(x.dtype)
-    if geom.padded:
-        valid = tok < H * W
-        tok = torch.where(valid, tok, tok[..., :1])
-        pos = torch.arange(N, device=x.device).expand(B, k, N)
-        src = torch.where(valid, pos, torch.zeros_like(pos))
-        src = src + (torch.arange(B * k, device=x.device) * N).view(B, k, 1)
+    if tables.src is not None:
+        src = tables.src[idx].view(B * k, N) + image_offsets(B * k, N, x.device).view(B * k, 1)
         rows = rows.index_select(0, src.reshape(-1))
-    flat = (tok + (torch.arange(B, device=x.device) * (H * W)).view(B, 1, 1)).reshape(-1)
-    x.view(B * H * W, C).index_copy_(0, flat, rows)
+    x.view(B * H * W, C).index_copy_(0, tok.reshape(-1), rows)
 
 
 def _window_of_token(geom: WindowGeometry, device: torch.device) -> Tensor:
@@ -98,13 +96,32 @@ def _window_of_token(geom: WindowGeometry, device: torch.device) -> Tensor:
     return ((hs // geom.wh)[:, None] * geom.nWw + (ws // geom.ww)[None, :]).reshape(-1)
 
 
+# ---- op bodies (also called directly in eager inference, see `sparsesearch.ops`) -----------------------------
+def _score_body(x: Tensor, geom: WindowGeometry, use_triton: bool) -> Tensor:
+    return _triton_impl().score(x, geom) if use_triton else reference.score_windows(x, geom)
+
+
+def _gather_body(x: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool) -> Tensor:
+    return _triton_impl().gather(x, idx, geom) if use_triton else reference.gather_windows(x, idx, geom)
+
+
+def _scatter_body(x: Tensor, windows: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool) -> Tensor:
+    if use_triton:
+        return _triton_impl().merge(x, windows, idx, geom)
+    return reference.scatter_windows(x, windows, idx, geom)
+
+
+def _scatter_inplace_body(x: Tensor, windows: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool) -> None:
+    if use_triton:
+        _triton_impl().scatter_inplace(x, windows, idx, geom)
+    else:
+        _scatter_inplace_torch(x, windows, idx, geom)
+
+
 # ---- score ---------------------------------------------------------------------------------------------------
 @torch.library.custom_op("sparsesearch::score_windows", mutates_args=())
 def _score_op(x: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
-    geom = _geom(x.shape[1], x.shape[2], wh, ww, sh, sw)
-    if use_triton:
-        return _triton_impl().score(x, geom)
-    return reference.score_windows(x, geom)
+    return _score_body(x, _geom(x.shape[1], x.shape[2], wh, ww, sh, sw), use_triton)
 
 
 @_score_op.register_fake
@@ -135,10 +152,7 @@ _score_op.register_autograd(_score_backward, setup_context=_score_setup)
 # ---- gather ---------------------------------------------------------------------------------------------------
 @torch.library.custom_op("sparsesearch::gather_windows", mutates_args=())
 def _gather_op(x: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
-    geom = _geom(x.shape[1], x.shape[2], wh, ww, sh, sw)
-    if use_triton:
-        return _triton_impl().gather(x, idx, geom)
-    return reference.gather_windows(x, idx, geom)
+    return _gather_body(x, idx, _geom(x.shape[1], x.shape[2], wh, ww, sh, sw), use_triton)
 
 
 @_gather_op.register_fake
@@ -166,10 +180,7 @@ _gather_op.register_autograd(_gather_backward, setup_context=_gather_setup)
 def _scatter_op(
     x: Tensor, windows: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool
 ) -> Tensor:
-    geom = _geom(x.shape[1], x.shape[2], wh, ww, sh, sw)
-    if use_triton:
-        return _triton_impl().merge(x, windows, idx, geom)
-    return reference.scatter_windows(x, windows, idx, geom)
+    return _scatter_body(x, windows, idx, _geom(x.shape[1], x.shape[2], wh, ww, sh, sw), use_triton)
 
 
 @_scatter_op.register_fake
@@ -199,11 +210,7 @@ _scatter_op.register_autograd(_scatter_backward, setup_context=_scatter_setup)
 def _scatter_inplace_op(
     x: Tensor, windows: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool
 ) -> None:
-    geom = _geom(x.shape[1], x.shape[2], wh, ww, sh, sw)
-    if use_triton:
-        _triton_impl().scatter_inplace(x, windows, idx, geom)
-    else:
-        _scatter_inplace_torch(x, windows, idx, geom)
+    _scatter_inplace_body(x, windows, idx, _geom(x.shape[1], x.shape[2], wh, ww, sh, sw), use_triton)
 
 
 @_scatter_inplace_op.register_fake
@@ -284,30 +291,40 @@ def _check_idx(idx: Tensor, x: Tensor) -> None:
         raise SparseSearchError(f"idx must have shape (B={x.shape[0]}, k), got {tuple(idx.shape)}")
 
 
-def score_windows(x: Tensor, geom: WindowGeometry, use_triton: bool = False) -> Tensor:
+# `direct=True` runs the op's body without the custom-op dispatch: only for eager calls that autograd, tracers and
+# dispatch modes do not see (the caller decides, see `sparsesearch.ops._direct`).
+def score_windows(x: Tensor, geom: WindowGeometry, use_triton: bool = False, direct: bool = False) -> Tensor:
     """(B, H, W, C) -> (B, nW) float32 window scores, through ``sparsesearch::score_windows``."""
     _check_map(x, geom)
+    if direct:
+        return _score_body(x, geom, use_triton)
     return _score_op(x, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
 
 
-def gather_windows(x: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False) -> Tensor:
+def gather_windows(
+    x: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False, direct: bool = False
+) -> Tensor:
     """(B, H, W, C), (B, k) -> (B*k, wh*ww, C) kept windows, through ``sparsesearch::gather_windows``."""
     _check_map(x, geom)
     _check_idx(idx, x)
+    if direct:
+        return _gather_body(x, idx, geom, use_triton)
     return _gather_op(x, idx, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
 
 
 def scatter_windows(
-    x: Tensor, windows: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False
+    x: Tensor, windows: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False, direct: bool = False
 ) -> Tensor:
     """(B, H, W, C), (B*k, N, C), (B, k) -> new (B, H, W, C), through ``sparsesearch::scatter_windows``."""
     _check_map(x, geom)
     _check_idx(idx, x)
+    if direct:
+        return _scatter_body(x, windows, idx, geom, use_triton)
     return _scatter_op(x, windows, idx, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
 
 
 def scatter_windows_inplace(
-    x: Tensor, windows: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False
+    x: Tensor, windows: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False, direct: bool = False
 ) -> Tensor:
     """Write the kept windows into x itself and return x (no autograd: x and windows must not need grads).
 
@@ -317,7 +334,10 @@ def scatter_windows_inplace(
     _check_idx(idx, x)
     if not x.is_contiguous():
         raise SparseSearchError("the in-place scatter needs a contiguous x")
-    _scatter_inplace_op(x, windows, idx, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
+    if direct:
+        _scatter_inplace_body(x, windows, idx, geom, use_triton)
+    else:
+        _scatter_inplace_op(x, windows, idx, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
     return x
 
 

@@ -7,10 +7,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["WindowGeometry", "keep_count", "token_index", "shift_mask", "relative_position_index"]
+__all__ = [
+    "WindowGeometry",
+    "WindowTables",
+    "keep_count",
+    "token_index",
+    "window_tables",
+    "image_offsets",
+    "shift_mask",
+    "relative_position_index",
+]
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,53 @@ def token_index(geom: WindowGeometry, device: torch.device | str = "cpu") -> tor
     """
     with torch.inference_mode(False):  # cached: must stay usable by autograd after an inference-mode call
         return _token_index(geom, _device_key(device))
+
+
+class WindowTables(NamedTuple):
+    """Per-geometry index tables, each (nW, wh*ww), that let the window ops index kept windows in one step.
+
+    token: int64 original token h*W + w of each window position, H*W at padded positions (`token_index`).
+    safe: int64 like `token`, but padded positions point at the window's first position (always a real token:
+        the top-left corner of every window lies inside the map), so it can index the map itself.
+    src: int64 position within the window whose value a write-back takes: its own position, 0 at padded ones
+        (so a padded slot rewrites the first token with that token's own value); None when unpadded.
+    pad: bool, True at padded positions; None when unpadded.
+    valid: float32, 1 at real tokens and 0 at padded positions.
+    """
+
+    token: torch.Tensor
+    safe: torch.Tensor
+    src: torch.Tensor | None
+    pad: torch.Tensor | None
+    valid: torch.Tensor
+
+
+@lru_cache(maxsize=256)
+def _window_tables(geom: WindowGeometry, device: str) -> WindowTables:
+    token = _token_index(geom, device)
+    pad = token == geom.H * geom.W
+    safe = torch.where(pad, token[:, :1].expand_as(token), token)
+    if not geom.padded:
+        return WindowTables(token, safe, None, None, torch.ones(token.shape, device=device))
+    src = torch.arange(geom.window_area, device=device).expand_as(token).masked_fill(pad, 0)
+    return WindowTables(token, safe, src.contiguous(), pad, (~pad).float())
+
+
+def window_tables(geom: WindowGeometry, device: torch.device | str = "cpu") -> WindowTables:
+    """The cached :class:`WindowTables` of `geom` on `device`."""
+    with torch.inference_mode(False):
+        return _window_tables(geom, _device_key(device))
+
+
+@lru_cache(maxsize=256)
+def _image_offsets(count: int, step: int, device: str) -> torch.Tensor:
+    return (torch.arange(count) * step).view(count, 1, 1).to(device)
+
+
+def image_offsets(count: int, step: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(count, 1, 1) int64 tensor [0, step, 2*step, ...]: the row offset of each image (or window) in a flat buffer."""
+    with torch.inference_mode(False):
+        return _image_offsets(count, step, _device_key(device))
 
 
 @lru_cache(maxsize=256)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .geometry import WindowGeometry, token_index
+from .geometry import WindowGeometry, image_offsets, token_index, window_tables
 
 __all__ = ["score_windows", "select_windows", "gather_windows", "scatter_windows"]
 
@@ -21,11 +21,12 @@ def score_windows(x: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
         (B, nW) float32: L2 norm over each window of the token scores mean_c |x| (padded positions score 0).
     """
     B, H, W, _ = x.shape
-    tok = x.abs().mean(dim=-1, dtype=torch.float32).reshape(B, H * W)  # (linalg.vector_norm(ord=1) is 30x slower on CPU)
-    tok = torch.cat([tok, tok.new_zeros(B, 1)], dim=1)  # slot H*W scores 0: padded positions
-    idx = token_index(geom, x.device)  # (nW, N)
-    per_window = tok[:, idx]  # (B, nW, N)
-    return per_window.square().sum(dim=-1).sqrt()
+    # squared before indexing (the same values as squaring the indexed copy): nW*N >= H*W elements are indexed
+    tok = x.abs().mean(dim=-1, dtype=torch.float32).reshape(B, H * W).square()  # (linalg.vector_norm(ord=1) is 30x slower on CPU)
+    if geom.padded:
+        tok = torch.cat([tok, tok.new_zeros(B, 1)], dim=1)  # slot H*W scores 0: padded positions
+    per_window = tok[:, token_index(geom, x.device)]  # (B, nW, N)
+    return per_window.sum(dim=-1).sqrt()
 
 
 def select_windows(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -63,13 +64,15 @@ def gather_windows(x: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> 
         (B*k, wh*ww, C) windows, image-major then in idx order; padded positions are 0.
     """
     B, H, W, C = x.shape
-    flat = _flat_token_index(geom, idx)
-    rows = x.reshape(B * H * W, C)
-    if not geom.padded:
-        return rows.index_select(0, flat).view(B * idx.shape[1], geom.window_area, C)
-    pad = flat == B * H * W
-    out = rows.index_select(0, flat.masked_fill(pad, 0))  # read any row for padded slots, then zero them
-    return out.masked_fill(pad[:, None], 0).view(B * idx.shape[1], geom.window_area, C)
+    k, N = idx.shape[1], geom.window_area
+    tables = window_tables(geom, x.device)
+    flat = tables.safe[idx]  # (B, k, N); padded slots read a real token of their window, zeroed below
+    if B > 1:
+        flat = flat + image_offsets(B, H * W, x.device)
+    out = x.reshape(B * H * W, C).index_select(0, flat.reshape(-1)).view(B * k, N, C)
+    if tables.pad is not None:
+        out = out.masked_fill(tables.pad[idx].view(B * k, N, 1), 0)
+    return out
 
 
 def scatter_windows(x: torch.Tensor, windows: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
