@@ -513,6 +513,10 @@ def test_cli_profile_and_validate(tmp_path, capsys):
     assert main(["latency", "validate", "--table", str(out), "--n", "2", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "MAPE" in text and "Kendall tau" in text and report_paths(out)[1].exists()
+    second = tmp_path / "run2.json"  # --report: the PNG takes the report's name
+    assert main(["latency", "validate", "--table", str(out), "--n", "1", "--no-progress", "--report", str(second)]) == 0
+    assert second.exists() and (tmp_path / "run2.png").exists()
+    capsys.readouterr()
     assert main(["latency", "show", "--table", str(out)]) == 0
     cfg = tmp_path / "c.json"
     LatencyTable.load(out).space.uniform(0.0).save(cfg)

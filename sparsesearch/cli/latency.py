@@ -184,9 +184,9 @@ class LatencyCommand(Command):
         table = _load_table(args.table, args.space)
         if not args.allow_foreign_table:
             table.check_compatible()
-        json_path, png_path = report_paths(args.report or args.table)
+        json_path, png_path = report_paths(args.table)
         if args.report:
-            json_path = args.report
+            json_path, png_path = args.report, args.report.with_suffix(".png")
         bar = None
         if not args.no_progress:
             from tqdm import tqdm  # noqa: PLC0415
