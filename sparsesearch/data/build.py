@@ -18,7 +18,15 @@ from sparsesearch.data.synthetic import SparseScenes
 from sparsesearch.data.transforms import IMAGE_EXTENSIONS, Size
 from sparsesearch.errors import DataError
 
-__all__ = ["build_dataset", "parse_synthetic_spec", "make_loader", "EpochSampler", "AnyDataset", "DEFAULT_SYNTHETIC_SIZE", "SPLIT_ALIASES"]
+__all__ = [
+    "build_dataset",
+    "parse_synthetic_spec",
+    "make_loader",
+    "EpochSampler",
+    "AnyDataset",
+    "DEFAULT_SYNTHETIC_SIZE",
+    "SPLIT_ALIASES",
+]
 
 #: train items of the spec "synthetic" (val/test get max(16, N // 4)).
 DEFAULT_SYNTHETIC_SIZE = 256
