@@ -102,7 +102,7 @@ def _synthetic(
     try:
         return SparseScenes(n, size, num_classes=num_classes or 4, seed=seed, split=split, **kw)
     except ValueError as e:
-        raise DataError(f"bad data spec {spec!r}: {e}") from None
+        raise DataError(f"synthetic data {spec!r}: {e}") from None  # a bad option, or a size it cannot draw
 
 
 def _has_class_dirs(root: Path) -> bool:
