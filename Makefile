@@ -6,12 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned torch would pull several GB of CUDA packages
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,onnx,ray]'
+	# pyproject.toml gives ranges; constraints.txt the exact versions this checkout is tested and measured with
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,onnx,ray]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from ..errors import SparseSearchError
 
-__all__ = ["DistInfo", "setup", "teardown", "barrier", "all_gather_object", "all_reduce_mean", "fingerprint"]
+__all__ = ["DistInfo", "setup", "backend", "teardown", "barrier", "all_gather_object", "all_reduce_mean", "fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class DistInfo:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     initialised_here: bool = False
+    group: bool = False  # a process group is in use (with one process too: torchrun --nproc_per_node 1)
 
     @property
     def is_main(self) -> bool:
@@ -34,7 +35,8 @@ class DistInfo:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """Whether training goes through the process group (DDP, collectives)."""
+        return self.world_size > 1 or self.group
 
 
 def _env_int(name: str, default: int) -> int:
@@ -52,6 +54,8 @@ def setup(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
 
     ``device``: "auto" (CUDA if available, else CPU), "cpu" or "cuda". On CUDA each process takes device
     LOCAL_RANK and the backend is NCCL; on CPU it is gloo. A group that is already initialised is reused.
+    Under torchrun the group is joined even with one process (``--nproc_per_node 1``), so that one process runs
+    the same DDP and NCCL code as N; without torchrun (no TORCHELASTIC_RUN_ID) one process trains alone.
     """
     if device not in ("auto", "cpu", "cuda"):
         raise SparseSearchError(f"device must be auto, cpu or cuda, got {device!r}")
@@ -64,10 +68,10 @@ def setup(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     dev = torch.device("cuda", local % max(1, torch.cuda.device_count())) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
-    if world <= 1:
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return DistInfo(0, 1, 0, dev, False)
     if dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), local, dev, False)
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local, dev, False, group=True)
     backend = "nccl" if use_cuda else "gloo"
     kw: dict[str, Any] = {"backend": backend, "timeout": datetime.timedelta(seconds=timeout_s)}
     if use_cuda:
@@ -76,7 +80,12 @@ def setup(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
         dist.init_process_group(**kw)
     except (RuntimeError, ValueError) as e:
         raise SparseSearchError(f"cannot join the {backend} process group (rank {rank}/{world}): {str(e).splitlines()[0]}") from None
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local, dev, True)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local, dev, True, group=True)
+
+
+def backend(info: DistInfo) -> str | None:
+    """The process group's backend ("nccl", "gloo"), or None when training alone."""
+    return str(dist.get_backend()) if info.distributed and dist.is_initialized() else None
 
 
 def teardown(info: DistInfo) -> None:

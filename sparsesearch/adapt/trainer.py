@@ -521,6 +521,7 @@ class _Run:
                 "seconds": round(time.perf_counter() - t_run, 3),
                 "val": meta.metrics,
                 "world_size": info.world_size,
+                "process_group": D.backend(info),
                 "ranks_agree": result.ranks_agree,
                 "fingerprints": result.fingerprints,
                 "config_digests": result.config_digests,

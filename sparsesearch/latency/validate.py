@@ -18,7 +18,29 @@ from .env import DTYPES, device_type
 from .measure import LoadMonitor, Stat, Timer, combine_rounds, default_max_load, make_timer, num_threads, tune_malloc
 from .table import LatencyTable
 
-__all__ = ["ValidationRow", "ValidationReport", "validation_genomes", "validate", "report_paths", "write_report"]
+__all__ = [
+    "ValidationRow",
+    "ValidationReport",
+    "kendall_tau_b",
+    "validation_genomes",
+    "validate",
+    "report_paths",
+    "write_report",
+]
+
+
+def kendall_tau_b(a: list[float], b: list[float]) -> float:
+    """Kendall's tau-b of two equally long sequences (ties counted as in scipy.stats.kendalltau); NaN when fewer
+    than two items or either sequence is constant. O(n^2) in numpy: validations hold tens of configs, and this
+    keeps scipy off the path of `latency validate` (the GPU image has no scipy)."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"kendall_tau_b needs two 1-d sequences of one length, got {x.shape} and {y.shape}")
+    i, j = np.triu_indices(len(x), k=1)
+    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    pairs = len(i)
+    denom = np.sqrt(float(pairs - np.count_nonzero(dx == 0)) * float(pairs - np.count_nonzero(dy == 0)))
+    return float(np.sum(dx * dy) / denom) if denom > 0 else float("nan")
 
 
 @dataclass
@@ -90,11 +112,7 @@ class ValidationReport:
     @property
     def kendall_tau(self) -> float:
         """Rank agreement of predictions and measurements (1 = same order)."""
-        from scipy.stats import kendalltau  # noqa: PLC0415
-
-        if len(self.rows) < 2:
-            return float("nan")
-        return float(kendalltau([r.predicted for r in self.rows], [r.measured.ms for r in self.rows]).statistic)
+        return kendall_tau_b([r.predicted for r in self.rows], [r.measured.ms for r in self.rows])
 
     @property
     def worst(self) -> ValidationRow:

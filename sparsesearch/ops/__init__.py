@@ -105,19 +105,41 @@ def _use_triton(x: torch.Tensor, choice: str) -> bool:
     return resolve_backend(x, choice) == "triton"  # type: ignore[arg-type]
 
 
+def _probe_private_torch() -> tuple[Any, Any] | None:
+    """The two private torch functions `_direct` asks (dispatch-mode stack depth, profiler on), or None when this
+    torch lacks either: then every op goes through the custom-op dispatch (correct everywhere, a little slower)."""
+    stack_len = getattr(torch._C, "_len_torch_dispatch_stack", None)
+    profiling = getattr(getattr(torch._C, "_autograd", None), "_profiler_enabled", None)
+    if not (callable(stack_len) and callable(profiling)):
+        return None
+    try:
+        stack_len(), profiling()
+    except Exception:  # noqa: BLE001  (a changed signature: treat as missing)
+        return None
+    return stack_len, profiling
+
+
+_PRIVATE_TORCH = _probe_private_torch()  # probed once, at import
+
+
 def _direct(x: torch.Tensor) -> bool:
     """Whether an op may call its body directly, skipping the custom-op dispatch: in eager inference (grad mode
     off) on a plain tensor, with no tracer (torch.jit, dynamo) and no dispatch mode (FlopCounterMode, fake
     tensors, make_fx) watching. Those see the named ``sparsesearch::*`` ops as before; plain eager inference saves
     the dispatch, which costs 30-60 us per call on CPU once caches are cold (about 10 % of a small pruned block).
+    Always False when this torch lacks the private functions that tell whether a dispatch mode or the profiler
+    is active (see `_probe_private_torch`).
     """
+    if _PRIVATE_TORCH is None:
+        return False
+    stack_len, profiling = _PRIVATE_TORCH
     return (
         not torch.is_grad_enabled()
         and type(x) is torch.Tensor
         and not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()
-        and torch._C._len_torch_dispatch_stack() == 0
-        and not torch._C._autograd._profiler_enabled()  # profiles keep showing the named ops
+        and stack_len() == 0
+        and not profiling()  # profiles keep showing the named ops
     )
 
 
