@@ -22,12 +22,10 @@ comparison code with interpreted kernels (meaningless times; for checking the sc
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import torch
 from tabulate import tabulate
@@ -37,88 +35,7 @@ import sparsesearch as ss  # noqa: E402
 from sparsesearch import ops  # noqa: E402
 from sparsesearch.ops import WindowGeometry, keep_count  # noqa: E402
 
-from _machine import machine_line  # noqa: E402
-
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-@dataclass
-class Timing:
-    """Median milliseconds of one call: eager (Python calls) and, when capture worked, CUDA graph replay."""
-
-    eager: float
-    graph: float | None = None
-
-    @property
-    def best(self) -> float:
-        return self.graph if self.graph is not None else self.eager
-
-
-class Timer:
-    """Median-of-repeats timer: CUDA events on a GPU, perf_counter on CPU; always after warm-up."""
-
-    def __init__(self, device: torch.device, warmup: int, repeats: int, use_graphs: bool) -> None:
-        self.cuda = device.type == "cuda"
-        self.warmup = warmup
-        self.repeats = repeats
-        self.use_graphs = use_graphs and self.cuda
-        self.graph_failures: list[str] = []
-
-    def _eager(self, fn: Callable[[], object]) -> float:
-        for _ in range(self.warmup):
-            fn()
-        if not self.cuda:
-            samples = []
-            for _ in range(self.repeats):
-                t0 = time.perf_counter()
-                fn()
-                samples.append((time.perf_counter() - t0) * 1e3)
-            return statistics.median(samples)
-        torch.cuda.synchronize()
-        events = []
-        for _ in range(self.repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            events.append((start, end))
-        torch.cuda.synchronize()
-        return statistics.median(s.elapsed_time(e) for s, e in events)
-
-    def _graph(self, fn: Callable[[], object], inner: int) -> float | None:
-        try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(3):
-                    fn()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                for _ in range(inner):
-                    fn()
-        except Exception as exc:  # noqa: BLE001  (report, fall back to eager timings)
-            self.graph_failures.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
-            torch.cuda.synchronize()
-            return None
-        for _ in range(max(2, self.warmup // inner)):
-            graph.replay()
-        torch.cuda.synchronize()
-        samples = []
-        for _ in range(self.repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / inner)
-        del graph
-        return statistics.median(samples)
-
-    def __call__(self, fn: Callable[[], object], inner: int = 10) -> Timing:
-        eager = self._eager(fn)
-        graph = self._graph(fn, inner) if self.use_graphs else None
-        return Timing(eager, graph)
+from _machine import DTYPES, Timer, Timing, machine_info, machine_line  # noqa: E402
 
 
 def copy_bandwidth(device: torch.device, timer: Timer, mib: int) -> float:
@@ -136,13 +53,16 @@ def _fmt(ms: float | None) -> str:
     return f"{ms * 1e3:.1f}us" if ms < 1 else f"{ms:.3f}ms"
 
 
-def bench_ops(args: argparse.Namespace, device: torch.device, timer: Timer, copy_gbs: float) -> None:
+def bench_ops(
+    args: argparse.Namespace, device: torch.device, timer: Timer, copy_gbs: float, records: list[dict[str, Any]]
+) -> None:
+    """Print the three op tables; append one record per (shape, op) to `records` (times in ms)."""
     dtype = DTYPES[args.dtype]
     es = torch.tensor([], dtype=dtype).element_size()
     compare = device.type == "cuda" or args.triton_on_cpu
     backends = ["torch", "triton"] if compare else ["torch"]
     tables: dict[str, list[list[object]]] = {"sg": [], "scatter": [], "inplace": []}
-    for stage in range(4):
+    for stage in args.stages:
         side = args.resolution // 2 ** (stage + 2)
         C = 96 * 2**stage
         for shifted in (False, True):
@@ -171,11 +91,19 @@ def bench_ops(args: argparse.Namespace, device: torch.device, timer: Timer, copy
                 shape = [stage, f"{side}x{side}x{C}", "s" if shifted else "-", B, f"{k}/{geom.num_windows}"]
                 for op, nbytes in (("sg", bytes_score_gather), ("scatter", bytes_scatter), ("inplace", bytes_inplace)):
                     tt = t[op, "torch"]
+                    rec: dict[str, Any] = {
+                        "op": op, "stage": stage, "side": side, "C": C, "shifted": shifted, "batch": B, "k": k,
+                        "num_windows": geom.num_windows, "bytes": nbytes, "torch_ms": tt.best,
+                        "torch_eager_ms": tt.eager,
+                    }  # fmt: skip
+                    records.append(rec)
                     if not compare:
                         tables[op].append(shape + [_fmt(tt.best), f"{nbytes / (tt.best * 1e-3) / 1e9:.1f}"])
                         continue
                     tr = t[op, "triton"]
                     gbs = nbytes / (tr.best * 1e-3) / 1e9
+                    rec.update(triton_ms=tr.best, triton_eager_ms=tr.eager, speedup=tt.best / tr.best,
+                               speedup_eager=tt.eager / tr.eager, gbs=gbs, copy_fraction=gbs / copy_gbs)  # fmt: skip
                     row = shape + [_fmt(tt.best), _fmt(tr.best), f"{tt.best / tr.best:.2f}", _fmt(tt.eager),
                                    _fmt(tr.eager), f"{tt.eager / tr.eager:.2f}", f"{gbs:.0f}", f"{gbs / copy_gbs:.0%}"]  # fmt: skip
                     if op == "inplace":
@@ -203,7 +131,7 @@ def bench_ops(args: argparse.Namespace, device: torch.device, timer: Timer, copy
         print(tabulate(rows, headers=head + extra, tablefmt="github"))
 
 
-def bench_backbone(args: argparse.Namespace, device: torch.device, timer: Timer) -> None:
+def bench_backbone(args: argparse.Namespace, device: torch.device, timer: Timer, records: list[dict[str, Any]]) -> None:
     dtype = DTYPES[args.dtype]
     torch.manual_seed(0)
     model = ss.create_model("swin_tiny_patch4_window7_224", head=None).eval().to(device=device, dtype=dtype)
@@ -227,6 +155,8 @@ def bench_backbone(args: argparse.Namespace, device: torch.device, timer: Timer)
                 continue
             for be in backends:
                 t = times[p, be]
+                records.append({"batch": B, "sparsity": p, "path": be, "eager_ms": t.eager, "graph_ms": t.graph,
+                                "x_dense": t.eager / dense.eager if dense else None})  # fmt: skip
                 vs_dense = f"{t.eager / dense.eager:.3f}" if dense else ""
                 vs_dense_g = f"{t.graph / dense.graph:.3f}" if dense and t.graph and dense.graph else ""
                 vs_torch = f"{times[p, 'torch'].eager / t.eager:.2f}" if be == "triton" else ""
@@ -252,8 +182,10 @@ def main() -> None:
     ap.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph timings")
     ap.add_argument("--copy-mib", type=int, default=512, help="buffer size of the copy-bandwidth reference")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    ap.add_argument("--stages", type=int, nargs="+", choices=range(4), default=[0, 1, 2, 3], help="stages of the op table")
     ap.add_argument("--skip-ops", action="store_true")
     ap.add_argument("--skip-backbone", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the figures here (JSON)")
     ap.add_argument("--triton-on-cpu", action="store_true",
                     help="without a GPU, also run the Triton kernels (TRITON_INTERPRET=1): checks this script's "
                          "comparison code; the times are meaningless")  # fmt: skip
@@ -293,10 +225,18 @@ def main() -> None:
     timer = Timer(device, args.warmup, args.repeats, use_graphs=not args.no_graphs)
     copy_gbs = copy_bandwidth(device, timer, args.copy_mib)
     print(f"# device-to-device copy bandwidth: {copy_gbs:.0f} GB/s (read + write, {args.copy_mib} MiB, this run)")
+    ops_rec: list[dict[str, Any]] = []
+    backbone_rec: list[dict[str, Any]] = []
     if not args.skip_ops:
-        bench_ops(args, device, timer, copy_gbs)
+        bench_ops(args, device, timer, copy_gbs, ops_rec)
     if not args.skip_backbone:
-        bench_backbone(args, device, timer)
+        bench_backbone(args, device, timer, backbone_rec)
+    if args.json:
+        result = {"machine": machine_info(), "device": device.type, "dtype": args.dtype, "resolution": args.resolution,
+                  "keep_sparsity": args.keep_sparsity, "copy_gbs": copy_gbs, "graphs": timer.use_graphs,
+                  "triton_interpreted": device.type != "cuda" and args.triton_on_cpu, "ops": ops_rec,
+                  "backbone": backbone_rec, "graph_failures": timer.graph_failures}  # fmt: skip
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
     if timer.graph_failures:
         print(f"\n# CUDA-graph capture failed {len(timer.graph_failures)} time(s), eager times used there; first: "
               f"{timer.graph_failures[0]}")  # fmt: skip

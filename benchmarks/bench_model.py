@@ -1,15 +1,26 @@
-"""Backbone latency of a window-pruned Swin at uniform sparsity, as ratios to dense measured in one run.
+"""Backbone latency of a window-pruned model at uniform sparsity, as ratios to dense measured in one run.
 
-    .venv/bin/python benchmarks/bench_model.py [--model swin_tiny_patch4_window7_224] [--resolution 512]
-        [--sparsity 0 0.3 0.5 0.7] [--threads N] [--batch 1] [--min-time 2]
+    .venv/bin/python benchmarks/bench_model.py [--model swin_tiny_patch4_window7_224] [--model-kwargs JSON]
+        [--resolution 512] [--batch 1] [--sparsity 0 0.3 0.5 0.7] [--device cpu|cuda] [--dtype fp32|fp16|bf16]
+        [--backend torch triton] [--compile 0.5 [--compile-backend inductor]] [--json out.json]
 
-Each config is timed with torch.utils.benchmark (interleaved rounds, median), FLOPs with fvcore.
+Any registered model (`sparsesearch models`), backbone only (head=None). Dense is the model without a config;
+every other sparsity runs once per kernel backend named by --backend ("torch": the torch path, "triton": the
+Triton kernels, "auto": dispatch). The configs are timed interleaved, in --rounds rounds, and the median round is
+reported: on CPU with torch.utils.benchmark (--min-time seconds per config and round), on CUDA with CUDA events
+(--warmup, --repeats per config and round). --compile P also times torch.compile of the config at sparsity P
+(first call = compile time; then as above), under torch.no_grad (the in-place scatter is traced, not run).
+FLOPs come from fvcore (--no-flops skips them: tracing every config costs seconds).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import sys
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from tabulate import tabulate
@@ -17,45 +28,140 @@ from torch.utils import benchmark
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sparsesearch as ss  # noqa: E402
-from sparsesearch.flops import count_flops  # noqa: E402
 
-from _machine import machine_line  # noqa: E402
+from _machine import DTYPES, Timer, machine_info, machine_line  # noqa: E402
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="swin_tiny_patch4_window7_224")
-    ap.add_argument("--resolution", type=int, default=512)
+    ap.add_argument("--model", default="swin_tiny_patch4_window7_224", help="a registered model name")
+    ap.add_argument("--model-kwargs", type=json.loads, default={}, help='JSON keyword arguments, e.g. \'{"img_size": 1024}\'')
+    ap.add_argument("--resolution", default="512", help="input side N or HxW (default 512)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7])
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--min-time", type=float, default=2.0, help="seconds per config per round")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default fp16 on CUDA, fp32 on CPU")
+    ap.add_argument("--backend", nargs="+", choices=["torch", "triton", "auto"], default=None,
+                    help="kernel backends of the pruned configs (default: torch triton on CUDA, torch on CPU)")  # fmt: skip
+    ap.add_argument("--compile", type=float, default=None, metavar="P", help="also time torch.compile at sparsity P")
+    ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
+    ap.add_argument("--compile-mode", default=None, help="torch.compile mode (e.g. max-autotune-no-cudagraphs)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    ap.add_argument("--min-time", type=float, default=2.0, help="CPU: seconds per config per round")
+    ap.add_argument("--warmup", type=int, default=10, help="CUDA: untimed calls per config and round")
+    ap.add_argument("--repeats", type=int, default=30, help="CUDA: timed calls per config and round")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median round is reported")
-    args = ap.parse_args()
+    ap.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP counts")
+    ap.add_argument("--json", type=Path, help="also write the figures here (JSON)")
+    args = ap.parse_args(argv)
+    try:
+        parts = [int(v) for v in args.resolution.lower().split("x")]
+    except ValueError:
+        ap.error(f"--resolution {args.resolution!r}: give N or HxW")
+    args.resolution = (parts[0], parts[-1])
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device")
+    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.dtype = args.dtype or ("fp16" if args.device.type == "cuda" else "fp32")
+    args.backend = args.backend or (["torch", "triton"] if args.device.type == "cuda" else ["torch"])
+    if 0.0 not in args.sparsity:
+        args.sparsity = [0.0, *args.sparsity]
+    args.sparsity = sorted(set(args.sparsity))
+    return args
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = ss.create_model(args.model, head=None).eval()
-    x = torch.randn(args.batch, 3, args.resolution, args.resolution)
-    configs = [ss.SparsityConfig.uniform(p, model.depths, model.default_window_size) for p in args.sparsity]
-    times: dict[float, list[float]] = {p: [] for p in args.sparsity}
+
+def make_clock(args: argparse.Namespace) -> Callable[[Callable[[], object]], float]:
+    """fn -> its median milliseconds per call, by the method of the device (see the module docstring)."""
+    if args.device.type == "cuda":
+        timer = Timer(args.device, args.warmup, args.repeats, use_graphs=False)
+        return lambda fn: timer(fn).eager
+
+    def cpu(fn: Callable[[], object]) -> float:
+        fn()
+        t = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+        return t.blocked_autorange(min_run_time=args.min_time).median * 1e3
+
+    return cpu
+
+
+def time_configs(model: Any, x: torch.Tensor, runs: list[tuple[float, str]], clock: Callable, rounds: int) -> dict:
+    """(sparsity, path) -> median-round milliseconds; path "dense" is the model without a config."""
+    times: dict[tuple[float, str], list[float]] = {r: [] for r in runs}
     with torch.inference_mode():
-        for _ in range(args.rounds):  # interleave configs so drift hits all of them alike
-            for p, cfg in zip(args.sparsity, configs):
-                model.set_config(cfg)
-                model(x)
-                t = benchmark.Timer("model(x)", globals={"model": model, "x": x}, num_threads=args.threads)
-                times[p].append(t.blocked_autorange(min_run_time=args.min_time).median * 1e3)
-    dense_ms = sorted(times[args.sparsity[0]])[len(times[args.sparsity[0]]) // 2]
-    dense_flops = count_flops(model, args.resolution, configs[0]).total
-    rows = []
-    for p, cfg in zip(args.sparsity, configs):
-        ms = sorted(times[p])[len(times[p]) // 2]
-        fl = count_flops(model, args.resolution, cfg).total
-        rows.append([p, f"{ms:.1f}", f"{ms / dense_ms:.3f}", f"{fl / 1e9:.2f}", f"{fl / dense_flops:.3f}"])
-    print(f"# {args.model} backbone, {args.resolution}x{args.resolution}, batch {args.batch}, torch path (CPU)")
+        for _ in range(rounds):  # interleave configs so drift hits all of them alike
+            for p, path in runs:
+                model.set_config(None if path == "dense" else ss.SparsityConfig.uniform(p, model.depths, model.default_window_size))
+                model.set_kernel_backend(None if path in ("dense", "auto") else path)
+                times[p, path].append(clock(lambda: model(x)))
+    model.set_config(None)
+    model.set_kernel_backend(None)
+    return {r: statistics.median(v) for r, v in times.items()}
+
+
+def time_compiled(model: Any, x: torch.Tensor, p: float, args: argparse.Namespace, clock: Callable) -> dict[str, Any]:
+    """torch.compile of the model at uniform sparsity p: compile seconds, compiled and eager ms (same clock)."""
+    model.set_config(ss.SparsityConfig.uniform(p, model.depths, model.default_window_size))
+    model.set_kernel_backend(None)
+    compiled = torch.compile(model, backend=args.compile_backend, mode=args.compile_mode)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        compiled(x)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        compile_s = time.perf_counter() - t0
+        compiled_ms = statistics.median(clock(lambda: compiled(x)) for _ in range(args.rounds))
+        eager_ms = statistics.median(clock(lambda: model(x)) for _ in range(args.rounds))
+        same = torch.allclose(compiled(x).float(), model(x).float(), rtol=2e-2, atol=2e-2)
+    model.set_config(None)
+    return {"sparsity": p, "backend": args.compile_backend, "mode": args.compile_mode, "compile_s": compile_s,
+            "compiled_ms": compiled_ms, "eager_ms": eager_ms, "speedup": eager_ms / compiled_ms, "matches_eager": same}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dtype = DTYPES[args.dtype]
+    model = ss.create_model(args.model, head=None, **args.model_kwargs).eval().to(device=args.device, dtype=dtype)
+    x = torch.randn(args.batch, 3, *args.resolution, device=args.device).to(dtype)
+    runs = [(p, path) for p in args.sparsity for path in (["dense"] if p == 0 else args.backend)]
+    clock = make_clock(args)
+    ms = time_configs(model, x, runs, clock, args.rounds)
+    dense_ms = ms[0.0, "dense"]
+    flops: dict[float, float] = {}
+    if not args.no_flops:
+        from sparsesearch.flops import count_flops  # noqa: PLC0415
+
+        for p in args.sparsity:
+            cfg = ss.SparsityConfig.uniform(p, model.depths, model.default_window_size)
+            flops[p] = count_flops(model, args.resolution, cfg, batch=args.batch).total
+    rows, records = [], []
+    for p, path in runs:
+        rec = {"sparsity": p, "path": path, "ms": ms[p, path], "x_dense": ms[p, path] / dense_ms}
+        if flops:
+            rec.update(gflops=flops[p] / 1e9, flops_x_dense=flops[p] / flops[0.0])
+        records.append(rec)
+        rows.append([p, path, f"{rec['ms']:.2f}", f"{rec['x_dense']:.3f}",
+                     f"{rec['gflops']:.1f}" if flops else "", f"{rec['flops_x_dense']:.3f}" if flops else ""])  # fmt: skip
+    res = "x".join(map(str, args.resolution))
+    clock_name = "CUDA events" if args.device.type == "cuda" else "torch.utils.benchmark"
+    print(f"# {args.model} backbone, {res}, batch {args.batch}, {args.dtype} on {args.device.type} ({clock_name}, "
+          f"median of {args.rounds} interleaved rounds)")  # fmt: skip
     print(f"# machine: {machine_line()}")
-    print(tabulate(rows, headers=["sparsity", "ms", "x dense", "GFLOPs", "FLOPs x dense"], tablefmt="github"))
+    print(tabulate(rows, headers=["sparsity", "path", "ms", "x dense", "GFLOPs", "FLOPs x dense"], tablefmt="github"))
+    compiled = None
+    if args.compile is not None:
+        compiled = time_compiled(model, x, args.compile, args, clock)
+        print(f"\n# torch.compile ({args.compile_backend}) at uniform {args.compile}: compile {compiled['compile_s']:.1f} s, "
+              f"{compiled['compiled_ms']:.2f} ms vs eager {compiled['eager_ms']:.2f} ms "
+              f"({compiled['speedup']:.2f}x; {compiled['compiled_ms'] / dense_ms:.3f}x eager dense); "
+              f"outputs {'match' if compiled['matches_eager'] else 'DIFFER from'} eager")  # fmt: skip
+    if args.json:
+        out = {"machine": machine_info(), "model": args.model, "model_kwargs": args.model_kwargs, "resolution": list(args.resolution),
+               "batch": args.batch, "device": args.device.type, "dtype": args.dtype, "clock": clock_name,
+               "rows": records, "compile": compiled}  # fmt: skip
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":
