@@ -1,7 +1,10 @@
 """The GPU check (benchmarks/gpu): its CPU dry run passes end to end, and its summary judges the goals right.
 
 The dry run runs every step of the device command on CPU with tiny shapes and interpreted kernels, so an import,
-typo or argument error is found here and not in a device minute. It takes most of a minute on two cores.
+typo or argument error is found here and not in a device minute. Here it leaves out two steps to stay within
+about 45 s of CPU: "tests" (the suite runs tests/test_kernels.py itself) and "compile" (bench_model.py again, with
+--compile; 20 s of dynamo tracing). `bash benchmarks/gpu/run.sh --cpu-dry-run` runs all seven; README.md beside
+run.sh records that it passes under torch 2.13 and under the GPU image's torch 2.11.
 """
 from __future__ import annotations
 
@@ -17,24 +20,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 import summary  # noqa: E402
 
-STEPS = ["tests", "kernels", "model", "profile", "validate", "adapt", "compile"]
+STEPS = ["kernels", "model", "profile", "validate", "adapt"]
 
 
 @pytest.mark.slow
 def test_cpu_dry_run_passes_every_step(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "GPU_SITE": str(tmp_path / "site")}
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks/gpu/run.sh"), "--cpu-dry-run"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    cmd = ["bash", str(ROOT / "benchmarks/gpu/run.sh"), "--cpu-dry-run", "--only", *STEPS]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     log = (out / "gpu_run.log").read_text() if (out / "gpu_run.log").exists() else ""
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:] + log[-4000:]
     fig = json.loads((out / "figures.json").read_text())
-    assert {k: v["status"] for k, v in fig["steps"].items()} == {s: "passed" for s in STEPS}
-    assert fig["tests"]["passed"] >= 3 and "failed" not in fig["tests"]
+    skipped = {"tests": "skipped (--only)", "compile": "skipped (--only)"}
+    assert {k: v["status"] for k, v in fig["steps"].items()} == {**{s: "passed" for s in STEPS}, **skipped}
     assert set(fig["kernels"]["goals"]) == {"sg", "scatter", "inplace"}
     assert {r["op"] for r in fig["kernels"]["ops"]} == {"sg", "scatter", "inplace"}
     assert {(r["sparsity"], r["path"]) for r in fig["model"]["rows"]} == {(0.0, "dense"), (0.5, "triton"), (0.5, "torch")}
-    assert fig["compile"]["matches_eager"]
     assert fig["validation"]["n"] >= 3 and fig["validation"]["mape_pct"] >= 0
     adapt = fig["adapt"]
     assert adapt["finished"] and adapt["steps"] == 2 and adapt["process_group"] == "gloo" and adapt["world_size"] == 1

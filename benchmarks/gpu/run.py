@@ -25,6 +25,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -55,6 +56,7 @@ class Step:
     env: dict[str, str | None] = field(default_factory=dict)
     status: str = "not run"
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     tail: str = ""
 
 
@@ -116,6 +118,7 @@ def run_step(step: Step, timeout: float, log: Any) -> None:
     log.write(f"\n{'=' * 100}\n== {step.name}: {' '.join(step.argv)}\n== env: {step.env}  timeout {timeout:.0f} s\n")
     log.flush()
     t0 = time.monotonic()
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(step.argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, errors="replace", start_new_session=True)  # fmt: skip
     try:
@@ -126,8 +129,10 @@ def run_step(step: Step, timeout: float, log: Any) -> None:
         output, _ = proc.communicate()
         step.status = f"timed out after {timeout:.0f} s"
     step.seconds = time.monotonic() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    step.cpu_seconds = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     log.write(output or "")
-    log.write(f"\n== {step.name}: {step.status} in {step.seconds:.1f} s\n")
+    log.write(f"\n== {step.name}: {step.status} in {step.seconds:.1f} s ({step.cpu_seconds:.1f} s CPU)\n")
     log.flush()
     step.tail = "\n".join((output or "").strip().splitlines()[-12:])
 
@@ -182,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                 step.status = "not run: out of time"
                 continue
             run_step(step, min(step.box, left), log)
-            print(f"[{time.monotonic() - t_start:6.0f} s] {step.name:<9} {step.status} ({step.seconds:.0f} s)", flush=True)
+            print(f"[{time.monotonic() - t_start:6.0f} s] {step.name:<9} {step.status} ({step.seconds:.0f} s, "
+                  f"{step.cpu_seconds:.0f} s CPU)", flush=True)  # fmt: skip
     figures = summary.collect(steps, out / (f"dry_{TABLE}" if args.cpu_dry_run else TABLE), work)
     text = summary.render(steps, figures, args.cpu_dry_run, time.monotonic() - t_start)
     (out / "figures.json").write_text(json.dumps(figures, indent=1, default=str) + "\n")

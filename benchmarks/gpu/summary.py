@@ -105,7 +105,7 @@ def _load_yaml(path: Path) -> Any:
 def collect(steps: list[Any], table: Path, work: Path) -> dict[str, Any]:
     """Every figure of the run as plain data (what figures.json holds)."""
     by_name = {s.name: s for s in steps}
-    fig: dict[str, Any] = {"machine": _machine(), "steps": {s.name: {"status": s.status, "seconds": round(s.seconds, 1)} for s in steps}}
+    fig: dict[str, Any] = {"machine": _machine(), "steps": {s.name: {"status": s.status, "seconds": round(s.seconds, 1), "cpu_seconds": round(s.cpu_seconds, 1)} for s in steps}}
     if "tests" in by_name:
         fig["tests"] = pytest_counts(by_name["tests"].tail)
     kern = _load(work / "kernels.json")
