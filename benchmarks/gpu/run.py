@@ -151,6 +151,17 @@ def _kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
+def _no_gpu() -> str | None:
+    """Why the GPU steps cannot run here (None when they can)."""
+    try:
+        import torch  # noqa: PLC0415
+    except ImportError as e:
+        return f"cannot import torch ({e}); is this the GPU image?"
+    if not torch.cuda.is_available():
+        return f"torch {torch.__version__} sees no CUDA device; for a check on CPU pass --cpu-dry-run"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "gpu_out"), help="default: $OUT")
@@ -162,15 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))  # intermediate files: figures.json keeps what matters
-    if not args.cpu_dry_run:
-        try:
-            import torch  # noqa: PLC0415
-        except ImportError as e:
-            print(f"run.py: cannot import torch ({e}); is this the GPU image?", file=sys.stderr)
-            return 2
-        if not torch.cuda.is_available():
-            print("run.py: torch sees no CUDA device; for a check on CPU pass --cpu-dry-run", file=sys.stderr)
-            return 2
+    problem = None if args.cpu_dry_run else _no_gpu()
+    if problem:
+        (out / "gpu_results.md").write_text(f"# GPU check: not run\n\n{problem}\n")
+        print(f"run.py: {problem}", file=sys.stderr)
+        return 2
     steps = build_steps(out, work, args.cpu_dry_run)
     unknown = set(args.only or []) - {s.name for s in steps}
     if unknown:
