@@ -91,7 +91,8 @@ def time_configs(model: Any, x: torch.Tensor, runs: list[tuple[float, str]], clo
     with torch.inference_mode():
         for _ in range(rounds):  # interleave configs so drift hits all of them alike
             for p, path in runs:
-                model.set_config(None if path == "dense" else ss.SparsityConfig.uniform(p, model.depths, model.default_window_size))
+                cfg = None if path == "dense" else ss.SparsityConfig.uniform(p, model.depths, model.default_window_size)
+                model.set_config(cfg)
                 model.set_kernel_backend(None if path in ("dense", "auto") else path)
                 times[p, path].append(clock(lambda: model(x)))
     model.set_config(None)
@@ -164,8 +165,8 @@ def main(argv: list[str] | None = None) -> None:
               f"({compiled['speedup']:.2f}x; {compiled['compiled_ms'] / dense_ms:.3f}x eager dense); "
               f"outputs vs eager: mean |diff| {compiled['mean_abs_diff']:.2e}, max {compiled['max_abs_diff']:.2e}")  # fmt: skip
     if args.json:
-        out = {"machine": machine_info(), "model": args.model, "model_kwargs": args.model_kwargs, "resolution": list(args.resolution),
-               "batch": args.batch, "device": args.device.type, "dtype": args.dtype, "clock": clock_name,
+        out = {"machine": machine_info(), "model": args.model, "model_kwargs": args.model_kwargs,
+               "resolution": list(args.resolution), "batch": args.batch, "device": args.device.type, "dtype": args.dtype, "clock": clock_name,
                "rows": records, "compile": compiled}  # fmt: skip
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 

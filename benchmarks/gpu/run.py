@@ -100,8 +100,8 @@ def build_steps(out: Path, work: Path, dry: bool) -> list[Step]:
         Step("kernels", kern, 110, dict(interp)),
         Step("model", model + model_size + ["--sparsity", *(["0", "0.5"] if dry else ["0", "0.3", "0.5", "0.7"]),
                                             "--json", str(work / "model.json")], 90, dict(interp)),
-        Step("profile", prof, 130, {}),
-        Step("validate", val, 70, {}),
+        Step("profile", prof, 130, dict(interp)),
+        Step("validate", val, 70, dict(interp)),
         Step("adapt", adapt, 100, dict(interp)),
         Step("compile", comp, 150, dict(interp)),
     ]
@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown step(s) {', '.join(sorted(unknown))}: use {', '.join(s.name for s in steps)}")
     reserve = 15.0  # for the summary
     with open(out / "gpu_run.log", "a") as log:
-        log.write(f"# run.py {'--cpu-dry-run ' if args.cpu_dry_run else ''}started {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC\n")
+        now = dt.datetime.now(dt.timezone.utc)
+        log.write(f"# run.py {'--cpu-dry-run ' if args.cpu_dry_run else ''}started {now:%Y-%m-%d %H:%M:%S} UTC\n")
         for step in steps:
             if args.only and step.name not in args.only:
                 step.status = "skipped (--only)"

@@ -105,7 +105,9 @@ def _load_yaml(path: Path) -> Any:
 def collect(steps: list[Any], table: Path, work: Path) -> dict[str, Any]:
     """Every figure of the run as plain data (what figures.json holds)."""
     by_name = {s.name: s for s in steps}
-    fig: dict[str, Any] = {"machine": _machine(), "steps": {s.name: {"status": s.status, "seconds": round(s.seconds, 1), "cpu_seconds": round(s.cpu_seconds, 1)} for s in steps}}
+    fig: dict[str, Any] = {"machine": _machine(), "steps": {}}
+    for s in steps:
+        fig["steps"][s.name] = {"status": s.status, "seconds": round(s.seconds, 1), "cpu_seconds": round(s.cpu_seconds, 1)}
     if "tests" in by_name:
         fig["tests"] = pytest_counts(by_name["tests"].tail)
     kern = _load(work / "kernels.json")
@@ -121,7 +123,8 @@ def collect(steps: list[Any], table: Path, work: Path) -> dict[str, Any]:
         fig["compile"] = comp.get("compile")
     tab = _load(table)
     if tab:
-        fig["table"] = {"path": table.name, "meta": {k: tab.get("meta", {}).get(k) for k in ("device", "dtype", "batch", "duration_s")}}
+        meta = tab.get("meta", {})
+        fig["table"] = {"path": table.name, "meta": {k: meta.get(k) for k in ("device", "dtype", "batch", "duration_s")}}
     val = _load(table.with_suffix(".validation.json"))
     if val:
         fig["validation"] = val.get("summary", val)
@@ -144,7 +147,9 @@ def render(steps: list[Any], fig: dict[str, Any], dry: bool, seconds: float) -> 
     m = fig.get("machine", {})
     lines = [f"# GPU check{' (CPU DRY RUN: figures mean nothing)' if dry else ''}", ""]
     dev = m.get("gpu") or m.get("cpu", "?")
-    lines.append(f"- device: {dev}" + (f" ({m.get('gpu_memory_gib')} GiB, {m.get('sms')} SMs, sm_{str(m.get('capability', '')).replace('.', '')})" if m.get("gpu") else ""))  # fmt: skip
+    if m.get("gpu"):
+        dev += f" ({m.get('gpu_memory_gib')} GiB, {m.get('sms')} SMs, compute capability {m.get('capability')})"
+    lines.append(f"- device: {dev}")
     lines.append(f"- driver {m.get('driver')}, CUDA {m.get('cuda')}; torch {m.get('torch')}, triton {m.get('triton')}, "
                  f"numpy {m.get('numpy')}, Python {m.get('python')}")  # fmt: skip
     lines.append(f"- total {seconds:.0f} s")
@@ -205,8 +210,8 @@ def _render_model(model: dict[str, Any] | None, comp: dict[str, Any] | None) -> 
                   "| sparsity | path | ms | x dense | goal | |", "|---|---|---|---|---|---|"]  # fmt: skip
         for r in model["rows"]:
             goal = GOAL_X_DENSE.get(r["sparsity"]) if r["path"] == "triton" else None
-            lines.append(f"| {r['sparsity']} | {r['path']} | {r['ms']:.3f} | {r['x_dense']:.3f} | "
-                         f"{'' if goal is None else f'<= {goal}'} | {'' if goal is None else _verdict(r['x_dense'] <= goal)} |")  # fmt: skip
+            judged = ("", "") if goal is None else (f"<= {goal}", _verdict(r["x_dense"] <= goal))
+            lines.append(f"| {r['sparsity']} | {r['path']} | {r['ms']:.3f} | {r['x_dense']:.3f} | {judged[0]} | {judged[1]} |")
     if comp:
         lines += ["", f"torch.compile ({comp['backend']}) at uniform {comp['sparsity']}: compile {comp['compile_s']:.1f} s; "
                   f"{comp['compiled_ms']:.3f} ms compiled vs {comp['eager_ms']:.3f} ms eager ({comp['speedup']:.2f}x); "
