@@ -237,6 +237,7 @@ def _render_adapt(a: dict[str, Any] | None) -> list[str]:
     if not a:
         return ["", "## adapt: no figures"]
     ok = a["finished"] and a["steps"] > 0 and a["last_loss"] is not None and a["last_loss"] == a["last_loss"]
+    loss = " -> ".join("n/a" if v is None else f"{v:.4f}" for v in (a["first_loss"], a["last_loss"]))
     return ["", f"## adapt smoke: {a['steps']} steps on {a['device']}, amp {a['amp']}, process group "
-            f"{a['process_group']} (world {a['world_size']}), loss {a['first_loss']} -> {a['last_loss']}, "
+            f"{a['process_group']} (world {a['world_size']}), loss {loss}, "
             f"{a['images_per_s_median'] or 0:.1f} images/s; {'finished' if ok else 'DID NOT FINISH CLEANLY'}"]  # fmt: skip
