@@ -137,7 +137,7 @@ def test_interpreter_canary():
     assert ok, (
         f"the Triton interpreter computed wrong values ({VERSIONS}): got {out.tolist()} and sum {total.item()}, "
         f"expected {expected.tolist()} and 45.0. The interpreter is known to be silently wrong with some numpy "
-        "versions: install the pinned numpy/triton versions of pyproject.toml"
+        "versions: install the numpy/triton versions of constraints.txt (make does)"
     )
 
 
