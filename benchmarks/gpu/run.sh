@@ -35,4 +35,4 @@ if [ "$wheels" != 0 ]; then
     fi
 fi
 { nvidia-smi 2>&1 || true; } | head -20 >> "$OUT/gpu_run.log"
-exec "$PY" benchmarks/gpu/run.py --out "$OUT" "${args[@]}"
+exec "$PY" benchmarks/gpu/run.py --out "$OUT" ${args[@]+"${args[@]}"}
