@@ -252,10 +252,14 @@ class SamPatchEmbed(nn.Module):
 
 
 def resample_pos_embed(pos: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(1, h, w, C) -> (1, *size, C): bicubic (antialiased when shrinking), as timm's NHWC resampling."""
+    """(1, h, w, C) -> (1, *size, C): bicubic with antialiasing, as timm's NHWC resampling.
+
+    Antialiasing only changes a shrink, so an enlargement runs without it (same values; ONNX can export it).
+    """
     if tuple(pos.shape[1:3]) == tuple(size):
         return pos
-    out = F.interpolate(pos.permute(0, 3, 1, 2).float(), size=size, mode="bicubic", antialias=True, align_corners=False)
+    shrink = size[0] < pos.shape[1] or size[1] < pos.shape[2]
+    out = F.interpolate(pos.permute(0, 3, 1, 2).float(), size=size, mode="bicubic", antialias=shrink, align_corners=False)
     return out.permute(0, 2, 3, 1).to(pos.dtype)
 
 

@@ -23,8 +23,8 @@ _SAM_ARCHS: dict[str, dict[str, Any]] = {
     "samvit_base_patch16": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11), window_size=14, img_size=1024),
     "samvit_large_patch16": dict(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23), window_size=14, img_size=1024),
     "samvit_huge_patch16": dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31), window_size=14, img_size=1024),
-    # CPU-sized member: 6 blocks in two groups of (2 windowed + 1 global), 12x12 tokens at 192x192.
-    "samvit_nano": dict(embed_dim=96, depth=6, num_heads=3, global_attn_indexes=(2, 5), window_size=6, img_size=192, neck_chans=64),
+    # CPU-sized member: 6 blocks in two groups of (2 windowed + 1 global); 12x12 tokens at 192x192, 3x3 windows of 4.
+    "samvit_nano": dict(embed_dim=96, depth=6, num_heads=3, global_attn_indexes=(2, 5), window_size=4, img_size=192, neck_chans=64),
 }
 
 
