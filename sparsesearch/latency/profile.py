@@ -2,12 +2,14 @@
 
 What is measured, per resolution:
 
-1. each block kind (stage, width, heads, window size, shift, feature-map size) *in isolation*, at every
+1. each block kind (stage, width, heads, window size, variant, feature-map size) *in isolation*, at every
    kept-window count the space can produce (or a grid of counts when there are too many): the model's own
-   SwinBlock, its sparsity set to give that count, eval and inference mode. Before each timed call the timer
+   block, its sparsity set to give that count, eval and inference mode. Before each timed call the timer
    flushes the caches and runs the part that precedes the block in the model, whose output the block then
    consumes, so it starts in the state the model leaves it in;
-2. the fixed parts (patch embedding, each patch merging, final norm, head), the same way;
+2. the fixed parts (Swin: patch embedding, each patch merging, final norm, head; SamViT: patch embedding,
+   neck, head), the same way. What a part is, what precedes it and how its blocks vary is the model family's
+   to say (`sparsesearch.models.family`): nothing here knows an architecture;
 3. the *in-model* pass: whole forwards of "level" configs (every gene at its c-th choice, for every c and
    window pattern) with every part timed by forward hooks where it runs. Together the level configs run every
    (block kind, kept count) the genes produce; these in-model figures are what the table predicts with. What
