@@ -186,7 +186,10 @@ def test_forward_stages_and_heads():
         feats = m.forward_stages(x)
         assert [tuple(f.shape) for f in feats] == [(1, 12, 12, 96)] * 6
         assert m(x, SparsityConfig.uniform(0.5, m.depths, 4)).shape == (1, 3, 192, 192)
-        pruned = m.forward_stages(x) if m.set_config(SparsityConfig.uniform(0.5, m.depths, 4)) is None else None
+        m.set_config(SparsityConfig.uniform(0.5, m.depths, 4))
+        pruned = m.forward_stages(x)
+        # every returned feature is the block's own output (later blocks never overwrite it in place)
+        torch.testing.assert_close(pruned[1], m.blocks[1](pruned[0]))
         assert not torch.equal(pruned[-1], feats[-1]) and torch.isfinite(pruned[-1]).all()
     cls = ss.create_model("samvit_nano", num_classes=7).eval()
     assert cls(x).shape == (1, 7)

@@ -46,7 +46,8 @@ def test_family_describes_the_parts():
     assert {(s.H, s.W, s.dim, s.heads) for s in shapes} == {(64, 64, 768, 12)}
     assert fam.geometry("global", 64, 64, 14).num_windows == 25  # padded to 70x70
     assert fam.fixed_parts(arch, "seg") == ["patch_embed", "neck", "head"]
-    model = space.create_model(head=None)
+    with torch.device("meta"):
+        model = space.create_model(head=None)
     assert model.img_size == (1024, 1024)
     assert [n for n, _ in fam.model_parts(model, None)] == ["patch_embed", *(f"blocks.{i}" for i in range(12)), "neck"]
 
@@ -109,13 +110,20 @@ def test_quick_demo_adapt_evolve_export(quick_demo):
     assert pareto["baselines"]["uniform_resize"] and pareto["baselines"]["uniform_sparsity"]
     card = json.loads((out / "export" / "card.json").read_text())
     assert card["onnx"]["ok"]
-    model = ss.export.load_exported(out / "export") if hasattr(ss, "export") else None
     from sparsesearch.export import load_exported
 
     model = load_exported(out / "export")
     assert isinstance(model, ss.models.SamViT)
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 4, 64, 64)
+
+
+def test_eval_cli_on_the_supernet(quick_demo, capsys):
+    out, _ = quick_demo
+    capsys.readouterr()
+    assert main(["eval", "--supernet", str(out / "adapt" / "supernet.pt"), "--config", "dense", "--config", "uniform:0.5",
+                 "--val-samples", "4", "--json"]) == 0
+    assert "uniform" in capsys.readouterr().out
 
 
 def test_bad_input_is_one_line(quick_demo, tmp_path, capsys):
