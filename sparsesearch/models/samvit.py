@@ -23,6 +23,7 @@ from torch import nn
 
 from .. import ops
 from ..config import SparsityConfig
+from ..errors import SparseSearchError
 from ..ops import WindowGeometry
 from .heads import ClassifierHead, PyramidSegHead
 from .layers import DropPath, Mlp
@@ -254,12 +255,17 @@ class SamPatchEmbed(nn.Module):
 def resample_pos_embed(pos: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(1, h, w, C) -> (1, *size, C): bicubic with antialiasing, as timm's NHWC resampling.
 
-    Antialiasing only changes a shrink, so an enlargement runs without it (same values; ONNX can export it).
+    ONNX has no antialiased bicubic resize: export a model at the size its position embedding was built for.
     """
     if tuple(pos.shape[1:3]) == tuple(size):
         return pos
-    shrink = size[0] < pos.shape[1] or size[1] < pos.shape[2]
-    out = F.interpolate(pos.permute(0, 3, 1, 2).float(), size=size, mode="bicubic", antialias=shrink, align_corners=False)
+    if torch.onnx.is_in_onnx_export():
+        raise SparseSearchError(
+            f"cannot export to ONNX at a {size[0]}x{size[1]} token grid: the position embedding is built for "
+            f"{pos.shape[1]}x{pos.shape[2]} and ONNX cannot resample it as timm does; build the model with the "
+            "export resolution as img_size (a search space does this for its first resolution)"
+        )
+    out = F.interpolate(pos.permute(0, 3, 1, 2).float(), size=size, mode="bicubic", antialias=True, align_corners=False)
     return out.permute(0, 2, 3, 1).to(pos.dtype)
 
 
