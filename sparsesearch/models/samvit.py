@@ -123,13 +123,13 @@ class SamAttention(nn.Module):
         """
         q, k, v = self._qkv(x)
         B, nh, L, _ = q.shape
-        bias = torch.zeros(B, 1, 1, L, dtype=q.dtype, device=q.device)
-        bias = bias.masked_fill(~valid.view(B, 1, 1, L), float("-inf"))
-        if self.use_rel_pos:
-            bias = bias + self._token_rel(q, rows, _resize_rel(self.rel_pos_h, 2 * H - 1), H)
-            bias = bias + self._token_rel(q, cols, _resize_rel(self.rel_pos_w, 2 * W - 1), W)
+        masked = ~valid.view(B, 1, 1, L)
+        if self.use_rel_pos:  # (B, nh, L, L) built once, summed and masked in place (autograd allows it here)
+            bias = self._token_rel(q, rows, _resize_rel(self.rel_pos_h, 2 * H - 1), H)
+            bias = bias.add_(self._token_rel(q, cols, _resize_rel(self.rel_pos_w, 2 * W - 1), W))
+            bias = bias.masked_fill_(masked, float("-inf"))
         else:
-            bias = bias.expand(B, nh, L, L)
+            bias = torch.zeros(B, 1, 1, L, dtype=q.dtype, device=q.device).masked_fill(masked, float("-inf"))
         return self._out(F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
 
     @staticmethod
