@@ -15,7 +15,7 @@ from .errors import (
     SpaceError,
     SparseSearchError,
 )
-from .models import SwinTransformer, create_model, list_models, load_checkpoint
+from .models import SamViT, SwinTransformer, create_model, list_models, load_checkpoint
 from .space import SearchSpace
 from .latency import LatencyTable
 from .evaluate import EvalResult, Evaluator, evaluate
@@ -29,6 +29,7 @@ __all__ = [
     "SearchSpace",
     "LatencyTable",
     "SwinTransformer",
+    "SamViT",
     "create_model",
     "list_models",
     "load_checkpoint",

@@ -23,6 +23,7 @@ from torch import nn
 from .config import SparsityConfig
 from .errors import CheckpointError, SparseSearchError
 from .fileio import atomic_write, atomic_write_text
+from .models.family import family_of_model
 
 __all__ = ["ExportReport", "export_model", "load_exported", "measure_latency", "check_onnx", "finetune_config"]
 
@@ -75,7 +76,8 @@ def check_onnx(model: nn.Module, path: Path, resolution: tuple[int, int], seed: 
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, 3, *resolution, generator=g)
-    previous = [blk.kernel_backend for stage in model.layers for blk in stage.blocks]
+    blocks = family_of_model(model).block_modules(model)
+    previous = [blk.kernel_backend for blk in blocks]
     model.set_kernel_backend("export")
     try:
         tmp = path.with_name(f".{path.name}.tmp")
@@ -87,7 +89,7 @@ def check_onnx(model: nn.Module, path: Path, resolution: tuple[int, int], seed: 
         with torch.inference_mode():
             ref = model(x).numpy()
     finally:
-        for blk, b in zip((blk for stage in model.layers for blk in stage.blocks), previous):
+        for blk, b in zip(blocks, previous):
             blk.kernel_backend = b
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = sess.run(None, {"image": x.numpy()})[0]
@@ -210,7 +212,7 @@ def export_model(
     model_doc = {
         "format": "sparsesearch-exported/1",
         "architecture": space.architecture,
-        "model_kwargs": {**space.model_kwargs, **meta.model_kwargs, "max_window_size": list(space.max_window_size)},
+        "model_kwargs": {**space.model_args(), **meta.model_kwargs},
         "task": meta.task,
         "num_classes": meta.num_classes,
         "class_names": list(meta.class_names),

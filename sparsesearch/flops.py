@@ -56,9 +56,20 @@ for _name in (
     FLOP_HANDLES[_name] = lambda inputs, outputs: 0
 
 
+_CONTAINERS = ("layers", "blocks")  # module lists whose children are reported one by one
+
+
+def _is_part(name: str) -> bool:
+    """Top-level modules other than the block containers, and each child of a container (Swin's `layers.i`,
+    SamViT's `blocks.i`)."""
+    head, _, rest = name.partition(".")
+    return (not rest and head not in _CONTAINERS) or (head in _CONTAINERS and rest.count(".") == 0 and rest != "")
+
+
 @dataclass
 class FlopReport:
-    """FLOPs of one forward: total and per top-level part (patch_embed, layers.0..3, norm, head)."""
+    """FLOPs of one forward: total and per part (Swin: patch_embed, layers.0..3, norm, head; SamViT:
+    patch_embed, blocks.0..n, neck, head)."""
 
     total: int
     parts: dict[str, int] = field(default_factory=dict)
@@ -96,5 +107,5 @@ def count_flops(
         if config is not None:
             model.set_config(previous)
         model.train(was_training)
-    parts = {k: int(v) for k, v in by_module.items() if k and (k.count(".") == 0 and k != "layers" or (k.startswith("layers.") and k.count(".") == 1))}
+    parts = {k: int(v) for k, v in by_module.items() if k and _is_part(k)}
     return FlopReport(total, parts)

@@ -17,7 +17,7 @@ from .config import SparsityConfig
 from .fileio import atomic_write_text
 from .errors import SparseSearchError
 
-__all__ = ["DemoOptions", "DemoRow", "DemoSummary", "run_demo", "QUICK_SPACE_YAML"]
+__all__ = ["DemoOptions", "DemoRow", "DemoSummary", "run_demo", "QUICK_SPACE_YAML", "QUICK_SAM_SPACE_YAML"]
 
 QUICK_SPACE_YAML = """\
 name: quick
@@ -31,6 +31,32 @@ genes:
   - {name: s34, blocks: ["2.0", "2.1", "3.0", "3.1"], choices: [0.0]}
 window_sizes: [[4], [4], [4], [4]]
 """
+
+# the quick run of a plain-ViT space (`--quick --space search_spaces/sam_demo.yaml`): 4x4 tokens at 64x64
+QUICK_SAM_SPACE_YAML = """\
+name: quick_sam
+architecture: samvit_nano
+model_kwargs: {embed_dim: 16, num_heads: 2, neck_chans: 16, seg_dim: 16, window_size: 2}
+resolutions: [[64, 64]]
+sparsity_choices: [0.0, 0.25, 0.5, 0.75]
+genes:
+  - {name: w1, blocks: ["0.0", "0.1"]}
+  - {name: g1, blocks: ["0.2"]}
+  - {name: g2, blocks: ["1.0", "1.1", "1.2"], choices: [0.0, 0.5]}
+window_sizes: [[2], [2]]
+"""
+
+
+def _quick_space(space_path: str) -> str:
+    """The quick run's space: the plain-ViT one when `space_path` names a plain-ViT architecture, else Swin's."""
+    from .models import model_family_name  # noqa: PLC0415
+    from .space import SearchSpace  # noqa: PLC0415
+
+    try:
+        family = model_family_name(SearchSpace.load(space_path).architecture)
+    except SparseSearchError:
+        family = "SwinTransformer"
+    return QUICK_SAM_SPACE_YAML if family == "SamViT" else QUICK_SPACE_YAML
 
 
 @dataclass
@@ -130,8 +156,9 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = lambda msg: None
     threads = torch.get_num_threads()
     space_path = o.space
     if o.quick:
+        quick_yaml = _quick_space(space_path)
         space_path = str(root / "quick.yaml")
-        Path(space_path).write_text(QUICK_SPACE_YAML)
+        Path(space_path).write_text(quick_yaml)
     reused: list[str] = []
     redo = False  # once a stage is redone, every later one is too
 

@@ -72,19 +72,23 @@ class SearchSpace:
             raise SpaceError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(_TOP_KEYS))}")
         if "architecture" not in data:
             raise SpaceError(f"{source}: missing 'architecture' (a name from sparsesearch.list_models())")
-        from .models import list_models, model_defaults  # noqa: PLC0415  (models import config, not space)
+        from .models import list_models  # noqa: PLC0415  (models import config, not space)
+        from .models.family import get_family  # noqa: PLC0415
 
         self.architecture = str(data["architecture"])
         if self.architecture not in list_models():
             raise SpaceError(f"{source}: unknown architecture {self.architecture!r}; known: {', '.join(list_models())}")
         self.name = str(data.get("name", Path(source).stem))
         self.model_kwargs = dict(data.get("model_kwargs") or {})
-        arch = {**model_defaults(self.architecture), **self.model_kwargs}
-        self.depths: tuple[int, ...] = tuple(arch["depths"])
-        default_w = arch["window_size"]
-        self.default_window: tuple[int, ...] = (
-            tuple([default_w] * len(self.depths)) if isinstance(default_w, int) else tuple(default_w)
-        )
+        self.family = get_family(self.architecture)
+        arch = self.family.arch(self.architecture, self.model_kwargs)
+        try:
+            self.depths: tuple[int, ...] = self.family.depths(arch)
+            self.default_window: tuple[int, ...] = self.family.default_window(arch)
+        except (KeyError, TypeError, ValueError) as e:
+            raise SpaceError(f"{source}: model_kwargs do not describe a {self.architecture} ({e})") from None
+        if len(self.default_window) != len(self.depths):
+            raise SpaceError(f"{source}: window_size in model_kwargs needs one value per stage ({len(self.depths)})")
         self.resolutions = self._parse_resolutions(data.get("resolutions", [arch.get("img_size", 224)]))
         self.window_choices = self._parse_windows(data.get("window_sizes"))
         default_choices = data.get("sparsity_choices")
@@ -122,7 +126,10 @@ class SearchSpace:
         if value is None:
             return tuple((w,) for w in self.default_window)
         if not isinstance(value, (list, tuple)) or len(value) != n:
-            raise SpaceError(f"{self.source}: window_sizes must list the choices of each of the {n} stages")
+            raise SpaceError(
+                f"{self.source}: window_sizes must list the choices of each of the {n} stages of {self.architecture} "
+                f"(stages = block groups for a plain ViT), got {len(value) if isinstance(value, (list, tuple)) else value!r}"
+            )
         out = []
         for i, ch in enumerate(value):
             ch = [ch] if isinstance(ch, int) else ch
@@ -184,12 +191,16 @@ class SearchSpace:
     def max_window_size(self) -> tuple[int, ...]:
         return tuple(max(max(ch), d) for ch, d in zip(self.window_choices, self.default_window))
 
+    def model_args(self) -> dict[str, Any]:
+        """The architecture kwargs `create_model` builds with: the family's for these resolutions, the space's
+        `model_kwargs`, and position tables large enough for every window choice."""
+        return {**self.family.space_model_kwargs(self.resolutions), **self.model_kwargs, "max_window_size": list(self.max_window_size)}
+
     def create_model(self, **kwargs: Any):
         """Build this space's architecture with position tables large enough for every window choice."""
         from .models import create_model  # noqa: PLC0415
 
-        args = {**self.model_kwargs, "max_window_size": list(self.max_window_size), **kwargs}
-        return create_model(self.architecture, **args)
+        return create_model(self.architecture, **{**self.model_args(), **kwargs})
 
     # ---- encoding ----------------------------------------------------------------------------------------
     @property

@@ -249,11 +249,11 @@ class LatencyCommand(Command):
             if rt.correction:
                 print(f"  correction: {rt.correction['offset_ms']:+.3f} ms + {rt.correction['scale']:.4f} x parts")
             rows = [
-                [kt.stage, kt.window, "yes" if kt.shifted else "no", f"{kt.H}x{kt.W}", kt.num_windows,
+                [kt.stage, kt.window, kt.kind_variant, f"{kt.H}x{kt.W}", kt.num_windows,
                  " ".join(f"{k}:{s.ms:.3f}" for k, s in zip(kt.ks, kt.stats))]
                 for _, kt in sorted(rt.kinds.items())
             ]
-            print(tabulate(rows, headers=["stage", "window", "shifted", "map", "windows", "kept:ms"]))
+            print(tabulate(rows, headers=["stage", "window", "variant", "map", "windows", "kept:ms"]))
         return 0
 
     def predict(self, args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..models import list_models, model_defaults
+from ..models.family import get_family
 from ..space import SearchSpace
 from ._base import Command
 
@@ -17,8 +18,7 @@ class ModelsCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         for name in list_models(args.pattern):
-            d = model_defaults(name)
-            print(f"{name:<34} embed {d['embed_dim']:<4} depths {list(d['depths'])} heads {list(d['num_heads'])} window {d['window_size']}")
+            print(f"{name:<34} {get_family(name).describe(model_defaults(name))}")
         return 0
 
 

@@ -2,12 +2,14 @@
 
 What is measured, per resolution:
 
-1. each block kind (stage, width, heads, window size, shift, feature-map size) *in isolation*, at every
+1. each block kind (stage, width, heads, window size, variant, feature-map size) *in isolation*, at every
    kept-window count the space can produce (or a grid of counts when there are too many): the model's own
-   SwinBlock, its sparsity set to give that count, eval and inference mode. Before each timed call the timer
+   block, its sparsity set to give that count, eval and inference mode. Before each timed call the timer
    flushes the caches and runs the part that precedes the block in the model, whose output the block then
    consumes, so it starts in the state the model leaves it in;
-2. the fixed parts (patch embedding, each patch merging, final norm, head), the same way;
+2. the fixed parts (Swin: patch embedding, each patch merging, final norm, head; SamViT: patch embedding,
+   neck, head), the same way. What a part is, what precedes it and how its blocks vary is the model family's
+   to say (`sparsesearch.models.family`): nothing here knows an architecture;
 3. the *in-model* pass: whole forwards of "level" configs (every gene at its c-th choice, for every c and
    window pattern) with every part timed by forward hooks where it runs. Together the level configs run every
    (block kind, kept count) the genes produce; these in-model figures are what the table predicts with. What
@@ -54,7 +56,17 @@ from .measure import (
     num_threads,
     tune_malloc,
 )
-from .structure import BlockKind, kinds_and_counts, res_key, space_hash, space_to_dict, sparsity_for_count, stage_shapes
+from .structure import (
+    BlockKind,
+    block_kind,
+    kinds_and_counts,
+    res_key,
+    space_family,
+    space_hash,
+    space_to_dict,
+    sparsity_for_count,
+    stage_shapes,
+)
 from .table import KindTable, LatencyTable, ResolutionTable
 
 __all__ = ["ProfileSettings", "Entry", "Profiler", "profile", "default_table_path", "partial_path"]
@@ -204,6 +216,9 @@ class Profiler:
         )
         self._model: torch.nn.Module | None = None
         self._counts = kinds_and_counts(space, resolutions)
+        self.family = space_family(space)
+        self.arch = self.family.arch(space.architecture, space.model_kwargs)
+        self._head = None if settings.head == "none" else settings.head
 
     # ---- planning --------------------------------------------------------------------------------------------
     def measured_counts(self, kind: BlockKind) -> list[int]:
@@ -256,13 +271,9 @@ class Profiler:
         entries: list[Entry] = []
         for res in self.resolutions:
             r = res_key(res)
-            entries.append(Entry(f"{r}/fixed/patch_embed", "fixed", res, name="patch_embed"))
-            for i in range(1, len(self.space.depths)):
-                entries.append(Entry(f"{r}/fixed/layers.{i}.downsample", "fixed", res, name=f"layers.{i}.downsample"))
-            entries.append(Entry(f"{r}/fixed/norm", "fixed", res, name="norm"))
-            if self.settings.head != "none":
-                entries.append(Entry(f"{r}/fixed/head", "fixed", res, name="head"))
-            kinds = sorted((k for k in self._counts if k.resolution == res), key=lambda k: (k.stage, k.window, k.shifted))
+            for name in self.family.fixed_parts(self.arch, self._head):
+                entries.append(Entry(f"{r}/fixed/{name}", "fixed", res, name=name))
+            kinds = sorted((k for k in self._counts if k.resolution == res), key=lambda k: (k.stage, k.window, k.variant))
             for kind in kinds:
                 for k in self.measured_counts(kind):
                     entries.append(Entry(f"{kind.key}/k{k}", "block", res, kind=kind, k=k))
@@ -301,107 +312,48 @@ class Profiler:
         default = self.space.default_window[stage]
         return default if default in choices else choices[0]
 
-    def _predecessor(self, entry: Entry) -> tuple[torch.nn.Module, Callable[[], Any]] | None:
-        """The part that runs just before the entry's part in the model, and a maker of its input.
-
-        Regular blocks follow the stage's patch merging (the patch embedding in stage 0); shifted blocks follow
-        a regular block of the same window and kept count; a patch merging follows the last block of the
-        previous stage (dense), the final norm the last block; the head follows the norm. The patch embedding
-        has none (its input comes cold from the data loader).
-        """
+    def _plan(self, entry: Entry) -> Any:
+        """The family's plan for timing a block kind at a kept count or a fixed part (see `PartPlan`)."""
         model = self.model()
         B = self.settings.batch
         shapes = stage_shapes(self.space, entry.resolution)
         if entry.part == "block":
             kind = entry.kind
             assert kind is not None and entry.k is not None
-            s = kind.stage
-            if kind.shifted:
-                prev_block = model.layers[s].blocks[0]
-                prev_block.window_size = kind.window
-                prev_block.sparsity = sparsity_for_count(entry.k, kind.num_windows)
-                return prev_block, lambda: self._randn(B, kind.H, kind.W, kind.dim)
-            if s == 0:
-                return model.patch_embed, lambda: self._randn(B, 3, *entry.resolution)
-            prev = shapes[s - 1]
-            return model.layers[s].downsample, lambda: self._randn(B, prev.H, prev.W, prev.dim)
-        name = entry.name or ""
-        if name == "patch_embed":
-            return None
-        i = int(name.split(".")[1]) - 1 if name.startswith("layers.") else len(shapes) - 1
-        if name == "head":
-            last = shapes[-1]
-            return model.norm, lambda: self._randn(B, last.H, last.W, last.dim)
-        last_block = model.layers[i].blocks[-1]
-        last_block.window_size = self._default_window(i)
-        last_block.sparsity = 0.0
-        sh = shapes[i]
-        return last_block, lambda: self._randn(B, sh.H, sh.W, sh.dim)
+            p = sparsity_for_count(entry.k, kind.num_windows)
+            return self.family.block_plan(model, kind.stage, kind.variant, kind.window, p, shapes, entry.resolution, B)
+        if entry.name not in self.family.fixed_parts(self.arch, self._head):
+            raise LatencyTableError(f"unknown part {entry.name!r}")
+        windows = [self._default_window(i) for i in range(len(shapes))]
+        return self.family.fixed_plan(model, entry.name, entry.resolution, self._head, shapes, windows, B)
 
     def entry_fn(self, entry: Entry) -> tuple[Callable[[], Any], Callable[[], Any] | None]:
         """(run, setup): `run` runs the entry's part once; `setup` (untimed, after the timer's cache flush,
-        before each call) runs the part that precedes it in the model, whose output `run` then consumes, so
-        the part starts with the caches and predictors in the state the model leaves them in."""
+        before each call) runs the part that precedes it in the model (the family says which), whose output
+        `run` then consumes, so the part starts with the caches and predictors in the state the model leaves
+        them in. The patch embedding has no predecessor: the image comes cold from the data loader."""
         model = self.model()
-        B = self.settings.batch
-        shapes = stage_shapes(self.space, entry.resolution)
         if entry.part == "model":
             assert entry.genome is not None
             config = self.space.decode(np.asarray(entry.genome))
             model.set_config(config)
-            image = self._randn(B, 3, *entry.resolution)
+            image = self._randn(self.settings.batch, 3, *entry.resolution)
             return (lambda: model(image)), None
-        name = entry.name
-        part: Callable[[Any], Any]
-        if entry.part == "block":
-            kind = entry.kind
-            assert kind is not None and entry.k is not None
-            block = model.layers[kind.stage].blocks[1 if kind.shifted else 0]
-            block.window_size = kind.window
-            block.sparsity = sparsity_for_count(entry.k, kind.num_windows)
-            part = block
-        elif name == "patch_embed":
-            image = self._randn(B, 3, *entry.resolution)  # the image comes cold from the data loader
-            return (lambda: model.patch_embed(image)), None
-        elif name is not None and name.startswith("layers."):
-            part = model.layers[int(name.split(".")[1])].downsample
-        elif name == "norm":
-            part = model.norm
-        elif name == "head" and self.settings.head == "cls":
-            part = model.head
-        elif name == "head":
-            others = [self._randn(B, s.H, s.W, s.dim) for s in shapes[:-1]]
-
-            def part(last: torch.Tensor) -> torch.Tensor:
-                return model.seg_head([*others, last], entry.resolution)
-
-        else:
-            raise LatencyTableError(f"unknown part {name!r}")
-        pred = self._predecessor(entry)
-        assert pred is not None
-        prev_module, make_input = pred
-        prev_input = make_input()
-        held: list[torch.Tensor] = [prev_module(prev_input)]
+        plan = self._plan(entry)
+        first = self._randn(*plan.before_input)
+        if plan.before is None:
+            return (lambda: plan.run(first)), None
+        prev = plan.before
+        held: list[Any] = [prev(first)]
 
         def setup() -> None:
-            held[0] = prev_module(prev_input)
+            held[0] = prev(first)
 
-        return (lambda: part(held[0])), setup
+        return (lambda: plan.run(held[0])), setup
 
     def model_parts(self) -> list[tuple[str, torch.nn.Module]]:
         """(name, module) of every part of the model, in forward order, named as in `LatencyTable.parts`."""
-        model = self.model()
-        parts: list[tuple[str, torch.nn.Module]] = [("patch_embed", model.patch_embed)]
-        for i, stage in enumerate(model.layers):
-            if i > 0:
-                parts.append((f"layers.{i}.downsample", stage.downsample))
-            parts.extend((f"layers.{i}.blocks.{j}", blk) for j, blk in enumerate(stage.blocks))
-        parts.append(("norm", model.norm))
-        if self.settings.head == "cls":
-            parts.append(("head", model.head))
-        elif self.settings.head == "seg":
-            parts.append(("head", model.seg_head))
-        return parts
+        return self.family.model_parts(self.model(), self._head)
 
     def measure(self, entry: Entry) -> Stat | dict[str, Stat]:
         """Time one entry (warm-up, repeats) in inference mode: a Stat, or for an in-model entry
@@ -544,7 +496,7 @@ class Profiler:
                     ratio = float(np.interp(k, [c[0] for c in covered], [c[1] for c in covered])) if covered else fallback
                     stats.append(_scaled(iso, ratio))
                     details.append(_detail(iso, None, ratio))
-                kinds[(kind.stage, kind.window, kind.shifted)] = KindTable(
+                kinds[(kind.stage, kind.window, kind.variant)] = KindTable(
                     kind.stage,
                     kind.window,
                     kind.shifted,
@@ -556,6 +508,7 @@ class Profiler:
                     tuple(k for k, _ in points),
                     tuple(stats),
                     tuple(details),
+                    None if kind.variant in ("regular", "shifted") else kind.variant,
                 )
             tables.append(ResolutionTable(tuple(res), fixed, kinds, {}, fixed_details))  # type: ignore[arg-type]
         meta = self.meta(threads, duration_s)
@@ -584,6 +537,9 @@ class Profiler:
         """Pool the in-model times of every (block kind, kept count) and fixed part over their occurrences."""
         blocks: dict[tuple[BlockKind, int], list[Stat]] = {}
         fixed: dict[tuple[tuple[int, int], str], list[Stat]] = {}
+        block_names = {
+            self.family.block_name(self.arch, s, j): (s, j) for s, d in enumerate(self.space.depths) for j in range(d)
+        }
         for e in entries:
             if e.part != "in_model":
                 continue
@@ -594,12 +550,11 @@ class Profiler:
                 stat = done.get(f"{e.key}|{name}")
                 if stat is None:
                     continue
-                if ".blocks." not in name:
+                if name not in block_names:
                     fixed.setdefault((e.resolution, name), []).append(stat)
                     continue
-                s, j = int(name.split(".")[1]), int(name.split(".")[3])
-                sh = shapes[s]
-                kind = BlockKind(e.resolution, s, config.window_size[s], j % 2 == 1, sh.H, sh.W, sh.dim, sh.heads)
+                s, j = block_names[name]
+                kind = block_kind(self.space, e.resolution, s, j, config.window_size[s], shapes)
                 k = keep_count(config.sparsity[s][j], kind.num_windows)
                 blocks.setdefault((kind, k), []).append(stat)
         return {key: _pool(v) for key, v in blocks.items()}, {key: _pool(v) for key, v in fixed.items()}

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from ..models import model_defaults
+from ..models.family import ModelFamily, StageShape, family_named, get_family
 from ..ops import WindowGeometry, keep_count
 from ..space import SearchSpace
 
@@ -18,10 +17,12 @@ __all__ = [
     "StageShape",
     "BlockKind",
     "stage_shapes",
+    "space_family",
     "space_to_dict",
     "space_fingerprint",
     "space_hash",
     "kinds_and_counts",
+    "block_kind",
     "sparsity_for_count",
     "res_key",
 ]
@@ -33,33 +34,27 @@ def res_key(resolution: tuple[int, int]) -> str:
 
 
 @dataclass(frozen=True)
-class StageShape:
-    """What the blocks of one stage see at one input resolution."""
-
-    stage: int
-    H: int
-    W: int
-    dim: int
-    heads: int
-    depth: int
-
-
-@dataclass(frozen=True)
 class BlockKind:
-    """Blocks that cost the same for a given kept-window count: one stage, window size and shift flag."""
+    """Blocks that cost the same for a given kept-window count: one stage (config row), window size and variant
+    (the family's block variant: Swin's "regular"/"shifted", SamViT's "window"/"global")."""
 
     resolution: tuple[int, int]
     stage: int
     window: int
-    shifted: bool
+    variant: str
     H: int
     W: int
     dim: int
     heads: int
+    family: str = "SwinTransformer"
+
+    @property
+    def shifted(self) -> bool:
+        return self.variant == "shifted"
 
     @property
     def geometry(self) -> WindowGeometry:
-        return WindowGeometry.create(self.H, self.W, self.window, self.shifted)
+        return family_named(self.family).geometry(self.variant, self.H, self.W, self.window)
 
     @property
     def num_windows(self) -> int:
@@ -67,26 +62,30 @@ class BlockKind:
 
     @property
     def key(self) -> str:
-        return f"{res_key(self.resolution)}/s{self.stage}/w{self.window}/{'shifted' if self.shifted else 'regular'}"
+        return f"{res_key(self.resolution)}/s{self.stage}/w{self.window}/{self.variant}"
 
 
 def _arch(space: SearchSpace) -> dict[str, Any]:
-    return {**model_defaults(space.architecture), **space.model_kwargs}
+    return space_family(space).arch(space.architecture, space.model_kwargs)
+
+
+def space_family(space: SearchSpace) -> ModelFamily:
+    """The model family of a space's architecture."""
+    return get_family(space.architecture)
 
 
 def stage_shapes(space: SearchSpace, resolution: tuple[int, int]) -> list[StageShape]:
-    """Feature map size, width and heads of every stage for a (H, W) input (patch embed pads, merging pads)."""
-    arch = _arch(space)
-    patch = int(arch.get("patch_size", 4))
-    embed = int(arch.get("embed_dim", 96))
-    heads = tuple(arch.get("num_heads", (3, 6, 12, 24)))
-    H, W = math.ceil(resolution[0] / patch), math.ceil(resolution[1] / patch)
-    out = []
-    for i, depth in enumerate(space.depths):
-        if i > 0:
-            H, W = math.ceil(H / 2), math.ceil(W / 2)
-        out.append(StageShape(i, H, W, embed * 2**i, int(heads[i]), depth))
-    return out
+    """Feature map size, width and heads of every stage (config row) for a (H, W) input, from the family."""
+    return space_family(space).stage_shapes(_arch(space), resolution)
+
+
+def block_kind(space: SearchSpace, resolution: tuple[int, int], stage: int, block: int, window: int,
+               shapes: list[StageShape] | None = None) -> BlockKind:
+    """The kind of block `block` of row `stage` running `window` at `resolution`."""
+    fam = space_family(space)
+    sh = (shapes or stage_shapes(space, resolution))[stage]
+    variant = fam.block_variant(_arch(space), stage, block)
+    return BlockKind(tuple(resolution), stage, window, variant, sh.H, sh.W, sh.dim, sh.heads, fam.name)
 
 
 def space_to_dict(space: SearchSpace) -> dict[str, Any]:
@@ -136,9 +135,8 @@ def kinds_and_counts(
         shapes = stage_shapes(space, res)
         for g in space.genes:
             for s, b in g.blocks:
-                sh = shapes[s]
                 for w in space.window_choices[s]:
-                    kind = BlockKind(tuple(res), s, w, b % 2 == 1, sh.H, sh.W, sh.dim, sh.heads)
+                    kind = block_kind(space, res, s, b, w, shapes)
                     nw = kind.num_windows
                     counts = out.setdefault(kind, {nw})
                     counts.update(keep_count(p, nw) for p in g.choices)

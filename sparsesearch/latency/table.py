@@ -17,7 +17,7 @@ File format (JSON, written by `sparsesearch profile`)::
      "tables": [{"resolution": [H, W],
                  "fixed": {"patch_embed": FIGURE, "layers.1.downsample": FIGURE, ..., "norm": FIGURE,
                            "head": FIGURE},
-                 "blocks": [{"stage", "window", "shifted", "H", "W", "dim", "heads", "num_windows",
+                 "blocks": [{"stage", "window", "shifted", ["variant",] "H", "W", "dim", "heads", "num_windows",
                              "points": [{"k": kept windows, **FIGURE}, ...]}, ...],
                  "correction": {"offset_ms", "scale", "method", "calibration": [...]}}]}
 
@@ -43,7 +43,7 @@ from ..ops import keep_count
 from ..space import SearchSpace
 from .env import DTYPES, device_name
 from .measure import Stat
-from .structure import res_key, space_hash
+from .structure import res_key, space_family, space_hash
 
 __all__ = ["LatencyTable", "KindTable", "FORMAT", "VERSION"]
 
@@ -74,6 +74,12 @@ class KindTable:
     ks: tuple[int, ...]
     stats: tuple[Stat, ...]
     details: tuple[dict[str, Any], ...] = ()
+    variant: str | None = None  # the family's block variant when not Swin's regular/shifted (e.g. "global")
+
+    @property
+    def kind_variant(self) -> str:
+        """"regular"/"shifted" (Swin) or the stored variant ("window"/"global" for SamViT)."""
+        return self.variant or ("shifted" if self.shifted else "regular")
 
     @property
     def ms(self) -> np.ndarray:
@@ -88,7 +94,7 @@ class KindTable:
         pruned = ks[:-1] if ks[-1] == self.num_windows else ks
         if not pruned or k < pruned[0] or k > pruned[-1]:
             raise LatencyTableError(
-                f"block stage {self.stage}, window {self.window}{' shifted' if self.shifted else ''} at "
+                f"block stage {self.stage}, window {self.window} {self.kind_variant} at "
                 f"{self.H}x{self.W}: {k} kept windows is outside the measured counts {list(ks)}; "
                 "profile the space that produces it"
             )
@@ -106,6 +112,7 @@ class KindTable:
             "dim": self.dim,
             "heads": self.heads,
             "num_windows": self.num_windows,
+            **({"variant": self.variant} if self.variant else {}),
             "points": [
                 {"k": k, **s.to_dict(), **(self.details[i] if self.details else {})}
                 for i, (k, s) in enumerate(zip(self.ks, self.stats))
@@ -133,6 +140,7 @@ class KindTable:
                 tuple(k for k, _, _ in pairs),
                 tuple(s for _, s, _ in pairs),
                 tuple(d for _, _, d in pairs) if any(d for _, _, d in pairs) else (),
+                str(d["variant"]) if d.get("variant") else None,
             )
         except LatencyTableError as e:
             raise LatencyTableError(f"{where}: {e}" if where not in str(e) else str(e)) from None
@@ -157,7 +165,7 @@ class ResolutionTable:
 
     resolution: tuple[int, int]
     fixed: dict[str, Stat]
-    kinds: dict[tuple[int, int, bool], KindTable]  # (stage, window, shifted) -> entries
+    kinds: dict[tuple[int, int, str], KindTable]  # (stage, window, variant) -> entries
     correction: dict[str, Any]
     fixed_details: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -201,7 +209,7 @@ class ResolutionTable:
         kinds: dict[tuple[int, int, bool], KindTable] = {}
         for i, b in enumerate(d["blocks"]):
             kt = KindTable.from_dict(b, f"{where} blocks[{i}]")
-            kinds[(kt.stage, kt.window, kt.shifted)] = kt
+            kinds[(kt.stage, kt.window, kt.kind_variant)] = kt
         correction = d.get("correction") or {}
         if not isinstance(correction, dict) or not all(
             isinstance(correction.get(k, 0.0), (int, float)) and not isinstance(correction.get(k, 0.0), bool)
@@ -374,25 +382,28 @@ class LatencyTable:
             raise LatencyTableError(f"{self.source} does not cover its own space: {e}") from None
 
     # ---- prediction ------------------------------------------------------------------------------------------
-    def block_latency(self, resolution: Any, stage: int, window: int, shifted: bool, k: int) -> float:
-        """Milliseconds of one block (entry or interpolation); raises if that kind was not measured."""
+    def block_latency(self, resolution: Any, stage: int, window: int, shifted: bool | str, k: int) -> float:
+        """Milliseconds of one block (entry or interpolation); raises if that kind was not measured.
+        `shifted`: Swin's flag, or the family's block variant name."""
         rt = self.resolution_table(resolution)
-        kt = rt.kinds.get((stage, window, bool(shifted)))
-        if kt is None:
-            raise LatencyTableError(
-                f"{self.source}: no block of stage {stage} with window {window}{' shifted' if shifted else ''} at "
-                f"{res_key(rt.resolution)} was measured"
-            )
-        return kt.latency(k)
+        variant = shifted if isinstance(shifted, str) else ("shifted" if shifted else "regular")
+        try:
+            return self._kind(rt, stage, window, variant).latency(k)
+        except LatencyTableError as e:
+            raise LatencyTableError(f"{self.source}: {e}") from None
 
-    def _kind(self, rt: ResolutionTable, stage: int, window: int, shifted: bool) -> KindTable:
-        kt = rt.kinds.get((stage, window, shifted))
+    def _kind(self, rt: ResolutionTable, stage: int, window: int, variant: str) -> KindTable:
+        kt = rt.kinds.get((stage, window, variant))
         if kt is None:
             raise LatencyTableError(
-                f"no block of stage {stage} with window {window}{' shifted' if shifted else ''} at "
-                f"{res_key(rt.resolution)} was measured"
+                f"no {variant} block of stage {stage} with window {window} at {res_key(rt.resolution)} was measured"
             )
         return kt
+
+    def _variant(self, stage: int, block: int) -> str:
+        """The family's variant of block `block` of row `stage` of the table's space."""
+        fam = space_family(self.space)
+        return fam.block_variant(fam.arch(self.space.architecture, self.space.model_kwargs), stage, block)
 
     def parts(self, config: SparsityConfig) -> dict[str, float]:
         """Milliseconds of every part `config` runs: fixed parts by name, blocks as 'layers.i.blocks.j',
@@ -404,10 +415,12 @@ class LatencyTable:
         except SparseSearchError as e:
             raise LatencyTableError(f"config does not fit the table's space {self.space.name!r}: {e}") from None
         out = {name: s.ms for name, s in rt.fixed.items()}
+        fam = space_family(self.space)
+        arch = fam.arch(self.space.architecture, self.space.model_kwargs)
         for s, (row, w) in enumerate(zip(config.sparsity, config.window_size)):
             for j, p in enumerate(row):
-                kt = self._kind(rt, s, w, j % 2 == 1)
-                out[f"layers.{s}.blocks.{j}"] = kt.latency(keep_count(p, kt.num_windows))
+                kt = self._kind(rt, s, w, fam.block_variant(arch, s, j))
+                out[fam.block_name(arch, s, j)] = kt.latency(keep_count(p, kt.num_windows))
         raw = sum(out.values())
         out["correction"] = rt.offset_ms + (rt.scale - 1.0) * raw
         return out
@@ -450,7 +463,7 @@ class LatencyTable:
                         for ci, p in enumerate(g.choices):
                             total = 0.0
                             for b in blocks:
-                                kt = self._kind(rt, s, w, b % 2 == 1)
+                                kt = self._kind(rt, s, w, self._variant(s, b))
                                 total += kt.latency(keep_count(p, kt.num_windows))
                             arr[ri, wi, ci] = rt.scale * total
                 pairs.append((gi, s, offset, len(wins), len(g.choices)))

@@ -1,4 +1,5 @@
-"""Loading weights: timm-format and original Microsoft Swin checkpoints, .pth/.pt/.bin and .safetensors."""
+"""Loading weights: timm-format and original Microsoft Swin checkpoints, timm `samvit_*` and original SAM
+checkpoints; .pth/.pt/.bin and .safetensors."""
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 
-__all__ = ["read_state_dict", "convert_state_dict", "load_checkpoint", "LoadReport"]
+__all__ = ["read_state_dict", "convert_state_dict", "load_checkpoint", "checkpoint_family", "LoadReport"]
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state", "module", "ema")
 _DROP = re.compile(r"(relative_position_index|attn_mask|relative_coords_table)$")
@@ -27,6 +28,7 @@ class LoadReport:
     resized: list[str] = field(default_factory=list)
     dropped_head: list[str] = field(default_factory=list)
     initialised_head: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -73,13 +75,88 @@ def _resize_table(table: torch.Tensor, size: int) -> torch.Tensor:
     return out.reshape(-1, dst * dst).T.to(table.dtype).contiguous()
 
 
+def checkpoint_family(sd: Mapping[str, torch.Tensor]) -> str | None:
+    """"SamViT" for timm samvit / original SAM state dicts, "SwinTransformer" for Swin ones, None if unsure."""
+    if any(k.startswith("image_encoder.") for k in sd) or any(k.endswith("attn.rel_pos_h") for k in sd):
+        return "SamViT"
+    if any(k.startswith("layers.") or k.endswith("relative_position_bias_table") for k in sd):
+        return "SwinTransformer"
+    return None
+
+
+def _model_family(model: nn.Module) -> str:
+    from .samvit import SamViT  # noqa: PLC0415
+
+    return "SamViT" if isinstance(model, SamViT) else "SwinTransformer"
+
+
+_FAMILY_WORDS = {"SamViT": "a SAM / plain ViT (samvit_*)", "SwinTransformer": "a Swin Transformer (swin_*)"}
+
+
+def _check_family(sd: Mapping[str, torch.Tensor], model: nn.Module) -> str:
+    found, own = checkpoint_family(sd), _model_family(model)
+    if found is not None and found != own:
+        name = getattr(model, "model_name", type(model).__name__)
+        raise CheckpointError(
+            f"the checkpoint is {_FAMILY_WORDS[found]} checkpoint but {name} is {_FAMILY_WORDS[own]}: "
+            "pick a model of the checkpoint's family (sparsesearch models lists them)"
+        )
+    return own
+
+
+def _resize_rel_pos(v: torch.Tensor, length: int) -> torch.Tensor:
+    """(L, d) -> (length, d), linear along L (timm's get_rel_pos)."""
+    out = F.interpolate(v.T.unsqueeze(0).float(), size=length, mode="linear")
+    return out.squeeze(0).T.to(v.dtype).contiguous()
+
+
+def _convert_sam(sd: Mapping[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """timm samvit or original SAM (`image_encoder.*`, `mlp.lin1/2`) -> this SamViT; resizes pos_embed (bicubic)
+    and relative-position tables (linear) to the model's, as timm does for other input sizes."""
+    from .samvit import resample_pos_embed  # noqa: PLC0415
+
+    report = LoadReport()
+    out: dict[str, torch.Tensor] = {}
+    if any(k.startswith("image_encoder.") for k in sd):
+        report.converted_from = "sam"
+        dropped = sorted({k.split(".")[0] for k in sd if not k.startswith("image_encoder.")})
+        if dropped:
+            report.notes.append(f"dropped the SAM parts this backbone does not have: {', '.join(dropped)}")
+        sd = {k[len("image_encoder.") :].replace("mlp.lin", "mlp.fc"): v for k, v in sd.items() if k.startswith("image_encoder.")}
+    own = model.state_dict()
+    for k, v in sd.items():
+        if k in own and own[k].shape != v.shape:
+            if k == "pos_embed" and v.dim() == 4 and v.shape[-1] == own[k].shape[-1]:
+                v = resample_pos_embed(v, tuple(own[k].shape[1:3]))
+                report.resized.append(k)
+            elif re.search(r"attn\.rel_pos_[hw]$", k) and v.dim() == 2 and v.shape[1] == own[k].shape[1]:
+                v = _resize_rel_pos(v, own[k].shape[0])
+                report.resized.append(k)
+        out[k] = v
+    return out, report
+
+
+def _heads(out: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor], report: LoadReport) -> None:
+    """Drop a classifier the model lacks or sizes differently; list the head tensors left at initialisation."""
+    for k in [k for k in out if k.startswith("head.")]:
+        if k not in own or own[k].shape != out[k].shape:
+            report.dropped_head.append(k)
+            del out[k]
+    report.initialised_head = [k for k in own if k.startswith(("head.", "seg_head.")) and k not in out]
+
+
 def convert_state_dict(sd: Mapping[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], LoadReport]:
-    """Turn a timm or Microsoft Swin state dict into this model's layout.
+    """Turn a timm or Microsoft Swin state dict (or a timm samvit / original SAM one, for a SamViT) into this
+    model's layout; a checkpoint of the other family raises CheckpointError.
 
     Drops derived buffers, moves Microsoft's downsample to the start of the next stage, renames `head.` to
     `head.fc.`, resizes relative position tables to the model's, and drops a classifier the model does not have
     or whose class count differs (reported, never silent).
     """
+    if _check_family(sd, model) == "SamViT":
+        out, report = _convert_sam(sd, model)
+        _heads(out, model.state_dict(), report)
+        return out, report
     report = LoadReport()
     out: dict[str, torch.Tensor] = {}
     microsoft = _is_microsoft(sd)
@@ -101,15 +178,7 @@ def convert_state_dict(sd: Mapping[str, torch.Tensor], model: nn.Module) -> tupl
             if v.shape[1] == own[k].shape[1]:
                 out[k] = _resize_table(v, own[k].shape[0])
                 report.resized.append(k)
-    for k in [k for k in out if k.startswith("head.")]:
-        if k not in own or own[k].shape != out[k].shape:
-            report.dropped_head.append(k)
-            del out[k]
-    if report.dropped_head:
-        report.initialised_head = [k for k in own if k.startswith("head.")]
-    for k in own:
-        if k.startswith("seg_head.") and k not in out:
-            report.initialised_head.append(k)
+    _heads(out, own, report)
     return out, report
 
 

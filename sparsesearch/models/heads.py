@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ClassifierHead", "FPNSegHead"]
+__all__ = ["ClassifierHead", "FPNSegHead", "PyramidSegHead"]
 
 
 class ClassifierHead(nn.Module):
@@ -48,3 +48,26 @@ class FPNSegHead(nn.Module):
             for i, (s, l) in enumerate(zip(self.smooth, lat))
         )
         return F.interpolate(self.classifier(fused), size=tuple(out_size), mode="bilinear", align_corners=False)
+
+
+class PyramidSegHead(nn.Module):
+    """Segmentation head for a single-scale (plain ViT) feature map: ViTDet's simple feature pyramid, then the
+    light FPN above.
+
+    From the stride-s map (s = the patch size, 16 for SAM) it builds stride s/4 and s/2 maps with 2x2 transposed
+    convolutions, keeps stride s and max-pools to 2s, then `FPNSegHead` fuses them and upsamples to the input.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, dim: int = 128) -> None:
+        super().__init__()
+        half, quarter = max(in_dim // 2, 1), max(in_dim // 4, 1)
+        self.up4 = nn.Sequential(
+            nn.ConvTranspose2d(in_dim, half, 2, stride=2), nn.GroupNorm(1, half), nn.GELU(), nn.ConvTranspose2d(half, quarter, 2, stride=2)
+        )
+        self.up2 = nn.ConvTranspose2d(in_dim, half, 2, stride=2)
+        self.fpn = FPNSegHead((quarter, half, in_dim, in_dim), num_classes, dim)
+
+    def forward(self, x: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:
+        """x: (B, C, h, w) NCHW features; returns (B, num_classes, *out_size) logits."""
+        levels = [self.up4(x), self.up2(x), x, F.max_pool2d(x, 2, ceil_mode=True)]
+        return self.fpn([f.permute(0, 2, 3, 1) for f in levels], out_size)

@@ -8,18 +8,23 @@ from torch import nn
 
 from ..errors import SparseSearchError
 
-__all__ = ["register_model", "create_model", "list_models", "model_defaults"]
+__all__ = ["register_model", "create_model", "list_models", "model_defaults", "model_family_name"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _DEFAULTS: dict[str, dict[str, Any]] = {}
+_FAMILIES: dict[str, str] = {}
 
 
-def register_model(name: str, **defaults: Any) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register `fn(**kwargs) -> nn.Module` under `name`; `defaults` records its architecture arguments."""
+def register_model(
+    name: str, family: str = "SwinTransformer", **defaults: Any
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register `fn(**kwargs) -> nn.Module` under `name`; `defaults` records its architecture arguments and
+    `family` the model family (a name `sparsesearch.models.family.get_family` knows)."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _REGISTRY[name] = fn
         _DEFAULTS[name] = dict(defaults)
+        _FAMILIES[name] = family
         return fn
 
     return wrap
@@ -34,6 +39,12 @@ def model_defaults(name: str) -> dict[str, Any]:
     """The architecture arguments a registered model is built with."""
     _check(name)
     return dict(_DEFAULTS[name])
+
+
+def model_family_name(name: str) -> str:
+    """The family a registered model belongs to ("SwinTransformer", "SamViT")."""
+    _check(name)
+    return _FAMILIES[name]
 
 
 def _check(name: str) -> None:

@@ -1,9 +1,10 @@
-"""The registered Swin variants (timm's names and hyper-parameters) and the small CPU demo model."""
+"""The registered models: Swin and SAM ViT variants (timm's names and hyper-parameters) and small CPU members."""
 from __future__ import annotations
 
 from typing import Any
 
 from .registry import register_model
+from .samvit import SamViT
 from .swin import SwinTransformer
 
 __all__: list[str] = []
@@ -18,14 +19,25 @@ _ARCHS: dict[str, dict[str, Any]] = {
 }
 
 
-def _make(name: str, arch: dict[str, Any]) -> None:
-    @register_model(name, **arch)
-    def build(**kwargs: Any) -> SwinTransformer:
-        return SwinTransformer(**{**arch, **kwargs})
+_SAM_ARCHS: dict[str, dict[str, Any]] = {
+    "samvit_base_patch16": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11), window_size=14, img_size=1024),
+    "samvit_large_patch16": dict(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23), window_size=14, img_size=1024),
+    "samvit_huge_patch16": dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31), window_size=14, img_size=1024),
+    # CPU-sized member: 6 blocks in two groups of (2 windowed + 1 global); 12x12 tokens at 192x192, 3x3 windows of 4.
+    "samvit_nano": dict(embed_dim=96, depth=6, num_heads=3, global_attn_indexes=(2, 5), window_size=4, img_size=192, neck_chans=64),
+}
+
+
+def _make(name: str, arch: dict[str, Any], cls: type) -> None:
+    @register_model(name, family=cls.__name__, **arch)
+    def build(**kwargs: Any) -> Any:
+        return cls(**{**arch, **kwargs})
 
     build.__name__ = name
-    build.__doc__ = f"{name}: SwinTransformer({', '.join(f'{k}={v}' for k, v in arch.items())})."
+    build.__doc__ = f"{name}: {cls.__name__}({', '.join(f'{k}={v}' for k, v in arch.items())})."
 
 
 for _name, _arch in _ARCHS.items():
-    _make(_name, _arch)
+    _make(_name, _arch, SwinTransformer)
+for _name, _arch in _SAM_ARCHS.items():
+    _make(_name, _arch, SamViT)

@@ -1,0 +1,452 @@
+"""Window-prunable plain ViT with window attention (SAM image encoder, ViTDet), NHWC, timm's `samvit_*` names.
+
+Most blocks attend within w x w windows (no shift; the map is padded bottom/right with zeros after norm1); the
+blocks at `global_attn_indexes` attend over the whole map. Attention adds decomposed relative positions
+(MViTv2/SAM). Pruning follows DESIGN.md, "Plain ViT with window attention":
+
+- a windowed block prunes exactly as a Swin block with shift 0;
+- a global block tiles the map with the window of its group (the windowed blocks just before it), keeps the same
+  number of windows, and runs attention (queries and keys), norms and MLP on the real tokens of the kept windows
+  only, with relative positions at their true (row, col).
+
+Blocks are grouped for configs: a group is a run of windowed blocks closed by a global block (a trailing run of
+windowed blocks is a group of its own). A config gives one window size per group (used by its windowed blocks and
+as the tiling of its global block) and one sparsity per block, so SAM ViT-B's 12 blocks are 4 groups of 3.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ..config import SparsityConfig
+from ..errors import SparseSearchError
+from ..ops import WindowGeometry
+from .heads import ClassifierHead, PyramidSegHead
+from .layers import DropPath, Mlp
+
+__all__ = ["SamAttention", "SamBlock", "SamViT", "LayerNorm2d", "block_groups", "sam_geometry"]
+
+
+def sam_geometry(H: int, W: int, window: int) -> WindowGeometry:
+    """No-shift geometry of a w x w tiling of an (H, W) map. Unlike Swin the window is never clamped to the map:
+    SAM pads a map smaller than the window up to one full window."""
+    return WindowGeometry(H, W, window, window, 0, 0)
+
+
+def block_groups(depth: int, global_indexes: Sequence[int]) -> tuple[int, ...]:
+    """Group sizes: each group is a run of windowed blocks closed by a global block (a trailing run of windowed
+    blocks is a group too). (12, (2, 5, 8, 11)) -> (3, 3, 3, 3)."""
+    sizes, start = [], 0
+    for i in sorted(set(global_indexes)):
+        sizes.append(i + 1 - start)
+        start = i + 1
+    if start < depth:
+        sizes.append(depth - start)
+    return tuple(sizes)
+
+
+def _resize_rel(table: torch.Tensor, length: int) -> torch.Tensor:
+    """(L, d) -> (length, d): linear interpolation along L, as timm's `get_rel_pos`."""
+    if table.shape[0] == length:
+        return table
+    out = F.interpolate(table.T.unsqueeze(0).float(), size=length, mode="linear")
+    return out.squeeze(0).T.to(table.dtype)
+
+
+def _rel_grid(table: torch.Tensor, size: int, crop: bool) -> torch.Tensor:
+    """(L, d) table -> (size, size, d) embeddings R[i, j] of the offset i - j on a `size` grid.
+
+    A windowed block (crop=True) with a window smaller than its table reads the centre crop (all window sizes
+    share the weights, as for Swin); otherwise a table of another length is linearly resized, as timm does.
+    """
+    length = 2 * size - 1
+    if crop and table.shape[0] > length:
+        c = (table.shape[0] - length) // 2
+        table = table[c : c + length]
+    table = _resize_rel(table, length)
+    idx = torch.arange(size, device=table.device)
+    return table[idx[:, None] - idx[None, :] + size - 1]
+
+
+class SamAttention(nn.Module):
+    """Multi-head attention with decomposed relative positions (timm's samvit `Attention` names).
+
+    `table_size` is the grid the `rel_pos_h`/`rel_pos_w` tables are built for: the window (windowed blocks) or
+    the feature map at the model's img_size (global blocks).
+    """
+
+    def __init__(self, dim: int, num_heads: int, table_size: tuple[int, int], qkv_bias: bool = True, use_rel_pos: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.use_rel_pos = use_rel_pos
+        if use_rel_pos:
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * table_size[0] - 1, self.head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * table_size[1] - 1, self.head_dim))
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        Bw, N, _ = x.shape
+        qkv = self.qkv(x).reshape(Bw, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return qkv.unbind(0)  # each (Bw, heads, N, hd)
+
+    def _out(self, out: torch.Tensor) -> torch.Tensor:
+        Bw, _, N, _ = out.shape
+        return self.proj(out.transpose(1, 2).reshape(Bw, N, -1))
+
+    def forward_grid(self, x: torch.Tensor, h: int, w: int, crop: bool) -> torch.Tensor:
+        """x: (Bw, h*w, C) tokens of full h x w grids (windows, or the whole map) -> (Bw, h*w, C)."""
+        q, k, v = self._qkv(x)
+        bias = None
+        if self.use_rel_pos:
+            Rh = _rel_grid(self.rel_pos_h, h, crop).to(q.dtype)  # (h, h, hd)
+            Rw = _rel_grid(self.rel_pos_w, w, crop).to(q.dtype)
+            rq = q.reshape(*q.shape[:2], h, w, self.head_dim)
+            rel_h = torch.einsum("bnhwc,hkc->bnhwk", rq, Rh)
+            rel_w = torch.einsum("bnhwc,wkc->bnhwk", rq, Rw)
+            bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(*q.shape[:2], h * w, h * w)
+        return self._out(F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
+
+    def forward_tokens(
+        self, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, H: int, W: int
+    ) -> torch.Tensor:
+        """Global attention over a subset of an (H, W) map's tokens.
+
+        x: (B, L, C) tokens; rows, cols: (B, L) int64 their true coordinates; valid: (B, L) bool, False at slots
+        that are not real tokens (they are masked as keys; their outputs are meaningless). Returns (B, L, C).
+        """
+        q, k, v = self._qkv(x)
+        B, nh, L, _ = q.shape
+        masked = ~valid.view(B, 1, 1, L)
+        if self.use_rel_pos:  # (B, nh, L, L) built once, summed and masked in place (autograd allows it here)
+            bias = self._token_rel(q, rows, _resize_rel(self.rel_pos_h, 2 * H - 1), H)
+            bias = bias.add_(self._token_rel(q, cols, _resize_rel(self.rel_pos_w, 2 * W - 1), W))
+            bias = bias.masked_fill_(masked, float("-inf"))
+        else:
+            bias = torch.zeros(B, 1, 1, L, dtype=q.dtype, device=q.device).masked_fill(masked, float("-inf"))
+        return self._out(F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
+
+    @staticmethod
+    def _token_rel(q: torch.Tensor, coord: torch.Tensor, table: torch.Tensor, size: int) -> torch.Tensor:
+        """(B, nh, L, L): q_n . table[coord_n - coord_m + size - 1] for every query n and key m."""
+        B, nh, L, _ = q.shape
+        per_offset = q @ table.to(q.dtype).T  # (B, nh, L, 2*size-1)
+        offs = torch.arange(size, device=q.device)
+        idx = coord[:, :, None] - offs[None, None, :] + size - 1  # (B, L, size)
+        per_coord = per_offset.gather(3, idx[:, None].expand(B, nh, L, size))  # q_n . R[coord_n - c]
+        return per_coord.gather(3, coord[:, None, None, :].expand(B, nh, L, L))
+
+
+class SamBlock(nn.Module):
+    """One SAM/ViTDet block: windowed (`global_attn=False`) or global attention, pruning whole windows.
+
+    `sparsity` and `window_size` are set by the owning model's `set_config`; for a global block `window_size` is
+    only the tiling used to score and keep windows.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int,
+        table_size: tuple[int, int],
+        global_attn: bool,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = True,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.global_attn = global_attn
+        self.window_size = window_size
+        self.sparsity = 0.0
+        self.kernel_backend: str | None = None
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = SamAttention(dim, num_heads, table_size, qkv_bias, use_rel_pos)
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path2 = DropPath(drop_path)
+
+    @property
+    def shifted(self) -> bool:
+        return False
+
+    def geometry(self, H: int, W: int) -> WindowGeometry:
+        return sam_geometry(H, W, self.window_size)
+
+    def forward(self, x: torch.Tensor, owns_input: bool = False) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C); `owns_input` as for SwinBlock (x may be written in place)."""
+        geom = self.geometry(int(x.shape[1]), int(x.shape[2]))
+        if self.sparsity > 0.0:
+            k = ops.keep_count(self.sparsity, geom.num_windows)
+            if k < geom.num_windows:
+                return self._forward_pruned(x, geom, k, owns_input)
+        return self._forward_dense(x, geom)
+
+    def _forward_dense(self, x: torch.Tensor, g: WindowGeometry) -> torch.Tensor:
+        B, H, W, C = x.shape
+        y = self.norm1(x)
+        if self.global_attn:
+            y = self.attn.forward_grid(y.reshape(B, H * W, C), H, W, crop=False).view(B, H, W, C)
+        else:
+            if g.padded:
+                y = F.pad(y, (0, 0, 0, g.Wp - W, 0, g.Hp - H))
+            win = y.view(B, g.nWh, g.wh, g.nWw, g.ww, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, g.window_area, C)
+            win = self.attn.forward_grid(win, g.wh, g.ww, crop=True)
+            y = win.view(B, g.nWh, g.nWw, g.wh, g.ww, C).permute(0, 1, 3, 2, 4, 5).reshape(B, g.Hp, g.Wp, C)
+            y = y[:, :H, :W]
+        x = x + self.drop_path1(y)
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+    def _forward_pruned(self, x: torch.Tensor, g: WindowGeometry, k: int, owns_input: bool = False) -> torch.Tensor:
+        B, H, W, C = x.shape
+        scores = ops.score_windows(x, g, self.kernel_backend)
+        idx = ops.select_windows(scores, k, self.kernel_backend)  # (B, k)
+        windows = ops.gather_windows(x, idx, g, self.kernel_backend)  # (B*k, N, C), padded slots 0
+        tables = ops.window_tables(g, x.device)
+        y = self.norm1(windows)
+        if self.global_attn:
+            tok = tables.token[idx].view(B, k * g.window_area)  # true h*W + w, H*W at padded slots
+            valid = tok < H * W
+            tok = tok.masked_fill(~valid, 0)  # padded slots: any in-range coordinate (they are masked as keys)
+            y = self.attn.forward_tokens(y.view(B, k * g.window_area, C), tok // W, tok % W, valid, H, W)
+            y = y.view(B * k, g.window_area, C)
+        else:
+            if g.padded:  # padded positions enter attention as zeros after norm1, as in the dense path
+                y = y * tables.valid[idx].view(B * k, -1, 1).to(y.dtype)
+            y = self.attn.forward_grid(y, g.wh, g.ww, crop=True)
+        windows = windows + self.drop_path1(y, B)
+        windows = windows + self.drop_path2(self.mlp(self.norm2(windows)), B)
+        return ops.scatter_windows(x, windows, idx, g, self.kernel_backend, inplace=owns_input)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW tensor (timm's/SAM's LayerNorm2d, eps 1e-6)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__(num_channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+
+
+class SamPatchEmbed(nn.Module):
+    """Non-overlapping patch projection to NHWC (no norm; a size that is not a multiple of the patch is floored,
+    as a strided convolution does)."""
+
+    def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, H // p, W // p, C)."""
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+def resample_pos_embed(pos: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(1, h, w, C) -> (1, *size, C): bicubic with antialiasing, as timm's NHWC resampling.
+
+    ONNX has no antialiased bicubic resize: export a model at the size its position embedding was built for.
+    """
+    if tuple(pos.shape[1:3]) == tuple(size):
+        return pos
+    if torch.onnx.is_in_onnx_export():
+        raise SparseSearchError(
+            f"cannot export to ONNX at a {size[0]}x{size[1]} token grid: the position embedding is built for "
+            f"{pos.shape[1]}x{pos.shape[2]} and ONNX cannot resample it as timm does; build the model with the "
+            "export resolution as img_size (a search space does this for its first resolution)"
+        )
+    out = F.interpolate(pos.permute(0, 3, 1, 2).float(), size=size, mode="bicubic", antialias=True, align_corners=False)
+    return out.permute(0, 2, 3, 1).to(pos.dtype)
+
+
+def _per_group(value: int | Sequence[int] | None, n: int, default: Sequence[int]) -> list[int]:
+    if value is None:
+        return list(default)
+    if isinstance(value, int):
+        return [value] * n
+    out = [int(v) for v in value]
+    if len(out) != n:
+        raise ValueError(f"expected one value per block group ({n}), got {len(out)}")
+    return out
+
+
+class SamViT(nn.Module):
+    """Plain ViT with window attention (SAM image encoder / ViTDet backbone), timm's `VisionTransformerSAM` names.
+
+    Args:
+        img_size: input size the position embedding and the global blocks' tables are built for; other sizes
+            resample them at run time (bicubic / linear, as timm).
+        window_size: default window of the windowed blocks (int, or one per block group).
+        global_attn_indexes: blocks with global attention; they close the block groups (see module docstring).
+        max_window_size: per group, the window the windowed blocks' tables are built for (>= window_size).
+        neck_chans: channels of the neck (conv1x1-LN2d-conv3x3-LN2d); 0 for none.
+        head: "cls" (avg pool + `head.fc`), "seg" (simple feature pyramid + light FPN, `seg_head.*`) or None.
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 1024,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        use_abs_pos: bool = True,
+        use_rel_pos: bool = True,
+        window_size: int | Sequence[int] = 14,
+        global_attn_indexes: Sequence[int] = (2, 5, 8, 11),
+        max_window_size: int | Sequence[int] | None = None,
+        neck_chans: int = 256,
+        drop_path_rate: float = 0.0,
+        head: str | None = "cls",
+        seg_dim: int = 128,
+    ) -> None:
+        super().__init__()
+        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.global_attn_indexes = tuple(sorted(set(int(i) for i in global_attn_indexes)))
+        if any(not 0 <= i < depth for i in self.global_attn_indexes):
+            raise ValueError(f"global_attn_indexes {list(global_attn_indexes)} must lie in [0, {depth})")
+        self.depths = block_groups(depth, self.global_attn_indexes)
+        n = len(self.depths)
+        windows = _per_group(window_size, n, [])
+        self.default_window_size = tuple(windows)
+        self.max_window_size = tuple(max(m, w) for m, w in zip(_per_group(max_window_size, n, windows), windows))
+        self.num_features = neck_chans or embed_dim
+        self.num_classes = num_classes
+        self.head_type = head
+        grid = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
+
+        self.patch_embed = SamPatchEmbed(patch_size, in_chans, embed_dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, *grid, embed_dim)) if use_abs_pos else None
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # (not a tensor: meta-device builds)
+        blocks, self._group_of = [], []
+        for gi, d in enumerate(self.depths):
+            for _ in range(d):
+                i = len(blocks)
+                is_global = i in self.global_attn_indexes
+                table = grid if is_global else (self.max_window_size[gi],) * 2
+                blocks.append(SamBlock(embed_dim, num_heads, windows[gi], table, is_global, mlp_ratio, qkv_bias, use_rel_pos, dpr[i]))
+                self._group_of.append(gi)
+        self.blocks = nn.Sequential(*blocks)
+        if neck_chans:
+            self.neck = nn.Sequential(
+                nn.Conv2d(embed_dim, neck_chans, 1, bias=False),
+                LayerNorm2d(neck_chans),
+                nn.Conv2d(neck_chans, neck_chans, 3, padding=1, bias=False),
+                LayerNorm2d(neck_chans),
+            )
+        else:
+            self.neck = nn.Identity()
+        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]
+        if head == "cls":
+            self.head = ClassifierHead(self.num_features, num_classes)
+        elif head == "seg":
+            self.seg_head = PyramidSegHead(self.num_features, num_classes, seg_dim)
+        elif head is not None:
+            raise ValueError(f"head must be 'cls', 'seg' or None, not {head!r}")
+        self._config: SparsityConfig | None = None
+        self.apply(self._init_weights)
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # ---- structure -----------------------------------------------------------------------------------------
+    def group_blocks(self, group: int) -> list[SamBlock]:
+        """The blocks of one group, in order (the last one is global unless the group is a trailing run)."""
+        return [b for b, g in zip(self.blocks, self._group_of) if g == group]
+
+    # ---- configs -------------------------------------------------------------------------------------------
+    @property
+    def config(self) -> SparsityConfig | None:
+        """The active sparsity config (None = dense with the default windows)."""
+        return self._config
+
+    def set_config(self, config: SparsityConfig | None) -> None:
+        """Apply a config (one sparsity per block, one window per group); None restores the dense model."""
+        if config is not None:
+            config.validate(self.depths, self.max_window_size)
+        windows = self.default_window_size if config is None else config.window_size
+        flat = [0.0] * len(self.blocks) if config is None else config.flat()
+        for blk, g, p in zip(self.blocks, self._group_of, flat):
+            blk.window_size = windows[g]
+            blk.sparsity = float(p)
+        self._config = config
+
+    def set_kernel_backend(self, backend: str | None) -> None:
+        """Force the window-op backend of every block ("torch", "triton") or let dispatch decide (None)."""
+        for blk in self.blocks:
+            blk.kernel_backend = backend
+
+    # ---- forward -------------------------------------------------------------------------------------------
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        if self.pos_embed is not None:
+            x = x + resample_pos_embed(self.pos_embed, (int(x.shape[1]), int(x.shape[2])))
+        return x
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> the NHWC output of every block (one per `feature_info` entry), stride `patch_size`."""
+        x = self._embed(x)
+        feats = []
+        for blk in self.blocks:
+            x = blk(x)  # not owns_input: earlier outputs are returned and must not be overwritten
+            feats.append(x)
+        return feats
+
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, H/p, W/p, embed_dim): the last block's output (before the neck)."""
+        x = self._embed(x)
+        for blk in self.blocks:
+            x = blk(x, owns_input=True)  # every block input is an intermediate of this forward
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, neck_chans, H/p, W/p) neck output, NCHW (timm's forward_features)."""
+        return self.neck(self.forward_blocks(x).permute(0, 3, 1, 2))
+
+    def forward(self, x: torch.Tensor, config: SparsityConfig | None = None) -> torch.Tensor:
+        """(B, 3, H, W) -> logits: (B, classes) for "cls", (B, classes, H, W) for "seg", neck features if no head.
+
+        `config`, when given, is applied for this call only.
+        """
+        if config is not None:
+            previous = self._config
+            self.set_config(config)
+            try:
+                return self.forward(x)
+            finally:
+                self.set_config(previous)
+        feats = self.forward_features(x)
+        if self.head_type == "seg":
+            return self.seg_head(feats, x.shape[-2:])
+        return self.head(feats.permute(0, 2, 3, 1)) if self.head_type == "cls" else feats
+
+
+def samvit_arch(**kwargs: Any) -> dict[str, Any]:
+    """Architecture kwargs with SamViT's defaults filled in (used by the family description)."""
+    import inspect  # noqa: PLC0415
+
+    sig = inspect.signature(SamViT.__init__)
+    return {k: kwargs.get(k, p.default) for k, p in sig.parameters.items() if k != "self"}
