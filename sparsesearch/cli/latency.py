@@ -243,6 +243,16 @@ class LatencyCommand(Command):
         for key in ("device", "driver", "cuda", "torch", "triton", "threads", "dtype", "batch", "warmup", "repeats", "rounds", "date"):
             print(f"  {key:<9} {m.get(key)}")
         print(f"  space     {m['space']['name']} ({m['space']['architecture']}, {m['space']['hash']})")
+        fp = m.get("fingerprint")
+        if isinstance(fp, dict):
+            gpu = fp.get("gpu") or {}
+            caches = " ".join(f"{k} {v}" for k, v in (fp.get("caches") or {}).items())
+            print(f"  machine   {m.get('machine')}: {fp.get('cpu')} (family {fp.get('family')} model {fp.get('model')} "
+                  f"stepping {fp.get('stepping')}), {fp.get('physical_cores')} cores / {fp.get('threads')} threads, "
+                  f"{caches}, {fp.get('torch_capability')} [{' '.join(fp.get('vector') or [])}], {fp.get('memory_gib')} GiB"
+                  + (f"; {gpu.get('gpu')} ({gpu.get('sm_count')} SMs, {gpu.get('gpu_memory_gib')} GiB, driver {gpu.get('driver')})" if gpu else ""))
+        else:
+            print("  machine   not recorded (table from an older sparsesearch)")
         for res in table.resolutions:
             rt = table.resolution_table(res)
             print(f"\n{_res(res)}: fixed parts " + ", ".join(f"{k} {v.ms:.3f}" for k, v in rt.fixed.items()) + " ms")

@@ -40,7 +40,7 @@ from ..config import atomic_write_text
 from ..errors import LatencyTableError, SparseSearchError
 from ..ops import keep_count
 from ..space import SearchSpace
-from .env import DTYPES, device_type, environment, parse_dtype
+from .env import DTYPES, device_type, environment, machine_slug, parse_dtype
 from .measure import (
     CLOCKS,
     DEFAULT_TRIM,
@@ -152,12 +152,11 @@ class Entry:
 
 
 def default_table_path(space: SearchSpace, settings: ProfileSettings, root: str | os.PathLike = "latency_tables") -> Path:
-    """latency_tables/<device-slug>/<space>_<res>[-<res>...]_<dtype>_b<batch>.json"""
-    from .env import device_slug  # noqa: PLC0415
+    """latency_tables/<machine-slug>/<space>_<res>[-<res>...]_<dtype>_b<batch>.json (see `machine_slug`)"""
 
     resolutions = settings.resolutions or space.resolutions
     res = "-".join(res_key(r) for r in resolutions)
-    return Path(root) / device_slug(settings.device) / f"{space.name}_{res}_{settings.dtype}_b{settings.batch}.json"
+    return Path(root) / machine_slug(settings.device) / f"{space.name}_{res}_{settings.dtype}_b{settings.batch}.json"
 
 
 def partial_path(out: str | os.PathLike) -> Path:
@@ -614,6 +613,8 @@ class Profiler:
             "kernels_env": env["kernels_env"],
             "kernel_backend": env["kernel_backend"],
             "code_hash": env["code_hash"],
+            "fingerprint": env["fingerprint"],
+            "machine": machine_slug(fp=env["fingerprint"]),
             "threads": threads,
             "dtype": s.dtype,
             "batch": s.batch,

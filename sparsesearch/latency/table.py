@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -41,14 +42,35 @@ from ..config import SparsityConfig, atomic_write_text
 from ..errors import LatencyTableError, SparseSearchError
 from ..ops import keep_count
 from ..space import SearchSpace
-from .env import DTYPES, device_name
+from .env import DTYPES, device_name, fingerprint, fingerprint_diff
 from .measure import Stat
 from .structure import res_key, space_hash
 
-__all__ = ["LatencyTable", "KindTable", "FORMAT", "VERSION"]
+__all__ = ["LatencyTable", "KindTable", "FORMAT", "VERSION", "TableMachineWarning", "machine_note"]
 
 FORMAT = "sparsesearch.latency_table"
 VERSION = 1
+
+class TableMachineWarning(UserWarning):
+    """A latency table was measured on other hardware than this machine's (or does not say which)."""
+
+
+def machine_note(meta: dict[str, Any], source: str) -> str | None:
+    """One line saying how the machine a table was measured on differs from this one (None: the same hardware).
+
+    Compares the table's `meta["fingerprint"]` with `fingerprint()` of this machine (its CUDA device for a CUDA
+    table); a table without a fingerprint gets a note that its machine is unknown.
+    """
+    fp = meta.get("fingerprint")
+    check = f"run `sparsesearch latency check --table {source}` before trusting its absolute times"
+    if not isinstance(fp, dict):
+        return f"{source} records no hardware fingerprint (profiled by an older sparsesearch): {check}"
+    dev = "cuda" if meta.get("device_type") == "cuda" and torch.cuda.is_available() else "cpu"
+    diff = fingerprint_diff(fp, fingerprint(dev))
+    if not diff:
+        return None
+    return f"{source} was measured on other hardware ({'; '.join(diff)}): {check}, or profile this machine"
+
 
 _REQUIRED_META = ("device", "device_type", "dtype", "batch", "threads", "torch", "resolutions", "space")
 
@@ -259,7 +281,8 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatencyTable":
-        """Read a table written by `sparsesearch profile`."""
+        """Read a table written by `sparsesearch profile`; warns (TableMachineWarning, one line) when it was
+        measured on other hardware than this machine's, or does not record which."""
         path = Path(path)
         if not path.is_file():
             raise LatencyTableError(f"latency table {path} does not exist (build one with `sparsesearch profile`)")
@@ -269,7 +292,11 @@ class LatencyTable:
             raise LatencyTableError(f"cannot read {path}: {e.strerror or e}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise LatencyTableError(f"{path} is not valid JSON: {str(e).splitlines()[0]}") from None
-        return cls.from_dict(data, str(path))
+        table = cls.from_dict(data, str(path))
+        note = machine_note(table.meta, str(path))
+        if note is not None:
+            warnings.warn(note, TableMachineWarning, stacklevel=2)
+        return table
 
     def to_dict(self) -> dict[str, Any]:
         return {
