@@ -3,8 +3,9 @@
 Prediction is the sum of the parts a config runs: the fixed parts at its resolution (patch embedding, patch
 merging, final norm, head) and one entry per block at the block's stage, window size, shift and kept-window
 count; then the table's back-to-back correction, `offset_ms + scale * sum` (fitted by the profiler on
-whole-model runs; identity when absent). Counts between two measured ones are interpolated linearly (tables
-profiled on a grid); the dense count is never interpolated.
+whole-model runs; identity when absent); a table rescaled to another machine's speed (`rescaled`,
+`meta["rescaled"]["factor"]`) multiplies all of it by that factor. Counts between two measured ones are
+interpolated linearly (tables profiled on a grid); the dense count is never interpolated.
 
 File format (JSON, written by `sparsesearch profile`)::
 
@@ -259,6 +260,10 @@ class LatencyTable:
         if tuple(t.resolution for t in self._tables) != self.space.resolutions:
             raise LatencyTableError(f"{source}: the space's resolutions do not match the measured ones")
         self._lookup: tuple[np.ndarray, np.ndarray, list[tuple[int, int, int, int, int]]] | None = None
+        rescaled = self.meta.get("rescaled")
+        self.speed_factor = float(rescaled["factor"]) if isinstance(rescaled, dict) and "factor" in rescaled else 1.0
+        if not (np.isfinite(self.speed_factor) and self.speed_factor > 0):
+            raise LatencyTableError(f"{source}: meta.rescaled.factor must be a positive number, got {rescaled!r}")
         self._check_covers_space()
 
     # ---- io --------------------------------------------------------------------------------------------------
@@ -310,6 +315,16 @@ class LatencyTable:
     def save(self, path: str | os.PathLike) -> None:
         """Write as JSON, atomically."""
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    def rescaled(self, factor: float, check: dict[str, Any] | None = None) -> "LatencyTable":
+        """A copy whose every prediction is `factor` times this table's (e.g. the measured/predicted factor of
+        `check_table` on this machine); `meta["rescaled"]` records the factor (over the original figures) and
+        the check that measured it, and survives a save and load."""
+        if not (np.isfinite(factor) and factor > 0):
+            raise LatencyTableError(f"a rescale factor must be a positive number, got {factor!r}")
+        meta = dict(self.meta)
+        meta["rescaled"] = {"factor": float(factor) * self.speed_factor, **({"check": check} if check else {})}
+        return LatencyTable(meta, self._space_data, self._tables, self.source)
 
     # ---- views -----------------------------------------------------------------------------------------------
     @property
@@ -410,7 +425,7 @@ class LatencyTable:
                 f"{self.source}: no block of stage {stage} with window {window}{' shifted' if shifted else ''} at "
                 f"{res_key(rt.resolution)} was measured"
             )
-        return kt.latency(k)
+        return self.speed_factor * kt.latency(k)
 
     def _kind(self, rt: ResolutionTable, stage: int, window: int, shifted: bool) -> KindTable:
         kt = rt.kinds.get((stage, window, shifted))
@@ -437,6 +452,8 @@ class LatencyTable:
                 out[f"layers.{s}.blocks.{j}"] = kt.latency(keep_count(p, kt.num_windows))
         raw = sum(out.values())
         out["correction"] = rt.offset_ms + (rt.scale - 1.0) * raw
+        if self.speed_factor != 1.0:
+            out = {name: self.speed_factor * ms for name, ms in out.items()}
         return out
 
     def predict(self, config: SparsityConfig) -> float:
@@ -479,11 +496,11 @@ class LatencyTable:
                             for b in blocks:
                                 kt = self._kind(rt, s, w, b % 2 == 1)
                                 total += kt.latency(keep_count(p, kt.num_windows))
-                            arr[ri, wi, ci] = rt.scale * total
+                            arr[ri, wi, ci] = self.speed_factor * rt.scale * total
                 pairs.append((gi, s, offset, len(wins), len(g.choices)))
                 chunks.append(arr.ravel())
                 offset += arr.size
-        base = np.array([rt.scale * rt.fixed_ms + rt.offset_ms for rt in self._tables])
+        base = np.array([self.speed_factor * (rt.scale * rt.fixed_ms + rt.offset_ms) for rt in self._tables])
         self._lookup = (np.concatenate(chunks), base, pairs)
         return self._lookup
 

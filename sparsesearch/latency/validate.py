@@ -18,7 +18,7 @@ from .env import DTYPES, device_type
 from .measure import LoadMonitor, Stat, Timer, combine_rounds, default_max_load, make_timer, num_threads, tune_malloc
 from .table import LatencyTable
 
-__all__ = ["ValidationRow", "ValidationReport", "validation_genomes", "validate", "report_paths", "write_report"]
+__all__ = ["ValidationRow", "ValidationReport", "validation_genomes", "validate", "report_paths", "write_report", "table_model"]
 
 
 @dataclass
@@ -125,6 +125,24 @@ class ValidationReport:
         }
 
 
+def table_model(table: LatencyTable) -> tuple[torch.nn.Module, dict[tuple[int, int], torch.Tensor]]:
+    """The table's model as its profile ran it (head, classes, seed, dtype, device; eval mode) and one random
+    input (batch, 3, H, W) per resolution of the table."""
+    meta = table.meta
+    device = torch.device(meta["device_type"])
+    dtype = DTYPES[meta["dtype"]]
+    head = meta.get("head", "cls")
+    seed = int(meta.get("seed", 0))
+    torch.manual_seed(seed)
+    model = table.space.create_model(head=None if head == "none" else head, num_classes=int(meta.get("num_classes", 1000)))
+    model = model.eval().to(device=device, dtype=dtype)
+    images = {}
+    for res in table.space.resolutions:
+        g = torch.Generator().manual_seed(seed + res[0] * 7 + res[1])
+        images[res] = torch.randn(int(meta["batch"]), 3, *res, generator=g).to(device=device, dtype=dtype)
+    return model, images
+
+
 def _uniform_genome(table: LatencyTable, p: float, resolution_index: int) -> np.ndarray:
     """Every gene at its choice nearest to p (ties: lower), default windows, one resolution."""
     space = table.space
@@ -210,16 +228,8 @@ def validate(
         genomes = genomes + [(f"profile check {i}", g) for i, (_, g) in enumerate(checks)]
     predicted = table.predict_many(np.stack([g for _, g in genomes]))
     space = table.space
-    head = meta.get("head", "cls")
-    dtype = DTYPES[meta["dtype"]]
     batch = int(meta["batch"])
-    torch.manual_seed(int(meta.get("seed", 0)))
-    model = space.create_model(head=None if head == "none" else head, num_classes=int(meta.get("num_classes", 1000)))
-    model = model.eval().to(device=device, dtype=dtype)
-    images = {}
-    for res in space.resolutions:
-        g = torch.Generator().manual_seed(int(meta.get("seed", 0)) + res[0] * 7 + res[1])
-        images[res] = torch.randn(batch, 3, *res, generator=g).to(device=device, dtype=dtype)
+    model, images = table_model(table)
     stats: list[list[Stat]] = [[] for _ in genomes]
     malloc = tune_malloc() if meta.get("malloc") and dev_type == "cpu" else None  # as the profile ran
     monitor = LoadMonitor()
