@@ -284,8 +284,9 @@ def ensure_table_speed(
     - `check` False: nothing is timed (`rescale` must then be False too);
     - no absolute budget (None: relative or none) and no `rescale`: nothing to check, (table, None);
     - `rescale`: the check runs and the table comes back rescaled by its factor (`LatencyTable.rescaled`);
-    - otherwise the check runs; outside the tolerance it raises TableSpeedError with the ways out, unless every
-      config of the space (at `resolutions`) meets the budget even at the measured speed.
+    - otherwise the check runs; outside the tolerance it raises TableSpeedError with the ways out, unless the
+      budget constrains nothing either way (every config of the space, at `resolutions`, meets it both as
+      predicted and at the measured speed).
     """
     if rescale and not check:
         raise LatencyTableError("--rescale-table scales by the speed check's factor: it cannot be combined with --no-table-check")
@@ -294,6 +295,6 @@ def ensure_table_speed(
     result = check_table(table, tolerance=tolerance, timer=timer, budget_s=budget_s)
     if rescale:
         return table.rescaled(result.factor, result.to_dict()), result
-    if result.ok or (absolute_budget_ms is not None and absolute_budget_ms >= result.factor * table.max_latency(resolutions)):
+    if result.ok or (absolute_budget_ms is not None and absolute_budget_ms >= max(result.factor, 1.0) * table.max_latency(resolutions)):
         return table, result
     raise TableSpeedError(speed_message(table, result))
