@@ -275,9 +275,10 @@ class LatencyCommand(Command):
         print(f"  Kendall tau    {s['kendall_tau']:.3f}")
         print(f"  worst error    {s['worst_error_pct']:+.2f}% ({s['worst_label']})")
         if s["speed_vs_profile"] is not None:
+            print(f"  machine speed  {s['speed_vs_profile']:.3f}x that of the profile run (its calibration configs timed again)")
             print(
-                f"  machine speed  {s['speed_vs_profile']:.3f}x that of the profile run (its calibration configs timed again); "
-                f"MAPE with that factor removed {s['mape_drift_corrected_pct']:.2f}%"
+                f"  without it     MAPE {s['mape_drift_corrected_pct']:.2f}%, within +-10% {s['within_10_drift_corrected_pct']:.1f}%, "
+                f"Kendall tau {s['kendall_tau']:.3f}, worst {s['worst_drift_corrected_pct']:+.2f}% ({s['worst_drift_corrected_label']})"
             )
         if report.settings.get("busy_measurements"):
             print(f"  note: {report.settings['busy_measurements']} configs were timed while other processes kept the machine busy")

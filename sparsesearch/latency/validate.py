@@ -74,6 +74,14 @@ class ValidationReport:
         return float(100 * np.mean([abs(r.predicted / f - r.measured.ms) / r.measured.ms for r in self.rows]))
 
     @property
+    def errors_drift_corrected(self) -> np.ndarray | None:
+        """Signed relative errors after dividing every prediction by `speed_vs_profile` (None without it)."""
+        f = self.speed_vs_profile
+        if f is None:
+            return None
+        return np.array([(r.predicted / f - r.measured.ms) / r.measured.ms for r in self.rows])
+
+    @property
     def errors(self) -> np.ndarray:
         return np.array([r.error for r in self.rows])
 
@@ -113,6 +121,20 @@ class ValidationReport:
             "measured_range_ms": [round(min(r.measured.ms for r in self.rows), 4), round(max(r.measured.ms for r in self.rows), 4)],
             "speed_vs_profile": None if self.speed_vs_profile is None else round(self.speed_vs_profile, 4),
             "mape_drift_corrected_pct": None if self.mape_drift_corrected is None else round(self.mape_drift_corrected, 3),
+            **self._drift_corrected_summary(),
+        }
+
+    def _drift_corrected_summary(self) -> dict[str, Any]:
+        """Share within +-10% and worst error once the machine-speed factor is removed (Kendall tau does not
+        change: one factor on every prediction keeps their order)."""
+        e = self.errors_drift_corrected
+        if e is None:
+            return {"within_10_drift_corrected_pct": None, "worst_drift_corrected_pct": None, "worst_drift_corrected_label": None}
+        i = int(np.argmax(np.abs(e)))
+        return {
+            "within_10_drift_corrected_pct": round(float(100 * np.mean(np.abs(e) <= 0.10)), 2),
+            "worst_drift_corrected_pct": round(float(100 * e[i]), 3),
+            "worst_drift_corrected_label": self.rows[i].label,
         }
 
     def to_dict(self) -> dict[str, Any]:

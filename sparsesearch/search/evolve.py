@@ -152,9 +152,11 @@ def evolve(opts: EvolveOptions, on_generation: Callable[[dict[str, Any]], None] 
         if not same_space(user_space, space):
             raise SparseSearchError(f"--space {opts.space} is not the space the supernet was trained on ({space.name})")
     table.check_space(space)
-    table, speed = ensure_table_speed(table, None if budget.relative else budget.value, check=opts.table_check,
-                                      rescale=opts.rescale_table, resolutions=space.resolutions)
     res = space.resolutions  # the table may hold more resolutions (for the resize baseline) than the space
+    if not opts.rescale_table:  # a budget no config can meet is bad input: say so before timing anything
+        budget.resolve(table.dense_latency(res[0]), table.min_latency(res), table.max_latency(res))
+    table, speed = ensure_table_speed(table, None if budget.relative else budget.value, check=opts.table_check,
+                                      rescale=opts.rescale_table, resolutions=res)
     budget_ms = budget.resolve(table.dense_latency(res[0]), table.min_latency(res), table.max_latency(res))
     out = _prepare_out(opts, _fingerprint(opts, table.meta))
 
