@@ -412,12 +412,9 @@ class Profiler:
             model.set_config(self.space.decode(np.asarray(entry.genome)))
             image = self._randn(self.settings.batch, 3, *entry.resolution)
             with torch.inference_mode():
-                result = self._plain_timer.measure_parts(
+                return self._plain_timer.measure_parts(
                     lambda: model(image), self.model_parts(), self.settings.warmup, self.settings.repeats
                 )
-                # the same config without the timing hooks, right after: what the hooks change (see _plain_pairs)
-                result["plain"] = self._plain_timer.measure(lambda: model(image), 0, self.settings.repeats)
-                return result
         with torch.inference_mode():
             fn, setup = self.entry_fn(entry)
             if entry.part == "model":  # whole forwards back to back, exactly as `latency validate` times them
