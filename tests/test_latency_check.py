@@ -347,3 +347,35 @@ def test_export_checks_a_best_json_with_an_absolute_budget(setup, monkeypatch, t
     assert card["table_check"]["factor"] == pytest.approx(0.6)
     plain = export_model(d / "supernet.pt", cfg, tmp_path / "z", table=path, measure=False)  # no budget: no check
     assert plain.table_check is None and plain.predicted_ms == pytest.approx(table.predict(cfg))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the correction: sum of the parts timed with hooks -> plain whole forward
+
+
+@pytest.mark.parametrize("scale, offset, expect_scale", [(0.93, 0.3, 0.93), (0.5, 0.3, 1.0)])
+def test_correction_maps_hooked_parts_onto_plain_forwards(tmp_path, monkeypatch, scale, offset, expect_scale):
+    """In-model entries also time the plain forward; the table's correction is fitted so that the prediction of
+    each in-model config is its plain forward (a scale outside [0.8, 1.25] falls back to the median offset)."""
+    from tests.test_latency import DEMO, FAST, _fake_measure, _stat
+
+    def with_plain(profiler, entry):
+        out = _fake_measure(profiler, entry)
+        if entry.part == "in_model":
+            parts = sum(v.ms for k, v in out.items() if k != "total")
+            out["plain"] = _stat(scale * parts + offset)
+        return out
+
+    monkeypatch.setattr(Profiler, "measure", with_plain)
+    space = ss.SearchSpace.load(DEMO)
+    profiler = Profiler(space, ProfileSettings(**{**FAST, "calibration": 2}, resolutions=((64, 64),)))
+    table = profiler.run(tmp_path / "t.json")
+    corr = table.resolution_table().correction
+    assert corr["scale"] == pytest.approx(expect_scale, rel=1e-6) and "plain whole forward" in corr["method"]
+    entries = [e for e in profiler.plan() if e.part == "in_model"]
+    plain = np.array([with_plain(profiler, e)["plain"].ms for e in entries])
+    predicted = table.predict_many(np.array([e.genome for e in entries]))
+    if expect_scale != 1.0:
+        assert np.allclose(predicted, plain, rtol=1e-5, atol=1e-5)
+    else:  # offset only: the median in-model config is predicted exactly
+        assert float(np.median(plain - predicted)) == pytest.approx(0.0, abs=1e-5)
