@@ -746,6 +746,7 @@ def _fit_correction(
             "offset_ms": offset,
             "scale": b,
             "method": method,
+            **({"hooked_glue_ms": float(np.median(between))} if between else {}),  # the offset without the plain fit
             "calibration": [
                 {"genome": e.genome, "sum_of_parts_ms": round(float(r), 4), "measured_ms": round(s.ms, 4),
                  "error_pct": round(100 * float((f - s.ms) / s.ms), 3)}
