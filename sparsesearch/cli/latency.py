@@ -319,20 +319,19 @@ class LatencyCommand(Command):
 
     def predict(self, args: argparse.Namespace) -> int:
         from ..config import SparsityConfig  # noqa: PLC0415
-
         from ..search.budget import parse_budget  # noqa: PLC0415
 
         table = _load_table(args.table, args.space)
         if not args.allow_foreign_table:
             table.check_compatible()
         budget = parse_budget(args.latency) if args.latency is not None else None
-        table, checked = table_speed(table, budget, args)
         configs = []
         for path in args.configs:
             try:
                 configs.append((path, SparsityConfig.load(path)))
             except SparseSearchError as e:
                 raise LatencyTableError(str(e)) from None
+        table, _ = table_speed(table, budget, args)  # after the input is known to be good: it times for seconds
         budget_ms = None if budget is None else budget.value * table.dense_latency() if budget.relative else budget.value
         for path, config in configs:
             ms = table.predict(config)
