@@ -141,6 +141,29 @@ def test_fingerprint_names_the_hardware():
     assert fingerprint_diff(fp, fp) == []
 
 
+def test_gpu_fingerprint_and_its_guard(monkeypatch):
+    """Without a GPU, a CUDA fingerprint is the host's; with one (faked here), it names the GPU and the folder."""
+    import types
+
+    import sparsesearch.latency.env as env
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "gpu" not in fingerprint("cuda")
+    props = types.SimpleNamespace(name="NVIDIA H200", major=9, minor=0, multi_processor_count=132, total_memory=141 * 2**30)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev: props)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(env, "_gpu_query", lambda index: {"driver_version": "570.1", "clocks.max.sm": "1980"})
+    fp = fingerprint("cuda")
+    assert fp["gpu"] == {"gpu": "NVIDIA H200", "capability": "9.0", "sm_count": 132, "gpu_memory_gib": 141,
+                         "max_sm_clock_mhz": "1980", "max_mem_clock_mhz": None, "driver": "570.1"}
+    assert machine_slug("cuda", fp).startswith("nvidia-h200-")
+    other = {**fp, "gpu": {**fp["gpu"], "sm_count": 114, "driver": "580.2"}}
+    assert fingerprint_hash({**fp, "gpu": {**fp["gpu"], "driver": "580.2"}}) == fingerprint_hash(fp)  # not hardware
+    assert fingerprint_diff(other, fp) == ["gpu.sm_count: 114 -> 132", "gpu.driver: 580.2 -> 570.1"]
+    assert fingerprint_diff(fp, {k: v for k, v in fp.items() if k != "gpu"}) == ["gpu: NVIDIA H200 -> none"]
+
+
 def test_the_profile_records_the_fingerprint(setup):
     _, _, path = setup
     table = _load(path)
