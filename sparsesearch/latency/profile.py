@@ -13,9 +13,11 @@ What is measured, per resolution:
    (block kind, kept count) the genes produce; these in-model figures are what the table predicts with. What
    still differs between a block alone and inside the model (caches, branch predictors and allocator state
    left by its neighbours) is in them; counts the pass did not run use their isolated time scaled by the
-   kind's in-model/isolated ratio;
-4. calibration: plain whole forwards of a few configs (the two corners and random ones), to fit the
-   correction for what runs between the parts (the model's Python glue).
+   kind's in-model/isolated ratio. Each level config is also timed without hooks right after, and the
+   correction maps the sum of the hooked parts onto that plain forward (a line fitted over the level
+   configs: it holds what runs between the parts and what timing every part costs, see `_fit_correction`);
+4. calibration: plain whole forwards of a few configs (the two corners and random ones): the correction
+   when there is no in-model pass, otherwise an out-of-sample check of the table, kept in it.
 
 Each entry is measured in several rounds spread over the run; its figure is the mean of its rounds. On CPU a
 sample during which another process preempted the measuring thread is re-run, and each measurement can wait
