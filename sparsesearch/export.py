@@ -45,6 +45,7 @@ class ExportReport:
     predicted_ms: float | None = None
     predicted_dense_ms: float | None = None
     table: str | None = None
+    table_check: dict[str, Any] | None = None  # the table's speed check (factor, rescaled) when it ran
     accuracy: dict[str, Any] | None = None
     accuracy_dense: dict[str, Any] | None = None
     finetune_steps: int = 0
@@ -144,6 +145,8 @@ def export_model(
     device: str = "cpu",
     measure: bool = True,
     progress: Callable[[str], None] | None = None,
+    table_check: bool = True,
+    rescale_table: bool = False,
 ) -> ExportReport:
     """Fix `config` in the supernet's model, optionally fine-tune it, and write the exported folder.
 
@@ -152,6 +155,8 @@ def export_model(
         val_samples: number of validation images for the accuracy figures.
         table: a latency table (of the same space) for the predicted latency.
         finetune_steps: fine-tune this one config for N steps on the supernet's training data first.
+        table_check, rescale_table: when `config` is a search's best.json with an absolute budget, the table's
+            speed check runs first (`latency.ensure_table_speed`: stops outside +-10%, or rescales the table).
     """
     from .flops import count_flops  # noqa: PLC0415
     from .supernet import load_supernet  # noqa: PLC0415
@@ -161,6 +166,7 @@ def export_model(
     cfg = config if isinstance(config, SparsityConfig) else SparsityConfig.load(config)
     model.set_config(cfg)  # validates against the model
     resolution = tuple(cfg.resolution or space.resolutions[0])
+    checked = _checked_table(table, config, table_check, rescale_table, say) if table is not None else None
     if finetune_steps > 0:
         say(f"fine-tuning the config for {finetune_steps} steps")
         finetune_config(model, meta, cfg, steps=finetune_steps, lr=finetune_lr, device=device)
@@ -178,10 +184,9 @@ def export_model(
         parameters=sum(p.numel() for p in model.parameters()), gflops=fl.gflops, gflops_dense=fl_dense.gflops,
         flops_parts={k: v / 1e9 for k, v in fl.parts.items()}, finetune_steps=finetune_steps, source=str(supernet),
     )
-    if table is not None:
-        from .latency import LatencyTable  # noqa: PLC0415
-
-        t = LatencyTable.load(table)
+    if checked is not None:
+        t, speed = checked
+        report.table_check = speed.record(rescale_table) if speed else None
         report.table = str(table)
         report.predicted_ms = float(t.predict(cfg))
         report.predicted_dense_ms = float(t.dense_latency(resolution))
@@ -227,6 +232,32 @@ def export_model(
         report.onnx = check_onnx(model.cpu(), out / "model.onnx", resolution)
     atomic_write_text(out / "card.json", json.dumps(asdict(report), indent=1) + "\n")
     return report
+
+
+def _checked_table(table: str | os.PathLike, config: SparsityConfig | str | os.PathLike, check: bool, rescale: bool,
+                   say: Callable[[str], None]) -> tuple[Any, Any]:
+    """(the table, its speed check or None): see `latency.ensure_table_speed` (absolute budgets of best.json)."""
+    from .latency import LatencyTable, ensure_table_speed  # noqa: PLC0415
+
+    t = LatencyTable.load(table)
+    budget_ms = _absolute_budget(config)
+    if check and (rescale or budget_ms is not None):
+        say("checking the table's speed on this machine")
+    return ensure_table_speed(t, budget_ms, check=check, rescale=rescale)
+
+
+def _absolute_budget(config: SparsityConfig | str | os.PathLike) -> float | None:
+    """The absolute budget (ms) a search's best.json was found under; None for a relative budget or a plain config."""
+    if isinstance(config, SparsityConfig):
+        return None
+    try:
+        doc = json.loads(Path(config).read_text())
+    except (OSError, ValueError):
+        return None
+    text, ms = (doc.get("budget"), doc.get("budget_ms")) if isinstance(doc, dict) else (None, None)
+    if not isinstance(text, str) or text.strip().endswith("x") or not isinstance(ms, (int, float)):
+        return None
+    return float(ms)
 
 
 def load_exported(folder: str | os.PathLike, device: str = "cpu") -> nn.Module:

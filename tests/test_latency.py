@@ -177,7 +177,8 @@ def test_slug_and_default_path():
     space = ss.SearchSpace.load(DEMO)
     path = default_table_path(space, ProfileSettings(dtype="bf16", batch=4))
     assert path.parts[0] == "latency_tables" and path.name == "demo_256x256_bf16_b4.json"
-    assert path.parts[1] == slugify(ss.latency.device_name("cpu"))
+    folder = path.parts[1]  # <device slug>-<8 hex of the hardware fingerprint>
+    assert folder.startswith(slugify(ss.latency.device_name("cpu")) + "-") and len(folder.rsplit("-", 1)[1]) == 8
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -3,10 +3,12 @@ they are discovered automatically. Commands parse, call the library, and print; 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import pkgutil
 import sys
-from typing import Sequence
+import warnings
+from typing import Iterator, Sequence
 
 from ..errors import SparseSearchError
 from ._base import Command, CommandError
@@ -41,6 +43,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _one_line_warnings(command: str) -> Iterator[None]:
+    """Print the library's TableMachineWarning as `sparsesearch CMD: warning: ...` (one line, once each)."""
+    from ..latency.table import TableMachineWarning  # noqa: PLC0415
+
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if issubclass(category, TableMachineWarning):
+            print(f"sparsesearch {command}: warning: {message}", file=sys.stderr)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", TableMachineWarning)
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code (2 for any user error)."""
     parser = build_parser()
@@ -49,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        with _one_line_warnings(args.command):
+            return int(args._run(args) or 0)
     except (SparseSearchError, CommandError) as e:
         print(f"sparsesearch {args.command}: error: {e}", file=sys.stderr)
         return 2

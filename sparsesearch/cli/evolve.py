@@ -39,6 +39,9 @@ class EvolveCommand(Command):
                             help="use a table measured on another device/dtype/torch (what-if studies)")
         parser.add_argument("--no-refine", dest="refine", action="store_false",
                             help="skip the final neighbourhood search around the best config")
+        from .latency import add_table_check_flags  # noqa: PLC0415
+
+        add_table_check_flags(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from tabulate import tabulate  # noqa: PLC0415
@@ -67,6 +70,8 @@ class EvolveCommand(Command):
         finally:
             for bar in bars:
                 bar.close()
+        if s.extra.get("table_check") is not None:
+            print(f"table speed check: {s.extra['table_check'].line()}" + (" -> predictions rescaled" if args.rescale_table else ""))
         print(f"budget {s.budget_ms:.2f} ms ({args.latency}); {s.evaluated} configs evaluated "
               f"({s.new_evaluations} new), {s.metric} on {args.val_samples} validation images")
         rows = [["dense", s.dense]]

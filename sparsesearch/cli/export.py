@@ -22,6 +22,9 @@ class ExportCommand(Command):
         parser.add_argument("--onnx", action="store_true", help="also export model.onnx and check it with ONNX Runtime")
         parser.add_argument("--device", default="cpu")
         parser.add_argument("--no-measure", dest="measure", action="store_false", help="skip timing on this machine")
+        from .latency import add_table_check_flags  # noqa: PLC0415
+
+        add_table_check_flags(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from tabulate import tabulate  # noqa: PLC0415
@@ -31,8 +34,14 @@ class ExportCommand(Command):
         r = export_model(
             args.supernet, args.config, args.out, data=args.data, val_samples=args.val_samples, table=args.table,
             finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, onnx=args.onnx, device=args.device,
-            measure=args.measure, progress=lambda msg: print(f"export: {msg}"),
+            measure=args.measure, progress=lambda msg: print(f"export: {msg}"), table_check=args.table_check,
+            rescale_table=args.rescale_table,
         )
+        if r.table_check is not None:
+            c = r.table_check
+            print(f"table speed check: measured/predicted {c['factor']:.3f} (per config {c['ratio_range'][0]:.3f} .. "
+                  f"{c['ratio_range'][1]:.3f}), {c['seconds']:.1f} s"
+                  + (" -> predictions rescaled" if c["rescaled"] else ""))
         rows = [["parameters", f"{r.parameters / 1e6:.2f} M", ""],
                 ["GFLOPs", f"{r.gflops:.2f}", f"{r.gflops_dense:.2f}"]]
         if r.predicted_ms is not None:

@@ -28,6 +28,25 @@ def _load_table(path: str, space: str | None = None):
     return table
 
 
+def add_table_check_flags(parser: argparse.ArgumentParser) -> None:
+    """--no-table-check and --rescale-table (evolve, export, latency predict)."""
+    parser.add_argument("--no-table-check", dest="table_check", action="store_false",
+                        help="skip the speed check an absolute budget runs (the table's calibration configs timed here)")
+    parser.add_argument("--rescale-table", action="store_true",
+                        help="scale the table's predictions by the speed check's measured/predicted factor (recorded in the outputs)")
+
+
+def table_speed(table, budget, args: argparse.Namespace):
+    """Run the speed check for a command (see `ensure_table_speed`) and print its one line; (table, check)."""
+    from ..latency import ensure_table_speed  # noqa: PLC0415
+
+    absolute = budget.value if budget is not None and not budget.relative else None
+    table, checked = ensure_table_speed(table, absolute, check=args.table_check, rescale=args.rescale_table)
+    if checked is not None:
+        print(f"table speed check: {checked.line()}" + (" -> predictions rescaled" if args.rescale_table else ""))
+    return table, checked
+
+
 class ProfileCommand(Command):
     name = "profile"
     help = "measure a latency table of a search space on this machine"
@@ -172,9 +191,40 @@ class LatencyCommand(Command):
         p.add_argument("configs", nargs="+", help="config files")
         p.add_argument("--space", help="check that the table was measured for this search space")
         p.add_argument("--allow-foreign-table", action="store_true", help="predict even if the table is for another setup")
+        p.add_argument("--latency", default=None, metavar="BUDGET",
+                       help="also say whether each config meets this budget (30ms, 0.8x of dense); an absolute one runs the speed check")
+        add_table_check_flags(p)
+        c = sub.add_parser("check", help="time the table's calibration configs here: measured/predicted factor (a few seconds)")
+        c.add_argument("--table", required=True)
+        c.add_argument("--tolerance", type=float, default=0.10, help="accepted |factor - 1| (default 0.10)")
+        c.add_argument("--seconds", type=float, default=4.0, help="about how long to time (default 4)")
+        c.add_argument("--rounds", type=int, default=None, help="interleaved passes (default: fit --seconds)")
+        c.add_argument("--json", type=Path, default=None, help="also write the check's figures to this JSON file")
 
     def run(self, args: argparse.Namespace) -> int:
-        return {"validate": self.validate, "show": self.show, "predict": self.predict}[args.latency_command](args)
+        return {"validate": self.validate, "show": self.show, "predict": self.predict, "check": self.check}[args.latency_command](args)
+
+    def check(self, args: argparse.Namespace) -> int:
+        """Exit 0 when the factor is within the tolerance, 1 when it is not (2: bad input)."""
+        import json  # noqa: PLC0415
+
+        from ..config import atomic_write_text  # noqa: PLC0415
+        from ..latency import check_table, reprofile_command  # noqa: PLC0415
+
+        if not 0 < args.tolerance < 1 or args.seconds <= 0:
+            raise CommandError(f"need 0 < --tolerance < 1 and --seconds > 0, got {args.tolerance} and {args.seconds}")
+        table = _load_table(args.table)
+        result = check_table(table, budget_s=args.seconds, rounds=args.rounds, tolerance=args.tolerance)
+        print(f"{args.table}: {result.line()}")
+        if result.vs_profile is not None:
+            print(f"  the calibration configs take {result.vs_profile:.3f}x the time the profile measured for them")
+        if args.json is not None:
+            atomic_write_text(args.json, json.dumps(result.to_dict(), indent=1) + "\n")
+            print(f"  wrote {args.json}")
+        if not result.ok:
+            print(f"  absolute budgets need one of: `{reprofile_command(table)}`, --rescale-table, or a relative budget (0.8x)")
+            return 1
+        return 0
 
     def validate(self, args: argparse.Namespace) -> int:
         from ..latency import report_paths, validate, write_report  # noqa: PLC0415
@@ -225,9 +275,10 @@ class LatencyCommand(Command):
         print(f"  Kendall tau    {s['kendall_tau']:.3f}")
         print(f"  worst error    {s['worst_error_pct']:+.2f}% ({s['worst_label']})")
         if s["speed_vs_profile"] is not None:
+            print(f"  machine speed  {s['speed_vs_profile']:.3f}x that of the profile run (its calibration configs timed again)")
             print(
-                f"  machine speed  {s['speed_vs_profile']:.3f}x that of the profile run (its calibration configs timed again); "
-                f"MAPE with that factor removed {s['mape_drift_corrected_pct']:.2f}%"
+                f"  without it     MAPE {s['mape_drift_corrected_pct']:.2f}%, within +-10% {s['within_10_drift_corrected_pct']:.1f}%, "
+                f"Kendall tau {s['kendall_tau']:.3f}, worst {s['worst_drift_corrected_pct']:+.2f}% ({s['worst_drift_corrected_label']})"
             )
         if report.settings.get("busy_measurements"):
             print(f"  note: {report.settings['busy_measurements']} configs were timed while other processes kept the machine busy")
@@ -243,6 +294,16 @@ class LatencyCommand(Command):
         for key in ("device", "driver", "cuda", "torch", "triton", "threads", "dtype", "batch", "warmup", "repeats", "rounds", "date"):
             print(f"  {key:<9} {m.get(key)}")
         print(f"  space     {m['space']['name']} ({m['space']['architecture']}, {m['space']['hash']})")
+        fp = m.get("fingerprint")
+        if isinstance(fp, dict):
+            gpu = fp.get("gpu") or {}
+            caches = " ".join(f"{k} {v}" for k, v in (fp.get("caches") or {}).items())
+            print(f"  machine   {m.get('machine')}: {fp.get('cpu')} (family {fp.get('family')} model {fp.get('model')} "
+                  f"stepping {fp.get('stepping')}), {fp.get('physical_cores')} cores / {fp.get('threads')} threads, "
+                  f"{caches}, {fp.get('torch_capability')} [{' '.join(fp.get('vector') or [])}], {fp.get('memory_gib')} GiB"
+                  + (f"; {gpu.get('gpu')} ({gpu.get('sm_count')} SMs, {gpu.get('gpu_memory_gib')} GiB, driver {gpu.get('driver')})" if gpu else ""))
+        else:
+            print("  machine   not recorded (table from an older sparsesearch)")
         for res in table.resolutions:
             rt = table.resolution_table(res)
             print(f"\n{_res(res)}: fixed parts " + ", ".join(f"{k} {v.ms:.3f}" for k, v in rt.fixed.items()) + " ms")
@@ -258,16 +319,24 @@ class LatencyCommand(Command):
 
     def predict(self, args: argparse.Namespace) -> int:
         from ..config import SparsityConfig  # noqa: PLC0415
+        from ..search.budget import parse_budget  # noqa: PLC0415
 
         table = _load_table(args.table, args.space)
         if not args.allow_foreign_table:
             table.check_compatible()
+        budget = parse_budget(args.latency) if args.latency is not None else None
+        configs = []
         for path in args.configs:
             try:
-                config = SparsityConfig.load(path)
+                configs.append((path, SparsityConfig.load(path)))
             except SparseSearchError as e:
                 raise LatencyTableError(str(e)) from None
-            print(f"{path}: {table.predict(config):.3f} ms")
+        table, _ = table_speed(table, budget, args)  # after the input is known to be good: it times for seconds
+        budget_ms = None if budget is None else budget.value * table.dense_latency() if budget.relative else budget.value
+        for path, config in configs:
+            ms = table.predict(config)
+            verdict = "" if budget_ms is None else f"  ({'meets' if ms <= budget_ms else 'over'} the budget {budget_ms:.3f} ms)"
+            print(f"{path}: {ms:.3f} ms{verdict}")
         return 0
 
 

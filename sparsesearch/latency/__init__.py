@@ -1,9 +1,10 @@
 """Latency lookup tables: profile the parts of a search space's model on this machine, predict the latency of
 any config as the sum of its parts, and validate predictions against end-to-end measurements."""
-from .env import device_name, device_slug, environment
+from .check import TableCheck, TableSpeedError, check_table, ensure_table_speed, reprofile_command
+from .env import device_name, device_slug, environment, fingerprint, machine_slug
 from .measure import CpuTimer, CudaTimer, Stat, Timer, combine_rounds, make_timer, summarize, time_parts, tune_malloc
 from .profile import Entry, Profiler, ProfileSettings, default_table_path, partial_path, profile
-from .table import KindTable, LatencyTable
+from .table import KindTable, LatencyTable, TableMachineWarning
 from .validate import ValidationReport, ValidationRow, report_paths, validate, validation_genomes, write_report
 
 __all__ = [
@@ -33,4 +34,12 @@ __all__ = [
     "device_name",
     "device_slug",
     "environment",
+    "fingerprint",
+    "machine_slug",
+    "TableMachineWarning",
+    "TableCheck",
+    "TableSpeedError",
+    "check_table",
+    "ensure_table_speed",
+    "reprofile_command",
 ]

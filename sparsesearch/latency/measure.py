@@ -289,14 +289,16 @@ def time_parts(
     min_cpu_fraction: float = 0.95,
     max_rejects_per_repeat: int = 20,
 ) -> dict[str, Stat]:
-    """Time a whole forward `run` and, with forward hooks, each module of `parts` inside it.
+    """Time a whole forward `run` and, with forward hooks, each module of `parts` inside it; then, the hooks
+    removed, the same forward `repeats` times more.
 
     Every part is timed where it runs in the model: after the part that precedes it, with the caches and
     branch predictors as the model leaves them. On CPU the clock is perf_counter (or the thread's CPU time),
     and a forward during which the thread was preempted is re-run, as in CpuTimer; on CUDA, events.
 
     Returns:
-        {"total": Stat of the whole forward, name: Stat of each part}.
+        {"total": Stat of the whole forward with hooks, name: Stat of each part, "plain": Stat of the whole
+        forward without hooks} (the profiler maps the sum of the parts onto "plain", see `_fit_correction`).
     """
     if repeats < 1 or warmup < 0:
         raise LatencyTableError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats} warmup={warmup}")
@@ -374,7 +376,35 @@ def time_parts(
     def ms(value: Any) -> float:
         return float(value[0].elapsed_time(value[1])) if cuda else value / 1e6
 
-    return {name: summarize([ms(r[name]) for r in rows], trim, rejected) for name in ["total", *names]}
+    out = {name: summarize([ms(r[name]) for r in rows], trim, rejected) for name in ["total", *names]}
+    out["plain"] = _plain_forwards(run, repeats, dev, now, check, budget, min_cpu_fraction, trim)
+    return out
+
+
+def _plain_forwards(run: Callable[[], Any], repeats: int, dev: torch.device, now: Callable[[], int], check: bool,
+                    budget: int, min_cpu_fraction: float, trim: float) -> Stat:
+    """`repeats` whole forwards without hooks, timed as in `time_parts` (preempted CPU samples re-run)."""
+    if dev.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+        for start, end in events:
+            start.record()
+            run()
+            end.record()
+        torch.cuda.synchronize(dev)
+        return summarize([float(s.elapsed_time(e)) for s, e in events], trim)
+    samples: list[float] = []
+    rejected = 0
+    while len(samples) < repeats:
+        c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
+        a0 = now()
+        run()
+        a1 = now()
+        t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
+        if check and rejected < budget and (c1 - c0) < min_cpu_fraction * (t1 - t0):
+            rejected += 1
+            continue
+        samples.append((a1 - a0) / 1e6)
+    return summarize(samples, trim, rejected)
 
 
 def _cache_size(level: int) -> int | None:

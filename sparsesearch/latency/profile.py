@@ -15,9 +15,11 @@ What is measured, per resolution:
    (block kind, kept count) the genes produce; these in-model figures are what the table predicts with. What
    still differs between a block alone and inside the model (caches, branch predictors and allocator state
    left by its neighbours) is in them; counts the pass did not run use their isolated time scaled by the
-   kind's in-model/isolated ratio;
-4. calibration: plain whole forwards of a few configs (the two corners and random ones), to fit the
-   correction for what runs between the parts (the model's Python glue).
+   kind's in-model/isolated ratio. Each level config is also timed without hooks right after, and the
+   correction maps the sum of the hooked parts onto that plain forward (a line fitted over the level
+   configs: it holds what runs between the parts and what timing every part costs, see `_fit_correction`);
+4. calibration: plain whole forwards of a few configs (the two corners and random ones): the correction
+   when there is no in-model pass, otherwise an out-of-sample check of the table, kept in it.
 
 Each entry is measured in several rounds spread over the run; its figure is the mean of its rounds. On CPU a
 sample during which another process preempted the measuring thread is re-run, and each measurement can wait
@@ -42,7 +44,7 @@ from ..config import atomic_write_text
 from ..errors import LatencyTableError, SparseSearchError
 from ..ops import keep_count
 from ..space import SearchSpace
-from .env import DTYPES, device_type, environment, parse_dtype
+from .env import DTYPES, device_type, environment, machine_slug, parse_dtype
 from .measure import (
     CLOCKS,
     DEFAULT_TRIM,
@@ -164,12 +166,11 @@ class Entry:
 
 
 def default_table_path(space: SearchSpace, settings: ProfileSettings, root: str | os.PathLike = "latency_tables") -> Path:
-    """latency_tables/<device-slug>/<space>_<res>[-<res>...]_<dtype>_b<batch>.json"""
-    from .env import device_slug  # noqa: PLC0415
+    """latency_tables/<machine-slug>/<space>_<res>[-<res>...]_<dtype>_b<batch>.json (see `machine_slug`)"""
 
     resolutions = settings.resolutions or space.resolutions
     res = "-".join(res_key(r) for r in resolutions)
-    return Path(root) / device_slug(settings.device) / f"{space.name}_{res}_{settings.dtype}_b{settings.batch}.json"
+    return Path(root) / machine_slug(settings.device) / f"{space.name}_{res}_{settings.dtype}_b{settings.batch}.json"
 
 
 def partial_path(out: str | os.PathLike) -> Path:
@@ -516,7 +517,7 @@ class Profiler:
         calibration = [(e, done[e.key]) for e in entries if e.part == "model"]
         glue = self._glue(entries, done)
         if calibration or glue:
-            _fit_correction(table, tables, calibration, glue)
+            _fit_correction(table, tables, calibration, glue, self._plain_pairs(entries, done))
             table = LatencyTable(meta, space_to_dict(self.space), tables, "<profile>")
         return table
 
@@ -529,6 +530,17 @@ class Profiler:
             if e.part == "in_model" and e.key in done and all(f"{e.key}|{n}" in done for n in names):
                 parts = sum(done[f"{e.key}|{n}"].ms for n in names)
                 out.setdefault(e.resolution, []).append(done[e.key].ms - parts)
+        return out
+
+    def _plain_pairs(self, entries: list[Entry], done: dict[str, Stat]) -> dict[tuple[int, int], list[tuple[float, float]]]:
+        """Per resolution, for each in-model config: (sum of its parts timed with hooks, its plain whole forward
+        timed right after, without hooks). Empty for partial results of a profiler that did not time both."""
+        out: dict[tuple[int, int], list[tuple[float, float]]] = {}
+        names = [n for n, _ in self.model_parts()]
+        for e in entries:
+            keys = [f"{e.key}|{n}" for n in (*names, "plain")]
+            if e.part == "in_model" and all(k in done for k in keys):
+                out.setdefault(e.resolution, []).append((sum(done[k].ms for k in keys[:-1]), done[keys[-1]].ms))
         return out
 
     def _in_model_figures(
@@ -569,6 +581,8 @@ class Profiler:
             "kernels_env": env["kernels_env"],
             "kernel_backend": env["kernel_backend"],
             "code_hash": env["code_hash"],
+            "fingerprint": env["fingerprint"],
+            "machine": machine_slug(fp=env["fingerprint"]),
             "threads": threads,
             "dtype": s.dtype,
             "batch": s.batch,
@@ -643,10 +657,17 @@ def _fit_correction(
     tables: list[ResolutionTable],
     calibration: list[tuple[Entry, Stat]],
     glue: dict[tuple[int, int], list[float]],
+    plain: dict[tuple[int, int], list[tuple[float, float]]] | None = None,
 ) -> None:
     """Per resolution, the back-to-back correction `offset + scale * sum of parts`:
 
-    - with an in-model pass: scale 1 and offset = the median over the in-model configs of (whole forward -
+    - with an in-model pass that also timed each config without hooks (`plain`): least squares of the plain
+      whole forward on the sum of the parts timed with hooks, over the in-model configs (each pair timed back to
+      back, so the machine's speed cancels out); the offset alone (their median difference) with fewer than 3
+      configs, a narrow range, or a scale outside [0.8, 1.25]. Timing every part with hooks costs more than
+      the hooks' own calls: on a 2-core VM the parts of sparse configs summed to 4-7% more than the plain
+      forward, of dense ones ~1%, which a constant offset cannot absorb;
+    - with an in-model pass only: scale 1 and offset = the median over the in-model configs of (whole forward -
       sum of its parts), what runs between the parts (the model's own Python); the calibration configs
       are kept as a check of the finished table (`fit_error_pct`);
     - isolated parts only: least squares over the calibration configs (the offset alone with fewer than 3
@@ -660,7 +681,13 @@ def _fit_correction(
         raw = np.array([table.predict(table.space.decode(np.asarray(e.genome))) for e, _ in rows])
         measured = np.array([s.ms for _, s in rows])
         b = 1.0
-        if between:
+        pairs = (plain or {}).get(rt.resolution)
+        if pairs:
+            x, y = np.array(pairs).T
+            offset, b = _line_fit(x, y, (0.8, 1.25))
+            method = (f"least squares over {len(pairs)} in-model configs: plain whole forward = offset + scale * sum of "
+                      "its parts timed with hooks")
+        elif between:
             offset = float(np.median(between))
             method = f"median of (whole forward - sum of its parts) over {len(between)} in-model configs"
         else:
@@ -676,12 +703,24 @@ def _fit_correction(
             "offset_ms": offset,
             "scale": b,
             "method": method,
+            **({"hooked_glue_ms": float(np.median(between))} if between else {}),  # the offset without the plain fit
             "calibration": [
                 {"genome": e.genome, "sum_of_parts_ms": round(float(r), 4), "measured_ms": round(s.ms, 4),
                  "error_pct": round(100 * float((f - s.ms) / s.ms), 3)}
                 for (e, s), r, f in zip(rows, raw, fitted)
             ],
         }
+
+
+def _line_fit(x: np.ndarray, y: np.ndarray, scale_range: tuple[float, float]) -> tuple[float, float]:
+    """(offset, scale) of y = offset + scale * x by least squares; scale 1 and the median offset when there are
+    fewer than 3 points, x spans under 5% of its mean, or the scale falls outside `scale_range`."""
+    if len(x) >= 3 and np.ptp(x) > 0.05 * np.mean(x):
+        A = np.stack([np.ones_like(x), x], axis=1)
+        (a, b), *_ = np.linalg.lstsq(A, y, rcond=None)
+        if scale_range[0] <= b <= scale_range[1]:
+            return float(a), float(b)
+    return float(np.median(y - x)), 1.0
 
 
 def profile(

@@ -3,8 +3,9 @@
 Prediction is the sum of the parts a config runs: the fixed parts at its resolution (patch embedding, patch
 merging, final norm, head) and one entry per block at the block's stage, window size, shift and kept-window
 count; then the table's back-to-back correction, `offset_ms + scale * sum` (fitted by the profiler on
-whole-model runs; identity when absent). Counts between two measured ones are interpolated linearly (tables
-profiled on a grid); the dense count is never interpolated.
+whole-model runs; identity when absent); a table rescaled to another machine's speed (`rescaled`,
+`meta["rescaled"]["factor"]`) multiplies all of it by that factor. Counts between two measured ones are
+interpolated linearly (tables profiled on a grid); the dense count is never interpolated.
 
 File format (JSON, written by `sparsesearch profile`)::
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -41,14 +43,35 @@ from ..config import SparsityConfig, atomic_write_text
 from ..errors import LatencyTableError, SparseSearchError
 from ..ops import keep_count
 from ..space import SearchSpace
-from .env import DTYPES, device_name
+from .env import DTYPES, device_name, fingerprint, fingerprint_diff
 from .measure import Stat
 from .structure import res_key, space_family, space_hash
 
-__all__ = ["LatencyTable", "KindTable", "FORMAT", "VERSION"]
+__all__ = ["LatencyTable", "KindTable", "FORMAT", "VERSION", "TableMachineWarning", "machine_note"]
 
 FORMAT = "sparsesearch.latency_table"
 VERSION = 1
+
+class TableMachineWarning(UserWarning):
+    """A latency table was measured on other hardware than this machine's (or does not say which)."""
+
+
+def machine_note(meta: dict[str, Any], source: str) -> str | None:
+    """One line saying how the machine a table was measured on differs from this one (None: the same hardware).
+
+    Compares the table's `meta["fingerprint"]` with `fingerprint()` of this machine (its CUDA device for a CUDA
+    table); a table without a fingerprint gets a note that its machine is unknown.
+    """
+    fp = meta.get("fingerprint")
+    check = f"run `sparsesearch latency check --table {source}` before trusting its absolute times"
+    if not isinstance(fp, dict):
+        return f"{source} records no hardware fingerprint (profiled by an older sparsesearch): {check}"
+    dev = "cuda" if meta.get("device_type") == "cuda" and torch.cuda.is_available() else "cpu"
+    diff = fingerprint_diff(fp, fingerprint(dev))
+    if not diff:
+        return None
+    return f"{source} was measured on other hardware ({'; '.join(diff)}): {check}, or profile this machine"
+
 
 _REQUIRED_META = ("device", "device_type", "dtype", "batch", "threads", "torch", "resolutions", "space")
 
@@ -245,6 +268,10 @@ class LatencyTable:
         if tuple(t.resolution for t in self._tables) != self.space.resolutions:
             raise LatencyTableError(f"{source}: the space's resolutions do not match the measured ones")
         self._lookup: tuple[np.ndarray, np.ndarray, list[tuple[int, int, int, int, int]]] | None = None
+        rescaled = self.meta.get("rescaled")
+        self.speed_factor = float(rescaled["factor"]) if isinstance(rescaled, dict) and "factor" in rescaled else 1.0
+        if not (np.isfinite(self.speed_factor) and self.speed_factor > 0):
+            raise LatencyTableError(f"{source}: meta.rescaled.factor must be a positive number, got {rescaled!r}")
         self._check_covers_space()
 
     # ---- io --------------------------------------------------------------------------------------------------
@@ -267,7 +294,8 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatencyTable":
-        """Read a table written by `sparsesearch profile`."""
+        """Read a table written by `sparsesearch profile`; warns (TableMachineWarning, one line) when it was
+        measured on other hardware than this machine's, or does not record which."""
         path = Path(path)
         if not path.is_file():
             raise LatencyTableError(f"latency table {path} does not exist (build one with `sparsesearch profile`)")
@@ -277,7 +305,11 @@ class LatencyTable:
             raise LatencyTableError(f"cannot read {path}: {e.strerror or e}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise LatencyTableError(f"{path} is not valid JSON: {str(e).splitlines()[0]}") from None
-        return cls.from_dict(data, str(path))
+        table = cls.from_dict(data, str(path))
+        note = machine_note(table.meta, str(path))
+        if note is not None:
+            warnings.warn(note, TableMachineWarning, stacklevel=2)
+        return table
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -291,6 +323,16 @@ class LatencyTable:
     def save(self, path: str | os.PathLike) -> None:
         """Write as JSON, atomically."""
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    def rescaled(self, factor: float, check: dict[str, Any] | None = None) -> "LatencyTable":
+        """A copy whose every prediction is `factor` times this table's (e.g. the measured/predicted factor of
+        `check_table` on this machine); `meta["rescaled"]` records the factor (over the original figures) and
+        the check that measured it, and survives a save and load."""
+        if not (np.isfinite(factor) and factor > 0):
+            raise LatencyTableError(f"a rescale factor must be a positive number, got {factor!r}")
+        meta = dict(self.meta)
+        meta["rescaled"] = {"factor": float(factor) * self.speed_factor, **({"check": check} if check else {})}
+        return LatencyTable(meta, self._space_data, self._tables, self.source)
 
     # ---- views -----------------------------------------------------------------------------------------------
     @property
@@ -388,7 +430,7 @@ class LatencyTable:
         rt = self.resolution_table(resolution)
         variant = shifted if isinstance(shifted, str) else ("shifted" if shifted else "regular")
         try:
-            return self._kind(rt, stage, window, variant).latency(k)
+            return self.speed_factor * self._kind(rt, stage, window, variant).latency(k)
         except LatencyTableError as e:
             raise LatencyTableError(f"{self.source}: {e}") from None
 
@@ -423,6 +465,8 @@ class LatencyTable:
                 out[fam.block_name(arch, s, j)] = kt.latency(keep_count(p, kt.num_windows))
         raw = sum(out.values())
         out["correction"] = rt.offset_ms + (rt.scale - 1.0) * raw
+        if self.speed_factor != 1.0:
+            out = {name: self.speed_factor * ms for name, ms in out.items()}
         return out
 
     def predict(self, config: SparsityConfig) -> float:
@@ -465,11 +509,11 @@ class LatencyTable:
                             for b in blocks:
                                 kt = self._kind(rt, s, w, self._variant(s, b))
                                 total += kt.latency(keep_count(p, kt.num_windows))
-                            arr[ri, wi, ci] = rt.scale * total
+                            arr[ri, wi, ci] = self.speed_factor * rt.scale * total
                 pairs.append((gi, s, offset, len(wins), len(g.choices)))
                 chunks.append(arr.ravel())
                 offset += arr.size
-        base = np.array([rt.scale * rt.fixed_ms + rt.offset_ms for rt in self._tables])
+        base = np.array([self.speed_factor * (rt.scale * rt.fixed_ms + rt.offset_ms) for rt in self._tables])
         self._lookup = (np.concatenate(chunks), base, pairs)
         return self._lookup
 

@@ -26,6 +26,7 @@ __all__ = [
     "validate",
     "report_paths",
     "write_report",
+    "table_model",
 ]
 
 
@@ -96,6 +97,14 @@ class ValidationReport:
         return float(100 * np.mean([abs(r.predicted / f - r.measured.ms) / r.measured.ms for r in self.rows]))
 
     @property
+    def errors_drift_corrected(self) -> np.ndarray | None:
+        """Signed relative errors after dividing every prediction by `speed_vs_profile` (None without it)."""
+        f = self.speed_vs_profile
+        if f is None:
+            return None
+        return np.array([(r.predicted / f - r.measured.ms) / r.measured.ms for r in self.rows])
+
+    @property
     def errors(self) -> np.ndarray:
         return np.array([r.error for r in self.rows])
 
@@ -131,6 +140,20 @@ class ValidationReport:
             "measured_range_ms": [round(min(r.measured.ms for r in self.rows), 4), round(max(r.measured.ms for r in self.rows), 4)],
             "speed_vs_profile": None if self.speed_vs_profile is None else round(self.speed_vs_profile, 4),
             "mape_drift_corrected_pct": None if self.mape_drift_corrected is None else round(self.mape_drift_corrected, 3),
+            **self._drift_corrected_summary(),
+        }
+
+    def _drift_corrected_summary(self) -> dict[str, Any]:
+        """Share within +-10% and worst error once the machine-speed factor is removed (Kendall tau does not
+        change: one factor on every prediction keeps their order)."""
+        e = self.errors_drift_corrected
+        if e is None:
+            return {"within_10_drift_corrected_pct": None, "worst_drift_corrected_pct": None, "worst_drift_corrected_label": None}
+        i = int(np.argmax(np.abs(e)))
+        return {
+            "within_10_drift_corrected_pct": round(float(100 * np.mean(np.abs(e) <= 0.10)), 2),
+            "worst_drift_corrected_pct": round(float(100 * e[i]), 3),
+            "worst_drift_corrected_label": self.rows[i].label,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,6 +164,24 @@ class ValidationReport:
             "rows": [r.to_dict() for r in self.rows],
             "drift_check": self.drift,
         }
+
+
+def table_model(table: LatencyTable) -> tuple[torch.nn.Module, dict[tuple[int, int], torch.Tensor]]:
+    """The table's model as its profile ran it (head, classes, seed, dtype, device; eval mode) and one random
+    input (batch, 3, H, W) per resolution of the table."""
+    meta = table.meta
+    device = torch.device(meta["device_type"])
+    dtype = DTYPES[meta["dtype"]]
+    head = meta.get("head", "cls")
+    seed = int(meta.get("seed", 0))
+    torch.manual_seed(seed)
+    model = table.space.create_model(head=None if head == "none" else head, num_classes=int(meta.get("num_classes", 1000)))
+    model = model.eval().to(device=device, dtype=dtype)
+    images = {}
+    for res in table.space.resolutions:
+        g = torch.Generator().manual_seed(seed + res[0] * 7 + res[1])
+        images[res] = torch.randn(int(meta["batch"]), 3, *res, generator=g).to(device=device, dtype=dtype)
+    return model, images
 
 
 def _uniform_genome(table: LatencyTable, p: float, resolution_index: int) -> np.ndarray:
@@ -228,16 +269,8 @@ def validate(
         genomes = genomes + [(f"profile check {i}", g) for i, (_, g) in enumerate(checks)]
     predicted = table.predict_many(np.stack([g for _, g in genomes]))
     space = table.space
-    head = meta.get("head", "cls")
-    dtype = DTYPES[meta["dtype"]]
     batch = int(meta["batch"])
-    torch.manual_seed(int(meta.get("seed", 0)))
-    model = space.create_model(head=None if head == "none" else head, num_classes=int(meta.get("num_classes", 1000)))
-    model = model.eval().to(device=device, dtype=dtype)
-    images = {}
-    for res in space.resolutions:
-        g = torch.Generator().manual_seed(int(meta.get("seed", 0)) + res[0] * 7 + res[1])
-        images[res] = torch.randn(batch, 3, *res, generator=g).to(device=device, dtype=dtype)
+    model, images = table_model(table)
     stats: list[list[Stat]] = [[] for _ in genomes]
     malloc = tune_malloc() if meta.get("malloc") and dev_type == "cpu" else None  # as the profile ran
     monitor = LoadMonitor()

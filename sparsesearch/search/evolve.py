@@ -43,6 +43,8 @@ class EvolveOptions:
     overwrite: bool = False
     allow_foreign_table: bool = False
     refine: bool = True
+    table_check: bool = True  # an absolute budget first runs the table's speed check (latency.ensure_table_speed)
+    rescale_table: bool = False  # scale the table's predictions by the check's measured/predicted factor
 
 
 @dataclass
@@ -129,7 +131,7 @@ def evolve(opts: EvolveOptions, on_generation: Callable[[dict[str, Any]], None] 
            on_evaluated: Callable[[int], None] | None = None) -> EvolveSummary:
     """Run the whole search; raises SparseSearchError subclasses for every input problem."""
     from ..flops import count_flops  # noqa: PLC0415
-    from ..latency import LatencyTable  # noqa: PLC0415
+    from ..latency import LatencyTable, ensure_table_speed  # noqa: PLC0415
     from ..space import SearchSpace  # noqa: PLC0415
     from ..supernet import load_supernet  # noqa: PLC0415
     from .parallel import RayEvaluator  # noqa: PLC0415
@@ -151,6 +153,10 @@ def evolve(opts: EvolveOptions, on_generation: Callable[[dict[str, Any]], None] 
             raise SparseSearchError(f"--space {opts.space} is not the space the supernet was trained on ({space.name})")
     table.check_space(space)
     res = space.resolutions  # the table may hold more resolutions (for the resize baseline) than the space
+    if not opts.rescale_table:  # a budget no config can meet is bad input: say so before timing anything
+        budget.resolve(table.dense_latency(res[0]), table.min_latency(res), table.max_latency(res))
+    table, speed = ensure_table_speed(table, None if budget.relative else budget.value, check=opts.table_check,
+                                      rescale=opts.rescale_table, resolutions=res)
     budget_ms = budget.resolve(table.dense_latency(res[0]), table.min_latency(res), table.max_latency(res))
     out = _prepare_out(opts, _fingerprint(opts, table.meta))
 
@@ -195,7 +201,8 @@ def evolve(opts: EvolveOptions, on_generation: Callable[[dict[str, Any]], None] 
         return flops_of(cfg.key())
 
     run_meta = {"supernet": opts.supernet, "table": opts.table, "budget": str(budget), "device": table.meta.get("device"),
-                "val_samples": opts.val_samples}
+                "val_samples": opts.val_samples, "table_check": speed.record(opts.rescale_table) if speed else None}
     best, front = write_outputs(out, space, run, base, metric=metric, flops_fn=flops_fn, meta=run_meta)
     dense = Point(dense_cfg.to_dict(), table.dense_latency(res), local_fn(dense_cfg), flops_fn(dense_cfg) / 1e9, "dense")
-    return EvolveSummary(budget_ms, dense, best, front, base, metric, len(run.genes), cache.n_new, out)
+    return EvolveSummary(budget_ms, dense, best, front, base, metric, len(run.genes), cache.n_new, out,
+                         {"table_check": speed} if speed else {})
