@@ -21,7 +21,7 @@ from .space import SearchSpace
 from .latency import LatencyTable
 from .evaluate import EvalResult, Evaluator, evaluate
 from .supernet import SupernetMeta, load_supernet, save_supernet
-from .adapt import AdaptOptions, AdaptResult, train_supernet
+from .adapt import AdaptOptions, AdaptResult, RandomSparsity, train_supernet
 from .search import AccuracyFunctionError, Candidate, SearchResult, search
 
 __version__ = "0.1.0"
@@ -44,6 +44,7 @@ __all__ = [
     "train_supernet",
     "AdaptOptions",
     "AdaptResult",
+    "RandomSparsity",
     "evaluate",
     "Evaluator",
     "EvalResult",
