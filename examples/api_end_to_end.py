@@ -3,7 +3,7 @@
     .venv/bin/python examples/api_end_to_end.py [--out runs/api_example]
 
 1. a search space and its model; 2. a latency table measured here; 3. a short supernet adaptation;
-4. a search under a budget, scored by the supernet; 5. export and reload.
+4. a search under a budget in one call (`ss.search`), scored by our own function; 5. export and reload.
 """
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ from sparsesearch.adapt import AdaptOptions
 from sparsesearch.evaluate import Evaluator
 from sparsesearch.export import export_model, load_exported
 from sparsesearch.latency import ProfileSettings, profile
-from sparsesearch.search import AccuracyCache, SerialEvaluator, parse_budget, run_search
-from sparsesearch.search.report import uniform_sparsity_baseline
 from sparsesearch.supernet import build_eval_dataset, load_supernet
 
 SPACE = """\
@@ -61,23 +59,24 @@ def main() -> None:
                                        val_samples=16, num_classes=4, device="cpu"), progress=True)
     model, space, meta = load_supernet(supernet)
 
-    # 4. search: latency from the table, mIoU from the supernet on 16 validation scenes
+    # 4. search in one call: latency from the table, accuracy from our function (mIoU of the supernet on 16
+    # validation scenes); the budget halfway through what the space can reach on this machine (a string such
+    # as "0.8x" or "12ms" works too)
     evaluator = Evaluator(model, build_eval_dataset(meta), 16)
-    cache = AccuracyCache(space, SerialEvaluator(lambda cfg: evaluator(cfg).value), out / "accuracy.jsonl")
-    # a budget halfway through what the space can reach on this machine (a string such as "0.8x" or "12ms"
-    # works the same way through parse_budget(...).resolve(dense, min, max))
-    low, high = table.min_latency(), table.max_latency()
-    budget_ms = parse_budget(f"{(low + high) / 2:.3f}ms").resolve(table.dense_latency(), low, high)
-    run = run_search(space, lambda X: table.predict_many(X, space), cache, budget_ms, algorithm="ga",
-                     population=12, generations=4, seed=0)
-    i = run.best_index()
-    best = space.decode(run.genes[i])
-    print(f"best under {budget_ms:.2f} ms: {best.to_dict()} -> {run.latency_ms[i]:.2f} ms, mIoU {run.accuracy[i]:.2f}")
-    uniform = uniform_sparsity_baseline(space, lambda X: table.predict_many(X, space), cache, budget_ms)
-    ub = max((p for p in uniform if p.latency_ms <= budget_ms), key=lambda p: p.accuracy, default=None)
+
+    def miou(m, config: ss.SparsityConfig) -> float:  # m has the config applied; higher is better
+        return evaluator(config).value
+
+    miou.metric = "mIoU"
+    result = ss.search(space, latency=table, accuracy=miou, budget=(table.min_latency() + table.max_latency()) / 2,
+                       model=model, algorithm="ga", population=12, generations=4, seed=0, out=out / "search",
+                       overwrite=True)
+    best = result.best
+    print(f"best under {result.budget_ms:.2f} ms: {best.config.to_dict()} -> {best.latency_ms:.2f} ms, mIoU {best.accuracy:.2f}")
+    ub = result.best_uniform_sparsity
     if ub is not None:
         print(f"best uniform sparsity within the budget: {ub.label}, {ub.latency_ms:.2f} ms, mIoU {ub.accuracy:.2f}")
-    best.save(out / "best.json")
+    best.save(out / "best.json")  # a config file (plus figures) that export and SparsityConfig.load read
 
     # 5. a deployable model with its card, reloaded in one call
     report = export_model(supernet, out / "best.json", out / "export", table=table_path, val_samples=16)

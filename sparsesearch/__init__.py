@@ -4,6 +4,7 @@
     >>> space = ss.SearchSpace.load("search_spaces/swin_t.yaml")
     >>> model = space.create_model(num_classes=10)
     >>> model.set_config(space.uniform(0.5))
+    >>> result = ss.search(space, latency=table, accuracy=my_accuracy, budget="0.7x", model=supernet)
 """
 from .config import SparsityConfig
 from .errors import (
@@ -20,7 +21,8 @@ from .space import SearchSpace
 from .latency import LatencyTable
 from .evaluate import EvalResult, Evaluator, evaluate
 from .supernet import SupernetMeta, load_supernet, save_supernet
-from .adapt import AdaptOptions, AdaptResult, train_supernet
+from .adapt import AdaptOptions, AdaptResult, RandomSparsity, train_supernet
+from .search import AccuracyFunctionError, Candidate, SearchResult, search
 
 __version__ = "0.1.0"
 
@@ -43,11 +45,16 @@ __all__ = [
     "train_supernet",
     "AdaptOptions",
     "AdaptResult",
+    "RandomSparsity",
     "evaluate",
     "Evaluator",
     "EvalResult",
     "load_supernet",
     "save_supernet",
     "SupernetMeta",
+    "search",
+    "SearchResult",
+    "Candidate",
+    "AccuracyFunctionError",
     "__version__",
 ]

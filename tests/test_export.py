@@ -75,7 +75,28 @@ def test_onnx_export_matches_torch(supernet, tmp_path):
     d, *_ = supernet
     report = export_model(d / "supernet.pt", d / "best.json", tmp_path / "exp", measure=False, onnx=True)
     assert report.onnx["ok"] and report.onnx["max_abs_diff"] < 1e-4
+    assert set(report.onnx["max_abs_diff_by_batch"]) == {"1", "3"} and report.onnx["dynamic_batch"]
     assert (tmp_path / "exp" / "model.onnx").stat().st_size > 10_000
+
+
+def test_onnx_model_takes_any_batch_size(supernet, tmp_path):
+    """onnxruntime runs the exported file at batch 3 (and 2) with the torch model's outputs, per image."""
+    ort = pytest.importorskip("onnxruntime")
+    d, *_ = supernet
+    export_model(d / "supernet.pt", d / "best.json", tmp_path / "exp", measure=False, onnx=True)
+    model = load_exported(tmp_path / "exp")
+    sess = ort.InferenceSession(str(tmp_path / "exp" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape[0] == "batch"
+    torch.manual_seed(1)
+    for b in (3, 2):
+        x = torch.randn(b, 3, 64, 64)
+        with torch.no_grad():
+            ref = model(x)
+            alone = torch.cat([model(x[i : i + 1]) for i in range(b)])  # the kept windows are chosen per image
+        out = torch.from_numpy(sess.run(None, {"image": x.numpy()})[0])
+        assert out.shape == ref.shape == (b, 3, 64, 64)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out, alone, rtol=1e-4, atol=1e-4)
 
 
 def test_export_with_finetune_and_accuracy(supernet, tmp_path):

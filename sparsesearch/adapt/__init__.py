@@ -1,11 +1,12 @@
 """Supernet adaptation: train one set of weights under randomly sampled layerwise sparsity.
 
-:func:`adapt` runs the loop (resumable, DDP-ready); :class:`ConfigSampler` holds the sampling rules;
+:func:`adapt` runs the loop (resumable, DDP-ready); :class:`RandomSparsity` gives a training loop (yours or
+:func:`adapt`) each step's configs and the distillation loss; :class:`ConfigSampler` holds the sampling rules;
 :mod:`.checkpoint` the training checkpoint format; :mod:`.distributed` the torchrun helpers.
 """
 from .checkpoint import capture_rng, inspect_run, load_train_checkpoint, restore_rng
 from .options import RUNTIME_FIELDS, AdaptOptions, parse_image_size
-from .sampling import SAMPLERS, ConfigSampler, StepConfig, input_resolution
+from .sampling import DISTILL_KINDS, SAMPLERS, ConfigSampler, RandomSparsity, StepConfig, input_resolution, kl_distill
 from .trainer import AdaptResult, adapt, build_optimizer, train_supernet, cosine_schedule, distill_loss, seg_or_cls_loss
 
 __all__ = [
@@ -14,6 +15,9 @@ __all__ = [
     "adapt",
     "train_supernet",
     "ConfigSampler",
+    "RandomSparsity",
+    "DISTILL_KINDS",
+    "kl_distill",
     "StepConfig",
     "SAMPLERS",
     "RUNTIME_FIELDS",

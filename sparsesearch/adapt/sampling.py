@@ -1,19 +1,24 @@
-"""Which configs a training step runs: the sampling rules of supernet adaptation.
+"""Which configs a training step runs: the sampling rules of supernet adaptation, and :class:`RandomSparsity`,
+the object a user's own training loop calls each step (``sparsesearch adapt`` uses it too).
 
 Every rule is a pure function of (space, seed, step): DDP ranks that share the seed agree on each step's
 configs without communicating, and a resumed run samples exactly what the uninterrupted run would.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ..config import SparsityConfig
 from ..errors import ConfigError
 from ..space import SearchSpace
 
-__all__ = ["SAMPLERS", "StepConfig", "ConfigSampler", "input_resolution"]
+__all__ = ["SAMPLERS", "DISTILL_KINDS", "StepConfig", "ConfigSampler", "RandomSparsity", "input_resolution", "kl_distill"]
 
 #: "uniform": one random config per step; "sandwich": the densest, the sparsest and one random config;
 #: "dense": the densest config only (a dense fine-tuning baseline with the same loop).
@@ -22,10 +27,12 @@ SAMPLERS = ("uniform", "sandwich", "dense")
 
 @dataclass(frozen=True)
 class StepConfig:
-    """One forward/backward pass of a step: its role ("dense", "sparsest", "sampled") and config."""
+    """One forward/backward pass of a step: its role ("dense", "sparsest", "sampled") and config; `teacher`:
+    its output is the soft target of the step's other passes (in-place distillation)."""
 
     role: str
     config: SparsityConfig
+    teacher: bool = False
 
 
 def input_resolution(space: SearchSpace, config: SparsityConfig) -> tuple[int, int] | None:
@@ -70,8 +77,154 @@ class ConfigSampler:
             return [StepConfig("dense", self._densest)]
         out = []
         if self.rule == "sandwich" or self.distill:
-            out.append(StepConfig("dense", self._densest))
+            out.append(StepConfig("dense", self._densest, teacher=self.distill))
         if self.rule == "sandwich":
             out.append(StepConfig("sparsest", self._sparsest))
         out.append(StepConfig("sampled", self.sample(step)))
         return out
+
+
+#: "kl": KL divergence of softmax distributions over dim 1 (classification logits (B, C), segmentation
+#: (B, C, H, W)); "bce": binary cross-entropy against the teacher's sigmoid (heatmaps, multi-label);
+#: "mse": mean squared error of the raw outputs (regression, features).
+DISTILL_KINDS = ("kl", "bce", "mse")
+
+
+class RandomSparsity:
+    """Supernet adaptation inside any training loop: the configs each step runs, and in-place distillation.
+
+        rs = ss.RandomSparsity(model, space, sampler="sandwich", seed=0, distill=True)
+        for step, (images, targets) in enumerate(loader):
+            for sub in rs.configs(step):               # densest, sparsest, random: the same on every rank
+                with rs.applied(sub):                  # model.set_config(sub.config) for this block
+                    out = model(images)
+                loss = my_loss(out, targets)
+                if sub.teacher:
+                    rs.set_teacher(out)                # the densest run's output: the others' soft target
+                else:
+                    loss = loss + rs.distill_loss(out)  # 0 without distill
+                loss.backward()
+            optimizer.step(); optimizer.zero_grad()
+
+    Args:
+        model: the supernet (anything with ``set_config``; a DDP wrapper is unwrapped), or None.
+        space: the search space the configs come from.
+        sampler: "sandwich" (densest, sparsest, one random config per step), "uniform" (one random) or
+            "dense" (the densest only).
+        seed: step t draws from ``numpy.random.default_rng([seed, t])`` (no global RNG is touched).
+        distill: the densest config runs first and its output is the soft target of the others.
+        kind, temperature: the distillation loss (see :data:`DISTILL_KINDS`) and its softmax/sigmoid temperature.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        space: SearchSpace,
+        sampler: str = "sandwich",
+        seed: int = 0,
+        *,
+        distill: bool = False,
+        kind: str = "kl",
+        temperature: float = 1.0,
+    ) -> None:
+        if kind not in DISTILL_KINDS:
+            raise ConfigError(f"unknown distillation kind {kind!r}; use one of {', '.join(DISTILL_KINDS)}")
+        if not temperature > 0:
+            raise ConfigError(f"distillation temperature must be positive, got {temperature!r}")
+        module = getattr(model, "module", None)
+        self.model = module if isinstance(module, torch.nn.Module) else model
+        self.space = space
+        self.sampler = ConfigSampler(space, sampler, seed, distill)
+        self.distill = bool(distill)
+        self.kind = kind
+        self.temperature = float(temperature)
+        self._teacher: torch.Tensor | None = None
+
+    @property
+    def seed(self) -> int:
+        return self.sampler.seed
+
+    @property
+    def densest(self) -> SparsityConfig:
+        """The densest config (at the largest resolution of the space)."""
+        return self.sampler._densest
+
+    @property
+    def sparsest(self) -> SparsityConfig:
+        """The sparsest config (at the smallest resolution of the space)."""
+        return self.sampler._sparsest
+
+    def configs(self, step: int) -> list[StepConfig]:
+        """The passes of step `step` (0-based) in the order to run them; forgets the previous step's teacher."""
+        self._teacher = None
+        return self.sampler.configs(step)
+
+    __call__ = configs
+
+    def resolution(self, sub: StepConfig | SparsityConfig) -> tuple[int, int] | None:
+        """The input size a pass asks for (spaces with several resolutions), else None: resize inputs to it."""
+        return input_resolution(self.space, sub.config if isinstance(sub, StepConfig) else sub)
+
+    @contextlib.contextmanager
+    def applied(self, sub: StepConfig | SparsityConfig) -> Iterator[SparsityConfig]:
+        """Apply a pass's config to the model for the block, then restore the previous one."""
+        if self.model is None:
+            raise ConfigError("RandomSparsity was created without a model: apply the configs yourself")
+        cfg = sub.config if isinstance(sub, StepConfig) else sub
+        previous = getattr(self.model, "config", None)
+        self.model.set_config(cfg)
+        try:
+            yield cfg
+        finally:
+            self.model.set_config(previous)
+
+    def set_teacher(self, output: torch.Tensor) -> None:
+        """Keep the (detached) output of the teacher pass as this step's soft target."""
+        self._teacher = output.detach()
+
+    @property
+    def teacher(self) -> torch.Tensor | None:
+        return self._teacher
+
+    def distill_loss(self, student: torch.Tensor, teacher: torch.Tensor | None = None,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The distillation term of a student pass: `kind`'s distance to the teacher's output (times T^2 for
+        "kl"); zero (with the graph kept) without distill or before a teacher ran.
+
+        Args:
+            student: this pass's output, (B, C) or (B, C, H, W) (a teacher of another spatial size is resized).
+            teacher: default: the one given to `set_teacher` this step.
+            mask: "kl" on (B, C, H, W) only: (B, H, W) bool, the pixels that count.
+        """
+        t = teacher if teacher is not None else self._teacher
+        if not self.distill or t is None:
+            return student.sum() * 0.0
+        if self.kind == "kl":
+            return kl_distill(student, t, self.temperature, mask)
+        s, t = student.float(), _resized(t.detach().float(), student)
+        if self.kind == "bce":
+            return F.binary_cross_entropy_with_logits(s / self.temperature, torch.sigmoid(t / self.temperature))
+        return F.mse_loss(s, t)
+
+
+def _resized(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """A (B, C, h, w) teacher resized (bilinear) to the student's spatial size; other shapes unchanged."""
+    if student.dim() == 4 and teacher.shape[-2:] != student.shape[-2:]:
+        return F.interpolate(teacher, size=student.shape[-2:], mode="bilinear", align_corners=False)
+    return teacher
+
+
+def kl_distill(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(teacher || student) of the class distributions over dim 1, times T^2.
+
+    student/teacher: (B, C) or (B, C, H, W) logits (a teacher of another size is resized to the student's);
+    averaged over B (and pixels); with `mask` (B, H, W) over the pixels where it is true only.
+    """
+    s = student.float() / temperature
+    t = _resized(teacher.detach().float(), student) / temperature
+    kl = F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), reduction="none", log_target=True).sum(1)
+    if mask is not None and mask.shape == kl.shape:
+        valid = mask.to(kl.dtype)
+        return (kl * valid).sum() / valid.sum().clamp(min=1.0) * temperature**2
+    return kl.mean() * temperature**2

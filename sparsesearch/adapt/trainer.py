@@ -3,7 +3,7 @@
     from sparsesearch.adapt import AdaptOptions, adapt
     result = adapt(AdaptOptions(space="search_spaces/demo.yaml", data="synthetic", out="runs/x", steps=200))
 
-One step = one batch. For each of the step's configs (see :class:`~sparsesearch.adapt.sampling.ConfigSampler`)
+One step = one batch. For each of the step's configs (see :class:`~sparsesearch.adapt.sampling.RandomSparsity`)
 the batch goes forward and backward and the gradients add up; then one AdamW step and one scheduler step.
 With ``distill`` the densest config runs first on the labels and its detached output is the soft target of
 the others (KL on per-pixel class distributions for "seg", on logits for "cls").
@@ -42,7 +42,7 @@ from ..supernet import SupernetMeta, load_weights, same_space, save_supernet, sp
 from . import distributed as D
 from .checkpoint import ARGS, FINAL, LAST, METRICS, capture_rng, inspect_run, load_train_checkpoint, restore_rng, truncate_metrics
 from .options import RUNTIME_FIELDS, AdaptOptions
-from .sampling import ConfigSampler, StepConfig, input_resolution
+from .sampling import RandomSparsity, StepConfig, input_resolution, kl_distill
 
 __all__ = ["AdaptResult", "adapt", "train_supernet", "seg_or_cls_loss", "distill_loss", "build_optimizer", "cosine_schedule"]
 
@@ -103,16 +103,8 @@ def distill_loss(
     seg: student/teacher logits (B, C, H, W) (a teacher of another size is resized to the student's), averaged
     over pixels (those whose ``target`` (B, H, W) is ``ignore_index`` excluded); cls: (B, C), averaged over B.
     """
-    s = student.float() / temperature
-    t = teacher.detach().float()
-    if student.dim() == 4 and t.shape[-2:] != s.shape[-2:]:
-        t = F.interpolate(t, size=s.shape[-2:], mode="bilinear", align_corners=False)
-    t = t / temperature
-    kl = F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), reduction="none", log_target=True).sum(1)
-    if student.dim() == 4 and target is not None and target.shape == kl.shape:
-        valid = (target != ignore_index).to(kl.dtype)
-        return (kl * valid).sum() / valid.sum().clamp(min=1.0) * temperature**2
-    return kl.mean() * temperature**2
+    mask = (target != ignore_index) if student.dim() == 4 and target is not None else None
+    return kl_distill(student, teacher, temperature, mask)
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -421,7 +413,7 @@ class _Run:
                 writer = _tensorboard_writer(out / "tb")
         D.barrier(info)
 
-        sampler = ConfigSampler(space, o.sampler, o.seed, o.distill)
+        sampler = RandomSparsity(model, space, o.sampler, o.seed, distill=o.distill, temperature=o.distill_temperature)
         evaluator = None
         if val_ds is not None and info.is_main:
             evaluator = Evaluator(model, val_ds, o.val_samples, batch=max(o.batch, 8), device=device, amp=o.amp, cache=False)
@@ -453,7 +445,7 @@ class _Run:
                 images = images.to(device, non_blocking=True)
                 targets = torch.as_tensor(targets).to(device, non_blocking=True)
                 passes = sampler.configs(step)
-                losses = self._step(train_model, model, space, passes, images, targets, task, ignore_index, amp_dtype)
+                losses = self._step(train_model, model, sampler, passes, images, targets, task, ignore_index, amp_dtype)
                 for p in passes:
                     digest.update(p.config.key().encode())
                 lr = self.optimizer.param_groups[0]["lr"]
@@ -540,7 +532,7 @@ class _Run:
         self,
         train_model: nn.Module,
         model: nn.Module,
-        space: SearchSpace,
+        rs: RandomSparsity,
         passes: list[StepConfig],
         images: torch.Tensor,
         targets: torch.Tensor,
@@ -551,7 +543,7 @@ class _Run:
         """Forward/backward every pass (gradients add up; DDP syncs on the last), then one optimiser step."""
         o = self.opts
         device = images.device
-        teacher: torch.Tensor | None = None
+        space = rs.space
         losses: dict[str, float] = {}
         distributed = self.info.distributed
         for i, p in enumerate(passes):
@@ -568,13 +560,13 @@ class _Run:
                 with amp:
                     logits = train_model(x, config=p.config)
                 label_loss = seg_or_cls_loss(logits, y, task, ignore_index)
-                if teacher is not None and o.distill:
-                    kd = distill_loss(logits, teacher, o.distill_temperature, y if task == "seg" else None, ignore_index)
+                if rs.teacher is not None and not p.teacher:
+                    kd = rs.distill_loss(logits, mask=(y != ignore_index) if task == "seg" else None)
                     loss = (1.0 - o.distill_weight) * label_loss + o.distill_weight * kd
                 else:
                     loss = label_loss
-                if o.distill and p.role == "dense" and i == 0:
-                    teacher = logits.detach()
+                if p.teacher:
+                    rs.set_teacher(logits)
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
                 else:
@@ -592,9 +584,9 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         return losses
 
-    def _validate(self, evaluator: Evaluator, sampler: ConfigSampler, space: SearchSpace) -> dict[str, EvalResult]:
+    def _validate(self, evaluator: Evaluator, sampler: RandomSparsity, space: SearchSpace) -> dict[str, EvalResult]:
         out = {}
-        for role, cfg in (("dense", sampler._densest), ("sparsest", sampler._sparsest)):
+        for role, cfg in (("dense", sampler.densest), ("sparsest", sampler.sparsest)):
             out[role] = evaluator(cfg, input_resolution(space, cfg))
         self.log("val: " + ", ".join(f"{k} {v}" for k, v in out.items()))
         return out

@@ -23,6 +23,10 @@ class EvolveCommand(Command):
         parser.add_argument("--latency", required=True, help="budget: 30ms, '30 ms', 0.03s, 30000us, or 0.6x of dense")
         parser.add_argument("--out", required=True, help="output folder")
         parser.add_argument("--space", default=None, help="search space (default: the one stored in the supernet)")
+        parser.add_argument("--accuracy", default=None, metavar="MODULE:FUNCTION",
+                            help="your own accuracy: an importable function fn(model, config) -> float, higher is "
+                                 "better (the working directory is importable); default: the built-in evaluator "
+                                 "on --data")
         parser.add_argument("--data", default=None, help="validation data (default: the supernet's training data)")
         parser.add_argument("--val-samples", type=int, default=64, help="validation images per accuracy estimate")
         parser.add_argument("--batch", type=int, default=16, help="evaluation batch size")
@@ -72,8 +76,9 @@ class EvolveCommand(Command):
                 bar.close()
         if s.extra.get("table_check") is not None:
             print(f"table speed check: {s.extra['table_check'].line()}" + (" -> predictions rescaled" if args.rescale_table else ""))
+        scored_by = f"{args.accuracy}" if args.accuracy else f"{s.metric} on {args.val_samples} validation images"
         print(f"budget {s.budget_ms:.2f} ms ({args.latency}); {s.evaluated} configs evaluated "
-              f"({s.new_evaluations} new), {s.metric} on {args.val_samples} validation images")
+              f"({s.new_evaluations} new), scored by {scored_by}")
         rows = [["dense", s.dense]]
         ub, rb = s.baselines.best(s.baselines.uniform_sparsity), s.baselines.best(s.baselines.uniform_resize)
         rows += [[f"uniform sparsity ({ub.label})", ub]] if ub else [["uniform sparsity", None]]

@@ -53,7 +53,8 @@ class ExportCommand(Command):
                          f"{r.accuracy_dense['value']:.2f}"])
         print(tabulate(rows, headers=["", "exported config", "dense"], tablefmt="github"))
         if r.onnx is not None:
-            print(f"ONNX: {args.out}/model.onnx, max |onnxruntime - torch| = {r.onnx['max_abs_diff']:.2e}")
+            by_batch = ", ".join(f"batch {b}: {d:.2e}" for b, d in r.onnx["max_abs_diff_by_batch"].items())
+            print(f"ONNX: {args.out}/model.onnx (any batch size), max |onnxruntime - torch| {by_batch}")
             if not r.onnx["ok"]:
                 print("sparsesearch export: error: ONNX Runtime's output differs from torch's", flush=True)
                 return 1

@@ -1,6 +1,7 @@
 """Prunable backbones, heads, the registry and checkpoint loading."""
 from . import zoo  # noqa: F401  (registers the models)
 from .checkpoint import convert_state_dict, load_checkpoint, read_state_dict
+from .features import FeatureInfo, FeatureListNet, supports_features
 from .registry import create_model, list_models, model_defaults, model_family_name, register_model
 from .family import ModelFamily, family_of_model, get_family
 from .samvit import SamBlock, SamViT
@@ -23,4 +24,7 @@ __all__ = [
     "load_checkpoint",
     "read_state_dict",
     "convert_state_dict",
+    "FeatureInfo",
+    "FeatureListNet",
+    "supports_features",
 ]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from torch import nn
 
@@ -54,14 +54,34 @@ def _check(name: str) -> None:
         raise SparseSearchError(f"unknown model {name!r}{hint}; sparsesearch.list_models() lists them")
 
 
-def create_model(name: str, checkpoint: str | None = None, **kwargs: Any) -> nn.Module:
+def create_model(
+    name: str,
+    checkpoint: str | None = None,
+    *,
+    features_only: bool = False,
+    out_indices: Sequence[int] | int | None = None,
+    **kwargs: Any,
+) -> nn.Module:
     """Build a registered model; kwargs override its defaults. `checkpoint` loads weights (timm/Microsoft
-    format, .pth or .safetensors) with `sparsesearch.load_checkpoint`."""
+    format, .pth or .safetensors) with `sparsesearch.load_checkpoint`.
+
+    `features_only=True` returns a :class:`~sparsesearch.models.features.FeatureListNet`: the backbone's NCHW
+    feature maps at `out_indices` (default: all), with timm's `feature_info` (`.channels()`, `.reduction()`),
+    ready for an FPN; `set_config` still applies.
+    """
     _check(name)
+    if out_indices is not None and not features_only:
+        raise SparseSearchError("out_indices needs features_only=True")
     model = _REGISTRY[name](**kwargs)
     model.model_name = name  # type: ignore[attr-defined]
     if checkpoint is not None:
         from .checkpoint import load_checkpoint  # noqa: PLC0415
 
         load_checkpoint(model, checkpoint)
+    if features_only:
+        from .features import FeatureListNet  # noqa: PLC0415
+
+        features = FeatureListNet(model, out_indices)
+        features.model_name = name  # type: ignore[attr-defined]
+        return features
     return model

@@ -233,6 +233,10 @@ class SwinTransformer(nn.Module):
             )
             prev, start = self.embed_dims[i], start + depths[i]
         self.layers = nn.Sequential(*stages)
+        # timm's feature_info: one entry per map of forward_stages (features_only=True builds on it)
+        self.feature_info = [
+            dict(num_chs=self.embed_dims[i], reduction=patch_size * 2**i, module=f"layers.{i}") for i in range(n)
+        ]
         self.norm = nn.LayerNorm(self.num_features)
         if head == "cls":
             self.head = ClassifierHead(self.num_features, num_classes)

@@ -50,7 +50,8 @@ def _flat_token_index(geom: WindowGeometry, idx: torch.Tensor) -> torch.Tensor:
     HW = geom.H * geom.W
     tok = token_index(geom, idx.device)[idx]  # (B, k, N)
     base = (torch.arange(B, device=idx.device) * HW).view(B, 1, 1)
-    flat = torch.where(tok == HW, torch.full_like(tok, B * HW), tok + base)
+    spare = base[-1:] + HW  # (1, 1, 1) = B*HW, the spare last row; a graph value when traced (dynamic batch)
+    flat = torch.where(tok == HW, spare, tok + base)
     return flat.reshape(-1)
 
 
@@ -67,7 +68,9 @@ def gather_windows(x: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> 
     k, N = idx.shape[1], geom.window_area
     tables = window_tables(geom, x.device)
     flat = tables.safe[idx]  # (B, k, N); padded slots read a real token of their window, zeroed below
-    if B > 1:
+    if torch.jit.is_tracing():  # ONNX export: the batch size stays a graph value, not a constant of the trace
+        flat = flat + (torch.arange(B, device=x.device) * (H * W)).view(-1, 1, 1)
+    elif B > 1:
         flat = flat + image_offsets(B, H * W, x.device)
     out = x.reshape(B * H * W, C).index_select(0, flat.reshape(-1)).view(B * k, N, C)
     if tables.pad is not None:

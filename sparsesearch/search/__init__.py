@@ -1,5 +1,9 @@
-"""Latency-constrained search over a space's genomes: pymoo, optuna, Ray Tune and random back ends."""
-from .accuracy import AccuracyCache, BatchEvaluator, SerialEvaluator
+"""Latency-constrained search over a space's genomes: pymoo, optuna, Ray Tune and random back ends.
+
+`search(...)` runs a whole search in one call; the pieces below are its parts.
+"""
+from .accuracy import AccuracyCache, AccuracyFunctionError, BatchEvaluator, ConfigScorer, SerialEvaluator, import_callable
+from .api import Candidate, SearchResult, search
 from .budget import Budget, parse_budget
 from .engine import ALGORITHMS, SearchContext, SearchRun, run_search
 from .problem import ChoiceMutation, FeasibleSampling, SpaceRepair, SparsityProblem
@@ -7,15 +11,21 @@ from .problem import ChoiceMutation, FeasibleSampling, SpaceRepair, SparsityProb
 __all__ = [
     "ALGORITHMS",
     "AccuracyCache",
+    "AccuracyFunctionError",
     "BatchEvaluator",
     "Budget",
+    "Candidate",
     "ChoiceMutation",
+    "ConfigScorer",
     "FeasibleSampling",
     "SearchContext",
+    "SearchResult",
     "SearchRun",
     "SerialEvaluator",
     "SpaceRepair",
     "SparsityProblem",
+    "import_callable",
     "parse_budget",
     "run_search",
+    "search",
 ]

@@ -1,17 +1,40 @@
-"""Accuracy of configs for the search: evaluators (serial or Ray) behind a persistent cache keyed by genome."""
+"""Accuracy of configs for the search: evaluators (serial or Ray) behind a persistent cache keyed by genome,
+and the adapter that turns a user's `accuracy(model, config) -> float` into a checked config scorer."""
 from __future__ import annotations
 
+import importlib
 import json
+import math
+import numbers
 import os
+import sys
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
 from ..config import SparsityConfig
+from ..errors import SparseSearchError
 from ..space import SearchSpace
 
-__all__ = ["BatchEvaluator", "SerialEvaluator", "AccuracyCache"]
+__all__ = [
+    "AccuracyCache",
+    "AccuracyFn",
+    "AccuracyFunctionError",
+    "BatchEvaluator",
+    "ConfigScorer",
+    "KeyedCache",
+    "SerialEvaluator",
+    "callable_name",
+    "import_callable",
+]
+
+AccuracyFn = Callable[[Any, SparsityConfig], float]
+"""`accuracy(model_with_config_applied, config) -> float`, higher is better."""
+
+
+class AccuracyFunctionError(SparseSearchError):
+    """A user's accuracy function raised, or returned something other than a finite number."""
 
 
 class BatchEvaluator(Protocol):
@@ -21,7 +44,13 @@ class BatchEvaluator(Protocol):
 
 
 class SerialEvaluator:
-    """Evaluate configs one after another in this process with `fn(config) -> accuracy`."""
+    """Evaluate configs one after another in this process with `fn(config) -> accuracy`.
+
+    `incremental`: the cache records each result as it comes, so an error on the n-th config of a batch keeps
+    the n - 1 before it.
+    """
+
+    incremental = True
 
     def __init__(self, fn: Callable[[SparsityConfig], float]) -> None:
         self.fn = fn
@@ -32,6 +61,35 @@ class SerialEvaluator:
 
 def _key(genes: np.ndarray) -> str:
     return ",".join(str(int(g)) for g in genes)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of an append-only JSONL file; a torn last line (a killed write) is cut off the file."""
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        with open(path, "r+") as f:
+            f.truncate(len(text.encode()))
+    out = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def _append_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Append records and fsync: a record written is a record kept."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write("\n".join(json.dumps(r) for r in records) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class AccuracyCache:
@@ -54,17 +112,11 @@ class AccuracyCache:
         self.on_evaluated = on_evaluated
         self.values: dict[str, float] = {}
         self.n_new = 0
-        if self.path is not None and self.path.is_file():
-            text = self.path.read_text()
-            if text and not text.endswith("\n"):  # torn write of a killed run: drop the partial line
-                text = text[: text.rfind("\n") + 1]
-                with open(self.path, "r+") as f:
-                    f.truncate(len(text.encode()))
-            for line in text.splitlines():
+        if self.path is not None:
+            for rec in _read_jsonl(self.path):
                 try:
-                    rec = json.loads(line)
                     self.values[rec["genes"]] = float(rec["accuracy"])
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                except (KeyError, TypeError, ValueError):
                     continue
 
     def __len__(self) -> int:
@@ -80,10 +132,12 @@ class AccuracyCache:
         todo = list(dict.fromkeys(k for k in keys if k not in self.values))
         if todo:
             rows = np.stack([X[keys.index(k)] for k in todo])
-            scores = self.evaluator([self.space.decode(r) for r in rows])
-            if len(scores) != len(todo):
-                raise RuntimeError(f"evaluator returned {len(scores)} scores for {len(todo)} configs")
-            self.record(rows, scores)
+            chunks = [rows[i : i + 1] for i in range(len(rows))] if getattr(self.evaluator, "incremental", False) else [rows]
+            for chunk in chunks:
+                scores = self.evaluator([self.space.decode(r) for r in chunk])
+                if len(scores) != len(chunk):
+                    raise RuntimeError(f"evaluator returned {len(scores)} scores for {len(chunk)} configs")
+                self.record(chunk, scores)
         return np.array([self.values[k] for k in keys], dtype=np.float64)
 
     def record(self, X: np.ndarray, scores: Sequence[float]) -> None:
@@ -94,14 +148,127 @@ class AccuracyCache:
         self.values.update(new)
         self.n_new += len(new)
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as f:
-                f.write("\n".join(json.dumps({"genes": k, "accuracy": s}) for k, s in new) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            _append_jsonl(self.path, [{"genes": k, "accuracy": s} for k, s in new])
         if self.on_evaluated is not None:
             self.on_evaluated(len(new))
 
     def items(self) -> list[tuple[np.ndarray, float]]:
         """Every evaluated genome with its accuracy."""
         return [(np.array([int(v) for v in k.split(",")], dtype=np.int64), a) for k, a in self.values.items()]
+
+
+class KeyedCache:
+    """Accuracy per config (keyed by `SparsityConfig.key()`) for configs outside the space's genomes, e.g. the
+    dense model at the table's other resolutions; persisted like AccuracyCache."""
+
+    def __init__(self, fn: Callable[[SparsityConfig], float], path: str | os.PathLike | None = None) -> None:
+        self.fn = fn
+        self.path = Path(path) if path is not None else None
+        self.values: dict[str, float] = {}
+        if self.path is not None:
+            for rec in _read_jsonl(self.path):
+                try:
+                    self.values[str(rec["config"])] = float(rec["accuracy"])
+                except (KeyError, TypeError, ValueError):
+                    continue
+
+    def __call__(self, config: SparsityConfig) -> float:
+        key = config.key()
+        if key not in self.values:
+            self.values[key] = float(self.fn(config))
+            if self.path is not None:
+                _append_jsonl(self.path, [{"config": key, "accuracy": self.values[key]}])
+        return self.values[key]
+
+
+def callable_name(fn: Any) -> str:
+    """`module:qualname` of a function (or of a callable object's class)."""
+    target = fn if hasattr(fn, "__qualname__") else type(fn)
+    return f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', repr(target))}"
+
+
+def _as_score(value: Any) -> float | None:
+    """A finite float from a number (Python, numpy, or a one-element tensor); None for anything else."""
+    if hasattr(value, "numel") and hasattr(value, "item") and callable(value.numel) and value.numel() == 1:
+        value = value.item()
+    elif isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(()).item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+class ConfigScorer:
+    """`fn(config) -> float` from a user's `accuracy(model, config)`: applies the config to `model` (restoring
+    the previous one after), checks the result is a finite number, and turns any exception into an
+    AccuracyFunctionError that names the config. Picklable when the model and function are (Ray workers).
+
+    Args:
+        model: the supernet (anything with `set_config`), or None: the function gets None and the config.
+        accuracy: the user's function.
+    """
+
+    def __init__(self, model: Any, accuracy: AccuracyFn) -> None:
+        if not callable(accuracy):
+            raise AccuracyFunctionError(f"accuracy must be a function accuracy(model, config) -> float, got {type(accuracy).__name__}")
+        self.model = model
+        self.accuracy = accuracy
+        self.name = callable_name(accuracy)
+
+    def __call__(self, config: SparsityConfig) -> float:
+        model = self.model
+        set_config = getattr(model, "set_config", None)
+        previous = getattr(model, "config", None)
+        try:
+            if set_config is not None:
+                set_config(config)
+            value = self.accuracy(model, config)
+        except SparseSearchError:
+            raise
+        except Exception as e:
+            raise AccuracyFunctionError(
+                f"the accuracy function {self.name} raised {type(e).__name__}: {e} (config {json.dumps(config.to_dict())})"
+            ) from e
+        finally:
+            if set_config is not None:
+                set_config(previous)
+        score = _as_score(value)
+        if score is None:
+            raise AccuracyFunctionError(
+                f"the accuracy function {self.name} returned {value!r} ({type(value).__name__}) for config "
+                f"{json.dumps(config.to_dict())}: it must return a finite number, higher is better"
+            )
+        return score
+
+
+def import_callable(ref: str, what: str = "--accuracy") -> Callable[..., Any]:
+    """`package.module:function` (or `module:Class.attr`) -> the callable; the working directory is importable.
+
+    Raises AccuracyFunctionError (one line) for a malformed reference, a module that cannot be imported, a
+    missing attribute or something that is not callable.
+    """
+    module_name, sep, attr = str(ref).partition(":")
+    if not sep or not module_name or not attr:
+        raise AccuracyFunctionError(f"{what} {ref!r}: write it as package.module:function")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):
+            raise AccuracyFunctionError(
+                f"{what} {ref!r}: no module named {e.name!r} (is it installed, or in the working directory {cwd}?)"
+            ) from None
+        raise AccuracyFunctionError(f"{what} {ref!r}: importing {module_name} failed: {e}") from None
+    except Exception as e:  # the user's module raised while importing
+        raise AccuracyFunctionError(f"{what} {ref!r}: importing {module_name} raised {type(e).__name__}: {e}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise AccuracyFunctionError(f"{what} {ref!r}: module {module_name} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise AccuracyFunctionError(f"{what} {ref!r}: {attr} is a {type(obj).__name__}, not a function")
+    return obj

@@ -1,0 +1,424 @@
+"""`search`: a whole latency-constrained search in one call, scored by the caller's own accuracy function.
+
+    import sparsesearch as ss
+    result = ss.search(space, latency=table, accuracy=my_map, budget="0.7x", model=supernet, out="runs/s")
+    model.set_config(result.best.config)
+
+`sparsesearch evolve` is a thin layer over this function (it adds the supernet file, the table checks and the
+built-in evaluator).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Union
+
+import numpy as np
+
+from ..config import SparsityConfig
+from ..errors import BudgetError, LatencyTableError, SparseSearchError
+from ..fileio import atomic_write_text
+from ..space import SearchSpace
+from .accuracy import AccuracyCache, AccuracyFn, ConfigScorer, KeyedCache, SerialEvaluator, _read_jsonl, callable_name
+from .budget import Budget, parse_budget
+from .engine import ALGORITHMS, SearchRun, run_search
+from .report import Baselines, Point, _plot, uniform_resize_baseline, uniform_sparsity_baseline, write_outputs
+
+__all__ = ["Candidate", "SearchResult", "search"]
+
+LatencySource = Union["LatencyTable", str, os.PathLike, Callable[[SparsityConfig], float]]  # noqa: F821
+
+_OUTPUT_FILES = ("accuracy_cache.jsonl", "resize_cache.jsonl", "history.jsonl", "search_state.pkl", "optuna.journal",
+                 "search_meta.json")
+
+
+@dataclass
+class Candidate:
+    """A config with its figures: predicted latency (ms), accuracy (the caller's metric), GFLOPs if counted."""
+
+    config: SparsityConfig
+    latency_ms: float
+    accuracy: float
+    gflops: float | None = None
+    label: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "latency_ms": self.latency_ms, "accuracy": self.accuracy,
+                "gflops": self.gflops, "label": self.label}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write as JSON (config plus figures); `SparsityConfig.load` reads the config back."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def from_point(cls, p: Point) -> "Candidate":
+        return cls(SparsityConfig.from_dict(p.config), p.latency_ms, p.accuracy, p.gflops, p.label)
+
+    def to_point(self) -> Point:
+        return Point(self.config.to_dict(), self.latency_ms, self.accuracy, self.gflops, self.label)
+
+
+@dataclass
+class SearchResult:
+    """What `search` found.
+
+    Attributes:
+        best: the most accurate config within the budget. pareto: the accuracy/latency front within the budget
+            (by latency). uniform_sparsity / uniform_resize: SparseViT's baselines (one sparsity everywhere; the
+            dense model at a lower resolution), every level evaluated. dense: the densest config of the space.
+        history: one record per generation (best so far, evaluations, seconds), resumed runs included.
+        run: every evaluated config (genomes, accuracies, latencies). evaluated / new_evaluations: configs in
+            the cache / evaluated by this call.
+    """
+
+    best: Candidate
+    pareto: list[Candidate]
+    uniform_sparsity: list[Candidate]
+    uniform_resize: list[Candidate]
+    dense: Candidate
+    history: list[dict[str, Any]]
+    budget_ms: float
+    metric: str
+    algorithm: str
+    space: SearchSpace
+    run: SearchRun
+    evaluated: int
+    new_evaluations: int
+    out: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def _best_of(self, points: list[Candidate]) -> Candidate | None:
+        ok = [p for p in points if p.latency_ms <= self.budget_ms]
+        return max(ok, key=lambda p: (p.accuracy, -p.latency_ms)) if ok else None
+
+    @property
+    def best_uniform_sparsity(self) -> Candidate | None:
+        """The most accurate uniform-sparsity config within the budget (None if none fits)."""
+        return self._best_of(self.uniform_sparsity)
+
+    @property
+    def best_uniform_resize(self) -> Candidate | None:
+        """The most accurate dense model at a lower resolution within the budget (None if none fits)."""
+        return self._best_of(self.uniform_resize)
+
+    def baselines(self) -> Baselines:
+        return Baselines([c.to_point() for c in self.uniform_sparsity], [c.to_point() for c in self.uniform_resize],
+                         self.budget_ms)
+
+    def plot(self, path: str | os.PathLike) -> Path:
+        """Accuracy against predicted latency: every evaluated config, the front, the baselines, the best (PNG)."""
+        path = Path(path)
+        _plot(path, self.run, [c.to_point() for c in self.pareto], self.best.to_point(), self.baselines(),
+              self.metric, self.space.name)
+        return path
+
+
+# ---- latency ------------------------------------------------------------------------------------------------------
+class _Latency:
+    """Predicted latency of genomes, and the range a budget is resolved against, from a table or a function."""
+
+    def __init__(self, source: Any, space: SearchSpace) -> None:
+        self.space = space
+        self.table = None
+        if isinstance(source, (str, os.PathLike)):
+            from ..latency import LatencyTable  # noqa: PLC0415
+
+            source = LatencyTable.load(source)
+        res = list(space.resolutions)
+        if hasattr(source, "predict_many"):  # a LatencyTable
+            source.check_space(space)
+            self.table = source
+            self.dense_ms = float(source.dense_latency(res[0]))
+            self.min_ms, self.max_ms = float(source.min_latency(res)), float(source.max_latency(res))
+            self.seed_genes = space.encode(source.min_config(res))[None]
+            self.resize_resolutions = list(source.resolutions)
+            self.dense_at: Callable[[tuple[int, int]], float] = source.dense_latency
+            self.name = f"table {source.meta.get('device')} {source.meta.get('date')}"
+            return
+        if not callable(source):
+            raise LatencyTableError(
+                f"latency must be a LatencyTable, a table file or a function config -> ms, got {type(source).__name__}"
+            )
+        self.fn = source
+        self.name = callable_name(source)
+        self._memo: dict[bytes, float] = {}
+        extremes = [space.densest(r) for r in res] + [space.sparsest(r) for r in res]
+        X = np.concatenate([np.stack([space.encode(c) for c in extremes]), space.sample_genes(0, n=64)])
+        lat = self(X)
+        self.dense_ms = float(lat[0])
+        self.min_ms, self.max_ms = float(lat.min()), float(lat.max())  # an estimate: the function is a black box
+        self.seed_genes = X[int(np.argmin(lat))][None]
+        self.resize_resolutions = res
+        self.dense_at = lambda r: self._one(space.encode(space.densest(r)))
+
+    def _one(self, genes: np.ndarray) -> float:
+        key = np.asarray(genes, dtype=np.int64).tobytes()
+        if key not in self._memo:
+            cfg = self.space.decode(genes)
+            try:
+                value = self.fn(cfg)
+            except SparseSearchError:
+                raise
+            except Exception as e:
+                raise LatencyTableError(f"the latency function {self.name} raised {type(e).__name__}: {e} "
+                                        f"(config {json.dumps(cfg.to_dict())})") from e
+            try:
+                ms = float(value)
+            except (TypeError, ValueError):
+                ms = float("nan")
+            if not np.isfinite(ms) or ms <= 0 or isinstance(value, bool):
+                raise LatencyTableError(f"the latency function {self.name} returned {value!r} for a config: it must "
+                                        "return positive milliseconds")
+            self._memo[key] = ms
+        return self._memo[key]
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        """(n, n_var) genomes -> (n,) ms."""
+        X = np.atleast_2d(np.asarray(X, dtype=np.int64))
+        if self.table is not None:
+            return self.table.predict_many(X, self.space)
+        return np.array([self._one(x) for x in X], dtype=np.float64)
+
+
+def _budget_ms(budget: str | float | Budget, lat: _Latency) -> tuple[Budget, float]:
+    if isinstance(budget, Budget):
+        b = budget
+    elif isinstance(budget, str):
+        b = parse_budget(budget)
+    elif isinstance(budget, (int, float)) and not isinstance(budget, bool):
+        if not budget > 0:
+            raise BudgetError(f"latency budget {budget!r} must be positive milliseconds")
+        b = Budget(float(budget), relative=False, text=f"{float(budget):g}ms")
+    else:
+        raise BudgetError(f"budget must be milliseconds (a number), '30ms' or a fraction of dense like '0.7x', got {budget!r}")
+    return b, b.resolve(lat.dense_ms, lat.min_ms, lat.max_ms)
+
+
+# ---- model, outputs -----------------------------------------------------------------------------------------------
+def _resolve_model_and_space(space: SearchSpace | str | os.PathLike | None, model: Any, device: str) -> tuple[Any, SearchSpace]:
+    if isinstance(model, (str, os.PathLike)):
+        from ..supernet import load_supernet, same_space  # noqa: PLC0415
+
+        model, sn_space, _ = load_supernet(model, device=device)
+        if space is None:
+            return model, sn_space
+        user = space if isinstance(space, SearchSpace) else SearchSpace.load(space)
+        if not same_space(user, sn_space):
+            raise SparseSearchError(f"space {user.name} is not the space the supernet was trained on ({sn_space.name})")
+        return model, user
+    if space is None:
+        raise SparseSearchError("search needs a space (a SearchSpace or its YAML file), or a supernet file as model")
+    return model, space if isinstance(space, SearchSpace) else SearchSpace.load(space)
+
+
+def _prepare_out(out: Path, fingerprint: dict[str, Any], resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber or to resume a search run with other settings; record the settings."""
+    meta_path = out / "search_meta.json"
+    if resume:
+        if not meta_path.is_file():
+            raise SparseSearchError(f"resume: {out} holds no search (no search_meta.json); start without resume")
+        old = json.loads(meta_path.read_text())
+        diff = [k for k in fingerprint if k not in ("supernet_size",) and old.get(k) != fingerprint[k]]
+        if diff:
+            raise SparseSearchError(
+                f"resume: the search in {out} was run with other settings ({', '.join(diff)}); use another out or overwrite"
+            )
+    elif meta_path.exists() and not overwrite:
+        raise SparseSearchError(f"{out} already holds a search: resume it (--resume) or start over (--overwrite)")
+    elif overwrite:
+        for name in _OUTPUT_FILES:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(meta_path, json.dumps(fingerprint, indent=1) + "\n")
+
+
+def _engine_state_exists(out: Path, algorithm: str) -> bool:
+    """Whether the back end checkpointed anything (a search stopped in its first generation has not)."""
+    if algorithm in ("ga", "nsga2"):
+        return (out / "search_state.pkl").is_file()
+    if algorithm.startswith("optuna"):
+        return (out / "optuna.journal").is_file()
+    if algorithm == "tune":
+        return (out / "tune").is_dir()
+    return True  # random search: stateless, re-draws (seed, generation)
+
+
+def _progress_callback(progress: bool | Callable[[dict[str, Any]], None], generations: int, algorithm: str,
+                       history: list[dict[str, Any]]) -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
+    """on_generation (collects history, drives a tqdm bar or the caller's callback) and a close function."""
+    bars: list[Any] = []
+
+    def on_generation(rec: dict[str, Any]) -> None:
+        history.append(dict(rec))
+        if callable(progress):
+            progress(rec)
+            return
+        if not progress:
+            return
+        if not bars:  # created at the first generation: input errors come out before any bar
+            from tqdm.auto import tqdm  # noqa: PLC0415
+
+            bars.append(tqdm(total=generations, desc=f"search ({algorithm})", unit="gen", dynamic_ncols=True))
+        bar = bars[0]
+        if rec.get("refined"):
+            bar.set_postfix_str("refined around the best")
+            return
+        bar.n = min(int(rec.get("generation", 0)), generations)
+        post: dict[str, Any] = {"evaluated": rec.get("evaluated", 0)}
+        if "best_accuracy" in rec:
+            post.update(best=f"{rec['best_accuracy']:.4g}", ms=f"{rec['best_latency_ms']:.2f}")
+        bar.set_postfix(post)
+
+    def close() -> None:
+        for bar in bars:
+            bar.close()
+
+    return on_generation, close
+
+
+def _scorer_factory(model: Any, accuracy: AccuracyFn) -> Callable[[SparsityConfig], float]:
+    """Runs in each Ray worker: the model and function arrive pickled."""
+    if hasattr(model, "eval"):
+        model.eval()
+    return ConfigScorer(model, accuracy)
+
+
+# ---- the call -----------------------------------------------------------------------------------------------------
+def search(
+    space: SearchSpace | str | os.PathLike | None = None,
+    *,
+    latency: LatencySource,
+    accuracy: AccuracyFn,
+    budget: str | float | Budget,
+    model: Any = None,
+    algorithm: str = "ga",
+    population: int = 32,
+    generations: int = 12,
+    seed: int = 0,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    workers: int = 1,
+    ray_address: str | None = None,
+    progress: bool | Callable[[dict[str, Any]], None] = True,
+    refine: bool = True,
+    flops: bool = True,
+    metric: str | None = None,
+    device: str = "cpu",
+    fingerprint: Mapping[str, Any] | None = None,
+    on_evaluated: Callable[[int], None] | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> SearchResult:
+    """Search `space` for the most accurate config whose predicted latency meets `budget`.
+
+    Args:
+        space: a SearchSpace or its YAML file (None: the space stored in a supernet file given as `model`).
+        latency: a LatencyTable (or its file) of this space, or a function `config -> ms`.
+        accuracy: `accuracy(model, config) -> float`, higher is better; `model` has `config` applied (and is in
+            eval mode). Called once per config: results are cached (in `out` when given). An exception stops the
+            search with an AccuracyFunctionError naming the config; what was evaluated stays cached for `resume`.
+        budget: milliseconds (a number or "30ms") or a fraction of the dense latency ("0.7x").
+        model: the supernet (a module with `set_config`, or a supernet file from `sparsesearch adapt`);
+            None: `accuracy` receives None and applies the config itself.
+        algorithm: one of ALGORITHMS ("ga", "nsga2", "optuna-nsga2", "optuna-tpe", "tune", "random").
+        population, generations, seed: the search's size and seed.
+        out: folder for the cache, checkpoint, history.jsonl, best.json, pareto.json and pareto.png (None: all in
+            memory). resume: continue the search in `out`. overwrite: discard a previous search in `out`.
+        workers, ray_address: evaluate on N local Ray workers or an existing cluster (model and function pickled).
+        progress: a progress bar (True), none (False), or a function called with each generation's record.
+        refine: a final greedy neighbourhood search around the best config.
+        flops: count GFLOPs of the reported configs (needs a model).
+        metric: the name of the accuracy in reports (default: `accuracy.metric` or "accuracy").
+        fingerprint: extra settings a resumed search must match (the CLI adds its supernet and data).
+    Raises:
+        SparseSearchError subclasses: BudgetError, LatencyTableError, AccuracyFunctionError, SpaceError, ...
+    """
+    if algorithm not in ALGORITHMS:
+        raise SparseSearchError(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+    model, space = _resolve_model_and_space(space, model, device)
+    lat = _Latency(latency, space)
+    b, budget_ms = _budget_ms(budget, lat)
+    if hasattr(model, "eval"):
+        model.eval()
+    scorer = ConfigScorer(model, accuracy)
+    metric = metric or getattr(accuracy, "metric", None) or "accuracy"
+    out_dir = Path(out) if out is not None else None
+    fp = {"space": space.name, "budget": str(b), "algorithm": algorithm, "seed": seed, "accuracy": scorer.name,
+          "latency_source": lat.name, **(fingerprint or {})}
+    if out_dir is not None:
+        _prepare_out(out_dir, fp, resume, overwrite)
+    elif resume:
+        raise SparseSearchError("resume needs the out folder of the search to continue")
+
+    ray_eval = None
+    factory = functools.partial(_scorer_factory, model, accuracy)
+    if (workers > 1 or ray_address) and algorithm != "tune":
+        from .parallel import RayEvaluator  # noqa: PLC0415
+
+        ray_eval = RayEvaluator(factory, workers=max(1, workers), address=ray_address)
+    cache = AccuracyCache(space, ray_eval if ray_eval is not None else SerialEvaluator(scorer),
+                          out_dir / "accuracy_cache.jsonl" if out_dir else None, on_evaluated=on_evaluated)
+    history: list[dict[str, Any]] = []
+    on_generation, close_bar = _progress_callback(progress, generations, algorithm, history)
+    engine_resume = resume and out_dir is not None and _engine_state_exists(out_dir, algorithm)
+    try:
+        run = run_search(space, lat, cache, budget_ms, algorithm=algorithm, population=population,
+                         generations=generations, seed=seed, out_dir=out_dir, resume=engine_resume,
+                         on_generation=on_generation, refine=refine, seeds=lat.seed_genes, evaluator_factory=factory,
+                         workers=max(1, workers), address=ray_address)
+        base = Baselines(uniform_sparsity_baseline(space, lat, cache, budget_ms), budget_ms=budget_ms)
+        dense_cfg = space.densest()
+        resize_acc = KeyedCache(scorer, out_dir / "resize_cache.jsonl" if out_dir else None)
+        base.uniform_resize = uniform_resize_baseline(
+            lat.resize_resolutions, lat.dense_at,
+            lambda r: resize_acc(SparsityConfig(dense_cfg.sparsity, dense_cfg.window_size, r)), dense_cfg, budget_ms)
+        dense_acc = float(cache.evaluate(space.encode(dense_cfg)[None])[0])
+    finally:
+        close_bar()
+        if ray_eval is not None:
+            ray_eval.close()
+    if out_dir is not None and (out_dir / "history.jsonl").is_file():
+        history = _read_jsonl(out_dir / "history.jsonl")
+
+    flops_fn = _flops_fn(model, space) if flops and model is not None and hasattr(model, "set_config") else None
+    if out_dir is not None:
+        best_p, front_p = write_outputs(out_dir, space, run, base, metric=metric, flops_fn=flops_fn,
+                                        meta={"budget": str(b), **(meta or {})})
+    else:
+        best_p, front_p = _points(space, run, flops_fn)
+        for p in base.uniform_sparsity + base.uniform_resize:
+            if flops_fn is not None and p.gflops is None:
+                p.gflops = flops_fn(SparsityConfig.from_dict(p.config)) / 1e9
+    dense = Candidate(dense_cfg, lat.dense_ms, dense_acc, flops_fn(dense_cfg) / 1e9 if flops_fn else None, "dense")
+    return SearchResult(
+        best=Candidate.from_point(best_p), pareto=[Candidate.from_point(p) for p in front_p],
+        uniform_sparsity=[Candidate.from_point(p) for p in base.uniform_sparsity],
+        uniform_resize=[Candidate.from_point(p) for p in base.uniform_resize], dense=dense, history=history,
+        budget_ms=budget_ms, metric=metric, algorithm=algorithm, space=space, run=run, evaluated=len(cache),
+        new_evaluations=cache.n_new, out=out_dir,
+    )
+
+
+def _flops_fn(model: Any, space: SearchSpace) -> Callable[[SparsityConfig], float]:
+    from ..flops import count_flops  # noqa: PLC0415
+
+    res = space.resolutions[0]
+
+    @functools.lru_cache(maxsize=None)
+    def flops_of(key: str) -> float:
+        cfg = SparsityConfig.from_dict(json.loads(key))
+        return float(count_flops(model, cfg.resolution or res, cfg).total)
+
+    return lambda cfg: flops_of(cfg.key())
+
+
+def _points(space: SearchSpace, run: SearchRun, flops_fn: Callable[[SparsityConfig], float] | None) -> tuple[Point, list[Point]]:
+    def point(i: int, label: str = "") -> Point:
+        cfg = space.decode(run.genes[i])
+        return Point(cfg.to_dict(), float(run.latency_ms[i]), float(run.accuracy[i]),
+                     flops_fn(cfg) / 1e9 if flops_fn else None, label)
+
+    return point(run.best_index(), "searched"), [point(int(i)) for i in run.pareto_indices()]

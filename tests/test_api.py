@@ -1,0 +1,231 @@
+"""`ss.search` in one call with the caller's own accuracy function, and `sparsesearch evolve --accuracy`."""
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import sparsesearch as ss
+from sparsesearch.cli import main
+from sparsesearch.latency import ProfileSettings, profile
+from sparsesearch.supernet import SupernetMeta, save_supernet
+from sparsesearch.testing import exhaustive_best, toy_accuracy, toy_latency, toy_space
+
+TINY = """
+name: tiny_api
+architecture: swin_nano
+model_kwargs: {embed_dim: 16, num_heads: [1, 1, 2, 2], window_size: 4, seg_dim: 16}
+resolutions: [[64, 64]]
+sparsity_choices: [0.0, 0.25, 0.5, 0.75]
+genes:
+  - {name: a, blocks: ["0.0", "0.1"]}
+  - {name: b, blocks: ["1.0", "1.1"]}
+  - {name: c, blocks: ["2.0", "2.1", "3.0", "3.1"], choices: [0.0]}
+window_sizes: [[4], [4], [4], [4]]
+"""
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return toy_space(tmp_path_factory.mktemp("toy"))
+
+
+def _toy_ms(space):
+    return lambda cfg: float(toy_latency(space.encode(cfg)[None])[0])
+
+
+def _toy_acc(model, cfg):
+    assert model is None  # no model given: the function gets None
+    return toy_accuracy(cfg)
+
+
+@pytest.mark.parametrize("budget", [7.0, "7ms", "0.5x"])
+def test_search_finds_the_exhaustive_optimum(toy, budget, tmp_path):
+    ms = 7.0 if budget != "0.5x" else 0.5 * float(toy_latency(toy.encode(toy.densest())[None])[0])
+    _, best = exhaustive_best(toy, ms)
+    r = ss.search(toy, latency=_toy_ms(toy), accuracy=_toy_acc, budget=budget, population=30, generations=30, seed=1,
+                  progress=False)
+    assert r.budget_ms == pytest.approx(ms)
+    assert r.best.accuracy == pytest.approx(best, abs=1e-12) and r.best.latency_ms <= ms
+    assert isinstance(r.best.config, ss.SparsityConfig) and r.best.accuracy == toy_accuracy(r.best.config)
+    assert r.evaluated < 0.02 * toy.size  # it did not enumerate its way there
+    lats = [c.latency_ms for c in r.pareto]
+    assert lats == sorted(lats) and all(l <= ms for l in lats) and r.pareto[-1].accuracy == r.best.accuracy
+    ub = r.best_uniform_sparsity
+    assert ub is not None and ub.latency_ms <= ms and r.best.accuracy >= ub.accuracy
+    assert len({tuple(np.round(c.config.flat(), 6)) for c in r.uniform_sparsity}) == len(r.uniform_sparsity)
+    assert all(len(set(c.config.flat())) == 1 for c in r.uniform_sparsity)  # uniform: one level everywhere
+    assert [h["generation"] for h in r.history if not h.get("refined")] == list(range(1, 31))
+    assert r.dense.accuracy == toy_accuracy(toy.densest()) and r.dense.latency_ms > ms
+    assert r.plot(tmp_path / "p.png").stat().st_size > 10_000
+
+
+def _fidelity_setup(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    space = ss.SearchSpace.load(tmp_path / "tiny.yaml")
+    torch.manual_seed(0)
+    model = space.create_model(head="seg", num_classes=3)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model.eval()(x)
+
+    def fidelity(m, cfg):
+        """Higher is better: minus the mean distance of the pruned model's logits from the dense ones."""
+        assert m is model and m.config == cfg and not m.training  # the config is applied for the call
+        with torch.no_grad():
+            return -float((m(x) - ref).abs().mean())
+
+    def ms(cfg):
+        kept = [1.0 - p for p in cfg.flat()]
+        return 1.0 + 0.5 * sum(kept[:2]) + 0.3 * sum(kept[2:4])  # stages 2-3 are one window each at 64x64
+
+    return space, model, fidelity, ms
+
+
+def test_search_applies_configs_to_the_model_and_matches_enumeration(tmp_path):
+    space, model, fidelity, ms = _fidelity_setup(tmp_path)
+    budget = 2.2
+    truth = []
+    for genes in itertools.product(*(range(len(g.choices)) for g in space.genes)):
+        cfg = space.decode(np.array([*genes, 0, 0, 0, 0, 0]))  # + window and resolution indices
+        if ms(cfg) <= budget:
+            model.set_config(cfg)
+            truth.append(fidelity(model, cfg))
+    model.set_config(None)
+    r = ss.search(space, latency=ms, accuracy=fidelity, budget=budget, model=model, population=8, generations=4,
+                  seed=0, out=tmp_path / "s", progress=False, flops=False)
+    assert r.best.accuracy == pytest.approx(max(truth), abs=1e-9) and r.best.latency_ms <= budget
+    assert r.best.accuracy < 0 and r.dense.accuracy == 0.0  # a real trade-off: the dense model is over budget
+    assert model.config is None  # restored after every evaluation
+    doc = json.loads((tmp_path / "s" / "best.json").read_text())
+    assert ss.SparsityConfig.load(tmp_path / "s" / "best.json") == r.best.config and doc["accuracy"] == r.best.accuracy
+    cached = (tmp_path / "s" / "accuracy_cache.jsonl").read_text().splitlines()
+    assert len(cached) == len({json.loads(l)["genes"] for l in cached})  # each config evaluated once
+    with pytest.raises(ss.SparseSearchError, match="already holds a search"):
+        ss.search(space, latency=ms, accuracy=fidelity, budget=budget, model=model, out=tmp_path / "s", progress=False)
+
+
+def test_an_error_keeps_what_was_evaluated_and_resume_goes_on(toy, tmp_path):
+    calls: list[str] = []
+    fail_at = [5]
+
+    def acc(model, cfg):
+        calls.append(cfg.key())
+        if len(calls) == fail_at[0]:
+            raise ValueError("metric server down")
+        return toy_accuracy(cfg)
+
+    kw = dict(latency=_toy_ms(toy), accuracy=acc, budget=7.0, population=10, generations=4, seed=2, out=tmp_path,
+              progress=False)
+    with pytest.raises(ss.AccuracyFunctionError, match="raised ValueError: metric server down") as err:
+        ss.search(toy, **kw)
+    assert isinstance(err.value.__cause__, ValueError)
+    failed = calls[4]
+    assert json.dumps(ss.SparsityConfig.from_dict(json.loads(failed)).to_dict()) in str(err.value)  # the culprit
+    cached = [json.loads(l) for l in (tmp_path / "accuracy_cache.jsonl").read_text().splitlines()]
+    assert len(cached) == 4
+    before = set(calls[:4])
+    calls.clear()
+    fail_at[0] = -1
+    resumed = ss.search(toy, **kw, resume=True)
+    assert not before & set(calls) and calls[0] == failed  # none of the 4 again; the 5th is next
+    calls.clear()
+    fresh = ss.search(toy, **{**kw, "out": tmp_path / "fresh"})  # the uninterrupted search
+    assert {tuple(g) for g in resumed.run.genes} == {tuple(g) for g in fresh.run.genes}
+    assert resumed.best.config == fresh.best.config and resumed.new_evaluations == fresh.new_evaluations - 4
+
+
+@pytest.mark.parametrize("value", ["0.9", None, float("nan"), True, [0.5]])
+def test_a_non_number_is_refused_with_the_config(toy, value):
+    with pytest.raises(ss.AccuracyFunctionError, match="must return a finite number"):
+        ss.search(toy, latency=_toy_ms(toy), accuracy=lambda m, c: value, budget=7.0, population=4, generations=1,
+                  progress=False)
+
+
+def test_numpy_and_tensor_scores_are_numbers(toy):
+    r = ss.search(toy, latency=_toy_ms(toy), accuracy=lambda m, c: torch.tensor(toy_accuracy(c)), budget=7.0,
+                  population=6, generations=2, progress=False, refine=False)
+    assert r.best.accuracy == pytest.approx(toy_accuracy(r.best.config), abs=1e-6)
+
+
+def test_resume_without_a_search_and_bad_budgets(toy, tmp_path):
+    kw = dict(latency=_toy_ms(toy), accuracy=_toy_acc, population=4, generations=1, progress=False)
+    with pytest.raises(ss.SparseSearchError, match="holds no search"):
+        ss.search(toy, budget=7.0, out=tmp_path, resume=True, **kw)
+    with pytest.raises(ss.BudgetError, match="below the fastest config"):
+        ss.search(toy, budget=1.0, **kw)
+    with pytest.raises(ss.BudgetError):
+        ss.search(toy, budget="fast", **kw)
+
+
+# ---- the CLI ------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def supernet(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sn")
+    (d / "space.yaml").write_text(TINY)
+    space = ss.SearchSpace.load(d / "space.yaml")
+    kwargs = {"head": "seg", "num_classes": 3}
+    torch.manual_seed(0)
+    model = space.create_model(**kwargs)
+    meta = SupernetMeta.create(space, kwargs, task="seg", num_classes=3, data="synthetic:8", image_size=(64, 64))
+    save_supernet(d / "supernet.pt", model, meta)
+    profile(space, ProfileSettings(head="seg", num_classes=3, threads=1, warmup=0, repeats=1, rounds=1, calibration=0,
+                                   in_model=False, flush_mb=0), d / "table.json")
+    return d
+
+
+MODULE = '''
+import json
+
+CALLS = []
+NOT_A_FUNCTION = 3
+
+
+def acc(model, config):
+    """A score only the config decides (the measured table is noisy: any budget that fits all is used)."""
+    assert model.config == config
+    return config.mean_sparsity()
+
+
+def words(model, config):
+    return "high"
+'''
+
+
+def _evolve(d, out, *extra):
+    return ["evolve", "--supernet", str(d / "supernet.pt"), "--table", str(d / "table.json"), "--latency", "1000ms",
+            "--out", str(out), "--population", "4", "--generations", "2", *extra]
+
+
+def test_cli_accuracy_from_a_module_in_the_working_directory(supernet, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_metric_a.py").write_text(MODULE)
+    assert main(_evolve(supernet, tmp_path / "s", "--accuracy", "my_metric_a:acc")) == 0
+    assert "scored by my_metric_a:acc" in capsys.readouterr().out
+    best = json.loads((tmp_path / "s" / "best.json").read_text())
+    cfg = ss.SparsityConfig.from_dict(best["config"])
+    assert best["accuracy_function"] == "my_metric_a:acc" and best["latency_ms"] <= best["budget_ms"]
+    space = ss.SearchSpace.load(supernet / "space.yaml")
+    assert cfg == space.sparsest() and best["accuracy"] == pytest.approx(space.sparsest().mean_sparsity())
+
+
+@pytest.mark.parametrize(
+    "ref, message",
+    [("no_such_module_xyz:acc", "no module named 'no_such_module_xyz'"),
+     ("my_metric_b:missing", "has no attribute 'missing'"),
+     ("my_metric_b:NOT_A_FUNCTION", "is a int, not a function"),
+     ("my_metric_b", "write it as package.module:function"),
+     ("my_metric_b:words", "returned 'high' (str)")],
+)
+def test_cli_bad_accuracy_reference_is_one_line(supernet, tmp_path, monkeypatch, capsys, ref, message):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_metric_b.py").write_text(MODULE)
+    assert main(_evolve(supernet, tmp_path / "s", "--accuracy", ref)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
