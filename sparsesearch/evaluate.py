@@ -212,7 +212,10 @@ class Evaluator:
 
     def __call__(self, config: SparsityConfig | None, resolution: Sequence[int] | None = None) -> EvalResult:
         """Score ``config`` (None: the model as it is). ``resolution`` (H, W) resizes the inputs first (the
-        prediction is resized back to the labels for mIoU); None runs at the data set's size."""
+        prediction is resized back to the labels for mIoU); None takes the config's own ``resolution`` and,
+        when it has none, runs at the data set's size."""
+        if resolution is None and config is not None and config.resolution is not None:
+            resolution = config.resolution
         key = (config.key() if config is not None else "current") + f"|{tuple(resolution) if resolution else ''}"
         if self._cache is not None and key in self._cache:
             return self._cache[key]
