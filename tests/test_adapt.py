@@ -364,7 +364,8 @@ def test_top1_for_classification():
 
     items = [(torch.full((3, 2, 2), float(p)), t) for p, t in [(0, 0), (1, 1), (2, 0), (1, 1)]]
     res = evaluate(Cls(), None, items, batch=3, num_classes=3)  # type: ignore[arg-type]
-    assert res == EvalResult("top1", 75.0, 4)
+    assert (res.metric, res.value, res.n) == ("top1", 75.0, 4)
+    assert res.stderr == pytest.approx(100 * (0.75 * 0.25 / 3) ** 0.5)  # binomial, n - 1 in the denominator
 
 
 def test_resolve_config_shortcuts(space_file, tmp_path):
