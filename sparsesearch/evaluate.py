@@ -25,6 +25,7 @@ __all__ = [
     "evaluate",
     "confusion_matrix",
     "miou_from_confusion",
+    "miou_stderr",
     "resolve_config",
 ]
 
@@ -42,15 +43,20 @@ class EvalResult:
         n: number of items scored.
         per_class: IoU (percent) of each class for "mIoU", NaN where a class is absent from both prediction
             and labels; empty for "top1".
+        stderr: the figure's standard error over the items (jackknife over images for mIoU, binomial for
+            top-1): the evaluation's own noise, below which two configs are not told apart.
     """
 
     metric: str
     value: float
     n: int
     per_class: tuple[float, ...] = ()
+    stderr: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"metric": self.metric, "value": self.value, "n": self.n}
+        if not math.isnan(self.stderr):
+            d["stderr"] = self.stderr
         if self.per_class:
             d["per_class"] = [None if math.isnan(v) else v for v in self.per_class]
         return d
@@ -89,6 +95,24 @@ def miou_from_confusion(cm: torch.Tensor) -> tuple[float, tuple[float, ...]]:
     present = ~torch.isnan(iou)
     value = float(iou[present].mean()) if bool(present.any()) else float("nan")
     return value, tuple(float(v) for v in iou)
+
+
+def miou_stderr(per_item: torch.Tensor) -> float:
+    """Jackknife standard error (percent) of the data-set mIoU from per-item confusion matrices (n, C, C).
+
+    The mIoU is recomputed with each item left out; SE = sqrt((n-1)/n * sum((m_i - mean)^2)). NaN for n < 2.
+    """
+    n = int(per_item.shape[0])
+    if n < 2:
+        return float("nan")
+    cm = per_item.double()
+    left_out = cm.sum(0, keepdim=True) - cm  # (n, C, C)
+    inter = left_out.diagonal(dim1=1, dim2=2)
+    union = left_out.sum(1) + left_out.sum(2) - inter
+    iou = inter / union.clamp(min=1)
+    present = union > 0
+    m = (iou * present).sum(1) / present.sum(1).clamp(min=1) * 100.0  # (n,)
+    return float(((n - 1) / n * ((m - m.mean()) ** 2).sum()).sqrt())
 
 
 # ---- configs from strings ------------------------------------------------------------------------------------
@@ -212,7 +236,10 @@ class Evaluator:
 
     def __call__(self, config: SparsityConfig | None, resolution: Sequence[int] | None = None) -> EvalResult:
         """Score ``config`` (None: the model as it is). ``resolution`` (H, W) resizes the inputs first (the
-        prediction is resized back to the labels for mIoU); None runs at the data set's size."""
+        prediction is resized back to the labels for mIoU); None takes the config's own ``resolution`` and,
+        when it has none, runs at the data set's size."""
+        if resolution is None and config is not None and config.resolution is not None:
+            resolution = config.resolution
         key = (config.key() if config is not None else "current") + f"|{tuple(resolution) if resolution else ''}"
         if self._cache is not None and key in self._cache:
             return self._cache[key]
@@ -232,7 +259,7 @@ class Evaluator:
             if set_config is None:
                 raise ConfigError(f"{type(model).__name__} has no set_config: it cannot run sparsity configs")
             set_config(config)
-        cm = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+        per_item: list[torch.Tensor] = []  # (C, C) confusion of each image
         correct = 0
         try:
             batches = self._batches if self._batches is not None else self._load()
@@ -246,7 +273,8 @@ class Evaluator:
                 if self.task == "seg":
                     if logits.shape[-2:] != targets.shape[-2:]:
                         logits = F.interpolate(logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
-                    cm += confusion_matrix(logits.argmax(1), targets, self.num_classes, self.ignore_index)
+                    pred = logits.argmax(1)
+                    per_item += [confusion_matrix(p, t, self.num_classes, self.ignore_index) for p, t in zip(pred, targets)]
                 else:
                     correct += int((logits.argmax(-1) == targets).sum())
         finally:
@@ -254,9 +282,11 @@ class Evaluator:
                 set_config(previous)
             model.train(was_training)
         if self.task == "seg":
-            value, per_class = miou_from_confusion(cm)
-            return EvalResult("mIoU", value, self.n, per_class)
-        return EvalResult("top1", 100.0 * correct / self.n, self.n)
+            stacked = torch.stack(per_item)
+            value, per_class = miou_from_confusion(stacked.sum(0))
+            return EvalResult("mIoU", value, self.n, per_class, miou_stderr(stacked))
+        top1 = correct / self.n
+        return EvalResult("top1", 100.0 * top1, self.n, stderr=100.0 * math.sqrt(top1 * (1 - top1) / max(1, self.n - 1)))
 
 
 def evaluate(

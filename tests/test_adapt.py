@@ -120,6 +120,28 @@ def test_evaluator_is_deterministic_cached_and_restores_the_config(trained):
     assert evaluate(model, cfg, ds, 100).n == len(ds)  # n larger than the split: all of it
 
 
+def test_a_config_resolution_is_used_by_the_evaluator(trained):
+    out, _ = trained
+    model, space, meta = load_supernet(out / "supernet.pt")
+    ds = build_eval_dataset(meta)
+    seen: list[tuple[int, ...]] = []
+    hook = model.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
+    try:
+        ev = Evaluator(model, ds, 4, batch=4)
+        dense = space.densest()
+        resized = ss.SparsityConfig(dense.sparsity, dense.window_size, resolution=(32, 48))
+        ev(dense)
+        assert seen[-1] == (64, 64)
+        got = ev(resized)
+        assert seen[-1] == (32, 48)  # the config's own resolution is what runs
+        assert got.value == Evaluator(model, ds, 4, batch=4, cache=False)(dense, (32, 48)).value
+        assert evaluate(model, resized, ds, 4).value == got.value and seen[-1] == (32, 48)
+        ev(resized, (64, 64))
+        assert seen[-1] == (64, 64)  # an explicit resolution wins over the config's
+    finally:
+        hook.remove()
+
+
 # ---- kill and resume --------------------------------------------------------------------------------------------
 class _Killed(Exception):
     pass
@@ -342,7 +364,8 @@ def test_top1_for_classification():
 
     items = [(torch.full((3, 2, 2), float(p)), t) for p, t in [(0, 0), (1, 1), (2, 0), (1, 1)]]
     res = evaluate(Cls(), None, items, batch=3, num_classes=3)  # type: ignore[arg-type]
-    assert res == EvalResult("top1", 75.0, 4)
+    assert (res.metric, res.value, res.n) == ("top1", 75.0, 4)
+    assert res.stderr == pytest.approx(100 * (0.75 * 0.25 / 3) ** 0.5)  # binomial, n - 1 in the denominator
 
 
 def test_resolve_config_shortcuts(space_file, tmp_path):

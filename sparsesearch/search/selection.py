@@ -1,0 +1,54 @@
+"""The one rule that picks "the best config within the budget", used by the search log, the search result,
+best.json and the demo's final table alike.
+
+Among the configs whose latency is within the budget, the highest accuracy a* is found; every config within
+`tie` of a* counts as equally accurate (`tie` is the evaluation's own noise, e.g. the standard error of the
+metric over the validation images), and the fastest of those wins; a remaining tie goes to the earlier one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["Pick", "pick_best", "PICK_RULE"]
+
+PICK_RULE = "fastest config within the budget whose accuracy is within the tie margin of the most accurate one"
+
+
+@dataclass(frozen=True)
+class Pick:
+    """The chosen index, the rule, and what it weighed."""
+
+    index: int
+    rule: str
+    tie_margin: float
+    best_accuracy: float
+    tied: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"rule": self.rule, "tie_margin": self.tie_margin, "best_accuracy": self.best_accuracy,
+                "tied_with": len(self.tied) - 1}
+
+
+def pick_best(
+    latency_ms: Sequence[float], accuracy: Sequence[float], budget_ms: float, tie: float = 0.0
+) -> Pick | None:
+    """Index of the best config within `budget_ms` (see the module docstring), or None if none is within it.
+
+    latency_ms, accuracy: (n,) figures of n configs (NaN accuracy = not evaluated, never picked);
+    tie: accuracies within this margin of the best count as equal (>= 0).
+    """
+    lat = np.asarray(latency_ms, dtype=np.float64)
+    acc = np.asarray(accuracy, dtype=np.float64)
+    if lat.shape != acc.shape:
+        raise ValueError(f"latency and accuracy differ in shape: {lat.shape} vs {acc.shape}")
+    ok = (lat <= budget_ms) & np.isfinite(acc)
+    if not ok.any():
+        return None
+    best = float(acc[ok].max())
+    margin = max(0.0, float(tie))
+    tied = np.flatnonzero(ok & (acc >= best - margin - 1e-12))
+    order = np.lexsort((tied, lat[tied]))  # fastest first, then the earlier index
+    return Pick(int(tied[order[0]]), PICK_RULE, margin, best, tuple(int(i) for i in tied))
