@@ -175,9 +175,9 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = lambda msg: None
         table_stage.dir.mkdir(parents=True, exist_ok=True)  # keeps a partial profile: the profiler resumes it
         table_stage.product.unlink(missing_ok=True)
         say(f"[1/4] profiling {Path(space_path).name} on this CPU ({threads} threads) at {', '.join(str(r) for r in o.resolutions)}")
-        from tqdm import tqdm  # noqa: PLC0415
+        from .progress import progress_bar  # noqa: PLC0415
 
-        with tqdm(desc="profile", unit="entry", disable=not progress) as bar:
+        with progress_bar(desc="profile", unit="entry", enabled=progress) as bar:
             def on_start(done: int, total: int) -> None:
                 bar.total, bar.n = total, done
                 bar.refresh()
@@ -219,9 +219,9 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = lambda msg: None
         redo = True
         search_stage.reset()
         say(f"[3/4] searching under a budget of {o.latency} ({o.algorithm}, population {o.population}, {o.generations} generations)")
-        from tqdm import tqdm  # noqa: PLC0415
+        from .progress import progress_bar  # noqa: PLC0415
 
-        with tqdm(total=o.generations, desc="evolve", unit="gen", disable=not progress) as bar:
+        with progress_bar(o.generations, desc="evolve", unit="gen", enabled=progress) as bar:
             def on_generation(rec: dict[str, Any]) -> None:
                 bar.n = min(int(rec.get("generation", 0)), o.generations)
                 if "best_accuracy" in rec:  # set_postfix refreshes the bar

@@ -155,7 +155,8 @@ def adapt(
         explicit: the option names the user set; on resume only these are compared with the recorded
             settings (a training setting that differs is a ConfigError). Default: those that differ from the
             defaults.
-        progress: tqdm bar (None: when stderr is a terminal). Only rank 0 shows it.
+        progress: a progress bar (None or True: a live bar on a terminal, a line every 5 % otherwise; False: none).
+            Only rank 0 shows it.
         on_step: called on every rank after each step with that step's record (as logged).
         log: called with one-line messages (rank 0 only), e.g. ``print``.
 
@@ -422,9 +423,9 @@ class _Run:
         metrics_file = open(out / METRICS, "a") if info.is_main else None  # noqa: SIM115
         bar = None
         if info.is_main and self.progress is not False:
-            from tqdm.auto import tqdm  # noqa: PLC0415
+            from ..progress import progress_bar  # noqa: PLC0415
 
-            bar = tqdm(total=total, initial=start, desc="adapt", unit="step", dynamic_ncols=True, disable=None if self.progress is None else False)
+            bar = progress_bar(total, initial=start, desc="adapt", unit="step")
         old_handlers = self._install_signal_handlers()
         t_run = time.perf_counter()
         try:

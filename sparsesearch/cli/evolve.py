@@ -49,7 +49,7 @@ class EvolveCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from tabulate import tabulate  # noqa: PLC0415
-        from tqdm import tqdm  # noqa: PLC0415
+        from ..progress import progress_bar  # noqa: PLC0415
 
         from ..search.evolve import EvolveOptions, evolve  # noqa: PLC0415
 
@@ -58,7 +58,7 @@ class EvolveCommand(Command):
 
         def on_generation(rec: dict) -> None:
             if not bars:
-                bars.append(tqdm(total=args.generations, desc=f"evolve ({args.algorithm})", unit="gen"))
+                bars.append(progress_bar(args.generations, desc=f"evolve ({args.algorithm})", unit="gen"))
             bar = bars[0]
             if rec.get("refined"):
                 bar.set_postfix_str("refined around the best")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..errors import LatencyTableError, SparseSearchError
@@ -134,9 +133,9 @@ class ProfileCommand(Command):
             if done:
                 print(f"resuming: {done} of {total} measurements kept from the interrupted run")
             if not args.no_progress:
-                from tqdm import tqdm  # noqa: PLC0415
+                from ..progress import progress_bar  # noqa: PLC0415
 
-                bar = tqdm(total=total, initial=done, unit="entry", file=sys.stderr, dynamic_ncols=True)
+                bar = progress_bar(total, initial=done, desc="profile", unit="entry")
 
         def on_entry(entry, stat, done: int, total: int) -> None:
             if bar is not None:
@@ -239,9 +238,9 @@ class LatencyCommand(Command):
             json_path, png_path = args.report, args.report.with_suffix(".png")
         bar = None
         if not args.no_progress:
-            from tqdm import tqdm  # noqa: PLC0415
+            from ..progress import progress_bar  # noqa: PLC0415
 
-            bar = tqdm(unit="config", file=sys.stderr, dynamic_ncols=True)
+            bar = progress_bar(desc="validate", unit="config")
 
         def on_config(done: int, total: int) -> None:
             if bar is not None:
