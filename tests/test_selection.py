@@ -44,3 +44,59 @@ def test_agrees_with_brute_force_on_random_cases():
         budget, tie = float(rng.integers(5, 30)), float(rng.choice([0.0, 0.5, 1.0]))
         got = pick_best(lat, acc, budget, tie)
         assert (got.index if got else None) == _brute(lat, acc, budget, tie)
+
+
+# ---- the rule inside a search: logs, result, best.json and baselines agree ------------------------------------------
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+import sparsesearch as ss  # noqa: E402
+from sparsesearch.errors import SparseSearchError  # noqa: E402
+from sparsesearch.search.api import Candidate  # noqa: E402
+from sparsesearch.testing import toy_accuracy, toy_latency, toy_space  # noqa: E402
+
+
+class _CoarseAccuracy:
+    """toy accuracy rounded to 0.05 (many exact ties), with a stated noise of 0.02."""
+
+    metric = "coarse"
+
+    def __call__(self, model, cfg):
+        return round(toy_accuracy(cfg) * 20) / 20
+
+    def noise(self, model, cfg):
+        return 0.02
+
+
+def _fastest_tied(result, points):
+    ok = [p for p in points if p.latency_ms <= result.budget_ms]
+    best = max(p.accuracy for p in ok)
+    return min(p.latency_ms for p in ok if p.accuracy >= best - result.tie - 1e-12)
+
+
+@pytest.mark.parametrize("tie", [None, 0.0, 0.1])
+def test_search_picks_the_fastest_of_the_tied_everywhere(tmp_path, tie):
+    space = toy_space(tmp_path)
+    acc = _CoarseAccuracy()
+    r = ss.search(space, latency=lambda c: float(toy_latency(space.encode(c)[None])[0]), accuracy=acc, budget=7.0,
+                  population=12, generations=4, seed=0, out=tmp_path / "run", progress=False, refine=False, tie=tie)
+    assert r.tie == (0.02 if tie is None else tie)  # None: the accuracy function's own noise
+    everything = [Candidate(space.decode(g), float(l), float(a), None, "")
+                  for g, l, a in zip(r.run.genes, r.run.latency_ms, r.run.accuracy)]
+    everything += r.uniform_sparsity + r.uniform_resize
+    assert r.best.latency_ms == pytest.approx(_fastest_tied(r, everything))
+    doc = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert doc["latency_ms"] == pytest.approx(r.best.latency_ms) and doc["pick"]["tie_margin"] == r.tie
+    assert "fastest" in doc["pick"]["rule"]
+    last = [h for h in r.history if "best_latency_ms" in h][-1]  # the log names a config the same rule picks
+    run_only = everything[: len(r.run.genes)]
+    assert last["best_latency_ms"] == pytest.approx(_fastest_tied(r, run_only))
+    ub = r.best_uniform_sparsity
+    assert ub is not None and ub.latency_ms == pytest.approx(_fastest_tied(r, r.uniform_sparsity))
+
+
+def test_a_negative_tie_is_refused(tmp_path):
+    space = toy_space(tmp_path)
+    with pytest.raises(SparseSearchError, match="tie"):
+        ss.search(space, latency=lambda c: 1.0, accuracy=_CoarseAccuracy(), budget=7.0, progress=False, tie=-1.0)

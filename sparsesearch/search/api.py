@@ -25,7 +25,16 @@ from ..space import SearchSpace
 from .accuracy import AccuracyCache, AccuracyFn, ConfigScorer, KeyedCache, SerialEvaluator, _read_jsonl, callable_name
 from .budget import Budget, parse_budget
 from .engine import ALGORITHMS, SearchRun, run_search
-from .report import Baselines, Point, _plot, uniform_resize_baseline, uniform_sparsity_baseline, write_outputs
+from .report import (
+    Baselines,
+    Point,
+    _plot,
+    choose_best,
+    uniform_resize_baseline,
+    uniform_sparsity_baseline,
+    write_outputs,
+)
+from .selection import pick_best
 
 __all__ = ["Candidate", "SearchResult", "search"]
 
@@ -89,10 +98,11 @@ class SearchResult:
     new_evaluations: int
     out: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    tie: float = 0.0  # accuracies this close counted as equal when `best` was picked
 
     def _best_of(self, points: list[Candidate]) -> Candidate | None:
-        ok = [p for p in points if p.latency_ms <= self.budget_ms]
-        return max(ok, key=lambda p: (p.accuracy, -p.latency_ms)) if ok else None
+        pick = pick_best([p.latency_ms for p in points], [p.accuracy for p in points], self.budget_ms, self.tie)
+        return points[pick.index] if pick is not None else None
 
     @property
     def best_uniform_sparsity(self) -> Candidate | None:
@@ -106,7 +116,7 @@ class SearchResult:
 
     def baselines(self) -> Baselines:
         return Baselines([c.to_point() for c in self.uniform_sparsity], [c.to_point() for c in self.uniform_resize],
-                         self.budget_ms)
+                         self.budget_ms, self.tie)
 
     def plot(self, path: str | os.PathLike) -> Path:
         """Accuracy against predicted latency: every evaluated config, the front, the baselines, the best (PNG)."""
@@ -311,6 +321,7 @@ def search(
     fingerprint: Mapping[str, Any] | None = None,
     on_evaluated: Callable[[int], None] | None = None,
     meta: Mapping[str, Any] | None = None,
+    tie: float | None = None,
 ) -> SearchResult:
     """Search `space` for the most accurate config whose predicted latency meets `budget`.
 
@@ -333,6 +344,10 @@ def search(
         flops: count GFLOPs of the reported configs (needs a model).
         metric: the name of the accuracy in reports (default: `accuracy.metric` or "accuracy").
         fingerprint: extra settings a resumed search must match (the CLI adds its supernet and data).
+        tie: accuracies within this margin count as equal and the faster config wins (None: the evaluation's own
+            noise when `accuracy` reports it, as the built-in evaluator does with `noise(model, config)`, the
+            standard error over its validation images; else 0). The best is picked among everything evaluated
+            within the budget, the baselines included, by `selection.pick_best`.
     Raises:
         SparseSearchError subclasses: BudgetError, LatencyTableError, AccuracyFunctionError, SpaceError, ...
     """
@@ -344,6 +359,7 @@ def search(
     if hasattr(model, "eval"):
         model.eval()
     scorer = ConfigScorer(model, accuracy)
+    tie = _tie_margin(tie, accuracy, model, space)
     metric = metric or getattr(accuracy, "metric", None) or "accuracy"
     out_dir = Path(out) if out is not None else None
     fp = {"space": space.name, "budget": str(b), "algorithm": algorithm, "seed": seed, "accuracy": scorer.name,
@@ -368,8 +384,8 @@ def search(
         run = run_search(space, lat, cache, budget_ms, algorithm=algorithm, population=population,
                          generations=generations, seed=seed, out_dir=out_dir, resume=engine_resume,
                          on_generation=on_generation, refine=refine, seeds=lat.seed_genes, evaluator_factory=factory,
-                         workers=max(1, workers), address=ray_address)
-        base = Baselines(uniform_sparsity_baseline(space, lat, cache, budget_ms), budget_ms=budget_ms)
+                         workers=max(1, workers), address=ray_address, tie=tie)
+        base = Baselines(uniform_sparsity_baseline(space, lat, cache, budget_ms), budget_ms=budget_ms, tie=tie)
         dense_cfg = space.densest()
         resize_acc = KeyedCache(scorer, out_dir / "resize_cache.jsonl" if out_dir else None)
         base.uniform_resize = uniform_resize_baseline(
@@ -388,7 +404,7 @@ def search(
         best_p, front_p = write_outputs(out_dir, space, run, base, metric=metric, flops_fn=flops_fn,
                                         meta={"budget": str(b), **(meta or {})})
     else:
-        best_p, front_p = _points(space, run, flops_fn)
+        best_p, front_p = _points(space, run, base, flops_fn)
         for p in base.uniform_sparsity + base.uniform_resize:
             if flops_fn is not None and p.gflops is None:
                 p.gflops = flops_fn(SparsityConfig.from_dict(p.config)) / 1e9
@@ -398,7 +414,7 @@ def search(
         uniform_sparsity=[Candidate.from_point(p) for p in base.uniform_sparsity],
         uniform_resize=[Candidate.from_point(p) for p in base.uniform_resize], dense=dense, history=history,
         budget_ms=budget_ms, metric=metric, algorithm=algorithm, space=space, run=run, evaluated=len(cache),
-        new_evaluations=cache.n_new, out=out_dir,
+        new_evaluations=cache.n_new, out=out_dir, tie=tie,
     )
 
 
@@ -415,10 +431,25 @@ def _flops_fn(model: Any, space: SearchSpace) -> Callable[[SparsityConfig], floa
     return lambda cfg: flops_of(cfg.key())
 
 
-def _points(space: SearchSpace, run: SearchRun, flops_fn: Callable[[SparsityConfig], float] | None) -> tuple[Point, list[Point]]:
+def _points(space: SearchSpace, run: SearchRun, base: Baselines,
+            flops_fn: Callable[[SparsityConfig], float] | None) -> tuple[Point, list[Point]]:
     def point(i: int, label: str = "") -> Point:
         cfg = space.decode(run.genes[i])
         return Point(cfg.to_dict(), float(run.latency_ms[i]), float(run.accuracy[i]),
                      flops_fn(cfg) / 1e9 if flops_fn else None, label)
 
-    return point(run.best_index(), "searched"), [point(int(i)) for i in run.pareto_indices()]
+    return choose_best(run, base, point)[0], [point(int(i)) for i in run.pareto_indices()]
+
+
+def _tie_margin(tie: float | None, accuracy: Any, model: Any, space: SearchSpace) -> float:
+    """The margin below which two accuracies count as equal: `tie` if given, else the accuracy function's own
+    noise at the densest config (`accuracy.noise(model, config)`, when it has one), else 0."""
+    if tie is not None:
+        if not tie >= 0:
+            raise SparseSearchError(f"tie must be a margin >= 0, got {tie!r}")
+        return float(tie)
+    noise = getattr(accuracy, "noise", None)
+    if not callable(noise):
+        return 0.0
+    value = float(noise(model, space.densest()))
+    return value if value == value and value > 0 else 0.0

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..fileio import atomic_write
 from ..errors import SparseSearchError
+from .selection import pick_best
 from ..space import SearchSpace
 from .accuracy import AccuracyCache
 from .problem import ChoiceMutation, FeasibleSampling, LatencyFn, SpaceRepair, SparsityProblem
@@ -39,14 +40,14 @@ class SearchRun:
     algorithm: str
     generations_done: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    tie: float = 0.0  # accuracies this close count as equal (the evaluation's noise): see selection.pick_best
 
     def best_index(self) -> int:
-        """Highest accuracy within the budget; ties go to the lower latency."""
-        ok = np.flatnonzero(self.latency_ms <= self.budget_ms)
-        if not len(ok):
+        """The best config within the budget by `selection.pick_best` (the one rule every report uses)."""
+        pick = pick_best(self.latency_ms, self.accuracy, self.budget_ms, self.tie)
+        if pick is None:
             raise SparseSearchError("the search evaluated no config within the budget")
-        order = np.lexsort((self.latency_ms[ok], -self.accuracy[ok]))
-        return int(ok[order[0]])
+        return pick.index
 
     def pareto_indices(self) -> np.ndarray:
         """Indices of the non-dominated (accuracy up, latency down) configs within the budget, by latency."""
@@ -76,10 +77,11 @@ class SearchContext:
     resume: bool
     log: Callable[[dict[str, Any]], None]
     t0: float = field(default_factory=time.time)
+    tie: float = 0.0
 
     def record(self, generation: int) -> dict[str, Any]:
         """The log record of a finished generation (best feasible config so far)."""
-        return _generation_record(generation, self.cache, self.latency_fn, self.budget_ms, self.t0)
+        return _generation_record(generation, self.cache, self.latency_fn, self.budget_ms, self.t0, self.tie)
 
 
 def _atomic_pickle(obj: Any, path: Path) -> None:
@@ -103,16 +105,18 @@ def _collect(space: SearchSpace, cache: AccuracyCache, latency_fn: LatencyFn, bu
     return SearchRun(genes, acc, lat, budget_ms, algorithm, gens)
 
 
-def _generation_record(gen: int, cache: AccuracyCache, latency_fn: LatencyFn, budget_ms: float, t0: float) -> dict[str, Any]:
+def _generation_record(
+    gen: int, cache: AccuracyCache, latency_fn: LatencyFn, budget_ms: float, t0: float, tie: float = 0.0
+) -> dict[str, Any]:
     rec: dict[str, Any] = {"generation": gen, "evaluated": len(cache), "seconds": round(time.time() - t0, 3)}
     items = cache.items()
     if items:
         genes = np.stack([g for g, _ in items])
         acc = np.array([a for _, a in items])
         lat = np.asarray(latency_fn(genes))
-        ok = lat <= budget_ms
-        if ok.any():
-            i = int(np.flatnonzero(ok)[np.argmax(acc[ok])])
+        pick = pick_best(lat, acc, budget_ms, tie)
+        if pick is not None:
+            i = pick.index
             rec.update(best_accuracy=float(acc[i]), best_latency_ms=float(lat[i]), best_genes=genes[i].tolist())
     return rec
 
@@ -132,6 +136,7 @@ def run_search(
     on_generation: Callable[[dict[str, Any]], None] | None = None,
     refine: bool = True,
     seeds: np.ndarray | None = None,
+    tie: float = 0.0,
     **backend_options: Any,
 ) -> SearchRun:
     """Search `space` for the most accurate config whose predicted latency is within `budget_ms`.
@@ -149,6 +154,7 @@ def run_search(
             passes the fastest config of the space, so a budget near the minimum still has a feasible start).
         refine: finish with a greedy +-1 neighbourhood search around the best config (a few dozen evaluations
             at most per round; often recovers the last fraction of a point that a short evolution misses).
+        tie: accuracies within this margin count as equal when the best config is picked (logs and result).
     Returns:
         every evaluated config (feasible ones carry real accuracies) with latency and accuracy.
     """
@@ -169,7 +175,8 @@ def run_search(
         if on_generation is not None:
             on_generation(rec)
 
-    ctx = SearchContext(space, latency_fn, accuracy, budget_ms, algorithm, population, generations, seed, out, resume, log)
+    ctx = SearchContext(space, latency_fn, accuracy, budget_ms, algorithm, population, generations, seed, out, resume, log,
+                        tie=tie)
     if algorithm in ("ga", "nsga2"):
         gens = _run_pymoo(ctx, seeds)
     elif algorithm == "random":
@@ -183,11 +190,13 @@ def run_search(
 
         gens = run_tune(ctx, **backend_options)
     run = _collect(space, accuracy, latency_fn, budget_ms, algorithm, gens)
+    run.tie = tie
     if refine and len(run.genes) and (run.latency_ms <= budget_ms).any():
         start = run.genes[run.best_index()]
         if _refine(space, latency_fn, accuracy, budget_ms, start):
-            log({"generation": gens, "refined": True, **_generation_record(gens, accuracy, latency_fn, budget_ms, time.time())})
+            log({"generation": gens, "refined": True, **ctx.record(gens)})
             run = _collect(space, accuracy, latency_fn, budget_ms, algorithm, gens)
+            run.tie = tie
     return run
 
 

@@ -83,6 +83,9 @@ class SupernetAccuracy:
         return {**self.__dict__, "_ev": None}
 
     def __call__(self, model: Any, config: SparsityConfig) -> float:
+        return float(self._result(model, config).value)
+
+    def _result(self, model: Any, config: SparsityConfig) -> Any:
         from ..evaluate import Evaluator  # noqa: PLC0415
         from ..supernet import build_eval_dataset  # noqa: PLC0415
 
@@ -91,7 +94,11 @@ class SupernetAccuracy:
                                  device=self.device)
         size = tuple(self.meta.image_size)
         res = config.resolution if config.resolution and tuple(config.resolution) != size else None
-        return float(self._ev(config, res).value)
+        return self._ev(config, res)
+
+    def noise(self, model: Any, config: SparsityConfig) -> float:
+        """The standard error of `config`'s figure over the validation images: differences below it are noise."""
+        return float(self._result(model, config).stderr)
 
 
 def make_supernet_evaluator(supernet: str, data: str | None, val_samples: int, batch: int, device: str) -> Callable[[SparsityConfig], float]:

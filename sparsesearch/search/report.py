@@ -10,13 +10,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..config import SparsityConfig
+from ..errors import SparseSearchError
 from ..fileio import atomic_write, atomic_write_text
 from ..space import SearchSpace
 from .accuracy import AccuracyCache
 from .engine import SearchRun
 from .problem import LatencyFn
+from .selection import Pick, pick_best
 
-__all__ = ["Point", "Baselines", "uniform_sparsity_baseline", "uniform_resize_baseline", "write_outputs"]
+__all__ = ["Point", "Baselines", "choose_best", "uniform_sparsity_baseline", "uniform_resize_baseline", "write_outputs"]
 
 
 @dataclass
@@ -37,10 +39,29 @@ class Baselines:
     uniform_sparsity: list[Point] = field(default_factory=list)  # every uniform level evaluated
     uniform_resize: list[Point] = field(default_factory=list)  # every resolution evaluated
     budget_ms: float = 0.0
+    tie: float = 0.0  # accuracies this close count as equal (see selection.pick_best)
 
     def best(self, points: list[Point]) -> Point | None:
-        ok = [p for p in points if p.latency_ms <= self.budget_ms]
-        return max(ok, key=lambda p: (p.accuracy, -p.latency_ms)) if ok else None
+        """The best of `points` within the budget, by the rule every report uses."""
+        pick = pick_best([p.latency_ms for p in points], [p.accuracy for p in points], self.budget_ms, self.tie)
+        return points[pick.index] if pick is not None else None
+
+
+def choose_best(run: SearchRun, baselines: Baselines, point: Callable[[int, str], Point]) -> tuple[Point, Pick]:
+    """The config to deploy: the best within the budget among everything evaluated, the baselines included.
+
+    `point(i, label)` builds the Point of run entry i. Raises SparseSearchError when nothing is within budget.
+    """
+    extra = baselines.uniform_sparsity + baselines.uniform_resize
+    lat = np.concatenate([run.latency_ms, [p.latency_ms for p in extra]])
+    acc = np.concatenate([run.accuracy, [p.accuracy for p in extra]])
+    pick = pick_best(lat, acc, run.budget_ms, run.tie)
+    if pick is None:
+        raise SparseSearchError("the search evaluated no config within the budget")
+    if pick.index < len(run.genes):
+        return point(pick.index, "searched"), pick
+    chosen = extra[pick.index - len(run.genes)]
+    return Point(chosen.config, chosen.latency_ms, chosen.accuracy, chosen.gflops, f"searched ({chosen.label})"), pick
 
 
 def _nearest_choice_genes(space: SearchSpace, p: float) -> np.ndarray:
@@ -112,7 +133,8 @@ def write_outputs(
                      flops_fn(cfg) / 1e9 if flops_fn else None, label)
 
     front = [point(int(i)) for i in run.pareto_indices()]
-    best = point(run.best_index(), "searched")
+    baselines.tie = run.tie
+    best, pick = choose_best(run, baselines, point)
     for b in baselines.uniform_sparsity + baselines.uniform_resize:
         if flops_fn is not None and b.gflops is None:
             b.gflops = flops_fn(SparsityConfig.from_dict(b.config)) / 1e9
@@ -124,6 +146,7 @@ def write_outputs(
                             "uniform_resize": [asdict(p) for p in baselines.uniform_resize]}}
     atomic_write_text(out / "pareto.json", json.dumps(pareto, indent=1) + "\n")
     best_doc = {"config": best.config, **{k: v for k, v in asdict(best).items() if k != "config"}, **header,
+                "pick": pick.to_dict(),
                 "baselines": {"uniform_sparsity": asdict(ub) if ub else None, "uniform_resize": asdict(rb) if rb else None}}
     atomic_write_text(out / "best.json", json.dumps(best_doc, indent=1) + "\n")
     _plot(out / "pareto.png", run, front, best, baselines, metric, space.name)
