@@ -144,6 +144,7 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = lambda msg: None
     from .flops import count_flops  # noqa: PLC0415
     from .latency import LatencyTable, ProfileSettings, device_name, profile  # noqa: PLC0415
     from .search.evolve import EvolveOptions, evolve  # noqa: PLC0415
+    from .search.selection import pick_best  # noqa: PLC0415
     from .supernet import load_supernet  # noqa: PLC0415
 
     o = options.effective()
@@ -254,10 +255,11 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = lambda msg: None
 
     acc = make_supernet_evaluator(supernet, None, o.val_samples, 16, "cpu")
     picks.append(("dense", dense_cfg.to_dict(), acc(dense_cfg)))
+    tie = float(best.get("pick", {}).get("tie_margin", 0.0))
     for label, points in (("uniform sparsity", base["uniform_sparsity"]), ("uniform resize", base["uniform_resize"])):
-        ok = [p for p in points if p["latency_ms"] <= best["budget_ms"]]
-        if ok:
-            p = max(ok, key=lambda p: (p["accuracy"], -p["latency_ms"]))
+        pick = pick_best([p["latency_ms"] for p in points], [p["accuracy"] for p in points], best["budget_ms"], tie)
+        if pick is not None:  # the same rule that chose the searched config
+            p = points[pick.index]
             picks.append((f"{label} ({p['label']})", p["config"], p["accuracy"]))
     picks.append(("searched", best["config"], best["accuracy"]))
     rows = []
