@@ -175,7 +175,7 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     model.train()
     for step in range(args.steps):
-        i = torch.randint(0, len(train_x), (8,), generator=torch.Generator().manual_seed(step))
+        i = torch.randint(0, len(train_x), (6,), generator=torch.Generator().manual_seed(step))
         x, y = train_x[i], train_y[i]
         losses = []
         for sub in rs.configs(step):
