@@ -229,3 +229,14 @@ def test_cli_bad_accuracy_reference_is_one_line(supernet, tmp_path, monkeypatch,
     assert main(_evolve(supernet, tmp_path / "s", "--accuracy", ref)) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_ray_workers_give_the_serial_search(toy):
+    pytest.importorskip("ray")
+    kw = dict(latency=_toy_ms(toy), accuracy=lambda m, c: toy_accuracy(c), budget=7.0, population=8, generations=2,
+              seed=0, progress=False, refine=False)
+    parallel = ss.search(toy, workers=2, **kw)  # the function travels to the workers pickled
+    serial = ss.search(toy, **kw)
+    assert {tuple(g) for g in parallel.run.genes} == {tuple(g) for g in serial.run.genes}
+    assert np.array_equal(parallel.run.accuracy[np.lexsort(parallel.run.genes.T)],
+                          serial.run.accuracy[np.lexsort(serial.run.genes.T)])

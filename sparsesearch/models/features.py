@@ -4,7 +4,9 @@ A family takes part by providing two members (as timm's models do):
 
 - ``feature_info``: a list of dicts ``{"num_chs": C, "reduction": stride, "module": "layers.0"}``, one per
   feature map the model can return, finest first;
-- ``forward_stages(x) -> list`` of NHWC tensors (B, H/stride, W/stride, C), one per ``feature_info`` entry.
+- ``forward_stages(x) -> list`` of NHWC tensors (B, H/stride, W/stride, C), one per ``feature_info`` entry;
+- optionally ``fixed_input_size`` (H, W), for a family that only runs at one input size (used to probe which
+  modules the maps need; by default a small input of twice the coarsest stride).
 
 :class:`FeatureListNet` turns those into NCHW maps (what torchvision / detectron2 / mmdet FPNs take), keeps the
 backbone's `set_config` (window pruning stays active), and drops the modules the feature maps do not use (the
