@@ -258,7 +258,7 @@ def _engine_state_exists(out: Path, algorithm: str) -> bool:
 
 def _progress_callback(progress: bool | Callable[[dict[str, Any]], None], generations: int, algorithm: str,
                        history: list[dict[str, Any]]) -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
-    """on_generation (collects history, drives a tqdm bar or the caller's callback) and a close function."""
+    """on_generation (collects history, drives a progress bar or the caller's callback) and a close function."""
     bars: list[Any] = []
 
     def on_generation(rec: dict[str, Any]) -> None:
@@ -269,9 +269,9 @@ def _progress_callback(progress: bool | Callable[[dict[str, Any]], None], genera
         if not progress:
             return
         if not bars:  # created at the first generation: input errors come out before any bar
-            from tqdm.auto import tqdm  # noqa: PLC0415
+            from ..progress import progress_bar  # noqa: PLC0415
 
-            bars.append(tqdm(total=generations, desc=f"search ({algorithm})", unit="gen", dynamic_ncols=True))
+            bars.append(progress_bar(generations, desc=f"search ({algorithm})", unit="gen"))
         bar = bars[0]
         if rec.get("refined"):
             bar.set_postfix_str("refined around the best")
