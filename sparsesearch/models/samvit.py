@@ -113,34 +113,45 @@ class SamAttention(nn.Module):
             bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(*q.shape[:2], h * w, h * w)
         return self._out(F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
 
-    def forward_tokens(
-        self, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, H: int, W: int
-    ) -> torch.Tensor:
-        """Global attention over a subset of an (H, W) map's tokens.
+    def forward_windows(self, x: torch.Tensor, win_rows: torch.Tensor, win_cols: torch.Tensor, wh: int, ww: int,
+                        H: int, W: int) -> torch.Tensor:
+        """Global attention over the tokens of kept windows of an (H, W) map.
 
-        x: (B, L, C) tokens; rows, cols: (B, L) int64 their true coordinates; valid: (B, L) bool, False at slots
-        that are not real tokens (they are masked as keys; their outputs are meaningless). Returns (B, L, C).
+        x: (B, k*wh*ww, C) the kept windows' slots, window-major then row-major; win_rows, win_cols: (B, k) int64
+        top-left coordinates of each kept window. Slots outside the map (padding) are masked as keys; their
+        outputs are meaningless. Relative positions are taken at every token's true (row, col). Returns x's shape.
         """
         q, k, v = self._qkv(x)
         B, nh, L, _ = q.shape
-        masked = ~valid.view(B, 1, 1, L)
-        if self.use_rel_pos:  # (B, nh, L, L) built once, summed and masked in place (autograd allows it here)
-            bias = self._token_rel(q, rows, _resize_rel(self.rel_pos_h, 2 * H - 1), H)
-            bias = bias.add_(self._token_rel(q, cols, _resize_rel(self.rel_pos_w, 2 * W - 1), W))
-            bias = bias.masked_fill_(masked, float("-inf"))
+        nk = win_rows.shape[1]
+        rows = win_rows[:, :, None] + torch.arange(wh, device=x.device)  # (B, k, wh) rows of the keys' window rows
+        cols = win_cols[:, :, None] + torch.arange(ww, device=x.device)  # (B, k, ww)
+        # each slot's true coordinate (padded slots clamped into the map: only their -inf key column matters)
+        q_rows = rows.clamp(max=H - 1)[:, :, :, None].expand(B, nk, wh, ww).reshape(B, L)
+        q_cols = cols.clamp(max=W - 1)[:, :, None, :].expand(B, nk, wh, ww).reshape(B, L)
+        if self.use_rel_pos:
+            Ph = self._rel_per_coord(q, q_rows, _resize_rel(self.rel_pos_h, 2 * H - 1), H)  # (B, nh, L, H)
+            Pw = self._rel_per_coord(q, q_cols, _resize_rel(self.rel_pos_w, 2 * W - 1), W)
         else:
-            bias = torch.zeros(B, 1, 1, L, dtype=q.dtype, device=q.device).masked_fill(masked, float("-inf"))
-        return self._out(F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
+            Ph = q.new_zeros(B, nh, L, H)
+            Pw = q.new_zeros(B, nh, L, W)
+        # the bias of key (window b, i, j) is Ph[.., rows[b, i]] + Pw[.., cols[b, j]]: gather per window row /
+        # column, then one broadcast sum writes the (L, L) bias once, as the dense path does
+        bh = Ph.gather(3, rows.clamp(max=H - 1).view(B, 1, 1, nk * wh).expand(B, nh, L, nk * wh))
+        bw = Pw.gather(3, cols.clamp(max=W - 1).view(B, 1, 1, nk * ww).expand(B, nh, L, nk * ww))
+        bh = bh.masked_fill((rows >= H).view(B, 1, 1, nk * wh), float("-inf"))
+        bw = bw.masked_fill((cols >= W).view(B, 1, 1, nk * ww), float("-inf"))
+        bias = bh.view(B, nh, L, nk, wh, 1) + bw.view(B, nh, L, nk, 1, ww)
+        return self._out(F.scaled_dot_product_attention(q, k, v, attn_mask=bias.view(B, nh, L, L)))
 
     @staticmethod
-    def _token_rel(q: torch.Tensor, coord: torch.Tensor, table: torch.Tensor, size: int) -> torch.Tensor:
-        """(B, nh, L, L): q_n . table[coord_n - coord_m + size - 1] for every query n and key m."""
+    def _rel_per_coord(q: torch.Tensor, coord: torch.Tensor, table: torch.Tensor, size: int) -> torch.Tensor:
+        """(B, nh, L, size): q_n . table[coord_n - c + size - 1] for every query n and key coordinate c."""
         B, nh, L, _ = q.shape
         per_offset = q @ table.to(q.dtype).T  # (B, nh, L, 2*size-1)
         offs = torch.arange(size, device=q.device)
         idx = coord[:, :, None] - offs[None, None, :] + size - 1  # (B, L, size)
-        per_coord = per_offset.gather(3, idx[:, None].expand(B, nh, L, size))  # q_n . R[coord_n - c]
-        return per_coord.gather(3, coord[:, None, None, :].expand(B, nh, L, L))
+        return per_offset.gather(3, idx[:, None].expand(B, nh, L, size))
 
 
 class SamBlock(nn.Module):
@@ -214,10 +225,8 @@ class SamBlock(nn.Module):
         tables = ops.window_tables(g, x.device)
         y = self.norm1(windows)
         if self.global_attn:
-            tok = tables.token[idx].view(B, k * g.window_area)  # true h*W + w, H*W at padded slots
-            valid = tok < H * W
-            tok = tok.masked_fill(~valid, 0)  # padded slots: any in-range coordinate (they are masked as keys)
-            y = self.attn.forward_tokens(y.view(B, k * g.window_area, C), tok // W, tok % W, valid, H, W)
+            win_rows, win_cols = (idx // g.nWw) * g.wh, (idx % g.nWw) * g.ww  # kept windows' top-left tokens
+            y = self.attn.forward_windows(y.view(B, k * g.window_area, C), win_rows, win_cols, g.wh, g.ww, H, W)
             y = y.view(B * k, g.window_area, C)
         else:
             if g.padded:  # padded positions enter attention as zeros after norm1, as in the dense path
