@@ -84,7 +84,7 @@ def test_search_picks_the_fastest_of_the_tied_everywhere(tmp_path, tie):
     assert r.tie == (0.02 if tie is None else tie)  # None: the accuracy function's own noise
     everything = [Candidate(space.decode(g), float(l), float(a), None, "")
                   for g, l, a in zip(r.run.genes, r.run.latency_ms, r.run.accuracy)]
-    everything += r.uniform_sparsity + r.uniform_resize
+    everything += [c for c in r.uniform_sparsity + r.uniform_resize if c.config.resolution in space.resolutions]
     assert r.best.latency_ms == pytest.approx(_fastest_tied(r, everything))
     doc = json.loads((tmp_path / "run" / "best.json").read_text())
     assert doc["latency_ms"] == pytest.approx(r.best.latency_ms) and doc["pick"]["tie_margin"] == r.tie

@@ -438,7 +438,7 @@ def _points(space: SearchSpace, run: SearchRun, base: Baselines,
         return Point(cfg.to_dict(), float(run.latency_ms[i]), float(run.accuracy[i]),
                      flops_fn(cfg) / 1e9 if flops_fn else None, label)
 
-    return choose_best(run, base, point)[0], [point(int(i)) for i in run.pareto_indices()]
+    return choose_best(space, run, base, point)[0], [point(int(i)) for i in run.pareto_indices()]
 
 
 def _tie_margin(tie: float | None, accuracy: Any, model: Any, space: SearchSpace) -> float:

@@ -47,12 +47,24 @@ class Baselines:
         return points[pick.index] if pick is not None else None
 
 
-def choose_best(run: SearchRun, baselines: Baselines, point: Callable[[int, str], Point]) -> tuple[Point, Pick]:
-    """The config to deploy: the best within the budget among everything evaluated, the baselines included.
+def _in_space(space: SearchSpace, p: Point) -> bool:
+    try:
+        space.encode(SparsityConfig.from_dict(p.config))
+    except SparseSearchError:
+        return False
+    return True
+
+
+def choose_best(
+    space: SearchSpace, run: SearchRun, baselines: Baselines, point: Callable[[int, str], Point]
+) -> tuple[Point, Pick]:
+    """The config to deploy: the best within the budget among everything evaluated, the baselines that are
+    configs of `space` included (a resize baseline at a resolution the space does not offer stays a reference
+    row: the supernet was not adapted for it and the exported model is not built for it).
 
     `point(i, label)` builds the Point of run entry i. Raises SparseSearchError when nothing is within budget.
     """
-    extra = baselines.uniform_sparsity + baselines.uniform_resize
+    extra = [p for p in baselines.uniform_sparsity + baselines.uniform_resize if _in_space(space, p)]
     lat = np.concatenate([run.latency_ms, [p.latency_ms for p in extra]])
     acc = np.concatenate([run.accuracy, [p.accuracy for p in extra]])
     pick = pick_best(lat, acc, run.budget_ms, run.tie)
@@ -134,7 +146,7 @@ def write_outputs(
 
     front = [point(int(i)) for i in run.pareto_indices()]
     baselines.tie = run.tie
-    best, pick = choose_best(run, baselines, point)
+    best, pick = choose_best(space, run, baselines, point)
     for b in baselines.uniform_sparsity + baselines.uniform_resize:
         if flops_fn is not None and b.gflops is None:
             b.gflops = flops_fn(SparsityConfig.from_dict(b.config)) / 1e9
