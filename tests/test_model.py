@@ -86,6 +86,27 @@ def test_pruned_block_equals_where_kept_dense(shifted, hw, p):
     assert int(kept.sum()) <= 3 * keep_count(p, geom.num_windows) * geom.window_area
 
 
+def test_real_token_mlp_path_is_taken_and_exact(monkeypatch):
+    """On a heavily padded map the pruned block runs its MLP on real tokens only; the output is unchanged."""
+    calls = []
+    original = SwinBlock._mlp_on_real_tokens
+    monkeypatch.setattr(SwinBlock, "_mlp_on_real_tokens", lambda self, w, pad: calls.append(1) or original(self, w, pad))
+    torch.manual_seed(3)
+    blk = _block(shifted=True)
+    x = torch.randn(2, 9, 13, 24)  # 3 x 4 windows of 4 over a 12 x 16 grid: 39 % of it is padding
+    blk.sparsity = 0.3
+    with torch.no_grad():
+        ours = blk(x)
+        sd = {("." + k): v for k, v in blk.state_dict().items()}
+        dense = block_forward(x, sd, "", 3, 4, True)
+        blk.skip_padded_tokens = False
+        full = blk(x)
+    assert calls, "the real-token path was not taken"
+    kept = reference_kept_tokens(x, 4, True, 0.3)
+    torch.testing.assert_close(ours, torch.where(kept[..., None], dense, x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours, full, rtol=1e-6, atol=1e-6)
+
+
 def test_zero_sparsity_block_is_exactly_dense():
     blk = _block(shifted=True)
     x = torch.randn(2, 12, 12, 24)

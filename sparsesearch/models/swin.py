@@ -19,6 +19,10 @@ from .layers import DropPath, Mlp, PatchEmbed, PatchMerging, WindowAttention
 
 __all__ = ["SwinBlock", "SwinStage", "SwinTransformer"]
 
+#: The real-token MLP path pays for its row gather and copy-back only when at least this share of the kept
+#: windows' positions is padding (measured on CPU: Swin-T at 512, uniform 0.5 gains, 0.7 with little padding loses).
+PAD_SKIP_MIN = 0.1
+
 
 def _window_partition(x: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
     """(B, Hp, Wp, C) -> (B*nW, wh*ww, C), windows row-major."""
@@ -115,8 +119,9 @@ class SwinBlock(nn.Module):
         if mask is not None:
             mask = mask[idx.reshape(-1)]
         windows = windows + self.drop_path1(self.attn(y, g.wh, g.ww, mask), B)
-        if g.padded and self._skip_padded():
-            windows = self._mlp_on_real_tokens(windows, ops.window_tables(g, x.device).pad[idx])
+        pad = ops.window_tables(g, x.device).pad[idx] if g.padded and self._skip_padded() else None
+        if pad is not None and int(pad.sum()) >= PAD_SKIP_MIN * pad.numel():
+            windows = self._mlp_on_real_tokens(windows, pad)
         else:
             windows = windows + self.drop_path2(self.mlp(self.norm2(windows)), B)
         return ops.scatter_windows(x, windows, idx, g, self.kernel_backend, inplace=owns_input)
@@ -141,7 +146,9 @@ class SwinBlock(nn.Module):
         rows = (~pad).reshape(-1).nonzero().squeeze(1)  # (M,)
         real = flat.index_select(0, rows)
         real = real + self.mlp(self.norm2(real))
-        return flat.index_copy(0, rows, real).view_as(windows)
+        if torch.is_grad_enabled():
+            return flat.index_copy(0, rows, real).view_as(windows)
+        return flat.index_copy_(0, rows, real).view_as(windows)  # `windows` is this block's own tensor
 
 
 class SwinStage(nn.Module):
