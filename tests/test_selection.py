@@ -100,3 +100,20 @@ def test_a_negative_tie_is_refused(tmp_path):
     space = toy_space(tmp_path)
     with pytest.raises(SparseSearchError, match="tie"):
         ss.search(space, latency=lambda c: 1.0, accuracy=_CoarseAccuracy(), budget=7.0, progress=False, tie=-1.0)
+
+
+def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+
+    before = matplotlib.rcParams["backend"]
+    matplotlib.rcParams["backend"] = "svg"  # whatever the caller chose
+    try:
+        space = toy_space(tmp_path)
+        r = ss.search(space, latency=lambda c: float(toy_latency(space.encode(c)[None])[0]),
+                      accuracy=_CoarseAccuracy(), budget=7.0, population=6, generations=1, seed=0, progress=False,
+                      refine=False)
+        path = r.plot(tmp_path / "p.png")
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert matplotlib.rcParams["backend"] == "svg"
+    finally:
+        matplotlib.rcParams["backend"] = before

@@ -329,14 +329,12 @@ def write_report(report: ValidationReport, json_path: str | os.PathLike, png_pat
     atomic_write_text(json_path, json.dumps(report.to_dict(), indent=1) + "\n")
     if png_path is None:
         return
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415  (no pyplot: the caller's backend stays as it is)
 
     meas = np.array([r.measured.ms for r in report.rows])
     pred = np.array([r.predicted for r in report.rows])
-    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=120)
+    fig = Figure(figsize=(5.5, 5), dpi=120)
+    ax = fig.subplots()
     lo, hi = float(min(meas.min(), pred.min())) * 0.95, float(max(meas.max(), pred.max())) * 1.05
     line = np.array([lo, hi])
     ax.plot(line, line, color="black", lw=1, label="predicted = measured")
@@ -369,5 +367,4 @@ def write_report(report: ValidationReport, json_path: str | os.PathLike, png_pat
     fig.tight_layout()
     tmp = Path(png_path).with_name("." + Path(png_path).name + ".tmp.png")
     fig.savefig(tmp)
-    plt.close(fig)
     os.replace(tmp, png_path)

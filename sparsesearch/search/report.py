@@ -166,12 +166,10 @@ def write_outputs(
 
 
 def _plot(path: Path, run: SearchRun, front: list[Point], best: Point, baselines: Baselines, metric: str, title: str) -> None:
-    import matplotlib  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415  (no pyplot: the caller's backend stays as it is)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    ax = fig.subplots()
     ok = run.latency_ms <= run.budget_ms
     ax.scatter(run.latency_ms[ok], run.accuracy[ok], s=8, c="0.75", label=f"evaluated ({int(ok.sum())})")
     ax.plot([p.latency_ms for p in front], [p.accuracy for p in front], "-o", ms=3, c="C0", label="searched front")
@@ -190,4 +188,3 @@ def _plot(path: Path, run: SearchRun, front: list[Point], best: Point, baselines
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
