@@ -369,12 +369,8 @@ def search(
     elif resume:
         raise SparseSearchError("resume needs the out folder of the search to continue")
 
-    ray_eval = None
     factory = functools.partial(_scorer_factory, model, accuracy)
-    if (workers > 1 or ray_address) and algorithm != "tune":
-        from .parallel import RayEvaluator  # noqa: PLC0415
-
-        ray_eval = RayEvaluator(factory, workers=max(1, workers), address=ray_address)
+    ray_eval = _ray_evaluator(factory, workers, ray_address) if algorithm != "tune" else None
     cache = AccuracyCache(space, ray_eval if ray_eval is not None else SerialEvaluator(scorer),
                           out_dir / "accuracy_cache.jsonl" if out_dir else None, on_evaluated=on_evaluated)
     history: list[dict[str, Any]] = []
@@ -385,13 +381,7 @@ def search(
                          generations=generations, seed=seed, out_dir=out_dir, resume=engine_resume,
                          on_generation=on_generation, refine=refine, seeds=lat.seed_genes, evaluator_factory=factory,
                          workers=max(1, workers), address=ray_address, tie=tie)
-        base = Baselines(uniform_sparsity_baseline(space, lat, cache, budget_ms), budget_ms=budget_ms, tie=tie)
-        dense_cfg = space.densest()
-        resize_acc = KeyedCache(scorer, out_dir / "resize_cache.jsonl" if out_dir else None)
-        base.uniform_resize = uniform_resize_baseline(
-            lat.resize_resolutions, lat.dense_at,
-            lambda r: resize_acc(SparsityConfig(dense_cfg.sparsity, dense_cfg.window_size, r)), dense_cfg, budget_ms)
-        dense_acc = float(cache.evaluate(space.encode(dense_cfg)[None])[0])
+        base, dense_acc = _baselines(space, lat, cache, scorer, budget_ms, tie, out_dir)
     finally:
         close_bar()
         if ray_eval is not None:
@@ -400,14 +390,8 @@ def search(
         history = _read_jsonl(out_dir / "history.jsonl")
 
     flops_fn = _flops_fn(model, space) if flops and model is not None and hasattr(model, "set_config") else None
-    if out_dir is not None:
-        best_p, front_p = write_outputs(out_dir, space, run, base, metric=metric, flops_fn=flops_fn,
-                                        meta={"budget": str(b), **(meta or {})})
-    else:
-        best_p, front_p = _points(space, run, base, flops_fn)
-        for p in base.uniform_sparsity + base.uniform_resize:
-            if flops_fn is not None and p.gflops is None:
-                p.gflops = flops_fn(SparsityConfig.from_dict(p.config)) / 1e9
+    best_p, front_p = _report(space, run, base, flops_fn, out_dir, metric, {"budget": str(b), **(meta or {})})
+    dense_cfg = space.densest()
     dense = Candidate(dense_cfg, lat.dense_ms, dense_acc, flops_fn(dense_cfg) / 1e9 if flops_fn else None, "dense")
     return SearchResult(
         best=Candidate.from_point(best_p), pareto=[Candidate.from_point(p) for p in front_p],
@@ -416,6 +400,40 @@ def search(
         budget_ms=budget_ms, metric=metric, algorithm=algorithm, space=space, run=run, evaluated=len(cache),
         new_evaluations=cache.n_new, out=out_dir, tie=tie,
     )
+
+
+def _ray_evaluator(factory: Callable[[], Any], workers: int, ray_address: str | None) -> Any:
+    """A RayEvaluator over `workers` local workers or a cluster at `ray_address`; None for a serial search."""
+    if workers <= 1 and not ray_address:
+        return None
+    from .parallel import RayEvaluator  # noqa: PLC0415
+
+    return RayEvaluator(factory, workers=max(1, workers), address=ray_address)
+
+
+def _baselines(space: SearchSpace, lat: Any, cache: AccuracyCache, scorer: ConfigScorer, budget_ms: float,
+               tie: float, out_dir: Path | None) -> tuple[Baselines, float]:
+    """SparseViT's baselines at the budget (uniform sparsity from the cache, uniform resize from its own cache in
+    `out_dir`) and the densest config's accuracy."""
+    base = Baselines(uniform_sparsity_baseline(space, lat, cache, budget_ms), budget_ms=budget_ms, tie=tie)
+    dense_cfg = space.densest()
+    resize_acc = KeyedCache(scorer, out_dir / "resize_cache.jsonl" if out_dir else None)
+    base.uniform_resize = uniform_resize_baseline(
+        lat.resize_resolutions, lat.dense_at,
+        lambda r: resize_acc(SparsityConfig(dense_cfg.sparsity, dense_cfg.window_size, r)), dense_cfg, budget_ms)
+    return base, float(cache.evaluate(space.encode(dense_cfg)[None])[0])
+
+
+def _report(space: SearchSpace, run: SearchRun, base: Baselines, flops_fn: Callable[[SparsityConfig], float] | None,
+            out_dir: Path | None, metric: str, meta: dict[str, Any]) -> tuple[Point, list[Point]]:
+    """The best point and the front; written to `out_dir` (best.json, pareto.json, pareto.png) when given."""
+    if out_dir is not None:
+        return write_outputs(out_dir, space, run, base, metric=metric, flops_fn=flops_fn, meta=meta)
+    best_p, front_p = _points(space, run, base, flops_fn)
+    for p in base.uniform_sparsity + base.uniform_resize:
+        if flops_fn is not None and p.gflops is None:
+            p.gflops = flops_fn(SparsityConfig.from_dict(p.config)) / 1e9
+    return best_p, front_p
 
 
 def _flops_fn(model: Any, space: SearchSpace) -> Callable[[SparsityConfig], float]:
