@@ -1,4 +1,5 @@
 """Shared by the benchmarks: describe the machine a figure came from, and time calls on it."""
+
 from __future__ import annotations
 
 import platform
@@ -6,8 +7,9 @@ import shutil
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -21,7 +23,9 @@ def machine_line() -> str:
     else:
         dev = _cpu_name()
     tri = f", triton {v}" if (v := triton_version()) else ""
-    return f"{dev}; {torch.get_num_threads()} threads; torch {torch.__version__}{tri}; Python {platform.python_version()}"
+    return (
+        f"{dev}; {torch.get_num_threads()} threads; torch {torch.__version__}{tri}; Python {platform.python_version()}"
+    )
 
 
 def machine_info() -> dict[str, Any]:

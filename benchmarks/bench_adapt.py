@@ -14,6 +14,7 @@ one training step at a random config of the space is timed against a dense step 
 The default scenes are sparse (most windows empty), so an unadapted model loses little at 0.5; to see what
 adaptation wins back, run it on dense scenes too: ``--data "synthetic:512:objects=6-12,coverage=0.4-0.6"``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,6 @@ from sparsesearch.supernet import build_eval_dataset, load_supernet  # noqa: E40
 from _machine import machine_line  # noqa: E402
 
 
-
 def _train(name: str, out: Path, **kw: object) -> tuple[Path, float]:
     t = time.perf_counter()
     opts = AdaptOptions(out=str(out / name), **kw)  # type: ignore[arg-type]
@@ -51,8 +51,15 @@ def _scores(path: Path, sparsities: list[float], val_samples: int, batch: int) -
     return [ev(c).value for c in configs], (model, space, meta)
 
 
-def _time_steps(model: torch.nn.Module, space: ss.SearchSpace, data: str, size: tuple[int, int], batch: int,
-                rounds: int, per_round: int) -> tuple[float, float]:
+def _time_steps(
+    model: torch.nn.Module,
+    space: ss.SearchSpace,
+    data: str,
+    size: tuple[int, int],
+    batch: int,
+    rounds: int,
+    per_round: int,
+) -> tuple[float, float]:
     """Median seconds of one training step (forward, backward, AdamW) dense and at random configs."""
     ds, _ = build_dataset(data, "train", size)
     images, targets = next(iter(make_loader(ds, batch, shuffle=False)))
@@ -91,8 +98,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--distill-weight", type=float, default=0.5)
     ap.add_argument("--val-samples", type=int, default=64)
-    ap.add_argument("--sparsity", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.8],
-                    help="uniform sparsities to score (0.5 must be one: the goals refer to it)")
+    ap.add_argument(
+        "--sparsity",
+        type=float,
+        nargs="+",
+        default=[0.3, 0.5, 0.7, 0.8],
+        help="uniform sparsities to score (0.5 must be one: the goals refer to it)",
+    )
     ap.add_argument("--timing-rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", default="runs/bench_adapt")
@@ -101,37 +113,58 @@ def main() -> None:
         ap.error("--sparsity must include 0.5 (the goals are stated at 0.5)")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    common = dict(space=args.space, data=args.data, image_size=args.image_size, batch=args.batch,
-                  val_samples=0, ckpt_every=10**9)
+    common = dict(
+        space=args.space, data=args.data, image_size=args.image_size, batch=args.batch, val_samples=0, ckpt_every=10**9
+    )
 
     t_all = time.perf_counter()
     init, t0 = _train("pretrain", out, sampler="dense", steps=args.pretrain_steps, lr=args.pretrain_lr, **common)
     dense_ckpt, ta = _train("dense", out, sampler="dense", steps=args.steps, lr=args.lr, init=str(init), **common)
-    super_ckpt, tb = _train("supernet", out, sampler="sandwich", distill=True, distill_weight=args.distill_weight,
-                            steps=args.steps, lr=args.lr, init=str(init), **common)
+    super_ckpt, tb = _train(
+        "supernet",
+        out,
+        sampler="sandwich",
+        distill=True,
+        distill_weight=args.distill_weight,
+        steps=args.steps,
+        lr=args.lr,
+        init=str(init),
+        **common,
+    )
     init_scores, _ = _scores(init, args.sparsity, args.val_samples, 16)
     dense_scores, _ = _scores(dense_ckpt, args.sparsity, args.val_samples, 16)
     super_scores, (model, space, _) = _scores(super_ckpt, args.sparsity, args.val_samples, 16)
-    t_dense, t_sparse = _time_steps(model, space, args.data, (args.image_size, args.image_size), args.batch,
-                                    args.timing_rounds, 5)
+    t_dense, t_sparse = _time_steps(
+        model, space, args.data, (args.image_size, args.image_size), args.batch, args.timing_rounds, 5
+    )
 
-    print(f"# bench_adapt: {args.space} at {args.image_size}x{args.image_size}, {args.data}, batch {args.batch}; "
-          f"common init = {args.pretrain_steps} dense steps from random init ({t0:.0f} s)")
-    print(f"# (a) dense fine-tuning {args.steps} steps ({ta:.0f} s); (b) supernet sandwich+distill "
-          f"{args.steps} steps ({tb:.0f} s); mIoU on the first {args.val_samples} val items")
+    print(
+        f"# bench_adapt: {args.space} at {args.image_size}x{args.image_size}, {args.data}, batch {args.batch}; "
+        f"common init = {args.pretrain_steps} dense steps from random init ({t0:.0f} s)"
+    )
+    print(
+        f"# (a) dense fine-tuning {args.steps} steps ({ta:.0f} s); (b) supernet sandwich+distill "
+        f"{args.steps} steps ({tb:.0f} s); mIoU on the first {args.val_samples} val items"
+    )
     print(f"# machine: {machine_line()}")
     headers = ["config", "init (no tuning)", "(a) dense-trained", "(b) supernet", "(b) - (a) dense"]
     names = ["dense"] + [f"uniform {p}" for p in args.sparsity]
-    rows = [[n, f"{i:.2f}", f"{d:.2f}", f"{s:.2f}", f"{s - dense_scores[0]:+.2f}"]
-            for n, i, d, s in zip(names, init_scores, dense_scores, super_scores)]
+    rows = [
+        [n, f"{i:.2f}", f"{d:.2f}", f"{s:.2f}", f"{s - dense_scores[0]:+.2f}"]
+        for n, i, d, s in zip(names, init_scores, dense_scores, super_scores)
+    ]
     print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
     i5 = 1 + args.sparsity.index(0.5)
     gap = dense_scores[0] - super_scores[i5]
-    print(f"supernet at 0.5 vs dense model evaluated dense: {-gap:+.2f} mIoU (goal: within 2) -> "
-          f"{'met' if gap <= 2.0 else 'MISSED by %.2f' % (gap - 2.0)}")
+    print(
+        f"supernet at 0.5 vs dense model evaluated dense: {-gap:+.2f} mIoU (goal: within 2) -> "
+        f"{'met' if gap <= 2.0 else 'MISSED by %.2f' % (gap - 2.0)}"
+    )
     print(f"supernet at 0.5 vs unadapted dense model at 0.5: {super_scores[i5] - dense_scores[i5]:+.2f} mIoU")
-    print(f"training step: dense {t_dense * 1e3:.0f} ms, random config {t_sparse * 1e3:.0f} ms "
-          f"(ratio {t_sparse / t_dense:.2f}; goal <= 1) -> {'met' if t_sparse <= t_dense else 'MISSED'}")
+    print(
+        f"training step: dense {t_dense * 1e3:.0f} ms, random config {t_sparse * 1e3:.0f} ms "
+        f"(ratio {t_sparse / t_dense:.2f}; goal <= 1) -> {'met' if t_sparse <= t_dense else 'MISSED'}"
+    )
     print(f"# total wall {time.perf_counter() - t_all:.0f} s")
 
 

@@ -19,6 +19,7 @@ Without CUDA it says so, measures the torch path only, on small shapes (resoluti
 script stays checkable on a CPU machine; `TRITON_INTERPRET=1 ... --triton-on-cpu --resolution 64` also runs the
 comparison code with interpreted kernels (meaningless times; for checking the script).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,6 +81,7 @@ def bench_ops(
                 t: dict[tuple[str, str], Timing] = {}
                 with torch.inference_mode():
                     for be in backends:
+
                         def score_gather(be: str = be) -> torch.Tensor:
                             ops.score_windows(x, geom, be)
                             return ops.gather_windows(x, idx, geom, be)
@@ -144,7 +146,7 @@ def bench_backbone(args: argparse.Namespace, device: torch.device, timer: Timer,
         with torch.inference_mode():
             for p in args.sparsity:
                 model.set_config(ss.SparsityConfig.uniform(p, model.depths))
-                for be in (["dense"] if p == 0 else backends):
+                for be in ["dense"] if p == 0 else backends:
                     model.set_kernel_backend(None if be == "dense" else be)
                     times[p, be] = timer(lambda: model(x), inner=1)
         dense = times[args.sparsity[0], "dense"] if args.sparsity[0] == 0 else None
@@ -182,7 +184,9 @@ def main() -> None:
     ap.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph timings")
     ap.add_argument("--copy-mib", type=int, default=512, help="buffer size of the copy-bandwidth reference")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    ap.add_argument("--stages", type=int, nargs="+", choices=range(4), default=[0, 1, 2, 3], help="stages of the op table")
+    ap.add_argument(
+        "--stages", type=int, nargs="+", choices=range(4), default=[0, 1, 2, 3], help="stages of the op table"
+    )
     ap.add_argument("--skip-ops", action="store_true")
     ap.add_argument("--skip-backbone", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the figures here (JSON)")

@@ -4,6 +4,7 @@
 
 Uses the shipped tables under latency_tables/ when no table is given. The search needs >= 100k configs/s.
 """
+
 from __future__ import annotations
 
 import sys
@@ -13,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_line  # noqa: E402
-
 from sparsesearch.latency import LatencyTable  # noqa: E402
+
+from _machine import machine_line  # noqa: E402
 
 
 def rate(table: LatencyTable, n: int = 100_000, repeats: int = 5) -> tuple[float, float]:
@@ -36,14 +37,18 @@ def _timed(fn) -> float:
 
 def main(argv: list[str]) -> int:
     root = Path(__file__).resolve().parents[1]
-    paths = [Path(p) for p in argv] or sorted(p for p in (root / "latency_tables").glob("*/*.json") if ".validation" not in p.name)
+    paths = [Path(p) for p in argv] or sorted(
+        p for p in (root / "latency_tables").glob("*/*.json") if ".validation" not in p.name
+    )
     print(machine_line())
     for path in paths:
         table = LatencyTable.load(path)
         many, single = rate(table)
         rel = path.relative_to(root) if path.is_relative_to(root) else path
-        print(f"{rel}: predict_many {many / 1e6:.2f} M configs/s, predict {single / 1e3:.1f} k configs/s "
-              f"({'meets' if many >= 1e5 else 'MISSES'} the 100k/s goal)")
+        print(
+            f"{rel}: predict_many {many / 1e6:.2f} M configs/s, predict {single / 1e3:.1f} k configs/s "
+            f"({'meets' if many >= 1e5 else 'MISSES'} the 100k/s goal)"
+        )
     return 0
 
 

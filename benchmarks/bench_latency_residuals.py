@@ -17,6 +17,7 @@ Then, after dividing by the machine-speed factor (median of plain / predicted, w
 The summary fits the relative error of the speed-corrected prediction against the number of pruned blocks and
 the predicted time (a tilt) and prints where the error sits.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,19 +30,27 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_line  # noqa: E402
-
 from sparsesearch.latency import LatencyTable, Profiler, ProfileSettings, validation_genomes  # noqa: E402
 from sparsesearch.latency.measure import CpuTimer, num_threads, time_parts, tune_malloc  # noqa: E402
 from sparsesearch.ops import keep_count  # noqa: E402
+
+from _machine import machine_line  # noqa: E402
 
 
 def _profiler(table: LatencyTable) -> Profiler:
     """A profiler of the table's setup: its model (same seed, head, dtype) and its list of parts."""
     m = table.meta
-    s = ProfileSettings(device=m["device_type"], dtype=m["dtype"], batch=int(m["batch"]), threads=int(m["threads"]),
-                        head=m.get("head", "cls"), num_classes=int(m.get("num_classes", 1000)), seed=int(m.get("seed", 0)),
-                        resolutions=tuple(tuple(r) for r in table.resolutions), calibration=0)
+    s = ProfileSettings(
+        device=m["device_type"],
+        dtype=m["dtype"],
+        batch=int(m["batch"]),
+        threads=int(m["threads"]),
+        head=m.get("head", "cls"),
+        num_classes=int(m.get("num_classes", 1000)),
+        seed=int(m.get("seed", 0)),
+        resolutions=tuple(tuple(r) for r in table.resolutions),
+        calibration=0,
+    )
     return Profiler(table.space, s)
 
 
@@ -72,12 +81,26 @@ def measure(table: LatencyTable, n: int, rounds: int, repeats: int) -> list[dict
         cfg = space.decode(genome)
         pred_parts = table.parts(cfg)
         mean_parts = {k: float(np.mean([x[k] for x in h])) for k in h[0]}
-        rows.append({"label": label, "genome": genome.tolist(), "plain_ms": float(np.mean(p)),
-                     "hooked": mean_parts, "predicted_parts": pred_parts,
-                     "predicted_ms": float(table.predict(cfg)),
-                     "pruned_blocks": sum(1 for s, row in enumerate(cfg.sparsity) for q in row if q > 0 and keep_count(
-                         q, table.resolution_table(cfg.resolution).kinds[(s, cfg.window_size[s], False)].num_windows)
-                         < table.resolution_table(cfg.resolution).kinds[(s, cfg.window_size[s], False)].num_windows)})
+        rows.append(
+            {
+                "label": label,
+                "genome": genome.tolist(),
+                "plain_ms": float(np.mean(p)),
+                "hooked": mean_parts,
+                "predicted_parts": pred_parts,
+                "predicted_ms": float(table.predict(cfg)),
+                "pruned_blocks": sum(
+                    1
+                    for s, row in enumerate(cfg.sparsity)
+                    for q in row
+                    if q > 0
+                    and keep_count(
+                        q, table.resolution_table(cfg.resolution).kinds[(s, cfg.window_size[s], False)].num_windows
+                    )
+                    < table.resolution_table(cfg.resolution).kinds[(s, cfg.window_size[s], False)].num_windows
+                ),
+            }
+        )
     return rows
 
 
@@ -99,8 +122,10 @@ def analyse(rows: list[dict]) -> dict:
         "hooks_ms": [float(np.mean(hooked_total - plain)), float(np.std(hooked_total - plain))],
         "glue_ms_measured": [float(np.mean(hooked_total - sum_parts)), float(np.std(hooked_total - sum_parts))],
         "glue_ms_table": float(np.mean(pred_glue)),
-        "parts_ratio_measured_over_table": [float(np.mean(sum_parts / (pred_parts * speed))),
-                                            float(np.std(sum_parts / (pred_parts * speed)))],
+        "parts_ratio_measured_over_table": [
+            float(np.mean(sum_parts / (pred_parts * speed))),
+            float(np.std(sum_parts / (pred_parts * speed))),
+        ],
     }
     # which parts carry the error: measured in-config / table entry (speed removed), pruned vs dense blocks, per stage
     by: dict[str, list[float]] = {}
@@ -118,7 +143,10 @@ def analyse(rows: list[dict]) -> dict:
     if np.ptp(npruned) > 0:
         out["error_per_pruned_block_pct"] = float(100 * np.polyfit(npruned, err, 1)[0])
     out["error_per_ms_pct"] = float(100 * np.polyfit(pred, err, 1)[0])
-    out["worst"] = max(({"label": r["label"], "error_pct": float(100 * e)} for r, e in zip(rows, err)), key=lambda d: abs(d["error_pct"]))
+    out["worst"] = max(
+        ({"label": r["label"], "error_pct": float(100 * e)} for r, e in zip(rows, err)),
+        key=lambda d: abs(d["error_pct"]),
+    )
     return out
 
 

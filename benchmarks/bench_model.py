@@ -12,6 +12,7 @@ reported: on CPU with torch.utils.benchmark (--min-time seconds per config and r
 (first call = compile time; then as above), under torch.no_grad (the in-place scatter is traced, not run).
 FLOPs come from fvcore (--no-flops skips them: tracing every config costs seconds).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,9 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from tabulate import tabulate
@@ -36,7 +38,9 @@ from _machine import DTYPES, Timer, machine_info, machine_line  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="swin_tiny_patch4_window7_224", help="a registered model name")
-    ap.add_argument("--model-kwargs", type=json.loads, default={}, help='JSON keyword arguments, e.g. \'{"img_size": 1024}\'')
+    ap.add_argument(
+        "--model-kwargs", type=json.loads, default={}, help="JSON keyword arguments, e.g. '{\"img_size\": 1024}'"
+    )
     ap.add_argument("--resolution", default="512", help="input side N or HxW (default 512)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7])

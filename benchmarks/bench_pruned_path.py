@@ -7,6 +7,7 @@
 False); "after" runs them on the real tokens only. Dense is timed in the same rounds; each round times every
 (config, variant) once, in a rotated order, and the median over rounds is reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,7 @@ def bench(name: str, res: int, sparsities: list[float], threads: int, min_time: 
     times: dict[tuple[float, bool], list[float]] = {r: [] for r in runs}
     with torch.inference_mode():
         for i in range(rounds):
-            for p, skip in runs[i % len(runs):] + runs[: i % len(runs)]:
+            for p, skip in runs[i % len(runs) :] + runs[: i % len(runs)]:
                 SwinBlock.skip_padded_tokens = skip
                 model.set_config(cfgs[p])
                 model(x)
@@ -72,8 +73,13 @@ def main() -> None:
         name, res = spec.split(":")
         rows += bench(name, int(res), args.sparsity, args.threads, args.min_time, args.rounds)
     print(f"# machine: {machine_line()}, {args.threads} threads, median of {args.rounds} interleaved rounds")
-    print(tabulate(rows, headers=["model", "sparsity", "before x dense", "before FLOPs x", "after x dense",
-                                  "after FLOPs x"], tablefmt="github"))
+    print(
+        tabulate(
+            rows,
+            headers=["model", "sparsity", "before x dense", "before FLOPs x", "after x dense", "after FLOPs x"],
+            tablefmt="github",
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ A lighter sibling of bench_model.py for models whose forward takes seconds on a 
 `repeats` times after one warm-up call (configs interleaved, so drift hits them alike); the median over rounds is
 reported. `--flops` adds fvcore counts (slow at 1024x1024: a traced forward per config).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,10 @@ def main() -> None:
             fl = count_flops(model, args.resolution, cfg).total
             row += [f"{fl / 1e9:.1f}", f"{fl / dense_flops:.3f}"]
         rows.append(row)
-    print(f"# {args.model} backbone (neck output), {args.resolution}x{args.resolution}, batch 1, torch path (CPU), "
-          f"{args.threads} threads, {args.rounds} rounds x {args.repeats}")
+    print(
+        f"# {args.model} backbone (neck output), {args.resolution}x{args.resolution}, batch 1, torch path (CPU), "
+        f"{args.threads} threads, {args.rounds} rounds x {args.repeats}"
+    )
     print(f"# machine: {machine_line()}")
     headers = ["sparsity", "ms", "x dense"] + (["GFLOPs", "FLOPs x dense"] if dense_flops else [])
     print(tabulate(rows, headers=headers, tablefmt="github"))

@@ -10,6 +10,7 @@
    same budget. All three are then scored on --test-samples scenes of the *test* split, which the search never
    saw, so the comparison carries no selection bias. Run `make demo` first for the default supernet and table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,17 @@ def throughput(table: LatencyTable, n_candidates: int = 10_000) -> tuple[float, 
     budget = 0.5 * (table.min_latency(space.resolutions) + table.max_latency(space.resolutions))
     pop = 100
     t = time.perf_counter()
-    run = run_search(space, lambda G: table.predict_many(G, space), AccuracyCache(space, Proxy()), budget,
-                     algorithm="ga", population=pop, generations=n_candidates // pop, seed=0, refine=False)
+    run = run_search(
+        space,
+        lambda G: table.predict_many(G, space),
+        AccuracyCache(space, Proxy()),
+        budget,
+        algorithm="ga",
+        population=pop,
+        generations=n_candidates // pop,
+        seed=0,
+        refine=False,
+    )
     elapsed = time.perf_counter() - t
     return elapsed, per_s, len(run.genes)
 
@@ -70,8 +80,10 @@ def main() -> None:
     torch.set_num_threads(1)
     secs, per_s, unique = throughput(table)
     print(f"# machine: {machine_line()}")
-    print(f"table-only search: 10,000 candidates through the GA in {secs:.2f} s on one core "
-          f"({unique} distinct feasible configs scored); predict_many: {per_s:,.0f} configs/s")
+    print(
+        f"table-only search: 10,000 candidates through the GA in {secs:.2f} s on one core "
+        f"({unique} distinct feasible configs scored); predict_many: {per_s:,.0f} configs/s"
+    )
     if args.skip_quality:
         return
     torch.set_num_threads(2)
@@ -95,28 +107,68 @@ def main() -> None:
     rows = [["dense", "-", f"{dense_ms:.2f}", f"{score(test, dense):.2f}", "", "", "", ""]]
     wins = 0
     for text in args.budgets:
-        budget = parse_budget(text).resolve(dense_ms, table.min_latency(space.resolutions), table.max_latency(space.resolutions))
+        budget = parse_budget(text).resolve(
+            dense_ms, table.min_latency(space.resolutions), table.max_latency(space.resolutions)
+        )
         t = time.perf_counter()
-        run = run_search(space, latency, cache, budget, algorithm="ga", population=args.population,
-                         generations=args.generations, seed=0)
+        run = run_search(
+            space,
+            latency,
+            cache,
+            budget,
+            algorithm="ga",
+            population=args.population,
+            generations=args.generations,
+            seed=0,
+        )
         searched = space.decode(run.genes[run.best_index()])
         us = [p for p in uniform_sparsity_baseline(space, latency, cache, budget) if p.latency_ms <= budget]
         ub = max(us, key=lambda p: p.accuracy) if us else None
-        rs = uniform_resize_baseline(table.resolutions, table.dense_latency,
-                                     lambda r: score(val, SparsityConfig(dense.sparsity, dense.window_size, r)), dense, budget)
+        rs = uniform_resize_baseline(
+            table.resolutions,
+            table.dense_latency,
+            lambda r: score(val, SparsityConfig(dense.sparsity, dense.window_size, r)),
+            dense,
+            budget,
+        )
         rb = max(rs, key=lambda p: p.accuracy) if rs else None
         s_test = score(test, searched)
         u_test = score(test, SparsityConfig.from_dict(ub.config)) if ub else float("nan")
         r_test = score(test, SparsityConfig.from_dict(rb.config)) if rb else float("nan")
         ok = s_test >= max(u_test if ub else -1, r_test if rb else -1)
         wins += ok
-        rows.append([text, f"{budget:.2f}", f"{float(latency(space.encode(searched)[None])[0]):.2f}", f"{s_test:.2f}",
-                     f"{u_test:.2f} ({ub.label})" if ub else "none fits", f"{r_test:.2f} ({rb.label})" if rb else "none fits",
-                     "yes" if ok else "NO", f"{time.perf_counter() - t:.0f}"])
-    print(f"# {meta.architecture} supernet {args.supernet}, mIoU on {args.test_samples} test scenes "
-          f"(search selected on {args.val_samples} val scenes), latency predicted by {args.table}")
-    print(tabulate(rows, headers=["budget", "ms", "searched ms", "searched", "uniform sparsity", "uniform resize",
-                                  "searched >= both", "search s"], tablefmt="github"))
+        rows.append(
+            [
+                text,
+                f"{budget:.2f}",
+                f"{float(latency(space.encode(searched)[None])[0]):.2f}",
+                f"{s_test:.2f}",
+                f"{u_test:.2f} ({ub.label})" if ub else "none fits",
+                f"{r_test:.2f} ({rb.label})" if rb else "none fits",
+                "yes" if ok else "NO",
+                f"{time.perf_counter() - t:.0f}",
+            ]
+        )
+    print(
+        f"# {meta.architecture} supernet {args.supernet}, mIoU on {args.test_samples} test scenes "
+        f"(search selected on {args.val_samples} val scenes), latency predicted by {args.table}"
+    )
+    print(
+        tabulate(
+            rows,
+            headers=[
+                "budget",
+                "ms",
+                "searched ms",
+                "searched",
+                "uniform sparsity",
+                "uniform resize",
+                "searched >= both",
+                "search s",
+            ],
+            tablefmt="github",
+        )
+    )
     print(f"searched config at or above both baselines at {wins}/{len(args.budgets)} budgets")
 
 

@@ -5,6 +5,7 @@
 1. a search space and its model; 2. a latency table measured here; 3. a short supernet adaptation;
 4. a search under a budget in one call (`ss.search`), scored by our own function; 5. export and reload.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,9 +55,22 @@ def main() -> None:
     # 3. a supernet: every step trains a random config (plus the densest and sparsest: sandwich)
     supernet = out / "adapt" / "supernet.pt"
     if not supernet.exists():
-        ss.train_supernet(AdaptOptions(space=str(out / "space.yaml"), data="synthetic:128", out=str(out / "adapt"),
-                                       steps=args.steps, batch=8, lr=1e-3, sampler="sandwich", distill=True,
-                                       val_samples=16, num_classes=4, device="cpu"), progress=True)
+        ss.train_supernet(
+            AdaptOptions(
+                space=str(out / "space.yaml"),
+                data="synthetic:128",
+                out=str(out / "adapt"),
+                steps=args.steps,
+                batch=8,
+                lr=1e-3,
+                sampler="sandwich",
+                distill=True,
+                val_samples=16,
+                num_classes=4,
+                device="cpu",
+            ),
+            progress=True,
+        )
     model, space, meta = load_supernet(supernet)
 
     # 4. search in one call: latency from the table, accuracy from our function (mIoU of the supernet on 16
@@ -68,11 +82,23 @@ def main() -> None:
         return evaluator(config).value
 
     miou.metric = "mIoU"
-    result = ss.search(space, latency=table, accuracy=miou, budget=(table.min_latency() + table.max_latency()) / 2,
-                       model=model, algorithm="ga", population=12, generations=4, seed=0, out=out / "search",
-                       overwrite=True)
+    result = ss.search(
+        space,
+        latency=table,
+        accuracy=miou,
+        budget=(table.min_latency() + table.max_latency()) / 2,
+        model=model,
+        algorithm="ga",
+        population=12,
+        generations=4,
+        seed=0,
+        out=out / "search",
+        overwrite=True,
+    )
     best = result.best
-    print(f"best under {result.budget_ms:.2f} ms: {best.config.to_dict()} -> {best.latency_ms:.2f} ms, mIoU {best.accuracy:.2f}")
+    print(
+        f"best under {result.budget_ms:.2f} ms: {best.config.to_dict()} -> {best.latency_ms:.2f} ms, mIoU {best.accuracy:.2f}"
+    )
     ub = result.best_uniform_sparsity
     if ub is not None:
         print(f"best uniform sparsity within the budget: {ub.label}, {ub.latency_ms:.2f} ms, mIoU {ub.accuracy:.2f}")
@@ -80,8 +106,10 @@ def main() -> None:
 
     # 5. a deployable model with its card, reloaded in one call
     report = export_model(supernet, out / "best.json", out / "export", table=table_path, val_samples=16)
-    print(f"exported: {report.gflops:.3f} GFLOPs (dense {report.gflops_dense:.3f}), "
-          f"measured {report.measured_ms:.2f} ms (dense {report.measured_dense_ms:.2f}), {report.accuracy}")
+    print(
+        f"exported: {report.gflops:.3f} GFLOPs (dense {report.gflops_dense:.3f}), "
+        f"measured {report.measured_ms:.2f} ms (dense {report.measured_dense_ms:.2f}), {report.accuracy}"
+    )
     deployed = load_exported(out / "export")
     print("reloaded:", type(deployed).__name__, deployed.config.to_dict())
 

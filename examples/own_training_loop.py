@@ -14,6 +14,7 @@ Latency comes from `--table` (measured on your machine with `sparsesearch profil
 or, by default, from an analytic cost: the multiply-adds of the blocks' kept windows (a stand-in with the
 shape of the FLOPs; measured tables on a busy CPU are too noisy for a 5-minute example).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,14 +22,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import sparsesearch as ss
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
-from torch import nn
-
-import sparsesearch as ss
 from sparsesearch.data import SparseScenes
 from sparsesearch.ops import keep_count
+from torch import nn
 
 SPACE = """\
 name: own_loop
@@ -201,8 +201,20 @@ def main() -> None:
 
     accuracy.metric = "F1"  # the name reports use
     latency = args.table or analytic_ms(model)
-    result = ss.search(space, latency=latency, accuracy=accuracy, budget=args.budget, model=model, population=10,
-                       generations=4, seed=0, out=out / "search", overwrite=True, progress=False, flops=False)
+    result = ss.search(
+        space,
+        latency=latency,
+        accuracy=accuracy,
+        budget=args.budget,
+        model=model,
+        population=10,
+        generations=4,
+        seed=0,
+        out=out / "search",
+        overwrite=True,
+        progress=False,
+        flops=False,
+    )
 
     # 4. searched vs uniform sparsity at the same budget
     unit = "ms" if args.table else "cost"

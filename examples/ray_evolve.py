@@ -7,13 +7,13 @@ Each worker loads the supernet and its validation subset once and scores the con
 instance is started when no --address is given. With --algorithm tune the search itself runs as a Ray Tune
 experiment (optuna searcher behind a concurrency limit). Run `make demo` first for the default inputs.
 """
+
 from __future__ import annotations
 
 import argparse
 
-from tabulate import tabulate
-
 from sparsesearch.search.evolve import EvolveOptions, evolve
+from tabulate import tabulate
 
 
 def main() -> None:
@@ -27,13 +27,29 @@ def main() -> None:
     ap.add_argument("--out", default="runs/ray_evolve")
     args = ap.parse_args()
 
-    summary = evolve(EvolveOptions(
-        supernet=args.supernet, table=args.table, latency=args.latency, out=args.out, algorithm=args.algorithm,
-        workers=args.workers, ray=args.address, population=12, generations=4, val_samples=32, overwrite=True,
-    ), on_generation=lambda rec: print(f"generation {rec.get('generation')}: {rec.get('evaluated')} evaluated, "
-                                       f"best {rec.get('best_accuracy', float('nan')):.2f}"))
-    rows = [[p.label or "searched", f"{p.latency_ms:.2f}", f"{p.accuracy:.2f}"]
-            for p in [summary.dense, *summary.baselines.uniform_sparsity[-1:], summary.best]]
+    summary = evolve(
+        EvolveOptions(
+            supernet=args.supernet,
+            table=args.table,
+            latency=args.latency,
+            out=args.out,
+            algorithm=args.algorithm,
+            workers=args.workers,
+            ray=args.address,
+            population=12,
+            generations=4,
+            val_samples=32,
+            overwrite=True,
+        ),
+        on_generation=lambda rec: print(
+            f"generation {rec.get('generation')}: {rec.get('evaluated')} evaluated, "
+            f"best {rec.get('best_accuracy', float('nan')):.2f}"
+        ),
+    )
+    rows = [
+        [p.label or "searched", f"{p.latency_ms:.2f}", f"{p.accuracy:.2f}"]
+        for p in [summary.dense, *summary.baselines.uniform_sparsity[-1:], summary.best]
+    ]
     print(tabulate(rows, headers=["config", "pred. ms", summary.metric], tablefmt="github"))
 
 

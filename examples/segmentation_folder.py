@@ -9,6 +9,7 @@ The folder layout sparsesearch reads (label PNGs hold class indices, 255 = ignor
 
 Here it is filled from the synthetic generator, so the example runs anywhere; point --data at your own.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
 from sparsesearch.cli import main as cli
 from sparsesearch.data import SparseScenes
 
@@ -32,7 +32,9 @@ def build_folder(root: Path, n_train: int = 48, n_val: int = 12, size: int = 128
             image, mask = scenes.generate(i)
             label = mask.astype(np.uint8)
             label[rng.random(label.shape) < 0.005] = 255
-            Image.fromarray((np.asarray(image) * 255).astype(np.uint8)).save(root / split / "images" / f"{i:04d}.jpg", quality=95)
+            Image.fromarray((np.asarray(image) * 255).astype(np.uint8)).save(
+                root / split / "images" / f"{i:04d}.jpg", quality=95
+            )
             Image.fromarray(label).save(root / split / "labels" / f"{i:04d}.png")
 
 
@@ -45,12 +47,41 @@ def main() -> None:
     data = root / "data"
     if not (data / "val" / "labels").is_dir():
         build_folder(data)
-    rc = cli(["adapt", "--space", "search_spaces/demo.yaml", "--data", str(data), "--image-size", "128",
-              "--steps", str(args.steps), "--batch", "8", "--sampler", "sandwich", "--val-samples", "12",
-              "--out", str(root / "adapt"), "--overwrite"])
+    rc = cli(
+        [
+            "adapt",
+            "--space",
+            "search_spaces/demo.yaml",
+            "--data",
+            str(data),
+            "--image-size",
+            "128",
+            "--steps",
+            str(args.steps),
+            "--batch",
+            "8",
+            "--sampler",
+            "sandwich",
+            "--val-samples",
+            "12",
+            "--out",
+            str(root / "adapt"),
+            "--overwrite",
+        ]
+    )
     if rc == 0:
-        rc = cli(["eval", "--supernet", str(root / "adapt" / "supernet.pt"), "--config", "dense",
-                  "--config", "uniform:0.5", "--per-class"])
+        rc = cli(
+            [
+                "eval",
+                "--supernet",
+                str(root / "adapt" / "supernet.pt"),
+                "--config",
+                "dense",
+                "--config",
+                "uniform:0.5",
+                "--per-class",
+            ]
+        )
     raise SystemExit(rc)
 
 

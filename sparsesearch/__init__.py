@@ -1,11 +1,13 @@
 """sparsesearch: window pruning + hardware-aware layerwise sparsity search for windowed vision transformers.
 
-    >>> import sparsesearch as ss
-    >>> space = ss.SearchSpace.load("search_spaces/swin_t.yaml")
-    >>> model = space.create_model(num_classes=10)
-    >>> model.set_config(space.uniform(0.5))
-    >>> result = ss.search(space, latency=table, accuracy=my_accuracy, budget="0.7x", model=supernet)
+>>> import sparsesearch as ss
+>>> space = ss.SearchSpace.load("search_spaces/swin_t.yaml")
+>>> model = space.create_model(num_classes=10)
+>>> model.set_config(space.uniform(0.5))
+>>> result = ss.search(space, latency=table, accuracy=my_accuracy, budget="0.7x", model=supernet)
 """
+
+from .adapt import AdaptOptions, AdaptResult, RandomSparsity, train_supernet
 from .config import SparsityConfig
 from .errors import (
     BudgetError,
@@ -16,13 +18,12 @@ from .errors import (
     SpaceError,
     SparseSearchError,
 )
-from .models import SamViT, SwinTransformer, create_model, list_models, load_checkpoint
-from .space import SearchSpace
-from .latency import LatencyTable
 from .evaluate import EvalResult, Evaluator, evaluate
-from .supernet import SupernetMeta, load_supernet, save_supernet
-from .adapt import AdaptOptions, AdaptResult, RandomSparsity, train_supernet
+from .latency import LatencyTable
+from .models import SamViT, SwinTransformer, create_model, list_models, load_checkpoint
 from .search import AccuracyFunctionError, Candidate, SearchResult, search
+from .space import SearchSpace
+from .supernet import SupernetMeta, load_supernet, save_supernet
 
 __version__ = "0.1.0"
 

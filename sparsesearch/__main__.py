@@ -1,4 +1,5 @@
 """`python -m sparsesearch ...` (used by torchrun)."""
+
 import sys
 
 from .cli import main

@@ -1,12 +1,14 @@
 """Sparsity configs: one sparsity per block, one window size per stage, optionally an input resolution."""
+
 from __future__ import annotations
 
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -92,16 +94,22 @@ class SparsityConfig:
 
     # ---- construction ------------------------------------------------------------------------------------
     @classmethod
-    def dense(cls, depths: Sequence[int], window_size: int | Sequence[int] = 7, resolution: Any = None) -> "SparsityConfig":
+    def dense(
+        cls, depths: Sequence[int], window_size: int | Sequence[int] = 7, resolution: Any = None
+    ) -> SparsityConfig:
         """All-zero sparsity for a model with these stage depths."""
-        return cls([[0.0] * d for d in depths], window_size if isinstance(window_size, int) else list(window_size), resolution)
+        return cls(
+            [[0.0] * d for d in depths], window_size if isinstance(window_size, int) else list(window_size), resolution
+        )
 
     @classmethod
     def uniform(
         cls, p: float, depths: Sequence[int], window_size: int | Sequence[int] = 7, resolution: Any = None
-    ) -> "SparsityConfig":
+    ) -> SparsityConfig:
         """The same sparsity p for every block."""
-        return cls([[p] * d for d in depths], window_size if isinstance(window_size, int) else list(window_size), resolution)
+        return cls(
+            [[p] * d for d in depths], window_size if isinstance(window_size, int) else list(window_size), resolution
+        )
 
     # ---- validation --------------------------------------------------------------------------------------
     def validate(self, depths: Sequence[int], max_window: Sequence[int]) -> None:
@@ -126,7 +134,7 @@ class SparsityConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: Any) -> "SparsityConfig":
+    def from_dict(cls, data: Any) -> SparsityConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"a config must be a mapping with keys {', '.join(_KEYS)}, got {type(data).__name__}")
         if "config" in data and isinstance(data["config"], dict) and "sparsity" not in data:
@@ -149,7 +157,7 @@ class SparsityConfig:
         atomic_write_text(path, text)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "SparsityConfig":
+    def load(cls, path: str | os.PathLike) -> SparsityConfig:
         try:
             return cls.from_dict(read_structured(path))
         except ConfigError as e:

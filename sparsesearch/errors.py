@@ -1,4 +1,5 @@
 """Errors raised by the library. The CLI turns each into one line and exit code 2."""
+
 from __future__ import annotations
 
 __all__ = [

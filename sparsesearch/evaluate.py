@@ -4,12 +4,14 @@
 ``n`` of the data set, in order), under ``torch.inference_mode`` and in batches. :class:`Evaluator` does the
 same but loads the items once and caches results per config, for searches that score many configs.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +68,9 @@ class EvalResult:
 
 
 # ---- metrics -------------------------------------------------------------------------------------------------
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None = 255) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None = 255
+) -> torch.Tensor:
     """(num_classes, num_classes) int64 counts, rows = label, columns = prediction.
 
     pred, target: integer tensors of the same shape (e.g. (B, H, W)). Pixels whose label is ``ignore_index``
@@ -133,7 +137,9 @@ def resolve_config(spec: str | SparsityConfig | None, space: Any) -> SparsityCon
         try:
             p = float(text.split(":" if ":" in text else "=", 1)[1])
         except ValueError:
-            raise ConfigError(f"config {text!r}: write uniform:P with P a sparsity in [0, 1), e.g. uniform:0.5") from None
+            raise ConfigError(
+                f"config {text!r}: write uniform:P with P a sparsity in [0, 1), e.g. uniform:0.5"
+            ) from None
         return space.uniform(p)
     from pathlib import Path  # noqa: PLC0415
 
@@ -272,9 +278,13 @@ class Evaluator:
                     logits = model(images)
                 if self.task == "seg":
                     if logits.shape[-2:] != targets.shape[-2:]:
-                        logits = F.interpolate(logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
+                        logits = F.interpolate(
+                            logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False
+                        )
                     pred = logits.argmax(1)
-                    per_item += [confusion_matrix(p, t, self.num_classes, self.ignore_index) for p, t in zip(pred, targets)]
+                    per_item += [
+                        confusion_matrix(p, t, self.num_classes, self.ignore_index) for p, t in zip(pred, targets)
+                    ]
                 else:
                     correct += int((logits.argmax(-1) == targets).sum())
         finally:
@@ -286,7 +296,9 @@ class Evaluator:
             value, per_class = miou_from_confusion(stacked.sum(0))
             return EvalResult("mIoU", value, self.n, per_class, miou_stderr(stacked))
         top1 = correct / self.n
-        return EvalResult("top1", 100.0 * top1, self.n, stderr=100.0 * math.sqrt(top1 * (1 - top1) / max(1, self.n - 1)))
+        return EvalResult(
+            "top1", 100.0 * top1, self.n, stderr=100.0 * math.sqrt(top1 * (1 - top1) / max(1, self.n - 1))
+        )
 
 
 def evaluate(
@@ -312,7 +324,17 @@ def evaluate(
     order, inference mode. See :class:`Evaluator` to score many configs on one preloaded subset.
     """
     ev = Evaluator(
-        model, dataset, n, batch=batch, device=device, amp=amp, task=task, num_classes=num_classes,
-        ignore_index=ignore_index, preload=False, cache=False, workers=workers,
+        model,
+        dataset,
+        n,
+        batch=batch,
+        device=device,
+        amp=amp,
+        task=task,
+        num_classes=num_classes,
+        ignore_index=ignore_index,
+        preload=False,
+        cache=False,
+        workers=workers,
     )
     return ev(config, resolution)

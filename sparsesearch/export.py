@@ -7,15 +7,17 @@ An exported folder holds:
     card.json           parameters, FLOPs (fvcore, per part), predicted and measured latency, accuracy
     model.onnx          optional: dynamic batch axis, checked against torch with ONNX Runtime at batch 1 and 3
 """
+
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,11 +54,19 @@ class ExportReport:
     onnx: dict[str, Any] | None = None
     source: str = ""
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    versions: dict[str, str] = field(default_factory=lambda: {"torch": torch.__version__, "python": platform.python_version()})
+    versions: dict[str, str] = field(
+        default_factory=lambda: {"torch": torch.__version__, "python": platform.python_version()}
+    )
 
 
-def measure_latency(model: nn.Module, resolution: tuple[int, int], batch: int = 1, device: str = "cpu",
-                    warmup: int = 3, repeats: int = 10) -> float:
+def measure_latency(
+    model: nn.Module,
+    resolution: tuple[int, int],
+    batch: int = 1,
+    device: str = "cpu",
+    warmup: int = 3,
+    repeats: int = 10,
+) -> float:
     """Milliseconds per forward of `model` on random input (trimmed mean of `repeats` after `warmup`)."""
     from .latency import make_timer  # noqa: PLC0415
 
@@ -66,8 +76,9 @@ def measure_latency(model: nn.Module, resolution: tuple[int, int], batch: int = 
         return float(timer.measure(lambda: model(x), warmup=warmup, repeats=repeats).ms)
 
 
-def check_onnx(model: nn.Module, path: Path, resolution: tuple[int, int], seed: int = 0,
-               batches: tuple[int, ...] = (1, 3)) -> dict[str, Any]:
+def check_onnx(
+    model: nn.Module, path: Path, resolution: tuple[int, int], seed: int = 0, batches: tuple[int, ...] = (1, 3)
+) -> dict[str, Any]:
     """Export `model` to ONNX (plain ops, TopK selection) with a dynamic batch axis, and compare ONNX Runtime's
     output with torch's at each of `batches` (the kept-window count is per image, so any batch size runs).
 
@@ -89,9 +100,16 @@ def check_onnx(model: nn.Module, path: Path, resolution: tuple[int, int], seed: 
         tmp = path.with_name(f".{path.name}.tmp")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (inputs[batches[0]],), str(tmp), opset_version=18, dynamo=False,
-                              input_names=["image"], output_names=["logits"],
-                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+            torch.onnx.export(
+                model,
+                (inputs[batches[0]],),
+                str(tmp),
+                opset_version=18,
+                dynamo=False,
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            )
         os.replace(tmp, path)
         with torch.inference_mode():
             refs = {b: model(x).numpy() for b, x in inputs.items()}
@@ -104,13 +122,29 @@ def check_onnx(model: nn.Module, path: Path, resolution: tuple[int, int], seed: 
         out = sess.run(None, {"image": x.numpy()})[0]
         diffs[b] = float(np.abs(out - refs[b]).max()) if out.shape == refs[b].shape else float("inf")
     diff = max(diffs.values())
-    return {"file": path.name, "max_abs_diff": diff, "max_abs_diff_by_batch": {str(b): d for b, d in diffs.items()},
-            "input": ["batch", 3, *resolution], "dynamic_batch": True, "opset": 18, "onnxruntime": ort.__version__,
-            "ok": diff < 1e-3}
+    return {
+        "file": path.name,
+        "max_abs_diff": diff,
+        "max_abs_diff_by_batch": {str(b): d for b, d in diffs.items()},
+        "input": ["batch", 3, *resolution],
+        "dynamic_batch": True,
+        "opset": 18,
+        "onnxruntime": ort.__version__,
+        "ok": diff < 1e-3,
+    }
 
 
-def finetune_config(model: nn.Module, meta: Any, config: SparsityConfig, *, steps: int, lr: float = 1e-4,
-                    batch: int = 8, device: str = "cpu", seed: int = 0) -> list[float]:
+def finetune_config(
+    model: nn.Module,
+    meta: Any,
+    config: SparsityConfig,
+    *,
+    steps: int,
+    lr: float = 1e-4,
+    batch: int = 8,
+    device: str = "cpu",
+    seed: int = 0,
+) -> list[float]:
     """Fine-tune `model` under one fixed config on the supernet's training data (AdamW, cosine decay).
 
     Returns the loss of each step.
@@ -118,8 +152,14 @@ def finetune_config(model: nn.Module, meta: Any, config: SparsityConfig, *, step
     from .adapt import build_optimizer, cosine_schedule, seg_or_cls_loss  # noqa: PLC0415
     from .data import build_dataset, make_loader  # noqa: PLC0415
 
-    dataset, task = build_dataset(meta.data, "train", tuple(meta.image_size), task=meta.task, seed=meta.data_seed,
-                                  num_classes=meta.num_classes or None)
+    dataset, task = build_dataset(
+        meta.data,
+        "train",
+        tuple(meta.image_size),
+        task=meta.task,
+        seed=meta.data_seed,
+        num_classes=meta.num_classes or None,
+    )
     torch.manual_seed(seed)
     model.to(device).train()
     model.set_config(config)
@@ -191,9 +231,15 @@ def export_model(
     dense_cfg = SparsityConfig([[0.0] * d for d in space.depths], cfg.window_size, cfg.resolution)
     fl_dense = count_flops(model, resolution, dense_cfg)
     report = ExportReport(
-        architecture=space.architecture, config=cfg.to_dict(), resolution=resolution,
-        parameters=sum(p.numel() for p in model.parameters()), gflops=fl.gflops, gflops_dense=fl_dense.gflops,
-        flops_parts={k: v / 1e9 for k, v in fl.parts.items()}, finetune_steps=finetune_steps, source=str(supernet),
+        architecture=space.architecture,
+        config=cfg.to_dict(),
+        resolution=resolution,
+        parameters=sum(p.numel() for p in model.parameters()),
+        gflops=fl.gflops,
+        gflops_dense=fl_dense.gflops,
+        flops_parts={k: v / 1e9 for k, v in fl.parts.items()},
+        finetune_steps=finetune_steps,
+        source=str(supernet),
     )
     if checked is not None:
         t, speed = checked
@@ -245,8 +291,13 @@ def export_model(
     return report
 
 
-def _checked_table(table: str | os.PathLike, config: SparsityConfig | str | os.PathLike, check: bool, rescale: bool,
-                   say: Callable[[str], None]) -> tuple[Any, Any]:
+def _checked_table(
+    table: str | os.PathLike,
+    config: SparsityConfig | str | os.PathLike,
+    check: bool,
+    rescale: bool,
+    say: Callable[[str], None],
+) -> tuple[Any, Any]:
     """(the table, its speed check or None): see `latency.ensure_table_speed` (absolute budgets of best.json)."""
     from .latency import LatencyTable, ensure_table_speed  # noqa: PLC0415
 
@@ -280,7 +331,9 @@ def load_exported(folder: str | os.PathLike, device: str = "cpu") -> nn.Module:
     folder = Path(folder)
     for name in ("model.json", "config.json", "model.safetensors"):
         if not (folder / name).is_file():
-            raise CheckpointError(f"{folder} is not an exported model: {name} is missing (write one with `sparsesearch export`)")
+            raise CheckpointError(
+                f"{folder} is not an exported model: {name} is missing (write one with `sparsesearch export`)"
+            )
     doc = json.loads((folder / "model.json").read_text())
     if doc.get("format") != "sparsesearch-exported/1":
         raise CheckpointError(f"{folder}/model.json is not a sparsesearch export (format {doc.get('format')!r})")
@@ -288,6 +341,8 @@ def load_exported(folder: str | os.PathLike, device: str = "cpu") -> nn.Module:
     try:
         model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
     except (RuntimeError, OSError) as e:
-        raise CheckpointError(f"{folder}/model.safetensors does not fit {doc['architecture']}: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"{folder}/model.safetensors does not fit {doc['architecture']}: {str(e).splitlines()[0]}"
+        ) from None
     model.set_config(SparsityConfig.load(folder / "config.json"))
     return model.to(device).eval()

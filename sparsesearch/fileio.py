@@ -1,10 +1,12 @@
 """Atomic file writes: a reader (or a resumed run) never sees a half-written file."""
+
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_torch_save"]
 

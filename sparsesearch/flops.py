@@ -3,11 +3,13 @@
 Convention: fvcore's, one multiply-add = one FLOP (the convention of the Swin and SparseViT papers:
 Swin-T at 224x224 is about 4.5 GFLOPs).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

@@ -3,19 +3,21 @@
 Every stage writes into its own folder under `out` with a stamp of the settings that produced it; a rerun with
 the same settings reuses the stage's result, a change (or `fresh=True`) redoes it and everything after it.
 """
+
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from .config import SparsityConfig
-from .fileio import atomic_write_text
 from .errors import SparseSearchError
+from .fileio import atomic_write_text
 
 __all__ = ["DemoOptions", "DemoRow", "DemoSummary", "run_demo", "QUICK_SPACE_YAML", "QUICK_SAM_SPACE_YAML"]
 
@@ -82,14 +84,26 @@ class DemoOptions:
     fresh: bool = False
     quick: bool = False  # a reduced run (tiny model, 64x64 images, a few steps): what the test suite runs
 
-    def effective(self) -> "DemoOptions":
+    def effective(self) -> DemoOptions:
         """The settings actually used (quick mode shrinks everything)."""
         if not self.quick:
             return self
         # timings of a model this small are noise: the budget only has to admit every config
-        return DemoOptions(**{**asdict(self), "data": "synthetic:16", "resolutions": (64, 48), "steps": 4, "batch": 4,
-                              "population": 6, "generations": 2, "val_samples": 4, "profile_repeats": 2,
-                              "profile_rounds": 1, "latency": "100000ms"})
+        return DemoOptions(
+            **{
+                **asdict(self),
+                "data": "synthetic:16",
+                "resolutions": (64, 48),
+                "steps": 4,
+                "batch": 4,
+                "population": 6,
+                "generations": 2,
+                "val_samples": 4,
+                "profile_repeats": 2,
+                "profile_rounds": 1,
+                "latency": "100000ms",
+            }
+        )
 
 
 @dataclass
@@ -165,9 +179,19 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = lambda msg: None
 
     # 1. latency table of this machine
     res = tuple((r, r) for r in o.resolutions)
-    ps = ProfileSettings(device="cpu", resolutions=res, threads=threads, repeats=o.profile_repeats,
-                         rounds=o.profile_rounds, head="seg", num_classes=4, seed=o.seed,
-                         calibration=2 if o.quick else 6, quiet=not o.quick, max_wait_s=120.0)
+    ps = ProfileSettings(
+        device="cpu",
+        resolutions=res,
+        threads=threads,
+        repeats=o.profile_repeats,
+        rounds=o.profile_rounds,
+        head="seg",
+        num_classes=4,
+        seed=o.seed,
+        calibration=2 if o.quick else 6,
+        quiet=not o.quick,
+        max_wait_s=120.0,
+    )
     table_stage = _Stage(root, "table", {"space": Path(space_path).read_text(), **asdict(ps)}, "table.json")
     if table_stage.done():
         reused.append("latency table")
@@ -175,10 +199,13 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = lambda msg: None
         redo = True
         table_stage.dir.mkdir(parents=True, exist_ok=True)  # keeps a partial profile: the profiler resumes it
         table_stage.product.unlink(missing_ok=True)
-        say(f"[1/4] profiling {Path(space_path).name} on this CPU ({threads} threads) at {', '.join(str(r) for r in o.resolutions)}")
+        say(
+            f"[1/4] profiling {Path(space_path).name} on this CPU ({threads} threads) at {', '.join(str(r) for r in o.resolutions)}"
+        )
         from .progress import progress_bar  # noqa: PLC0415
 
         with progress_bar(desc="profile", unit="entry", enabled=progress) as bar:
+
             def on_start(done: int, total: int) -> None:
                 bar.total, bar.n = total, done
                 bar.refresh()
@@ -190,9 +217,21 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = lambda msg: None
     # 2. supernet
     from .adapt import AdaptOptions, adapt  # noqa: PLC0415
 
-    ao = AdaptOptions(space=space_path, data=o.data, out=str(root / "adapt"), steps=o.steps, batch=o.batch, lr=o.lr,
-                      sampler="sandwich", distill=True, seed=o.seed, val_samples=o.val_samples, num_classes=4,
-                      device="cpu", ckpt_every=max(1, o.steps // 4))
+    ao = AdaptOptions(
+        space=space_path,
+        data=o.data,
+        out=str(root / "adapt"),
+        steps=o.steps,
+        batch=o.batch,
+        lr=o.lr,
+        sampler="sandwich",
+        distill=True,
+        seed=o.seed,
+        val_samples=o.val_samples,
+        num_classes=4,
+        device="cpu",
+        ckpt_every=max(1, o.steps // 4),
+    )
     adapt_stage = _Stage(root, "adapt", {"space": Path(space_path).read_text(), **ao.to_dict()}, "supernet.pt")
     if adapt_stage.done() and not redo:
         reused.append("supernet")
@@ -210,19 +249,31 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = lambda msg: None
     supernet = str(adapt_stage.product)
 
     # 3. search
-    eo = EvolveOptions(supernet=supernet, table=str(table_stage.product), latency=o.latency, out=str(root / "search"),
-                       val_samples=o.val_samples, algorithm=o.algorithm, population=o.population,
-                       generations=o.generations, seed=o.seed, overwrite=True)
+    eo = EvolveOptions(
+        supernet=supernet,
+        table=str(table_stage.product),
+        latency=o.latency,
+        out=str(root / "search"),
+        val_samples=o.val_samples,
+        algorithm=o.algorithm,
+        population=o.population,
+        generations=o.generations,
+        seed=o.seed,
+        overwrite=True,
+    )
     search_stage = _Stage(root, "search", asdict(eo), "best.json")
     if search_stage.done() and not redo:
         reused.append("search")
     else:
         redo = True
         search_stage.reset()
-        say(f"[3/4] searching under a budget of {o.latency} ({o.algorithm}, population {o.population}, {o.generations} generations)")
+        say(
+            f"[3/4] searching under a budget of {o.latency} ({o.algorithm}, population {o.population}, {o.generations} generations)"
+        )
         from .progress import progress_bar  # noqa: PLC0415
 
         with progress_bar(o.generations, desc="evolve", unit="gen", enabled=progress) as bar:
+
             def on_generation(rec: dict[str, Any]) -> None:
                 bar.n = min(int(rec.get("generation", 0)), o.generations)
                 if "best_accuracy" in rec:  # set_postfix refreshes the bar
@@ -268,10 +319,24 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = lambda msg: None
         r = tuple(cfg.resolution or space.resolutions[0])
         model.set_config(cfg)
         ms = measure_latency(model, r, repeats=5 if o.quick else 20)
-        rows.append(DemoRow(name, cfg_dict, float(table.predict(cfg) if r in table.resolutions else table.dense_latency(r)),
-                            ms, float(accuracy), count_flops(model, r, cfg).gflops))
+        rows.append(
+            DemoRow(
+                name,
+                cfg_dict,
+                float(table.predict(cfg) if r in table.resolutions else table.dense_latency(r)),
+                ms,
+                float(accuracy),
+                count_flops(model, r, cfg).gflops,
+            )
+        )
     model.set_config(None)
-    summary = DemoSummary(rows, best.get("metric", "mIoU"), float(best["budget_ms"]), root, reused,
-                          f"{device_name('cpu')}, {threads} threads")
+    summary = DemoSummary(
+        rows,
+        best.get("metric", "mIoU"),
+        float(best["budget_ms"]),
+        root,
+        reused,
+        f"{device_name('cpu')}, {threads} threads",
+    )
     atomic_write_text(root / "summary.json", json.dumps(asdict(summary), indent=1, default=str) + "\n")
     return summary

@@ -1,5 +1,6 @@
 """Progress bars that suit where the output goes: a live tqdm bar on a terminal, a plain line every few percent
 elsewhere (CI logs, `make demo > log`), never a stream of carriage returns in a file."""
+
 from __future__ import annotations
 
 import sys

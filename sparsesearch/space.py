@@ -1,11 +1,13 @@
 """Search spaces: which blocks share a sparsity gene, the choices of each gene, window sizes, resolutions."""
+
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -14,7 +16,17 @@ from .errors import SpaceError
 
 __all__ = ["Gene", "SearchSpace"]
 
-_TOP_KEYS = {"name", "architecture", "model_kwargs", "resolutions", "sparsity_choices", "genes", "window_sizes", "rules", "description"}
+_TOP_KEYS = {
+    "name",
+    "architecture",
+    "model_kwargs",
+    "resolutions",
+    "sparsity_choices",
+    "genes",
+    "window_sizes",
+    "rules",
+    "description",
+}
 _GENE_KEYS = {"name", "blocks", "choices"}
 _RULES = {"non_decreasing_within_stage"}
 
@@ -69,7 +81,9 @@ class SearchSpace:
             raise SpaceError(f"{source}: a search space must be a YAML mapping")
         unknown = sorted(set(data) - _TOP_KEYS)
         if unknown:
-            raise SpaceError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(_TOP_KEYS))}")
+            raise SpaceError(
+                f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(_TOP_KEYS))}"
+            )
         if "architecture" not in data:
             raise SpaceError(f"{source}: missing 'architecture' (a name from sparsesearch.list_models())")
         from .models import list_models  # noqa: PLC0415  (models import config, not space)
@@ -107,7 +121,9 @@ class SearchSpace:
 
     # ---- parsing -----------------------------------------------------------------------------------------
     def _parse_resolutions(self, value: Any) -> tuple[tuple[int, int], ...]:
-        if isinstance(value, int) or (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+        if isinstance(value, int) or (
+            isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value)
+        ):
             value = [value]
         if not isinstance(value, (list, tuple)) or not value:
             raise SpaceError(f"{self.source}: resolutions must be a list of sizes, e.g. [[512, 512]]")
@@ -133,15 +149,23 @@ class SearchSpace:
         out = []
         for i, ch in enumerate(value):
             ch = [ch] if isinstance(ch, int) else ch
-            if not isinstance(ch, (list, tuple)) or not ch or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in ch):
-                raise SpaceError(f"{self.source}: window_sizes[{i}] must be a non-empty list of positive ints, got {ch!r}")
+            if (
+                not isinstance(ch, (list, tuple))
+                or not ch
+                or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in ch)
+            ):
+                raise SpaceError(
+                    f"{self.source}: window_sizes[{i}] must be a non-empty list of positive ints, got {ch!r}"
+                )
             out.append(tuple(dict.fromkeys(int(w) for w in ch)))
         return tuple(out)
 
     def _parse_genes(self, value: Any, default_choices: Any) -> tuple[Gene, ...]:
         if not isinstance(value, (list, tuple)) or not value:
             raise SpaceError(f"{self.source}: genes must be a non-empty list of {{name, blocks, choices}}")
-        defaults = _parse_choices(default_choices, f"{self.source}: sparsity_choices") if default_choices is not None else None
+        defaults = (
+            _parse_choices(default_choices, f"{self.source}: sparsity_choices") if default_choices is not None else None
+        )
         genes, seen = [], {}
         for i, g in enumerate(value):
             if not isinstance(g, dict):
@@ -156,7 +180,9 @@ class SearchSpace:
             parsed = tuple(_parse_block(b, name) for b in blocks)
             for s, b in parsed:
                 if s >= len(self.depths) or b >= self.depths[s]:
-                    raise SpaceError(f"{self.source}: gene {name!r} names block {s}.{b}, which {self.architecture} does not have")
+                    raise SpaceError(
+                        f"{self.source}: gene {name!r} names block {s}.{b}, which {self.architecture} does not have"
+                    )
                 if (s, b) in seen:
                     raise SpaceError(f"{self.source}: block {s}.{b} is in genes {seen[(s, b)]!r} and {name!r}")
                 seen[(s, b)] = name
@@ -165,7 +191,9 @@ class SearchSpace:
             elif defaults is not None:
                 choices = defaults
             else:
-                raise SpaceError(f"{self.source}: gene {name!r} has no choices and there is no sparsity_choices default")
+                raise SpaceError(
+                    f"{self.source}: gene {name!r} has no choices and there is no sparsity_choices default"
+                )
             genes.append(Gene(name, parsed, choices))
         missing = [f"{s}.{b}" for s, d in enumerate(self.depths) for b in range(d) if (s, b) not in seen]
         if missing:
@@ -181,7 +209,7 @@ class SearchSpace:
 
     # ---- construction ------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "SearchSpace":
+    def load(cls, path: str | os.PathLike) -> SearchSpace:
         path = Path(path)
         if not path.is_file():
             raise SpaceError(f"search space {path} does not exist (the shipped ones are in search_spaces/)")
@@ -194,7 +222,11 @@ class SearchSpace:
     def model_args(self) -> dict[str, Any]:
         """The architecture kwargs `create_model` builds with: the family's for these resolutions, the space's
         `model_kwargs`, and position tables large enough for every window choice."""
-        return {**self.family.space_model_kwargs(self.resolutions), **self.model_kwargs, "max_window_size": list(self.max_window_size)}
+        return {
+            **self.family.space_model_kwargs(self.resolutions),
+            **self.model_kwargs,
+            "max_window_size": list(self.max_window_size),
+        }
 
     def create_model(self, **kwargs: Any):
         """Build this space's architecture with position tables large enough for every window choice."""
@@ -210,7 +242,11 @@ class SearchSpace:
     @property
     def upper_bounds(self) -> np.ndarray:
         """(n_var,) inclusive upper bound of each integer variable (lower bounds are 0)."""
-        ub = [len(g.choices) - 1 for g in self.genes] + [len(c) - 1 for c in self.window_choices] + [len(self.resolutions) - 1]
+        ub = (
+            [len(g.choices) - 1 for g in self.genes]
+            + [len(c) - 1 for c in self.window_choices]
+            + [len(self.resolutions) - 1]
+        )
         return np.asarray(ub, dtype=np.int64)
 
     @property
@@ -258,7 +294,9 @@ class SearchSpace:
         off = len(self.genes)
         for i, w in enumerate(config.window_size):
             if w not in self.window_choices[i]:
-                raise SpaceError(f"window size {w} of stage {i} is not a choice of {self.name} ({list(self.window_choices[i])})")
+                raise SpaceError(
+                    f"window size {w} of stage {i} is not a choice of {self.name} ({list(self.window_choices[i])})"
+                )
             x[off + i] = self.window_choices[i].index(w)
         res = config.resolution or self.resolutions[0]
         if res not in self.resolutions:
@@ -317,8 +355,12 @@ class SearchSpace:
         """A short human-readable summary."""
         lines = [f"space {self.name}: {self.architecture}, depths {list(self.depths)}, {self.size:,} configs"]
         for g in self.genes:
-            lines.append(f"  gene {g.name:<10} blocks {' '.join(f'{s}.{b}' for s, b in g.blocks):<20} choices {list(g.choices)}")
-        lines.append(f"  windows {[list(c) for c in self.window_choices]}  resolutions {[list(r) for r in self.resolutions]}")
+            lines.append(
+                f"  gene {g.name:<10} blocks {' '.join(f'{s}.{b}' for s, b in g.blocks):<20} choices {list(g.choices)}"
+            )
+        lines.append(
+            f"  windows {[list(c) for c in self.window_choices]}  resolutions {[list(r) for r in self.resolutions]}"
+        )
         if self.non_decreasing:
             lines.append("  rule: sparsity non-decreasing within each stage")
         return "\n".join(lines)
@@ -327,4 +369,3 @@ class SearchSpace:
 def load_space(path: str | os.PathLike) -> SearchSpace:
     """Alias of SearchSpace.load."""
     return SearchSpace.load(path)
-

@@ -14,12 +14,14 @@ Everything but the tensors is plain Python data, so the file loads with ``torch.
 :func:`load_supernet` rebuilds ``(model, space, meta)`` from the file alone; ``evolve``, ``export`` and
 ``eval`` use it.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import yaml
@@ -138,13 +140,15 @@ class SupernetMeta:
         return d
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "<checkpoint>") -> "SupernetMeta":
+    def from_dict(cls, data: Mapping[str, Any], source: str = "<checkpoint>") -> SupernetMeta:
         if not isinstance(data, Mapping):
             raise CheckpointError(f"{source}: 'meta' must be a mapping")
         known = set(cls.__dataclass_fields__)
         missing = [k for k in ("architecture", "space_yaml", "model_kwargs") if k not in data]
         if missing:
-            raise CheckpointError(f"{source}: supernet metadata lacks {', '.join(missing)}; was it written by sparsesearch?")
+            raise CheckpointError(
+                f"{source}: supernet metadata lacks {', '.join(missing)}; was it written by sparsesearch?"
+            )
         kw = {k: v for k, v in data.items() if k in known}
         if "image_size" in kw:
             kw["image_size"] = tuple(int(v) for v in kw["image_size"])
@@ -152,7 +156,7 @@ class SupernetMeta:
         return cls(**kw)
 
     @classmethod
-    def create(cls, space: SearchSpace, model_kwargs: Mapping[str, Any], **kw: Any) -> "SupernetMeta":
+    def create(cls, space: SearchSpace, model_kwargs: Mapping[str, Any], **kw: Any) -> SupernetMeta:
         """Metadata for a model built with ``space.create_model(**model_kwargs)``."""
         text = yaml.safe_dump(space_to_dict(space), sort_keys=False, default_flow_style=None)
         return cls(space.architecture, text, _plain(dict(model_kwargs)), **kw)
@@ -175,7 +179,9 @@ def read_supernet_file(path: str | os.PathLike) -> dict[str, Any]:
             "plain timm/Microsoft weights go to --init)"
         )
     if int(obj.get("version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format version {obj.get('version')}; this sparsesearch reads up to {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path} has format version {obj.get('version')}; this sparsesearch reads up to {FORMAT_VERSION}"
+        )
     if not isinstance(obj.get("model"), dict) or "meta" not in obj:
         raise CheckpointError(f"{path} lacks its model weights or metadata (damaged file?)")
     return obj
@@ -222,11 +228,15 @@ def model_from_meta(meta: SupernetMeta, source: str = "<checkpoint>") -> tuple[n
     try:
         model = space.create_model(**meta.model_kwargs)
     except TypeError as e:
-        raise CheckpointError(f"{source}: cannot rebuild {meta.architecture} from its recorded arguments: {e}") from None
+        raise CheckpointError(
+            f"{source}: cannot rebuild {meta.architecture} from its recorded arguments: {e}"
+        ) from None
     return model, space
 
 
-def load_supernet(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, SearchSpace, SupernetMeta]:
+def load_supernet(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, SearchSpace, SupernetMeta]:
     """Rebuild ``(model, space, meta)`` from a supernet (or training) checkpoint.
 
     The model is in eval mode on ``device`` with no config applied (dense, default windows).
@@ -258,9 +268,7 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: st
     model.load_state_dict(state, strict=True)
 
 
-def build_eval_dataset(
-    meta: SupernetMeta, data: str | None = None, split: str = "val", image_size: Any = None
-) -> Any:
+def build_eval_dataset(meta: SupernetMeta, data: str | None = None, split: str = "val", image_size: Any = None) -> Any:
     """The ``split`` of the data set a supernet was trained on (or of ``data``), at its training size.
 
     Raises DataError if the data set cannot be built or its class count differs from the model's.

@@ -1,5 +1,6 @@
 """Helpers for tests and examples: a tiny search space with a closed-form latency and accuracy, so a search's
 answer can be checked against exhaustive enumeration."""
+
 from __future__ import annotations
 
 import itertools
@@ -46,7 +47,15 @@ def toy_latency(X: np.ndarray) -> np.ndarray:
 
 def toy_accuracy(config: SparsityConfig) -> float:
     """A smooth accuracy with an interaction between the first two genes (higher is better)."""
-    p = np.array([config.sparsity[0][0], config.sparsity[1][0], config.sparsity[2][0], config.sparsity[2][1], config.sparsity[3][0]])
+    p = np.array(
+        [
+            config.sparsity[0][0],
+            config.sparsity[1][0],
+            config.sparsity[2][0],
+            config.sparsity[2][1],
+            config.sparsity[3][0],
+        ]
+    )
     return float(1.0 - (_SENS * p**2).sum() - 0.3 * p[0] * p[1])
 
 

@@ -10,6 +10,7 @@ Pruning references (DESIGN.md, "Plain ViT with window attention"):
 - global block: `where(kept, block_with_keys_masked(x), x)`, the dense block whose attention gives every token
   outside the kept windows -inf as a key.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,15 @@ class RefAttention(nn.Module):
         self.rel_pos_h = nn.Parameter(torch.randn(2 * table - 1, dim // heads))
         self.rel_pos_w = nn.Parameter(torch.randn(2 * table - 1, dim // heads))
 
-    def forward(self, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, size: tuple[int, int],
-                key_mask: torch.Tensor | None = None, crop_to: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        size: tuple[int, int],
+        key_mask: torch.Tensor | None = None,
+        crop_to: int | None = None,
+    ) -> torch.Tensor:
         """x: (B, n, C) tokens at (rows, cols) on an axis grid of `size`; key_mask: (B, n) True = may be attended."""
         B, n, C = x.shape
         hd = C // self.heads
@@ -130,20 +138,28 @@ class PatchEmbed(nn.Module):
 class RefImageEncoder(nn.Module):
     """SAM's ImageEncoderViT: patch embed + abs pos, blocks (windowed / global), neck. NHWC inside."""
 
-    def __init__(self, img: int, patch: int, dim: int, depth: int, heads: int, window: int, globals_: tuple[int, ...], neck: int) -> None:
+    def __init__(
+        self, img: int, patch: int, dim: int, depth: int, heads: int, window: int, globals_: tuple[int, ...], neck: int
+    ) -> None:
         super().__init__()
         grid = img // patch
         self.patch_embed = PatchEmbed(patch, dim)
         self.pos_embed = nn.Parameter(torch.randn(1, grid, grid, dim) * 0.5)
         self.blocks = nn.ModuleList([RefBlock(dim, heads, 0 if i in globals_ else window, grid) for i in range(depth)])
-        self.neck = nn.Sequential(nn.Conv2d(dim, neck, 1, bias=False), RefLayerNorm2d(neck),
-                                  nn.Conv2d(neck, neck, 3, padding=1, bias=False), RefLayerNorm2d(neck))
+        self.neck = nn.Sequential(
+            nn.Conv2d(dim, neck, 1, bias=False),
+            RefLayerNorm2d(neck),
+            nn.Conv2d(neck, neck, 3, padding=1, bias=False),
+            RefLayerNorm2d(neck),
+        )
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed.proj(x).permute(0, 2, 3, 1)
         pos = self.pos_embed
         if pos.shape[1:3] != x.shape[1:3]:
-            pos = F.interpolate(pos.permute(0, 3, 1, 2), size=x.shape[1:3], mode="bicubic", antialias=True).permute(0, 2, 3, 1)
+            pos = F.interpolate(pos.permute(0, 3, 1, 2), size=x.shape[1:3], mode="bicubic", antialias=True).permute(
+                0, 2, 3, 1
+            )
         return x + pos
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,7 +174,9 @@ def randomise(model: nn.Module, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("norm1.weight", "norm2.weight")) or (name.startswith("neck") and p.dim() == 1 and name.endswith("weight")):
+            if name.endswith(("norm1.weight", "norm2.weight")) or (
+                name.startswith("neck") and p.dim() == 1 and name.endswith("weight")
+            ):
                 p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
             elif p.dim() == 1 or "rel_pos" in name:
                 p.copy_(0.3 * torch.randn(p.shape, generator=g))

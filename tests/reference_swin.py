@@ -4,6 +4,7 @@ Written from the Swin paper / timm behaviour, sharing no code with sparsesearch:
 a relative position table built natively for each window size, the shift mask computed on the padded grid,
 roll -> pad -> partition exactly as timm. It loads the same (timm-format) state dict.
 """
+
 from __future__ import annotations
 
 import math

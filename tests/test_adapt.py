@@ -1,5 +1,6 @@
 """Supernet adaptation, supernet checkpoints and evaluation: loss goes down, resume is exact, DDP ranks agree,
 mIoU is right, bad input gives one line and exit 2. A tiny swin_nano at 64x64 keeps the file fast."""
+
 from __future__ import annotations
 
 import json
@@ -10,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sparsesearch as ss
 import torch
 import yaml
-
-import sparsesearch as ss
 from sparsesearch.adapt import AdaptOptions, ConfigSampler, adapt, cosine_schedule, distill_loss
 from sparsesearch.cli import main
 from sparsesearch.errors import CheckpointError, ConfigError
-from sparsesearch.evaluate import EvalResult, Evaluator, confusion_matrix, evaluate, miou_from_confusion, resolve_config
+from sparsesearch.evaluate import Evaluator, confusion_matrix, evaluate, miou_from_confusion, resolve_config
 from sparsesearch.supernet import build_eval_dataset, load_supernet, read_supernet_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,8 +191,24 @@ def test_classification_folder_end_to_end(tmp_path, capsys):
             (tmp_path / "data" / cls).mkdir(parents=True, exist_ok=True)
             Image.fromarray(arr).save(tmp_path / "data" / cls / f"{i}.png")
     space = _write_space(tmp_path / "s.yaml")
-    rc = main(["adapt", "--space", str(space), "--data", str(tmp_path / "data"), "--steps", "3", "--batch", "4",
-               "--val-samples", "8", "--out", str(tmp_path / "run"), "--quiet"])
+    rc = main(
+        [
+            "adapt",
+            "--space",
+            str(space),
+            "--data",
+            str(tmp_path / "data"),
+            "--steps",
+            "3",
+            "--batch",
+            "4",
+            "--val-samples",
+            "8",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     model, _, meta = load_supernet(tmp_path / "run" / "supernet.pt")
     assert meta.task == "cls" and meta.num_classes == 2 and meta.class_names == ["cat", "dog"]
@@ -237,9 +253,17 @@ def test_sampler_rules(space_file):
     assert len({s.sample(t).key() for t in range(20)}) > 5
     assert [p.role for p in ConfigSampler(space, "uniform", 0, distill=True).configs(0)] == ["dense", "sampled"]
     assert [p.role for p in ConfigSampler(space, "dense").configs(0)] == ["dense"]
-    ordered = ss.SearchSpace({**TINY, "genes": [{"name": "a", "blocks": ["0.0"]}, {"name": "b", "blocks": ["0.1"]},
-                                                 {"name": "c", "blocks": ["1.0", "1.1", "2.0", "2.1", "3.0", "3.1"]}],
-                              "rules": {"non_decreasing_within_stage": True}})
+    ordered = ss.SearchSpace(
+        {
+            **TINY,
+            "genes": [
+                {"name": "a", "blocks": ["0.0"]},
+                {"name": "b", "blocks": ["0.1"]},
+                {"name": "c", "blocks": ["1.0", "1.1", "2.0", "2.1", "3.0", "3.1"]},
+            ],
+            "rules": {"non_decreasing_within_stage": True},
+        }
+    )
     for t in range(30):
         sp = ConfigSampler(ordered, "uniform", 1).sample(t).sparsity[0]
         assert sp[0] <= sp[1]
@@ -276,7 +300,9 @@ def test_cosine_schedule_and_distill_loss():
     target = torch.full((2, 4, 4), 255)
     target[0, 0, 0] = 1
     other = torch.randn(2, 3, 4, 4)
-    kl = torch.nn.functional.kl_div(other[0, :, 0, 0].log_softmax(0), logits[0, :, 0, 0].log_softmax(0), log_target=True, reduction="sum")
+    kl = torch.nn.functional.kl_div(
+        other[0, :, 0, 0].log_softmax(0), logits[0, :, 0, 0].log_softmax(0), log_target=True, reduction="sum"
+    )
     assert float(distill_loss(other, logits, target=target)) == pytest.approx(float(kl), rel=1e-5)
 
 
@@ -395,16 +421,38 @@ def _one_error_line(err: str, *needles: str) -> None:
 
 def test_cli_config_file_flags_override_and_eval(space_file, tmp_path, capsys):
     cfg = tmp_path / "adapt.yaml"
-    cfg.write_text(yaml.safe_dump({"space": str(space_file), "data": "synthetic:16", "steps": 50, "batch": 4,
-                                   "val-samples": 4, "sampler": "sandwich", "lr": 1e-3}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "space": str(space_file),
+                "data": "synthetic:16",
+                "steps": 50,
+                "batch": 4,
+                "val-samples": 4,
+                "sampler": "sandwich",
+                "lr": 1e-3,
+            }
+        )
+    )
     out = tmp_path / "run"
     rc, stdout, err = _cli(capsys, "adapt", "--config-file", str(cfg), "--steps", "2", "--out", str(out))
     assert rc == 0, err
     args = yaml.safe_load((out / "args.yaml").read_text())
     assert args["steps"] == 2 and args["sampler"] == "sandwich" and args["lr"] == 1e-3 and args["batch"] == 4
     assert "wrote" in stdout
-    rc, stdout, err = _cli(capsys, "eval", "--supernet", str(out / "supernet.pt"), "--config", "dense",
-                           "--config", "uniform:0.5", "--val-samples", "3", "--json")
+    rc, stdout, err = _cli(
+        capsys,
+        "eval",
+        "--supernet",
+        str(out / "supernet.pt"),
+        "--config",
+        "dense",
+        "--config",
+        "uniform:0.5",
+        "--val-samples",
+        "3",
+        "--json",
+    )
     assert rc == 0, err
     rows = [json.loads(line) for line in stdout.splitlines()]
     assert [r["config"] for r in rows] == ["dense", "uniform:0.5"] and all(r["n"] == 3 for r in rows)
@@ -428,22 +476,35 @@ def _bad_cases(space_file: Path, trained_out: Path, tmp: Path) -> dict[str, tupl
     cut_run = tmp / "cut_run"
     cut_run.mkdir()
     (cut_run / "last.pt").write_bytes(data[: len(data) // 3])
-    other_space = _write_space(tmp / "other.yaml", model_kwargs={"embed_dim": 8, "num_heads": [1, 1, 1, 1], "window_size": 4})
+    other_space = _write_space(
+        tmp / "other.yaml", model_kwargs={"embed_dim": 8, "num_heads": [1, 1, 1, 1], "window_size": 4}
+    )
     base = ["adapt", "--space", str(space_file), "--data", "synthetic:16", "--steps", "1", "--batch", "4"]
     return {
-        "bad data folder": (base[:4] + [str(tmp / "no_such_folder")] + base[5:] + ["--out", str(tmp / "a")],
-                            ("no_such_folder", "does not exist")),
-        "init of another architecture": (base + ["--init", str(tmp / "other_arch.pth"), "--out", str(tmp / "b")],
-                                         ("does not fit", "another architecture")),
+        "bad data folder": (
+            base[:4] + [str(tmp / "no_such_folder")] + base[5:] + ["--out", str(tmp / "a")],
+            ("no_such_folder", "does not exist"),
+        ),
+        "init of another architecture": (
+            base + ["--init", str(tmp / "other_arch.pth"), "--out", str(tmp / "b")],
+            ("does not fit", "another architecture"),
+        ),
         "truncated init": (base + ["--init", str(truncated), "--out", str(tmp / "c")], ("truncated",)),
         "truncated supernet": (["eval", "--supernet", str(truncated)], ("truncated",)),
         "truncated resume": (["adapt", "--out", str(cut_run), "--resume"], ("truncated",)),
-        "resume of another space": (["adapt", "--out", str(trained_out), "--resume", "--space", str(other_space)],
-                                    ("checkpoint of space", "embed_dim")),
+        "resume of another space": (
+            ["adapt", "--out", str(trained_out), "--resume", "--space", str(other_space)],
+            ("checkpoint of space", "embed_dim"),
+        ),
         "resume without checkpoint": (["adapt", "--out", str(tmp / "empty"), "--resume"], ("no last.pt",)),
-        "missing space": (["adapt", "--space", str(tmp / "nope.yaml"), "--data", "synthetic", "--out", str(tmp / "d")],
-                          ("nope.yaml", "does not exist")),
-        "plain weights as supernet": (["eval", "--supernet", str(tmp / "other_arch.pth")], ("not a sparsesearch supernet",)),
+        "missing space": (
+            ["adapt", "--space", str(tmp / "nope.yaml"), "--data", "synthetic", "--out", str(tmp / "d")],
+            ("nope.yaml", "does not exist"),
+        ),
+        "plain weights as supernet": (
+            ["eval", "--supernet", str(tmp / "other_arch.pth")],
+            ("not a sparsesearch supernet",),
+        ),
     }
 
 
@@ -457,8 +518,11 @@ def test_bad_input_gives_one_line_and_exit_2(space_file, trained, tmp_path, caps
 
 def test_library_errors_are_typed(space_file, trained, tmp_path):
     with pytest.raises(CheckpointError, match="not of --space"):
-        adapt(AdaptOptions(out=str(trained[0]), space=str(_write_space(tmp_path / "o.yaml", resolutions=[[32, 32]]))),
-              resume=True, progress=False)
+        adapt(
+            AdaptOptions(out=str(trained[0]), space=str(_write_space(tmp_path / "o.yaml", resolutions=[[32, 32]]))),
+            resume=True,
+            progress=False,
+        )
     with pytest.raises(ConfigError, match="steps or epochs"):
         AdaptOptions.from_mapping({"steps": 2, "epochs": 1})
     with pytest.raises(ConfigError, match="unknown option 'learning_rate'"):

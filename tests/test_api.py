@@ -1,4 +1,5 @@
 """`ss.search` in one call with the caller's own accuracy function, and `sparsesearch evolve --accuracy`."""
+
 from __future__ import annotations
 
 import itertools
@@ -7,9 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-import torch
-
 import sparsesearch as ss
+import torch
 from sparsesearch.cli import main
 from sparsesearch.latency import ProfileSettings, profile
 from sparsesearch.supernet import SupernetMeta, save_supernet
@@ -47,8 +47,16 @@ def _toy_acc(model, cfg):
 def test_search_finds_the_exhaustive_optimum(toy, budget, tmp_path):
     ms = 7.0 if budget != "0.5x" else 0.5 * float(toy_latency(toy.encode(toy.densest())[None])[0])
     _, best = exhaustive_best(toy, ms)
-    r = ss.search(toy, latency=_toy_ms(toy), accuracy=_toy_acc, budget=budget, population=30, generations=30, seed=1,
-                  progress=False)
+    r = ss.search(
+        toy,
+        latency=_toy_ms(toy),
+        accuracy=_toy_acc,
+        budget=budget,
+        population=30,
+        generations=30,
+        seed=1,
+        progress=False,
+    )
     assert r.budget_ms == pytest.approx(ms)
     assert r.best.accuracy == pytest.approx(best, abs=1e-12) and r.best.latency_ms <= ms
     assert isinstance(r.best.config, ss.SparsityConfig) and r.best.accuracy == toy_accuracy(r.best.config)
@@ -96,8 +104,19 @@ def test_search_applies_configs_to_the_model_and_matches_enumeration(tmp_path):
             model.set_config(cfg)
             truth.append(fidelity(model, cfg))
     model.set_config(None)
-    r = ss.search(space, latency=ms, accuracy=fidelity, budget=budget, model=model, population=8, generations=4,
-                  seed=0, out=tmp_path / "s", progress=False, flops=False)
+    r = ss.search(
+        space,
+        latency=ms,
+        accuracy=fidelity,
+        budget=budget,
+        model=model,
+        population=8,
+        generations=4,
+        seed=0,
+        out=tmp_path / "s",
+        progress=False,
+        flops=False,
+    )
     assert r.best.accuracy == pytest.approx(max(truth), abs=1e-9) and r.best.latency_ms <= budget
     assert r.best.accuracy < 0 and r.dense.accuracy == 0.0  # a real trade-off: the dense model is over budget
     assert model.config is None  # restored after every evaluation
@@ -119,8 +138,16 @@ def test_an_error_keeps_what_was_evaluated_and_resume_goes_on(toy, tmp_path):
             raise ValueError("metric server down")
         return toy_accuracy(cfg)
 
-    kw = dict(latency=_toy_ms(toy), accuracy=acc, budget=7.0, population=10, generations=4, seed=2, out=tmp_path,
-              progress=False)
+    kw = dict(
+        latency=_toy_ms(toy),
+        accuracy=acc,
+        budget=7.0,
+        population=10,
+        generations=4,
+        seed=2,
+        out=tmp_path,
+        progress=False,
+    )
     with pytest.raises(ss.AccuracyFunctionError, match="raised ValueError: metric server down") as err:
         ss.search(toy, **kw)
     assert isinstance(err.value.__cause__, ValueError)
@@ -142,13 +169,28 @@ def test_an_error_keeps_what_was_evaluated_and_resume_goes_on(toy, tmp_path):
 @pytest.mark.parametrize("value", ["0.9", None, float("nan"), True, [0.5]])
 def test_a_non_number_is_refused_with_the_config(toy, value):
     with pytest.raises(ss.AccuracyFunctionError, match="must return a finite number"):
-        ss.search(toy, latency=_toy_ms(toy), accuracy=lambda m, c: value, budget=7.0, population=4, generations=1,
-                  progress=False)
+        ss.search(
+            toy,
+            latency=_toy_ms(toy),
+            accuracy=lambda m, c: value,
+            budget=7.0,
+            population=4,
+            generations=1,
+            progress=False,
+        )
 
 
 def test_numpy_and_tensor_scores_are_numbers(toy):
-    r = ss.search(toy, latency=_toy_ms(toy), accuracy=lambda m, c: torch.tensor(toy_accuracy(c)), budget=7.0,
-                  population=6, generations=2, progress=False, refine=False)
+    r = ss.search(
+        toy,
+        latency=_toy_ms(toy),
+        accuracy=lambda m, c: torch.tensor(toy_accuracy(c)),
+        budget=7.0,
+        population=6,
+        generations=2,
+        progress=False,
+        refine=False,
+    )
     assert r.best.accuracy == pytest.approx(toy_accuracy(r.best.config), abs=1e-6)
 
 
@@ -173,8 +215,21 @@ def supernet(tmp_path_factory):
     model = space.create_model(**kwargs)
     meta = SupernetMeta.create(space, kwargs, task="seg", num_classes=3, data="synthetic:8", image_size=(64, 64))
     save_supernet(d / "supernet.pt", model, meta)
-    profile(space, ProfileSettings(head="seg", num_classes=3, threads=1, warmup=0, repeats=1, rounds=1, calibration=0,
-                                   in_model=False, flush_mb=0), d / "table.json")
+    profile(
+        space,
+        ProfileSettings(
+            head="seg",
+            num_classes=3,
+            threads=1,
+            warmup=0,
+            repeats=1,
+            rounds=1,
+            calibration=0,
+            in_model=False,
+            flush_mb=0,
+        ),
+        d / "table.json",
+    )
     return d
 
 
@@ -197,8 +252,22 @@ def words(model, config):
 
 
 def _evolve(d, out, *extra):
-    return ["evolve", "--supernet", str(d / "supernet.pt"), "--table", str(d / "table.json"), "--latency", "1000ms",
-            "--out", str(out), "--population", "4", "--generations", "2", *extra]
+    return [
+        "evolve",
+        "--supernet",
+        str(d / "supernet.pt"),
+        "--table",
+        str(d / "table.json"),
+        "--latency",
+        "1000ms",
+        "--out",
+        str(out),
+        "--population",
+        "4",
+        "--generations",
+        "2",
+        *extra,
+    ]
 
 
 def test_cli_accuracy_from_a_module_in_the_working_directory(supernet, tmp_path, monkeypatch, capsys):
@@ -216,11 +285,13 @@ def test_cli_accuracy_from_a_module_in_the_working_directory(supernet, tmp_path,
 
 @pytest.mark.parametrize(
     "ref, message",
-    [("no_such_module_xyz:acc", "no module named 'no_such_module_xyz'"),
-     ("my_metric_b:missing", "has no attribute 'missing'"),
-     ("my_metric_b:NOT_A_FUNCTION", "is a int, not a function"),
-     ("my_metric_b", "write it as package.module:function"),
-     ("my_metric_b:words", "returned 'high' (str)")],
+    [
+        ("no_such_module_xyz:acc", "no module named 'no_such_module_xyz'"),
+        ("my_metric_b:missing", "has no attribute 'missing'"),
+        ("my_metric_b:NOT_A_FUNCTION", "is a int, not a function"),
+        ("my_metric_b", "write it as package.module:function"),
+        ("my_metric_b:words", "returned 'high' (str)"),
+    ],
 )
 def test_cli_bad_accuracy_reference_is_one_line(supernet, tmp_path, monkeypatch, capsys, ref, message):
     monkeypatch.setattr(sys, "path", list(sys.path))
@@ -233,10 +304,19 @@ def test_cli_bad_accuracy_reference_is_one_line(supernet, tmp_path, monkeypatch,
 
 def test_ray_workers_give_the_serial_search(toy):
     pytest.importorskip("ray")
-    kw = dict(latency=_toy_ms(toy), accuracy=lambda m, c: toy_accuracy(c), budget=7.0, population=8, generations=2,
-              seed=0, progress=False, refine=False)
+    kw = dict(
+        latency=_toy_ms(toy),
+        accuracy=lambda m, c: toy_accuracy(c),
+        budget=7.0,
+        population=8,
+        generations=2,
+        seed=0,
+        progress=False,
+        refine=False,
+    )
     parallel = ss.search(toy, workers=2, **kw)  # the function travels to the workers pickled
     serial = ss.search(toy, **kw)
     assert {tuple(g) for g in parallel.run.genes} == {tuple(g) for g in serial.run.genes}
-    assert np.array_equal(parallel.run.accuracy[np.lexsort(parallel.run.genes.T)],
-                          serial.run.accuracy[np.lexsort(serial.run.genes.T)])
+    assert np.array_equal(
+        parallel.run.accuracy[np.lexsort(parallel.run.genes.T)], serial.run.accuracy[np.lexsort(serial.run.genes.T)]
+    )

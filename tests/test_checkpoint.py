@@ -1,13 +1,13 @@
 """Loading timm- and Microsoft-format checkpoints written by the tests."""
+
 from __future__ import annotations
 
 import re
 
 import pytest
+import sparsesearch as ss
 import torch
 from safetensors.torch import save_file
-
-import sparsesearch as ss
 from sparsesearch.errors import CheckpointError
 
 from .reference_swin import native_rel_index, shift_attn_mask

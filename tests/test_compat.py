@@ -1,5 +1,6 @@
 """What lets the package run on other software than `make` installs (the GPU image: torch 2.11, no scipy):
 the guard on torch's private functions, Kendall's tau without scipy, DDP through torchrun with one process."""
+
 from __future__ import annotations
 
 import socket
@@ -7,7 +8,6 @@ import socket
 import numpy as np
 import pytest
 import torch
-
 from sparsesearch import ops
 from sparsesearch.adapt import distributed as D
 from sparsesearch.latency.validate import kendall_tau_b

@@ -1,11 +1,11 @@
 """SparsityConfig and SearchSpace: round trips, encoding, sampling rules, and clear errors for bad input."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 import sparsesearch as ss
 from sparsesearch.errors import ConfigError, SpaceError
 

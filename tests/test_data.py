@@ -1,4 +1,5 @@
 """Datasets: the synthetic sparse-scene generator, folder loaders, build_dataset and make_loader."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from sparsesearch.data import (
     DEFAULT_SYNTHETIC_SIZE,
     ImageFolderClassification,
@@ -85,8 +85,15 @@ def _block_label(h: int, w: int, block: int, seed: int = 0, values: tuple[int, .
     return np.kron(grid, np.ones((block, block), dtype=np.int64))
 
 
-def _seg_folder(root: Path, n: int = 3, h: int = 32, w: int = 48, img_dir: str = "images", lab_dir: str = "labels",
-                values: tuple[int, ...] = (0, 1, 2, 255)) -> Path:
+def _seg_folder(
+    root: Path,
+    n: int = 3,
+    h: int = 32,
+    w: int = 48,
+    img_dir: str = "images",
+    lab_dir: str = "labels",
+    values: tuple[int, ...] = (0, 1, 2, 255),
+) -> Path:
     for i in range(n):
         ext = ".jpg" if i % 2 else ".png"
         _write_rgb(root / img_dir / f"img{i}{ext}", w, h, seed=i)
@@ -554,4 +561,3 @@ def test_make_loader_is_seeded_and_resumable() -> None:
     ds_flip = SparseScenes(10, 16, seed=0, hflip=True)
     make_loader(ds_flip, 2, shuffle=False, epoch=5)
     assert ds_flip.epoch == 5
-

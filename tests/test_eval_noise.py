@@ -1,10 +1,10 @@
 """The evaluation's own noise: jackknife standard error of mIoU against a plain leave-one-out loop."""
+
 from __future__ import annotations
 
 import math
 
 import torch
-
 from sparsesearch.evaluate import miou_from_confusion, miou_stderr
 
 
@@ -15,7 +15,7 @@ def test_jackknife_stderr_matches_a_leave_one_out_loop():
     per_item[:, 3, 3] = 0
     loo = []
     for i in range(9):
-        rest = torch.cat([per_item[:i], per_item[i + 1:]]).sum(0)
+        rest = torch.cat([per_item[:i], per_item[i + 1 :]]).sum(0)
         loo.append(miou_from_confusion(rest)[0])
     mean = sum(loo) / 9
     expected = math.sqrt(8 / 9 * sum((v - mean) ** 2 for v in loo))

@@ -1,12 +1,12 @@
 """Export round trip, FLOPs proportions, ONNX, and the flops/export CLI."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-import torch
-
 import sparsesearch as ss
+import torch
 from sparsesearch.cli import main
 from sparsesearch.export import export_model, load_exported
 from sparsesearch.flops import count_flops
@@ -108,8 +108,21 @@ def test_export_with_finetune_and_accuracy(supernet, tmp_path):
 
 def test_cli_export_and_flops(supernet, tmp_path, capsys):
     d, *_ = supernet
-    assert main(["export", "--supernet", str(d / "supernet.pt"), "--config", str(d / "best.json"), "--out",
-                 str(tmp_path / "e"), "--no-measure"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--supernet",
+                str(d / "supernet.pt"),
+                "--config",
+                str(d / "best.json"),
+                "--out",
+                str(tmp_path / "e"),
+                "--no-measure",
+            ]
+        )
+        == 0
+    )
     assert "load_exported" in capsys.readouterr().out
     assert main(["flops", "--space", str(d / "space.yaml"), "--config", "uniform:0.5"]) == 0
     assert "layers.0" in capsys.readouterr().out

@@ -1,14 +1,14 @@
 """timm-style feature extraction: `create_model(name, features_only=True, out_indices=...)` for every registered
 model that provides `feature_info` and `forward_stages`."""
+
 from __future__ import annotations
 
 import pytest
+import sparsesearch as ss
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-import sparsesearch as ss
 from sparsesearch.models import FeatureListNet, supports_features
+from torch import nn
 
 
 def _side(info) -> int:
@@ -53,10 +53,15 @@ def test_features_only_shapes_info_equality_and_no_unused_parameters(name):
 
 def test_out_indices_select_and_an_fpn_takes_the_maps_unchanged():
     feats = ss.create_model("swin_nano", features_only=True, out_indices=(1, 2, 3))
-    assert [n for n, m in feats.backbone.named_children() if not isinstance(m, nn.Identity)] == ["patch_embed", "layers"]
+    assert [n for n, m in feats.backbone.named_children() if not isinstance(m, nn.Identity)] == [
+        "patch_embed",
+        "layers",
+    ]
     assert feats.feature_info.channels() == [64, 128, 256] and feats.feature_info.reduction() == [8, 16, 32]
     assert ss.create_model("swin_nano", features_only=True, out_indices=2).feature_info.reduction() == [16, 32]
-    assert ss.create_model("swin_nano", features_only=True, out_indices=(-1,)).feature_info.module_name() == ["layers.3"]
+    assert ss.create_model("swin_nano", features_only=True, out_indices=(-1,)).feature_info.module_name() == [
+        "layers.3"
+    ]
 
     class FPN(nn.Module):  # the shape of torchvision's FeaturePyramidNetwork(in_channels_list, out_channels)
         def __init__(self, in_channels_list, out_channels):

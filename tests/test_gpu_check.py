@@ -6,6 +6,7 @@ about 45 s of CPU: "tests" (the suite runs tests/test_kernels.py itself) and "co
 --compile; 20 s of dynamo tracing). `bash benchmarks/gpu/run.sh --cpu-dry-run` runs all seven; README.md beside
 run.sh records that it passes under torch 2.13 and under the GPU image's torch 2.11.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,11 @@ def test_cpu_dry_run_passes_every_step(tmp_path):
     assert {k: v["status"] for k, v in fig["steps"].items()} == {**{s: "passed" for s in STEPS}, **skipped}
     assert set(fig["kernels"]["goals"]) == {"sg", "scatter", "inplace"}
     assert {r["op"] for r in fig["kernels"]["ops"]} == {"sg", "scatter", "inplace"}
-    assert {(r["sparsity"], r["path"]) for r in fig["model"]["rows"]} == {(0.0, "dense"), (0.5, "triton"), (0.5, "torch")}
+    assert {(r["sparsity"], r["path"]) for r in fig["model"]["rows"]} == {
+        (0.0, "dense"),
+        (0.5, "triton"),
+        (0.5, "torch"),
+    }
     assert fig["validation"]["n"] >= 3 and fig["validation"]["mape_pct"] >= 0
     adapt = fig["adapt"]
     assert adapt["finished"] and adapt["steps"] == 2 and adapt["process_group"] == "gloo" and adapt["world_size"] == 1

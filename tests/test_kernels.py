@@ -18,6 +18,7 @@ ulp when torch's float32 sqrt rounds the wrong way).
 Without a GPU, `test_kernels_compile_for_sm90` at least compiles every kernel variant for sm_90 with the GPU
 launch config (in a subprocess without the interpreter) and checks its memory accesses.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,7 +32,6 @@ import warnings  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
 from sparsesearch import SparseSearchError, ops  # noqa: E402
 from sparsesearch.models.swin import SwinBlock  # noqa: E402
 from sparsesearch.ops import WindowGeometry, custom_ops, reference  # noqa: E402
@@ -369,7 +369,10 @@ def test_backward_mixed_dtype_windows():
     idx = _random_idx(2, geom.num_windows, 3, gen)
     g = _randn(2, 9, 11, 24, dtype=torch.float16, gen=gen)
     res = []
-    for fn in (lambda x, w: ops.scatter_windows(x, w, idx, geom, "triton"), lambda x, w: reference.scatter_windows(x, w, idx, geom)):
+    for fn in (
+        lambda x, w: ops.scatter_windows(x, w, idx, geom, "triton"),
+        lambda x, w: reference.scatter_windows(x, w, idx, geom),
+    ):
         x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
         fn(x, w).backward(g)
         res.append((x.grad, w.grad))
@@ -506,7 +509,7 @@ def test_dispatch(monkeypatch):
 
 @cuda_only
 def test_dispatch_on_cuda(monkeypatch):
-    """"auto" takes the compiled kernels for CUDA float tensors, the torch path for anything else."""
+    """ "auto" takes the compiled kernels for CUDA float tensors, the torch path for anything else."""
     monkeypatch.delenv("SPARSESEARCH_KERNELS", raising=False)
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         assert ops.resolve_backend(torch.zeros(1, 4, 4, 8, device=DEVICE, dtype=dtype)) == "triton"

@@ -3,6 +3,7 @@
 Timings are never asserted: logic tests use a deterministic fake measurement, and the few tests that time real
 modules (resume, validation, CLI) only check what was measured and written.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
 import sparsesearch as ss
+import torch
 from sparsesearch.cli import main
 from sparsesearch.errors import LatencyTableError
 from sparsesearch.latency import (
@@ -111,8 +111,14 @@ def _fake_measure(profiler: Profiler, entry):
     for name, _ in profiler.model_parts():
         if ".blocks." in name:
             s, j = int(name.split(".")[1]), int(name.split(".")[3])
-            kind = next(k for k in profiler._counts if k.resolution == entry.resolution and k.stage == s
-                        and k.window == config.window_size[s] and k.shifted == (j % 2 == 1))
+            kind = next(
+                k
+                for k in profiler._counts
+                if k.resolution == entry.resolution
+                and k.stage == s
+                and k.window == config.window_size[s]
+                and k.shifted == (j % 2 == 1)
+            )
             k = keep_count(config.sparsity[s][j], kind.num_windows)
             out[name] = _stat(IN_MODEL[0] * _block_ms(s, kind.window, kind.shifted, k, kind.num_windows))
         else:
@@ -342,7 +348,11 @@ def test_foreign_table_is_refused(demo64):
         ({}, {"dtype": "bf16"}, "dtype fp32"),
         ({}, {"batch": 4}, "batch 1"),
         ({"torch": "2.0.1+cpu"}, {}, "torch 2.0.1"),
-        ({"device_type": "cuda", "device": "NVIDIA H100"}, {}, "CUDA device" if not torch.cuda.is_available() else "H100"),
+        (
+            {"device_type": "cuda", "device": "NVIDIA H100"},
+            {},
+            "CUDA device" if not torch.cuda.is_available() else "H100",
+        ),
         ({}, {"device": "cuda"}, "device cpu"),
     ]
     for meta_change, kwargs, message in cases:
@@ -371,7 +381,10 @@ def test_malformed_tables(demo64, tmp_path):
         "is not a sparsesearch latency table": {"hello": 1},
         "version": {**good, "version": 99},
         "meta lacks": {**good, "meta": {k: v for k, v in good["meta"].items() if k != "dtype"}},
-        "does not cover its own space": {**good, "tables": [{**good["tables"][0], "blocks": good["tables"][0]["blocks"][:3]}]},
+        "does not cover its own space": {
+            **good,
+            "tables": [{**good["tables"][0], "blocks": good["tables"][0]["blocks"][:3]}],
+        },
     }
     for message, doc in bad_docs.items():
         with pytest.raises(LatencyTableError, match=message):
@@ -504,9 +517,29 @@ def _one_line_error(capsys) -> str:
 
 def test_cli_profile_and_validate(tmp_path, capsys):
     out = tmp_path / "cli.json"
-    args = ["profile", "--space", str(DEMO), "--resolution", "32x32", "--threads", "1", "--warmup", "0", "--repeats", "1",
-            "--rounds", "1", "--calibration", "2", "--flush-mb", "0", "--default-malloc", "--no-progress",
-            "--out", str(out)]
+    args = [
+        "profile",
+        "--space",
+        str(DEMO),
+        "--resolution",
+        "32x32",
+        "--threads",
+        "1",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--rounds",
+        "1",
+        "--calibration",
+        "2",
+        "--flush-mb",
+        "0",
+        "--default-malloc",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     assert "wrote" in capsys.readouterr().out and out.exists()
     assert main(["latency", "validate", "--table", str(out), "--n", "2", "--no-progress", "--space", str(DEMO)]) == 2
@@ -540,7 +573,9 @@ def test_cli_bad_input(tmp_path, capsys, demo64):
     assert "not for 'swin_t'" in _one_line_error(capsys)
     foreign = tmp_path / "foreign.json"
     LatencyTable.from_dict({**demo64.to_dict(), "meta": {**demo64.meta, "batch": 8}}, "f").save(foreign)
-    assert main(["latency", "predict", "--table", str(foreign), str(good), "--allow-foreign-table"]) == 2  # not a config
+    assert (
+        main(["latency", "predict", "--table", str(foreign), str(good), "--allow-foreign-table"]) == 2
+    )  # not a config
     _one_line_error(capsys)
     foreign_torch = tmp_path / "foreign_torch.json"
     LatencyTable.from_dict({**demo64.to_dict(), "meta": {**demo64.meta, "torch": "1.0"}}, "f").save(foreign_torch)

@@ -4,6 +4,7 @@ check (on a fake timer), rescaled tables, and the check in `evolve`, `export` an
 Nothing here times anything: tables come from a fake profile (deterministic figures) and the check's timer is
 a fake that answers `factor x the table's prediction` for the config it is handed.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
 import sparsesearch as ss
 import sparsesearch.flops
 import sparsesearch.latency.check as check_mod
+import torch
 from sparsesearch.cli import main
 from sparsesearch.errors import LatencyTableError
 from sparsesearch.latency import (
@@ -74,8 +74,17 @@ def _profile(space: ss.SearchSpace, out: Path, monkeypatch, calibration: int = 4
         return total
 
     monkeypatch.setattr(Profiler, "_fake_sum", fake_sum, raising=False)
-    settings = ProfileSettings(threads=1, warmup=0, repeats=1, rounds=1, calibration=calibration, flush_mb=0,
-                               in_model=False, head="seg", num_classes=3)
+    settings = ProfileSettings(
+        threads=1,
+        warmup=0,
+        repeats=1,
+        rounds=1,
+        calibration=calibration,
+        flush_mb=0,
+        in_model=False,
+        head="seg",
+        num_classes=3,
+    )
     return Profiler(space, settings).run(out)
 
 
@@ -128,8 +137,19 @@ def _one_line_error(capsys) -> str:
 
 def test_fingerprint_names_the_hardware():
     fp = fingerprint("cpu")
-    for key in ("cpu", "family", "model", "stepping", "physical_cores", "threads", "caches", "vector",
-                "torch_capability", "memory_gib", "torch_threads"):
+    for key in (
+        "cpu",
+        "family",
+        "model",
+        "stepping",
+        "physical_cores",
+        "threads",
+        "caches",
+        "vector",
+        "torch_capability",
+        "memory_gib",
+        "torch_threads",
+    ):
         assert key in fp, key
     assert fp["threads"] == __import__("os").cpu_count()
     slug = machine_slug("cpu", fp)
@@ -149,14 +169,23 @@ def test_gpu_fingerprint_and_its_guard(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert "gpu" not in fingerprint("cuda")
-    props = types.SimpleNamespace(name="NVIDIA H200", major=9, minor=0, multi_processor_count=132, total_memory=141 * 2**30)
+    props = types.SimpleNamespace(
+        name="NVIDIA H200", major=9, minor=0, multi_processor_count=132, total_memory=141 * 2**30
+    )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev: props)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(env, "_gpu_query", lambda index: {"driver_version": "570.1", "clocks.max.sm": "1980"})
     fp = fingerprint("cuda")
-    assert fp["gpu"] == {"gpu": "NVIDIA H200", "capability": "9.0", "sm_count": 132, "gpu_memory_gib": 141,
-                         "max_sm_clock_mhz": "1980", "max_mem_clock_mhz": None, "driver": "570.1"}
+    assert fp["gpu"] == {
+        "gpu": "NVIDIA H200",
+        "capability": "9.0",
+        "sm_count": 132,
+        "gpu_memory_gib": 141,
+        "max_sm_clock_mhz": "1980",
+        "max_mem_clock_mhz": None,
+        "driver": "570.1",
+    }
     assert machine_slug("cuda", fp).startswith("nvidia-h200-")
     other = {**fp, "gpu": {**fp["gpu"], "sm_count": 114, "driver": "580.2"}}
     assert fingerprint_hash({**fp, "gpu": {**fp["gpu"], "driver": "580.2"}}) == fingerprint_hash(fp)  # not hardware
@@ -301,13 +330,35 @@ def test_cli_predict_with_an_absolute_budget_checks(setup, monkeypatch, capsys, 
 
 def _cheap_flops(monkeypatch) -> None:
     """FLOPs are not what these tests are about, and fvcore traces each config for seconds on a busy 2-core VM."""
-    monkeypatch.setattr(ss.flops, "count_flops", lambda model, res, cfg=None, batch=1: ss.flops.FlopReport(
-        int(1e6 * (1 - cfg.mean_sparsity())), {"layers.0": int(1e6 * (1 - cfg.mean_sparsity()))}))
+    monkeypatch.setattr(
+        ss.flops,
+        "count_flops",
+        lambda model, res, cfg=None, batch=1: ss.flops.FlopReport(
+            int(1e6 * (1 - cfg.mean_sparsity())), {"layers.0": int(1e6 * (1 - cfg.mean_sparsity()))}
+        ),
+    )
 
 
 def _evolve(d: Path, out: Path, budget: str, *extra: str) -> list[str]:
-    return ["evolve", "--supernet", str(d / "supernet.pt"), "--table", str(d / "table.json"), "--latency", budget,
-            "--out", str(out), "--val-samples", "4", "--population", "4", "--generations", "1", "--no-refine", *extra]
+    return [
+        "evolve",
+        "--supernet",
+        str(d / "supernet.pt"),
+        "--table",
+        str(d / "table.json"),
+        "--latency",
+        budget,
+        "--out",
+        str(out),
+        "--val-samples",
+        "4",
+        "--population",
+        "4",
+        "--generations",
+        "1",
+        "--no-refine",
+        *extra,
+    ]
 
 
 def test_evolve_stops_rescales_or_goes_on(setup, monkeypatch, capsys, tmp_path):
@@ -345,7 +396,8 @@ def test_evolve_stops_rescales_or_goes_on(setup, monkeypatch, capsys, tmp_path):
     assert len(timers) == n
     best = json.loads((tmp_path / "unchecked" / "best.json").read_text())
     assert best["table_check"] is None and best["latency_ms"] == pytest.approx(
-        table.predict(ss.SparsityConfig.from_dict(best["config"])), rel=1e-9)
+        table.predict(ss.SparsityConfig.from_dict(best["config"])), rel=1e-9
+    )
     capsys.readouterr()
     assert main(_evolve(d, tmp_path / "bad", budget, "--no-table-check", "--rescale-table")) == 2
     assert "--no-table-check" in _one_line_error(capsys)

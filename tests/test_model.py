@@ -1,10 +1,10 @@
 """The prunable Swin against the independent reference in tests/reference_swin.py."""
+
 from __future__ import annotations
 
 import pytest
-import torch
-
 import sparsesearch as ss
+import torch
 from sparsesearch import ops
 from sparsesearch.models.swin import SwinBlock
 from sparsesearch.ops import WindowGeometry, keep_count
@@ -26,7 +26,10 @@ def _randomise(model: torch.nn.Module, seed: int = 0) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():
             scale = 0.5 if "norm" in name or "bias_table" in name else 0.2
-            p.copy_(torch.randn(p.shape, generator=g) * scale + (1.0 if name.endswith("norm.weight") or ".norm1.weight" in name or ".norm2.weight" in name else 0.0))
+            p.copy_(
+                torch.randn(p.shape, generator=g) * scale
+                + (1.0 if name.endswith("norm.weight") or ".norm1.weight" in name or ".norm2.weight" in name else 0.0)
+            )
 
 
 def _model(**kw) -> ss.SwinTransformer:
@@ -90,7 +93,9 @@ def test_real_token_mlp_path_is_taken_and_exact(monkeypatch):
     """On a heavily padded map the pruned block runs its MLP on real tokens only; the output is unchanged."""
     calls = []
     original = SwinBlock._mlp_on_real_tokens
-    monkeypatch.setattr(SwinBlock, "_mlp_on_real_tokens", lambda self, w, pad: calls.append(1) or original(self, w, pad))
+    monkeypatch.setattr(
+        SwinBlock, "_mlp_on_real_tokens", lambda self, w, pad: calls.append(1) or original(self, w, pad)
+    )
     torch.manual_seed(3)
     blk = _block(shifted=True)
     x = torch.randn(2, 9, 13, 24)  # 3 x 4 windows of 4 over a 12 x 16 grid: 39 % of it is padding
@@ -177,7 +182,9 @@ def test_model_config_pruning_matches_blockwise_reference():
             for j in range(d):
                 p = cfg.sparsity[i][j]
                 dense = block_forward(x, sd, f"layers.{i}.blocks.{j}", TINY["num_heads"][i], 4, j % 2 == 1)
-                kept = reference_kept_tokens(x, 4, j % 2 == 1, p) if p > 0 else torch.ones(x.shape[:3], dtype=torch.bool)
+                kept = (
+                    reference_kept_tokens(x, 4, j % 2 == 1, p) if p > 0 else torch.ones(x.shape[:3], dtype=torch.bool)
+                )
                 x = torch.where(kept[..., None], dense, x)
         ref = m.head(m.norm(x))
         torch.testing.assert_close(m(img), ref, rtol=1e-4, atol=1e-4)

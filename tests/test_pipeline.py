@@ -1,10 +1,10 @@
 """The end-to-end pipeline in its reduced mode, and the evolve command's handling of users' input."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-
 from sparsesearch.cli import main
 
 
@@ -17,8 +17,17 @@ def demo(tmp_path_factory):
 def test_quick_demo_runs_every_stage(demo, capsys):
     out, rc = demo
     assert rc == 0
-    for f in ("table/table.json", "adapt/supernet.pt", "search/best.json", "search/pareto.json",
-              "search/pareto.png", "export/model.safetensors", "export/card.json", "export/model.onnx", "summary.json"):
+    for f in (
+        "table/table.json",
+        "adapt/supernet.pt",
+        "search/best.json",
+        "search/pareto.json",
+        "search/pareto.png",
+        "export/model.safetensors",
+        "export/card.json",
+        "export/model.onnx",
+        "summary.json",
+    ):
         assert (out / f).is_file(), f
     summary = json.loads((out / "summary.json").read_text())
     names = [r["name"] for r in summary["rows"]]
@@ -36,14 +45,29 @@ def test_second_demo_run_reuses_the_first(demo, capsys):
 
 
 def _evolve(out, *extra):
-    return ["evolve", "--supernet", str(out / "adapt" / "supernet.pt"), "--table", str(out / "table" / "table.json"),
-            "--val-samples", "4", "--population", "4", "--generations", "2", *extra]
+    return [
+        "evolve",
+        "--supernet",
+        str(out / "adapt" / "supernet.pt"),
+        "--table",
+        str(out / "table" / "table.json"),
+        "--val-samples",
+        "4",
+        "--population",
+        "4",
+        "--generations",
+        "2",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize(
     "budget, message",
-    [("fast", "cannot read latency budget 'fast'"), ("0.001ms", "below the fastest config of the space"),
-     ("-1ms", "cannot read latency budget")],
+    [
+        ("fast", "cannot read latency budget 'fast'"),
+        ("0.001ms", "below the fastest config of the space"),
+        ("-1ms", "cannot read latency budget"),
+    ],
 )
 def test_evolve_refuses_bad_budgets_in_one_line(demo, tmp_path, capsys, budget, message):
     out, _ = demo
@@ -68,7 +92,9 @@ def test_evolve_resume_and_never_clobber(demo, tmp_path, capsys):
 
 
 def test_evolve_missing_inputs(tmp_path, capsys):
-    assert main(["evolve", "--supernet", "nope.pt", "--table", "t.json", "--latency", "30ms", "--out", str(tmp_path)]) == 2
+    assert (
+        main(["evolve", "--supernet", "nope.pt", "--table", "t.json", "--latency", "30ms", "--out", str(tmp_path)]) == 2
+    )
     assert "does not exist" in capsys.readouterr().err
 
 

@@ -1,4 +1,5 @@
 """Progress output: whole lines every few percent when the output is not a terminal, a live bar when it is."""
+
 from __future__ import annotations
 
 import io

@@ -1,12 +1,12 @@
 """`ss.RandomSparsity`: the configs each step of a user's own training loop runs, and in-place distillation."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import sparsesearch as ss
 import torch
 import torch.nn.functional as F
-
-import sparsesearch as ss
 
 SPACE = """
 name: rs
@@ -45,6 +45,7 @@ def test_sandwich_order_and_extremes(space):
 
 def test_two_ranks_agree_whatever_their_global_rng(space):
     """Simulated DDP ranks: same seed and step, different global RNG state and call history -> same configs."""
+
     def rank(r: int) -> list[str]:
         torch.manual_seed(100 + r)
         np.random.seed(200 + r)

@@ -1,13 +1,13 @@
 """SamViT (SAM image encoder / ViTDet): dense equality with an independent reference, checkpoint formats, pruning
 identities of DESIGN.md, registered shapes, bad input."""
+
 from __future__ import annotations
 
 import random
 
 import pytest
-import torch
-
 import sparsesearch as ss
+import torch
 from sparsesearch.config import SparsityConfig
 from sparsesearch.errors import CheckpointError, ConfigError
 from sparsesearch.models import load_checkpoint

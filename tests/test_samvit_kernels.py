@@ -5,6 +5,7 @@ SAM never clamps a window to the map (a map smaller than the window is padded up
 here include windows larger than the map, which Swin never produces. TRITON_INTERPRET=1 must be set before the
 kernels are first imported (see tests/test_kernels.py); it is set here too.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,6 @@ os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
 from sparsesearch import ops  # noqa: E402
 from sparsesearch.models.samvit import SamBlock, sam_geometry  # noqa: E402
 from sparsesearch.ops import reference  # noqa: E402
@@ -24,8 +24,10 @@ from sparsesearch.ops import triton_impl, triton_kernels  # noqa: E402
 if not triton_kernels.AVAILABLE:
     pytest.skip(f"Triton kernels unavailable: {triton_kernels.UNAVAILABLE_REASON}", allow_module_level=True)
 if not triton_impl.INTERPRET:
-    pytest.skip("triton_impl was imported before TRITON_INTERPRET=1 was set: run pytest with it in the environment",
-                allow_module_level=True)
+    pytest.skip(
+        "triton_impl was imported before TRITON_INTERPRET=1 was set: run pytest with it in the environment",
+        allow_module_level=True,
+    )
 
 pytestmark = pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
 

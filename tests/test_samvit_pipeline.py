@@ -1,17 +1,17 @@
 """The plain-ViT family through the pipeline: zoo and spaces, FLOPs, profile / latency tables / validate, the quick
 demo (adapt, evolve with its baselines, export + ONNX), and one-line errors for bad input."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-import torch
-
 import sparsesearch as ss
+import torch
 from sparsesearch.cli import main
 from sparsesearch.flops import count_flops
-from sparsesearch.latency import LatencyTable, ProfileSettings, Profiler
+from sparsesearch.latency import LatencyTable, Profiler, ProfileSettings
 from sparsesearch.models.family import get_family
 from sparsesearch.ops import keep_count
 
@@ -66,9 +66,29 @@ def test_flops_windowed_linear_global_quadratic():
 
 def test_profile_validate_predict(tmp_path, capsys):
     out = tmp_path / "sam.json"
-    args = ["profile", "--space", str(DEMO), "--resolution", "96x96", "--threads", "1", "--warmup", "0", "--repeats", "1",
-            "--rounds", "1", "--calibration", "2", "--flush-mb", "0", "--default-malloc", "--no-progress",
-            "--out", str(out)]
+    args = [
+        "profile",
+        "--space",
+        str(DEMO),
+        "--resolution",
+        "96x96",
+        "--threads",
+        "1",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--rounds",
+        "1",
+        "--calibration",
+        "2",
+        "--flush-mb",
+        "0",
+        "--default-malloc",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     table = LatencyTable.load(out)
     doc = json.loads(out.read_text())
@@ -121,8 +141,23 @@ def test_quick_demo_adapt_evolve_export(quick_demo):
 def test_eval_cli_on_the_supernet(quick_demo, capsys):
     out, _ = quick_demo
     capsys.readouterr()
-    assert main(["eval", "--supernet", str(out / "adapt" / "supernet.pt"), "--config", "dense", "--config", "uniform:0.5",
-                 "--val-samples", "4", "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--supernet",
+                str(out / "adapt" / "supernet.pt"),
+                "--config",
+                "dense",
+                "--config",
+                "uniform:0.5",
+                "--val-samples",
+                "4",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert "uniform" in capsys.readouterr().out
 
 
@@ -138,6 +173,22 @@ def test_bad_input_is_one_line(quick_demo, tmp_path, capsys):
     assert "allows at most 4" in _one_line_error(capsys)
     swin = tmp_path / "swin.pth"
     torch.save(ss.create_model("swin_nano").state_dict(), swin)
-    assert main(["adapt", "--space", str(DEMO), "--data", "synthetic:8", "--init", str(swin), "--steps", "1",
-                 "--out", str(tmp_path / "a")]) == 2
+    assert (
+        main(
+            [
+                "adapt",
+                "--space",
+                str(DEMO),
+                "--data",
+                "synthetic:8",
+                "--init",
+                str(swin),
+                "--steps",
+                "1",
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 2
+    )
     assert "Swin Transformer (swin_*) checkpoint but" in _one_line_error(capsys)

@@ -1,11 +1,11 @@
 """The search engine on a toy problem whose optimum is known by enumeration."""
+
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
-
 from sparsesearch.errors import BudgetError, SparseSearchError
 from sparsesearch.search import AccuracyCache, SerialEvaluator, parse_budget, run_search
 from sparsesearch.testing import exhaustive_best, toy_accuracy, toy_latency, toy_space
@@ -18,8 +18,15 @@ def space(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "text, ms, rel",
-    [("30ms", 30.0, False), ("30 ms", 30.0, False), ("0.03s", 30.0, False), ("30000us", 30.0, False),
-     ("0.6x", 0.6, True), (" 12.5ms ", 12.5, False), ("1e1ms", 10.0, False)],
+    [
+        ("30ms", 30.0, False),
+        ("30 ms", 30.0, False),
+        ("0.03s", 30.0, False),
+        ("30000us", 30.0, False),
+        ("0.6x", 0.6, True),
+        (" 12.5ms ", 12.5, False),
+        ("1e1ms", 10.0, False),
+    ],
 )
 def test_budget_parsing(text, ms, rel):
     b = parse_budget(text)
@@ -34,7 +41,9 @@ def test_bad_budgets_are_refused(text):
 
 def test_budget_resolution_and_achievable_range():
     assert parse_budget("0.5x").resolve(dense_ms=40.0, min_ms=10.0, max_ms=40.0) == 20.0
-    with pytest.raises(BudgetError, match=r"below the fastest config of the space \(10.00 ms\); achievable range 10.00-40.00 ms"):
+    with pytest.raises(
+        BudgetError, match=r"below the fastest config of the space \(10.00 ms\); achievable range 10.00-40.00 ms"
+    ):
         parse_budget("5ms").resolve(dense_ms=40.0, min_ms=10.0, max_ms=40.0)
 
 
@@ -61,8 +70,17 @@ def test_ga_finds_the_exhaustive_optimum(space, budget):
 def test_other_back_ends_respect_the_budget_and_get_close(space, algorithm, tmp_path):
     budget = 7.0
     _, best = exhaustive_best(space, budget)
-    run = run_search(space, toy_latency, _cache(space), budget, algorithm=algorithm, population=16, generations=6,
-                     seed=0, out_dir=tmp_path)
+    run = run_search(
+        space,
+        toy_latency,
+        _cache(space),
+        budget,
+        algorithm=algorithm,
+        population=16,
+        generations=6,
+        seed=0,
+        out_dir=tmp_path,
+    )
     i = run.best_index()
     assert run.latency_ms[i] <= budget
     assert run.accuracy[i] >= best - (0.1 if algorithm == "random" else 0.05)  # random search is the weak baseline
@@ -71,31 +89,52 @@ def test_other_back_ends_respect_the_budget_and_get_close(space, algorithm, tmp_
 
 def test_pareto_front_is_non_dominated_and_within_budget(space):
     budget = 8.0
-    run = run_search(space, toy_latency, _cache(space), budget, algorithm="nsga2", population=24, generations=10, seed=0)
+    run = run_search(
+        space, toy_latency, _cache(space), budget, algorithm="nsga2", population=24, generations=10, seed=0
+    )
     front = run.pareto_indices()
     assert len(front) >= 5
     assert np.all(run.latency_ms[front] <= budget)
     for i in front:  # nothing evaluated within budget dominates a front member
         ok = run.latency_ms <= budget
-        dominated = ok & (run.accuracy >= run.accuracy[i]) & (run.latency_ms <= run.latency_ms[i]) & (
-            (run.accuracy > run.accuracy[i]) | (run.latency_ms < run.latency_ms[i]))
+        dominated = (
+            ok
+            & (run.accuracy >= run.accuracy[i])
+            & (run.latency_ms <= run.latency_ms[i])
+            & ((run.accuracy > run.accuracy[i]) | (run.latency_ms < run.latency_ms[i]))
+        )
         assert not dominated.any()
     assert run.best_index() == front[-1]  # the most accurate front member is the best config
 
 
 def test_only_feasible_configs_are_evaluated(space):
     calls: list[str] = []
-    run_search(space, toy_latency, _cache(space, calls=calls), 6.0, algorithm="ga", population=20, generations=5, seed=0)
+    run_search(
+        space, toy_latency, _cache(space, calls=calls), 6.0, algorithm="ga", population=20, generations=5, seed=0
+    )
     assert calls and len(calls) == len(set(calls))  # each config evaluated once
-    assert all(toy_latency(space.encode(__import__("sparsesearch").SparsityConfig.from_dict(json.loads(k)))[None])[0] <= 6.0 for k in calls)
+    assert all(
+        toy_latency(space.encode(__import__("sparsesearch").SparsityConfig.from_dict(json.loads(k)))[None])[0] <= 6.0
+        for k in calls
+    )
 
 
 @pytest.mark.parametrize("algorithm", ["ga", "optuna-tpe"])
 def test_kill_and_resume_continues_the_search(space, tmp_path, algorithm):
     budget = 7.0
     full_dir, part_dir = tmp_path / "full", tmp_path / "part"
-    full = run_search(space, toy_latency, _cache(space, full_dir / "acc.jsonl"), budget, algorithm=algorithm,
-                      population=12, generations=6, seed=3, out_dir=full_dir, refine=False)
+    full = run_search(
+        space,
+        toy_latency,
+        _cache(space, full_dir / "acc.jsonl"),
+        budget,
+        algorithm=algorithm,
+        population=12,
+        generations=6,
+        seed=3,
+        out_dir=full_dir,
+        refine=False,
+    )
 
     class Killed(Exception):
         pass
@@ -105,11 +144,33 @@ def test_kill_and_resume_continues_the_search(space, tmp_path, algorithm):
             raise Killed
 
     with pytest.raises(Killed):
-        run_search(space, toy_latency, _cache(space, part_dir / "acc.jsonl"), budget, algorithm=algorithm,
-                   population=12, generations=6, seed=3, out_dir=part_dir, on_generation=kill_after_3, refine=False)
+        run_search(
+            space,
+            toy_latency,
+            _cache(space, part_dir / "acc.jsonl"),
+            budget,
+            algorithm=algorithm,
+            population=12,
+            generations=6,
+            seed=3,
+            out_dir=part_dir,
+            on_generation=kill_after_3,
+            refine=False,
+        )
     calls: list[str] = []
-    resumed = run_search(space, toy_latency, _cache(space, part_dir / "acc.jsonl", calls), budget, algorithm=algorithm,
-                         population=12, generations=6, seed=3, out_dir=part_dir, resume=True, refine=False)
+    resumed = run_search(
+        space,
+        toy_latency,
+        _cache(space, part_dir / "acc.jsonl", calls),
+        budget,
+        algorithm=algorithm,
+        population=12,
+        generations=6,
+        seed=3,
+        out_dir=part_dir,
+        resume=True,
+        refine=False,
+    )
     gens = [json.loads(l)["generation"] for l in (part_dir / "history.jsonl").read_text().splitlines()]
     assert gens == list(range(1, 7))  # generations 1-3, then 4-6 after the resume: none repeated
     assert len(calls) < len(full.genes)  # the persisted accuracies were reused
@@ -120,7 +181,17 @@ def test_kill_and_resume_continues_the_search(space, tmp_path, algorithm):
 
 def test_resume_without_checkpoint_is_refused(space, tmp_path):
     with pytest.raises(SparseSearchError, match="no search checkpoint"):
-        run_search(space, toy_latency, _cache(space), 7.0, algorithm="ga", population=8, generations=2, out_dir=tmp_path, resume=True)
+        run_search(
+            space,
+            toy_latency,
+            _cache(space),
+            7.0,
+            algorithm="ga",
+            population=8,
+            generations=2,
+            out_dir=tmp_path,
+            resume=True,
+        )
 
 
 def test_accuracy_cache_survives_a_torn_line(space, tmp_path):
@@ -145,7 +216,9 @@ def test_ray_workers_match_serial(space):
     serial = _cache(space).evaluate(X)
     with RayEvaluator(lambda: toy_accuracy, workers=2) as ev:
         parallel = AccuracyCache(space, ev).evaluate(X)
-        run_a = run_search(space, toy_latency, AccuracyCache(space, ev), 7.0, algorithm="ga", population=12, generations=3, seed=0)
+        run_a = run_search(
+            space, toy_latency, AccuracyCache(space, ev), 7.0, algorithm="ga", population=12, generations=3, seed=0
+        )
     run_b = run_search(space, toy_latency, _cache(space), 7.0, algorithm="ga", population=12, generations=3, seed=0)
     assert np.array_equal(serial, parallel)
     assert {tuple(g) for g in run_a.genes} == {tuple(g) for g in run_b.genes}
@@ -154,8 +227,20 @@ def test_ray_workers_match_serial(space):
 def test_ray_tune_back_end(space, tmp_path):
     pytest.importorskip("ray.tune")
     budget = 7.0
-    run = run_search(space, toy_latency, _cache(space), budget, algorithm="tune", population=6, generations=2, seed=0,
-                     out_dir=tmp_path, evaluator_factory=lambda: toy_accuracy, workers=2, refine=False)
+    run = run_search(
+        space,
+        toy_latency,
+        _cache(space),
+        budget,
+        algorithm="tune",
+        population=6,
+        generations=2,
+        seed=0,
+        out_dir=tmp_path,
+        evaluator_factory=lambda: toy_accuracy,
+        workers=2,
+        refine=False,
+    )
     assert len(run.genes) >= 1 and np.all(run.latency_ms[run.pareto_indices()] <= budget)
     for g, a in zip(run.genes, run.accuracy):  # what the trials reported is the true accuracy of each config
         assert a == pytest.approx(toy_accuracy(space.decode(g)))
@@ -170,8 +255,9 @@ def test_outputs_are_written_and_meet_the_budget(space, tmp_path):
     cache = _cache(space)
     run = run_search(space, toy_latency, cache, budget, algorithm="nsga2", population=16, generations=5, seed=0)
     base = Baselines(uniform_sparsity_baseline(space, toy_latency, cache, budget), budget_ms=budget)
-    base.uniform_resize = uniform_resize_baseline([(64, 64), (48, 48), (32, 32)], lambda r: r[0] / 8.0,
-                                                  lambda r: r[0] / 100.0, space.densest(), budget)
+    base.uniform_resize = uniform_resize_baseline(
+        [(64, 64), (48, 48), (32, 32)], lambda r: r[0] / 8.0, lambda r: r[0] / 100.0, space.densest(), budget
+    )
     assert [p.label for p in base.uniform_resize] == ["dense 48x48", "dense 32x32"]  # 64 -> 8 ms is over budget
     best, front = write_outputs(tmp_path, space, run, base, metric="toy")
     doc = json.loads((tmp_path / "best.json").read_text())

@@ -1,10 +1,10 @@
 """The best-within-budget rule: feasibility, noise ties go to the faster config, deterministic tie-break."""
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
-
 from sparsesearch.search.selection import pick_best
 
 
@@ -50,7 +50,6 @@ def test_agrees_with_brute_force_on_random_cases():
 import json  # noqa: E402
 
 import pytest  # noqa: E402
-
 import sparsesearch as ss  # noqa: E402
 from sparsesearch.errors import SparseSearchError  # noqa: E402
 from sparsesearch.search.api import Candidate  # noqa: E402
@@ -79,11 +78,24 @@ def _fastest_tied(result, points):
 def test_search_picks_the_fastest_of_the_tied_everywhere(tmp_path, tie):
     space = toy_space(tmp_path)
     acc = _CoarseAccuracy()
-    r = ss.search(space, latency=lambda c: float(toy_latency(space.encode(c)[None])[0]), accuracy=acc, budget=7.0,
-                  population=12, generations=4, seed=0, out=tmp_path / "run", progress=False, refine=False, tie=tie)
+    r = ss.search(
+        space,
+        latency=lambda c: float(toy_latency(space.encode(c)[None])[0]),
+        accuracy=acc,
+        budget=7.0,
+        population=12,
+        generations=4,
+        seed=0,
+        out=tmp_path / "run",
+        progress=False,
+        refine=False,
+        tie=tie,
+    )
     assert r.tie == (0.02 if tie is None else tie)  # None: the accuracy function's own noise
-    everything = [Candidate(space.decode(g), float(l), float(a), None, "")
-                  for g, l, a in zip(r.run.genes, r.run.latency_ms, r.run.accuracy)]
+    everything = [
+        Candidate(space.decode(g), float(l), float(a), None, "")
+        for g, l, a in zip(r.run.genes, r.run.latency_ms, r.run.accuracy)
+    ]
     everything += [c for c in r.uniform_sparsity + r.uniform_resize if c.config.resolution in space.resolutions]
     assert r.best.latency_ms == pytest.approx(_fastest_tied(r, everything))
     doc = json.loads((tmp_path / "run" / "best.json").read_text())
@@ -109,9 +121,17 @@ def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
     matplotlib.rcParams["backend"] = "svg"  # whatever the caller chose
     try:
         space = toy_space(tmp_path)
-        r = ss.search(space, latency=lambda c: float(toy_latency(space.encode(c)[None])[0]),
-                      accuracy=_CoarseAccuracy(), budget=7.0, population=6, generations=1, seed=0, progress=False,
-                      refine=False)
+        r = ss.search(
+            space,
+            latency=lambda c: float(toy_latency(space.encode(c)[None])[0]),
+            accuracy=_CoarseAccuracy(),
+            budget=7.0,
+            population=6,
+            generations=1,
+            seed=0,
+            progress=False,
+            refine=False,
+        )
         path = r.plot(tmp_path / "p.png")
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert matplotlib.rcParams["backend"] == "svg"

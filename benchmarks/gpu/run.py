@@ -19,6 +19,7 @@ in order (a step that fails or runs out of time is recorded and the next one run
 Files written to --out: gpu_results.md, gpu_run.log (every step's output), figures.json (all figures), and the
 latency table with its validation report (JSON, PNG).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,7 +81,17 @@ def build_steps(out: Path, work: Path, dry: bool) -> list[Step]:
                    "--rounds", "1"] if dry else
                   ["--resolution", "1024", "--batch", "4", "--dtype", "fp16", "--device", "cuda", "--warmup", "5",
                    "--repeats", "20", "--rounds", "3"])  # fmt: skip
-    prof = py + ["-m", "sparsesearch", "profile", "--space", str(SPACE), "--out", str(table), "--fresh", "--no-progress"]
+    prof = py + [
+        "-m",
+        "sparsesearch",
+        "profile",
+        "--space",
+        str(SPACE),
+        "--out",
+        str(table),
+        "--fresh",
+        "--no-progress",
+    ]
     prof += (["--device", "cpu", "--dtype", "fp32", "--batch", "1", "--resolution", "32x32", "--threads", "1",
               "--warmup", "0", "--repeats", "1", "--rounds", "1", "--calibration", "2"] if dry else
              ["--device", "cuda", "--dtype", "fp16", "--batch", "4"])  # fmt: skip
@@ -98,8 +109,19 @@ def build_steps(out: Path, work: Path, dry: bool) -> list[Step]:
     return [
         Step("tests", tests, 150, {**interp, "SPARSESEARCH_TEST_DEVICE": "cpu" if dry else "cuda"}),
         Step("kernels", kern, 110, dict(interp)),
-        Step("model", model + model_size + ["--sparsity", *(["0", "0.5"] if dry else ["0", "0.3", "0.5", "0.7"]),
-                                            "--json", str(work / "model.json")], 90, dict(interp)),
+        Step(
+            "model",
+            model
+            + model_size
+            + [
+                "--sparsity",
+                *(["0", "0.5"] if dry else ["0", "0.3", "0.5", "0.7"]),
+                "--json",
+                str(work / "model.json"),
+            ],
+            90,
+            dict(interp),
+        ),
         Step("profile", prof, 130, dict(interp)),
         Step("validate", val, 70, dict(interp)),
         Step("adapt", adapt, 100, dict(interp)),

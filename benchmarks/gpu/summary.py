@@ -4,6 +4,7 @@ Goals (issue 13): each kernel at least 2x faster than the torch path and at leas
 bandwidth on the large shapes (here: ops that must move at least 16 MiB); the backbone at uniform 0.5 at most
 0.5x dense latency, at 0.7 at most 0.38x; the GPU latency table's MAPE at most 3 %.
 """
+
 from __future__ import annotations
 
 import json
@@ -107,7 +108,11 @@ def collect(steps: list[Any], table: Path, work: Path) -> dict[str, Any]:
     by_name = {s.name: s for s in steps}
     fig: dict[str, Any] = {"machine": _machine(), "steps": {}}
     for s in steps:
-        fig["steps"][s.name] = {"status": s.status, "seconds": round(s.seconds, 1), "cpu_seconds": round(s.cpu_seconds, 1)}
+        fig["steps"][s.name] = {
+            "status": s.status,
+            "seconds": round(s.seconds, 1),
+            "cpu_seconds": round(s.cpu_seconds, 1),
+        }
     if "tests" in by_name:
         fig["tests"] = pytest_counts(by_name["tests"].tail)
     kern = _load(work / "kernels.json")
@@ -124,7 +129,10 @@ def collect(steps: list[Any], table: Path, work: Path) -> dict[str, Any]:
     tab = _load(table)
     if tab:
         meta = tab.get("meta", {})
-        fig["table"] = {"path": table.name, "meta": {k: meta.get(k) for k in ("device", "dtype", "batch", "duration_s")}}
+        fig["table"] = {
+            "path": table.name,
+            "meta": {k: meta.get(k) for k in ("device", "dtype", "batch", "duration_s")},
+        }
     val = _load(table.with_suffix(".validation.json"))
     if val:
         fig["validation"] = val.get("summary", val)
@@ -211,7 +219,9 @@ def _render_model(model: dict[str, Any] | None, comp: dict[str, Any] | None) -> 
         for r in model["rows"]:
             goal = GOAL_X_DENSE.get(r["sparsity"]) if r["path"] == "triton" else None
             judged = ("", "") if goal is None else (f"<= {goal}", _verdict(r["x_dense"] <= goal))
-            lines.append(f"| {r['sparsity']} | {r['path']} | {r['ms']:.3f} | {r['x_dense']:.3f} | {judged[0]} | {judged[1]} |")
+            lines.append(
+                f"| {r['sparsity']} | {r['path']} | {r['ms']:.3f} | {r['x_dense']:.3f} | {judged[0]} | {judged[1]} |"
+            )
     if comp:
         lines += ["", f"torch.compile ({comp['backend']}) at uniform {comp['sparsity']}: compile {comp['compile_s']:.1f} s; "
                   f"{comp['compiled_ms']:.3f} ms compiled vs {comp['eager_ms']:.3f} ms eager ({comp['speedup']:.2f}x); "

@@ -4,10 +4,11 @@
 :func:`adapt`) each step's configs and the distillation loss; :class:`ConfigSampler` holds the sampling rules;
 :mod:`.checkpoint` the training checkpoint format; :mod:`.distributed` the torchrun helpers.
 """
+
 from .checkpoint import capture_rng, inspect_run, load_train_checkpoint, restore_rng
 from .options import RUNTIME_FIELDS, AdaptOptions, parse_image_size
 from .sampling import DISTILL_KINDS, SAMPLERS, ConfigSampler, RandomSparsity, StepConfig, input_resolution, kl_distill
-from .trainer import AdaptResult, adapt, build_optimizer, train_supernet, cosine_schedule, distill_loss, seg_or_cls_loss
+from .trainer import AdaptResult, adapt, build_optimizer, cosine_schedule, distill_loss, seg_or_cls_loss, train_supernet
 
 __all__ = [
     "AdaptOptions",

@@ -12,6 +12,7 @@ A training checkpoint (``OUT/last.pt``) is a supernet file (see :mod:`sparsesear
      "args": AdaptOptions.to_dict(),
      "world_size": int}
 """
+
 from __future__ import annotations
 
 import json

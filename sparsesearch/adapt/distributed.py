@@ -3,6 +3,7 @@
 Nothing here is needed for a single process: :func:`setup` returns a world of one when ``WORLD_SIZE`` is
 not set, and every helper is then a no-op.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -79,7 +80,9 @@ def setup(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     try:
         dist.init_process_group(**kw)
     except (RuntimeError, ValueError) as e:
-        raise SparseSearchError(f"cannot join the {backend} process group (rank {rank}/{world}): {str(e).splitlines()[0]}") from None
+        raise SparseSearchError(
+            f"cannot join the {backend} process group (rank {rank}/{world}): {str(e).splitlines()[0]}"
+        ) from None
     return DistInfo(dist.get_rank(), dist.get_world_size(), local, dev, True, group=True)
 
 

@@ -3,13 +3,15 @@
 A config file is a YAML mapping whose keys are the option names (``weight_decay`` or ``weight-decay``);
 values given on the command line override it, and everything unset takes the defaults below.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..config import read_structured
 from ..errors import ConfigError
@@ -18,7 +20,9 @@ from .sampling import SAMPLERS
 __all__ = ["AdaptOptions", "RUNTIME_FIELDS", "parse_image_size"]
 
 #: options a resumed run may change: they do not affect what is trained.
-RUNTIME_FIELDS = frozenset({"out", "init", "workers", "ckpt_every", "tensorboard", "device", "val_every", "val_samples"})
+RUNTIME_FIELDS = frozenset(
+    {"out", "init", "workers", "ckpt_every", "tensorboard", "device", "val_every", "val_samples"}
+)
 
 
 def parse_image_size(value: Any) -> tuple[int, int] | None:
@@ -123,13 +127,13 @@ class AdaptOptions:
         return cls.normalise_keys(data, str(path))
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], source: str = "options") -> "AdaptOptions":
+    def from_mapping(cls, data: Mapping[str, Any], source: str = "options") -> AdaptOptions:
         """Options from a mapping (unset keys take the defaults), type-checked."""
         opts = cls(**cls.normalise_keys(data, source))
         opts.validate(source)
         return opts
 
-    def replace(self, **changes: Any) -> "AdaptOptions":
+    def replace(self, **changes: Any) -> AdaptOptions:
         return dataclasses.replace(self, **changes)
 
     # ---- checking ------------------------------------------------------------------------------------------

@@ -4,11 +4,13 @@ the object a user's own training loop calls each step (``sparsesearch adapt`` us
 Every rule is a pure function of (space, seed, step): DDP ranks that share the seed agree on each step's
 configs without communicating, and a resumed run samples exactly what the uninterrupted run would.
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +20,15 @@ from ..config import SparsityConfig
 from ..errors import ConfigError
 from ..space import SearchSpace
 
-__all__ = ["SAMPLERS", "DISTILL_KINDS", "StepConfig", "ConfigSampler", "RandomSparsity", "input_resolution", "kl_distill"]
+__all__ = [
+    "SAMPLERS",
+    "DISTILL_KINDS",
+    "StepConfig",
+    "ConfigSampler",
+    "RandomSparsity",
+    "input_resolution",
+    "kl_distill",
+]
 
 #: "uniform": one random config per step; "sandwich": the densest, the sparsest and one random config;
 #: "dense": the densest config only (a dense fine-tuning baseline with the same loop).
@@ -186,8 +196,9 @@ class RandomSparsity:
     def teacher(self) -> torch.Tensor | None:
         return self._teacher
 
-    def distill_loss(self, student: torch.Tensor, teacher: torch.Tensor | None = None,
-                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    def distill_loss(
+        self, student: torch.Tensor, teacher: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The distillation term of a student pass: `kind`'s distance to the teacher's output (times T^2 for
         "kl"); zero (with the graph kept) without distill or before a teacher ran.
 
@@ -214,8 +225,9 @@ def _resized(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
     return teacher
 
 
-def kl_distill(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
-               mask: torch.Tensor | None = None) -> torch.Tensor:
+def kl_distill(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """KL(teacher || student) of the class distributions over dim 1, times T^2.
 
     student/teacher: (B, C) or (B, C, H, W) logits (a teacher of another size is resized to the student's);

@@ -12,6 +12,7 @@ Determinism: the configs of step t come from (seed, t), the batches from (seed, 
 torch/numpy/python RNGs are checkpointed, so a resumed run repeats the losses of an uninterrupted one
 (bit-exact on CPU). Under ``torchrun`` every rank samples the same configs and rank 0 alone writes files.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,9 +23,10 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,16 +37,34 @@ from torch import nn
 from ..data import build_dataset, make_loader
 from ..errors import CheckpointError, ConfigError, DataError, SparseSearchError
 from ..evaluate import EvalResult, Evaluator
+from ..fileio import atomic_write
 from ..models import load_checkpoint
 from ..space import SearchSpace
-from ..fileio import atomic_write
 from ..supernet import SupernetMeta, load_weights, same_space, save_supernet, space_from_yaml
 from . import distributed as D
-from .checkpoint import ARGS, FINAL, LAST, METRICS, capture_rng, inspect_run, load_train_checkpoint, restore_rng, truncate_metrics
+from .checkpoint import (
+    ARGS,
+    FINAL,
+    LAST,
+    METRICS,
+    capture_rng,
+    inspect_run,
+    load_train_checkpoint,
+    restore_rng,
+    truncate_metrics,
+)
 from .options import RUNTIME_FIELDS, AdaptOptions
 from .sampling import RandomSparsity, StepConfig, input_resolution, kl_distill
 
-__all__ = ["AdaptResult", "adapt", "train_supernet", "seg_or_cls_loss", "distill_loss", "build_optimizer", "cosine_schedule"]
+__all__ = [
+    "AdaptResult",
+    "adapt",
+    "train_supernet",
+    "seg_or_cls_loss",
+    "distill_loss",
+    "build_optimizer",
+    "cosine_schedule",
+]
 
 DEFAULT_EPOCHS = 10
 
@@ -348,7 +368,11 @@ class _Run:
             load_weights(model, self.ckpt["model"], str(out / LAST))
         elif o.init:
             report = load_checkpoint(model, o.init)
-            extra = f"; new head {', '.join(sorted({k.split('.')[0] for k in report.initialised_head}))}" if report.initialised_head else ""
+            extra = (
+                f"; new head {', '.join(sorted({k.split('.')[0] for k in report.initialised_head}))}"
+                if report.initialised_head
+                else ""
+            )
             self.log(f"init: {o.init} ({report.converted_from} format{extra})")
         device = info.device
         model.to(device)
@@ -417,7 +441,9 @@ class _Run:
         sampler = RandomSparsity(model, space, o.sampler, o.seed, distill=o.distill, temperature=o.distill_temperature)
         evaluator = None
         if val_ds is not None and info.is_main:
-            evaluator = Evaluator(model, val_ds, o.val_samples, batch=max(o.batch, 8), device=device, amp=o.amp, cache=False)
+            evaluator = Evaluator(
+                model, val_ds, o.val_samples, batch=max(o.batch, 8), device=device, amp=o.amp, cache=False
+            )
 
         digest = hashlib.sha256()
         metrics_file = open(out / METRICS, "a") if info.is_main else None  # noqa: SIM115
@@ -436,8 +462,16 @@ class _Run:
                 epoch, within = divmod(step, spe)
                 if loader_iter is None or epoch != loader_epoch:
                     loader = make_loader(
-                        train_ds, o.batch, shuffle=True, seed=o.seed, workers=o.workers, drop_last=True,
-                        epoch=epoch, skip_batches=within, rank=info.rank, world_size=info.world_size,
+                        train_ds,
+                        o.batch,
+                        shuffle=True,
+                        seed=o.seed,
+                        workers=o.workers,
+                        drop_last=True,
+                        epoch=epoch,
+                        skip_batches=within,
+                        rank=info.rank,
+                        world_size=info.world_size,
                         pin_memory=device.type == "cuda",
                     )
                     loader_iter, loader_epoch = iter(loader), epoch
@@ -525,7 +559,9 @@ class _Run:
                 writer.close()
         D.barrier(info)
         if not result.ranks_agree:
-            raise SparseSearchError(f"the {info.world_size} processes ended with different weights or configs: {result.fingerprints}")
+            raise SparseSearchError(
+                f"the {info.world_size} processes ended with different weights or configs: {result.fingerprints}"
+            )
         result.finished = True
         return result
 
@@ -593,7 +629,14 @@ class _Run:
         return out
 
     def _save(
-        self, out: Path, model: nn.Module, meta: SupernetMeta, step: int, spe: int, total: int, val: dict[str, EvalResult]
+        self,
+        out: Path,
+        model: nn.Module,
+        meta: SupernetMeta,
+        step: int,
+        spe: int,
+        total: int,
+        val: dict[str, EvalResult],
     ) -> None:
         rngs = D.all_gather_object(self.info, capture_rng())
         if self.info.is_main:

@@ -1,5 +1,6 @@
 """The `sparsesearch` command line. Each module of this package defines `COMMANDS`, a list of Command classes;
 they are discovered automatically. Commands parse, call the library, and print; nothing else prints or exits."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,7 @@ import importlib
 import pkgutil
 import sys
 import warnings
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from ..errors import SparseSearchError
 from ._base import Command, CommandError

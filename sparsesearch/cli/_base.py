@@ -1,4 +1,5 @@
 """Base class of CLI commands and shared argument helpers."""
+
 from __future__ import annotations
 
 import argparse

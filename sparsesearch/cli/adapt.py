@@ -1,4 +1,5 @@
 """`sparsesearch adapt` (train a supernet under random layerwise sparsity) and `sparsesearch eval` (score configs)."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,13 @@ class AdaptCommand(Command):
         a = parser.add_argument
         a("--config-file", metavar="YAML", default=_S, help="YAML mapping of options (e.g. examples/adapt.yaml)")
         a("--space", metavar="FILE", default=_S, help="search space YAML (e.g. search_spaces/demo.yaml)")
-        a("--data", metavar="DATA", default=_S,
-          help="'synthetic', 'synthetic:N', 'synthetic:N:objects=4-10,coverage=0.3-0.5' (denser scenes) "
-               "or a data folder")
+        a(
+            "--data",
+            metavar="DATA",
+            default=_S,
+            help="'synthetic', 'synthetic:N', 'synthetic:N:objects=4-10,coverage=0.3-0.5' (denser scenes) "
+            "or a data folder",
+        )
         a("--task", choices=["seg", "cls"], default=_S, help="segmentation or classification (default: from the data)")
         a("--init", metavar="CKPT", default=_S, help="initial weights (timm/Microsoft .pth/.safetensors or a supernet)")
         g = parser.add_mutually_exclusive_group()
@@ -45,12 +50,25 @@ class AdaptCommand(Command):
         a("--warmup-steps", type=int, metavar="N", default=_S, help="linear warm-up steps (default 5%% of the steps)")
         a("--clip-grad", type=float, metavar="NORM", default=_S, help="max gradient norm, 0 = off (default 5)")
         a("--drop-path", type=float, metavar="P", default=_S, help="stochastic depth rate (default 0)")
-        a("--amp", action=argparse.BooleanOptionalAction, default=_S, help="mixed precision (fp16 on CUDA, bf16 on CPU)")
-        a("--sampler", choices=["uniform", "sandwich", "dense"], default=_S,
-          help="uniform: one random config per step (default); sandwich: also the densest and the sparsest; "
-          "dense: the densest only (a baseline)")
-        a("--distill", action=argparse.BooleanOptionalAction, default=_S,
-          help="in-place distillation: the densest config's output is the soft target of the others")
+        a(
+            "--amp",
+            action=argparse.BooleanOptionalAction,
+            default=_S,
+            help="mixed precision (fp16 on CUDA, bf16 on CPU)",
+        )
+        a(
+            "--sampler",
+            choices=["uniform", "sandwich", "dense"],
+            default=_S,
+            help="uniform: one random config per step (default); sandwich: also the densest and the sparsest; "
+            "dense: the densest only (a baseline)",
+        )
+        a(
+            "--distill",
+            action=argparse.BooleanOptionalAction,
+            default=_S,
+            help="in-place distillation: the densest config's output is the soft target of the others",
+        )
         a("--distill-weight", type=float, metavar="W", default=_S, help="weight of the distillation term (default 0.5)")
         a("--distill-temperature", type=float, metavar="T", default=_S, help="distillation temperature (default 1)")
         a("--seed", type=int, default=_S, help="training seed (default 0)")
@@ -100,9 +118,11 @@ class AdaptCommand(Command):
         if main and not args.quiet and result.losses:
             last = result.losses[max(result.losses)]
             val = ", ".join(f"{k} {v}" for k, v in result.val.items())
-            print(f"wrote {result.out / 'supernet.pt'}: {result.total_steps} steps, final loss {last:.4f}"
-                  + (f"; val {val}" if val else "")
-                  + (f"; {result.world_size} processes agree" if result.world_size > 1 else ""))
+            print(
+                f"wrote {result.out / 'supernet.pt'}: {result.total_steps} steps, final loss {last:.4f}"
+                + (f"; val {val}" if val else "")
+                + (f"; {result.world_size} processes agree" if result.world_size > 1 else "")
+            )
         return 0
 
 
@@ -113,8 +133,12 @@ class EvalCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         a = parser.add_argument
         a("--supernet", required=True, metavar="CKPT", help="supernet.pt (or last.pt) written by adapt")
-        a("--config", action="append", metavar="CFG",
-          help="dense, sparsest, uniform:P or a config JSON/YAML file; repeat for several (default: dense)")
+        a(
+            "--config",
+            action="append",
+            metavar="CFG",
+            help="dense, sparsest, uniform:P or a config JSON/YAML file; repeat for several (default: dense)",
+        )
         a("--data", metavar="DATA", help="data set (default: the one the supernet was trained on)")
         a("--split", default="val", choices=["train", "val", "test"], help="split to score (default val)")
         a("--val-samples", type=int, metavar="N", help="score the first N items (default: all)")
@@ -142,17 +166,29 @@ class EvalCommand(Command):
         specs = args.config or ["dense"]
         configs = [(s, resolve_config(s, space)) for s in specs]  # check them all before the slow part
         dataset = build_eval_dataset(meta, args.data, args.split)
-        ev = Evaluator(model, dataset, args.val_samples, batch=args.batch, device=device, amp=args.amp,
-                       task=meta.task, num_classes=meta.num_classes)
+        ev = Evaluator(
+            model,
+            dataset,
+            args.val_samples,
+            batch=args.batch,
+            device=device,
+            amp=args.amp,
+            task=meta.task,
+            num_classes=meta.num_classes,
+        )
         names = getattr(dataset, "class_names", None) or meta.class_names
         for spec, cfg in configs:
             assert cfg is not None
             res = ev(cfg, input_resolution(space, cfg))
             if args.json:
-                print(json.dumps({"config": spec, "data": args.data or meta.data, "split": args.split, **res.to_dict()}))
+                print(
+                    json.dumps({"config": spec, "data": args.data or meta.data, "split": args.split, **res.to_dict()})
+                )
                 continue
-            print(f"{spec:<24} {res.metric} {res.value:6.2f}  (n={res.n}, {args.split} of {args.data or meta.data}, "
-                  f"mean sparsity {cfg.mean_sparsity():.2f})")
+            print(
+                f"{spec:<24} {res.metric} {res.value:6.2f}  (n={res.n}, {args.split} of {args.data or meta.data}, "
+                f"mean sparsity {cfg.mean_sparsity():.2f})"
+            )
             if args.per_class and res.per_class:
                 for i, v in enumerate(res.per_class):
                     label = names[i] if names and i < len(names) else str(i)

@@ -1,4 +1,5 @@
 """`sparsesearch demo`: the whole pipeline on the built-in default (what `make demo` runs)."""
+
 from __future__ import annotations
 
 import argparse
@@ -40,20 +41,50 @@ class DemoCommand(Command):
 
         from ..pipeline import DemoOptions, run_demo  # noqa: PLC0415
 
-        opts = DemoOptions(**{k: getattr(args, k) for k in ("out", "space", "data", "steps", "latency", "algorithm",
-                                                            "population", "generations", "val_samples", "threads",
-                                                            "seed", "fresh", "quick")})
+        opts = DemoOptions(
+            **{
+                k: getattr(args, k)
+                for k in (
+                    "out",
+                    "space",
+                    "data",
+                    "steps",
+                    "latency",
+                    "algorithm",
+                    "population",
+                    "generations",
+                    "val_samples",
+                    "threads",
+                    "seed",
+                    "fresh",
+                    "quick",
+                )
+            }
+        )
         t0 = time.time()
         s = run_demo(opts, say=lambda msg: print(msg, flush=True))
         if s.reused:
             print(f"reused from an earlier run: {', '.join(s.reused)} (--fresh to redo)")
         dense = s.rows[0]
-        rows = [[r.name, f"{r.predicted_ms:.2f}", f"{r.measured_ms:.2f}", f"{r.measured_ms / dense.measured_ms:.2f}",
-                 f"{r.accuracy:.2f}", f"{r.gflops:.3f}"] for r in s.rows]
+        rows = [
+            [
+                r.name,
+                f"{r.predicted_ms:.2f}",
+                f"{r.measured_ms:.2f}",
+                f"{r.measured_ms / dense.measured_ms:.2f}",
+                f"{r.accuracy:.2f}",
+                f"{r.gflops:.3f}",
+            ]
+            for r in s.rows
+        ]
         print(f"\nbudget {s.budget_ms:.2f} ms ({args.latency} of dense), measured on {s.machine}")
-        print(tabulate(rows, headers=["config", "pred. ms", "meas. ms", "x dense", s.metric, "GFLOPs"], tablefmt="github"))
-        print(f"\nplot: {s.out}/search/pareto.png  best config: {s.out}/search/best.json  model: {s.out}/export/ "
-              f"({time.time() - t0:.0f} s)")
+        print(
+            tabulate(rows, headers=["config", "pred. ms", "meas. ms", "x dense", s.metric, "GFLOPs"], tablefmt="github")
+        )
+        print(
+            f"\nplot: {s.out}/search/pareto.png  best config: {s.out}/search/best.json  model: {s.out}/export/ "
+            f"({time.time() - t0:.0f} s)"
+        )
         return 0
 
 

@@ -1,4 +1,5 @@
 """`sparsesearch evolve`: the latency-constrained search."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,14 @@ class EvolveCommand(Command):
         parser.add_argument("--latency", required=True, help="budget: 30ms, '30 ms', 0.03s, 30000us, or 0.6x of dense")
         parser.add_argument("--out", required=True, help="output folder")
         parser.add_argument("--space", default=None, help="search space (default: the one stored in the supernet)")
-        parser.add_argument("--accuracy", default=None, metavar="MODULE:FUNCTION",
-                            help="your own accuracy: an importable function fn(model, config) -> float, higher is "
-                                 "better (the working directory is importable); default: the built-in evaluator "
-                                 "on --data")
+        parser.add_argument(
+            "--accuracy",
+            default=None,
+            metavar="MODULE:FUNCTION",
+            help="your own accuracy: an importable function fn(model, config) -> float, higher is "
+            "better (the working directory is importable); default: the built-in evaluator "
+            "on --data",
+        )
         parser.add_argument("--data", default=None, help="validation data (default: the supernet's training data)")
         parser.add_argument("--val-samples", type=int, default=64, help="validation images per accuracy estimate")
         parser.add_argument("--batch", type=int, default=16, help="evaluation batch size")
@@ -39,18 +44,25 @@ class EvolveCommand(Command):
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--resume", action="store_true", help="continue a killed search in --out")
         parser.add_argument("--overwrite", action="store_true", help="discard a previous search in --out")
-        parser.add_argument("--allow-foreign-table", action="store_true",
-                            help="use a table measured on another device/dtype/torch (what-if studies)")
-        parser.add_argument("--no-refine", dest="refine", action="store_false",
-                            help="skip the final neighbourhood search around the best config")
+        parser.add_argument(
+            "--allow-foreign-table",
+            action="store_true",
+            help="use a table measured on another device/dtype/torch (what-if studies)",
+        )
+        parser.add_argument(
+            "--no-refine",
+            dest="refine",
+            action="store_false",
+            help="skip the final neighbourhood search around the best config",
+        )
         from .latency import add_table_check_flags  # noqa: PLC0415
 
         add_table_check_flags(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from tabulate import tabulate  # noqa: PLC0415
-        from ..progress import progress_bar  # noqa: PLC0415
 
+        from ..progress import progress_bar  # noqa: PLC0415
         from ..search.evolve import EvolveOptions, evolve  # noqa: PLC0415
 
         opts = EvolveOptions(**{k: getattr(args, k) for k in EvolveOptions.__dataclass_fields__})
@@ -75,17 +87,26 @@ class EvolveCommand(Command):
             for bar in bars:
                 bar.close()
         if s.extra.get("table_check") is not None:
-            print(f"table speed check: {s.extra['table_check'].line()}" + (" -> predictions rescaled" if args.rescale_table else ""))
+            print(
+                f"table speed check: {s.extra['table_check'].line()}"
+                + (" -> predictions rescaled" if args.rescale_table else "")
+            )
         scored_by = f"{args.accuracy}" if args.accuracy else f"{s.metric} on {args.val_samples} validation images"
-        print(f"budget {s.budget_ms:.2f} ms ({args.latency}); {s.evaluated} configs evaluated "
-              f"({s.new_evaluations} new), scored by {scored_by}")
+        print(
+            f"budget {s.budget_ms:.2f} ms ({args.latency}); {s.evaluated} configs evaluated "
+            f"({s.new_evaluations} new), scored by {scored_by}"
+        )
         rows = [["dense", s.dense]]
         ub, rb = s.baselines.best(s.baselines.uniform_sparsity), s.baselines.best(s.baselines.uniform_resize)
         rows += [[f"uniform sparsity ({ub.label})", ub]] if ub else [["uniform sparsity", None]]
         rows += [[f"uniform resize ({rb.label})", rb]] if rb else [["uniform resize", None]]
         rows.append(["searched", s.best])
-        table = [[name, f"{p.latency_ms:.2f}", f"{p.accuracy:.2f}", f"{p.gflops:.2f}" if p.gflops is not None else "-"]
-                 if p else [name, "-", "none within budget", "-"] for name, p in rows]
+        table = [
+            [name, f"{p.latency_ms:.2f}", f"{p.accuracy:.2f}", f"{p.gflops:.2f}" if p.gflops is not None else "-"]
+            if p
+            else [name, "-", "none within budget", "-"]
+            for name, p in rows
+        ]
         print(tabulate(table, headers=["config", "pred. ms", s.metric, "GFLOPs"], tablefmt="github"))
         print(f"wrote {s.out}/best.json, pareto.json ({len(s.front)} configs), history.jsonl, pareto.png")
         return 0

@@ -1,4 +1,5 @@
 """`sparsesearch export` and `sparsesearch flops`."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,25 +33,44 @@ class ExportCommand(Command):
         from ..export import export_model  # noqa: PLC0415
 
         r = export_model(
-            args.supernet, args.config, args.out, data=args.data, val_samples=args.val_samples, table=args.table,
-            finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, onnx=args.onnx, device=args.device,
-            measure=args.measure, progress=lambda msg: print(f"export: {msg}"), table_check=args.table_check,
+            args.supernet,
+            args.config,
+            args.out,
+            data=args.data,
+            val_samples=args.val_samples,
+            table=args.table,
+            finetune_steps=args.finetune_steps,
+            finetune_lr=args.finetune_lr,
+            onnx=args.onnx,
+            device=args.device,
+            measure=args.measure,
+            progress=lambda msg: print(f"export: {msg}"),
+            table_check=args.table_check,
             rescale_table=args.rescale_table,
         )
         if r.table_check is not None:
             c = r.table_check
-            print(f"table speed check: measured/predicted {c['factor']:.3f} (per config {c['ratio_range'][0]:.3f} .. "
-                  f"{c['ratio_range'][1]:.3f}), {c['seconds']:.1f} s"
-                  + (" -> predictions rescaled" if c["rescaled"] else ""))
-        rows = [["parameters", f"{r.parameters / 1e6:.2f} M", ""],
-                ["GFLOPs", f"{r.gflops:.2f}", f"{r.gflops_dense:.2f}"]]
+            print(
+                f"table speed check: measured/predicted {c['factor']:.3f} (per config {c['ratio_range'][0]:.3f} .. "
+                f"{c['ratio_range'][1]:.3f}), {c['seconds']:.1f} s"
+                + (" -> predictions rescaled" if c["rescaled"] else "")
+            )
+        rows = [
+            ["parameters", f"{r.parameters / 1e6:.2f} M", ""],
+            ["GFLOPs", f"{r.gflops:.2f}", f"{r.gflops_dense:.2f}"],
+        ]
         if r.predicted_ms is not None:
             rows.append(["predicted ms", f"{r.predicted_ms:.2f}", f"{r.predicted_dense_ms:.2f}"])
         if r.measured_ms is not None:
             rows.append([f"measured ms ({r.measured_on})", f"{r.measured_ms:.2f}", f"{r.measured_dense_ms:.2f}"])
         if r.accuracy is not None:
-            rows.append([f"{r.accuracy['metric']} (n={r.accuracy['n']})", f"{r.accuracy['value']:.2f}",
-                         f"{r.accuracy_dense['value']:.2f}"])
+            rows.append(
+                [
+                    f"{r.accuracy['metric']} (n={r.accuracy['n']})",
+                    f"{r.accuracy['value']:.2f}",
+                    f"{r.accuracy_dense['value']:.2f}",
+                ]
+            )
         print(tabulate(rows, headers=["", "exported config", "dense"], tablefmt="github"))
         if r.onnx is not None:
             by_batch = ", ".join(f"batch {b}: {d:.2e}" for b, d in r.onnx["max_abs_diff_by_batch"].items())
@@ -58,8 +78,10 @@ class ExportCommand(Command):
             if not r.onnx["ok"]:
                 print("sparsesearch export: error: ONNX Runtime's output differs from torch's", flush=True)
                 return 1
-        print(f"wrote {args.out}: model.safetensors, model.json, config.json, card.json "
-              "(load it with sparsesearch.load_exported)")
+        print(
+            f"wrote {args.out}: model.safetensors, model.json, config.json, card.json "
+            "(load it with sparsesearch.load_exported)"
+        )
         return 0
 
 
@@ -69,9 +91,10 @@ class FlopsCommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--space", required=True, help="search space YAML")
-        parser.add_argument("--config", default="dense",
-                            help="config file, 'dense', or 'uniform:P' (default: dense)")
-        parser.add_argument("--resolution", type=resolution, default=None, help="input size (default: the config's or space's)")
+        parser.add_argument("--config", default="dense", help="config file, 'dense', or 'uniform:P' (default: dense)")
+        parser.add_argument(
+            "--resolution", type=resolution, default=None, help="input size (default: the config's or space's)"
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from tabulate import tabulate  # noqa: PLC0415
@@ -95,8 +118,15 @@ class FlopsCommand(Command):
         model = space.create_model(head=None)
         dense = count_flops(model, res, SparsityConfig([[0.0] * d for d in space.depths], cfg.window_size))
         r = count_flops(model, res, cfg)
-        rows = [[part, f"{r.parts.get(part, 0) / 1e9:.3f}", f"{dense.parts.get(part, 0) / 1e9:.3f}",
-                 f"{r.parts.get(part, 0) / max(dense.parts.get(part, 1), 1):.2f}"] for part in dense.parts]
+        rows = [
+            [
+                part,
+                f"{r.parts.get(part, 0) / 1e9:.3f}",
+                f"{dense.parts.get(part, 0) / 1e9:.3f}",
+                f"{r.parts.get(part, 0) / max(dense.parts.get(part, 1), 1):.2f}",
+            ]
+            for part in dense.parts
+        ]
         rows.append(["total", f"{r.gflops:.3f}", f"{dense.gflops:.3f}", f"{r.total / dense.total:.2f}"])
         print(f"{space.architecture} backbone at {res[0]}x{res[1]}, config mean sparsity {cfg.mean_sparsity():.2f}")
         print(tabulate(rows, headers=["part", "GFLOPs", "dense GFLOPs", "ratio"], tablefmt="github"))

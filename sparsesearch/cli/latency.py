@@ -1,4 +1,5 @@
 """`sparsesearch profile` (measure a latency table) and `sparsesearch latency validate|show|predict`."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,10 +30,17 @@ def _load_table(path: str, space: str | None = None):
 
 def add_table_check_flags(parser: argparse.ArgumentParser) -> None:
     """--no-table-check and --rescale-table (evolve, export, latency predict)."""
-    parser.add_argument("--no-table-check", dest="table_check", action="store_false",
-                        help="skip the speed check an absolute budget runs (the table's calibration configs timed here)")
-    parser.add_argument("--rescale-table", action="store_true",
-                        help="scale the table's predictions by the speed check's measured/predicted factor (recorded in the outputs)")
+    parser.add_argument(
+        "--no-table-check",
+        dest="table_check",
+        action="store_false",
+        help="skip the speed check an absolute budget runs (the table's calibration configs timed here)",
+    )
+    parser.add_argument(
+        "--rescale-table",
+        action="store_true",
+        help="scale the table's predictions by the speed check's measured/predicted factor (recorded in the outputs)",
+    )
 
 
 def table_speed(table, budget, args: argparse.Namespace):
@@ -63,31 +71,49 @@ class ProfileCommand(Command):
         parser.add_argument(
             "--resolution", type=resolution, nargs="+", metavar="HxW", help="input size(s) (default: the space's)"
         )
-        parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 on shared CPUs)")
-        parser.add_argument("--out", type=Path, help="table path (default latency_tables/<device>/<space>_<res>_<dtype>_b<batch>.json)")
+        parser.add_argument(
+            "--threads", type=int, default=None, help="torch threads (default: torch's; 1 on shared CPUs)"
+        )
+        parser.add_argument(
+            "--out", type=Path, help="table path (default latency_tables/<device>/<space>_<res>_<dtype>_b<batch>.json)"
+        )
         parser.add_argument("--warmup", type=int, default=2, help="untimed calls per entry and round (default 2)")
         parser.add_argument("--repeats", type=int, default=10, help="timed calls per entry and round (default 10)")
         parser.add_argument("--rounds", type=int, default=3, help="passes over all entries, averaged (default 3)")
-        parser.add_argument("--calibration", type=int, default=12, help="whole-model configs for the correction (default 12)")
+        parser.add_argument(
+            "--calibration", type=int, default=12, help="whole-model configs for the correction (default 12)"
+        )
         parser.add_argument("--head", default="cls", choices=["cls", "seg", "none"], help="model head (default cls)")
         parser.add_argument("--num-classes", type=int, default=1000)
-        parser.add_argument("--max-k-points", type=int, default=24, help="above this many kept counts per block, use a grid")
-        parser.add_argument("--flush-mb", type=float, default=None, help="cache flush before each timed call (MiB; 0: none)")
         parser.add_argument(
-            "--wait-quiet", action="store_true",
+            "--max-k-points", type=int, default=24, help="above this many kept counts per block, use a grid"
+        )
+        parser.add_argument(
+            "--flush-mb", type=float, default=None, help="cache flush before each timed call (MiB; 0: none)"
+        )
+        parser.add_argument(
+            "--wait-quiet",
+            action="store_true",
             help="CPU: start each measurement only when other processes leave the cores free (see --max-load)",
         )
         parser.add_argument(
-            "--max-load", type=float, default=None,
+            "--max-load",
+            type=float,
+            default=None,
             help="with --wait-quiet: most cores other processes may use (default: cores left free by --threads, +0.25)",
         )
-        parser.add_argument("--max-wait", type=float, default=600.0, help="total wait for a quiet machine, seconds (default 600)")
         parser.add_argument(
-            "--clock", default="wall", choices=["wall", "thread"],
+            "--max-wait", type=float, default=600.0, help="total wait for a quiet machine, seconds (default 600)"
+        )
+        parser.add_argument(
+            "--clock",
+            default="wall",
+            choices=["wall", "thread"],
             help="wall: elapsed time; thread: the thread's CPU time (CPU, --threads 1: ignores other processes' time slices)",
         )
         parser.add_argument(
-            "--default-malloc", action="store_true",
+            "--default-malloc",
+            action="store_true",
             help="leave glibc's allocator as it is (default: keep freed memory in the heap, see tune_malloc)",
         )
         parser.add_argument("--fresh", action="store_true", help="ignore partial results of an interrupted run")
@@ -148,9 +174,13 @@ class ProfileCommand(Command):
             if bar is not None:
                 bar.close()
         waited, busy = table.meta.get("waited_s", 0), table.meta.get("busy_measurements", 0)
-        print(f"wrote {out}  ({table.meta['duration_s']:.0f} s{f', {waited:.0f} s waiting for a quiet machine' if waited else ''})")
+        print(
+            f"wrote {out}  ({table.meta['duration_s']:.0f} s{f', {waited:.0f} s waiting for a quiet machine' if waited else ''})"
+        )
         if busy:
-            print(f"  note: {busy} measurements started while other processes kept the machine busy; rerun when it is quiet")
+            print(
+                f"  note: {busy} measurements started while other processes kept the machine busy; rerun when it is quiet"
+            )
         for res in table.resolutions:
             rt = table.resolution_table(res)
             corr = rt.correction
@@ -177,11 +207,15 @@ class LatencyCommand(Command):
         v.add_argument("--warmup", type=int, default=None, help="default: the table's")
         v.add_argument("--repeats", type=int, default=None, help="default: the table's")
         v.add_argument("--rounds", type=int, default=None, help="default: the table's")
-        v.add_argument("--allow-foreign-table", action="store_true", help="measure even if the table is for another setup")
+        v.add_argument(
+            "--allow-foreign-table", action="store_true", help="measure even if the table is for another setup"
+        )
         v.add_argument("--wait-quiet", action="store_true", help="as for `sparsesearch profile`")
         v.add_argument("--max-load", type=float, default=None, help="as for `sparsesearch profile`")
         v.add_argument("--max-wait", type=float, default=600.0, help="total wait for a quiet machine, seconds")
-        v.add_argument("--report", type=Path, help="report JSON (default: <table>.validation.json); the PNG goes beside it")
+        v.add_argument(
+            "--report", type=Path, help="report JSON (default: <table>.validation.json); the PNG goes beside it"
+        )
         v.add_argument("--no-progress", action="store_true")
         s = sub.add_parser("show", help="print a table's metadata and entries")
         s.add_argument("--table", required=True)
@@ -189,11 +223,19 @@ class LatencyCommand(Command):
         p.add_argument("--table", required=True)
         p.add_argument("configs", nargs="+", help="config files")
         p.add_argument("--space", help="check that the table was measured for this search space")
-        p.add_argument("--allow-foreign-table", action="store_true", help="predict even if the table is for another setup")
-        p.add_argument("--latency", default=None, metavar="BUDGET",
-                       help="also say whether each config meets this budget (30ms, 0.8x of dense); an absolute one runs the speed check")
+        p.add_argument(
+            "--allow-foreign-table", action="store_true", help="predict even if the table is for another setup"
+        )
+        p.add_argument(
+            "--latency",
+            default=None,
+            metavar="BUDGET",
+            help="also say whether each config meets this budget (30ms, 0.8x of dense); an absolute one runs the speed check",
+        )
         add_table_check_flags(p)
-        c = sub.add_parser("check", help="time the table's calibration configs here: measured/predicted factor (a few seconds)")
+        c = sub.add_parser(
+            "check", help="time the table's calibration configs here: measured/predicted factor (a few seconds)"
+        )
         c.add_argument("--table", required=True)
         c.add_argument("--tolerance", type=float, default=0.10, help="accepted |factor - 1| (default 0.10)")
         c.add_argument("--seconds", type=float, default=4.0, help="about how long to time (default 4)")
@@ -201,7 +243,9 @@ class LatencyCommand(Command):
         c.add_argument("--json", type=Path, default=None, help="also write the check's figures to this JSON file")
 
     def run(self, args: argparse.Namespace) -> int:
-        return {"validate": self.validate, "show": self.show, "predict": self.predict, "check": self.check}[args.latency_command](args)
+        return {"validate": self.validate, "show": self.show, "predict": self.predict, "check": self.check}[
+            args.latency_command
+        ](args)
 
     def check(self, args: argparse.Namespace) -> int:
         """Exit 0 when the factor is within the tolerance, 1 when it is not (2: bad input)."""
@@ -221,7 +265,9 @@ class LatencyCommand(Command):
             atomic_write_text(args.json, json.dumps(result.to_dict(), indent=1) + "\n")
             print(f"  wrote {args.json}")
         if not result.ok:
-            print(f"  absolute budgets need one of: `{reprofile_command(table)}`, --rescale-table, or a relative budget (0.8x)")
+            print(
+                f"  absolute budgets need one of: `{reprofile_command(table)}`, --rescale-table, or a relative budget (0.8x)"
+            )
             return 1
         return 0
 
@@ -267,20 +313,28 @@ class LatencyCommand(Command):
         write_report(report, json_path, png_path)
         s = report.summary()
         m = table.meta
-        print(f"{table.space.name} on {m['device']} [{m['dtype']}, batch {m['batch']}, threads {m['threads']}, {m.get('clock', 'wall')} clock]")
-        print(f"  configs        {s['n']} (dense, uniform, {args.n} random), measured {s['measured_range_ms'][0]:.2f} .. {s['measured_range_ms'][1]:.2f} ms")
+        print(
+            f"{table.space.name} on {m['device']} [{m['dtype']}, batch {m['batch']}, threads {m['threads']}, {m.get('clock', 'wall')} clock]"
+        )
+        print(
+            f"  configs        {s['n']} (dense, uniform, {args.n} random), measured {s['measured_range_ms'][0]:.2f} .. {s['measured_range_ms'][1]:.2f} ms"
+        )
         print(f"  MAPE           {s['mape_pct']:.2f}%")
         print(f"  within +-10%   {s['within_10_pct']:.1f}%")
         print(f"  Kendall tau    {s['kendall_tau']:.3f}")
         print(f"  worst error    {s['worst_error_pct']:+.2f}% ({s['worst_label']})")
         if s["speed_vs_profile"] is not None:
-            print(f"  machine speed  {s['speed_vs_profile']:.3f}x that of the profile run (its calibration configs timed again)")
+            print(
+                f"  machine speed  {s['speed_vs_profile']:.3f}x that of the profile run (its calibration configs timed again)"
+            )
             print(
                 f"  without it     MAPE {s['mape_drift_corrected_pct']:.2f}%, within +-10% {s['within_10_drift_corrected_pct']:.1f}%, "
                 f"Kendall tau {s['kendall_tau']:.3f}, worst {s['worst_drift_corrected_pct']:+.2f}% ({s['worst_drift_corrected_label']})"
             )
         if report.settings.get("busy_measurements"):
-            print(f"  note: {report.settings['busy_measurements']} configs were timed while other processes kept the machine busy")
+            print(
+                f"  note: {report.settings['busy_measurements']} configs were timed while other processes kept the machine busy"
+            )
         print(f"wrote {json_path} and {png_path}")
         return 0
 
@@ -290,17 +344,36 @@ class LatencyCommand(Command):
         table = _load_table(args.table)
         m = table.meta
         print(table)
-        for key in ("device", "driver", "cuda", "torch", "triton", "threads", "dtype", "batch", "warmup", "repeats", "rounds", "date"):
+        for key in (
+            "device",
+            "driver",
+            "cuda",
+            "torch",
+            "triton",
+            "threads",
+            "dtype",
+            "batch",
+            "warmup",
+            "repeats",
+            "rounds",
+            "date",
+        ):
             print(f"  {key:<9} {m.get(key)}")
         print(f"  space     {m['space']['name']} ({m['space']['architecture']}, {m['space']['hash']})")
         fp = m.get("fingerprint")
         if isinstance(fp, dict):
             gpu = fp.get("gpu") or {}
             caches = " ".join(f"{k} {v}" for k, v in (fp.get("caches") or {}).items())
-            print(f"  machine   {m.get('machine')}: {fp.get('cpu')} (family {fp.get('family')} model {fp.get('model')} "
-                  f"stepping {fp.get('stepping')}), {fp.get('physical_cores')} cores / {fp.get('threads')} threads, "
-                  f"{caches}, {fp.get('torch_capability')} [{' '.join(fp.get('vector') or [])}], {fp.get('memory_gib')} GiB"
-                  + (f"; {gpu.get('gpu')} ({gpu.get('sm_count')} SMs, {gpu.get('gpu_memory_gib')} GiB, driver {gpu.get('driver')})" if gpu else ""))
+            print(
+                f"  machine   {m.get('machine')}: {fp.get('cpu')} (family {fp.get('family')} model {fp.get('model')} "
+                f"stepping {fp.get('stepping')}), {fp.get('physical_cores')} cores / {fp.get('threads')} threads, "
+                f"{caches}, {fp.get('torch_capability')} [{' '.join(fp.get('vector') or [])}], {fp.get('memory_gib')} GiB"
+                + (
+                    f"; {gpu.get('gpu')} ({gpu.get('sm_count')} SMs, {gpu.get('gpu_memory_gib')} GiB, driver {gpu.get('driver')})"
+                    if gpu
+                    else ""
+                )
+            )
         else:
             print("  machine   not recorded (table from an older sparsesearch)")
         for res in table.resolutions:
@@ -309,8 +382,14 @@ class LatencyCommand(Command):
             if rt.correction:
                 print(f"  correction: {rt.correction['offset_ms']:+.3f} ms + {rt.correction['scale']:.4f} x parts")
             rows = [
-                [kt.stage, kt.window, kt.kind_variant, f"{kt.H}x{kt.W}", kt.num_windows,
-                 " ".join(f"{k}:{s.ms:.3f}" for k, s in zip(kt.ks, kt.stats))]
+                [
+                    kt.stage,
+                    kt.window,
+                    kt.kind_variant,
+                    f"{kt.H}x{kt.W}",
+                    kt.num_windows,
+                    " ".join(f"{k}:{s.ms:.3f}" for k, s in zip(kt.ks, kt.stats)),
+                ]
                 for _, kt in sorted(rt.kinds.items())
             ]
             print(tabulate(rows, headers=["stage", "window", "variant", "map", "windows", "kept:ms"]))
@@ -331,10 +410,16 @@ class LatencyCommand(Command):
             except SparseSearchError as e:
                 raise LatencyTableError(str(e)) from None
         table, _ = table_speed(table, budget, args)  # after the input is known to be good: it times for seconds
-        budget_ms = None if budget is None else budget.value * table.dense_latency() if budget.relative else budget.value
+        budget_ms = (
+            None if budget is None else budget.value * table.dense_latency() if budget.relative else budget.value
+        )
         for path, config in configs:
             ms = table.predict(config)
-            verdict = "" if budget_ms is None else f"  ({'meets' if ms <= budget_ms else 'over'} the budget {budget_ms:.3f} ms)"
+            verdict = (
+                ""
+                if budget_ms is None
+                else f"  ({'meets' if ms <= budget_ms else 'over'} the budget {budget_ms:.3f} ms)"
+            )
             print(f"{path}: {ms:.3f} ms{verdict}")
         return 0
 

@@ -1,4 +1,5 @@
 """`sparsesearch models` and `sparsesearch space`: what the zoo and a search space contain."""
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@ for segmentation (``ignore_index`` 255 marks unlabelled pixels) or an int class 
 :func:`build_dataset` turns a spec ("synthetic", "synthetic:N[:OPTIONS]" or a directory) into a dataset and its task;
 :func:`make_loader` gives deterministic, resumable per-epoch loaders.
 """
+
 from __future__ import annotations
 
 from sparsesearch.data.build import (

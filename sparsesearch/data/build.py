@@ -1,9 +1,11 @@
 """``build_dataset``: a dataset from a spec string; ``make_loader``: a deterministic, resumable DataLoader."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sized
 from pathlib import Path
-from typing import Any, Iterator, Sized
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,8 +43,10 @@ TASKS = ("seg", "cls")
 AnyDataset = SparseScenes | SegmentationFolder | ImageFolderClassification
 
 
-_SYNTH_HELP = ("use 'synthetic', 'synthetic:N' (N >= 1 train images) or 'synthetic:N:OPTIONS' with OPTIONS such as "
-               "objects=4-10,coverage=0.3-0.5,noise=0.04")
+_SYNTH_HELP = (
+    "use 'synthetic', 'synthetic:N' (N >= 1 train images) or 'synthetic:N:OPTIONS' with OPTIONS such as "
+    "objects=4-10,coverage=0.3-0.5,noise=0.04"
+)
 
 
 def _range(key: str, value: str, cast: type, spec: str) -> tuple[Any, Any]:
@@ -72,7 +76,7 @@ def parse_synthetic_spec(spec: str) -> tuple[int, dict[str, Any]]:
         if n < 1:
             raise DataError(f"bad data spec {spec!r}: {_SYNTH_HELP}")
     kw: dict[str, Any] = {}
-    for item in (parts[2].split(",") if len(parts) > 2 and parts[2] else []):
+    for item in parts[2].split(",") if len(parts) > 2 and parts[2] else []:
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not value:

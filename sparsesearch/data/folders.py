@@ -4,10 +4,11 @@ Decoding is Pillow; augmentation is Pillow/numpy/torch (no torchvision). Random 
 is drawn from ``(seed, epoch, i)`` alone (see :meth:`set_epoch`), so it does not depend on loading order or
 on the number of workers. A missing, empty or malformed folder or file raises :class:`DataError` naming it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -60,9 +61,7 @@ def _visible(path: Path, base: Path) -> bool:
 def _files(folder: Path, extensions: Sequence[str]) -> list[Path]:
     """Files under ``folder`` (recursively, hidden ones skipped) whose suffix is in ``extensions``, sorted."""
     exts = {e.lower() for e in extensions}
-    return sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in exts and _visible(p, folder)
-    )
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in exts and _visible(p, folder))
 
 
 def find_segmentation_dirs(root: Path) -> tuple[Path, Path] | None:
@@ -233,9 +232,7 @@ class SegmentationFolder(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             raise DataError(
                 f"image folder {self.image_dir} has no images (extensions {', '.join(IMAGE_EXTENSIONS)}); {hint}"
             )
-        labels = {
-            self._key(p, self.label_dir, label_suffix): p for p in _files(self.label_dir, (".png",))
-        }
+        labels = {self._key(p, self.label_dir, label_suffix): p for p in _files(self.label_dir, (".png",))}
         self.samples: list[tuple[Path, Path]] = []
         for img in images:
             key = self._key(img, self.image_dir, image_suffix)

@@ -10,11 +10,12 @@ are empty: the regime where window pruning pays (driving and medical scenes look
 Item ``i`` is generated from ``(seed, split, i)`` alone with its own ``numpy.random.Generator``: any item
 can be generated on its own, in any order, in any worker, and is always the same.
 """
+
 from __future__ import annotations
 
 import colorsys
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

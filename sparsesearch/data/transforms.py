@@ -4,11 +4,12 @@ Everything here is pure Pillow/numpy/torch (no torchvision). Randomness always c
 ``numpy.random.Generator`` (see :func:`item_rng`), never from a global RNG, so an augmented item depends
 only on (dataset seed, epoch, index): the result is the same whatever the loading order or worker count.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

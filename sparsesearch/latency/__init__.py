@@ -1,5 +1,6 @@
 """Latency lookup tables: profile the parts of a search space's model on this machine, predict the latency of
 any config as the sum of its parts, and validate predictions against end-to-end measurements."""
+
 from .check import TableCheck, TableSpeedError, check_table, ensure_table_speed, reprofile_command
 from .env import device_name, device_slug, environment, fingerprint, machine_slug
 from .measure import CpuTimer, CudaTimer, Stat, Timer, combine_rounds, make_timer, summarize, time_parts, tune_malloc

@@ -10,12 +10,14 @@ of the machine weighs on every config alike, and returns the median over configs
 `ensure_table_speed` is what `evolve`, `export` and `latency predict` call before trusting absolute times:
 outside +-10% it raises TableSpeedError naming the ways out (re-profile, rescale, relative budget).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -144,7 +146,13 @@ def check_genomes(table: LatencyTable, n_random: int = 4, seed: int = 0) -> list
     out: list[tuple[str, np.ndarray, float | None]] = []
     for rt in table._tables:
         for i, c in enumerate(rt.correction.get("calibration", []) if isinstance(rt.correction, dict) else []):
-            out.append((f"calibration {res_key(rt.resolution)} {i}", np.asarray(c["genome"], dtype=np.int64), float(c["measured_ms"])))
+            out.append(
+                (
+                    f"calibration {res_key(rt.resolution)} {i}",
+                    np.asarray(c["genome"], dtype=np.int64),
+                    float(c["measured_ms"]),
+                )
+            )
     if out:
         return out
     space = table.space
@@ -236,12 +244,27 @@ def check_table(
     rows = []
     for (label, genome, profile_ms), p, s in zip(configs, predicted, samples):
         m = float(np.median(s))
-        rows.append({"label": label, "genome": [int(v) for v in genome], "predicted_ms": round(float(p), 5),
-                     "measured_ms": round(m, 5), "ratio": round(m / float(p), 5),
-                     **({"profile_ms": profile_ms} if profile_ms else {})})
+        rows.append(
+            {
+                "label": label,
+                "genome": [int(v) for v in genome],
+                "predicted_ms": round(float(p), 5),
+                "measured_ms": round(m, 5),
+                "ratio": round(m / float(p), 5),
+                **({"profile_ms": profile_ms} if profile_ms else {}),
+            }
+        )
     factor = float(np.median([m / float(p) for p, m in zip(predicted, (np.median(s) for s in samples))]))
-    return TableCheck(table.source, factor, rows, time.perf_counter() - started, rounds, repeats, tolerance,
-                      machine_slug(meta["device_type"], fingerprint(meta["device_type"])))
+    return TableCheck(
+        table.source,
+        factor,
+        rows,
+        time.perf_counter() - started,
+        rounds,
+        repeats,
+        tolerance,
+        machine_slug(meta["device_type"], fingerprint(meta["device_type"])),
+    )
 
 
 def reprofile_command(table: LatencyTable) -> str:
@@ -289,12 +312,17 @@ def ensure_table_speed(
       predicted and at the measured speed).
     """
     if rescale and not check:
-        raise LatencyTableError("--rescale-table scales by the speed check's factor: it cannot be combined with --no-table-check")
+        raise LatencyTableError(
+            "--rescale-table scales by the speed check's factor: it cannot be combined with --no-table-check"
+        )
     if not check or (absolute_budget_ms is None and not rescale):
         return table, None
     result = check_table(table, tolerance=tolerance, timer=timer, budget_s=budget_s)
     if rescale:
         return table.rescaled(result.factor, result.to_dict()), result
-    if result.ok or (absolute_budget_ms is not None and absolute_budget_ms >= max(result.factor, 1.0) * table.max_latency(resolutions)):
+    if result.ok or (
+        absolute_budget_ms is not None
+        and absolute_budget_ms >= max(result.factor, 1.0) * table.max_latency(resolutions)
+    ):
         return table, result
     raise TableSpeedError(speed_message(table, result))

@@ -1,4 +1,5 @@
 """What a latency table was measured on: device name and slug, driver, library versions, dtype names."""
+
 from __future__ import annotations
 
 import os
@@ -162,8 +163,27 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
 # ---- hardware fingerprint ----------------------------------------------------------------------------------------
 #: /proc/cpuinfo flags that decide which kernels torch runs (x86 "flags", ARM "Features")
 _VECTOR_FLAGS = (
-    "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "asimdhp", "sve", "sve2", "bf16", "i8mm",
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx_vnni",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "asimdhp",
+    "sve",
+    "sve2",
+    "bf16",
+    "i8mm",
 )
 #: fingerprint fields that are settings or software rather than hardware: shown, compared, not hashed
 _NOT_HASHED = ("torch_threads", "driver")
@@ -257,7 +277,10 @@ def _gpu_query(index: int) -> dict[str, str]:
     try:
         out = subprocess.run(
             ["nvidia-smi", f"--id={index}", f"--query-gpu={','.join(keys)}", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=10, check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return {}
@@ -330,7 +353,9 @@ def _flatten(fp: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def fingerprint_diff(table_fp: dict[str, Any], here: dict[str, Any], ignore: tuple[str, ...] = ("torch_threads",)) -> list[str]:
+def fingerprint_diff(
+    table_fp: dict[str, Any], here: dict[str, Any], ignore: tuple[str, ...] = ("torch_threads",)
+) -> list[str]:
     """'field: table value -> this machine's value' for every field that differs (fields either side lacks,
     and `ignore`d ones, are not compared)."""
     a, b = _flatten(table_fp), _flatten(here)

@@ -1,12 +1,14 @@
 """Timers: warm-up, repeats, a trimmed mean and its spread; CUDA events on GPU, perf_counter on CPU."""
+
 from __future__ import annotations
 
 import math
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +69,7 @@ class Stat:
         return d
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Stat":
+    def from_dict(cls, data: Any) -> Stat:
         if not isinstance(data, dict):
             raise LatencyTableError(f"a timing must be a mapping with ms, spread, median, min, n; got {data!r}")
         try:
@@ -145,7 +147,9 @@ class Timer:
     def flush(self) -> None:
         """Evict the caches (no-op when flush_bytes is 0)."""
 
-    def samples(self, fn: Callable[[], Any], warmup: int, repeats: int, setup: Setup = None) -> list[float]:  # pragma: no cover
+    def samples(
+        self, fn: Callable[[], Any], warmup: int, repeats: int, setup: Setup = None
+    ) -> list[float]:  # pragma: no cover
         raise NotImplementedError
 
     def measure(self, fn: Callable[[], Any], warmup: int, repeats: int, setup: Setup = None) -> Stat:
@@ -194,7 +198,15 @@ class CpuTimer(Timer):
         self, run: Callable[[], Any], parts: Sequence[tuple[str, torch.nn.Module]], warmup: int, repeats: int
     ) -> dict[str, Stat]:
         return time_parts(
-            run, parts, warmup, repeats, "cpu", self.clock, self.trim, self.min_cpu_fraction, self.max_rejects_per_repeat
+            run,
+            parts,
+            warmup,
+            repeats,
+            "cpu",
+            self.clock,
+            self.trim,
+            self.min_cpu_fraction,
+            self.max_rejects_per_repeat,
         )
 
     def flush(self) -> None:
@@ -381,8 +393,16 @@ def time_parts(
     return out
 
 
-def _plain_forwards(run: Callable[[], Any], repeats: int, dev: torch.device, now: Callable[[], int], check: bool,
-                    budget: int, min_cpu_fraction: float, trim: float) -> Stat:
+def _plain_forwards(
+    run: Callable[[], Any],
+    repeats: int,
+    dev: torch.device,
+    now: Callable[[], int],
+    check: bool,
+    budget: int,
+    min_cpu_fraction: float,
+    trim: float,
+) -> Stat:
     """`repeats` whole forwards without hooks, timed as in `time_parts` (preempted CPU samples re-run)."""
     if dev.type == "cuda":
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
@@ -445,7 +465,9 @@ def default_flush_bytes(device: torch.device | str) -> int:
     return 32 * 2**20
 
 
-def make_timer(device: torch.device | str, trim: float = DEFAULT_TRIM, flush_bytes: int = 0, clock: str = "wall") -> Timer:
+def make_timer(
+    device: torch.device | str, trim: float = DEFAULT_TRIM, flush_bytes: int = 0, clock: str = "wall"
+) -> Timer:
     """CudaTimer for a CUDA device (wall clock only), CpuTimer otherwise."""
     dev = torch.device(device)
     if dev.type == "cuda":

@@ -26,6 +26,7 @@ sample during which another process preempted the measuring thread is re-run, an
 for the machine to be quiet. Partial results are saved atomically after every measurement; a rerun with the
 same settings measures only what is missing.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -33,9 +34,10 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -165,7 +167,9 @@ class Entry:
     genome: list[int] | None = None
 
 
-def default_table_path(space: SearchSpace, settings: ProfileSettings, root: str | os.PathLike = "latency_tables") -> Path:
+def default_table_path(
+    space: SearchSpace, settings: ProfileSettings, root: str | os.PathLike = "latency_tables"
+) -> Path:
     """latency_tables/<machine-slug>/<space>_<res>[-<res>...]_<dtype>_b<batch>.json (see `machine_slug`)"""
 
     resolutions = settings.resolutions or space.resolutions
@@ -274,7 +278,9 @@ class Profiler:
             r = res_key(res)
             for name in self.family.fixed_parts(self.arch, self._head):
                 entries.append(Entry(f"{r}/fixed/{name}", "fixed", res, name=name))
-            kinds = sorted((k for k in self._counts if k.resolution == res), key=lambda k: (k.stage, k.window, k.variant))
+            kinds = sorted(
+                (k for k in self._counts if k.resolution == res), key=lambda k: (k.stage, k.window, k.variant)
+            )
             for kind in kinds:
                 for k in self.measured_counts(kind):
                     entries.append(Entry(f"{kind.key}/k{k}", "block", res, kind=kind, k=k))
@@ -283,7 +289,9 @@ class Profiler:
                     entries.append(Entry(f"{r}/in_model/{label}", "in_model", res, genome=genome.tolist()))
         for i, genome in enumerate(self.calibration_genomes()):
             res = self.space.resolutions[int(genome[-1])]
-            entries.append(Entry(f"model/{i}/{'-'.join(map(str, genome.tolist()))}", "model", res, genome=genome.tolist()))
+            entries.append(
+                Entry(f"model/{i}/{'-'.join(map(str, genome.tolist()))}", "model", res, genome=genome.tolist())
+            )
         return entries
 
     def settings_hash(self) -> str:
@@ -440,7 +448,10 @@ class Profiler:
                         stat = result
                     measured.append(stat)
                     count += 1
-                    payload = {"settings_hash": settings_hash, "entries": {k: [s.to_dict() for s in v] for k, v in done.items() if v}}
+                    payload = {
+                        "settings_hash": settings_hash,
+                        "entries": {k: [s.to_dict() for s in v] for k, v in done.items() if v},
+                    }
                     atomic_write_text(partial, json.dumps(payload))
                     if on_entry is not None:
                         on_entry(entry, stat, count, total)
@@ -494,7 +505,9 @@ class Profiler:
                         stats.append(situ)
                         details.append(_detail(iso, situ, None))
                         continue
-                    ratio = float(np.interp(k, [c[0] for c in covered], [c[1] for c in covered])) if covered else fallback
+                    ratio = (
+                        float(np.interp(k, [c[0] for c in covered], [c[1] for c in covered])) if covered else fallback
+                    )
                     stats.append(_scaled(iso, ratio))
                     details.append(_detail(iso, None, ratio))
                 kinds[(kind.stage, kind.window, kind.variant)] = KindTable(
@@ -532,7 +545,9 @@ class Profiler:
                 out.setdefault(e.resolution, []).append(done[e.key].ms - parts)
         return out
 
-    def _plain_pairs(self, entries: list[Entry], done: dict[str, Stat]) -> dict[tuple[int, int], list[tuple[float, float]]]:
+    def _plain_pairs(
+        self, entries: list[Entry], done: dict[str, Stat]
+    ) -> dict[tuple[int, int], list[tuple[float, float]]]:
         """Per resolution, for each in-model config: (sum of its parts timed with hooks, its plain whole forward
         timed right after, without hooks). Empty for partial results of a profiler that did not time both."""
         out: dict[tuple[int, int], list[tuple[float, float]]] = {}
@@ -575,7 +590,20 @@ class Profiler:
         s = self.settings
         env = self.environment
         return {
-            **{k: env[k] for k in ("device", "device_type", "device_slug", "driver", "cuda", "torch", "triton", "numpy", "python")},
+            **{
+                k: env[k]
+                for k in (
+                    "device",
+                    "device_type",
+                    "device_slug",
+                    "driver",
+                    "cuda",
+                    "torch",
+                    "triton",
+                    "numpy",
+                    "python",
+                )
+            },
             "host_cpu": env["host_cpu"],
             "platform": env["platform"],
             "kernels_env": env["kernels_env"],
@@ -600,7 +628,9 @@ class Profiler:
             "timer": (
                 "cuda events"
                 if self.device.type == "cuda"
-                else "time.thread_time_ns" if s.clock == "thread" else "time.perf_counter_ns"
+                else "time.thread_time_ns"
+                if s.clock == "thread"
+                else "time.perf_counter_ns"
             ),
             "max_k_points": s.max_k_points,
             "calibration": s.calibration,
@@ -614,7 +644,12 @@ class Profiler:
             "seed": s.seed,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "duration_s": round(duration_s, 1),
-            "space": {"name": self.space.name, "architecture": self.space.architecture, "source": self.space.source, "hash": space_hash(self.space)},
+            "space": {
+                "name": self.space.name,
+                "architecture": self.space.architecture,
+                "source": self.space.source,
+                "hash": space_hash(self.space),
+            },
             "sparsesearch": _package_version(),
         }
 
@@ -685,8 +720,10 @@ def _fit_correction(
         if pairs:
             x, y = np.array(pairs).T
             offset, b = _line_fit(x, y, (0.8, 1.25))
-            method = (f"least squares over {len(pairs)} in-model configs: plain whole forward = offset + scale * sum of "
-                      "its parts timed with hooks")
+            method = (
+                f"least squares over {len(pairs)} in-model configs: plain whole forward = offset + scale * sum of "
+                "its parts timed with hooks"
+            )
         elif between:
             offset = float(np.median(between))
             method = f"median of (whole forward - sum of its parts) over {len(between)} in-model configs"
@@ -705,8 +742,12 @@ def _fit_correction(
             "method": method,
             **({"hooked_glue_ms": float(np.median(between))} if between else {}),  # the offset without the plain fit
             "calibration": [
-                {"genome": e.genome, "sum_of_parts_ms": round(float(r), 4), "measured_ms": round(s.ms, 4),
-                 "error_pct": round(100 * float((f - s.ms) / s.ms), 3)}
+                {
+                    "genome": e.genome,
+                    "sum_of_parts_ms": round(float(r), 4),
+                    "measured_ms": round(s.ms, 4),
+                    "error_pct": round(100 * float((f - s.ms) / s.ms), 3),
+                }
                 for (e, s), r, f in zip(rows, raw, fitted)
             ],
         }

@@ -2,12 +2,14 @@
 
 Nothing here measures anything; the profiler and the table both use it, so they agree on what a "part" is.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from ..models.family import ModelFamily, StageShape, family_named, get_family
 from ..ops import WindowGeometry, keep_count
@@ -79,8 +81,14 @@ def stage_shapes(space: SearchSpace, resolution: tuple[int, int]) -> list[StageS
     return space_family(space).stage_shapes(_arch(space), resolution)
 
 
-def block_kind(space: SearchSpace, resolution: tuple[int, int], stage: int, block: int, window: int,
-               shapes: list[StageShape] | None = None) -> BlockKind:
+def block_kind(
+    space: SearchSpace,
+    resolution: tuple[int, int],
+    stage: int,
+    block: int,
+    window: int,
+    shapes: list[StageShape] | None = None,
+) -> BlockKind:
     """The kind of block `block` of row `stage` running `window` at `resolution`."""
     fam = space_family(space)
     sh = (shapes or stage_shapes(space, resolution))[stage]
@@ -95,7 +103,8 @@ def space_to_dict(space: SearchSpace) -> dict[str, Any]:
         "architecture": space.architecture,
         "resolutions": [list(r) for r in space.resolutions],
         "genes": [
-            {"name": g.name, "blocks": [f"{s}.{b}" for s, b in g.blocks], "choices": list(g.choices)} for g in space.genes
+            {"name": g.name, "blocks": [f"{s}.{b}" for s, b in g.blocks], "choices": list(g.choices)}
+            for g in space.genes
         ],
         "window_sizes": [list(c) for c in space.window_choices],
     }
@@ -122,9 +131,7 @@ def space_hash(space: SearchSpace) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def kinds_and_counts(
-    space: SearchSpace, resolutions: Iterable[tuple[int, int]]
-) -> dict[BlockKind, set[int]]:
+def kinds_and_counts(space: SearchSpace, resolutions: Iterable[tuple[int, int]]) -> dict[BlockKind, set[int]]:
     """Every block kind the space can run at these resolutions, with the kept-window counts it can take.
 
     The dense count (all windows) is always included, so the dense model can be predicted whatever the

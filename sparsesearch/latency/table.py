@@ -26,15 +26,17 @@ A FIGURE is {"ms" (what predictions use), "spread", "median", "min", "n", "rejec
 "isolated": {...}, "in_model": {...}}: ms/spread/median/min in milliseconds, n samples, `source` says whether
 ms is the in-model time or the isolated time scaled by the kind's in-model/isolated ratio.
 """
+
 from __future__ import annotations
 
 import itertools
 import json
 import os
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,6 +53,7 @@ __all__ = ["LatencyTable", "KindTable", "FORMAT", "VERSION", "TableMachineWarnin
 
 FORMAT = "sparsesearch.latency_table"
 VERSION = 1
+
 
 class TableMachineWarning(UserWarning):
     """A latency table was measured on other hardware than this machine's (or does not say which)."""
@@ -101,7 +104,7 @@ class KindTable:
 
     @property
     def kind_variant(self) -> str:
-        """"regular"/"shifted" (Swin) or the stored variant ("window"/"global" for SamViT)."""
+        """ "regular"/"shifted" (Swin) or the stored variant ("window"/"global" for SamViT)."""
         return self.variant or ("shifted" if self.shifted else "regular")
 
     @property
@@ -143,7 +146,7 @@ class KindTable:
         }
 
     @classmethod
-    def from_dict(cls, d: Any, where: str) -> "KindTable":
+    def from_dict(cls, d: Any, where: str) -> KindTable:
         if not isinstance(d, dict):
             raise LatencyTableError(f"{where}: a block entry must be a mapping")
         try:
@@ -215,7 +218,7 @@ class ResolutionTable:
         }
 
     @classmethod
-    def from_dict(cls, d: Any, where: str) -> "ResolutionTable":
+    def from_dict(cls, d: Any, where: str) -> ResolutionTable:
         if not isinstance(d, dict) or not {"resolution", "fixed", "blocks"} <= set(d):
             raise LatencyTableError(f"{where}: each entry of 'tables' needs resolution, fixed and blocks")
         res = d["resolution"]
@@ -255,7 +258,9 @@ class LatencyTable:
         space: the search space it was measured for, with the table's resolutions.
     """
 
-    def __init__(self, meta: dict[str, Any], space: dict[str, Any], tables: Sequence[ResolutionTable], source: str = "<table>") -> None:
+    def __init__(
+        self, meta: dict[str, Any], space: dict[str, Any], tables: Sequence[ResolutionTable], source: str = "<table>"
+    ) -> None:
         self.source = source
         self.meta = dict(meta)
         self._space_data = dict(space)
@@ -276,12 +281,14 @@ class LatencyTable:
 
     # ---- io --------------------------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: Any, source: str = "<table>") -> "LatencyTable":
+    def from_dict(cls, data: Any, source: str = "<table>") -> LatencyTable:
         """Build from the parsed JSON of a table file; raises LatencyTableError naming `source` if malformed."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise LatencyTableError(f"{source} is not a sparsesearch latency table (written by `sparsesearch profile`)")
         if data.get("version") != VERSION:
-            raise LatencyTableError(f"{source}: table format version {data.get('version')!r} is not supported (expected {VERSION})")
+            raise LatencyTableError(
+                f"{source}: table format version {data.get('version')!r} is not supported (expected {VERSION})"
+            )
         meta, space, tables = data.get("meta"), data.get("space"), data.get("tables")
         if not isinstance(meta, dict) or not isinstance(space, dict) or not isinstance(tables, list) or not tables:
             raise LatencyTableError(f"{source}: a table needs 'meta', 'space' and a non-empty 'tables' list")
@@ -290,10 +297,12 @@ class LatencyTable:
             raise LatencyTableError(f"{source}: meta lacks {', '.join(missing)}")
         if not isinstance(meta["space"], dict) or "hash" not in meta["space"]:
             raise LatencyTableError(f"{source}: meta.space must be a mapping with the space's name and hash")
-        return cls(meta, space, [ResolutionTable.from_dict(t, f"{source} tables[{i}]") for i, t in enumerate(tables)], source)
+        return cls(
+            meta, space, [ResolutionTable.from_dict(t, f"{source} tables[{i}]") for i, t in enumerate(tables)], source
+        )
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "LatencyTable":
+    def load(cls, path: str | os.PathLike) -> LatencyTable:
         """Read a table written by `sparsesearch profile`; warns (TableMachineWarning, one line) when it was
         measured on other hardware than this machine's, or does not record which."""
         path = Path(path)
@@ -324,7 +333,7 @@ class LatencyTable:
         """Write as JSON, atomically."""
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
-    def rescaled(self, factor: float, check: dict[str, Any] | None = None) -> "LatencyTable":
+    def rescaled(self, factor: float, check: dict[str, Any] | None = None) -> LatencyTable:
         """A copy whose every prediction is `factor` times this table's (e.g. the measured/predicted factor of
         `check_table` on this machine); `meta["rescaled"]` records the factor (over the original figures) and
         the check that measured it, and survives a save and load."""
@@ -524,7 +533,9 @@ class LatencyTable:
             if x.ndim == 1:
                 x = x[None, :]
             if x.ndim != 2 or x.shape[1] != self.space.n_var:
-                raise LatencyTableError(f"genomes of {self.space.name} have shape (n, {self.space.n_var}), got {x.shape}")
+                raise LatencyTableError(
+                    f"genomes of {self.space.name} have shape (n, {self.space.n_var}), got {x.shape}"
+                )
             x = x.astype(np.int64, copy=False)
             if space is not None and space is not self.space:
                 self.check_space(space)
@@ -533,17 +544,23 @@ class LatencyTable:
                 x = x.copy()
                 x[:, -1] = remap[x[:, -1]]
             if x.size and (np.any(x < 0) or np.any(x > self.space.upper_bounds)):
-                raise LatencyTableError(f"genomes out of bounds {self.space.upper_bounds.tolist()} of space {self.space.name}")
+                raise LatencyTableError(
+                    f"genomes out of bounds {self.space.upper_bounds.tolist()} of space {self.space.name}"
+                )
             return x
         rows = []
         for c in configs:
             try:
                 rows.append(self.space.encode(c))
             except SparseSearchError as e:
-                raise LatencyTableError(f"config is not a point of the table's space {self.space.name!r}: {e}") from None
+                raise LatencyTableError(
+                    f"config is not a point of the table's space {self.space.name!r}: {e}"
+                ) from None
         return np.array(rows, dtype=np.int64).reshape(len(rows), self.space.n_var)
 
-    def predict_many(self, configs: Iterable[SparsityConfig] | np.ndarray, space: SearchSpace | None = None) -> np.ndarray:
+    def predict_many(
+        self, configs: Iterable[SparsityConfig] | np.ndarray, space: SearchSpace | None = None
+    ) -> np.ndarray:
         """Vectorised `predict`: (n,) milliseconds for configs of the space or an (n, n_var) genome array.
 
         Genomes are read in the table's space (`table.space`), or in `space` (same architecture content,
@@ -574,7 +591,9 @@ class LatencyTable:
         if resolutions is None:
             return list(range(len(self._tables)))
         if isinstance(resolutions, int) or (
-            isinstance(resolutions, (tuple, list)) and len(resolutions) == 2 and all(isinstance(v, int) for v in resolutions)
+            isinstance(resolutions, (tuple, list))
+            and len(resolutions) == 2
+            and all(isinstance(v, int) for v in resolutions)
         ):
             resolutions = [resolutions]
         return sorted({self.resolutions.index(self.resolution_table(r).resolution) for r in resolutions})

@@ -1,13 +1,15 @@
 """Check a latency table against the real thing: time whole-model forwards of configs of its space end to end
 and compare with the table's predictions (MAPE, share within +-10%, Kendall tau, worst error)."""
+
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -137,9 +139,14 @@ class ValidationReport:
             "kendall_tau": round(self.kendall_tau, 4),
             "worst_error_pct": round(100 * w.error, 3),
             "worst_label": w.label,
-            "measured_range_ms": [round(min(r.measured.ms for r in self.rows), 4), round(max(r.measured.ms for r in self.rows), 4)],
+            "measured_range_ms": [
+                round(min(r.measured.ms for r in self.rows), 4),
+                round(max(r.measured.ms for r in self.rows), 4),
+            ],
             "speed_vs_profile": None if self.speed_vs_profile is None else round(self.speed_vs_profile, 4),
-            "mape_drift_corrected_pct": None if self.mape_drift_corrected is None else round(self.mape_drift_corrected, 3),
+            "mape_drift_corrected_pct": None
+            if self.mape_drift_corrected is None
+            else round(self.mape_drift_corrected, 3),
             **self._drift_corrected_summary(),
         }
 
@@ -148,7 +155,11 @@ class ValidationReport:
         change: one factor on every prediction keeps their order)."""
         e = self.errors_drift_corrected
         if e is None:
-            return {"within_10_drift_corrected_pct": None, "worst_drift_corrected_pct": None, "worst_drift_corrected_label": None}
+            return {
+                "within_10_drift_corrected_pct": None,
+                "worst_drift_corrected_pct": None,
+                "worst_drift_corrected_label": None,
+            }
         i = int(np.argmax(np.abs(e)))
         return {
             "within_10_drift_corrected_pct": round(float(100 * np.mean(np.abs(e) <= 0.10)), 2),
@@ -175,7 +186,9 @@ def table_model(table: LatencyTable) -> tuple[torch.nn.Module, dict[tuple[int, i
     head = meta.get("head", "cls")
     seed = int(meta.get("seed", 0))
     torch.manual_seed(seed)
-    model = table.space.create_model(head=None if head == "none" else head, num_classes=int(meta.get("num_classes", 1000)))
+    model = table.space.create_model(
+        head=None if head == "none" else head, num_classes=int(meta.get("num_classes", 1000))
+    )
     model = model.eval().to(device=device, dtype=dtype)
     images = {}
     for res in table.space.resolutions:
@@ -324,7 +337,9 @@ def report_paths(table_path: str | os.PathLike) -> tuple[Path, Path]:
     return p.with_name(stem + ".validation.json"), p.with_name(stem + ".validation.png")
 
 
-def write_report(report: ValidationReport, json_path: str | os.PathLike, png_path: str | os.PathLike | None = None) -> None:
+def write_report(
+    report: ValidationReport, json_path: str | os.PathLike, png_path: str | os.PathLike | None = None
+) -> None:
     """Write the JSON report atomically and, if png_path is given, the predicted-vs-measured scatter plot."""
     atomic_write_text(json_path, json.dumps(report.to_dict(), indent=1) + "\n")
     if png_path is None:

@@ -1,9 +1,10 @@
 """Prunable backbones, heads, the registry and checkpoint loading."""
+
 from . import zoo  # noqa: F401  (registers the models)
 from .checkpoint import convert_state_dict, load_checkpoint, read_state_dict
+from .family import ModelFamily, family_of_model, get_family
 from .features import FeatureInfo, FeatureListNet, supports_features
 from .registry import create_model, list_models, model_defaults, model_family_name, register_model
-from .family import ModelFamily, family_of_model, get_family
 from .samvit import SamBlock, SamViT
 from .swin import SwinBlock, SwinStage, SwinTransformer
 

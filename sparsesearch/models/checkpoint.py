@@ -1,12 +1,14 @@
 """Loading weights: timm-format and original Microsoft Swin checkpoints, timm `samvit_*` and original SAM
 checkpoints; .pth/.pt/.bin and .safetensors."""
+
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +78,7 @@ def _resize_table(table: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def checkpoint_family(sd: Mapping[str, torch.Tensor]) -> str | None:
-    """"SamViT" for timm samvit / original SAM state dicts, "SwinTransformer" for Swin ones, None if unsure."""
+    """ "SamViT" for timm samvit / original SAM state dicts, "SwinTransformer" for Swin ones, None if unsure."""
     if any(k.startswith("image_encoder.") for k in sd) or any(k.endswith("attn.rel_pos_h") for k in sd):
         return "SamViT"
     if any(k.startswith("layers.") or k.endswith("relative_position_bias_table") for k in sd):
@@ -122,7 +124,11 @@ def _convert_sam(sd: Mapping[str, torch.Tensor], model: nn.Module) -> tuple[dict
         dropped = sorted({k.split(".")[0] for k in sd if not k.startswith("image_encoder.")})
         if dropped:
             report.notes.append(f"dropped the SAM parts this backbone does not have: {', '.join(dropped)}")
-        sd = {k[len("image_encoder.") :].replace("mlp.lin", "mlp.fc"): v for k, v in sd.items() if k.startswith("image_encoder.")}
+        sd = {
+            k[len("image_encoder.") :].replace("mlp.lin", "mlp.fc"): v
+            for k, v in sd.items()
+            if k.startswith("image_encoder.")
+        }
     own = model.state_dict()
     for k, v in sd.items():
         if k in own and own[k].shape != v.shape:
@@ -195,7 +201,9 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
         parts = []
         if mismatched:
             k = mismatched[0]
-            parts.append(f"{len(mismatched)} shape mismatches (e.g. {k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)})")
+            parts.append(
+                f"{len(mismatched)} shape mismatches (e.g. {k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)})"
+            )
         if missing:
             parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
         if unexpected:

@@ -10,11 +10,13 @@ A family turns architecture kwargs (a registered model's defaults + a space's `m
 - the fixed parts (everything that is not a prunable block) and the module path of every part;
 - `block_plan` / `fixed_plan`: how to run one part of a built model on realistic input, for the profiler.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +24,16 @@ from torch import nn
 from ..ops import WindowGeometry
 from .registry import model_defaults, model_family_name
 
-__all__ = ["StageShape", "PartPlan", "ModelFamily", "SwinFamily", "SamViTFamily", "get_family", "family_named", "family_of_model"]
+__all__ = [
+    "StageShape",
+    "PartPlan",
+    "ModelFamily",
+    "SwinFamily",
+    "SamViTFamily",
+    "get_family",
+    "family_named",
+    "family_of_model",
+]
 
 
 @dataclass(frozen=True)
@@ -92,13 +103,30 @@ class ModelFamily:
         """(name, module) of every part, fixed and blocks, in forward order."""
         raise NotImplementedError
 
-    def block_plan(self, model: nn.Module, stage: int, variant: str, window: int, sparsity: float,
-                   shapes: list[StageShape], resolution: tuple[int, int], batch: int) -> PartPlan:
+    def block_plan(
+        self,
+        model: nn.Module,
+        stage: int,
+        variant: str,
+        window: int,
+        sparsity: float,
+        shapes: list[StageShape],
+        resolution: tuple[int, int],
+        batch: int,
+    ) -> PartPlan:
         """Set a representative block of (stage, variant) to `window` and `sparsity` and say how to time it."""
         raise NotImplementedError
 
-    def fixed_plan(self, model: nn.Module, name: str, resolution: tuple[int, int], head: str | None,
-                   shapes: list[StageShape], default_window: Sequence[int], batch: int) -> PartPlan:
+    def fixed_plan(
+        self,
+        model: nn.Module,
+        name: str,
+        resolution: tuple[int, int],
+        head: str | None,
+        shapes: list[StageShape],
+        default_window: Sequence[int],
+        batch: int,
+    ) -> PartPlan:
         """How to time the fixed part `name` (one of `fixed_parts`)."""
         raise NotImplementedError
 
@@ -187,10 +215,15 @@ class SwinFamily(ModelFamily):
         if name == "head":
             if head == "cls":
                 return PartPlan(model.head, model.norm, (batch, last.H, last.W, last.dim))
-            others = [torch.randn(batch, s.H, s.W, s.dim, generator=torch.Generator().manual_seed(s.stage)) for s in shapes[:-1]]
+            others = [
+                torch.randn(batch, s.H, s.W, s.dim, generator=torch.Generator().manual_seed(s.stage))
+                for s in shapes[:-1]
+            ]
             param = next(model.parameters())
             others = [o.to(device=param.device, dtype=param.dtype) for o in others]
-            return PartPlan(lambda x: model.seg_head([*others, x], resolution), model.norm, (batch, last.H, last.W, last.dim))
+            return PartPlan(
+                lambda x: model.seg_head([*others, x], resolution), model.norm, (batch, last.H, last.W, last.dim)
+            )
         i = int(name.split(".")[1]) - 1 if name.startswith("layers.") else len(shapes) - 1
         part = model.layers[i + 1].downsample if name.startswith("layers.") else model.norm
         prev = model.layers[i].blocks[-1]
@@ -287,8 +320,10 @@ class SamViTFamily(ModelFamily):
 
     def describe(self, arch: dict[str, Any]) -> str:
         g = list(arch.get("global_attn_indexes", ()))
-        return (f"embed {arch['embed_dim']:<4} depth {arch['depth']} heads {arch['num_heads']} window {arch['window_size']} "
-                f"global {g} groups {list(self.depths(arch))}")
+        return (
+            f"embed {arch['embed_dim']:<4} depth {arch['depth']} heads {arch['num_heads']} window {arch['window_size']} "
+            f"global {g} groups {list(self.depths(arch))}"
+        )
 
 
 _FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SwinFamily(), SamViTFamily())}

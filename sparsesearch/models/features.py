@@ -12,9 +12,11 @@ A family takes part by providing two members (as timm's models do):
 backbone's `set_config` (window pruning stays active), and drops the modules the feature maps do not use (the
 classifier, the final norm), so DDP sees no unused parameters.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +28,9 @@ __all__ = ["FeatureInfo", "FeatureListNet", "supports_features"]
 
 def supports_features(model: nn.Module) -> bool:
     """Whether `model` provides `feature_info` and `forward_stages` (every family of the zoo should)."""
-    return isinstance(getattr(model, "feature_info", None), (list, tuple)) and callable(getattr(model, "forward_stages", None))
+    return isinstance(getattr(model, "feature_info", None), (list, tuple)) and callable(
+        getattr(model, "forward_stages", None)
+    )
 
 
 class FeatureInfo(list):
@@ -57,7 +61,9 @@ class FeatureInfo(list):
 
     def get_dicts(self, keys: Sequence[str] | None = None, idx: int | Sequence[int] | None = None) -> Any:
         """The dicts (restricted to `keys`), all or at `idx`."""
-        pick = list(self) if idx is None else ([self[i] for i in idx] if isinstance(idx, (list, tuple)) else [self[idx]])
+        pick = (
+            list(self) if idx is None else ([self[i] for i in idx] if isinstance(idx, (list, tuple)) else [self[idx]])
+        )
         out = [d if keys is None else {k: d[k] for k in keys} for d in pick]
         return out[0] if isinstance(idx, int) else out
 
@@ -72,7 +78,9 @@ def _normalise_indices(out_indices: Sequence[int] | int | None, n: int, name: st
     idx = []
     for i in out_indices:
         if isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n:
-            raise SparseSearchError(f"out_indices {tuple(out_indices)}: {name} has feature maps 0..{n - 1} (or -{n}..-1)")
+            raise SparseSearchError(
+                f"out_indices {tuple(out_indices)}: {name} has feature maps 0..{n - 1} (or -{n}..-1)"
+            )
         idx.append(i % n)
     if not idx or len(set(idx)) != len(idx):
         raise SparseSearchError(f"out_indices {tuple(out_indices)} must name distinct feature maps of {name}")
@@ -94,14 +102,22 @@ def _unused_children(model: nn.Module, info: Sequence[dict[str, Any]]) -> list[s
         if name:
             top[name] = name.split(".")[0]
     called: set[str] = set()
-    handles = [m.register_forward_pre_hook(lambda mod, args, n=top[name]: called.add(n))
-               for name, m in model.named_modules() if name]
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args, n=top[name]: called.add(n))
+        for name, m in model.named_modules()
+        if name
+    ]
     was_training = model.training
     try:
         model.eval()
         p = next(model.parameters(), None)
-        x = torch.zeros(1, 3, *_probe_size(model, info), device=p.device if p is not None else "cpu",
-                        dtype=p.dtype if p is not None else torch.float32)
+        x = torch.zeros(
+            1,
+            3,
+            *_probe_size(model, info),
+            device=p.device if p is not None else "cpu",
+            dtype=p.dtype if p is not None else torch.float32,
+        )
         with torch.no_grad():
             model.forward_stages(x)
     except Exception:  # a family with input constraints we do not know: keep every module

@@ -1,7 +1,8 @@
 """Task heads: timm-style classifier and a light FPN segmentation head."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,10 @@ class FPNSegHead(nn.Module):
         super().__init__()
         self.lateral = nn.ModuleList([nn.Conv2d(c, dim, 1) for c in in_dims])
         self.smooth = nn.ModuleList(
-            [nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.GroupNorm(8, dim), nn.GELU()) for _ in in_dims]
+            [
+                nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.GroupNorm(8, dim), nn.GELU())
+                for _ in in_dims
+            ]
         )
         self.classifier = nn.Conv2d(dim, num_classes, 1)
 
@@ -62,7 +66,10 @@ class PyramidSegHead(nn.Module):
         super().__init__()
         half, quarter = max(in_dim // 2, 1), max(in_dim // 4, 1)
         self.up4 = nn.Sequential(
-            nn.ConvTranspose2d(in_dim, half, 2, stride=2), nn.GroupNorm(1, half), nn.GELU(), nn.ConvTranspose2d(half, quarter, 2, stride=2)
+            nn.ConvTranspose2d(in_dim, half, 2, stride=2),
+            nn.GroupNorm(1, half),
+            nn.GELU(),
+            nn.ConvTranspose2d(half, quarter, 2, stride=2),
         )
         self.up2 = nn.ConvTranspose2d(in_dim, half, 2, stride=2)
         self.fpn = FPNSegHead((quarter, half, in_dim, in_dim), num_classes, dim)

@@ -1,4 +1,5 @@
 """Building blocks shared by the windowed transformers (timm-compatible parameter names)."""
+
 from __future__ import annotations
 
 import torch

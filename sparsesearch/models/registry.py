@@ -1,8 +1,10 @@
 """Model registry: names -> constructors, timm-style."""
+
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import nn
 

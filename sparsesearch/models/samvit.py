@@ -13,9 +13,11 @@ Blocks are grouped for configs: a group is a run of windowed blocks closed by a 
 windowed blocks is a group of its own). A config gives one window size per group (used by its windowed blocks and
 as the tiling of its global block) and one sparsity per block, so SAM ViT-B's 12 blocks are 4 groups of 3.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +81,9 @@ class SamAttention(nn.Module):
     the feature map at the model's img_size (global blocks).
     """
 
-    def __init__(self, dim: int, num_heads: int, table_size: tuple[int, int], qkv_bias: bool = True, use_rel_pos: bool = True) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, table_size: tuple[int, int], qkv_bias: bool = True, use_rel_pos: bool = True
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -113,8 +117,9 @@ class SamAttention(nn.Module):
             bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(*q.shape[:2], h * w, h * w)
         return self._out(F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
 
-    def forward_windows(self, x: torch.Tensor, win_rows: torch.Tensor, win_cols: torch.Tensor, wh: int, ww: int,
-                        H: int, W: int) -> torch.Tensor:
+    def forward_windows(
+        self, x: torch.Tensor, win_rows: torch.Tensor, win_cols: torch.Tensor, wh: int, ww: int, H: int, W: int
+    ) -> torch.Tensor:
         """Global attention over the tokens of kept windows of an (H, W) map.
 
         x: (B, k*wh*ww, C) the kept windows' slots, window-major then row-major; win_rows, win_cols: (B, k) int64
@@ -245,7 +250,9 @@ class LayerNorm2d(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
-        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps).permute(
+            0, 3, 1, 2
+        )
 
 
 class SamPatchEmbed(nn.Module):
@@ -350,7 +357,11 @@ class SamViT(nn.Module):
                 i = len(blocks)
                 is_global = i in self.global_attn_indexes
                 table = grid if is_global else (self.max_window_size[gi],) * 2
-                blocks.append(SamBlock(embed_dim, num_heads, windows[gi], table, is_global, mlp_ratio, qkv_bias, use_rel_pos, dpr[i]))
+                blocks.append(
+                    SamBlock(
+                        embed_dim, num_heads, windows[gi], table, is_global, mlp_ratio, qkv_bias, use_rel_pos, dpr[i]
+                    )
+                )
                 self._group_of.append(gi)
         self.blocks = nn.Sequential(*blocks)
         if neck_chans:

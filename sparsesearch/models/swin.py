@@ -3,9 +3,10 @@
 Every block can skip its least important windows (DESIGN.md, "Window pruning, per block"); every stage can run
 at any window size up to the one its relative position table was built for.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -11,6 +11,7 @@ Both backends run as torch custom ops (``sparsesearch::score_windows``, ``gather
 kernels that of the Triton one, so torch.compile, CUDA graphs, FlopCounterMode and fvcore see the same named ops
 on every device.
 """
+
 from __future__ import annotations
 
 import os

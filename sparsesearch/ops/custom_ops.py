@@ -27,6 +27,7 @@ records nothing (see its docstring).
 This module deliberately does not use ``from __future__ import annotations``: torch.library infers the op
 schemas from the annotations.
 """
+
 from typing import Any
 
 import torch
@@ -281,9 +282,7 @@ _zero_op.register_autograd(_zero_backward, setup_context=_zero_setup)
 # ---- Python entry points -------------------------------------------------------------------------------------
 def _check_map(x: Tensor, geom: WindowGeometry, what: str = "x") -> None:
     if x.dim() != 4 or x.shape[1] != geom.H or x.shape[2] != geom.W:
-        raise SparseSearchError(
-            f"{what} must have shape (B, {geom.H}, {geom.W}, C) for {geom}, got {tuple(x.shape)}"
-        )
+        raise SparseSearchError(f"{what} must have shape (B, {geom.H}, {geom.W}, C) for {geom}, got {tuple(x.shape)}")
 
 
 def _check_idx(idx: Tensor, x: Tensor) -> None:
@@ -341,9 +340,7 @@ def scatter_windows_inplace(
     return x
 
 
-def place_windows(
-    windows: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False
-) -> Tensor:
+def place_windows(windows: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False) -> Tensor:
     """(B*k, N, C), (B, k) -> (B, H, W, C): zeros with the kept windows' tokens from windows (grad of gather)."""
     return _place_op(windows, idx, geom.H, geom.W, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
 

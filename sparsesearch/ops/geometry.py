@@ -2,6 +2,7 @@
 
 All index tensors here depend only on (H, W, window, shift), never on data, and are cached per device.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,7 +41,7 @@ class WindowGeometry:
     sw: int
 
     @classmethod
-    def create(cls, H: int, W: int, window: int, shifted: bool) -> "WindowGeometry":
+    def create(cls, H: int, W: int, window: int, shifted: bool) -> WindowGeometry:
         """Geometry for nominal square `window`; `shifted` blocks use shift window // 2 (as Swin)."""
         wh, ww = min(window, H), min(window, W)
         sh = window // 2 if shifted and H > window else 0

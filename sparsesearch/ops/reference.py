@@ -3,6 +3,7 @@
 This is the path used on CPU and the reference every other implementation is tested against. It never builds
 a rolled or padded copy of the full feature map: everything goes through the precomputed token index.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,7 +23,9 @@ def score_windows(x: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
     """
     B, H, W, _ = x.shape
     # squared before indexing (the same values as squaring the indexed copy): nW*N >= H*W elements are indexed
-    tok = x.abs().mean(dim=-1, dtype=torch.float32).reshape(B, H * W).square()  # (linalg.vector_norm(ord=1) is 30x slower on CPU)
+    tok = (
+        x.abs().mean(dim=-1, dtype=torch.float32).reshape(B, H * W).square()
+    )  # (linalg.vector_norm(ord=1) is 30x slower on CPU)
     if geom.padded:
         tok = torch.cat([tok, tok.new_zeros(B, 1)], dim=1)  # slot H*W scores 0: padded positions
     per_window = tok[:, token_index(geom, x.device)]  # (B, nW, N)

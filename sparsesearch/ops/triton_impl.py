@@ -30,6 +30,7 @@ are fixed per shape (`launch_config`), never autotuned, so launches are determin
 Importing this module imports triton. Whether the kernels are interpreted (`TRITON_INTERPRET=1`, CPU tensors
 work) is fixed when this module is imported, as triton decides it when a kernel is decorated.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

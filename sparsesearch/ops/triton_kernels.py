@@ -8,6 +8,7 @@ custom ops (`custom_ops`) with the Triton bodies, whose backward reuses the same
 Set ``TRITON_INTERPRET=1`` before this module is first imported to run the kernels on CPU tensors with the
 Triton interpreter (tests); `INTERPRET` records what was in effect.
 """
+
 from __future__ import annotations
 
 import torch
@@ -61,8 +62,6 @@ def gather_windows(x: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> 
     return custom_ops.gather_windows(x, idx, geom, use_triton=True)
 
 
-def scatter_windows(
-    x: torch.Tensor, windows: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry
-) -> torch.Tensor:
+def scatter_windows(x: torch.Tensor, windows: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
     """(B, H, W, C), (B*k, N, C), (B, k) -> a new (B, H, W, C); see `reference.scatter_windows`."""
     return custom_ops.scatter_windows(x, windows, idx, geom, use_triton=True)

@@ -2,7 +2,15 @@
 
 `search(...)` runs a whole search in one call; the pieces below are its parts.
 """
-from .accuracy import AccuracyCache, AccuracyFunctionError, BatchEvaluator, ConfigScorer, SerialEvaluator, import_callable
+
+from .accuracy import (
+    AccuracyCache,
+    AccuracyFunctionError,
+    BatchEvaluator,
+    ConfigScorer,
+    SerialEvaluator,
+    import_callable,
+)
 from .api import Candidate, SearchResult, search
 from .budget import Budget, parse_budget
 from .engine import ALGORITHMS, SearchContext, SearchRun, run_search

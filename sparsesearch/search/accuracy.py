@@ -1,5 +1,6 @@
 """Accuracy of configs for the search: evaluators (serial or Ray) behind a persistent cache keyed by genome,
 and the adapter that turns a user's `accuracy(model, config) -> float` into a checked config scorer."""
+
 from __future__ import annotations
 
 import importlib
@@ -8,8 +9,9 @@ import math
 import numbers
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -132,7 +134,9 @@ class AccuracyCache:
         todo = list(dict.fromkeys(k for k in keys if k not in self.values))
         if todo:
             rows = np.stack([X[keys.index(k)] for k in todo])
-            chunks = [rows[i : i + 1] for i in range(len(rows))] if getattr(self.evaluator, "incremental", False) else [rows]
+            chunks = (
+                [rows[i : i + 1] for i in range(len(rows))] if getattr(self.evaluator, "incremental", False) else [rows]
+            )
             for chunk in chunks:
                 scores = self.evaluator([self.space.decode(r) for r in chunk])
                 if len(scores) != len(chunk):
@@ -211,7 +215,9 @@ class ConfigScorer:
 
     def __init__(self, model: Any, accuracy: AccuracyFn) -> None:
         if not callable(accuracy):
-            raise AccuracyFunctionError(f"accuracy must be a function accuracy(model, config) -> float, got {type(accuracy).__name__}")
+            raise AccuracyFunctionError(
+                f"accuracy must be a function accuracy(model, config) -> float, got {type(accuracy).__name__}"
+            )
         self.model = model
         self.accuracy = accuracy
         self.name = callable_name(accuracy)

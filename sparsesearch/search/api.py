@@ -7,14 +7,16 @@
 `sparsesearch evolve` is a thin layer over this function (it adds the supernet file, the table checks and the
 built-in evaluator).
 """
+
 from __future__ import annotations
 
 import functools
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -40,8 +42,14 @@ __all__ = ["Candidate", "SearchResult", "search"]
 
 LatencySource = Union["LatencyTable", str, os.PathLike, Callable[[SparsityConfig], float]]  # noqa: F821
 
-_OUTPUT_FILES = ("accuracy_cache.jsonl", "resize_cache.jsonl", "history.jsonl", "search_state.pkl", "optuna.journal",
-                 "search_meta.json")
+_OUTPUT_FILES = (
+    "accuracy_cache.jsonl",
+    "resize_cache.jsonl",
+    "history.jsonl",
+    "search_state.pkl",
+    "optuna.journal",
+    "search_meta.json",
+)
 
 
 @dataclass
@@ -55,15 +63,20 @@ class Candidate:
     label: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "latency_ms": self.latency_ms, "accuracy": self.accuracy,
-                "gflops": self.gflops, "label": self.label}
+        return {
+            "config": self.config.to_dict(),
+            "latency_ms": self.latency_ms,
+            "accuracy": self.accuracy,
+            "gflops": self.gflops,
+            "label": self.label,
+        }
 
     def save(self, path: str | os.PathLike) -> None:
         """Write as JSON (config plus figures); `SparsityConfig.load` reads the config back."""
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
-    def from_point(cls, p: Point) -> "Candidate":
+    def from_point(cls, p: Point) -> Candidate:
         return cls(SparsityConfig.from_dict(p.config), p.latency_ms, p.accuracy, p.gflops, p.label)
 
     def to_point(self) -> Point:
@@ -115,14 +128,25 @@ class SearchResult:
         return self._best_of(self.uniform_resize)
 
     def baselines(self) -> Baselines:
-        return Baselines([c.to_point() for c in self.uniform_sparsity], [c.to_point() for c in self.uniform_resize],
-                         self.budget_ms, self.tie)
+        return Baselines(
+            [c.to_point() for c in self.uniform_sparsity],
+            [c.to_point() for c in self.uniform_resize],
+            self.budget_ms,
+            self.tie,
+        )
 
     def plot(self, path: str | os.PathLike) -> Path:
         """Accuracy against predicted latency: every evaluated config, the front, the baselines, the best (PNG)."""
         path = Path(path)
-        _plot(path, self.run, [c.to_point() for c in self.pareto], self.best.to_point(), self.baselines(),
-              self.metric, self.space.name)
+        _plot(
+            path,
+            self.run,
+            [c.to_point() for c in self.pareto],
+            self.best.to_point(),
+            self.baselines(),
+            self.metric,
+            self.space.name,
+        )
         return path
 
 
@@ -173,15 +197,19 @@ class _Latency:
             except SparseSearchError:
                 raise
             except Exception as e:
-                raise LatencyTableError(f"the latency function {self.name} raised {type(e).__name__}: {e} "
-                                        f"(config {json.dumps(cfg.to_dict())})") from e
+                raise LatencyTableError(
+                    f"the latency function {self.name} raised {type(e).__name__}: {e} "
+                    f"(config {json.dumps(cfg.to_dict())})"
+                ) from e
             try:
                 ms = float(value)
             except (TypeError, ValueError):
                 ms = float("nan")
             if not np.isfinite(ms) or ms <= 0 or isinstance(value, bool):
-                raise LatencyTableError(f"the latency function {self.name} returned {value!r} for a config: it must "
-                                        "return positive milliseconds")
+                raise LatencyTableError(
+                    f"the latency function {self.name} returned {value!r} for a config: it must "
+                    "return positive milliseconds"
+                )
             self._memo[key] = ms
         return self._memo[key]
 
@@ -203,12 +231,16 @@ def _budget_ms(budget: str | float | Budget, lat: _Latency) -> tuple[Budget, flo
             raise BudgetError(f"latency budget {budget!r} must be positive milliseconds")
         b = Budget(float(budget), relative=False, text=f"{float(budget):g}ms")
     else:
-        raise BudgetError(f"budget must be milliseconds (a number), '30ms' or a fraction of dense like '0.7x', got {budget!r}")
+        raise BudgetError(
+            f"budget must be milliseconds (a number), '30ms' or a fraction of dense like '0.7x', got {budget!r}"
+        )
     return b, b.resolve(lat.dense_ms, lat.min_ms, lat.max_ms)
 
 
 # ---- model, outputs -----------------------------------------------------------------------------------------------
-def _resolve_model_and_space(space: SearchSpace | str | os.PathLike | None, model: Any, device: str) -> tuple[Any, SearchSpace]:
+def _resolve_model_and_space(
+    space: SearchSpace | str | os.PathLike | None, model: Any, device: str
+) -> tuple[Any, SearchSpace]:
     if isinstance(model, (str, os.PathLike)):
         from ..supernet import load_supernet, same_space  # noqa: PLC0415
 
@@ -256,8 +288,9 @@ def _engine_state_exists(out: Path, algorithm: str) -> bool:
     return True  # random search: stateless, re-draws (seed, generation)
 
 
-def _progress_callback(progress: bool | Callable[[dict[str, Any]], None], generations: int, algorithm: str,
-                       history: list[dict[str, Any]]) -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
+def _progress_callback(
+    progress: bool | Callable[[dict[str, Any]], None], generations: int, algorithm: str, history: list[dict[str, Any]]
+) -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
     """on_generation (collects history, drives a progress bar or the caller's callback) and a close function."""
     bars: list[Any] = []
 
@@ -362,8 +395,15 @@ def search(
     tie = _tie_margin(tie, accuracy, model, space)
     metric = metric or getattr(accuracy, "metric", None) or "accuracy"
     out_dir = Path(out) if out is not None else None
-    fp = {"space": space.name, "budget": str(b), "algorithm": algorithm, "seed": seed, "accuracy": scorer.name,
-          "latency_source": lat.name, **(fingerprint or {})}
+    fp = {
+        "space": space.name,
+        "budget": str(b),
+        "algorithm": algorithm,
+        "seed": seed,
+        "accuracy": scorer.name,
+        "latency_source": lat.name,
+        **(fingerprint or {}),
+    }
     if out_dir is not None:
         _prepare_out(out_dir, fp, resume, overwrite)
     elif resume:
@@ -371,16 +411,35 @@ def search(
 
     factory = functools.partial(_scorer_factory, model, accuracy)
     ray_eval = _ray_evaluator(factory, workers, ray_address) if algorithm != "tune" else None
-    cache = AccuracyCache(space, ray_eval if ray_eval is not None else SerialEvaluator(scorer),
-                          out_dir / "accuracy_cache.jsonl" if out_dir else None, on_evaluated=on_evaluated)
+    cache = AccuracyCache(
+        space,
+        ray_eval if ray_eval is not None else SerialEvaluator(scorer),
+        out_dir / "accuracy_cache.jsonl" if out_dir else None,
+        on_evaluated=on_evaluated,
+    )
     history: list[dict[str, Any]] = []
     on_generation, close_bar = _progress_callback(progress, generations, algorithm, history)
     engine_resume = resume and out_dir is not None and _engine_state_exists(out_dir, algorithm)
     try:
-        run = run_search(space, lat, cache, budget_ms, algorithm=algorithm, population=population,
-                         generations=generations, seed=seed, out_dir=out_dir, resume=engine_resume,
-                         on_generation=on_generation, refine=refine, seeds=lat.seed_genes, evaluator_factory=factory,
-                         workers=max(1, workers), address=ray_address, tie=tie)
+        run = run_search(
+            space,
+            lat,
+            cache,
+            budget_ms,
+            algorithm=algorithm,
+            population=population,
+            generations=generations,
+            seed=seed,
+            out_dir=out_dir,
+            resume=engine_resume,
+            on_generation=on_generation,
+            refine=refine,
+            seeds=lat.seed_genes,
+            evaluator_factory=factory,
+            workers=max(1, workers),
+            address=ray_address,
+            tie=tie,
+        )
         base, dense_acc = _baselines(space, lat, cache, scorer, budget_ms, tie, out_dir)
     finally:
         close_bar()
@@ -394,11 +453,21 @@ def search(
     dense_cfg = space.densest()
     dense = Candidate(dense_cfg, lat.dense_ms, dense_acc, flops_fn(dense_cfg) / 1e9 if flops_fn else None, "dense")
     return SearchResult(
-        best=Candidate.from_point(best_p), pareto=[Candidate.from_point(p) for p in front_p],
+        best=Candidate.from_point(best_p),
+        pareto=[Candidate.from_point(p) for p in front_p],
         uniform_sparsity=[Candidate.from_point(p) for p in base.uniform_sparsity],
-        uniform_resize=[Candidate.from_point(p) for p in base.uniform_resize], dense=dense, history=history,
-        budget_ms=budget_ms, metric=metric, algorithm=algorithm, space=space, run=run, evaluated=len(cache),
-        new_evaluations=cache.n_new, out=out_dir, tie=tie,
+        uniform_resize=[Candidate.from_point(p) for p in base.uniform_resize],
+        dense=dense,
+        history=history,
+        budget_ms=budget_ms,
+        metric=metric,
+        algorithm=algorithm,
+        space=space,
+        run=run,
+        evaluated=len(cache),
+        new_evaluations=cache.n_new,
+        out=out_dir,
+        tie=tie,
     )
 
 
@@ -411,21 +480,39 @@ def _ray_evaluator(factory: Callable[[], Any], workers: int, ray_address: str | 
     return RayEvaluator(factory, workers=max(1, workers), address=ray_address)
 
 
-def _baselines(space: SearchSpace, lat: Any, cache: AccuracyCache, scorer: ConfigScorer, budget_ms: float,
-               tie: float, out_dir: Path | None) -> tuple[Baselines, float]:
+def _baselines(
+    space: SearchSpace,
+    lat: Any,
+    cache: AccuracyCache,
+    scorer: ConfigScorer,
+    budget_ms: float,
+    tie: float,
+    out_dir: Path | None,
+) -> tuple[Baselines, float]:
     """SparseViT's baselines at the budget (uniform sparsity from the cache, uniform resize from its own cache in
     `out_dir`) and the densest config's accuracy."""
     base = Baselines(uniform_sparsity_baseline(space, lat, cache, budget_ms), budget_ms=budget_ms, tie=tie)
     dense_cfg = space.densest()
     resize_acc = KeyedCache(scorer, out_dir / "resize_cache.jsonl" if out_dir else None)
     base.uniform_resize = uniform_resize_baseline(
-        lat.resize_resolutions, lat.dense_at,
-        lambda r: resize_acc(SparsityConfig(dense_cfg.sparsity, dense_cfg.window_size, r)), dense_cfg, budget_ms)
+        lat.resize_resolutions,
+        lat.dense_at,
+        lambda r: resize_acc(SparsityConfig(dense_cfg.sparsity, dense_cfg.window_size, r)),
+        dense_cfg,
+        budget_ms,
+    )
     return base, float(cache.evaluate(space.encode(dense_cfg)[None])[0])
 
 
-def _report(space: SearchSpace, run: SearchRun, base: Baselines, flops_fn: Callable[[SparsityConfig], float] | None,
-            out_dir: Path | None, metric: str, meta: dict[str, Any]) -> tuple[Point, list[Point]]:
+def _report(
+    space: SearchSpace,
+    run: SearchRun,
+    base: Baselines,
+    flops_fn: Callable[[SparsityConfig], float] | None,
+    out_dir: Path | None,
+    metric: str,
+    meta: dict[str, Any],
+) -> tuple[Point, list[Point]]:
     """The best point and the front; written to `out_dir` (best.json, pareto.json, pareto.png) when given."""
     if out_dir is not None:
         return write_outputs(out_dir, space, run, base, metric=metric, flops_fn=flops_fn, meta=meta)
@@ -441,7 +528,7 @@ def _flops_fn(model: Any, space: SearchSpace) -> Callable[[SparsityConfig], floa
 
     res = space.resolutions[0]
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def flops_of(key: str) -> float:
         cfg = SparsityConfig.from_dict(json.loads(key))
         return float(count_flops(model, cfg.resolution or res, cfg).total)
@@ -449,12 +536,18 @@ def _flops_fn(model: Any, space: SearchSpace) -> Callable[[SparsityConfig], floa
     return lambda cfg: flops_of(cfg.key())
 
 
-def _points(space: SearchSpace, run: SearchRun, base: Baselines,
-            flops_fn: Callable[[SparsityConfig], float] | None) -> tuple[Point, list[Point]]:
+def _points(
+    space: SearchSpace, run: SearchRun, base: Baselines, flops_fn: Callable[[SparsityConfig], float] | None
+) -> tuple[Point, list[Point]]:
     def point(i: int, label: str = "") -> Point:
         cfg = space.decode(run.genes[i])
-        return Point(cfg.to_dict(), float(run.latency_ms[i]), float(run.accuracy[i]),
-                     flops_fn(cfg) / 1e9 if flops_fn else None, label)
+        return Point(
+            cfg.to_dict(),
+            float(run.latency_ms[i]),
+            float(run.accuracy[i]),
+            flops_fn(cfg) / 1e9 if flops_fn else None,
+            label,
+        )
 
     return choose_best(space, run, base, point)[0], [point(int(i)) for i in run.pareto_indices()]
 

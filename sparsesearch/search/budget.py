@@ -1,4 +1,5 @@
 """Latency budgets: `30ms`, `30 ms`, `0.03s`, `30000us`, or `0.6x` (a fraction of the dense model's latency)."""
+
 from __future__ import annotations
 
 import re

@@ -5,24 +5,26 @@ AccuracyCache (which persists evaluations, so a resumed search never re-evaluate
 ask-and-tell form so that each generation can be checkpointed (pickled algorithm, written atomically) and
 logged; optuna keeps its study in SQLite next to the outputs.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import dill
 import numpy as np
 
-from ..fileio import atomic_write
 from ..errors import SparseSearchError
-from .selection import pick_best
+from ..fileio import atomic_write
 from ..space import SearchSpace
 from .accuracy import AccuracyCache
 from .problem import ChoiceMutation, FeasibleSampling, LatencyFn, SpaceRepair, SparsityProblem
+from .selection import pick_best
 
 __all__ = ["ALGORITHMS", "SearchRun", "run_search"]
 
@@ -95,7 +97,9 @@ def _append_jsonl(path: Path | None, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _collect(space: SearchSpace, cache: AccuracyCache, latency_fn: LatencyFn, budget_ms: float, algorithm: str, gens: int) -> SearchRun:
+def _collect(
+    space: SearchSpace, cache: AccuracyCache, latency_fn: LatencyFn, budget_ms: float, algorithm: str, gens: int
+) -> SearchRun:
     items = cache.items()
     if not items:
         return SearchRun(np.zeros((0, space.n_var), np.int64), np.zeros(0), np.zeros(0), budget_ms, algorithm, gens)
@@ -175,8 +179,9 @@ def run_search(
         if on_generation is not None:
             on_generation(rec)
 
-    ctx = SearchContext(space, latency_fn, accuracy, budget_ms, algorithm, population, generations, seed, out, resume, log,
-                        tie=tie)
+    ctx = SearchContext(
+        space, latency_fn, accuracy, budget_ms, algorithm, population, generations, seed, out, resume, log, tie=tie
+    )
     if algorithm in ("ga", "nsga2"):
         gens = _run_pymoo(ctx, seeds)
     elif algorithm == "random":
@@ -200,7 +205,15 @@ def run_search(
     return run
 
 
-def _refine(space: SearchSpace, latency_fn: LatencyFn, cache: AccuracyCache, budget_ms: float, start: np.ndarray, max_rounds: int = 20, max_candidates: int | None = None) -> bool:
+def _refine(
+    space: SearchSpace,
+    latency_fn: LatencyFn,
+    cache: AccuracyCache,
+    budget_ms: float,
+    start: np.ndarray,
+    max_rounds: int = 20,
+    max_candidates: int | None = None,
+) -> bool:
     """Greedy hill-climb from `start` within the budget; True if it improved.
 
     Moves: one gene one step up or down, or one gene up and another down (a trade that keeps latency near the
@@ -254,7 +267,9 @@ def _run_pymoo(ctx: SearchContext, seeds: np.ndarray | None = None) -> int:
             with open(state, "rb") as f:
                 saved = dill.load(f)
         except Exception as e:  # a foreign or damaged file
-            raise SparseSearchError(f"--resume: cannot read {state} ({type(e).__name__}); remove it to start over") from None
+            raise SparseSearchError(
+                f"--resume: cannot read {state} ({type(e).__name__}); remove it to start over"
+            ) from None
         if saved.get("algorithm") != algorithm or saved.get("space") != space.name:
             raise SparseSearchError(
                 f"--resume: {state} is a {saved.get('algorithm')} search of space {saved.get('space')}, not {algorithm} of {space.name}"

@@ -3,13 +3,15 @@
 A thin layer over :func:`sparsesearch.search.search`: it loads and checks the supernet and the table, picks the
 accuracy (the built-in supernet evaluator, or the user's `--accuracy module:function`) and calls `search`.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..config import SparsityConfig
 from ..errors import SparseSearchError
@@ -90,8 +92,9 @@ class SupernetAccuracy:
         from ..supernet import build_eval_dataset  # noqa: PLC0415
 
         if self._ev is None or self._ev.model is not model:
-            self._ev = Evaluator(model, build_eval_dataset(self.meta, self.data), self.val_samples, batch=self.batch,
-                                 device=self.device)
+            self._ev = Evaluator(
+                model, build_eval_dataset(self.meta, self.data), self.val_samples, batch=self.batch, device=self.device
+            )
         size = tuple(self.meta.image_size)
         res = config.resolution if config.resolution and tuple(config.resolution) != size else None
         return self._ev(config, res)
@@ -101,7 +104,9 @@ class SupernetAccuracy:
         return float(self._result(model, config).stderr)
 
 
-def make_supernet_evaluator(supernet: str, data: str | None, val_samples: int, batch: int, device: str) -> Callable[[SparsityConfig], float]:
+def make_supernet_evaluator(
+    supernet: str, data: str | None, val_samples: int, batch: int, device: str
+) -> Callable[[SparsityConfig], float]:
     """Load a supernet and its validation subset once; return `fn(config) -> accuracy` (percent), with `.metric`."""
     from ..supernet import load_supernet  # noqa: PLC0415
 
@@ -133,8 +138,11 @@ def _fingerprint(opts: EvolveOptions, table_meta: dict[str, Any]) -> dict[str, A
     }
 
 
-def evolve(opts: EvolveOptions, on_generation: Callable[[dict[str, Any]], None] | None = None,
-           on_evaluated: Callable[[int], None] | None = None) -> EvolveSummary:
+def evolve(
+    opts: EvolveOptions,
+    on_generation: Callable[[dict[str, Any]], None] | None = None,
+    on_evaluated: Callable[[int], None] | None = None,
+) -> EvolveSummary:
     """Run the whole search; raises SparseSearchError subclasses for every input problem."""
     from ..latency import LatencyTable, ensure_table_speed  # noqa: PLC0415
     from ..space import SearchSpace  # noqa: PLC0415
@@ -160,22 +168,55 @@ def evolve(opts: EvolveOptions, on_generation: Callable[[dict[str, Any]], None] 
     res = space.resolutions  # the table may hold more resolutions (for the resize baseline) than the space
     if not opts.rescale_table:  # a budget no config can meet is bad input: say so before timing anything
         budget.resolve(table.dense_latency(res[0]), table.min_latency(res), table.max_latency(res))
-    table, speed = ensure_table_speed(table, None if budget.relative else budget.value, check=opts.table_check,
-                                      rescale=opts.rescale_table, resolutions=res)
+    table, speed = ensure_table_speed(
+        table,
+        None if budget.relative else budget.value,
+        check=opts.table_check,
+        rescale=opts.rescale_table,
+        resolutions=res,
+    )
     if accuracy is None:
         accuracy = SupernetAccuracy(meta, opts.data, opts.val_samples, opts.batch, opts.device)
     if opts.resume and not opts.overwrite and not Path(opts.out, "search_meta.json").is_file():
         raise SparseSearchError(f"--resume: {opts.out} holds no search (no search_meta.json); start without --resume")
     result = search(
-        space, latency=table, accuracy=accuracy, budget=budget, model=model, algorithm=opts.algorithm,
-        population=opts.population, generations=opts.generations, seed=opts.seed, out=opts.out, resume=opts.resume,
-        overwrite=opts.overwrite, workers=max(1, opts.workers), ray_address=opts.ray,
-        progress=on_generation if on_generation is not None else False, refine=opts.refine, device=opts.device,
-        fingerprint=_fingerprint(opts, table.meta), on_evaluated=on_evaluated,
-        meta={"supernet": opts.supernet, "table": opts.table, "device": table.meta.get("device"),
-              "val_samples": opts.val_samples, "table_check": speed.record(opts.rescale_table) if speed else None,
-              **({"accuracy_function": opts.accuracy} if opts.accuracy else {})},
+        space,
+        latency=table,
+        accuracy=accuracy,
+        budget=budget,
+        model=model,
+        algorithm=opts.algorithm,
+        population=opts.population,
+        generations=opts.generations,
+        seed=opts.seed,
+        out=opts.out,
+        resume=opts.resume,
+        overwrite=opts.overwrite,
+        workers=max(1, opts.workers),
+        ray_address=opts.ray,
+        progress=on_generation if on_generation is not None else False,
+        refine=opts.refine,
+        device=opts.device,
+        fingerprint=_fingerprint(opts, table.meta),
+        on_evaluated=on_evaluated,
+        meta={
+            "supernet": opts.supernet,
+            "table": opts.table,
+            "device": table.meta.get("device"),
+            "val_samples": opts.val_samples,
+            "table_check": speed.record(opts.rescale_table) if speed else None,
+            **({"accuracy_function": opts.accuracy} if opts.accuracy else {}),
+        },
     )
-    return EvolveSummary(result.budget_ms, result.dense.to_point(), result.best.to_point(),
-                         [c.to_point() for c in result.pareto], result.baselines(), result.metric, result.evaluated,
-                         result.new_evaluations, Path(opts.out), extra={"result": result, **({"table_check": speed} if speed else {})})
+    return EvolveSummary(
+        result.budget_ms,
+        result.dense.to_point(),
+        result.best.to_point(),
+        [c.to_point() for c in result.pareto],
+        result.baselines(),
+        result.metric,
+        result.evaluated,
+        result.new_evaluations,
+        Path(opts.out),
+        extra={"result": result, **({"table_check": speed} if speed else {})},
+    )

@@ -4,6 +4,7 @@ Trials are asked in batches of `population` and told after the batch is evaluate
 parallel (Ray) and a generation maps onto a batch. The study lives in `out/optuna.journal` (optuna's journal storage), so a killed
 search resumes with every finished trial.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,7 +21,14 @@ def run_optuna(ctx: SearchContext) -> int:
     """optuna-nsga2 or optuna-tpe (ctx.algorithm), ctx.population trials per generation."""
     import optuna  # noqa: PLC0415
 
-    space, latency_fn, cache, budget_ms, population, out = ctx.space, ctx.latency_fn, ctx.cache, ctx.budget_ms, ctx.population, ctx.out
+    space, latency_fn, cache, budget_ms, population, out = (
+        ctx.space,
+        ctx.latency_fn,
+        ctx.cache,
+        ctx.budget_ms,
+        ctx.population,
+        ctx.out,
+    )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("optuna").setLevel(logging.WARNING)
     multi = ctx.algorithm == "optuna-nsga2"

@@ -1,8 +1,10 @@
 """Parallel accuracy evaluation on Ray: each worker builds its evaluator (e.g. loads the supernet) once."""
+
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..config import SparsityConfig
 from ..errors import SparseSearchError
@@ -76,7 +78,7 @@ class RayEvaluator:
             self._ray.shutdown()
             self._started = False
 
-    def __enter__(self) -> "RayEvaluator":
+    def __enter__(self) -> RayEvaluator:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -1,7 +1,9 @@
 """The search as a pymoo problem over the space's integer genes, with operators that respect the space's rules."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from pymoo.core.mutation import Mutation
@@ -37,7 +39,9 @@ class SparsityProblem(Problem):
         budget_ms: float,
         n_obj: int = 1,
     ) -> None:
-        super().__init__(n_var=space.n_var, n_obj=n_obj, n_ieq_constr=1, xl=np.zeros(space.n_var), xu=space.upper_bounds, vtype=int)
+        super().__init__(
+            n_var=space.n_var, n_obj=n_obj, n_ieq_constr=1, xl=np.zeros(space.n_var), xu=space.upper_bounds, vtype=int
+        )
         self.space = space
         self.budget_ms = float(budget_ms)
         self.bind(latency_fn, accuracy)

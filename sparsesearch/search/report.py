@@ -1,11 +1,13 @@
 """Search outputs: baselines at the same budget, pareto.json, best.json, pareto.png."""
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -85,7 +87,11 @@ def _nearest_choice_genes(space: SearchSpace, p: float) -> np.ndarray:
 
 
 def uniform_sparsity_baseline(
-    space: SearchSpace, latency_fn: LatencyFn, cache: AccuracyCache, budget_ms: float, levels: Sequence[float] | None = None
+    space: SearchSpace,
+    latency_fn: LatencyFn,
+    cache: AccuracyCache,
+    budget_ms: float,
+    levels: Sequence[float] | None = None,
 ) -> list[Point]:
     """Uniform sparsity at each level (default: every gene choice); accuracy evaluated for those within budget
     and for the first level over it (so the plot shows where uniform pruning crosses the budget)."""
@@ -141,8 +147,13 @@ def write_outputs(
 
     def point(i: int, label: str = "") -> Point:
         cfg = space.decode(run.genes[i])
-        return Point(cfg.to_dict(), float(run.latency_ms[i]), float(run.accuracy[i]),
-                     flops_fn(cfg) / 1e9 if flops_fn else None, label)
+        return Point(
+            cfg.to_dict(),
+            float(run.latency_ms[i]),
+            float(run.accuracy[i]),
+            flops_fn(cfg) / 1e9 if flops_fn else None,
+            label,
+        )
 
     front = [point(int(i)) for i in run.pareto_indices()]
     baselines.tie = run.tie
@@ -150,22 +161,39 @@ def write_outputs(
     for b in baselines.uniform_sparsity + baselines.uniform_resize:
         if flops_fn is not None and b.gflops is None:
             b.gflops = flops_fn(SparsityConfig.from_dict(b.config)) / 1e9
-    header = {"metric": metric, "budget_ms": run.budget_ms, "algorithm": run.algorithm, "space": space.name,
-              "evaluated": int(len(run.genes)), **(meta or {})}
+    header = {
+        "metric": metric,
+        "budget_ms": run.budget_ms,
+        "algorithm": run.algorithm,
+        "space": space.name,
+        "evaluated": int(len(run.genes)),
+        **(meta or {}),
+    }
     ub, rb = baselines.best(baselines.uniform_sparsity), baselines.best(baselines.uniform_resize)
-    pareto = {**header, "front": [asdict(p) for p in front],
-              "baselines": {"uniform_sparsity": [asdict(p) for p in baselines.uniform_sparsity],
-                            "uniform_resize": [asdict(p) for p in baselines.uniform_resize]}}
+    pareto = {
+        **header,
+        "front": [asdict(p) for p in front],
+        "baselines": {
+            "uniform_sparsity": [asdict(p) for p in baselines.uniform_sparsity],
+            "uniform_resize": [asdict(p) for p in baselines.uniform_resize],
+        },
+    }
     atomic_write_text(out / "pareto.json", json.dumps(pareto, indent=1) + "\n")
-    best_doc = {"config": best.config, **{k: v for k, v in asdict(best).items() if k != "config"}, **header,
-                "pick": pick.to_dict(),
-                "baselines": {"uniform_sparsity": asdict(ub) if ub else None, "uniform_resize": asdict(rb) if rb else None}}
+    best_doc = {
+        "config": best.config,
+        **{k: v for k, v in asdict(best).items() if k != "config"},
+        **header,
+        "pick": pick.to_dict(),
+        "baselines": {"uniform_sparsity": asdict(ub) if ub else None, "uniform_resize": asdict(rb) if rb else None},
+    }
     atomic_write_text(out / "best.json", json.dumps(best_doc, indent=1) + "\n")
     _plot(out / "pareto.png", run, front, best, baselines, metric, space.name)
     return best, front
 
 
-def _plot(path: Path, run: SearchRun, front: list[Point], best: Point, baselines: Baselines, metric: str, title: str) -> None:
+def _plot(
+    path: Path, run: SearchRun, front: list[Point], best: Point, baselines: Baselines, metric: str, title: str
+) -> None:
     from matplotlib.figure import Figure  # noqa: PLC0415  (no pyplot: the caller's backend stays as it is)
 
     fig = Figure(figsize=(7, 4.5), dpi=120)
@@ -178,7 +206,9 @@ def _plot(path: Path, run: SearchRun, front: list[Point], best: Point, baselines
         ax.plot([p.latency_ms for p in pts], [p.accuracy for p in pts], "--s", ms=4, c="C1", label="uniform sparsity")
     if baselines.uniform_resize:
         pts = sorted(baselines.uniform_resize, key=lambda p: p.latency_ms)
-        ax.plot([p.latency_ms for p in pts], [p.accuracy for p in pts], ":^", ms=5, c="C2", label="uniform resize (dense)")
+        ax.plot(
+            [p.latency_ms for p in pts], [p.accuracy for p in pts], ":^", ms=5, c="C2", label="uniform resize (dense)"
+        )
     ax.scatter([best.latency_ms], [best.accuracy], marker="*", s=180, c="C3", zorder=5, label="best within budget")
     ax.axvline(run.budget_ms, c="C3", lw=1, ls="--")
     ax.set_xlabel("predicted latency (ms)")

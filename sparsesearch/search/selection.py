@@ -5,10 +5,11 @@ Among the configs whose latency is within the budget, the highest accuracy a* is
 `tie` of a* counts as equally accurate (`tie` is the evaluation's own noise, e.g. the standard error of the
 metric over the validation images), and the fastest of those wins; a remaining tie goes to the earlier one.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -28,8 +29,12 @@ class Pick:
     tied: tuple[int, ...]
 
     def to_dict(self) -> dict[str, object]:
-        return {"rule": self.rule, "tie_margin": self.tie_margin, "best_accuracy": self.best_accuracy,
-                "tied_with": len(self.tied) - 1}
+        return {
+            "rule": self.rule,
+            "tie_margin": self.tie_margin,
+            "best_accuracy": self.best_accuracy,
+            "tied_with": len(self.tied) - 1,
+        }
 
 
 def pick_best(

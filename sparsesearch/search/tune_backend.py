@@ -5,9 +5,11 @@ budget is evaluated (by an evaluator built once per worker process from `evaluat
 budget reports accuracy 0 with its latency, which teaches the searcher where the constraint lies. Results are
 folded back into the search's AccuracyCache, so outputs look the same as for every other back end.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +24,9 @@ __all__ = ["run_tune"]
 _EVALUATORS: dict[int, Callable[[SparsityConfig], float]] = {}
 
 
-def _trial(config: dict[str, Any], space: SearchSpace, latency_fn: LatencyFn, budget_ms: float, factory: Any) -> dict[str, Any]:
+def _trial(
+    config: dict[str, Any], space: SearchSpace, latency_fn: LatencyFn, budget_ms: float, factory: Any
+) -> dict[str, Any]:
     genes = space.repair(np.array([config[f"x{i}"] for i in range(space.n_var)], dtype=np.int64))
     lat = float(np.asarray(latency_fn(genes[None]))[0])
     result: dict[str, Any] = {"genes": genes.tolist(), "latency_ms": lat, "feasible": lat <= budget_ms}
@@ -65,7 +69,9 @@ def run_tune(
         started = True
     try:
         trainable = tune.with_resources(
-            tune.with_parameters(_trial, space=space, latency_fn=latency_fn, budget_ms=budget_ms, factory=evaluator_factory),
+            tune.with_parameters(
+                _trial, space=space, latency_fn=latency_fn, budget_ms=budget_ms, factory=evaluator_factory
+            ),
             {"cpu": cpus_per_worker},
         )
         exp = (out / "tune").resolve()
@@ -76,18 +82,23 @@ def run_tune(
             tuner = tune.Tuner.restore(str(exp / name), trainable=trainable, resume_errored=True)
         else:
             param_space = {f"x{i}": tune.randint(0, int(u) + 1) for i, u in enumerate(space.upper_bounds)}
-            searcher = ConcurrencyLimiter(OptunaSearch(metric="accuracy", mode="max", seed=ctx.seed), max_concurrent=workers)
+            searcher = ConcurrencyLimiter(
+                OptunaSearch(metric="accuracy", mode="max", seed=ctx.seed), max_concurrent=workers
+            )
             tuner = tune.Tuner(
                 trainable,
                 param_space=param_space,
-                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=ctx.population * ctx.generations,
-                                            metric="accuracy", mode="max"),
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher, num_samples=ctx.population * ctx.generations, metric="accuracy", mode="max"
+                ),
                 run_config=tune.RunConfig(name=name, storage_path=str(exp), verbose=0),
             )
         results = tuner.fit()
         feasible = [r.metrics for r in results if r.metrics and r.metrics.get("feasible") and "genes" in r.metrics]
         if feasible:
-            ctx.cache.record(np.array([m["genes"] for m in feasible], dtype=np.int64), [m["accuracy"] for m in feasible])
+            ctx.cache.record(
+                np.array([m["genes"] for m in feasible], dtype=np.int64), [m["accuracy"] for m in feasible]
+            )
         ctx.log({**ctx.record(ctx.generations), "trials": len(results)})
     finally:
         if started:
