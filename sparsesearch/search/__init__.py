@@ -12,8 +12,9 @@ from .accuracy import (
     import_callable,
 )
 from .api import Candidate, SearchResult, search
+from .backends import ALGORITHMS, SearchContext
 from .budget import Budget, parse_budget
-from .engine import ALGORITHMS, SearchContext, SearchRun, run_search
+from .engine import SearchRun, run_search
 from .problem import ChoiceMutation, FeasibleSampling, SpaceRepair, SparsityProblem
 
 __all__ = [

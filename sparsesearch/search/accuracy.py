@@ -234,7 +234,8 @@ class ConfigScorer:
             raise
         except Exception as e:
             raise AccuracyFunctionError(
-                f"the accuracy function {self.name} raised {type(e).__name__}: {e} (config {json.dumps(config.to_dict())})"
+                f"the accuracy function {self.name} raised {type(e).__name__}: {e} "
+                f"(config {json.dumps(config.to_dict())})"
             ) from e
         finally:
             if set_config is not None:

@@ -266,7 +266,8 @@ def _prepare_out(out: Path, fingerprint: dict[str, Any], resume: bool, overwrite
         diff = [k for k in fingerprint if k not in ("supernet_size",) and old.get(k) != fingerprint[k]]
         if diff:
             raise SparseSearchError(
-                f"resume: the search in {out} was run with other settings ({', '.join(diff)}); use another out or overwrite"
+                f"resume: the search in {out} was run with other settings ({', '.join(diff)}); "
+                "use another out or overwrite"
             )
     elif meta_path.exists() and not overwrite:
         raise SparseSearchError(f"{out} already holds a search: resume it (--resume) or start over (--overwrite)")
@@ -435,10 +436,12 @@ def search(
             on_generation=on_generation,
             refine=refine,
             seeds=lat.seed_genes,
-            evaluator_factory=factory,
-            workers=max(1, workers),
-            address=ray_address,
             tie=tie,
+            **(
+                {"evaluator_factory": factory, "workers": max(1, workers), "address": ray_address}
+                if algorithm == "tune"
+                else {}
+            ),
         )
         base, dense_acc = _baselines(space, lat, cache, scorer, budget_ms, tie, out_dir)
     finally:

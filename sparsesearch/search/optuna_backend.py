@@ -1,73 +1,94 @@
 """optuna back ends: NSGA-II (accuracy up, latency down) or TPE (accuracy up), latency <= budget as a constraint.
 
 Trials are asked in batches of `population` and told after the batch is evaluated, so evaluation can run in
-parallel (Ray) and a generation maps onto a batch. The study lives in `out/optuna.journal` (optuna's journal storage), so a killed
-search resumes with every finished trial.
+parallel (Ray) and a generation maps onto a batch. The study lives in `out/optuna.journal` (optuna's journal
+storage), so a killed search resumes with every finished trial.
+
+Options (`run_search(..., **options)`): keyword arguments of the sampler (`optuna.samplers.NSGAIISampler` or
+`TPESampler`, e.g. `mutation_prob`, `multivariate`, `n_startup_trials`); the seed (and NSGA-II's population size)
+come from the search's own settings. optuna's log level is raised to WARNING while the search runs and put back
+after it.
 """
 
 from __future__ import annotations
 
-import logging
-
-import numpy as np
+import contextlib
+from collections.abc import Iterator
+from typing import Any
 
 from ..errors import SparseSearchError
-from .engine import SearchContext
+from .backends import SearchContext, check_options, keyword_names
 
 __all__ = ["run_optuna"]
 
 
-def run_optuna(ctx: SearchContext) -> int:
-    """optuna-nsga2 or optuna-tpe (ctx.algorithm), ctx.population trials per generation."""
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """optuna's per-trial INFO lines off for the search only: the caller's level is restored after it."""
     import optuna  # noqa: PLC0415
 
-    space, latency_fn, cache, budget_ms, population, out = (
-        ctx.space,
-        ctx.latency_fn,
-        ctx.cache,
-        ctx.budget_ms,
-        ctx.population,
-        ctx.out,
-    )
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("optuna").setLevel(logging.WARNING)
-    multi = ctx.algorithm == "optuna-nsga2"
-    if multi:
-        sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=ctx.seed)
-        directions = ["maximize", "minimize"]
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(before, optuna.logging.WARNING))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
+
+
+def _sampler(ctx: SearchContext) -> Any:
+    import optuna  # noqa: PLC0415
+
+    if ctx.algorithm == "optuna-nsga2":
+        cls: Any = optuna.samplers.NSGAIISampler
+        own: dict[str, Any] = {"population_size": ctx.population, "seed": ctx.seed}
+        defaults: dict[str, Any] = {}
     else:
-        sampler = optuna.samplers.TPESampler(seed=ctx.seed, n_startup_trials=min(population, 20))
-        directions = ["maximize"]
+        cls = optuna.samplers.TPESampler
+        own = {"seed": ctx.seed}
+        defaults = {"n_startup_trials": min(ctx.population, 20)}
+    check_options(ctx.algorithm, ctx.options, keyword_names(cls.__init__, own), f"optuna's {cls.__name__}")
+    return cls(**{**defaults, **ctx.options, **own})
+
+
+def _study(ctx: SearchContext) -> Any:
+    import optuna  # noqa: PLC0415
+    from optuna.storages.journal import JournalFileBackend  # noqa: PLC0415
+
     storage = None
-    if out is not None:  # an append-only journal file: far cheaper per trial than SQLite, and crash-safe
-        journal = out / "optuna.journal"
+    if ctx.out is not None:  # an append-only journal file: far cheaper per trial than SQLite, and crash-safe
+        journal = ctx.out / "optuna.journal"
         if ctx.resume and not journal.is_file():
-            raise SparseSearchError(f"--resume: no optuna study in {out} (start without --resume)")
+            raise SparseSearchError(f"--resume: no optuna study in {ctx.out} (start without --resume)")
         if not ctx.resume and journal.exists():
             journal.unlink()
-        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-    study = optuna.create_study(
-        study_name=f"sparsesearch-{space.name}-{ctx.algorithm}",
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    multi = ctx.algorithm == "optuna-nsga2"
+    return optuna.create_study(
+        study_name=f"sparsesearch-{ctx.space.name}-{ctx.algorithm}",
         storage=storage,
-        sampler=sampler,
-        directions=directions,
+        sampler=_sampler(ctx),
+        directions=["maximize", "minimize"] if multi else ["maximize"],
         load_if_exists=ctx.resume,
     )
-    ub = space.upper_bounds
-    done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
-    for gen in range(done // population + 1, ctx.generations + 1):
-        trials = [study.ask() for _ in range(population)]
-        X = np.array([[t.suggest_int(f"x{i}", 0, int(ub[i])) for i in range(space.n_var)] for t in trials])
-        X = space.repair(X)  # the ordering rule: the repaired genome is what is evaluated and recorded
-        lat = np.asarray(latency_fn(X), dtype=np.float64)
-        feasible = lat <= budget_ms
-        acc = np.zeros(len(X))
-        if feasible.any():
-            acc[feasible] = cache.evaluate(X[feasible])
-        for t, x, a, l in zip(trials, X, acc, lat):
-            t.set_user_attr("genes", [int(v) for v in x])
-            t.set_user_attr("latency_ms", float(l))
-            t.set_constraint("latency", float(l - budget_ms))  # feasible when <= 0
-            study.tell(t, [float(a), float(l)] if multi else float(a))
-        ctx.log(ctx.record(gen))
+
+
+def run_optuna(ctx: SearchContext) -> int:
+    """optuna-nsga2 or optuna-tpe (ctx.algorithm), ctx.population trials per generation."""
+    import numpy as np  # noqa: PLC0415
+    import optuna  # noqa: PLC0415
+
+    with _quiet_optuna():
+        study = _study(ctx)
+        multi, ub, scorer = ctx.algorithm == "optuna-nsga2", ctx.space.upper_bounds, ctx.scorer()
+        done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
+        for gen in range(done // ctx.population + 1, ctx.generations + 1):
+            trials = [study.ask() for _ in range(ctx.population)]
+            X = np.array([[t.suggest_int(f"x{i}", 0, int(ub[i])) for i in range(ctx.space.n_var)] for t in trials])
+            s = scorer.score(X)
+            for t, x, a, lat in zip(trials, s.genes, s.accuracy, s.latency_ms):
+                t.set_user_attr("genes", [int(v) for v in x])
+                t.set_user_attr("latency_ms", float(lat))
+                t.set_constraint("latency", float(lat - ctx.budget_ms))  # feasible when <= 0
+                study.tell(t, [float(a), float(lat)] if multi else float(a))
+            ctx.log(ctx.record(gen))
     return ctx.generations

@@ -2,16 +2,43 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..config import SparsityConfig
 from ..errors import SparseSearchError
 
-__all__ = ["RayEvaluator"]
+__all__ = ["RayEvaluator", "start_ray"]
 
 EvaluatorFactory = Callable[[], Callable[[SparsityConfig], float]]
+
+#: workers given no GPU keep the visible-device variables they inherit (Ray's behaviour from 2.48 on; older
+#: versions blanked them and warned): passed to Ray's workers, the process environment is left alone
+_WORKER_ENV = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+
+
+def start_ray(address: str | None, num_cpus: int, what: str) -> bool:
+    """Start a local Ray instance with `num_cpus` CPUs, or connect to the cluster at `address`, unless Ray is
+    already initialised; True if this call did (the caller then calls `ray.shutdown()` when done).
+
+    `what` names the option that needs Ray, for the install hint. Raises SparseSearchError when Ray is missing
+    or cannot be started or reached.
+    """
+    try:
+        import ray  # noqa: PLC0415
+    except ImportError:
+        raise SparseSearchError(f"{what}: Ray is not installed (pip install 'sparsesearch[ray]')") from None
+    if ray.is_initialized():
+        return False
+    runtime_env = {"env_vars": dict(_WORKER_ENV)}
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise SparseSearchError(f"cannot start or reach Ray at {address or 'a local instance'}: {e}") from None
+    return True
 
 
 class _Worker:
@@ -43,27 +70,15 @@ class RayEvaluator:
         cpus_per_worker: int = 1,
         gpus_per_worker: float = 0.0,
     ) -> None:
-        try:
-            import ray  # noqa: PLC0415
-            from ray.util import ActorPool  # noqa: PLC0415
-        except ImportError:
-            raise SparseSearchError("--workers/--ray need Ray: pip install 'sparsesearch[ray]'") from None
         if workers < 1:
             raise SparseSearchError("--workers must be at least 1")
+        self._started = start_ray(address, workers * cpus_per_worker, "--workers/--ray")
+        import ray  # noqa: PLC0415
+        from ray.util import ActorPool  # noqa: PLC0415
+
         self._ray = ray
-        self._started = False
-        if not ray.is_initialized():
-            os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-            try:
-                if address:
-                    ray.init(address=address, log_to_driver=False)
-                else:
-                    ray.init(num_cpus=workers * cpus_per_worker, include_dashboard=False, log_to_driver=False)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                raise SparseSearchError(f"cannot start or reach Ray at {address or 'a local instance'}: {e}") from None
-            self._started = True
-        actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(_Worker)
-        self.actors = [actor.remote(factory, cpus_per_worker) for _ in range(workers)]
+        actor: Any = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(_Worker)
+        self.actors: list[Any] = [actor.remote(factory, cpus_per_worker) for _ in range(workers)]
         self.pool = ActorPool(self.actors)
 
     def __call__(self, configs: Sequence[SparsityConfig]) -> list[float]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,11 +12,9 @@ from pymoo.core.sampling import Sampling
 
 from ..space import SearchSpace
 from .accuracy import AccuracyCache
+from .scoring import FeasibleScorer, LatencyFn
 
 __all__ = ["SparsityProblem", "SpaceRepair", "FeasibleSampling", "ChoiceMutation", "LatencyFn"]
-
-LatencyFn = Callable[[np.ndarray], np.ndarray]
-"""(n, n_var) genomes -> (n,) predicted milliseconds."""
 
 
 class SparsityProblem(Problem):
@@ -57,15 +54,9 @@ class SparsityProblem(Problem):
         return state
 
     def _evaluate(self, X: np.ndarray, out: dict[str, Any], *args: Any, **kwargs: Any) -> None:
-        X = self.space.repair(X)
-        lat = np.asarray(self.latency_fn(X), dtype=np.float64)
-        feasible = lat <= self.budget_ms
-        acc = np.zeros(len(X))
-        if feasible.any():
-            acc[feasible] = self.accuracy.evaluate(X[feasible])
-        F = [-acc] if self.n_obj == 1 else [-acc, lat]
-        out["F"] = np.column_stack(F)
-        out["G"] = (lat - self.budget_ms)[:, None]
+        s = FeasibleScorer(self.space, self.latency_fn, self.accuracy.evaluate, self.budget_ms).score(X)
+        out["F"] = np.column_stack([-s.accuracy] if self.n_obj == 1 else [-s.accuracy, s.latency_ms])
+        out["G"] = (s.latency_ms - self.budget_ms)[:, None]
 
 
 class SpaceRepair(Repair):
@@ -85,7 +76,9 @@ class FeasibleSampling(Sampling):
         self.oversample = oversample
         self.seeds = None if seeds is None else np.atleast_2d(np.asarray(seeds, dtype=np.int64))
 
-    def _do(self, problem: SparsityProblem, n_samples: int, *args: Any, random_state=None, **kwargs: Any) -> np.ndarray:
+    def _do(
+        self, problem: SparsityProblem, n_samples: int, *args: Any, random_state: Any = None, **kwargs: Any
+    ) -> np.ndarray:
         space = problem.space
         cand = space.sample_genes(random_state, n=n_samples * self.oversample)
         if self.seeds is not None:  # e.g. the fastest config: a tight budget still starts with a feasible one
@@ -106,7 +99,9 @@ class ChoiceMutation(Mutation):
     ordered choices (fine-tuning near the budget), otherwise a uniform draw from all its choices (exploration).
     """
 
-    def _do(self, problem: SparsityProblem, X: np.ndarray, *args: Any, random_state=None, **kwargs: Any) -> np.ndarray:
+    def _do(
+        self, problem: SparsityProblem, X: np.ndarray, *args: Any, random_state: Any = None, **kwargs: Any
+    ) -> np.ndarray:
         X = np.array(X, dtype=np.int64, copy=True)
         p = self.get_prob_var(problem, size=len(X))
         p = np.asarray(p, dtype=float).reshape(-1, 1) if np.ndim(p) else np.full((len(X), 1), float(p))
