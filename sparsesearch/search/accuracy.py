@@ -124,9 +124,6 @@ class AccuracyCache:
     def __len__(self) -> int:
         return len(self.values)
 
-    def lookup(self, genes: np.ndarray) -> float | None:
-        return self.values.get(_key(genes))
-
     def evaluate(self, X: np.ndarray) -> np.ndarray:
         """(n, n_var) genomes -> (n,) accuracies, evaluating only genomes never seen before (each once)."""
         X = np.atleast_2d(X)
