@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -171,7 +172,7 @@ def test_kill_and_resume_continues_the_search(space, tmp_path, algorithm):
         resume=True,
         refine=False,
     )
-    gens = [json.loads(l)["generation"] for l in (part_dir / "history.jsonl").read_text().splitlines()]
+    gens = [json.loads(line)["generation"] for line in (part_dir / "history.jsonl").read_text().splitlines()]
     assert gens == list(range(1, 7))  # generations 1-3, then 4-6 after the resume: none repeated
     assert len(calls) < len(full.genes)  # the persisted accuracies were reused
     if algorithm == "ga":  # pymoo's state is pickled whole: the resumed run is the uninterrupted run
@@ -214,6 +215,7 @@ def test_ray_workers_match_serial(space):
 
     X = np.unique(space.sample_genes(0, n=12), axis=0)
     serial = _cache(space).evaluate(X)
+    environ = dict(os.environ)
     with RayEvaluator(lambda: toy_accuracy, workers=2) as ev:
         parallel = AccuracyCache(space, ev).evaluate(X)
         run_a = run_search(
@@ -221,6 +223,7 @@ def test_ray_workers_match_serial(space):
         )
     run_b = run_search(space, toy_latency, _cache(space), 7.0, algorithm="ga", population=12, generations=3, seed=0)
     assert np.array_equal(serial, parallel)
+    assert dict(os.environ) == environ  # Ray's worker settings went to Ray, not into this process
     assert {tuple(g) for g in run_a.genes} == {tuple(g) for g in run_b.genes}
 
 
@@ -267,5 +270,5 @@ def test_outputs_are_written_and_meet_the_budget(space, tmp_path):
     pareto = json.loads((tmp_path / "pareto.json").read_text())
     lats = [p["latency_ms"] for p in pareto["front"]]
     accs = [p["accuracy"] for p in pareto["front"]]
-    assert all(l <= budget for l in lats) and lats == sorted(lats) and accs == sorted(accs)
+    assert all(ms <= budget for ms in lats) and lats == sorted(lats) and accs == sorted(accs)
     assert (tmp_path / "pareto.png").stat().st_size > 10_000

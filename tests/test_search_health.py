@@ -1,0 +1,198 @@
+"""The search's pieces have one owner each and leave the process alone (issue 15)."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sparsesearch as ss
+from sparsesearch.errors import SparseSearchError
+from sparsesearch.search import AccuracyCache, SerialEvaluator, run_search
+from sparsesearch.search.backends import ALGORITHMS, get_backend
+from sparsesearch.search.report import uniform_sparsity_baseline
+from sparsesearch.search.scoring import FeasibleScorer
+from sparsesearch.testing import toy_accuracy, toy_latency, toy_space
+
+SEARCH = Path(ss.__file__).parent / "search"
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory):
+    return toy_space(tmp_path_factory.mktemp("space"))
+
+
+def _cache(space, calls=None, delay=0.0):
+    def fn(cfg):
+        if calls is not None:
+            calls.append(cfg.key())
+        time.sleep(delay)
+        return toy_accuracy(cfg)
+
+    return AccuracyCache(space, SerialEvaluator(fn))
+
+
+def _imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            names.add("." * node.level + (node.module or ""))
+    return names
+
+
+def test_back_ends_do_not_import_the_engine():
+    for name in ("backends", "pymoo_backend", "random_backend", "optuna_backend", "tune_backend", "scoring"):
+        assert ".engine" not in _imported_modules(SEARCH / f"{name}.py"), name
+    for algorithm in ALGORITHMS:
+        if algorithm.startswith("optuna"):
+            pytest.importorskip("optuna")
+        if algorithm == "tune":
+            pytest.importorskip("ray.tune")
+        assert callable(get_backend(algorithm))
+    with pytest.raises(SparseSearchError, match="unknown algorithm 'sa'"):
+        get_backend("sa")
+
+
+def test_the_scorer_evaluates_only_repaired_feasible_genomes(space):
+    rng = np.random.default_rng(3)
+    X = rng.integers(-1, space.upper_bounds + 2, size=(40, space.n_var))  # out of bounds on purpose
+    seen: list[np.ndarray] = []
+
+    def evaluate(G):
+        seen.append(G.copy())
+        return np.array([toy_accuracy(space.decode(g)) for g in G])
+
+    s = FeasibleScorer(space, toy_latency, evaluate, 9.0).score(X)
+    assert 0 < s.feasible.sum() < len(X)
+    for x, g, lat, acc, ok in zip(X, s.genes, s.latency_ms, s.accuracy, s.feasible):
+        repaired = np.clip(x, 0, space.upper_bounds)  # the toy space has no ordering rule
+        assert np.array_equal(g, repaired)
+        assert lat == pytest.approx(float(toy_latency(repaired[None])[0]))
+        assert ok == (lat <= 9.0)
+        assert acc == (pytest.approx(toy_accuracy(space.decode(repaired))) if ok else 0.0)
+    assert len(seen) == 1 and np.array_equal(seen[0], s.genes[s.feasible])
+
+
+@pytest.mark.parametrize("algorithm", ["ga", "nsga2", "random", "optuna-tpe", "optuna-nsga2"])
+def test_unknown_backend_options_are_refused_by_name(space, algorithm):
+    if algorithm.startswith("optuna"):
+        pytest.importorskip("optuna")
+    with pytest.raises(SparseSearchError, match=rf"algorithm '{algorithm}' does not take the option\(s\) bogus_knob"):
+        run_search(
+            space, toy_latency, _cache(space), 7.0, algorithm=algorithm, population=4, generations=1, bogus_knob=1
+        )
+
+
+def test_backend_options_reach_pymoo_and_optuna(space):
+    calls: list[str] = []
+    run_search(space, toy_latency, _cache(space, calls), 7.0, algorithm="ga", population=8, generations=2, refine=False)
+    default_evals = len(calls)
+    calls.clear()  # GA's offspring count: fewer offspring, fewer new configs in the second generation
+    run_search(
+        space,
+        toy_latency,
+        _cache(space, calls),
+        7.0,
+        algorithm="ga",
+        population=8,
+        generations=2,
+        refine=False,
+        n_offsprings=2,
+    )
+    assert len(calls) <= 8 + 2 < default_evals
+    optuna = pytest.importorskip("optuna")
+    seen = {}
+    real = optuna.samplers.TPESampler.__init__
+
+    @functools.wraps(real)  # keeps the signature the back end checks options against
+    def spy(self, *args, **kwargs):
+        seen.update(kwargs)
+        real(self, *args, **kwargs)
+
+    optuna.samplers.TPESampler.__init__ = spy
+    try:
+        run_search(
+            space, toy_latency, _cache(space), 7.0, algorithm="optuna-tpe", population=4, generations=1, gamma=None
+        )
+    finally:
+        optuna.samplers.TPESampler.__init__ = real
+    assert "gamma" in seen and seen["seed"] == 0
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "INFO", "ERROR"])
+def test_optuna_log_level_is_left_as_the_caller_set_it(space, level):
+    optuna = pytest.importorskip("optuna")
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(getattr(optuna.logging, level))
+    try:
+        run_search(space, toy_latency, _cache(space), 7.0, algorithm="optuna-tpe", population=4, generations=2)
+        assert optuna.logging.get_verbosity() == getattr(optuna.logging, level)
+    finally:
+        optuna.logging.set_verbosity(before)
+
+
+def test_uniform_baseline_keeps_exactly_the_first_level_over_budget(space):
+    budget = 6.0
+    points = uniform_sparsity_baseline(space, toy_latency, _cache(space), budget)
+    levels = sorted({c for g in space.genes for c in g.choices})  # independent: one genome per level by hand
+    genomes = {tuple(int(np.argmin([abs(c - p) for c in g.choices])) for g in space.genes) for p in levels}
+    full = [(*g, *([0] * (space.n_var - len(g)))) for g in genomes]
+    lat = {g: float(toy_latency(np.array([g]))[0]) for g in full}
+    within = {g for g in full if lat[g] <= budget}
+    over = sorted((g for g in full if lat[g] > budget), key=lat.get)
+    got = {tuple(space.encode(ss.SparsityConfig.from_dict(p.config)).tolist()) for p in points}
+    assert got == within | set(over[:1])
+    assert sum(p.latency_ms > budget for p in points) == (1 if over else 0)
+    for p in points:
+        assert p.accuracy == pytest.approx(toy_accuracy(ss.SparsityConfig.from_dict(p.config)))
+
+
+def test_refine_logs_seconds_since_the_search_started(space):
+    history: list[dict] = []
+    run_search(
+        space,
+        toy_latency,
+        _cache(space, delay=0.01),
+        7.0,
+        algorithm="random",
+        population=3,
+        generations=1,
+        on_generation=history.append,
+    )
+    refined = [h for h in history if h.get("refined")]
+    assert refined, "the toy search should improve on a 3-config random start"
+    evaluations = refined[-1]["evaluated"]
+    assert refined[-1]["seconds"] >= 0.01 * evaluations * 0.9  # every evaluation slept 10 ms since the start
+    assert refined[-1]["seconds"] >= history[0]["seconds"]
+
+
+def test_a_resumed_search_takes_dense_and_resize_baselines_from_its_caches(space, tmp_path):
+    calls: list[str] = []
+
+    def accuracy(model, cfg):
+        calls.append(cfg.key())
+        return toy_accuracy(cfg)
+
+    kw = dict(
+        latency=lambda c: float(toy_latency(space.encode(c)[None])[0]),
+        accuracy=accuracy,
+        budget=15.0,  # the dense model and its resize baseline are within the budget: both evaluated
+        population=6,
+        generations=2,
+        seed=0,
+        out=tmp_path / "run",
+        progress=False,
+        flops=False,
+    )
+    first = ss.search(space, **kw)
+    assert first.uniform_resize and space.densest().key() in calls
+    resize_records = (tmp_path / "run" / "resize_cache.jsonl").read_text()
+    calls.clear()
+    again = ss.search(space, resume=True, **kw)
+    assert space.densest().key() not in calls  # neither the dense config nor the dense model resized
+    assert (tmp_path / "run" / "resize_cache.jsonl").read_text() == resize_records
+    assert again.dense.accuracy == first.dense.accuracy
+    assert [c.accuracy for c in again.uniform_resize] == [c.accuracy for c in first.uniform_resize]
