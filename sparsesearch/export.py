@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .config import SparsityConfig
-from .errors import CheckpointError, SparseSearchError
+from .errors import CheckpointError, DataError, SparseSearchError
 from .fileio import atomic_write, atomic_write_text
 from .models.family import family_of_model
 
@@ -145,12 +145,14 @@ def finetune_config(
     device: str = "cpu",
     seed: int = 0,
 ) -> list[float]:
-    """Fine-tune `model` under one fixed config on the supernet's training data (AdamW, cosine decay).
+    """Fine-tune `model` under one fixed config on the supernet's training data (AdamW, warm-up and cosine decay),
+    with the supernet trainer's loop (`adapt.loop`); the caller's global RNG states are left alone.
 
     Returns the loss of each step.
     """
-    from .adapt import build_optimizer, cosine_schedule, seg_or_cls_loss  # noqa: PLC0415
-    from .data import build_dataset, make_loader  # noqa: PLC0415
+    from .adapt.loop import Optimisation, StepSettings, batches, isolated_rng, train_step  # noqa: PLC0415
+    from .adapt.sampling import StepConfig  # noqa: PLC0415
+    from .data import build_dataset  # noqa: PLC0415
 
     dataset, task = build_dataset(
         meta.data,
@@ -160,24 +162,24 @@ def finetune_config(
         seed=meta.data_seed,
         num_classes=meta.num_classes or None,
     )
-    torch.manual_seed(seed)
-    model.to(device).train()
-    model.set_config(config)
-    opt = build_optimizer(model, lr, 0.05)
-    sched = cosine_schedule(opt, steps, max(1, steps // 10), lr, lr * 0.01)
+    spe = len(dataset) // batch
+    if spe < 1:
+        raise DataError(
+            f"fine-tuning: data {meta.data} has {len(dataset)} training items, fewer than a batch of {batch}"
+        )
     losses: list[float] = []
-    epoch = 0
-    while len(losses) < steps:
-        for images, targets in make_loader(dataset, batch, shuffle=True, seed=seed, epoch=epoch, drop_last=True):
-            loss = seg_or_cls_loss(model(images.to(device)), targets.to(device), task, meta.ignore_index)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss))
-            if len(losses) >= steps:
-                break
-        epoch += 1
+    with isolated_rng():
+        torch.manual_seed(seed)  # drop-path, if the model has it
+        model.to(device).train()
+        model.set_config(config)
+        opt = Optimisation(
+            model, lr=lr, weight_decay=0.05, total_steps=steps, warmup_steps=max(1, steps // 10), min_lr=lr * 0.01
+        )
+        settings = StepSettings(task, meta.ignore_index)
+        passes = [StepConfig("config", config)]
+        for _, _, (images, targets) in batches(dataset, batch, seed=seed, start=0, total=steps, steps_per_epoch=spe):
+            step_losses, _ = train_step(model, opt, passes, images.to(device), targets.to(device), settings)
+            losses.append(step_losses["config"])
     model.eval()
     return losses
 
@@ -209,14 +211,14 @@ def export_model(
         table_check, rescale_table: when `config` is a search's best.json with an absolute budget, the table's
             speed check runs first (`latency.ensure_table_speed`: stops outside +-10%, or rescales the table).
     """
-    from .flops import count_flops  # noqa: PLC0415
     from .supernet import load_supernet  # noqa: PLC0415
 
     say = progress or (lambda msg: None)
     model, space, meta = load_supernet(supernet, device=device)
     cfg = config if isinstance(config, SparsityConfig) else SparsityConfig.load(config)
     model.set_config(cfg)  # validates against the model
-    resolution = tuple(cfg.resolution or space.resolutions[0])
+    r = cfg.resolution or space.resolutions[0]
+    resolution = (int(r[0]), int(r[1]))
     checked = _checked_table(table, config, table_check, rescale_table, say) if table is not None else None
     if finetune_steps > 0:
         say(f"fine-tuning the config for {finetune_steps} steps")
@@ -225,22 +227,9 @@ def export_model(
     model.eval()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-
     say("counting FLOPs")
-    fl = count_flops(model, resolution, cfg)
     dense_cfg = SparsityConfig([[0.0] * d for d in space.depths], cfg.window_size, cfg.resolution)
-    fl_dense = count_flops(model, resolution, dense_cfg)
-    report = ExportReport(
-        architecture=space.architecture,
-        config=cfg.to_dict(),
-        resolution=resolution,
-        parameters=sum(p.numel() for p in model.parameters()),
-        gflops=fl.gflops,
-        gflops_dense=fl_dense.gflops,
-        flops_parts={k: v / 1e9 for k, v in fl.parts.items()},
-        finetune_steps=finetune_steps,
-        source=str(supernet),
-    )
+    report = _card(model, space.architecture, cfg, dense_cfg, resolution, finetune_steps, str(supernet))
     if checked is not None:
         t, speed = checked
         report.table_check = speed.record(rescale_table) if speed else None
@@ -248,25 +237,90 @@ def export_model(
         report.predicted_ms = float(t.predict(cfg))
         report.predicted_dense_ms = float(t.dense_latency(resolution))
     if measure:
-        from .latency import device_name  # noqa: PLC0415
-
         say("measuring latency on this machine")
-        report.measured_ms = measure_latency(model, resolution, device=device)
-        model.set_config(dense_cfg)
-        report.measured_dense_ms = measure_latency(model, resolution, device=device)
-        model.set_config(cfg)
-        report.measured_on = f"{device_name(device)}, {torch.get_num_threads()} threads, batch 1"
+        _measure(report, model, cfg, dense_cfg, resolution, device)
     if data is not None or val_samples is not None:
-        from .evaluate import Evaluator  # noqa: PLC0415
-        from .supernet import build_eval_dataset  # noqa: PLC0415
-
         say("evaluating accuracy")
-        ev = Evaluator(model, build_eval_dataset(meta, data), val_samples, device=device)
-        res = None if resolution == tuple(meta.image_size) else resolution
-        report.accuracy = ev(cfg, res).to_dict()
-        report.accuracy_dense = ev(dense_cfg, res).to_dict()
-        model.set_config(cfg)
+        _evaluate(report, model, meta, cfg, dense_cfg, resolution, data, val_samples, device)
+    _write_model(out, model, space, meta, cfg, resolution)
+    if onnx:
+        say("exporting ONNX and checking it with ONNX Runtime")
+        report.onnx = check_onnx(model.cpu(), out / "model.onnx", resolution)
+    atomic_write_text(out / "card.json", json.dumps(asdict(report), indent=1) + "\n")
+    return report
 
+
+def _card(
+    model: nn.Module,
+    architecture: str,
+    cfg: SparsityConfig,
+    dense_cfg: SparsityConfig,
+    resolution: tuple[int, int],
+    finetune_steps: int,
+    source: str,
+) -> ExportReport:
+    """The model card's static part: parameters and FLOPs (per part) of `cfg`, and of the dense config."""
+    from .flops import count_flops  # noqa: PLC0415
+
+    fl = count_flops(model, resolution, cfg)
+    fl_dense = count_flops(model, resolution, dense_cfg)
+    return ExportReport(
+        architecture=architecture,
+        config=cfg.to_dict(),
+        resolution=resolution,
+        parameters=sum(p.numel() for p in model.parameters()),
+        gflops=fl.gflops,
+        gflops_dense=fl_dense.gflops,
+        flops_parts={k: v / 1e9 for k, v in fl.parts.items()},
+        finetune_steps=finetune_steps,
+        source=source,
+    )
+
+
+def _measure(
+    report: ExportReport,
+    model: Any,
+    cfg: SparsityConfig,
+    dense_cfg: SparsityConfig,
+    resolution: tuple[int, int],
+    device: str,
+) -> None:
+    """Measured latency of `cfg` and of the dense config on this machine, batch 1 (the model keeps `cfg`)."""
+    from .latency import device_name  # noqa: PLC0415
+
+    report.measured_ms = measure_latency(model, resolution, device=device)
+    model.set_config(dense_cfg)
+    report.measured_dense_ms = measure_latency(model, resolution, device=device)
+    model.set_config(cfg)
+    report.measured_on = f"{device_name(device)}, {torch.get_num_threads()} threads, batch 1"
+
+
+def _evaluate(
+    report: ExportReport,
+    model: Any,
+    meta: Any,
+    cfg: SparsityConfig,
+    dense_cfg: SparsityConfig,
+    resolution: tuple[int, int],
+    data: str | None,
+    val_samples: int | None,
+    device: str,
+) -> None:
+    """Accuracy of `cfg` and of the dense config on `data` (default: the supernet's validation data)."""
+    from .evaluate import Evaluator  # noqa: PLC0415
+    from .supernet import build_eval_dataset  # noqa: PLC0415
+
+    ev = Evaluator(model, build_eval_dataset(meta, data), val_samples, device=device)
+    res = None if resolution == tuple(meta.image_size) else resolution
+    report.accuracy = ev(cfg, res).to_dict()
+    report.accuracy_dense = ev(dense_cfg, res).to_dict()
+    model.set_config(cfg)
+
+
+def _write_model(
+    out: Path, model: nn.Module, space: Any, meta: Any, cfg: SparsityConfig, resolution: tuple[int, int]
+) -> None:
+    """model.safetensors, model.json (what rebuilds it) and config.json, each written atomically."""
     from safetensors.torch import save  # noqa: PLC0415
 
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -284,11 +338,6 @@ def export_model(
     }
     atomic_write_text(out / "model.json", json.dumps(model_doc, indent=1) + "\n")
     cfg.save(out / "config.json")
-    if onnx:
-        say("exporting ONNX and checking it with ONNX Runtime")
-        report.onnx = check_onnx(model.cpu(), out / "model.onnx", resolution)
-    atomic_write_text(out / "card.json", json.dumps(asdict(report), indent=1) + "\n")
-    return report
 
 
 def _checked_table(

@@ -10,12 +10,14 @@ the others (KL on per-pixel class distributions for "seg", on logits for "cls").
 
 Determinism: the configs of step t come from (seed, t), the batches from (seed, epoch, position) and the
 torch/numpy/python RNGs are checkpointed, so a resumed run repeats the losses of an uninterrupted one
-(bit-exact on CPU). Under ``torchrun`` every rank samples the same configs and rank 0 alone writes files.
+(bit-exact on CPU). The run seeds and draws inside :func:`~sparsesearch.adapt.loop.isolated_rng`: the caller's
+global RNG states are the same after :func:`adapt` as before. Under ``torchrun`` every rank samples the same
+configs and rank 0 alone writes files.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -23,18 +25,17 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from ..data import build_dataset, make_loader
+from ..data import build_dataset
 from ..errors import CheckpointError, ConfigError, DataError, SparseSearchError
 from ..evaluate import EvalResult, Evaluator
 from ..fileio import atomic_write
@@ -53,8 +54,18 @@ from .checkpoint import (
     restore_rng,
     truncate_metrics,
 )
+from .loop import (
+    Optimisation,
+    StepSettings,
+    batches,
+    build_optimizer,
+    cosine_schedule,
+    isolated_rng,
+    seg_or_cls_loss,
+    train_step,
+)
 from .options import RUNTIME_FIELDS, AdaptOptions
-from .sampling import RandomSparsity, StepConfig, input_resolution, kl_distill
+from .sampling import RandomSparsity, input_resolution, kl_distill
 
 __all__ = [
     "AdaptResult",
@@ -100,17 +111,7 @@ class AdaptResult:
         return len(set(self.fingerprints)) <= 1 and len(set(self.config_digests)) <= 1
 
 
-# ---- losses, optimiser, schedule --------------------------------------------------------------------------------
-def seg_or_cls_loss(logits: torch.Tensor, target: torch.Tensor, task: str, ignore_index: int = 255) -> torch.Tensor:
-    """Cross-entropy. seg: logits (B, C, H, W), target (B, H, W) with ``ignore_index``; cls: (B, C), (B,)."""
-    logits = logits.float()
-    if task == "seg":
-        if not bool((target != ignore_index).any()):
-            return logits.sum() * 0.0  # every pixel ignored: no signal, but keep the graph (DDP)
-        return F.cross_entropy(logits, target, ignore_index=ignore_index)
-    return F.cross_entropy(logits, target)
-
-
+# ---- losses ---------------------------------------------------------------------------------------------------
 def distill_loss(
     student: torch.Tensor,
     teacher: torch.Tensor,
@@ -125,33 +126,6 @@ def distill_loss(
     """
     mask = (target != ignore_index) if student.dim() == 4 and target is not None else None
     return kl_distill(student, teacher, temperature, mask)
-
-
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases, norms (1-D tensors) and relative position bias tables."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith("relative_position_bias_table") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
-
-
-def cosine_schedule(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, lr: float, min_lr: float
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up from lr/warmup to lr over ``warmup_steps``, then cosine decay to ``min_lr`` at the end."""
-    floor = min_lr / lr
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        span = max(1, total_steps - warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / span)
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 # ---- the run ----------------------------------------------------------------------------------------------------
@@ -196,6 +170,37 @@ train_supernet = adapt
 
 class _StopRequested(Exception):
     pass
+
+
+@dataclass
+class _Plan:
+    """The data and step counts of a run."""
+
+    train_ds: Any
+    val_ds: Any | None
+    task: str
+    size: tuple[int, int]
+    num_classes: int
+    ignore_index: int
+    spe: int  # steps per epoch (per process)
+    total: int
+    warmup: int
+
+
+@dataclass
+class _Training:
+    """What the steps of a run work with."""
+
+    space: SearchSpace
+    plan: _Plan
+    out: Path
+    model: nn.Module
+    train_model: nn.Module  # the model, or DDP around it
+    meta: SupernetMeta
+    sampler: RandomSparsity
+    evaluator: Evaluator | None
+    writer: Any
+    settings: StepSettings
 
 
 class _Run:
@@ -310,53 +315,55 @@ class _Run:
             "batch_in_epoch": step % spe,
             "steps_per_epoch": spe,
             "total_steps": total,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            **self.opt.state_dict(),
             "rng": rngs,
             "args": self.opts.to_dict(),
             "world_size": self.info.world_size,
         }
 
-    # ---- main ---------------------------------------------------------------------------------------------
-    def run(self) -> AdaptResult:
-        info = self.info
-        out = self._prepare_out()
-        if self.ckpt is not None:
-            self._merge_resumed_options(out)
+    def _plan(self, space: SearchSpace) -> _Plan:
+        """The data sets and the step counts of the run."""
         o = self.opts
-        if o.tensorboard and info.is_main:
-            _tensorboard_writer(None)  # fail early, with the install hint, if it is missing
-        space = self._load_space(out)
         train_ds, val_ds, task, size = self._datasets(space)
-        num_classes = int(train_ds.num_classes)
-        ignore_index = int(getattr(train_ds, "ignore_index", 255))
-
-        per_rank = math.ceil(len(train_ds) / info.world_size)
+        per_rank = math.ceil(len(train_ds) / self.info.world_size)
         spe = per_rank // o.batch
         if spe < 1:
             raise DataError(
-                f"data {o.data} has {len(train_ds)} training items ({per_rank} per process), fewer than --batch {o.batch}"
+                f"data {o.data} has {len(train_ds)} training items ({per_rank} per process), "
+                f"fewer than --batch {o.batch}"
             )
         total = o.steps if o.steps is not None else (o.epochs or DEFAULT_EPOCHS) * spe
         warmup = o.warmup_steps if o.warmup_steps is not None else round(0.05 * total)
-        warmup = min(warmup, max(0, total - 1))
+        ignore_index = int(getattr(train_ds, "ignore_index", 255))
+        return _Plan(
+            train_ds,
+            val_ds,
+            task,
+            size,
+            int(train_ds.num_classes),
+            ignore_index,
+            spe,
+            total,
+            min(warmup, max(0, total - 1)),
+        )
 
-        # model: identical on every rank (same seed; DDP also broadcasts rank 0's weights)
-        torch.manual_seed(o.seed)
-        model_kwargs = {"num_classes": num_classes, "head": task, "drop_path_rate": o.drop_path}
+    def _build_model(self, space: SearchSpace, plan: _Plan, out: Path) -> tuple[nn.Module, SupernetMeta]:
+        """The supernet with its weights (the resumed checkpoint's, --init's, or fresh), on the device."""
+        o = self.opts
+        torch.manual_seed(o.seed)  # identical on every rank (DDP also broadcasts rank 0's weights)
+        model_kwargs = {"num_classes": plan.num_classes, "head": plan.task, "drop_path_rate": o.drop_path}
         model = space.create_model(**model_kwargs)
         meta = SupernetMeta.create(
             space,
             model_kwargs,
-            task=task,
-            num_classes=num_classes,
+            task=plan.task,
+            num_classes=plan.num_classes,
             data=o.data,
             data_seed=o.data_seed,
-            image_size=size,
-            ignore_index=ignore_index,
-            class_names=list(getattr(train_ds, "class_names", []) or []),
-            total_steps=total,
+            image_size=plan.size,
+            ignore_index=plan.ignore_index,
+            class_names=list(getattr(plan.train_ds, "class_names", []) or []),
+            total_steps=plan.total,
         )
         if self.ckpt is not None:
             saved_meta = SupernetMeta.from_dict(self.ckpt["meta"], str(out / LAST))
@@ -368,62 +375,58 @@ class _Run:
             load_weights(model, self.ckpt["model"], str(out / LAST))
         elif o.init:
             report = load_checkpoint(model, o.init)
-            extra = (
-                f"; new head {', '.join(sorted({k.split('.')[0] for k in report.initialised_head}))}"
-                if report.initialised_head
-                else ""
+            heads = sorted({k.split(".")[0] for k in report.initialised_head})
+            self.log(
+                f"init: {o.init} ({report.converted_from} format{'; new head ' + ', '.join(heads) if heads else ''})"
             )
-            self.log(f"init: {o.init} ({report.converted_from} format{extra})")
-        device = info.device
-        model.to(device)
-        torch.manual_seed(int(np.random.SeedSequence([o.seed, info.rank, 1]).generate_state(1)[0]))
+        model.to(self.info.device)
+        torch.manual_seed(int(np.random.SeedSequence([o.seed, self.info.rank, 1]).generate_state(1)[0]))  # drop-path
+        return model, meta
 
-        train_model: nn.Module = model
-        if info.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """DDP around the model under torchrun; the model itself otherwise."""
+        if not self.info.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
 
-            # every parameter takes part in every forward (pruned blocks use the same weights on fewer windows),
-            # so the reducer needs no unused-parameter search
-            train_model = DDP(
-                model,
-                device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=False,
+        device = self.info.device
+        # every parameter takes part in every forward (pruned blocks use the same weights on fewer windows),
+        # so the reducer needs no unused-parameter search
+        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
+
+    def _optimisation(self, model: nn.Module, plan: _Plan, out: Path) -> int:
+        """Set up self.opt (restored, with the RNG states, from a resumed checkpoint); returns the first step."""
+        o, info = self.opts, self.info
+        self.opt = Optimisation(
+            model,
+            lr=o.lr,
+            weight_decay=o.weight_decay,
+            total_steps=plan.total,
+            warmup_steps=plan.warmup,
+            min_lr=o.min_lr,
+            scaler=o.amp and info.device.type == "cuda",
+            clip_grad=o.clip_grad,
+        )
+        if self.ckpt is None:
+            return 0
+        tr = self.ckpt["train"]
+        if int(tr["total_steps"]) != plan.total:
+            raise ConfigError(
+                f"{out / LAST} was set up for {tr['total_steps']} steps but this run would take {plan.total} "
+                "(the data set or world size changed?)"
             )
+        self.opt.load_state_dict(tr)
+        restore_rng(tr["rng"][info.rank % len(tr["rng"])])
+        if int(tr.get("world_size", 1)) != info.world_size:
+            self.log(f"resuming a {tr.get('world_size')}-process run on {info.world_size}: the data split differs")
+        self.log(f"resuming {out} at step {int(tr['step'])} of {plan.total}")
+        return int(tr["step"])
 
-        self.optimizer = build_optimizer(model, o.lr, o.weight_decay)
-        self.scheduler = cosine_schedule(self.optimizer, total, warmup, o.lr, o.min_lr)
-        use_scaler = o.amp and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-        amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-
-        start = 0
-        if self.ckpt is not None:
-            tr = self.ckpt["train"]
-            start = int(tr["step"])
-            if int(tr["total_steps"]) != total:
-                raise ConfigError(
-                    f"{out / LAST} was set up for {tr['total_steps']} steps but this run would take {total} "
-                    "(the data set or world size changed?)"
-                )
-            self.optimizer.load_state_dict(tr["optimizer"])
-            self.scheduler.load_state_dict(tr["scheduler"])
-            if self.scaler is not None and tr.get("scaler"):
-                self.scaler.load_state_dict(tr["scaler"])
-            rngs = tr["rng"]
-            restore_rng(rngs[info.rank % len(rngs)])
-            if int(tr.get("world_size", 1)) != info.world_size:
-                self.log(f"resuming a {tr.get('world_size')}-process run on {info.world_size}: the data split differs")
-            self.log(f"resuming {out} at step {start} of {total}")
-
-        result = AdaptResult(out, start, total, start >= total, start if self.ckpt is not None else None)
-        result.world_size = info.world_size
-        if start >= total:
-            self.log(f"{out} is already finished ({total} steps); nothing to do")
-            return result
-
-        # files (rank 0); the others wait until the folder is settled
+    def _prepare_files(self, out: Path, start: int) -> Any:
+        """Rank 0 settles the folder (old run files, metrics cut at `start`, args.yaml); the others wait.
+        Returns the TensorBoard writer (None without --tensorboard)."""
+        info, writer = self.info, None
         D.barrier(info)
-        writer = None
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             if self.ckpt is None and self.overwrite:
@@ -434,96 +437,86 @@ class _Run:
                 truncate_metrics(out / METRICS, start)
             text = yaml.safe_dump(self.opts.to_dict(), sort_keys=False)
             atomic_write(out / ARGS, lambda f: f.write(text), binary=False)
-            if o.tensorboard:
+            if self.opts.tensorboard:
                 writer = _tensorboard_writer(out / "tb")
         D.barrier(info)
+        return writer
 
+    # ---- main ---------------------------------------------------------------------------------------------
+    def run(self) -> AdaptResult:
+        with isolated_rng():  # the run seeds and draws; the caller's RNG streams are left as they were
+            return self._run()
+
+    def _run(self) -> AdaptResult:
+        info = self.info
+        out = self._prepare_out()
+        if self.ckpt is not None:
+            self._merge_resumed_options(out)
+        o = self.opts
+        if o.tensorboard and info.is_main:
+            _tensorboard_writer(None)  # fail early, with the install hint, if it is missing
+        space = self._load_space(out)
+        plan = self._plan(space)
+        model, meta = self._build_model(space, plan, out)
+        train_model = self._wrap(model)
+        start = self._optimisation(model, plan, out)
+        result = AdaptResult(out, start, plan.total, start >= plan.total, start if self.ckpt is not None else None)
+        result.world_size = info.world_size
+        if start >= plan.total:
+            self.log(f"{out} is already finished ({plan.total} steps); nothing to do")
+            return result
+        writer = self._prepare_files(out, start)
         sampler = RandomSparsity(model, space, o.sampler, o.seed, distill=o.distill, temperature=o.distill_temperature)
         evaluator = None
-        if val_ds is not None and info.is_main:
+        if plan.val_ds is not None and info.is_main:
+            batch = max(o.batch, 8)
             evaluator = Evaluator(
-                model, val_ds, o.val_samples, batch=max(o.batch, 8), device=device, amp=o.amp, cache=False
+                model, plan.val_ds, o.val_samples, batch=batch, device=info.device, amp=o.amp, cache=False
             )
+        settings = StepSettings(
+            plan.task,
+            plan.ignore_index,
+            (torch.float16 if info.device.type == "cuda" else torch.bfloat16) if o.amp else None,
+            o.distill_weight,
+            info.distributed,
+        )
+        t = _Training(space, plan, out, model, train_model, meta, sampler, evaluator, writer, settings)
+        t_run = time.perf_counter()
+        digest = self._train(t, result, start)
+        self._finish(t, result, digest, time.perf_counter() - t_run)
+        return result
 
+    def _train(self, t: _Training, result: AdaptResult, start: int) -> str:
+        """Steps start..total (checkpoints, metrics, progress); returns the digest of every config trained."""
+        o, info = self.opts, self.info
         digest = hashlib.sha256()
-        metrics_file = open(out / METRICS, "a") if info.is_main else None  # noqa: SIM115
+        metrics_file = open(t.out / METRICS, "a") if info.is_main else None  # noqa: SIM115
         bar = None
         if info.is_main and self.progress is not False:
             from ..progress import progress_bar  # noqa: PLC0415
 
-            bar = progress_bar(total, initial=start, desc="adapt", unit="step")
+            bar = progress_bar(t.plan.total, initial=start, desc="adapt", unit="step")
         old_handlers = self._install_signal_handlers()
-        t_run = time.perf_counter()
         try:
-            loader_iter: Iterator[Any] | None = None
-            loader_epoch = -1
-            train_model.train()
-            for step in range(start, total):
-                epoch, within = divmod(step, spe)
-                if loader_iter is None or epoch != loader_epoch:
-                    loader = make_loader(
-                        train_ds,
-                        o.batch,
-                        shuffle=True,
-                        seed=o.seed,
-                        workers=o.workers,
-                        drop_last=True,
-                        epoch=epoch,
-                        skip_batches=within,
-                        rank=info.rank,
-                        world_size=info.world_size,
-                        pin_memory=device.type == "cuda",
-                    )
-                    loader_iter, loader_epoch = iter(loader), epoch
+            t.train_model.train()
+            t0 = time.perf_counter()
+            for step, epoch, (images, targets) in batches(
+                t.plan.train_ds,
+                o.batch,
+                seed=o.seed,
+                start=start,
+                total=t.plan.total,
+                steps_per_epoch=t.plan.spe,
+                workers=o.workers,
+                rank=info.rank,
+                world_size=info.world_size,
+                pin_memory=info.device.type == "cuda",
+            ):
+                rec = self._one_step(t, step, epoch, images, targets, digest, t0)
+                self._after_step(t, rec, result, metrics_file, bar)
                 t0 = time.perf_counter()
-                images, targets = next(loader_iter)
-                images = images.to(device, non_blocking=True)
-                targets = torch.as_tensor(targets).to(device, non_blocking=True)
-                passes = sampler.configs(step)
-                losses = self._step(train_model, model, sampler, passes, images, targets, task, ignore_index, amp_dtype)
-                for p in passes:
-                    digest.update(p.config.key().encode())
-                lr = self.optimizer.param_groups[0]["lr"]
-                self.scheduler.step()
-                mean_losses = D.all_reduce_mean(info, torch.tensor(list(losses.values()), dtype=torch.float64))
-                dt = time.perf_counter() - t0
-                sampled = passes[-1].config
-                rec: dict[str, Any] = {
-                    "step": step + 1,
-                    "epoch": epoch,
-                    "loss": float(mean_losses.mean()),
-                    "losses": {k: float(v) for k, v in zip(losses, mean_losses.tolist())},
-                    "lr": lr,
-                    "images_per_s": o.batch * info.world_size / dt,
-                    "sparsity": round(sampled.mean_sparsity(), 6),
-                    "genes": space.encode(sampled).tolist(),
-                }
-                result.losses[step + 1] = rec["loss"]
-                result.configs[step + 1] = rec["genes"]
-                result.step = step + 1
-                if o.val_every and (step + 1) % o.val_every == 0 and step + 1 < total:
-                    if evaluator is not None:
-                        result.val = self._validate(evaluator, sampler, space)
-                        rec["val"] = {k: v.to_dict() for k, v in result.val.items()}
-                    D.barrier(info)
-                if info.is_main:
-                    assert metrics_file is not None
-                    metrics_file.write(json.dumps(rec) + "\n")
-                    metrics_file.flush()
-                    if writer is not None:
-                        _tb_log(writer, rec)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.1f}", refresh=False)
-                        bar.update(1)
-                if self.on_step is not None:
-                    self.on_step(rec)
-                if (step + 1) % o.ckpt_every == 0 and step + 1 < total:
-                    self._save(out, model, meta, step + 1, spe, total, result.val)
-                if self.stop_flag:
-                    self._save(out, model, meta, step + 1, spe, total, result.val)
-                    raise _StopRequested
         except _StopRequested:
-            self.log(f"stopped at step {result.step}; {out / LAST} written (continue with --resume)")
+            self.log(f"stopped at step {result.step}; {t.out / LAST} written (continue with --resume)")
             raise KeyboardInterrupt from None
         finally:
             self._restore_signal_handlers(old_handlers)
@@ -531,95 +524,99 @@ class _Run:
                 bar.close()
             if metrics_file is not None:
                 metrics_file.close()
+        return digest.hexdigest()[:16]
 
-        # the end: validation, agreement between ranks, final files
-        if evaluator is not None:
-            result.val = self._validate(evaluator, sampler, space)
-        result.fingerprints = D.all_gather_object(info, D.fingerprint(model))
-        result.config_digests = D.all_gather_object(info, digest.hexdigest()[:16])
-        self._save(out, model, meta, total, spe, total, result.val)
+    def _one_step(
+        self,
+        t: _Training,
+        step: int,
+        epoch: int,
+        images: torch.Tensor,
+        targets: Any,
+        digest: Any,
+        t0: float,
+    ) -> dict[str, Any]:
+        """Train step `step` (0-based) on one batch; returns its metrics record."""
+        device = self.info.device
+        images = images.to(device, non_blocking=True)
+        targets = torch.as_tensor(targets).to(device, non_blocking=True)
+        passes = t.sampler.configs(step)
+        size = functools.partial(input_resolution, t.space)
+        losses, lr = train_step(t.train_model, self.opt, passes, images, targets, t.settings, size, t.sampler)
+        for p in passes:
+            digest.update(p.config.key().encode())
+        mean_losses = D.all_reduce_mean(self.info, torch.tensor(list(losses.values()), dtype=torch.float64))
+        sampled = passes[-1].config
+        return {
+            "step": step + 1,
+            "epoch": epoch,
+            "loss": float(mean_losses.mean()),
+            "losses": {k: float(v) for k, v in zip(losses, mean_losses.tolist())},
+            "lr": lr,
+            "images_per_s": self.opts.batch * self.info.world_size / (time.perf_counter() - t0),
+            "sparsity": round(sampled.mean_sparsity(), 6),
+            "genes": t.space.encode(sampled).tolist(),
+        }
+
+    def _after_step(self, t: _Training, rec: dict[str, Any], result: AdaptResult, metrics_file: Any, bar: Any) -> None:
+        """Validation, the metrics line, progress, checkpoints and a requested stop after a step."""
+        o, info, step, total = self.opts, self.info, rec["step"], t.plan.total
+        result.losses[step] = rec["loss"]
+        result.configs[step] = rec["genes"]
+        result.step = step
+        if o.val_every and step % o.val_every == 0 and step < total:
+            if t.evaluator is not None:
+                result.val = self._validate(t.evaluator, t.sampler, t.space)
+                rec["val"] = {k: v.to_dict() for k, v in result.val.items()}
+            D.barrier(info)
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(rec) + "\n")
+            metrics_file.flush()
+            if t.writer is not None:
+                _tb_log(t.writer, rec)
+            if bar is not None:
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.1f}", refresh=False)
+                bar.update(1)
+        if self.on_step is not None:
+            self.on_step(rec)
+        if (step % o.ckpt_every == 0 and step < total) or self.stop_flag:
+            self._save(t.out, t.model, t.meta, step, t.plan.spe, total, result.val)
+        if self.stop_flag:
+            raise _StopRequested
+
+    def _finish(self, t: _Training, result: AdaptResult, digest: str, seconds: float) -> None:
+        """The end: validation, agreement between ranks, last.pt, supernet.pt and the metrics' end record."""
+        info, total = self.info, t.plan.total
+        if t.evaluator is not None:
+            result.val = self._validate(t.evaluator, t.sampler, t.space)
+        result.fingerprints = D.all_gather_object(info, D.fingerprint(t.model))
+        result.config_digests = D.all_gather_object(info, digest)
+        self._save(t.out, t.model, t.meta, total, t.plan.spe, total, result.val)
         if info.is_main:
-            meta.step, meta.finished = total, True
-            meta.metrics = {k: v.to_dict() for k, v in result.val.items()}
-            save_supernet(out / FINAL, model, meta)
+            t.meta.step, t.meta.finished = total, True
+            t.meta.metrics = {k: v.to_dict() for k, v in result.val.items()}
+            save_supernet(t.out / FINAL, t.model, t.meta)
             end = {
                 "event": "end",
                 "step": total,
-                "seconds": round(time.perf_counter() - t_run, 3),
-                "val": meta.metrics,
+                "seconds": round(seconds, 3),
+                "val": t.meta.metrics,
                 "world_size": info.world_size,
                 "process_group": D.backend(info),
                 "ranks_agree": result.ranks_agree,
                 "fingerprints": result.fingerprints,
                 "config_digests": result.config_digests,
             }
-            with open(out / METRICS, "a") as f:
+            with open(t.out / METRICS, "a") as f:
                 f.write(json.dumps(end) + "\n")
-            if writer is not None:
-                writer.close()
+            if t.writer is not None:
+                t.writer.close()
         D.barrier(info)
         if not result.ranks_agree:
             raise SparseSearchError(
                 f"the {info.world_size} processes ended with different weights or configs: {result.fingerprints}"
             )
         result.finished = True
-        return result
-
-    def _step(
-        self,
-        train_model: nn.Module,
-        model: nn.Module,
-        rs: RandomSparsity,
-        passes: list[StepConfig],
-        images: torch.Tensor,
-        targets: torch.Tensor,
-        task: str,
-        ignore_index: int,
-        amp_dtype: torch.dtype,
-    ) -> dict[str, float]:
-        """Forward/backward every pass (gradients add up; DDP syncs on the last), then one optimiser step."""
-        o = self.opts
-        device = images.device
-        space = rs.space
-        losses: dict[str, float] = {}
-        distributed = self.info.distributed
-        for i, p in enumerate(passes):
-            x, y = images, targets
-            res = input_resolution(space, p.config)
-            if res is not None and tuple(x.shape[-2:]) != res:
-                x = F.interpolate(x, size=res, mode="bilinear", align_corners=False)
-                if task == "seg":
-                    y = F.interpolate(y[:, None].float(), size=res, mode="nearest")[:, 0].long()
-            sync = not distributed or i == len(passes) - 1
-            ctx = contextlib.nullcontext() if sync else train_model.no_sync()  # type: ignore[operator]
-            amp = torch.autocast(device.type, dtype=amp_dtype) if o.amp else contextlib.nullcontext()
-            with ctx:
-                with amp:
-                    logits = train_model(x, config=p.config)
-                label_loss = seg_or_cls_loss(logits, y, task, ignore_index)
-                if rs.teacher is not None and not p.teacher:
-                    kd = rs.distill_loss(logits, mask=(y != ignore_index) if task == "seg" else None)
-                    loss = (1.0 - o.distill_weight) * label_loss + o.distill_weight * kd
-                else:
-                    loss = label_loss
-                if p.teacher:
-                    rs.set_teacher(logits)
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                else:
-                    loss.backward()
-            losses[p.role] = float(loss.detach())
-        if o.clip_grad > 0:
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return losses
 
     def _validate(self, evaluator: Evaluator, sampler: RandomSparsity, space: SearchSpace) -> dict[str, EvalResult]:
         out = {}
