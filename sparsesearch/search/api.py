@@ -393,68 +393,39 @@ def search(
     if hasattr(model, "eval"):
         model.eval()
     scorer = ConfigScorer(model, accuracy)
-    tie = _tie_margin(tie, accuracy, model, space)
-    metric = metric or getattr(accuracy, "metric", None) or "accuracy"
-    out_dir = Path(out) if out is not None else None
-    fp = {
-        "space": space.name,
-        "budget": str(b),
-        "algorithm": algorithm,
-        "seed": seed,
-        "accuracy": scorer.name,
-        "latency_source": lat.name,
-        **(fingerprint or {}),
-    }
-    if out_dir is not None:
-        _prepare_out(out_dir, fp, resume, overwrite)
+    job = _Job(space, lat, budget_ms, model, accuracy, scorer, _tie_margin(tie, accuracy, model, space))
+    job.algorithm, job.population, job.generations, job.seed = algorithm, population, generations, seed
+    job.resume, job.refine, job.workers, job.ray_address = resume, refine, workers, ray_address
+    job.out_dir = Path(out) if out is not None else None
+    fp = {"space": space.name, "budget": str(b), "algorithm": algorithm, "seed": seed, "accuracy": scorer.name}
+    fp = {**fp, "latency_source": lat.name, **(fingerprint or {})}
+    if job.out_dir is not None:
+        _prepare_out(job.out_dir, fp, resume, overwrite)
     elif resume:
         raise SparseSearchError("resume needs the out folder of the search to continue")
+    run, cache, base, dense_acc, history = _execute(job, progress, on_evaluated)
+    metric = metric or getattr(accuracy, "metric", None) or "accuracy"
+    report_meta = {"budget": str(b), **(meta or {})}
+    return _result(job, run, cache, base, dense_acc, history, flops, metric, report_meta)
 
-    factory = functools.partial(_scorer_factory, model, accuracy)
-    ray_eval = _ray_evaluator(factory, workers, ray_address) if algorithm != "tune" else None
-    cache = AccuracyCache(
-        space,
-        ray_eval if ray_eval is not None else SerialEvaluator(scorer),
-        out_dir / "accuracy_cache.jsonl" if out_dir else None,
-        on_evaluated=on_evaluated,
-    )
-    history: list[dict[str, Any]] = []
-    on_generation, close_bar = _progress_callback(progress, generations, algorithm, history)
-    engine_resume = resume and out_dir is not None and _engine_state_exists(out_dir, algorithm)
-    try:
-        run = run_search(
-            space,
-            lat,
-            cache,
-            budget_ms,
-            algorithm=algorithm,
-            population=population,
-            generations=generations,
-            seed=seed,
-            out_dir=out_dir,
-            resume=engine_resume,
-            on_generation=on_generation,
-            refine=refine,
-            seeds=lat.seed_genes,
-            tie=tie,
-            **(
-                {"evaluator_factory": factory, "workers": max(1, workers), "address": ray_address}
-                if algorithm == "tune"
-                else {}
-            ),
-        )
-        base, dense_acc = _baselines(space, lat, cache, scorer, budget_ms, tie, out_dir)
-    finally:
-        close_bar()
-        if ray_eval is not None:
-            ray_eval.close()
-    if out_dir is not None and (out_dir / "history.jsonl").is_file():
-        history = _read_jsonl(out_dir / "history.jsonl")
 
+def _result(
+    job: _Job,
+    run: SearchRun,
+    cache: AccuracyCache,
+    base: Baselines,
+    dense_acc: float,
+    history: list[dict[str, Any]],
+    flops: bool,
+    metric: str,
+    meta: dict[str, Any],
+) -> SearchResult:
+    """The outputs (written to the out folder when there is one) and the SearchResult."""
+    model, space = job.model, job.space
     flops_fn = _flops_fn(model, space) if flops and model is not None and hasattr(model, "set_config") else None
-    best_p, front_p = _report(space, run, base, flops_fn, out_dir, metric, {"budget": str(b), **(meta or {})})
+    best_p, front_p = _report(space, run, base, flops_fn, job.out_dir, metric, meta)
     dense_cfg = space.densest()
-    dense = Candidate(dense_cfg, lat.dense_ms, dense_acc, flops_fn(dense_cfg) / 1e9 if flops_fn else None, "dense")
+    dense = Candidate(dense_cfg, job.lat.dense_ms, dense_acc, flops_fn(dense_cfg) / 1e9 if flops_fn else None, "dense")
     return SearchResult(
         best=Candidate.from_point(best_p),
         pareto=[Candidate.from_point(p) for p in front_p],
@@ -462,16 +433,83 @@ def search(
         uniform_resize=[Candidate.from_point(p) for p in base.uniform_resize],
         dense=dense,
         history=history,
-        budget_ms=budget_ms,
+        budget_ms=job.budget_ms,
         metric=metric,
-        algorithm=algorithm,
+        algorithm=job.algorithm,
         space=space,
         run=run,
         evaluated=len(cache),
         new_evaluations=cache.n_new,
-        out=out_dir,
-        tie=tie,
+        out=job.out_dir,
+        tie=job.tie,
     )
+
+
+@dataclass
+class _Job:
+    """A search's settings, resolved: what `_execute` runs."""
+
+    space: SearchSpace
+    lat: _Latency
+    budget_ms: float
+    model: Any
+    accuracy: AccuracyFn
+    scorer: ConfigScorer
+    tie: float
+    algorithm: str = "ga"
+    population: int = 32
+    generations: int = 12
+    seed: int = 0
+    out_dir: Path | None = None
+    resume: bool = False
+    refine: bool = True
+    workers: int = 1
+    ray_address: str | None = None
+
+
+def _execute(
+    job: _Job, progress: bool | Callable[[dict[str, Any]], None], on_evaluated: Callable[[int], None] | None
+) -> tuple[SearchRun, AccuracyCache, Baselines, float, list[dict[str, Any]]]:
+    """Run the engine and the baselines (on Ray workers when asked): the run, the cache, the baselines, the
+    densest config's accuracy and the generation history (a resumed search's earlier records included)."""
+    out_dir, algorithm = job.out_dir, job.algorithm
+    factory = functools.partial(_scorer_factory, job.model, job.accuracy)
+    ray_eval = _ray_evaluator(factory, job.workers, job.ray_address) if algorithm != "tune" else None
+    cache = AccuracyCache(
+        job.space,
+        ray_eval if ray_eval is not None else SerialEvaluator(job.scorer),
+        out_dir / "accuracy_cache.jsonl" if out_dir else None,
+        on_evaluated=on_evaluated,
+    )
+    history: list[dict[str, Any]] = []
+    on_generation, close_bar = _progress_callback(progress, job.generations, algorithm, history)
+    tune = {"evaluator_factory": factory, "workers": max(1, job.workers), "address": job.ray_address}
+    try:
+        run = run_search(
+            job.space,
+            job.lat,
+            cache,
+            job.budget_ms,
+            algorithm=algorithm,
+            population=job.population,
+            generations=job.generations,
+            seed=job.seed,
+            out_dir=out_dir,
+            resume=job.resume and out_dir is not None and _engine_state_exists(out_dir, algorithm),
+            on_generation=on_generation,
+            refine=job.refine,
+            seeds=job.lat.seed_genes,
+            tie=job.tie,
+            **(tune if algorithm == "tune" else {}),
+        )
+        base, dense_acc = _baselines(job.space, job.lat, cache, job.scorer, job.budget_ms, job.tie, out_dir)
+    finally:
+        close_bar()
+        if ray_eval is not None:
+            ray_eval.close()
+    if out_dir is not None and (out_dir / "history.jsonl").is_file():
+        history = _read_jsonl(out_dir / "history.jsonl")
+    return run, cache, base, dense_acc, history
 
 
 def _ray_evaluator(factory: Callable[[], Any], workers: int, ray_address: str | None) -> Any:

@@ -17,7 +17,7 @@ from ..config import SparsityConfig
 from ..errors import SparseSearchError
 from .accuracy import import_callable
 from .api import search
-from .budget import parse_budget
+from .budget import Budget, parse_budget
 from .engine import ALGORITHMS
 from .report import Baselines, Point
 
@@ -138,32 +138,19 @@ def _fingerprint(opts: EvolveOptions, table_meta: dict[str, Any]) -> dict[str, A
     }
 
 
-def evolve(
-    opts: EvolveOptions,
-    on_generation: Callable[[dict[str, Any]], None] | None = None,
-    on_evaluated: Callable[[int], None] | None = None,
-) -> EvolveSummary:
-    """Run the whole search; raises SparseSearchError subclasses for every input problem."""
+def _load_inputs(opts: EvolveOptions, budget: Budget) -> tuple[Any, Any, tuple[Any, Any, Any]]:
+    """The table (checked against this machine and the space; its speed check or None) and the supernet, loaded
+    once: (table, speed check, (model, space, meta))."""
     from ..latency import LatencyTable, ensure_table_speed  # noqa: PLC0415
     from ..space import SearchSpace  # noqa: PLC0415
-    from ..supernet import load_supernet  # noqa: PLC0415
+    from ..supernet import load_supernet, same_space  # noqa: PLC0415
 
-    if opts.algorithm not in ALGORITHMS:
-        raise SparseSearchError(f"unknown --algorithm {opts.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
-    budget = parse_budget(opts.latency)
-    accuracy: Any = import_callable(opts.accuracy) if opts.accuracy else None  # a bad reference fails before any work
-    if not Path(opts.supernet).is_file():
-        raise SparseSearchError(f"supernet {opts.supernet} does not exist (train one with `sparsesearch adapt`)")
     table = LatencyTable.load(opts.table)
     if not opts.allow_foreign_table:
         table.check_compatible()
     model, space, meta = load_supernet(opts.supernet, device=opts.device)
-    if opts.space is not None:
-        user_space = SearchSpace.load(opts.space)
-        from ..supernet import same_space  # noqa: PLC0415
-
-        if not same_space(user_space, space):
-            raise SparseSearchError(f"--space {opts.space} is not the space the supernet was trained on ({space.name})")
+    if opts.space is not None and not same_space(SearchSpace.load(opts.space), space):
+        raise SparseSearchError(f"--space {opts.space} is not the space the supernet was trained on ({space.name})")
     table.check_space(space)
     res = space.resolutions  # the table may hold more resolutions (for the resize baseline) than the space
     if not opts.rescale_table:  # a budget no config can meet is bad input: say so before timing anything
@@ -175,6 +162,22 @@ def evolve(
         rescale=opts.rescale_table,
         resolutions=res,
     )
+    return table, speed, (model, space, meta)
+
+
+def evolve(
+    opts: EvolveOptions,
+    on_generation: Callable[[dict[str, Any]], None] | None = None,
+    on_evaluated: Callable[[int], None] | None = None,
+) -> EvolveSummary:
+    """Run the whole search; raises SparseSearchError subclasses for every input problem."""
+    if opts.algorithm not in ALGORITHMS:
+        raise SparseSearchError(f"unknown --algorithm {opts.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+    budget = parse_budget(opts.latency)
+    accuracy: Any = import_callable(opts.accuracy) if opts.accuracy else None  # a bad reference fails before any work
+    if not Path(opts.supernet).is_file():
+        raise SparseSearchError(f"supernet {opts.supernet} does not exist (train one with `sparsesearch adapt`)")
+    table, speed, (model, space, meta) = _load_inputs(opts, budget)
     if accuracy is None:
         accuracy = SupernetAccuracy(meta, opts.data, opts.val_samples, opts.batch, opts.device)
     if opts.resume and not opts.overwrite and not Path(opts.out, "search_meta.json").is_file():
