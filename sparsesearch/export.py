@@ -77,7 +77,7 @@ def measure_latency(
 
 
 def check_onnx(
-    model: nn.Module, path: Path, resolution: tuple[int, int], seed: int = 0, batches: tuple[int, ...] = (1, 3)
+    model: Any, path: Path, resolution: tuple[int, int], seed: int = 0, batches: tuple[int, ...] = (1, 3)
 ) -> dict[str, Any]:
     """Export `model` to ONNX (plain ops, TopK selection) with a dynamic batch axis, and compare ONNX Runtime's
     output with torch's at each of `batches` (the kept-window count is per image, so any batch size runs).
@@ -114,8 +114,8 @@ def check_onnx(
         with torch.inference_mode():
             refs = {b: model(x).numpy() for b, x in inputs.items()}
     finally:
-        for blk, b in zip(blocks, previous):
-            blk.kernel_backend = b
+        for blk, backend in zip(blocks, previous):
+            blk.kernel_backend = backend
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     diffs = {}
     for b, x in inputs.items():
@@ -135,7 +135,7 @@ def check_onnx(
 
 
 def finetune_config(
-    model: nn.Module,
+    model: Any,
     meta: Any,
     config: SparsityConfig,
     *,
@@ -214,6 +214,7 @@ def export_model(
     from .supernet import load_supernet  # noqa: PLC0415
 
     say = progress or (lambda msg: None)
+    model: Any  # a prunable model: set_config, set_kernel_backend
     model, space, meta = load_supernet(supernet, device=device)
     cfg = config if isinstance(config, SparsityConfig) else SparsityConfig.load(config)
     model.set_config(cfg)  # validates against the model
@@ -251,7 +252,7 @@ def export_model(
 
 
 def _card(
-    model: nn.Module,
+    model: Any,
     architecture: str,
     cfg: SparsityConfig,
     dense_cfg: SparsityConfig,
@@ -318,7 +319,7 @@ def _evaluate(
 
 
 def _write_model(
-    out: Path, model: nn.Module, space: Any, meta: Any, cfg: SparsityConfig, resolution: tuple[int, int]
+    out: Path, model: Any, space: Any, meta: Any, cfg: SparsityConfig, resolution: tuple[int, int]
 ) -> None:
     """model.safetensors, model.json (what rebuilds it) and config.json, each written atomically."""
     from safetensors.torch import save  # noqa: PLC0415
@@ -386,7 +387,7 @@ def load_exported(folder: str | os.PathLike, device: str = "cpu") -> nn.Module:
     doc = json.loads((folder / "model.json").read_text())
     if doc.get("format") != "sparsesearch-exported/1":
         raise CheckpointError(f"{folder}/model.json is not a sparsesearch export (format {doc.get('format')!r})")
-    model = create_model(doc["architecture"], **doc["model_kwargs"])
+    model: Any = create_model(doc["architecture"], **doc["model_kwargs"])
     try:
         model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
     except (RuntimeError, OSError) as e:

@@ -274,7 +274,12 @@ def test_cli_accuracy_from_a_module_in_the_working_directory(supernet, tmp_path,
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     monkeypatch.chdir(tmp_path)
     (tmp_path / "my_metric_a.py").write_text(MODULE)
+    import sparsesearch.supernet as sn
+
+    loads, real_load = [], sn.load_supernet
+    monkeypatch.setattr(sn, "load_supernet", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     assert main(_evolve(supernet, tmp_path / "s", "--accuracy", "my_metric_a:acc")) == 0
+    assert len(loads) == 1  # evolve loads the supernet once
     assert "scored by my_metric_a:acc" in capsys.readouterr().out
     best = json.loads((tmp_path / "s" / "best.json").read_text())
     cfg = ss.SparsityConfig.from_dict(best["config"])

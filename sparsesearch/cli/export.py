@@ -68,7 +68,7 @@ class ExportCommand(Command):
                 [
                     f"{r.accuracy['metric']} (n={r.accuracy['n']})",
                     f"{r.accuracy['value']:.2f}",
-                    f"{r.accuracy_dense['value']:.2f}",
+                    f"{(r.accuracy_dense or {}).get('value', float('nan')):.2f}",
                 ]
             )
         print(tabulate(rows, headers=["", "exported config", "dense"], tablefmt="github"))

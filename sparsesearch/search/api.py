@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -38,9 +38,12 @@ from .report import (
 )
 from .selection import pick_best
 
+if TYPE_CHECKING:
+    from ..latency import LatencyTable
+
 __all__ = ["Candidate", "SearchResult", "search"]
 
-LatencySource = Union["LatencyTable", str, os.PathLike, Callable[[SparsityConfig], float]]  # noqa: F821
+LatencySource = Union["LatencyTable", str, os.PathLike, Callable[[SparsityConfig], float]]
 
 _OUTPUT_FILES = (
     "accuracy_cache.jsonl",

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import SparseSearchError
 from .backends import SearchContext, check_options, keyword_names
 
 __all__ = ["run_optuna"]
+
+_DIRECTIONS: tuple[Literal["maximize"], Literal["minimize"]] = ("maximize", "minimize")  # accuracy, latency
 
 
 @contextlib.contextmanager
@@ -67,7 +69,7 @@ def _study(ctx: SearchContext) -> Any:
         study_name=f"sparsesearch-{ctx.space.name}-{ctx.algorithm}",
         storage=storage,
         sampler=_sampler(ctx),
-        directions=["maximize", "minimize"] if multi else ["maximize"],
+        directions=list(_DIRECTIONS[: 2 if multi else 1]),
         load_if_exists=ctx.resume,
     )
 

@@ -123,7 +123,7 @@ def uniform_resize_baseline(
     """The dense model at each profiled resolution within the budget (inputs resized, predictions scored at
     the label size)."""
     points = []
-    for r in sorted(set(tuple(r) for r in resolutions), reverse=True):
+    for r in sorted({(int(r[0]), int(r[1])) for r in resolutions}, reverse=True):
         lat = float(dense_latency(r))
         if lat > budget_ms:
             continue

@@ -38,7 +38,7 @@ class Pick:
 
 
 def pick_best(
-    latency_ms: Sequence[float], accuracy: Sequence[float], budget_ms: float, tie: float = 0.0
+    latency_ms: Sequence[float] | np.ndarray, accuracy: Sequence[float] | np.ndarray, budget_ms: float, tie: float = 0.0
 ) -> Pick | None:
     """Index of the best config within `budget_ms` (see the module docstring), or None if none is within it.
 

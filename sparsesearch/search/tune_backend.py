@@ -32,7 +32,7 @@ _OPTIONS = ("evaluator_factory", "workers", "address", "cpus_per_worker")
 def _trial_class(tune: Any) -> type:
     """A Tune class trainable (defined once Ray is imported) that scores one config per trial."""
 
-    class ConfigTrial(tune.Trainable):  # type: ignore[misc,name-defined]
+    class ConfigTrial(tune.Trainable):
         def setup(
             self,
             config: dict[str, Any],
