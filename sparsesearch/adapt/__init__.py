@@ -2,7 +2,8 @@
 
 :func:`adapt` runs the loop (resumable, DDP-ready); :class:`RandomSparsity` gives a training loop (yours or
 :func:`adapt`) each step's configs and the distillation loss; :class:`ConfigSampler` holds the sampling rules;
-:mod:`.checkpoint` the training checkpoint format; :mod:`.distributed` the torchrun helpers.
+:mod:`.checkpoint` the training checkpoint format; :mod:`.distributed` the torchrun helpers; :mod:`.loop` the
+training loop (batches, optimiser step, passes) that export's fine-tune shares.
 """
 
 from .checkpoint import capture_rng, inspect_run, load_train_checkpoint, restore_rng
