@@ -196,3 +196,19 @@ def test_a_resumed_search_takes_dense_and_resize_baselines_from_its_caches(space
     assert (tmp_path / "run" / "resize_cache.jsonl").read_text() == resize_records
     assert again.dense.accuracy == first.dense.accuracy
     assert [c.accuracy for c in again.uniform_resize] == [c.accuracy for c in first.uniform_resize]
+
+
+@pytest.mark.parametrize("algorithm", ["ga", "nsga2"])
+def test_resuming_a_finished_search_evaluates_nothing(space, tmp_path, algorithm):
+    calls: list[str] = []
+
+    def cache():  # persisted, as a resumed search has it
+        return AccuracyCache(space, SerialEvaluator(lambda c: calls.append(c.key()) or toy_accuracy(c)), tmp_path / "a")
+
+    kw = dict(algorithm=algorithm, population=8, generations=3, out_dir=tmp_path, refine=False)
+    first = run_search(space, toy_latency, cache(), 7.0, **kw)
+    assert calls and first.generations_done == 3
+    calls.clear()
+    history: list[dict] = []
+    again = run_search(space, toy_latency, cache(), 7.0, resume=True, on_generation=history.append, **kw)
+    assert history == [] and calls == [] and again.generations_done == 3

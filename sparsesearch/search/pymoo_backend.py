@@ -96,6 +96,8 @@ def run_pymoo(ctx: SearchContext) -> int:
     state = ctx.out / "search_state.pkl" if ctx.out is not None else None
     algo = _load_state(ctx, state) if ctx.resume else _new_algorithm(ctx, cls)
     algo.termination = get_termination("n_gen", ctx.generations)
+    if ctx.resume:  # a fresh termination knows no progress yet: without this a finished search runs one more
+        algo.termination.update(algo)
     evaluator = Evaluator()
     while algo.has_next():
         pop = algo.ask()
