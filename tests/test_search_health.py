@@ -193,6 +193,7 @@ def test_a_resumed_search_takes_dense_and_resize_baselines_from_its_caches(space
     calls.clear()
     again = ss.search(space, resume=True, **kw)
     assert space.densest().key() not in calls  # neither the dense config nor the dense model resized
+    assert calls == [] and again.new_evaluations == 0  # nor anything else: the search had finished
     assert (tmp_path / "run" / "resize_cache.jsonl").read_text() == resize_records
     assert again.dense.accuracy == first.dense.accuracy
     assert [c.accuracy for c in again.uniform_resize] == [c.accuracy for c in first.uniform_resize]
