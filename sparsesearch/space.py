@@ -7,12 +7,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .config import SparsityConfig, read_structured
 from .errors import SpaceError
+from .fileio import to_plain
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["Gene", "SearchSpace"]
 
@@ -142,9 +146,10 @@ class SearchSpace:
         if value is None:
             return tuple((w,) for w in self.default_window)
         if not isinstance(value, (list, tuple)) or len(value) != n:
+            got = len(value) if isinstance(value, (list, tuple)) else repr(value)
             raise SpaceError(
                 f"{self.source}: window_sizes must list the choices of each of the {n} stages of {self.architecture} "
-                f"(stages = block groups for a plain ViT), got {len(value) if isinstance(value, (list, tuple)) else value!r}"
+                f"(stages = block groups for a plain ViT), got {got}"
             )
         out = []
         for i, ch in enumerate(value):
@@ -215,6 +220,31 @@ class SearchSpace:
             raise SpaceError(f"search space {path} does not exist (the shipped ones are in search_spaces/)")
         return cls(read_structured(path, SpaceError), str(path))
 
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical plain mapping of this space (lists, not tuples; YAML- and JSON-able): what a supernet
+        checkpoint and a latency table store, and what ``SearchSpace(space.to_dict())`` parses back into an
+        equal space. Sparsity choices are written per gene, so the mapping never depends on defaults."""
+        data: dict[str, Any] = {"name": self.name, "architecture": self.architecture}
+        if self.model_kwargs:
+            data["model_kwargs"] = to_plain(self.model_kwargs)
+        data["resolutions"] = [list(r) for r in self.resolutions]
+        data["genes"] = [
+            {"name": g.name, "blocks": [f"{s}.{b}" for s, b in g.blocks], "choices": list(g.choices)}
+            for g in self.genes
+        ]
+        data["window_sizes"] = [list(c) for c in self.window_choices]
+        if self.non_decreasing:
+            data["rules"] = {"non_decreasing_within_stage": True}
+        return data
+
+    def same_as(self, other: SearchSpace) -> bool:
+        """True if both spaces define the same architecture, model arguments, genes, windows, resolutions and
+        rules; the names may differ."""
+        a, b = self.to_dict(), other.to_dict()
+        a.pop("name")
+        b.pop("name")
+        return a == b
+
     @property
     def max_window_size(self) -> tuple[int, ...]:
         return tuple(max(max(ch), d) for ch, d in zip(self.window_choices, self.default_window))
@@ -228,11 +258,21 @@ class SearchSpace:
             "max_window_size": list(self.max_window_size),
         }
 
-    def create_model(self, **kwargs: Any):
-        """Build this space's architecture with position tables large enough for every window choice."""
+    def create_model(self, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
+        """Build this space's architecture with position tables large enough for every window choice.
+
+        With `seed`, the random weights are drawn from a CPU generator seeded with it, and the process's global
+        RNG is left as it was (the same seed gives the same weights).
+        """
+        import torch  # noqa: PLC0415
+
         from .models import create_model  # noqa: PLC0415
 
-        return create_model(self.architecture, **{**self.model_args(), **kwargs})
+        if seed is None:
+            return create_model(self.architecture, **{**self.model_args(), **kwargs})
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return create_model(self.architecture, **{**self.model_args(), **kwargs})
 
     # ---- encoding ----------------------------------------------------------------------------------------
     @property
@@ -364,8 +404,3 @@ class SearchSpace:
         if self.non_decreasing:
             lines.append("  rule: sparsity non-decreasing within each stage")
         return "\n".join(lines)
-
-
-def load_space(path: str | os.PathLike) -> SearchSpace:
-    """Alias of SearchSpace.load."""
-    return SearchSpace.load(path)

@@ -310,7 +310,7 @@ def test_predict_many_equals_predict(tmp_path, monkeypatch):
     np.testing.assert_allclose(table.predict_many(genomes), one_by_one, rtol=1e-12)
     np.testing.assert_allclose(table.predict_many(configs), one_by_one, rtol=1e-12)
     # genomes of the same space listing its resolutions in another order are remapped
-    data = ss.latency.structure.space_to_dict(space)
+    data = space.to_dict()
     data["resolutions"] = [[96, 96], [64, 64]]
     flipped = ss.SearchSpace(data, "flipped")
     g2 = genomes.copy()

@@ -271,11 +271,13 @@ def reprofile_command(table: LatencyTable) -> str:
     """The `sparsesearch profile` command that measures the table's setup again on this machine, over it."""
     m = table.meta
     res = " ".join(res_key(r) for r in table.resolutions)
+    space = m["space"].get("source") or m["space"].get("name")
     return (
-        f"sparsesearch profile --space {m['space'].get('source') or m['space'].get('name')} --device {m['device_type']} "
+        f"sparsesearch profile --space {space} --device {m['device_type']} "
         f"--dtype {m['dtype']} --batch {m['batch']} --threads {m['threads']} --resolution {res} "
         f"--head {m.get('head', 'cls')} --num-classes {m.get('num_classes', 1000)} --warmup {m.get('warmup', 2)} "
-        f"--repeats {m.get('repeats', 10)} --rounds {m.get('rounds', 3)} --calibration {m.get('calibration', 12) or 12} "
+        f"--repeats {m.get('repeats', 10)} --rounds {m.get('rounds', 3)} "
+        f"--calibration {m.get('calibration', 12) or 12} "
         f"--out {table.source}"
     )
 

@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,8 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import atomic_write_text
-from ..errors import LatencyTableError, SparseSearchError
+from ..errors import LatencyTableError, SparseSearchError, SparseSearchWarning
+from ..fileio import atomic_write_text, set_aside
 from ..ops import keep_count
 from ..space import SearchSpace
 from .env import DTYPES, device_type, environment, machine_slug, parse_dtype
@@ -67,15 +68,26 @@ from .structure import (
     res_key,
     space_family,
     space_hash,
-    space_to_dict,
     sparsity_for_count,
     stage_shapes,
 )
 from .table import KindTable, LatencyTable, ResolutionTable
 
-__all__ = ["ProfileSettings", "Entry", "Profiler", "profile", "default_table_path", "partial_path"]
+__all__ = [
+    "ProfileSettings",
+    "Entry",
+    "Profiler",
+    "profile",
+    "default_table_path",
+    "partial_path",
+    "PartialProfileWarning",
+]
 
 _HEADS = ("cls", "seg", "none")
+
+
+class PartialProfileWarning(SparseSearchWarning):
+    """The partial results of an earlier profile run cannot be resumed (corrupt, or other settings)."""
 
 
 @dataclass
@@ -136,7 +148,8 @@ class ProfileSettings:
             raise LatencyTableError(f"--batch must be at least 1, got {self.batch}")
         if self.warmup < 0 or self.repeats < 1 or self.rounds < 1:
             raise LatencyTableError(
-                f"need --warmup >= 0, --repeats >= 1 and --rounds >= 1, got {self.warmup}, {self.repeats}, {self.rounds}"
+                "need --warmup >= 0, --repeats >= 1 and --rounds >= 1, "
+                f"got {self.warmup}, {self.repeats}, {self.rounds}"
             )
         if self.threads is not None and self.threads < 1:
             raise LatencyTableError(f"--threads must be at least 1, got {self.threads}")
@@ -199,7 +212,7 @@ class Profiler:
         if len(set(resolutions)) != len(resolutions):
             raise LatencyTableError("a resolution is listed twice")
         if resolutions != space.resolutions:  # the table's space runs at the measured resolutions
-            data = space_to_dict(space)
+            data = space.to_dict()
             data["resolutions"] = [list(r) for r in resolutions]
             space = SearchSpace(data, space.source)
         self.space = space
@@ -307,8 +320,7 @@ class Profiler:
         """The space's model (random weights) in eval mode on the device, in the dtype."""
         if self._model is None:
             head = None if self.settings.head == "none" else self.settings.head
-            torch.manual_seed(self.settings.seed)
-            model = self.space.create_model(head=head, num_classes=self.settings.num_classes)
+            model = self.space.create_model(seed=self.settings.seed, head=head, num_classes=self.settings.num_classes)
             self._model = model.eval().to(device=self.device, dtype=self.dtype)
         return self._model
 
@@ -385,20 +397,43 @@ class Profiler:
 
     # ---- running ---------------------------------------------------------------------------------------------
     def load_partial(self, out: Path) -> dict[str, list[Stat]]:
-        """Per entry, the rounds measured by an earlier run with the same settings (empty if none or if the
-        settings, machine or software differ)."""
+        """Per entry, the rounds measured by an earlier run with the same settings (empty if none).
+
+        A partial file that cannot be read is renamed to `<partial>.corrupt` and reported with a
+        `PartialProfileWarning`; one from other settings, another machine or other software is reported the same
+        way and left in place (the first measurement of this run replaces it). Either way measuring starts over.
+        """
         path = partial_path(out)
         if not path.is_file():
             return {}
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            return {}
-        if not isinstance(data, dict) or data.get("settings_hash") != self.settings_hash():
-            return {}
+            text = path.read_bytes()
+        except OSError as e:
+            raise LatencyTableError(
+                f"cannot read the partial profile {path} ({e.strerror}); "
+                "fix its permissions, or delete it to start over"
+            ) from None
         try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise TypeError(f"a JSON {type(data).__name__}, not an object")
+            if data.get("settings_hash") != self.settings_hash():
+                warnings.warn(
+                    f"ignoring the partial profile {path}: it was measured with other settings, on another machine "
+                    "or with other software; measuring starts over and replaces it",
+                    PartialProfileWarning,
+                    stacklevel=3,
+                )
+                return {}
             return {str(k): [Stat.from_dict(v) for v in rounds] for k, rounds in (data.get("entries") or {}).items()}
-        except (LatencyTableError, TypeError):
+        except (ValueError, TypeError, AttributeError, KeyError, LatencyTableError) as e:
+            kept = set_aside(path)
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            warnings.warn(
+                f"the partial profile {path} is corrupt ({reason}); kept it as {kept.name}, measuring starts over",
+                PartialProfileWarning,
+                stacklevel=3,
+            )
             return {}
 
     def run(
@@ -526,12 +561,12 @@ class Profiler:
                 )
             tables.append(ResolutionTable(tuple(res), fixed, kinds, {}, fixed_details))  # type: ignore[arg-type]
         meta = self.meta(threads, duration_s)
-        table = LatencyTable(meta, space_to_dict(self.space), tables, "<profile>")
+        table = LatencyTable(meta, self.space.to_dict(), tables, "<profile>")
         calibration = [(e, done[e.key]) for e in entries if e.part == "model"]
         glue = self._glue(entries, done)
         if calibration or glue:
             _fit_correction(table, tables, calibration, glue, self._plain_pairs(entries, done))
-            table = LatencyTable(meta, space_to_dict(self.space), tables, "<profile>")
+            table = LatencyTable(meta, self.space.to_dict(), tables, "<profile>")
         return table
 
     def _glue(self, entries: list[Entry], done: dict[str, Stat]) -> dict[tuple[int, int], list[float]]:

@@ -41,8 +41,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import SparsityConfig, atomic_write_text
-from ..errors import LatencyTableError, SparseSearchError
+from ..config import SparsityConfig
+from ..errors import LatencyTableError, SparseSearchError, SparseSearchWarning
+from ..fileio import atomic_write_text
 from ..ops import keep_count
 from ..space import SearchSpace
 from .env import DTYPES, device_name, fingerprint, fingerprint_diff
@@ -55,7 +56,7 @@ FORMAT = "sparsesearch.latency_table"
 VERSION = 1
 
 
-class TableMachineWarning(UserWarning):
+class TableMachineWarning(SparseSearchWarning):
     """A latency table was measured on other hardware than this machine's (or does not say which)."""
 
 
@@ -496,8 +497,9 @@ class LatencyTable:
         """Flattened per-(gene, stage) latency arrays indexed by (resolution, window choice, gene choice).
 
         Returns (values, base, pairs): values is one float array; for pair (gene, stage, offset, n_windows,
-        n_choices) the entry of resolution r, window index w, choice c is values[offset + (r*n_windows + w)*n_choices + c];
-        base[r] is the fixed time plus the correction at resolution r.
+        n_choices) the entry of resolution r, window index w, choice c is
+        ``values[offset + (r * n_windows + w) * n_choices + c]``; base[r] is the fixed time plus the correction
+        at resolution r.
         """
         if self._lookup is not None:
             return self._lookup
