@@ -325,31 +325,40 @@ class SearchSpace:
     def encode(self, config: SparsityConfig) -> np.ndarray:
         """SparsityConfig -> integer vector; raises SpaceError if the config is not a point of this space."""
         config.validate(self.depths, self.max_window_size)
+        located = self._locate(config)
+        if isinstance(located, str):
+            raise SpaceError(located)
+        return located
+
+    def genome_of(self, config: SparsityConfig) -> np.ndarray | None:
+        """The integer vector of `config` if it is a point of this space, else None (e.g. a sparsity no gene
+        offers). Raises ConfigError if the config does not fit the space's model at all."""
+        config.validate(self.depths, self.max_window_size)
+        located = self._locate(config)
+        return None if isinstance(located, str) else located
+
+    def _locate(self, config: SparsityConfig) -> np.ndarray | str:
+        """(n_var,) int genome of a config that fits the model, or why it is not a point of this space."""
         x = np.zeros(self.n_var, dtype=np.int64)
         for gi, g in enumerate(self.genes):
             values = {config.sparsity[s][b] for s, b in g.blocks}
             if len(values) != 1:
-                raise SpaceError(f"config gives the blocks of gene {g.name!r} different sparsities {sorted(values)}")
-            x[gi] = self._index(g.choices, values.pop(), f"gene {g.name!r}")
+                return f"config gives the blocks of gene {g.name!r} different sparsities {sorted(values)}"
+            value = values.pop()
+            index = next((i for i, c in enumerate(g.choices) if abs(c - value) < 1e-9), None)
+            if index is None:
+                return f"sparsity {value} of gene {g.name!r} is not one of its choices {list(g.choices)}"
+            x[gi] = index
         off = len(self.genes)
         for i, w in enumerate(config.window_size):
             if w not in self.window_choices[i]:
-                raise SpaceError(
-                    f"window size {w} of stage {i} is not a choice of {self.name} ({list(self.window_choices[i])})"
-                )
+                return f"window size {w} of stage {i} is not a choice of {self.name} ({list(self.window_choices[i])})"
             x[off + i] = self.window_choices[i].index(w)
         res = config.resolution or self.resolutions[0]
         if res not in self.resolutions:
-            raise SpaceError(f"resolution {res} is not a choice of {self.name} ({list(self.resolutions)})")
+            return f"resolution {res} is not a choice of {self.name} ({list(self.resolutions)})"
         x[-1] = self.resolutions.index(res)
         return x
-
-    @staticmethod
-    def _index(choices: tuple[float, ...], value: float, what: str) -> int:
-        for i, c in enumerate(choices):
-            if abs(c - value) < 1e-9:
-                return i
-        raise SpaceError(f"sparsity {value} of {what} is not one of its choices {list(choices)}")
 
     # ---- configs -----------------------------------------------------------------------------------------
     def sample_genes(self, rng: np.random.Generator | int | None, n: int | None = None) -> np.ndarray:

@@ -434,16 +434,6 @@ class LatencyTable:
             raise LatencyTableError(f"{self.source} does not cover its own space: {e}") from None
 
     # ---- prediction ------------------------------------------------------------------------------------------
-    def block_latency(self, resolution: Any, stage: int, window: int, shifted: bool | str, k: int) -> float:
-        """Milliseconds of one block (entry or interpolation); raises if that kind was not measured.
-        `shifted`: Swin's flag, or the family's block variant name."""
-        rt = self.resolution_table(resolution)
-        variant = shifted if isinstance(shifted, str) else ("shifted" if shifted else "regular")
-        try:
-            return self.speed_factor * self._kind(rt, stage, window, variant).latency(k)
-        except LatencyTableError as e:
-            raise LatencyTableError(f"{self.source}: {e}") from None
-
     def _kind(self, rt: ResolutionTable, stage: int, window: int, variant: str) -> KindTable:
         kt = rt.kinds.get((stage, window, variant))
         if kt is None:
@@ -461,11 +451,7 @@ class LatencyTable:
         """Milliseconds of every part `config` runs: fixed parts by name, blocks as 'layers.i.blocks.j',
         and 'correction'. Their sum is `predict(config)`."""
         rt = self.resolution_table(config.resolution)
-        depths = self.space.depths
-        try:
-            config.validate(depths, self.space.max_window_size)
-        except SparseSearchError as e:
-            raise LatencyTableError(f"config does not fit the table's space {self.space.name!r}: {e}") from None
+        self._check_fits(config)
         out = {name: s.ms for name, s in rt.fixed.items()}
         fam = space_family(self.space)
         arch = fam.arch(self.space.architecture, self.space.model_kwargs)
@@ -487,11 +473,18 @@ class LatencyTable:
         order); any other config that fits the model (e.g. a sparsity no gene offers) is the sum of `parts`,
         with counts between measured ones interpolated.
         """
-        try:
-            genome = self.space.encode(config)  # no resolution: the table's first
-        except SparseSearchError:
+        self._check_fits(config)
+        genome = self.space.genome_of(config)  # no resolution: the table's first
+        if genome is None:
             return float(sum(self.parts(config).values()))
         return float(self.predict_many(genome[None, :])[0])
+
+    def _check_fits(self, config: SparsityConfig) -> None:
+        """LatencyTableError unless `config` fits the model of the table's space (stage depths, windows)."""
+        try:
+            config.validate(self.space.depths, self.space.max_window_size)
+        except SparseSearchError as e:
+            raise LatencyTableError(f"config does not fit the table's space {self.space.name!r}: {e}") from None
 
     def _build_lookup(self) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int, int, int]]]:
         """Flattened per-(gene, stage) latency arrays indexed by (resolution, window choice, gene choice).

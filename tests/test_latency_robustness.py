@@ -1,5 +1,6 @@
-"""Resuming a profile: unusable partial results are reported in one line and kept aside, and profiling leaves the
-process's global RNG alone. Nothing here times anything: a fake timer returns fixed figures."""
+"""Resuming a profile (unusable partial results are reported in one line and kept aside), profiling leaves the
+process's global RNG alone, and `predict` picks its path explicitly. Nothing here times anything: a fake timer
+returns fixed figures."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 import sparsesearch as ss
 import torch
 from sparsesearch.cli import main
-from sparsesearch.latency import Profiler, ProfileSettings, Stat, Timer, partial_path
+from sparsesearch.config import SparsityConfig
+from sparsesearch.errors import LatencyTableError
+from sparsesearch.latency import LatencyTable, Profiler, ProfileSettings, Stat, Timer, partial_path
 from sparsesearch.latency.profile import PartialProfileWarning
 
 SPACE_YAML = """
@@ -149,3 +152,27 @@ def test_profiling_leaves_the_global_rng_alone_and_is_reproducible(tmp_path, spa
     a, b, c = (p.model().state_dict() for p in (first, second, other))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_predict_uses_the_lookup_for_points_of_the_space_and_the_parts_otherwise(tmp_path, space, monkeypatch):
+    _profile(space, tmp_path / "t.json")
+    table = LatencyTable.load(tmp_path / "t.json")
+    point = space.sample(0)
+    # every sparsity measured, but gene s1's two blocks differ: not a point of the space
+    rows = [[0.0] * d for d in space.depths]
+    rows[0][1] = 0.5
+    off_space = SparsityConfig(rows, list(space.default_window), (32, 32))
+    assert space.genome_of(point) is not None and space.genome_of(off_space) is None
+    by_lookup = float(table.predict_many(space.encode(point)[None, :])[0])
+    by_parts = float(sum(table.parts(off_space).values()))
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("predict took the wrong path")
+
+    monkeypatch.setattr(table, "parts", refuse)
+    assert table.predict(point) == by_lookup
+    monkeypatch.undo()
+    monkeypatch.setattr(table, "predict_many", refuse)
+    assert table.predict(off_space) == by_parts
+    with pytest.raises(LatencyTableError, match="does not fit the table's space"):
+        table.predict(SparsityConfig([[0.0]], [4], (32, 32)))
