@@ -62,7 +62,7 @@ def test_search_finds_the_exhaustive_optimum(toy, budget, tmp_path):
     assert isinstance(r.best.config, ss.SparsityConfig) and r.best.accuracy == toy_accuracy(r.best.config)
     assert r.evaluated < 0.02 * toy.size  # it did not enumerate its way there
     lats = [c.latency_ms for c in r.pareto]
-    assert lats == sorted(lats) and all(l <= ms for l in lats) and r.pareto[-1].accuracy == r.best.accuracy
+    assert lats == sorted(lats) and all(lat <= ms for lat in lats) and r.pareto[-1].accuracy == r.best.accuracy
     ub = r.best_uniform_sparsity
     assert ub is not None and ub.latency_ms <= ms and r.best.accuracy >= ub.accuracy
     assert len({tuple(np.round(c.config.flat(), 6)) for c in r.uniform_sparsity}) == len(r.uniform_sparsity)
@@ -123,7 +123,7 @@ def test_search_applies_configs_to_the_model_and_matches_enumeration(tmp_path):
     doc = json.loads((tmp_path / "s" / "best.json").read_text())
     assert ss.SparsityConfig.load(tmp_path / "s" / "best.json") == r.best.config and doc["accuracy"] == r.best.accuracy
     cached = (tmp_path / "s" / "accuracy_cache.jsonl").read_text().splitlines()
-    assert len(cached) == len({json.loads(l)["genes"] for l in cached})  # each config evaluated once
+    assert len(cached) == len({json.loads(line)["genes"] for line in cached})  # each config evaluated once
     with pytest.raises(ss.SparseSearchError, match="already holds a search"):
         ss.search(space, latency=ms, accuracy=fidelity, budget=budget, model=model, out=tmp_path / "s", progress=False)
 
@@ -153,7 +153,7 @@ def test_an_error_keeps_what_was_evaluated_and_resume_goes_on(toy, tmp_path):
     assert isinstance(err.value.__cause__, ValueError)
     failed = calls[4]
     assert json.dumps(ss.SparsityConfig.from_dict(json.loads(failed)).to_dict()) in str(err.value)  # the culprit
-    cached = [json.loads(l) for l in (tmp_path / "accuracy_cache.jsonl").read_text().splitlines()]
+    cached = [json.loads(line) for line in (tmp_path / "accuracy_cache.jsonl").read_text().splitlines()]
     assert len(cached) == 4
     before = set(calls[:4])
     calls.clear()

@@ -203,7 +203,7 @@ def test_plans_of_the_shipped_spaces(name):
     covered = set()
     for _, g in levels:
         config = space.decode(g)
-        for kind, counts in profiler._counts.items():
+        for kind in profiler._counts:
             if config.window_size[kind.stage] != kind.window:
                 continue
             for j, p in enumerate(config.sparsity[kind.stage]):
@@ -442,7 +442,7 @@ def test_killed_profile_resumes(tmp_path):
     assert starts == [(30, total)]
     assert second.calls == total - 30  # only the rest was measured
     assert out.exists() and not partial_path(out).exists()
-    for key, stats in saved.items():  # the kept measurements made it into the table
+    for stats in saved.values():  # the kept measurements made it into the table
         assert len(stats) >= 1
 
     # an uninterrupted run gives a table of the same structure
@@ -607,7 +607,7 @@ def test_in_model_figures_replace_isolated_ones(tmp_path, monkeypatch):
         assert rt.fixed_details[name]["source"] == "in-model"
     sources = set()
     for kt in rt.kinds.values():
-        for k, stat, detail in zip(kt.ks, kt.stats, kt.details):
+        for stat, detail in zip(kt.stats, kt.details):
             assert stat.ms == pytest.approx(IN_MODEL[0] * detail["isolated"]["ms"], rel=1e-4)
             sources.add(detail["source"].split(" x ")[0])
     assert sources == {"in-model", "isolated"}  # the grid has counts no gene choice produces

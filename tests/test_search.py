@@ -171,7 +171,7 @@ def test_kill_and_resume_continues_the_search(space, tmp_path, algorithm):
         resume=True,
         refine=False,
     )
-    gens = [json.loads(l)["generation"] for l in (part_dir / "history.jsonl").read_text().splitlines()]
+    gens = [json.loads(line)["generation"] for line in (part_dir / "history.jsonl").read_text().splitlines()]
     assert gens == list(range(1, 7))  # generations 1-3, then 4-6 after the resume: none repeated
     assert len(calls) < len(full.genes)  # the persisted accuracies were reused
     if algorithm == "ga":  # pymoo's state is pickled whole: the resumed run is the uninterrupted run
@@ -267,5 +267,5 @@ def test_outputs_are_written_and_meet_the_budget(space, tmp_path):
     pareto = json.loads((tmp_path / "pareto.json").read_text())
     lats = [p["latency_ms"] for p in pareto["front"]]
     accs = [p["accuracy"] for p in pareto["front"]]
-    assert all(l <= budget for l in lats) and lats == sorted(lats) and accs == sorted(accs)
+    assert all(lat <= budget for lat in lats) and lats == sorted(lats) and accs == sorted(accs)
     assert (tmp_path / "pareto.png").stat().st_size > 10_000

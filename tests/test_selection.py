@@ -93,8 +93,8 @@ def test_search_picks_the_fastest_of_the_tied_everywhere(tmp_path, tie):
     )
     assert r.tie == (0.02 if tie is None else tie)  # None: the accuracy function's own noise
     everything = [
-        Candidate(space.decode(g), float(l), float(a), None, "")
-        for g, l, a in zip(r.run.genes, r.run.latency_ms, r.run.accuracy)
+        Candidate(space.decode(g), float(lat), float(a), None, "")
+        for g, lat, a in zip(r.run.genes, r.run.latency_ms, r.run.accuracy)
     ]
     everything += [c for c in r.uniform_sparsity + r.uniform_resize if c.config.resolution in space.resolutions]
     assert r.best.latency_ms == pytest.approx(_fastest_tied(r, everything))

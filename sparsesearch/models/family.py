@@ -232,7 +232,10 @@ class SwinFamily(ModelFamily):
         return PartPlan(part, prev, (batch, sh.H, sh.W, sh.dim))
 
     def describe(self, arch: dict[str, Any]) -> str:
-        return f"embed {arch['embed_dim']:<4} depths {list(arch['depths'])} heads {list(arch['num_heads'])} window {arch['window_size']}"
+        return (
+            f"embed {arch['embed_dim']:<4} depths {list(arch['depths'])} heads {list(arch['num_heads'])} "
+            f"window {arch['window_size']}"
+        )
 
 
 class SamViTFamily(ModelFamily):
@@ -321,8 +324,8 @@ class SamViTFamily(ModelFamily):
     def describe(self, arch: dict[str, Any]) -> str:
         g = list(arch.get("global_attn_indexes", ()))
         return (
-            f"embed {arch['embed_dim']:<4} depth {arch['depth']} heads {arch['num_heads']} window {arch['window_size']} "
-            f"global {g} groups {list(self.depths(arch))}"
+            f"embed {arch['embed_dim']:<4} depth {arch['depth']} heads {arch['num_heads']} "
+            f"window {arch['window_size']} global {g} groups {list(self.depths(arch))}"
         )
 
 
