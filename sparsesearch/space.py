@@ -171,7 +171,8 @@ class SearchSpace:
         defaults = (
             _parse_choices(default_choices, f"{self.source}: sparsity_choices") if default_choices is not None else None
         )
-        genes, seen = [], {}
+        genes: list[Gene] = []
+        seen: dict[tuple[int, int], str] = {}
         for i, g in enumerate(value):
             if not isinstance(g, dict):
                 raise SpaceError(f"{self.source}: genes[{i}] must be a mapping with 'blocks'")
@@ -371,7 +372,7 @@ class SearchSpace:
         """A random config of this space."""
         return self.decode(self.sample_genes(rng))
 
-    def _with(self, pick: str, resolution: Any = None) -> np.ndarray:
+    def _with(self, pick: str, resolution: int | Sequence[int] | None = None) -> np.ndarray:
         x = np.zeros(self.n_var, dtype=np.int64)
         if pick == "max":
             x[: len(self.genes)] = self.upper_bounds[: len(self.genes)]
@@ -385,15 +386,15 @@ class SearchSpace:
             x[-1] = self.resolutions.index(res)
         return x
 
-    def densest(self, resolution: Any = None) -> SparsityConfig:
+    def densest(self, resolution: int | Sequence[int] | None = None) -> SparsityConfig:
         """The lowest sparsity of every gene, default windows."""
         return self.decode(self._with("min", resolution))
 
-    def sparsest(self, resolution: Any = None) -> SparsityConfig:
+    def sparsest(self, resolution: int | Sequence[int] | None = None) -> SparsityConfig:
         """The highest sparsity of every gene, default windows."""
         return self.decode(self._with("max", resolution))
 
-    def uniform(self, p: float, resolution: Any = None) -> SparsityConfig:
+    def uniform(self, p: float, resolution: int | Sequence[int] | None = None) -> SparsityConfig:
         """Sparsity p in every block (p need not be a gene choice), default windows."""
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
             raise SpaceError(f"uniform sparsity must be in [0, 1), got {p!r}")

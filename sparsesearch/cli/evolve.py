@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from ._base import Command
+
+if TYPE_CHECKING:
+    from ..search.report import Point
 
 
 class EvolveCommand(Command):
@@ -96,11 +100,11 @@ class EvolveCommand(Command):
             f"budget {s.budget_ms:.2f} ms ({args.latency}); {s.evaluated} configs evaluated "
             f"({s.new_evaluations} new), scored by {scored_by}"
         )
-        rows = [["dense", s.dense]]
+        rows: list[tuple[str, Point | None]] = [("dense", s.dense)]
         ub, rb = s.baselines.best(s.baselines.uniform_sparsity), s.baselines.best(s.baselines.uniform_resize)
-        rows += [[f"uniform sparsity ({ub.label})", ub]] if ub else [["uniform sparsity", None]]
-        rows += [[f"uniform resize ({rb.label})", rb]] if rb else [["uniform resize", None]]
-        rows.append(["searched", s.best])
+        rows.append((f"uniform sparsity ({ub.label})", ub) if ub else ("uniform sparsity", None))
+        rows.append((f"uniform resize ({rb.label})", rb) if rb else ("uniform resize", None))
+        rows.append(("searched", s.best))
         table = [
             [name, f"{p.latency_ms:.2f}", f"{p.accuracy:.2f}", f"{p.gflops:.2f}" if p.gflops is not None else "-"]
             if p

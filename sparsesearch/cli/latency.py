@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import LatencyTableError, SparseSearchError
 from ._base import Command, CommandError, resolution
+
+if TYPE_CHECKING:
+    from ..latency import LatencyTable, Stat
+    from ..latency.check import TableCheck
+    from ..latency.profile import Entry
+    from ..search.budget import Budget
+    from ..space import SearchSpace
 
 
 def _res(r: tuple[int, int]) -> str:
     return f"{r[0]}x{r[1]}"
 
 
-def _load_space(path: str):
+def _load_space(path: str) -> SearchSpace:
     from ..space import SearchSpace  # noqa: PLC0415
 
     return SearchSpace.load(path)
 
 
-def _load_table(path: str, space: str | None = None):
+def _load_table(path: str, space: str | None = None) -> LatencyTable:
     from ..latency import LatencyTable  # noqa: PLC0415
 
     table = LatencyTable.load(path)
@@ -43,7 +51,9 @@ def add_table_check_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def table_speed(table, budget, args: argparse.Namespace):
+def table_speed(
+    table: LatencyTable, budget: Budget | None, args: argparse.Namespace
+) -> tuple[LatencyTable, TableCheck | None]:
     """Run the speed check for a command (see `ensure_table_speed`) and print its one line; (table, check)."""
     from ..latency import ensure_table_speed  # noqa: PLC0415
 
@@ -165,7 +175,7 @@ class ProfileCommand(Command):
 
                 bar = progress_bar(total, initial=done, desc="profile", unit="entry")
 
-        def on_entry(entry, stat, done: int, total: int) -> None:
+        def on_entry(entry: Entry, stat: Stat, done: int, total: int) -> None:
             if bar is not None:
                 bar.set_postfix_str(f"{entry.key} {stat.ms:.3f} ms", refresh=False)
                 bar.update(1)

@@ -45,6 +45,7 @@ import torch
 
 from ..errors import LatencyTableError, SparseSearchError, SparseSearchWarning
 from ..fileio import atomic_write_text, set_aside
+from ..models.family import prunable
 from ..ops import keep_count
 from ..space import SearchSpace
 from .env import DTYPES, device_type, environment, machine_slug, parse_dtype
@@ -208,7 +209,7 @@ class Profiler:
     def __init__(self, space: SearchSpace, settings: ProfileSettings, timer: Timer | None = None) -> None:
         settings.validate()
         self.settings = settings
-        resolutions = tuple(tuple(r) for r in (settings.resolutions or space.resolutions))
+        resolutions = tuple((int(r[0]), int(r[1])) for r in (settings.resolutions or space.resolutions))
         if len(set(resolutions)) != len(resolutions):
             raise LatencyTableError("a resolution is listed twice")
         if resolutions != space.resolutions:  # the table's space runs at the measured resolutions
@@ -216,7 +217,7 @@ class Profiler:
             data["resolutions"] = [list(r) for r in resolutions]
             space = SearchSpace(data, space.source)
         self.space = space
-        self.resolutions: tuple[tuple[int, int], ...] = resolutions  # type: ignore[assignment]
+        self.resolutions: tuple[tuple[int, int], ...] = resolutions
         self.device = torch.device(settings.device)
         self.dtype = DTYPES[settings.dtype]
         self.flush_bytes = (
@@ -357,7 +358,7 @@ class Profiler:
         if entry.part == "model":
             assert entry.genome is not None
             config = self.space.decode(np.asarray(entry.genome))
-            model.set_config(config)
+            prunable(model).set_config(config)
             image = self._randn(self.settings.batch, 3, *entry.resolution)
             return (lambda: model(image)), None
         plan = self._plan(entry)
@@ -383,7 +384,7 @@ class Profiler:
         if entry.part == "in_model":
             assert entry.genome is not None
             model = self.model()
-            model.set_config(self.space.decode(np.asarray(entry.genome)))
+            prunable(model).set_config(self.space.decode(np.asarray(entry.genome)))
             image = self._randn(self.settings.batch, 3, *entry.resolution)
             with torch.inference_mode():
                 return self._plain_timer.measure_parts(
@@ -528,7 +529,7 @@ class Profiler:
                     situ = in_block.get((kind, k))
                     if situ is not None:
                         stage_ratios.setdefault(kind.stage, []).append(situ.ms / iso.ms)
-            kinds: dict[tuple[int, int, bool], KindTable] = {}
+            kinds: dict[tuple[int, int, str], KindTable] = {}
             for kind, points in by_kind.items():
                 points.sort(key=lambda p: p[0])
                 covered = [(k, in_block[(kind, k)].ms / iso.ms) for k, iso in points if (kind, k) in in_block]
@@ -559,7 +560,7 @@ class Profiler:
                     tuple(details),
                     None if kind.variant in ("regular", "shifted") else kind.variant,
                 )
-            tables.append(ResolutionTable(tuple(res), fixed, kinds, {}, fixed_details))  # type: ignore[arg-type]
+            tables.append(ResolutionTable(res, fixed, kinds, {}, fixed_details))
         meta = self.meta(threads, duration_s)
         table = LatencyTable(meta, self.space.to_dict(), tables, "<profile>")
         calibration = [(e, done[e.key]) for e in entries if e.part == "model"]

@@ -92,7 +92,9 @@ def block_kind(
     fam = space_family(space)
     sh = (shapes or stage_shapes(space, resolution))[stage]
     variant = fam.block_variant(_arch(space), stage, block)
-    return BlockKind(tuple(resolution), stage, window, variant, sh.H, sh.W, sh.dim, sh.heads, fam.name)
+    return BlockKind(
+        (int(resolution[0]), int(resolution[1])), stage, window, variant, sh.H, sh.W, sh.dim, sh.heads, fam.name
+    )
 
 
 def space_fingerprint(space: SearchSpace) -> dict[str, Any]:

@@ -233,7 +233,7 @@ class ResolutionTable:
         except LatencyTableError as e:
             raise LatencyTableError(f"{where} fixed parts: {e}") from None
         fixed_details = {str(k): _details(v) for k, v in d["fixed"].items() if _details(v)}
-        kinds: dict[tuple[int, int, bool], KindTable] = {}
+        kinds: dict[tuple[int, int, str], KindTable] = {}
         for i, b in enumerate(d["blocks"]):
             kt = KindTable.from_dict(b, f"{where} blocks[{i}]")
             kinds[(kt.stage, kt.window, kt.kind_variant)] = kt

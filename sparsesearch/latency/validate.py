@@ -17,6 +17,7 @@ import torch
 
 from ..errors import LatencyTableError
 from ..fileio import atomic_write_text
+from ..models.family import prunable
 from ..space import SearchSpace
 from .env import DTYPES, device_type
 from .measure import LoadMonitor, Stat, Timer, combine_rounds, default_max_load, make_timer, num_threads, tune_malloc
@@ -347,9 +348,10 @@ class _TimedModel:
         waiting for a quiet machine when `limit` is set)."""
         stats: list[list[Stat]] = [[] for _ in genomes]
         total = rounds * len(genomes)
+        net = prunable(self.model)
         for r in range(rounds):
             for i, genome in enumerate(genomes):
-                self.model.set_config(self.space.decode(genome))
+                net.set_config(self.space.decode(genome))
                 image = self.images[self.space.resolutions[int(genome[-1])]]
                 monitor.wait_quiet(limit, budget_s=max_wait_s)
                 stats[i].append(self.timer.measure(functools.partial(self.model, image), self.warmup, self.repeats))
