@@ -32,6 +32,7 @@ from sparsesearch.latency import (
 )
 from sparsesearch.latency.env import slugify
 from sparsesearch.latency.measure import combine_rounds, summarize
+from sparsesearch.latency.profile import PartialProfileWarning
 from sparsesearch.latency.structure import kinds_and_counts, space_hash, sparsity_for_count
 from sparsesearch.ops import keep_count
 
@@ -464,7 +465,8 @@ def test_partial_results_of_other_settings_are_ignored(tmp_path):
     other = ProfileSettings(**{**FAST, "repeats": 2}, resolutions=((32, 32),))
     timer = _CountingTimer()
     profiler = Profiler(space, other, timer=timer)
-    profiler.run(out)
+    with pytest.warns(PartialProfileWarning, match="other settings"):
+        profiler.run(out)
     assert timer.calls == len(profiler.plan())
 
 
