@@ -134,9 +134,7 @@ class _Forward:
     """One config's whole forward, as the timer calls it; carries its `genome` and `config` so that a test's fake
     timer can return a time for it without running anything."""
 
-    def __init__(
-        self, model: torch.nn.Module, image: torch.Tensor, genome: np.ndarray, config: SparsityConfig
-    ) -> None:
+    def __init__(self, model: torch.nn.Module, image: torch.Tensor, genome: np.ndarray, config: SparsityConfig) -> None:
         self.model, self.image, self.genome, self.config = model, image, genome, config
 
     def __call__(self) -> Any:
