@@ -1,10 +1,12 @@
-# make demo: the main job on the built-in default.  make test: the test suite.  Both set up .venv on first use.
+# make demo: the main job on the built-in default.  make lint: ruff and mypy.  make test: lint, then the test
+# suite.  Each sets up .venv on first use.
+SHELL := bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo lint test bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,11 +20,17 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/sparsesearch demo
 
-test: $(STAMP)
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
+# Static checks first (configured in pyproject.toml), each printing its wall time; the first failure stops make.
+lint: $(STAMP)
+	@TIMEFORMAT='ruff check: %R s'; time $(BIN)/ruff check .
+	@TIMEFORMAT='ruff format --check: %R s'; time $(BIN)/ruff format --check .
+	@TIMEFORMAT='mypy: %R s'; time $(BIN)/mypy
+
+test: lint
+	@TIMEFORMAT='pytest: %R s'; time TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_model.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -23,6 +23,7 @@ comparison code with interpreted kernels (meaningless times; for checking the sc
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -46,6 +47,12 @@ def copy_bandwidth(device: torch.device, timer: Timer, mib: int) -> float:
     dst = torch.empty_like(src)
     t = timer(lambda: dst.copy_(src), inner=5)
     return 2 * src.numel() * src.element_size() / (t.best * 1e-3) / 1e9
+
+
+def _score_gather(x: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry, backend: str) -> torch.Tensor:
+    """Score the windows of x (B, H, W, C), then gather the windows `idx`: what the pruned block runs first."""
+    ops.score_windows(x, geom, backend)
+    return ops.gather_windows(x, idx, geom, backend)
 
 
 def _fmt(ms: float | None) -> str:
@@ -81,15 +88,13 @@ def bench_ops(
                 t: dict[tuple[str, str], Timing] = {}
                 with torch.inference_mode():
                     for be in backends:
-
-                        def score_gather(be: str = be) -> torch.Tensor:
-                            ops.score_windows(x, geom, be)
-                            return ops.gather_windows(x, idx, geom, be)
-
                         y = x.clone()
-                        t["sg", be] = timer(score_gather)
-                        t["scatter", be] = timer(lambda be=be: ops.scatter_windows(x, win, idx, geom, be))
-                        t["inplace", be] = timer(lambda be=be: ops.scatter_windows(y, win, idx, geom, be, inplace=True))
+                        # the timer calls each function right away: binding the loop's values is for clarity
+                        t["sg", be] = timer(functools.partial(_score_gather, x, idx, geom, be))
+                        t["scatter", be] = timer(functools.partial(ops.scatter_windows, x, win, idx, geom, be))
+                        t["inplace", be] = timer(
+                            functools.partial(ops.scatter_windows, y, win, idx, geom, be, inplace=True)
+                        )
                 shape = [stage, f"{side}x{side}x{C}", "s" if shifted else "-", B, f"{k}/{geom.num_windows}"]
                 for op, nbytes in (("sg", bytes_score_gather), ("scatter", bytes_scatter), ("inplace", bytes_inplace)):
                     tt = t[op, "torch"]
@@ -107,7 +112,8 @@ def bench_ops(
                     rec.update(triton_ms=tr.best, triton_eager_ms=tr.eager, speedup=tt.best / tr.best,
                                speedup_eager=tt.eager / tr.eager, gbs=gbs, copy_fraction=gbs / copy_gbs)  # fmt: skip
                     row = shape + [_fmt(tt.best), _fmt(tr.best), f"{tt.best / tr.best:.2f}", _fmt(tt.eager),
-                                   _fmt(tr.eager), f"{tt.eager / tr.eager:.2f}", f"{gbs:.0f}", f"{gbs / copy_gbs:.0%}"]  # fmt: skip
+                                   _fmt(tr.eager), f"{tt.eager / tr.eager:.2f}", f"{gbs:.0f}",
+                                   f"{gbs / copy_gbs:.0%}"]  # fmt: skip
                     if op == "inplace":
                         row.append(f"{t['scatter', 'torch'].best / tr.best:.2f}")
                     tables[op].append(row)
@@ -148,7 +154,7 @@ def bench_backbone(args: argparse.Namespace, device: torch.device, timer: Timer,
                 model.set_config(ss.SparsityConfig.uniform(p, model.depths))
                 for be in ["dense"] if p == 0 else backends:
                     model.set_kernel_backend(None if be == "dense" else be)
-                    times[p, be] = timer(lambda: model(x), inner=1)
+                    times[p, be] = timer(functools.partial(model, x), inner=1)
         dense = times[args.sparsity[0], "dense"] if args.sparsity[0] == 0 else None
         for p in args.sparsity:
             if p == 0:
@@ -225,7 +231,8 @@ def main() -> None:
         print("# No CUDA device: Triton kernels INTERPRETED on CPU to check this script; the times mean nothing.")
     else:
         print("# No CUDA device: this run measured the torch path only (the Triton kernels need a GPU; "
-              f"the interpreter is for tests, not timing), on small shapes ({args.resolution}x{args.resolution}).")  # fmt: skip
+              "the interpreter is for tests, not timing), "
+              f"on small shapes ({args.resolution}x{args.resolution}).")  # fmt: skip
     timer = Timer(device, args.warmup, args.repeats, use_graphs=not args.no_graphs)
     copy_gbs = copy_bandwidth(device, timer, args.copy_mib)
     print(f"# device-to-device copy bandwidth: {copy_gbs:.0f} GB/s (read + write, {args.copy_mib} MiB, this run)")

@@ -21,6 +21,7 @@ the predicted time (a tilt) and prints where the error sits.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -71,8 +72,9 @@ def measure(table: LatencyTable, n: int, rounds: int, repeats: int) -> list[dict
             for i, (_, genome) in enumerate(configs):
                 model.set_config(space.decode(genome))
                 image = images[space.resolutions[int(genome[-1])]]
-                plain[i].append(timer.measure(lambda: model(image), 1, repeats).ms)
-                stats = time_parts(lambda: model(image), parts, 1, repeats, "cpu", timer.clock, timer.trim)
+                forward = functools.partial(model, image)
+                plain[i].append(timer.measure(forward, 1, repeats).ms)
+                stats = time_parts(forward, parts, 1, repeats, "cpu", timer.clock, timer.trim)
                 hooked[i].append({k: v.ms for k, v in stats.items() if k != "plain"})
                 plain[i][-1] = 0.5 * (plain[i][-1] + stats["plain"].ms)  # before and right after the hooked ones
             print(f"round {r + 1}/{rounds} done", file=sys.stderr)
@@ -130,7 +132,6 @@ def analyse(rows: list[dict]) -> dict:
     # which parts carry the error: measured in-config / table entry (speed removed), pruned vs dense blocks, per stage
     by: dict[str, list[float]] = {}
     for r in rows:
-        cfg_sp = r["genome"]
         for k in names:
             table_ms = r["predicted_parts"].get(k)
             if not table_ms:

@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default fp16 on CUDA, fp32 on CPU")
     ap.add_argument("--backend", nargs="+", choices=["torch", "triton", "auto"], default=None,
-                    help="kernel backends of the pruned configs (default: torch triton on CUDA, torch on CPU)")  # fmt: skip
+                    help="kernel backends of the pruned configs "
+                         "(default: torch triton on CUDA, torch on CPU)")  # fmt: skip
     ap.add_argument("--compile", type=float, default=None, metavar="P", help="also time torch.compile at sparsity P")
     ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode (e.g. max-autotune-no-cudagraphs)")
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
             rec.update(gflops=flops[p] / 1e9, flops_x_dense=flops[p] / flops[0.0])
         records.append(rec)
         rows.append([p, path, f"{rec['ms']:.2f}", f"{rec['x_dense']:.3f}",
-                     f"{rec['gflops']:.1f}" if flops else "", f"{rec['flops_x_dense']:.3f}" if flops else ""])  # fmt: skip
+                     f"{rec['gflops']:.1f}" if flops else "",
+                     f"{rec['flops_x_dense']:.3f}" if flops else ""])  # fmt: skip
     res = "x".join(map(str, args.resolution))
     clock_name = "CUDA events" if args.device.type == "cuda" else "torch.utils.benchmark"
     print(f"# {args.model} backbone, {res}, batch {args.batch}, {args.dtype} on {args.device.type} ({clock_name}, "
@@ -164,13 +166,16 @@ def main(argv: list[str] | None = None) -> None:
     compiled = None
     if args.compile is not None:
         compiled = time_compiled(model, x, args.compile, args, clock)
-        print(f"\n# torch.compile ({args.compile_backend}) at uniform {args.compile}: compile {compiled['compile_s']:.1f} s, "
+        print(f"\n# torch.compile ({args.compile_backend}) at uniform {args.compile}: "
+              f"compile {compiled['compile_s']:.1f} s, "
               f"{compiled['compiled_ms']:.2f} ms vs eager {compiled['eager_ms']:.2f} ms "
               f"({compiled['speedup']:.2f}x; {compiled['compiled_ms'] / dense_ms:.3f}x eager dense); "
-              f"outputs vs eager: mean |diff| {compiled['mean_abs_diff']:.2e}, max {compiled['max_abs_diff']:.2e}")  # fmt: skip
+              f"outputs vs eager: mean |diff| {compiled['mean_abs_diff']:.2e}, "
+              f"max {compiled['max_abs_diff']:.2e}")  # fmt: skip
     if args.json:
         out = {"machine": machine_info(), "model": args.model, "model_kwargs": args.model_kwargs,
-               "resolution": list(args.resolution), "batch": args.batch, "device": args.device.type, "dtype": args.dtype, "clock": clock_name,
+               "resolution": list(args.resolution), "batch": args.batch, "device": args.device.type,
+               "dtype": args.dtype, "clock": clock_name,
                "rows": records, "compile": compiled}  # fmt: skip
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 

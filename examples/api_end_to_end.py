@@ -97,7 +97,8 @@ def main() -> None:
     )
     best = result.best
     print(
-        f"best under {result.budget_ms:.2f} ms: {best.config.to_dict()} -> {best.latency_ms:.2f} ms, mIoU {best.accuracy:.2f}"
+        f"best under {result.budget_ms:.2f} ms: {best.config.to_dict()} -> {best.latency_ms:.2f} ms, "
+        f"mIoU {best.accuracy:.2f}"
     )
     ub = result.best_uniform_sparsity
     if ub is not None:

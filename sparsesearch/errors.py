@@ -1,4 +1,4 @@
-"""Errors raised by the library. The CLI turns each into one line and exit code 2."""
+"""Errors raised by the library (the CLI turns each into one line and exit code 2), and its warnings."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ __all__ = [
     "DataError",
     "LatencyTableError",
     "BudgetError",
+    "SparseSearchWarning",
 ]
 
 
@@ -39,3 +40,7 @@ class LatencyTableError(SparseSearchError):
 
 class BudgetError(SparseSearchError):
     """A latency budget cannot be parsed or cannot be met."""
+
+
+class SparseSearchWarning(UserWarning):
+    """Something the user should know that does not stop the run; the CLI prints it as one line."""

@@ -1,14 +1,14 @@
-"""Atomic file writes: a reader (or a resumed run) never sees a half-written file."""
+"""Atomic file writes (a reader, or a resumed run, never sees a half-written file) and plain, serialisable data."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_torch_save"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_torch_save", "set_aside", "to_plain"]
 
 
 def _default_mode() -> int:
@@ -45,3 +45,22 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     import torch  # noqa: PLC0415
 
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def set_aside(path: str | os.PathLike, suffix: str = ".corrupt") -> Path:
+    """Rename `path` to `<path><suffix>` (replacing an older file of that name) and return the new path, so that
+    a file the program cannot use is kept for inspection instead of being overwritten."""
+    path = Path(path)
+    target = path.with_name(path.name + suffix)
+    os.replace(path, target)
+    return target
+
+
+def to_plain(value: Any) -> Any:
+    """Tuples -> lists and mapping keys -> str, recursively: a value that survives YAML, JSON and
+    ``weights_only`` pickles unchanged."""
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    return value

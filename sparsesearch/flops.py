@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .config import SparsityConfig
+from .models.family import prunable
 
 __all__ = ["FlopReport", "count_flops", "FLOP_HANDLES", "register_flop_handle"]
 
@@ -94,8 +95,10 @@ def count_flops(
     was_training = model.training
     model.eval()
     if config is not None:
-        model.set_config(config)
-    logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)
+        prunable(model).set_config(config)
+    log = logging.getLogger("fvcore.nn.jit_analysis")  # its tracer warnings, quieted for this call only
+    log_level = log.level
+    log.setLevel(logging.ERROR)
     try:
         with torch.no_grad():
             fa = FlopCountAnalysis(model, x)
@@ -106,8 +109,9 @@ def count_flops(
             total = int(fa.total())
             by_module = fa.by_module()
     finally:
+        log.setLevel(log_level)
         if config is not None:
-            model.set_config(previous)
+            prunable(model).set_config(previous)
         model.train(was_training)
     parts = {k: int(v) for k, v in by_module.items() if k and _is_part(k)}
     return FlopReport(total, parts)

@@ -7,12 +7,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .config import SparsityConfig, read_structured
 from .errors import SpaceError
+from .fileio import to_plain
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["Gene", "SearchSpace"]
 
@@ -142,9 +146,10 @@ class SearchSpace:
         if value is None:
             return tuple((w,) for w in self.default_window)
         if not isinstance(value, (list, tuple)) or len(value) != n:
+            got = len(value) if isinstance(value, (list, tuple)) else repr(value)
             raise SpaceError(
                 f"{self.source}: window_sizes must list the choices of each of the {n} stages of {self.architecture} "
-                f"(stages = block groups for a plain ViT), got {len(value) if isinstance(value, (list, tuple)) else value!r}"
+                f"(stages = block groups for a plain ViT), got {got}"
             )
         out = []
         for i, ch in enumerate(value):
@@ -166,7 +171,8 @@ class SearchSpace:
         defaults = (
             _parse_choices(default_choices, f"{self.source}: sparsity_choices") if default_choices is not None else None
         )
-        genes, seen = [], {}
+        genes: list[Gene] = []
+        seen: dict[tuple[int, int], str] = {}
         for i, g in enumerate(value):
             if not isinstance(g, dict):
                 raise SpaceError(f"{self.source}: genes[{i}] must be a mapping with 'blocks'")
@@ -215,6 +221,31 @@ class SearchSpace:
             raise SpaceError(f"search space {path} does not exist (the shipped ones are in search_spaces/)")
         return cls(read_structured(path, SpaceError), str(path))
 
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical plain mapping of this space (lists, not tuples; YAML- and JSON-able): what a supernet
+        checkpoint and a latency table store, and what ``SearchSpace(space.to_dict())`` parses back into an
+        equal space. Sparsity choices are written per gene, so the mapping never depends on defaults."""
+        data: dict[str, Any] = {"name": self.name, "architecture": self.architecture}
+        if self.model_kwargs:
+            data["model_kwargs"] = to_plain(self.model_kwargs)
+        data["resolutions"] = [list(r) for r in self.resolutions]
+        data["genes"] = [
+            {"name": g.name, "blocks": [f"{s}.{b}" for s, b in g.blocks], "choices": list(g.choices)}
+            for g in self.genes
+        ]
+        data["window_sizes"] = [list(c) for c in self.window_choices]
+        if self.non_decreasing:
+            data["rules"] = {"non_decreasing_within_stage": True}
+        return data
+
+    def same_as(self, other: SearchSpace) -> bool:
+        """True if both spaces define the same architecture, model arguments, genes, windows, resolutions and
+        rules; the names may differ."""
+        a, b = self.to_dict(), other.to_dict()
+        a.pop("name")
+        b.pop("name")
+        return a == b
+
     @property
     def max_window_size(self) -> tuple[int, ...]:
         return tuple(max(max(ch), d) for ch, d in zip(self.window_choices, self.default_window))
@@ -228,11 +259,21 @@ class SearchSpace:
             "max_window_size": list(self.max_window_size),
         }
 
-    def create_model(self, **kwargs: Any):
-        """Build this space's architecture with position tables large enough for every window choice."""
+    def create_model(self, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
+        """Build this space's architecture with position tables large enough for every window choice.
+
+        With `seed`, the random weights are drawn from a CPU generator seeded with it, and the process's global
+        RNG is left as it was (the same seed gives the same weights).
+        """
+        import torch  # noqa: PLC0415
+
         from .models import create_model  # noqa: PLC0415
 
-        return create_model(self.architecture, **{**self.model_args(), **kwargs})
+        if seed is None:
+            return create_model(self.architecture, **{**self.model_args(), **kwargs})
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return create_model(self.architecture, **{**self.model_args(), **kwargs})
 
     # ---- encoding ----------------------------------------------------------------------------------------
     @property
@@ -285,31 +326,40 @@ class SearchSpace:
     def encode(self, config: SparsityConfig) -> np.ndarray:
         """SparsityConfig -> integer vector; raises SpaceError if the config is not a point of this space."""
         config.validate(self.depths, self.max_window_size)
+        located = self._locate(config)
+        if isinstance(located, str):
+            raise SpaceError(located)
+        return located
+
+    def genome_of(self, config: SparsityConfig) -> np.ndarray | None:
+        """The integer vector of `config` if it is a point of this space, else None (e.g. a sparsity no gene
+        offers). Raises ConfigError if the config does not fit the space's model at all."""
+        config.validate(self.depths, self.max_window_size)
+        located = self._locate(config)
+        return None if isinstance(located, str) else located
+
+    def _locate(self, config: SparsityConfig) -> np.ndarray | str:
+        """(n_var,) int genome of a config that fits the model, or why it is not a point of this space."""
         x = np.zeros(self.n_var, dtype=np.int64)
         for gi, g in enumerate(self.genes):
             values = {config.sparsity[s][b] for s, b in g.blocks}
             if len(values) != 1:
-                raise SpaceError(f"config gives the blocks of gene {g.name!r} different sparsities {sorted(values)}")
-            x[gi] = self._index(g.choices, values.pop(), f"gene {g.name!r}")
+                return f"config gives the blocks of gene {g.name!r} different sparsities {sorted(values)}"
+            value = values.pop()
+            index = next((i for i, c in enumerate(g.choices) if abs(c - value) < 1e-9), None)
+            if index is None:
+                return f"sparsity {value} of gene {g.name!r} is not one of its choices {list(g.choices)}"
+            x[gi] = index
         off = len(self.genes)
         for i, w in enumerate(config.window_size):
             if w not in self.window_choices[i]:
-                raise SpaceError(
-                    f"window size {w} of stage {i} is not a choice of {self.name} ({list(self.window_choices[i])})"
-                )
+                return f"window size {w} of stage {i} is not a choice of {self.name} ({list(self.window_choices[i])})"
             x[off + i] = self.window_choices[i].index(w)
         res = config.resolution or self.resolutions[0]
         if res not in self.resolutions:
-            raise SpaceError(f"resolution {res} is not a choice of {self.name} ({list(self.resolutions)})")
+            return f"resolution {res} is not a choice of {self.name} ({list(self.resolutions)})"
         x[-1] = self.resolutions.index(res)
         return x
-
-    @staticmethod
-    def _index(choices: tuple[float, ...], value: float, what: str) -> int:
-        for i, c in enumerate(choices):
-            if abs(c - value) < 1e-9:
-                return i
-        raise SpaceError(f"sparsity {value} of {what} is not one of its choices {list(choices)}")
 
     # ---- configs -----------------------------------------------------------------------------------------
     def sample_genes(self, rng: np.random.Generator | int | None, n: int | None = None) -> np.ndarray:
@@ -322,7 +372,7 @@ class SearchSpace:
         """A random config of this space."""
         return self.decode(self.sample_genes(rng))
 
-    def _with(self, pick: str, resolution: Any = None) -> np.ndarray:
+    def _with(self, pick: str, resolution: int | Sequence[int] | None = None) -> np.ndarray:
         x = np.zeros(self.n_var, dtype=np.int64)
         if pick == "max":
             x[: len(self.genes)] = self.upper_bounds[: len(self.genes)]
@@ -336,15 +386,15 @@ class SearchSpace:
             x[-1] = self.resolutions.index(res)
         return x
 
-    def densest(self, resolution: Any = None) -> SparsityConfig:
+    def densest(self, resolution: int | Sequence[int] | None = None) -> SparsityConfig:
         """The lowest sparsity of every gene, default windows."""
         return self.decode(self._with("min", resolution))
 
-    def sparsest(self, resolution: Any = None) -> SparsityConfig:
+    def sparsest(self, resolution: int | Sequence[int] | None = None) -> SparsityConfig:
         """The highest sparsity of every gene, default windows."""
         return self.decode(self._with("max", resolution))
 
-    def uniform(self, p: float, resolution: Any = None) -> SparsityConfig:
+    def uniform(self, p: float, resolution: int | Sequence[int] | None = None) -> SparsityConfig:
         """Sparsity p in every block (p need not be a gene choice), default windows."""
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
             raise SpaceError(f"uniform sparsity must be in [0, 1), got {p!r}")
@@ -364,8 +414,3 @@ class SearchSpace:
         if self.non_decreasing:
             lines.append("  rule: sparsity non-decreasing within each stage")
         return "\n".join(lines)
-
-
-def load_space(path: str | os.PathLike) -> SearchSpace:
-    """Alias of SearchSpace.load."""
-    return SearchSpace.load(path)

@@ -28,7 +28,7 @@ import yaml
 from torch import nn
 
 from .errors import CheckpointError, SpaceError
-from .fileio import atomic_torch_save
+from .fileio import atomic_torch_save, to_plain
 from .space import SearchSpace
 
 __all__ = [
@@ -38,7 +38,6 @@ __all__ = [
     "save_supernet",
     "load_supernet",
     "read_supernet_file",
-    "space_to_dict",
     "space_from_yaml",
     "same_space",
     "load_weights",
@@ -51,21 +50,6 @@ FORMAT_VERSION = 1
 
 
 # ---- the space as data ---------------------------------------------------------------------------------------
-def space_to_dict(space: SearchSpace) -> dict[str, Any]:
-    """A canonical YAML-able mapping that :class:`SearchSpace` parses back into an equal space."""
-    data: dict[str, Any] = {"name": space.name, "architecture": space.architecture}
-    if space.model_kwargs:
-        data["model_kwargs"] = _plain(space.model_kwargs)
-    data["resolutions"] = [list(r) for r in space.resolutions]
-    data["genes"] = [
-        {"name": g.name, "blocks": [f"{s}.{b}" for s, b in g.blocks], "choices": list(g.choices)} for g in space.genes
-    ]
-    data["window_sizes"] = [list(c) for c in space.window_choices]
-    if space.non_decreasing:
-        data["rules"] = {"non_decreasing_within_stage": True}
-    return data
-
-
 def space_from_yaml(text: str, source: str = "<checkpoint>") -> SearchSpace:
     """Parse a space from YAML text (as stored in a supernet checkpoint)."""
     try:
@@ -76,19 +60,9 @@ def space_from_yaml(text: str, source: str = "<checkpoint>") -> SearchSpace:
 
 
 def same_space(a: SearchSpace, b: SearchSpace) -> bool:
-    """True if two spaces define the same architecture, genes, windows and resolutions (names aside)."""
-    da, db = space_to_dict(a), space_to_dict(b)
-    da.pop("name"), db.pop("name")
-    return da == db
-
-
-def _plain(value: Any) -> Any:
-    """Tuples -> lists, recursively (so the value survives YAML/JSON and weights_only pickles alike)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+    """True if two spaces define the same architecture, genes, windows and resolutions (names aside); see
+    `SearchSpace.same_as`."""
+    return a.same_as(b)
 
 
 # ---- metadata ------------------------------------------------------------------------------------------------
@@ -98,7 +72,7 @@ class SupernetMeta:
 
     Attributes:
         architecture: registered model name (``space.architecture``).
-        space_yaml: the search space as YAML text (see :func:`space_to_dict`).
+        space_yaml: the search space as YAML text (see `SearchSpace.to_dict`).
         model_kwargs: keyword arguments given to ``space.create_model`` (num_classes, head, ...).
         task: "seg" or "cls".
         num_classes: classes of the head (background included for "seg").
@@ -135,7 +109,7 @@ class SupernetMeta:
         return space_from_yaml(self.space_yaml)
 
     def to_dict(self) -> dict[str, Any]:
-        d = _plain(asdict(self))
+        d = to_plain(asdict(self))
         d["torch_version"] = str(torch.__version__)
         return d
 
@@ -158,8 +132,8 @@ class SupernetMeta:
     @classmethod
     def create(cls, space: SearchSpace, model_kwargs: Mapping[str, Any], **kw: Any) -> SupernetMeta:
         """Metadata for a model built with ``space.create_model(**model_kwargs)``."""
-        text = yaml.safe_dump(space_to_dict(space), sort_keys=False, default_flow_style=None)
-        return cls(space.architecture, text, _plain(dict(model_kwargs)), **kw)
+        text = yaml.safe_dump(space.to_dict(), sort_keys=False, default_flow_style=None)
+        return cls(space.architecture, text, to_plain(dict(model_kwargs)), **kw)
 
 
 # ---- files ---------------------------------------------------------------------------------------------------

@@ -135,7 +135,8 @@ def test_interpreter_canary():
     expected = torch.tensor([i + 0.5 * (i % 3) for i in range(n)] + [7.0] * 6)
     ok = torch.equal(out.cpu(), expected) and total.item() == 45.0
     assert ok, (
-        f"Triton ({'compiled' if ON_CUDA else 'interpreted'}) computed wrong values ({VERSIONS}): got {out.tolist()} and sum {total.item()}, "
+        f"Triton ({'compiled' if ON_CUDA else 'interpreted'}) computed wrong values ({VERSIONS}): "
+        f"got {out.tolist()} and sum {total.item()}, "
         f"expected {expected.tolist()} and 45.0. The interpreter is known to be silently wrong with some numpy "
         "versions: install the numpy/triton versions of constraints.txt (make does)"
     )

@@ -32,6 +32,7 @@ from sparsesearch.latency import (
 )
 from sparsesearch.latency.env import slugify
 from sparsesearch.latency.measure import combine_rounds, summarize
+from sparsesearch.latency.profile import PartialProfileWarning
 from sparsesearch.latency.structure import kinds_and_counts, space_hash, sparsity_for_count
 from sparsesearch.ops import keep_count
 
@@ -203,7 +204,7 @@ def test_plans_of_the_shipped_spaces(name):
     covered = set()
     for _, g in levels:
         config = space.decode(g)
-        for kind, counts in profiler._counts.items():
+        for kind in profiler._counts:
             if config.window_size[kind.stage] != kind.window:
                 continue
             for j, p in enumerate(config.sparsity[kind.stage]):
@@ -310,7 +311,7 @@ def test_predict_many_equals_predict(tmp_path, monkeypatch):
     np.testing.assert_allclose(table.predict_many(genomes), one_by_one, rtol=1e-12)
     np.testing.assert_allclose(table.predict_many(configs), one_by_one, rtol=1e-12)
     # genomes of the same space listing its resolutions in another order are remapped
-    data = ss.latency.structure.space_to_dict(space)
+    data = space.to_dict()
     data["resolutions"] = [[96, 96], [64, 64]]
     flipped = ss.SearchSpace(data, "flipped")
     g2 = genomes.copy()
@@ -442,7 +443,7 @@ def test_killed_profile_resumes(tmp_path):
     assert starts == [(30, total)]
     assert second.calls == total - 30  # only the rest was measured
     assert out.exists() and not partial_path(out).exists()
-    for key, stats in saved.items():  # the kept measurements made it into the table
+    for stats in saved.values():  # the kept measurements made it into the table
         assert len(stats) >= 1
 
     # an uninterrupted run gives a table of the same structure
@@ -464,7 +465,8 @@ def test_partial_results_of_other_settings_are_ignored(tmp_path):
     other = ProfileSettings(**{**FAST, "repeats": 2}, resolutions=((32, 32),))
     timer = _CountingTimer()
     profiler = Profiler(space, other, timer=timer)
-    profiler.run(out)
+    with pytest.warns(PartialProfileWarning, match="other settings"):
+        profiler.run(out)
     assert timer.calls == len(profiler.plan())
 
 
@@ -607,7 +609,7 @@ def test_in_model_figures_replace_isolated_ones(tmp_path, monkeypatch):
         assert rt.fixed_details[name]["source"] == "in-model"
     sources = set()
     for kt in rt.kinds.values():
-        for k, stat, detail in zip(kt.ks, kt.stats, kt.details):
+        for stat, detail in zip(kt.stats, kt.details):
             assert stat.ms == pytest.approx(IN_MODEL[0] * detail["isolated"]["ms"], rel=1e-4)
             sources.add(detail["source"].split(" x ")[0])
     assert sources == {"in-model", "isolated"}  # the grid has counts no gene choice produces

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -215,8 +214,6 @@ def test_ray_workers_match_serial(space):
 
     X = np.unique(space.sample_genes(0, n=12), axis=0)
     serial = _cache(space).evaluate(X)
-    var = "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"
-    before = os.environ.get(var)
     with RayEvaluator(lambda: toy_accuracy, workers=2) as ev:
         parallel = AccuracyCache(space, ev).evaluate(X)
         run_a = run_search(
@@ -224,7 +221,6 @@ def test_ray_workers_match_serial(space):
         )
     run_b = run_search(space, toy_latency, _cache(space), 7.0, algorithm="ga", population=12, generations=3, seed=0)
     assert np.array_equal(serial, parallel)
-    assert os.environ.get(var) == before  # our setting for Ray's workers went to Ray, not into this process
     assert {tuple(g) for g in run_a.genes} == {tuple(g) for g in run_b.genes}
 
 
@@ -271,5 +267,5 @@ def test_outputs_are_written_and_meet_the_budget(space, tmp_path):
     pareto = json.loads((tmp_path / "pareto.json").read_text())
     lats = [p["latency_ms"] for p in pareto["front"]]
     accs = [p["accuracy"] for p in pareto["front"]]
-    assert all(ms <= budget for ms in lats) and lats == sorted(lats) and accs == sorted(accs)
+    assert all(lat <= budget for lat in lats) and lats == sorted(lats) and accs == sorted(accs)
     assert (tmp_path / "pareto.png").stat().st_size > 10_000

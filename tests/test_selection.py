@@ -93,8 +93,8 @@ def test_search_picks_the_fastest_of_the_tied_everywhere(tmp_path, tie):
     )
     assert r.tie == (0.02 if tie is None else tie)  # None: the accuracy function's own noise
     everything = [
-        Candidate(space.decode(g), float(ms), float(a), None, "")
-        for g, ms, a in zip(r.run.genes, r.run.latency_ms, r.run.accuracy)
+        Candidate(space.decode(g), float(lat), float(a), None, "")
+        for g, lat, a in zip(r.run.genes, r.run.latency_ms, r.run.accuracy)
     ]
     everything += [c for c in r.uniform_sparsity + r.uniform_resize if c.config.resolution in space.resolutions]
     assert r.best.latency_ms == pytest.approx(_fastest_tied(r, everything))
@@ -104,7 +104,6 @@ def test_search_picks_the_fastest_of_the_tied_everywhere(tmp_path, tie):
     last = [h for h in r.history if "best_latency_ms" in h][-1]  # the log names a config the same rule picks
     run_only = everything[: len(r.run.genes)]
     assert last["best_latency_ms"] == pytest.approx(_fastest_tied(r, run_only))
-    assert last["best_genes"] == r.run.genes[r.run.best_index()].tolist()  # the log and best_index agree
     ub = r.best_uniform_sparsity
     assert ub is not None and ub.latency_ms == pytest.approx(_fastest_tied(r, r.uniform_sparsity))
 

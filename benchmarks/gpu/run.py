@@ -73,8 +73,8 @@ def build_steps(out: Path, work: Path, dry: bool) -> list[Step]:
     k = ["-k", "canary or (bit_exact and 8x8-w4-n-b1 and 24) or pruned_block_triton_equals_torch"] if dry else []
     tests = py + ["-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "tests/test_kernels.py", *k]
     kern = py + ["benchmarks/bench_kernels.py", "--skip-backbone", "--json", str(work / "kernels.json")]
-    kern += (["--resolution", "32", "--stages", "0", "--batch", "1", "--triton-on-cpu", "--warmup", "1", "--repeats", "1",
-              "--copy-mib", "4"]
+    kern += (["--resolution", "32", "--stages", "0", "--batch", "1", "--triton-on-cpu", "--warmup", "1",
+              "--repeats", "1", "--copy-mib", "4"]
              if dry else ["--resolution", "1024", "--batch", "1", "4", "8", "--dtype", "fp16"])  # fmt: skip
     model = py + ["benchmarks/bench_model.py", "--model", MODEL, "--no-flops", "--backend", "triton", "torch"]
     model_size = (["--resolution", "32", "--batch", "1", "--dtype", "fp32", "--device", "cpu", "--min-time", "0.01",

@@ -186,23 +186,27 @@ def _render_kernels(k: dict[str, Any] | None) -> list[str]:
              f"{k['copy_gbs']:.0f} GB/s, this run; times: {'CUDA-graph replay' if k['graphs'] else 'eager'})", "",
              f"Goal on the large shapes (>= {LARGE_BYTES >> 20} MiB moved): >= {GOAL_SPEEDUP:.0f}x the torch path and "
              f">= {GOAL_COPY_FRACTION:.0%} of the copy bandwidth.", "",
-             "| op | shapes (large) | x torch median, all | x torch min, large | goal | % copy min / median, large | goal |",
+             "| op | shapes (large) | x torch median, all | x torch min, large | goal "
+             "| % copy min / median, large | goal |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for op, g in k["goals"].items():
         large = "speedup_min_large" in g
         lines.append(
             f"| {OP_TITLES[op]} | {g['shapes']} ({g['large_shapes']}) | {g['speedup_median_all']:.2f} | "
             + (f"{g['speedup_min_large']:.2f} | {_verdict(g['speedup_met'])} | {g['copy_fraction_min_large']:.0%} / "
-               f"{g['copy_fraction_median_large']:.0%} | {_verdict(g['bandwidth_met'])} |" if large else "n/a | n/a | n/a | n/a |")
+               f"{g['copy_fraction_median_large']:.0%} | {_verdict(g['bandwidth_met'])} |"
+               if large else "n/a | n/a | n/a | n/a |")
         )  # fmt: skip
     lines += ["", "| op | stage | map | shift | B | k/nW | torch | Triton | x | Triton eager | GB/s | % copy |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in k["ops"]:
         if "speedup" not in r:
             continue
-        lines.append(f"| {r['op']} | {r['stage']} | {r['side']}x{r['side']}x{r['C']} | {'s' if r['shifted'] else '-'} | "
+        lines.append(f"| {r['op']} | {r['stage']} | {r['side']}x{r['side']}x{r['C']} | "
+                     f"{'s' if r['shifted'] else '-'} | "
                      f"{r['batch']} | {r['k']}/{r['num_windows']} | {_ms(r['torch_ms'])} | {_ms(r['triton_ms'])} | "
-                     f"{r['speedup']:.2f} | {_ms(r['triton_eager_ms'])} | {r['gbs']:.0f} | {r['copy_fraction']:.0%} |")  # fmt: skip
+                     f"{r['speedup']:.2f} | {_ms(r['triton_eager_ms'])} | {r['gbs']:.0f} | "
+                     f"{r['copy_fraction']:.0%} |")  # fmt: skip
     if k.get("graph_failures"):
         lines.append(f"\nCUDA-graph capture failed {len(k['graph_failures'])} time(s); first: {k['graph_failures'][0]}")
     return lines
@@ -214,7 +218,8 @@ def _render_model(model: dict[str, Any] | None, comp: dict[str, Any] | None) -> 
         lines.append("## Backbone: no figures")
     else:
         res = "x".join(map(str, model["resolution"]))
-        lines += [f"## Backbone: {model['model']} {res}, {model['dtype']}, batch {model['batch']} ({model['clock']})", "",
+        lines += [f"## Backbone: {model['model']} {res}, {model['dtype']}, batch {model['batch']} "
+                  f"({model['clock']})", "",
                   "| sparsity | path | ms | x dense | goal | |", "|---|---|---|---|---|---|"]  # fmt: skip
         for r in model["rows"]:
             goal = GOAL_X_DENSE.get(r["sparsity"]) if r["path"] == "triton" else None
@@ -223,9 +228,11 @@ def _render_model(model: dict[str, Any] | None, comp: dict[str, Any] | None) -> 
                 f"| {r['sparsity']} | {r['path']} | {r['ms']:.3f} | {r['x_dense']:.3f} | {judged[0]} | {judged[1]} |"
             )
     if comp:
-        lines += ["", f"torch.compile ({comp['backend']}) at uniform {comp['sparsity']}: compile {comp['compile_s']:.1f} s; "
+        lines += ["", f"torch.compile ({comp['backend']}) at uniform {comp['sparsity']}: "
+                      f"compile {comp['compile_s']:.1f} s; "
                   f"{comp['compiled_ms']:.3f} ms compiled vs {comp['eager_ms']:.3f} ms eager ({comp['speedup']:.2f}x); "
-                  f"outputs vs eager: mean |diff| {comp['mean_abs_diff']:.1e}, max {comp['max_abs_diff']:.1e}."]  # fmt: skip
+                  f"outputs vs eager: mean |diff| {comp['mean_abs_diff']:.1e}, "
+                  f"max {comp['max_abs_diff']:.1e}."]  # fmt: skip
     return lines
 
 
@@ -250,4 +257,5 @@ def _render_adapt(a: dict[str, Any] | None) -> list[str]:
     loss = " -> ".join("n/a" if v is None else f"{v:.4f}" for v in (a["first_loss"], a["last_loss"]))
     return ["", f"## adapt smoke: {a['steps']} steps on {a['device']}, amp {a['amp']}, process group "
             f"{a['process_group']} (world {a['world_size']}), loss {loss}, "
-            f"{a['images_per_s_median'] or 0:.1f} images/s; {'finished' if ok else 'DID NOT FINISH CLEANLY'}"]  # fmt: skip
+            f"{a['images_per_s_median'] or 0:.1f} images/s; "
+            f"{'finished' if ok else 'DID NOT FINISH CLEANLY'}"]  # fmt: skip

@@ -10,8 +10,9 @@ import pkgutil
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import TextIO
 
-from ..errors import SparseSearchError
+from ..errors import SparseSearchError, SparseSearchWarning
 from ._base import Command, CommandError
 
 __all__ = ["main", "build_parser", "Command", "CommandError"]
@@ -46,19 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _one_line_warnings(command: str) -> Iterator[None]:
-    """Print the library's TableMachineWarning as `sparsesearch CMD: warning: ...` (one line, once each)."""
-    from ..latency.table import TableMachineWarning  # noqa: PLC0415
-
+    """Print the library's warnings (`SparseSearchWarning`) as `sparsesearch CMD: warning: ...` (one line, once
+    each); other warnings go to the handler that was installed."""
     previous = warnings.showwarning
 
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-        if issubclass(category, TableMachineWarning):
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if issubclass(category, SparseSearchWarning):
             print(f"sparsesearch {command}: warning: {message}", file=sys.stderr)
         else:
             previous(message, category, filename, lineno, file, line)
 
     with warnings.catch_warnings():
-        warnings.simplefilter("default", TableMachineWarning)
+        warnings.simplefilter("default", SparseSearchWarning)
         warnings.showwarning = show
         yield
 

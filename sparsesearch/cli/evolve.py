@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from ._base import Command
+
+if TYPE_CHECKING:
+    from ..search.report import Point
 
 
 class EvolveCommand(Command):

@@ -63,7 +63,7 @@ class ExportCommand(Command):
             rows.append(["predicted ms", f"{r.predicted_ms:.2f}", f"{r.predicted_dense_ms:.2f}"])
         if r.measured_ms is not None:
             rows.append([f"measured ms ({r.measured_on})", f"{r.measured_ms:.2f}", f"{r.measured_dense_ms:.2f}"])
-        if r.accuracy is not None:
+        if r.accuracy is not None and r.accuracy_dense is not None:
             rows.append(
                 [
                     f"{r.accuracy['metric']} (n={r.accuracy['n']})",

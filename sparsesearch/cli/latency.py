@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import LatencyTableError, SparseSearchError
 from ._base import Command, CommandError, resolution
+
+if TYPE_CHECKING:
+    from ..latency import LatencyTable, Stat
+    from ..latency.check import TableCheck
+    from ..latency.profile import Entry
+    from ..search.budget import Budget
+    from ..space import SearchSpace
 
 
 def _res(r: tuple[int, int]) -> str:
     return f"{r[0]}x{r[1]}"
 
 
-def _load_space(path: str):
+def _load_space(path: str) -> SearchSpace:
     from ..space import SearchSpace  # noqa: PLC0415
 
     return SearchSpace.load(path)
 
 
-def _load_table(path: str, space: str | None = None):
+def _load_table(path: str, space: str | None = None) -> LatencyTable:
     from ..latency import LatencyTable  # noqa: PLC0415
 
     table = LatencyTable.load(path)
@@ -43,7 +51,9 @@ def add_table_check_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def table_speed(table, budget, args: argparse.Namespace):
+def table_speed(
+    table: LatencyTable, budget: Budget | None, args: argparse.Namespace
+) -> tuple[LatencyTable, TableCheck | None]:
     """Run the speed check for a command (see `ensure_table_speed`) and print its one line; (table, check)."""
     from ..latency import ensure_table_speed  # noqa: PLC0415
 
@@ -109,7 +119,8 @@ class ProfileCommand(Command):
             "--clock",
             default="wall",
             choices=["wall", "thread"],
-            help="wall: elapsed time; thread: the thread's CPU time (CPU, --threads 1: ignores other processes' time slices)",
+            help="wall: elapsed time; thread: the thread's CPU time "
+            "(CPU, --threads 1: ignores other processes' time slices)",
         )
         parser.add_argument(
             "--default-malloc",
@@ -149,7 +160,8 @@ class ProfileCommand(Command):
         out = args.out or default_table_path(profiler.space, settings)
         env = profiler.environment
         print(
-            f"profiling {space.name} ({space.architecture}) on {env['device']} [{settings.dtype}, batch {settings.batch}, "
+            f"profiling {space.name} ({space.architecture}) on {env['device']} "
+            f"[{settings.dtype}, batch {settings.batch}, "
             f"threads {settings.threads or 'default'}, {', '.join(_res(r) for r in profiler.resolutions)}]"
         )
         bar = None
@@ -163,7 +175,7 @@ class ProfileCommand(Command):
 
                 bar = progress_bar(total, initial=done, desc="profile", unit="entry")
 
-        def on_entry(entry, stat, done: int, total: int) -> None:
+        def on_entry(entry: Entry, stat: Stat, done: int, total: int) -> None:
             if bar is not None:
                 bar.set_postfix_str(f"{entry.key} {stat.ms:.3f} ms", refresh=False)
                 bar.update(1)
@@ -174,12 +186,12 @@ class ProfileCommand(Command):
             if bar is not None:
                 bar.close()
         waited, busy = table.meta.get("waited_s", 0), table.meta.get("busy_measurements", 0)
-        print(
-            f"wrote {out}  ({table.meta['duration_s']:.0f} s{f', {waited:.0f} s waiting for a quiet machine' if waited else ''})"
-        )
+        waiting = f", {waited:.0f} s waiting for a quiet machine" if waited else ""
+        print(f"wrote {out}  ({table.meta['duration_s']:.0f} s{waiting})")
         if busy:
             print(
-                f"  note: {busy} measurements started while other processes kept the machine busy; rerun when it is quiet"
+                f"  note: {busy} measurements started while other processes kept the machine busy; "
+                "rerun when it is quiet"
             )
         for res in table.resolutions:
             rt = table.resolution_table(res)
@@ -230,7 +242,8 @@ class LatencyCommand(Command):
             "--latency",
             default=None,
             metavar="BUDGET",
-            help="also say whether each config meets this budget (30ms, 0.8x of dense); an absolute one runs the speed check",
+            help="also say whether each config meets this budget (30ms, 0.8x of dense); "
+            "an absolute one runs the speed check",
         )
         add_table_check_flags(p)
         c = sub.add_parser(
@@ -251,7 +264,7 @@ class LatencyCommand(Command):
         """Exit 0 when the factor is within the tolerance, 1 when it is not (2: bad input)."""
         import json  # noqa: PLC0415
 
-        from ..config import atomic_write_text  # noqa: PLC0415
+        from ..fileio import atomic_write_text  # noqa: PLC0415
         from ..latency import check_table, reprofile_command  # noqa: PLC0415
 
         if not 0 < args.tolerance < 1 or args.seconds <= 0:
@@ -266,7 +279,8 @@ class LatencyCommand(Command):
             print(f"  wrote {args.json}")
         if not result.ok:
             print(
-                f"  absolute budgets need one of: `{reprofile_command(table)}`, --rescale-table, or a relative budget (0.8x)"
+                f"  absolute budgets need one of: `{reprofile_command(table)}`, --rescale-table, "
+                "or a relative budget (0.8x)"
             )
             return 1
         return 0
@@ -314,10 +328,12 @@ class LatencyCommand(Command):
         s = report.summary()
         m = table.meta
         print(
-            f"{table.space.name} on {m['device']} [{m['dtype']}, batch {m['batch']}, threads {m['threads']}, {m.get('clock', 'wall')} clock]"
+            f"{table.space.name} on {m['device']} [{m['dtype']}, batch {m['batch']}, threads {m['threads']}, "
+            f"{m.get('clock', 'wall')} clock]"
         )
         print(
-            f"  configs        {s['n']} (dense, uniform, {args.n} random), measured {s['measured_range_ms'][0]:.2f} .. {s['measured_range_ms'][1]:.2f} ms"
+            f"  configs        {s['n']} (dense, uniform, {args.n} random), "
+            f"measured {s['measured_range_ms'][0]:.2f} .. {s['measured_range_ms'][1]:.2f} ms"
         )
         print(f"  MAPE           {s['mape_pct']:.2f}%")
         print(f"  within +-10%   {s['within_10_pct']:.1f}%")
@@ -325,15 +341,18 @@ class LatencyCommand(Command):
         print(f"  worst error    {s['worst_error_pct']:+.2f}% ({s['worst_label']})")
         if s["speed_vs_profile"] is not None:
             print(
-                f"  machine speed  {s['speed_vs_profile']:.3f}x that of the profile run (its calibration configs timed again)"
+                f"  machine speed  {s['speed_vs_profile']:.3f}x that of the profile run "
+                "(its calibration configs timed again)"
             )
             print(
-                f"  without it     MAPE {s['mape_drift_corrected_pct']:.2f}%, within +-10% {s['within_10_drift_corrected_pct']:.1f}%, "
-                f"Kendall tau {s['kendall_tau']:.3f}, worst {s['worst_drift_corrected_pct']:+.2f}% ({s['worst_drift_corrected_label']})"
+                f"  without it     MAPE {s['mape_drift_corrected_pct']:.2f}%, "
+                f"within +-10% {s['within_10_drift_corrected_pct']:.1f}%, Kendall tau {s['kendall_tau']:.3f}, "
+                f"worst {s['worst_drift_corrected_pct']:+.2f}% ({s['worst_drift_corrected_label']})"
             )
         if report.settings.get("busy_measurements"):
             print(
-                f"  note: {report.settings['busy_measurements']} configs were timed while other processes kept the machine busy"
+                f"  note: {report.settings['busy_measurements']} configs were timed while other processes "
+                "kept the machine busy"
             )
         print(f"wrote {json_path} and {png_path}")
         return 0
@@ -367,9 +386,11 @@ class LatencyCommand(Command):
             print(
                 f"  machine   {m.get('machine')}: {fp.get('cpu')} (family {fp.get('family')} model {fp.get('model')} "
                 f"stepping {fp.get('stepping')}), {fp.get('physical_cores')} cores / {fp.get('threads')} threads, "
-                f"{caches}, {fp.get('torch_capability')} [{' '.join(fp.get('vector') or [])}], {fp.get('memory_gib')} GiB"
+                f"{caches}, {fp.get('torch_capability')} [{' '.join(fp.get('vector') or [])}], "
+                f"{fp.get('memory_gib')} GiB"
                 + (
-                    f"; {gpu.get('gpu')} ({gpu.get('sm_count')} SMs, {gpu.get('gpu_memory_gib')} GiB, driver {gpu.get('driver')})"
+                    f"; {gpu.get('gpu')} ({gpu.get('sm_count')} SMs, {gpu.get('gpu_memory_gib')} GiB, "
+                    f"driver {gpu.get('driver')})"
                     if gpu
                     else ""
                 )

@@ -164,38 +164,8 @@ def build_dataset(
             raise DataError("the synthetic data set is a segmentation set; use --task seg or a classification folder")
         return _synthetic(spec, split, size, seed, num_classes, kw), "seg"
 
-    root = Path(spec).expanduser()
-    if not root.exists():
-        raise DataError(f"data folder {root} does not exist; pass 'synthetic[:N]' or an existing directory")
-    if not root.is_dir():
-        raise DataError(f"data path {root} is not a directory; pass 'synthetic[:N]' or a dataset directory")
-    split_dir, found = _find_split(root, split)
-    if found:
-        if split_dir is None:
-            names = "/".join(SPLIT_ALIASES[split])
-            raise DataError(f"data folder {root} has split folders ({', '.join(found)}) but no {names} folder")
-        root = split_dir
-
-    detected: str | None = None
-    subdir: str | None = None
-    seg_dirs = find_segmentation_dirs(root)
-    if seg_dirs is not None:
-        detected = "seg"
-        img_split, img_found = _find_split(seg_dirs[0], split)
-        if img_found:
-            if img_split is None:
-                raise DataError(
-                    f"image folder {seg_dirs[0]} has split folders ({', '.join(img_found)}) but no "
-                    f"{'/'.join(SPLIT_ALIASES[split])} folder"
-                )
-            subdir = img_split.name
-    elif _has_class_dirs(root):
-        detected = "cls"
-    if detected is None:
-        raise DataError(
-            f"cannot tell the layout of data folder {root}: expected images/ + labels/ (segmentation), "
-            "one sub-folder of images per class (classification), or train/ and val/ folders of either"
-        )
+    root = _split_root(Path(spec).expanduser(), split)
+    detected, subdir = _detect_layout(root, split)
     if task is not None and task != detected:
         kind = {"seg": "segmentation", "cls": "classification"}[detected]
         raise DataError(f"data folder {root} looks like a {kind} set but task {task!r} was asked for")
@@ -209,6 +179,43 @@ def build_dataset(
             f"data folder {root} has {ds_cls.num_classes} class folders but num_classes={num_classes} was given"
         )
     return ds_cls, "cls"
+
+
+def _split_root(root: Path, split: str) -> Path:
+    """The folder that holds ``split``: ``root``'s split folder for it when ``root`` has split folders, else
+    ``root`` itself; DataError if ``root`` is not a directory or lacks that split."""
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist; pass 'synthetic[:N]' or an existing directory")
+    if not root.is_dir():
+        raise DataError(f"data path {root} is not a directory; pass 'synthetic[:N]' or a dataset directory")
+    split_dir, found = _find_split(root, split)
+    if not found:
+        return root
+    if split_dir is None:
+        names = "/".join(SPLIT_ALIASES[split])
+        raise DataError(f"data folder {root} has split folders ({', '.join(found)}) but no {names} folder")
+    return split_dir
+
+
+def _detect_layout(root: Path, split: str) -> tuple[str, str | None]:
+    """("seg", images sub-folder of ``split`` or None) or ("cls", None); DataError if neither layout fits."""
+    seg_dirs = find_segmentation_dirs(root)
+    if seg_dirs is not None:
+        img_split, img_found = _find_split(seg_dirs[0], split)
+        if not img_found:
+            return "seg", None
+        if img_split is None:
+            raise DataError(
+                f"image folder {seg_dirs[0]} has split folders ({', '.join(img_found)}) but no "
+                f"{'/'.join(SPLIT_ALIASES[split])} folder"
+            )
+        return "seg", img_split.name
+    if _has_class_dirs(root):
+        return "cls", None
+    raise DataError(
+        f"cannot tell the layout of data folder {root}: expected images/ + labels/ (segmentation), "
+        "one sub-folder of images per class (classification), or train/ and val/ folders of either"
+    )
 
 
 def _mix(seed: int, epoch: int) -> int:

@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import SparsityConfig
 from ..errors import LatencyTableError
+from ..models.family import prunable
 from .env import device_type, fingerprint, machine_slug
 from .measure import CpuTimer, Timer, make_timer, num_threads, tune_malloc
 from .structure import res_key
@@ -132,7 +134,7 @@ class _Forward:
     """One config's whole forward, as the timer calls it; carries its `genome` and `config` so that a test's fake
     timer can return a time for it without running anything."""
 
-    def __init__(self, model: torch.nn.Module, image: torch.Tensor, genome: np.ndarray, config: Any) -> None:
+    def __init__(self, model: torch.nn.Module, image: torch.Tensor, genome: np.ndarray, config: SparsityConfig) -> None:
         self.model, self.image, self.genome, self.config = model, image, genome, config
 
     def __call__(self) -> Any:
@@ -227,14 +229,15 @@ def check_table(
     if meta.get("malloc") and meta["device_type"] == "cpu":
         tune_malloc()  # as the profile ran (process-wide)
     samples: list[list[float]] = [[] for _ in forwards]
+    net = prunable(model)
     with num_threads(int(meta["threads"])), torch.inference_mode():
         for fwd in forwards:
-            model.set_config(fwd.config)
+            net.set_config(fwd.config)
             timer.measure(fwd, 1, 1)  # warm-up pass (also the allocator's)
         timing = time.perf_counter()
         for r in range(rounds):
             for i, fwd in enumerate(forwards):
-                model.set_config(fwd.config)
+                net.set_config(fwd.config)
                 samples[i].append(timer.measure(fwd, 0, repeats).ms)
             if on_round is not None:
                 on_round(r + 1, rounds)
@@ -271,11 +274,13 @@ def reprofile_command(table: LatencyTable) -> str:
     """The `sparsesearch profile` command that measures the table's setup again on this machine, over it."""
     m = table.meta
     res = " ".join(res_key(r) for r in table.resolutions)
+    space = m["space"].get("source") or m["space"].get("name")
     return (
-        f"sparsesearch profile --space {m['space'].get('source') or m['space'].get('name')} --device {m['device_type']} "
+        f"sparsesearch profile --space {space} --device {m['device_type']} "
         f"--dtype {m['dtype']} --batch {m['batch']} --threads {m['threads']} --resolution {res} "
         f"--head {m.get('head', 'cls')} --num-classes {m.get('num_classes', 1000)} --warmup {m.get('warmup', 2)} "
-        f"--repeats {m.get('repeats', 10)} --rounds {m.get('rounds', 3)} --calibration {m.get('calibration', 12) or 12} "
+        f"--repeats {m.get('repeats', 10)} --rounds {m.get('rounds', 3)} "
+        f"--calibration {m.get('calibration', 12) or 12} "
         f"--out {table.source}"
     )
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from ..errors import LatencyTableError
 
@@ -321,8 +322,39 @@ def time_parts(
         raise LatencyTableError("the thread clock needs a CPU and one torch thread (--threads 1)")
     now = time.thread_time_ns if thread_clock else time.perf_counter_ns
     names = [n for n, _ in parts]
+    budget = max_rejects_per_repeat * repeats
+    check = not cuda and not thread_clock and min_cpu_fraction > 0 and torch.get_num_threads() == 1
     current: dict[str, Any] = {}
-    handles = []
+    handles = _attach_part_timers(parts, current, cuda, now)
+    try:
+        for _ in range(warmup):
+            run()
+        if cuda:
+            torch.cuda.synchronize(dev)
+        rows, rejected = _hooked_forwards(run, current, repeats, dev, now, check, budget, min_cpu_fraction)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in names if any(n not in r for r in rows)]
+    if missing:
+        raise LatencyTableError(f"part(s) {', '.join(missing)} did not run in the forward pass")
+
+    def ms(value: Any) -> float:
+        return float(value[0].elapsed_time(value[1])) if cuda else value / 1e6
+
+    out = {name: summarize([ms(r[name]) for r in rows], trim, rejected) for name in ["total", *names]}
+    out["plain"] = _plain_forwards(run, repeats, dev, now, check, budget, min_cpu_fraction, trim)
+    return out
+
+
+def _attach_part_timers(
+    parts: Sequence[tuple[str, torch.nn.Module]], current: dict[str, Any], cuda: bool, now: Callable[[], int]
+) -> list[RemovableHandle]:
+    """Forward pre/post hooks on each part that leave its time in ``current[name]`` after every forward.
+
+    On CPU the entry is the elapsed clock in ns; on CUDA the pair of recorded events ``[start, end]``.
+    Returns the hook handles (the caller removes them).
+    """
 
     def pre(name: str) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: Any) -> None:
@@ -346,51 +378,52 @@ def time_parts(
 
         return hook
 
+    handles = []
     for name, module in parts:
         handles.append(module.register_forward_pre_hook(pre(name)))
         handles.append(module.register_forward_hook(post(name)))
+    return handles
+
+
+def _hooked_forwards(
+    run: Callable[[], Any],
+    current: dict[str, Any],
+    repeats: int,
+    dev: torch.device,
+    now: Callable[[], int],
+    check: bool,
+    budget: int,
+    min_cpu_fraction: float,
+) -> tuple[list[dict[str, Any]], int]:
+    """`repeats` forwards with the part hooks attached: one row per forward, ``{"total": ..., name: ...}``.
+
+    On CPU a forward during which the thread had less than `min_cpu_fraction` of the CPU is re-run (at most
+    `budget` times in all, and only when `check`). Returns the rows and the number of forwards re-run.
+    """
+    cuda = dev.type == "cuda"
     rows: list[dict[str, Any]] = []
     rejected = 0
-    budget = max_rejects_per_repeat * repeats
-    check = not cuda and not thread_clock and min_cpu_fraction > 0 and torch.get_num_threads() == 1
-    try:
-        for _ in range(warmup):
-            run()
+    while len(rows) < repeats:
+        current.clear()
         if cuda:
-            torch.cuda.synchronize(dev)
-        while len(rows) < repeats:
-            current.clear()
-            if cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                run()
-                end.record()
-                rows.append({"total": [start, end], **current})
-                continue
-            c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
-            a0 = now()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
             run()
-            a1 = now()
-            t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
-            if check and rejected < budget and (c1 - c0) < min_cpu_fraction * (t1 - t0):
-                rejected += 1
-                continue
-            rows.append({"total": a1 - a0, **current})
-        if cuda:
-            torch.cuda.synchronize(dev)
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [n for n in names if any(n not in r for r in rows)]
-    if missing:
-        raise LatencyTableError(f"part(s) {', '.join(missing)} did not run in the forward pass")
-
-    def ms(value: Any) -> float:
-        return float(value[0].elapsed_time(value[1])) if cuda else value / 1e6
-
-    out = {name: summarize([ms(r[name]) for r in rows], trim, rejected) for name in ["total", *names]}
-    out["plain"] = _plain_forwards(run, repeats, dev, now, check, budget, min_cpu_fraction, trim)
-    return out
+            end.record()
+            rows.append({"total": [start, end], **current})
+            continue
+        c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
+        a0 = now()
+        run()
+        a1 = now()
+        t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
+        if check and rejected < budget and (c1 - c0) < min_cpu_fraction * (t1 - t0):
+            rejected += 1
+            continue
+        rows.append({"total": a1 - a0, **current})
+    if cuda:
+        torch.cuda.synchronize(dev)
+    return rows, rejected
 
 
 def _plain_forwards(

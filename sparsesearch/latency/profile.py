@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,8 +43,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import atomic_write_text
-from ..errors import LatencyTableError, SparseSearchError
+from ..errors import LatencyTableError, SparseSearchError, SparseSearchWarning
+from ..fileio import atomic_write_text, set_aside
+from ..models.family import prunable
 from ..ops import keep_count
 from ..space import SearchSpace
 from .env import DTYPES, device_type, environment, machine_slug, parse_dtype
@@ -67,15 +69,26 @@ from .structure import (
     res_key,
     space_family,
     space_hash,
-    space_to_dict,
     sparsity_for_count,
     stage_shapes,
 )
 from .table import KindTable, LatencyTable, ResolutionTable
 
-__all__ = ["ProfileSettings", "Entry", "Profiler", "profile", "default_table_path", "partial_path"]
+__all__ = [
+    "ProfileSettings",
+    "Entry",
+    "Profiler",
+    "profile",
+    "default_table_path",
+    "partial_path",
+    "PartialProfileWarning",
+]
 
 _HEADS = ("cls", "seg", "none")
+
+
+class PartialProfileWarning(SparseSearchWarning):
+    """The partial results of an earlier profile run cannot be resumed (corrupt, or other settings)."""
 
 
 @dataclass
@@ -136,7 +149,8 @@ class ProfileSettings:
             raise LatencyTableError(f"--batch must be at least 1, got {self.batch}")
         if self.warmup < 0 or self.repeats < 1 or self.rounds < 1:
             raise LatencyTableError(
-                f"need --warmup >= 0, --repeats >= 1 and --rounds >= 1, got {self.warmup}, {self.repeats}, {self.rounds}"
+                "need --warmup >= 0, --repeats >= 1 and --rounds >= 1, "
+                f"got {self.warmup}, {self.repeats}, {self.rounds}"
             )
         if self.threads is not None and self.threads < 1:
             raise LatencyTableError(f"--threads must be at least 1, got {self.threads}")
@@ -195,15 +209,15 @@ class Profiler:
     def __init__(self, space: SearchSpace, settings: ProfileSettings, timer: Timer | None = None) -> None:
         settings.validate()
         self.settings = settings
-        resolutions = tuple(tuple(r) for r in (settings.resolutions or space.resolutions))
+        resolutions = tuple((int(r[0]), int(r[1])) for r in (settings.resolutions or space.resolutions))
         if len(set(resolutions)) != len(resolutions):
             raise LatencyTableError("a resolution is listed twice")
         if resolutions != space.resolutions:  # the table's space runs at the measured resolutions
-            data = space_to_dict(space)
+            data = space.to_dict()
             data["resolutions"] = [list(r) for r in resolutions]
             space = SearchSpace(data, space.source)
         self.space = space
-        self.resolutions: tuple[tuple[int, int], ...] = resolutions  # type: ignore[assignment]
+        self.resolutions: tuple[tuple[int, int], ...] = resolutions
         self.device = torch.device(settings.device)
         self.dtype = DTYPES[settings.dtype]
         self.flush_bytes = (
@@ -307,8 +321,7 @@ class Profiler:
         """The space's model (random weights) in eval mode on the device, in the dtype."""
         if self._model is None:
             head = None if self.settings.head == "none" else self.settings.head
-            torch.manual_seed(self.settings.seed)
-            model = self.space.create_model(head=head, num_classes=self.settings.num_classes)
+            model = self.space.create_model(seed=self.settings.seed, head=head, num_classes=self.settings.num_classes)
             self._model = model.eval().to(device=self.device, dtype=self.dtype)
         return self._model
 
@@ -345,7 +358,7 @@ class Profiler:
         if entry.part == "model":
             assert entry.genome is not None
             config = self.space.decode(np.asarray(entry.genome))
-            model.set_config(config)
+            prunable(model).set_config(config)
             image = self._randn(self.settings.batch, 3, *entry.resolution)
             return (lambda: model(image)), None
         plan = self._plan(entry)
@@ -371,7 +384,7 @@ class Profiler:
         if entry.part == "in_model":
             assert entry.genome is not None
             model = self.model()
-            model.set_config(self.space.decode(np.asarray(entry.genome)))
+            prunable(model).set_config(self.space.decode(np.asarray(entry.genome)))
             image = self._randn(self.settings.batch, 3, *entry.resolution)
             with torch.inference_mode():
                 return self._plain_timer.measure_parts(
@@ -385,20 +398,43 @@ class Profiler:
 
     # ---- running ---------------------------------------------------------------------------------------------
     def load_partial(self, out: Path) -> dict[str, list[Stat]]:
-        """Per entry, the rounds measured by an earlier run with the same settings (empty if none or if the
-        settings, machine or software differ)."""
+        """Per entry, the rounds measured by an earlier run with the same settings (empty if none).
+
+        A partial file that cannot be read is renamed to `<partial>.corrupt` and reported with a
+        `PartialProfileWarning`; one from other settings, another machine or other software is reported the same
+        way and left in place (the first measurement of this run replaces it). Either way measuring starts over.
+        """
         path = partial_path(out)
         if not path.is_file():
             return {}
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            return {}
-        if not isinstance(data, dict) or data.get("settings_hash") != self.settings_hash():
-            return {}
+            text = path.read_bytes()
+        except OSError as e:
+            raise LatencyTableError(
+                f"cannot read the partial profile {path} ({e.strerror}); "
+                "fix its permissions, or delete it to start over"
+            ) from None
         try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise TypeError(f"a JSON {type(data).__name__}, not an object")
+            if data.get("settings_hash") != self.settings_hash():
+                warnings.warn(
+                    f"ignoring the partial profile {path}: it was measured with other settings, on another machine "
+                    "or with other software; measuring starts over and replaces it",
+                    PartialProfileWarning,
+                    stacklevel=3,
+                )
+                return {}
             return {str(k): [Stat.from_dict(v) for v in rounds] for k, rounds in (data.get("entries") or {}).items()}
-        except (LatencyTableError, TypeError):
+        except (ValueError, TypeError, AttributeError, KeyError, LatencyTableError) as e:
+            kept = set_aside(path)
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            warnings.warn(
+                f"the partial profile {path} is corrupt ({reason}); kept it as {kept.name}, measuring starts over",
+                PartialProfileWarning,
+                stacklevel=3,
+            )
             return {}
 
     def run(
@@ -493,7 +529,7 @@ class Profiler:
                     situ = in_block.get((kind, k))
                     if situ is not None:
                         stage_ratios.setdefault(kind.stage, []).append(situ.ms / iso.ms)
-            kinds: dict[tuple[int, int, bool], KindTable] = {}
+            kinds: dict[tuple[int, int, str], KindTable] = {}
             for kind, points in by_kind.items():
                 points.sort(key=lambda p: p[0])
                 covered = [(k, in_block[(kind, k)].ms / iso.ms) for k, iso in points if (kind, k) in in_block]
@@ -524,14 +560,14 @@ class Profiler:
                     tuple(details),
                     None if kind.variant in ("regular", "shifted") else kind.variant,
                 )
-            tables.append(ResolutionTable(tuple(res), fixed, kinds, {}, fixed_details))  # type: ignore[arg-type]
+            tables.append(ResolutionTable(res, fixed, kinds, {}, fixed_details))
         meta = self.meta(threads, duration_s)
-        table = LatencyTable(meta, space_to_dict(self.space), tables, "<profile>")
+        table = LatencyTable(meta, self.space.to_dict(), tables, "<profile>")
         calibration = [(e, done[e.key]) for e in entries if e.part == "model"]
         glue = self._glue(entries, done)
         if calibration or glue:
             _fit_correction(table, tables, calibration, glue, self._plain_pairs(entries, done))
-            table = LatencyTable(meta, space_to_dict(self.space), tables, "<profile>")
+            table = LatencyTable(meta, self.space.to_dict(), tables, "<profile>")
         return table
 
     def _glue(self, entries: list[Entry], done: dict[str, Stat]) -> dict[tuple[int, int], list[float]]:

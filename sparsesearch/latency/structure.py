@@ -20,7 +20,6 @@ __all__ = [
     "BlockKind",
     "stage_shapes",
     "space_family",
-    "space_to_dict",
     "space_fingerprint",
     "space_hash",
     "kinds_and_counts",
@@ -93,31 +92,14 @@ def block_kind(
     fam = space_family(space)
     sh = (shapes or stage_shapes(space, resolution))[stage]
     variant = fam.block_variant(_arch(space), stage, block)
-    return BlockKind(tuple(resolution), stage, window, variant, sh.H, sh.W, sh.dim, sh.heads, fam.name)
-
-
-def space_to_dict(space: SearchSpace) -> dict[str, Any]:
-    """A SearchSpace as the plain mapping its YAML would hold (SearchSpace(space_to_dict(s)) rebuilds it)."""
-    data: dict[str, Any] = {
-        "name": space.name,
-        "architecture": space.architecture,
-        "resolutions": [list(r) for r in space.resolutions],
-        "genes": [
-            {"name": g.name, "blocks": [f"{s}.{b}" for s, b in g.blocks], "choices": list(g.choices)}
-            for g in space.genes
-        ],
-        "window_sizes": [list(c) for c in space.window_choices],
-    }
-    if space.model_kwargs:
-        data["model_kwargs"] = dict(space.model_kwargs)
-    if space.non_decreasing:
-        data["rules"] = {"non_decreasing_within_stage": True}
-    return data
+    return BlockKind(
+        (int(resolution[0]), int(resolution[1])), stage, window, variant, sh.H, sh.W, sh.dim, sh.heads, fam.name
+    )
 
 
 def space_fingerprint(space: SearchSpace) -> dict[str, Any]:
     """What decides the latency of a config and how genomes map to blocks: not the name nor the resolutions."""
-    data = space_to_dict(space)
+    data = space.to_dict()
     data.pop("name")
     data.pop("resolutions")
     data["architecture_args"] = {k: v for k, v in sorted(_arch(space).items()) if k != "img_size"}

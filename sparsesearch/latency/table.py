@@ -41,8 +41,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import SparsityConfig, atomic_write_text
-from ..errors import LatencyTableError, SparseSearchError
+from ..config import SparsityConfig
+from ..errors import LatencyTableError, SparseSearchError, SparseSearchWarning
+from ..fileio import atomic_write_text
 from ..ops import keep_count
 from ..space import SearchSpace
 from .env import DTYPES, device_name, fingerprint, fingerprint_diff
@@ -55,7 +56,7 @@ FORMAT = "sparsesearch.latency_table"
 VERSION = 1
 
 
-class TableMachineWarning(UserWarning):
+class TableMachineWarning(SparseSearchWarning):
     """A latency table was measured on other hardware than this machine's (or does not say which)."""
 
 
@@ -232,7 +233,7 @@ class ResolutionTable:
         except LatencyTableError as e:
             raise LatencyTableError(f"{where} fixed parts: {e}") from None
         fixed_details = {str(k): _details(v) for k, v in d["fixed"].items() if _details(v)}
-        kinds: dict[tuple[int, int, bool], KindTable] = {}
+        kinds: dict[tuple[int, int, str], KindTable] = {}
         for i, b in enumerate(d["blocks"]):
             kt = KindTable.from_dict(b, f"{where} blocks[{i}]")
             kinds[(kt.stage, kt.window, kt.kind_variant)] = kt
@@ -433,16 +434,6 @@ class LatencyTable:
             raise LatencyTableError(f"{self.source} does not cover its own space: {e}") from None
 
     # ---- prediction ------------------------------------------------------------------------------------------
-    def block_latency(self, resolution: Any, stage: int, window: int, shifted: bool | str, k: int) -> float:
-        """Milliseconds of one block (entry or interpolation); raises if that kind was not measured.
-        `shifted`: Swin's flag, or the family's block variant name."""
-        rt = self.resolution_table(resolution)
-        variant = shifted if isinstance(shifted, str) else ("shifted" if shifted else "regular")
-        try:
-            return self.speed_factor * self._kind(rt, stage, window, variant).latency(k)
-        except LatencyTableError as e:
-            raise LatencyTableError(f"{self.source}: {e}") from None
-
     def _kind(self, rt: ResolutionTable, stage: int, window: int, variant: str) -> KindTable:
         kt = rt.kinds.get((stage, window, variant))
         if kt is None:
@@ -460,11 +451,7 @@ class LatencyTable:
         """Milliseconds of every part `config` runs: fixed parts by name, blocks as 'layers.i.blocks.j',
         and 'correction'. Their sum is `predict(config)`."""
         rt = self.resolution_table(config.resolution)
-        depths = self.space.depths
-        try:
-            config.validate(depths, self.space.max_window_size)
-        except SparseSearchError as e:
-            raise LatencyTableError(f"config does not fit the table's space {self.space.name!r}: {e}") from None
+        self._check_fits(config)
         out = {name: s.ms for name, s in rt.fixed.items()}
         fam = space_family(self.space)
         arch = fam.arch(self.space.architecture, self.space.model_kwargs)
@@ -486,18 +473,26 @@ class LatencyTable:
         order); any other config that fits the model (e.g. a sparsity no gene offers) is the sum of `parts`,
         with counts between measured ones interpolated.
         """
-        try:
-            genome = self.space.encode(config)  # no resolution: the table's first
-        except SparseSearchError:
+        self._check_fits(config)
+        genome = self.space.genome_of(config)  # no resolution: the table's first
+        if genome is None:
             return float(sum(self.parts(config).values()))
         return float(self.predict_many(genome[None, :])[0])
+
+    def _check_fits(self, config: SparsityConfig) -> None:
+        """LatencyTableError unless `config` fits the model of the table's space (stage depths, windows)."""
+        try:
+            config.validate(self.space.depths, self.space.max_window_size)
+        except SparseSearchError as e:
+            raise LatencyTableError(f"config does not fit the table's space {self.space.name!r}: {e}") from None
 
     def _build_lookup(self) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int, int, int]]]:
         """Flattened per-(gene, stage) latency arrays indexed by (resolution, window choice, gene choice).
 
         Returns (values, base, pairs): values is one float array; for pair (gene, stage, offset, n_windows,
-        n_choices) the entry of resolution r, window index w, choice c is values[offset + (r*n_windows + w)*n_choices + c];
-        base[r] is the fixed time plus the correction at resolution r.
+        n_choices) the entry of resolution r, window index w, choice c is
+        ``values[offset + (r * n_windows + w) * n_choices + c]``; base[r] is the fixed time plus the correction
+        at resolution r.
         """
         if self._lookup is not None:
             return self._lookup

@@ -4,6 +4,7 @@ and compare with the table's predictions (MAPE, share within +-10%, Kendall tau,
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -14,8 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import atomic_write_text
 from ..errors import LatencyTableError
+from ..fileio import atomic_write_text
+from ..models.family import prunable
+from ..space import SearchSpace
 from .env import DTYPES, device_type
 from .measure import LoadMonitor, Stat, Timer, combine_rounds, default_max_load, make_timer, num_threads, tune_malloc
 from .table import LatencyTable
@@ -185,9 +188,8 @@ def table_model(table: LatencyTable) -> tuple[torch.nn.Module, dict[tuple[int, i
     dtype = DTYPES[meta["dtype"]]
     head = meta.get("head", "cls")
     seed = int(meta.get("seed", 0))
-    torch.manual_seed(seed)
     model = table.space.create_model(
-        head=None if head == "none" else head, num_classes=int(meta.get("num_classes", 1000))
+        seed=seed, head=None if head == "none" else head, num_classes=int(meta.get("num_classes", 1000))
     )
     model = model.eval().to(device=device, dtype=dtype)
     images = {}
@@ -270,36 +272,20 @@ def validate(
     rounds = int(meta.get("rounds", 1)) if rounds is None else rounds
     if repeats < 1 or warmup < 0 or rounds < 1:
         raise LatencyTableError(f"need repeats >= 1, warmup >= 0, rounds >= 1; got {repeats}, {warmup}, {rounds}")
-    trim = float(meta.get("trim", 0.2))
-    timer = timer or make_timer(device, trim, clock=meta.get("clock", "wall"))
+    timer = timer or make_timer(device, float(meta.get("trim", 0.2)), clock=meta.get("clock", "wall"))
     genomes = validation_genomes(table, n, seed)
     n_rows = len(genomes)
-    checks: list[tuple[float, np.ndarray]] = []
-    if drift_check:
-        for rt in table._tables:
-            for c in rt.correction.get("calibration", []):
-                checks.append((float(c["measured_ms"]), np.asarray(c["genome"], dtype=np.int64)))
-        genomes = genomes + [(f"profile check {i}", g) for i, (_, g) in enumerate(checks)]
+    checks = _calibration_checks(table) if drift_check else []
+    genomes = genomes + [(f"profile check {i}", g) for i, (_, g) in enumerate(checks)]
     predicted = table.predict_many(np.stack([g for _, g in genomes]))
-    space = table.space
-    batch = int(meta["batch"])
-    model, images = table_model(table)
-    stats: list[list[Stat]] = [[] for _ in genomes]
     malloc = tune_malloc() if meta.get("malloc") and dev_type == "cpu" else None  # as the profile ran
     monitor = LoadMonitor()
     threads = int(meta["threads"])
     limit = (max_load if max_load is not None else default_max_load(device, threads)) if quiet else None
-    total = rounds * len(genomes)
+    model, images = table_model(table)
+    timed = _TimedModel(table.space, model, images, timer, warmup, repeats)
     with num_threads(threads), torch.inference_mode():
-        for r in range(rounds):
-            for i, (_, genome) in enumerate(genomes):
-                config = space.decode(genome)
-                model.set_config(config)
-                image = images[space.resolutions[int(genome[-1])]]
-                monitor.wait_quiet(limit, budget_s=max_wait_s)
-                stats[i].append(timer.measure(lambda: model(image), warmup, repeats))
-                if on_config is not None:
-                    on_config(r * len(genomes) + i + 1, total)
+        stats = timed.run([g for _, g in genomes], rounds, monitor, limit, max_wait_s, on_config)
     rows = [
         ValidationRow(label, [int(v) for v in genome], float(p), combine_rounds(st))
         for (label, genome), p, st in zip(genomes, predicted, stats)
@@ -308,16 +294,15 @@ def validate(
         {"genome": row.genome, "profile_ms": round(then, 4), "measured_ms": round(row.measured.ms, 4)}
         for (then, _), row in zip(checks, rows[n_rows:])
     ]
-    rows = rows[:n_rows]
     settings = {
         "n_random": n,
         "seed": seed,
         "warmup": warmup,
         "repeats": repeats,
         "rounds": rounds,
-        "threads": int(meta["threads"]),
+        "threads": threads,
         "dtype": meta["dtype"],
-        "batch": batch,
+        "batch": int(meta["batch"]),
         "device": meta["device"],
         "allow_foreign": allow_foreign,
         "max_foreign_load": limit,
@@ -327,7 +312,52 @@ def validate(
         "malloc": malloc,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return ValidationReport(table.source, rows, settings, drift)
+    return ValidationReport(table.source, rows[:n_rows], settings, drift)
+
+
+def _calibration_checks(table: LatencyTable) -> list[tuple[float, np.ndarray]]:
+    """(ms the profile measured, genome) of every calibration config stored in the table."""
+    return [
+        (float(c["measured_ms"]), np.asarray(c["genome"], dtype=np.int64))
+        for rt in table._tables
+        for c in rt.correction.get("calibration", [])
+    ]
+
+
+@dataclass
+class _TimedModel:
+    """The table's model and inputs, and how each config is timed."""
+
+    space: SearchSpace
+    model: torch.nn.Module
+    images: dict[tuple[int, int], torch.Tensor]
+    timer: Timer
+    warmup: int
+    repeats: int
+
+    def run(
+        self,
+        genomes: list[np.ndarray],
+        rounds: int,
+        monitor: LoadMonitor,
+        limit: float | None,
+        max_wait_s: float,
+        on_config: Callable[[int, int], None] | None,
+    ) -> list[list[Stat]]:
+        """Per genome, one Stat per round of whole-model forwards (`rounds` passes over all genomes, each config
+        waiting for a quiet machine when `limit` is set)."""
+        stats: list[list[Stat]] = [[] for _ in genomes]
+        total = rounds * len(genomes)
+        net = prunable(self.model)
+        for r in range(rounds):
+            for i, genome in enumerate(genomes):
+                net.set_config(self.space.decode(genome))
+                image = self.images[self.space.resolutions[int(genome[-1])]]
+                monitor.wait_quiet(limit, budget_s=max_wait_s)
+                stats[i].append(self.timer.measure(functools.partial(self.model, image), self.warmup, self.repeats))
+                if on_config is not None:
+                    on_config(r * len(genomes) + i + 1, total)
+        return stats
 
 
 def report_paths(table_path: str | os.PathLike) -> tuple[Path, Path]:

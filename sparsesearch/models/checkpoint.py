@@ -160,9 +160,9 @@ def convert_state_dict(sd: Mapping[str, torch.Tensor], model: nn.Module) -> tupl
     or whose class count differs (reported, never silent).
     """
     if _check_family(sd, model) == "SamViT":
-        out, report = _convert_sam(sd, model)
-        _heads(out, model.state_dict(), report)
-        return out, report
+        converted, report = _convert_sam(sd, model)
+        _heads(converted, model.state_dict(), report)
+        return converted, report
     report = LoadReport()
     out: dict[str, torch.Tensor] = {}
     microsoft = _is_microsoft(sd)

@@ -16,13 +16,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import torch
 from torch import nn
 
+from ..errors import SparseSearchError
 from ..ops import WindowGeometry
 from .registry import model_defaults, model_family_name
+
+if TYPE_CHECKING:
+    from ..config import SparsityConfig
+    from .samvit import SamBlock, SamViT
+    from .swin import SwinBlock, SwinStage, SwinTransformer
 
 __all__ = [
     "StageShape",
@@ -33,7 +39,24 @@ __all__ = [
     "get_family",
     "family_named",
     "family_of_model",
+    "Prunable",
+    "prunable",
 ]
+
+
+@runtime_checkable
+class Prunable(Protocol):
+    """A model whose window sparsity can be set: every registered backbone, and a `FeatureListNet` of one."""
+
+    def set_config(self, config: SparsityConfig | None) -> None:
+        """Apply a sparsity config (None: the dense model)."""
+
+
+def prunable(model: nn.Module) -> Prunable:
+    """`model` as a `Prunable`; SparseSearchError if it has no `set_config`."""
+    if not isinstance(model, Prunable):
+        raise SparseSearchError(f"{type(model).__name__} has no set_config: it is not a prunable model")
+    return model
 
 
 @dataclass(frozen=True)
@@ -143,6 +166,34 @@ def _win(arch_window: Any, n: int) -> list[int]:
     return [int(arch_window)] * n if isinstance(arch_window, int) else [int(w) for w in arch_window]
 
 
+def _swin(model: nn.Module) -> SwinTransformer:
+    from .swin import SwinTransformer  # noqa: PLC0415  (the model modules import nothing from here)
+
+    if not isinstance(model, SwinTransformer):
+        raise SparseSearchError(f"expected a SwinTransformer, got {type(model).__name__}")
+    return model
+
+
+def _swin_stage(model: SwinTransformer, i: int) -> SwinStage:
+    return cast("SwinStage", model.layers[i])
+
+
+def _swin_blocks(stage: SwinStage) -> list[SwinBlock]:
+    return [cast("SwinBlock", b) for b in stage.blocks]
+
+
+def _samvit(model: nn.Module) -> SamViT:
+    from .samvit import SamViT  # noqa: PLC0415
+
+    if not isinstance(model, SamViT):
+        raise SparseSearchError(f"expected a SamViT, got {type(model).__name__}")
+    return model
+
+
+def _sam_blocks(model: SamViT) -> list[SamBlock]:
+    return [cast("SamBlock", b) for b in model.blocks]
+
+
 class SwinFamily(ModelFamily):
     """Swin: four stages of (regular, shifted) block pairs, patch merging between stages."""
 
@@ -178,22 +229,35 @@ class SwinFamily(ModelFamily):
         return ["patch_embed", *(f"layers.{i}.downsample" for i in range(1, n)), "norm", *(["head"] if head else [])]
 
     def model_parts(self, model: nn.Module, head: str | None) -> list[tuple[str, nn.Module]]:
-        parts: list[tuple[str, nn.Module]] = [("patch_embed", model.patch_embed)]
-        for i, stage in enumerate(model.layers):
+        swin = _swin(model)
+        parts: list[tuple[str, nn.Module]] = [("patch_embed", swin.patch_embed)]
+        for i in range(len(swin.layers)):
+            stage = _swin_stage(swin, i)
             if i > 0:
                 parts.append((f"layers.{i}.downsample", stage.downsample))
             parts.extend((f"layers.{i}.blocks.{j}", blk) for j, blk in enumerate(stage.blocks))
-        parts.append(("norm", model.norm))
+        parts.append(("norm", swin.norm))
         if head == "cls":
-            parts.append(("head", model.head))
+            parts.append(("head", swin.head))
         elif head == "seg":
-            parts.append(("head", model.seg_head))
+            parts.append(("head", swin.seg_head))
         return parts
 
-    def block_plan(self, model, stage, variant, window, sparsity, shapes, resolution, batch) -> PartPlan:  # type: ignore[override]
+    def block_plan(
+        self,
+        model: nn.Module,
+        stage: int,
+        variant: str,
+        window: int,
+        sparsity: float,
+        shapes: list[StageShape],
+        resolution: tuple[int, int],
+        batch: int,
+    ) -> PartPlan:
         """Regular blocks follow the stage's patch merging (the patch embedding in stage 0); shifted blocks follow
         a regular block of the same window and kept count."""
-        blocks = model.layers[stage].blocks
+        swin = _swin(model)
+        blocks = _swin_blocks(_swin_stage(swin, stage))
         block = blocks[1 if variant == "shifted" else 0]
         block.window_size, block.sparsity = window, sparsity
         sh = shapes[stage]
@@ -202,37 +266,49 @@ class SwinFamily(ModelFamily):
             prev.window_size, prev.sparsity = window, sparsity
             return PartPlan(block, prev, (batch, sh.H, sh.W, sh.dim))
         if stage == 0:
-            return PartPlan(block, model.patch_embed, (batch, 3, *resolution))
+            return PartPlan(block, swin.patch_embed, (batch, 3, *resolution))
         p = shapes[stage - 1]
-        return PartPlan(block, model.layers[stage].downsample, (batch, p.H, p.W, p.dim))
+        return PartPlan(block, _swin_stage(swin, stage).downsample, (batch, p.H, p.W, p.dim))
 
-    def fixed_plan(self, model, name, resolution, head, shapes, default_window, batch) -> PartPlan:  # type: ignore[override]
+    def fixed_plan(
+        self,
+        model: nn.Module,
+        name: str,
+        resolution: tuple[int, int],
+        head: str | None,
+        shapes: list[StageShape],
+        default_window: Sequence[int],
+        batch: int,
+    ) -> PartPlan:
         """A patch merging follows the last block of the previous stage (dense), the final norm the last block,
         the head the norm; the patch embedding takes the image."""
+        swin = _swin(model)
         if name == "patch_embed":
-            return PartPlan(model.patch_embed, None, (batch, 3, *resolution))
+            return PartPlan(swin.patch_embed, None, (batch, 3, *resolution))
         last = shapes[-1]
         if name == "head":
             if head == "cls":
-                return PartPlan(model.head, model.norm, (batch, last.H, last.W, last.dim))
+                return PartPlan(swin.head, swin.norm, (batch, last.H, last.W, last.dim))
             others = [
                 torch.randn(batch, s.H, s.W, s.dim, generator=torch.Generator().manual_seed(s.stage))
                 for s in shapes[:-1]
             ]
-            param = next(model.parameters())
+            param = next(swin.parameters())
             others = [o.to(device=param.device, dtype=param.dtype) for o in others]
-            return PartPlan(
-                lambda x: model.seg_head([*others, x], resolution), model.norm, (batch, last.H, last.W, last.dim)
-            )
+            seg_head = swin.seg_head
+            return PartPlan(lambda x: seg_head([*others, x], resolution), swin.norm, (batch, last.H, last.W, last.dim))
         i = int(name.split(".")[1]) - 1 if name.startswith("layers.") else len(shapes) - 1
-        part = model.layers[i + 1].downsample if name.startswith("layers.") else model.norm
-        prev = model.layers[i].blocks[-1]
+        part = _swin_stage(swin, i + 1).downsample if name.startswith("layers.") else swin.norm
+        prev = _swin_blocks(_swin_stage(swin, i))[-1]
         prev.window_size, prev.sparsity = default_window[i], 0.0
         sh = shapes[i]
         return PartPlan(part, prev, (batch, sh.H, sh.W, sh.dim))
 
     def describe(self, arch: dict[str, Any]) -> str:
-        return f"embed {arch['embed_dim']:<4} depths {list(arch['depths'])} heads {list(arch['num_heads'])} window {arch['window_size']}"
+        return (
+            f"embed {arch['embed_dim']:<4} depths {list(arch['depths'])} heads {list(arch['num_heads'])} "
+            f"window {arch['window_size']}"
+        )
 
 
 class SamViTFamily(ModelFamily):
@@ -279,50 +355,76 @@ class SamViTFamily(ModelFamily):
         return ["patch_embed", "neck", *(["head"] if head else [])]
 
     def model_parts(self, model: nn.Module, head: str | None) -> list[tuple[str, nn.Module]]:
-        parts: list[tuple[str, nn.Module]] = [("patch_embed", model.patch_embed)]
-        parts.extend((f"blocks.{i}", blk) for i, blk in enumerate(model.blocks))
-        parts.append(("neck", model.neck))
+        sam = _samvit(model)
+        parts: list[tuple[str, nn.Module]] = [("patch_embed", sam.patch_embed)]
+        parts.extend((f"blocks.{i}", blk) for i, blk in enumerate(sam.blocks))
+        parts.append(("neck", sam.neck))
         if head == "cls":
-            parts.append(("head", model.head))
+            parts.append(("head", sam.head))
         elif head == "seg":
-            parts.append(("head", model.seg_head))
+            parts.append(("head", sam.seg_head))
         return parts
 
-    def block_plan(self, model, stage, variant, window, sparsity, shapes, resolution, batch) -> PartPlan:  # type: ignore[override]
+    def block_plan(
+        self,
+        model: nn.Module,
+        stage: int,
+        variant: str,
+        window: int,
+        sparsity: float,
+        shapes: list[StageShape],
+        resolution: tuple[int, int],
+        batch: int,
+    ) -> PartPlan:
         """A windowed block follows the one before it in its group (same window and kept count), or the previous
         group's global block (dense) / the patch embedding when it opens the group; a global block follows the
         last windowed block of its group."""
-        group = model.group_blocks(stage)
+        sam = _samvit(model)
+        group = sam.group_blocks(stage)
         block = group[-1] if variant == "global" else group[0]
         block.window_size, block.sparsity = window, sparsity
         sh = shapes[stage]
-        pos = list(model.blocks).index(block)
+        blocks = _sam_blocks(sam)
+        pos = blocks.index(block)
         if pos == 0:
-            return PartPlan(block, model._embed, (batch, 3, *resolution))
-        prev = model.blocks[pos - 1]
+            return PartPlan(block, sam._embed, (batch, 3, *resolution))
+        prev = blocks[pos - 1]
         same_group = prev in group
         prev.window_size, prev.sparsity = (window, sparsity) if same_group else (prev.window_size, 0.0)
         return PartPlan(block, prev, (batch, sh.H, sh.W, sh.dim))
 
-    def fixed_plan(self, model, name, resolution, head, shapes, default_window, batch) -> PartPlan:  # type: ignore[override]
+    def fixed_plan(
+        self,
+        model: nn.Module,
+        name: str,
+        resolution: tuple[int, int],
+        head: str | None,
+        shapes: list[StageShape],
+        default_window: Sequence[int],
+        batch: int,
+    ) -> PartPlan:
         """The patch embedding (with the position embedding) takes the image; the neck follows the last block
         (dense), the head the neck."""
+        sam = _samvit(model)
         if name == "patch_embed":
-            return PartPlan(model._embed, None, (batch, 3, *resolution))
+            return PartPlan(sam._embed, None, (batch, 3, *resolution))
         sh = shapes[-1]
+        neck = sam.neck
         if name == "neck":
-            last = model.blocks[-1]
+            last = _sam_blocks(sam)[-1]
             last.window_size, last.sparsity = default_window[-1], 0.0
-            return PartPlan(lambda x: model.neck(x.permute(0, 3, 1, 2)), last, (batch, sh.H, sh.W, sh.dim))
+            return PartPlan(lambda x: neck(x.permute(0, 3, 1, 2)), last, (batch, sh.H, sh.W, sh.dim))
         if head == "cls":
-            return PartPlan(lambda x: model.head(x.permute(0, 2, 3, 1)), model.neck, (batch, sh.dim, sh.H, sh.W))
-        return PartPlan(lambda x: model.seg_head(x, resolution), model.neck, (batch, sh.dim, sh.H, sh.W))
+            cls_head = sam.head
+            return PartPlan(lambda x: cls_head(x.permute(0, 2, 3, 1)), neck, (batch, sh.dim, sh.H, sh.W))
+        seg_head = sam.seg_head
+        return PartPlan(lambda x: seg_head(x, resolution), neck, (batch, sh.dim, sh.H, sh.W))
 
     def describe(self, arch: dict[str, Any]) -> str:
         g = list(arch.get("global_attn_indexes", ()))
         return (
-            f"embed {arch['embed_dim']:<4} depth {arch['depth']} heads {arch['num_heads']} window {arch['window_size']} "
-            f"global {g} groups {list(self.depths(arch))}"
+            f"embed {arch['embed_dim']:<4} depth {arch['depth']} heads {arch['num_heads']} "
+            f"window {arch['window_size']} global {g} groups {list(self.depths(arch))}"
         )
 
 

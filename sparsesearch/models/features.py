@@ -15,13 +15,15 @@ classifier, the final norm), so DDP sees no unused parameters.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from ..config import SparsityConfig
 from ..errors import SparseSearchError
+from .family import prunable
 
 __all__ = ["FeatureInfo", "FeatureListNet", "supports_features"]
 
@@ -31,6 +33,16 @@ def supports_features(model: nn.Module) -> bool:
     return isinstance(getattr(model, "feature_info", None), (list, tuple)) and callable(
         getattr(model, "forward_stages", None)
     )
+
+
+@runtime_checkable
+class _FeatureModel(Protocol):
+    """What a family provides to take part (see the module docstring)."""
+
+    feature_info: Sequence[dict[str, Any]]
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> one NHWC map per `feature_info` entry."""
 
 
 class FeatureInfo(list):
@@ -43,7 +55,7 @@ class FeatureInfo(list):
     def _get(self, key: str, idx: int | Sequence[int] | None) -> Any:
         if idx is None:
             return [d[key] for d in self]
-        if isinstance(idx, (list, tuple)):
+        if isinstance(idx, Sequence):
             return [self[i][key] for i in idx]
         return self[idx][key]
 
@@ -61,9 +73,7 @@ class FeatureInfo(list):
 
     def get_dicts(self, keys: Sequence[str] | None = None, idx: int | Sequence[int] | None = None) -> Any:
         """The dicts (restricted to `keys`), all or at `idx`."""
-        pick = (
-            list(self) if idx is None else ([self[i] for i in idx] if isinstance(idx, (list, tuple)) else [self[idx]])
-        )
+        pick = list(self) if idx is None else ([self[i] for i in idx] if isinstance(idx, Sequence) else [self[idx]])
         out = [d if keys is None else {k: d[k] for k in keys} for d in pick]
         return out[0] if isinstance(idx, int) else out
 
@@ -91,10 +101,12 @@ def _probe_size(model: nn.Module, info: Sequence[dict[str, Any]]) -> tuple[int, 
     """A small input every family accepts: two of its coarsest strides, or its native size if it has one."""
     side = 2 * max(int(d["reduction"]) for d in info)
     fixed = getattr(model, "fixed_input_size", None)
-    return tuple(fixed) if fixed else (side, side)  # type: ignore[return-value]
+    return (int(fixed[0]), int(fixed[1])) if fixed else (side, side)
 
 
-def _unused_children(model: nn.Module, info: Sequence[dict[str, Any]]) -> list[str]:
+def _unused_children(
+    model: nn.Module, forward_stages: Callable[[torch.Tensor], Any], info: Sequence[dict[str, Any]]
+) -> list[str]:
     """Top-level child modules that `forward_stages` never calls (found with hooks on one small forward);
     none if the probe fails (everything is kept then)."""
     top: dict[str, str] = {}
@@ -119,7 +131,7 @@ def _unused_children(model: nn.Module, info: Sequence[dict[str, Any]]) -> list[s
             dtype=p.dtype if p is not None else torch.float32,
         )
         with torch.no_grad():
-            model.forward_stages(x)
+            forward_stages(x)
     except Exception:  # a family with input constraints we do not know: keep every module
         return []
     finally:
@@ -144,28 +156,28 @@ class FeatureListNet(nn.Module):
     def __init__(self, model: nn.Module, out_indices: Sequence[int] | int | None = None) -> None:
         super().__init__()
         name = getattr(model, "model_name", type(model).__name__)
-        if not supports_features(model):
+        if not supports_features(model) or not isinstance(model, _FeatureModel):
             raise SparseSearchError(f"{name} does not provide feature extraction (feature_info and forward_stages)")
-        info = list(model.feature_info)  # type: ignore[attr-defined]
+        info = list(model.feature_info)
         self.out_indices = _normalise_indices(out_indices, len(info), name)
         self.feature_info = FeatureInfo({**info[i], "index": i} for i in self.out_indices)
-        for child in _unused_children(model, info):
+        for child in _unused_children(model, model.forward_stages, info):
             setattr(model, child, nn.Identity())
         self.backbone = model
 
     # ---- configs: the backbone's ------------------------------------------------------------------------------
     @property
-    def config(self) -> Any:
+    def config(self) -> SparsityConfig | None:
         return getattr(self.backbone, "config", None)
 
-    def set_config(self, config: Any) -> None:
+    def set_config(self, config: SparsityConfig | None) -> None:
         """Apply a sparsity config to the backbone (None: dense)."""
-        self.backbone.set_config(config)  # type: ignore[operator]
+        prunable(self.backbone).set_config(config)
 
     def set_kernel_backend(self, backend: str | None) -> None:
         self.backbone.set_kernel_backend(backend)  # type: ignore[operator]
 
-    def forward(self, x: torch.Tensor, config: Any = None) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, config: SparsityConfig | None = None) -> list[torch.Tensor]:
         """(B, 3, H, W) -> [(B, C_i, H / r_i, W / r_i)] for the selected maps, finest first.
 
         `config`, when given, is applied for this call only. The maps are NCHW views of the backbone's NHWC
@@ -178,5 +190,5 @@ class FeatureListNet(nn.Module):
                 return self.forward(x)
             finally:
                 self.set_config(previous)
-        feats = self.backbone.forward_stages(x)  # type: ignore[operator]
+        feats = self.backbone.forward_stages(x)
         return [feats[i].permute(0, 3, 1, 2) for i in self.out_indices]

@@ -48,8 +48,8 @@ class FPNSegHead(nn.Module):
             lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[-2:], mode="nearest")
         size = lat[0].shape[-2:]
         fused = sum(
-            F.interpolate(s(l), size=size, mode="bilinear", align_corners=False) if i else s(l)
-            for i, (s, l) in enumerate(zip(self.smooth, lat))
+            F.interpolate(smooth(x), size=size, mode="bilinear", align_corners=False) if i else smooth(x)
+            for i, (smooth, x) in enumerate(zip(self.smooth, lat))
         )
         return F.interpolate(self.classifier(fused), size=tuple(out_size), mode="bilinear", align_corners=False)
 

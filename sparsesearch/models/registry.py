@@ -75,7 +75,7 @@ def create_model(
     if out_indices is not None and not features_only:
         raise SparseSearchError("out_indices needs features_only=True")
     model = _REGISTRY[name](**kwargs)
-    model.model_name = name  # type: ignore[attr-defined]
+    model.model_name = name  # type: ignore[assignment]  # nn.Module's __setattr__ is typed for tensors/modules
     if checkpoint is not None:
         from .checkpoint import load_checkpoint  # noqa: PLC0415
 
@@ -84,6 +84,6 @@ def create_model(
         from .features import FeatureListNet  # noqa: PLC0415
 
         features = FeatureListNet(model, out_indices)
-        features.model_name = name  # type: ignore[attr-defined]
+        features.model_name = name  # type: ignore[assignment]  # as above
         return features
     return model
