@@ -251,7 +251,7 @@ class LatencyCommand(Command):
         """Exit 0 when the factor is within the tolerance, 1 when it is not (2: bad input)."""
         import json  # noqa: PLC0415
 
-        from ..config import atomic_write_text  # noqa: PLC0415
+        from ..fileio import atomic_write_text  # noqa: PLC0415
         from ..latency import check_table, reprofile_command  # noqa: PLC0415
 
         if not 0 < args.tolerance < 1 or args.seconds <= 0:

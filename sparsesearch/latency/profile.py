@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import atomic_write_text
 from ..errors import LatencyTableError, SparseSearchError
+from ..fileio import atomic_write_text
 from ..ops import keep_count
 from ..space import SearchSpace
 from .env import DTYPES, device_type, environment, machine_slug, parse_dtype

@@ -41,8 +41,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import SparsityConfig, atomic_write_text
+from ..config import SparsityConfig
 from ..errors import LatencyTableError, SparseSearchError
+from ..fileio import atomic_write_text
 from ..ops import keep_count
 from ..space import SearchSpace
 from .env import DTYPES, device_name, fingerprint, fingerprint_diff

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import atomic_write_text
 from ..errors import LatencyTableError
+from ..fileio import atomic_write_text
 from .env import DTYPES, device_type
 from .measure import LoadMonitor, Stat, Timer, combine_rounds, default_max_load, make_timer, num_threads, tune_malloc
 from .table import LatencyTable
