@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..config import SparsityConfig
 from ..errors import ConfigError
+from ..models.layers import config_applied
 from ..space import SearchSpace
 
 __all__ = [
@@ -181,12 +182,8 @@ class RandomSparsity:
         if self.model is None:
             raise ConfigError("RandomSparsity was created without a model: apply the configs yourself")
         cfg = sub.config if isinstance(sub, StepConfig) else sub
-        previous = getattr(self.model, "config", None)
-        self.model.set_config(cfg)
-        try:
+        with config_applied(self.model, cfg):
             yield cfg
-        finally:
-            self.model.set_config(previous)
 
     def set_teacher(self, output: torch.Tensor) -> None:
         """Keep the (detached) output of the teacher pass as this step's soft target."""

@@ -28,7 +28,7 @@ from ..config import SparsityConfig
 from ..errors import SparseSearchError
 from ..ops import WindowGeometry
 from .heads import ClassifierHead, PyramidSegHead
-from .layers import DropPath, Mlp
+from .layers import DropPath, Mlp, config_applied
 
 __all__ = ["SamAttention", "SamBlock", "SamViT", "LayerNorm2d", "block_groups", "sam_geometry"]
 
@@ -452,12 +452,8 @@ class SamViT(nn.Module):
         `config`, when given, is applied for this call only.
         """
         if config is not None:
-            previous = self._config
-            self.set_config(config)
-            try:
+            with config_applied(self, config):
                 return self.forward(x)
-            finally:
-                self.set_config(previous)
         feats = self.forward_features(x)
         if self.head_type == "seg":
             return self.seg_head(feats, x.shape[-2:])

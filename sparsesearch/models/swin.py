@@ -16,7 +16,7 @@ from .. import ops
 from ..config import SparsityConfig
 from ..ops import WindowGeometry
 from .heads import ClassifierHead, FPNSegHead
-from .layers import DropPath, Mlp, PatchEmbed, PatchMerging, WindowAttention
+from .layers import DropPath, Mlp, PatchEmbed, PatchMerging, WindowAttention, config_applied
 
 __all__ = ["SwinBlock", "SwinStage", "SwinTransformer"]
 
@@ -339,12 +339,8 @@ class SwinTransformer(nn.Module):
         `config`, when given, is applied for this call only.
         """
         if config is not None:
-            previous = self._config
-            self.set_config(config)
-            try:
+            with config_applied(self, config):
                 return self.forward(x)
-            finally:
-                self.set_config(previous)
         if self.head_type == "seg":
             feats = self.forward_stages(x)
             feats[-1] = self.norm(feats[-1])
