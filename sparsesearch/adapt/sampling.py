@@ -63,7 +63,8 @@ class ConfigSampler:
         seed: the run's seed; step t draws from ``numpy.random.default_rng([seed, t])``.
         distill: the densest config runs first every step (its output is the soft target of the others).
 
-    For spaces with several resolutions the densest config takes the largest and the sparsest the smallest.
+    Attributes `densest` and `sparsest`: the extreme configs (with several resolutions, the densest at the
+    largest and the sparsest at the smallest).
     """
 
     def __init__(self, space: SearchSpace, rule: str = "uniform", seed: int = 0, distill: bool = False) -> None:
@@ -74,8 +75,8 @@ class ConfigSampler:
         self.seed = int(seed)
         self.distill = distill
         by_area = sorted(space.resolutions, key=lambda r: r[0] * r[1])
-        self._densest = space.densest(by_area[-1])
-        self._sparsest = space.sparsest(by_area[0])
+        self.densest = space.densest(by_area[-1])
+        self.sparsest = space.sparsest(by_area[0])
 
     def sample(self, step: int) -> SparsityConfig:
         """The random config of step ``step`` (0-based)."""
@@ -85,12 +86,12 @@ class ConfigSampler:
     def configs(self, step: int) -> list[StepConfig]:
         """The passes of step ``step`` in the order they run (a teacher, if any, first)."""
         if self.rule == "dense":
-            return [StepConfig("dense", self._densest)]
+            return [StepConfig("dense", self.densest)]
         out = []
         if self.rule == "sandwich" or self.distill:
-            out.append(StepConfig("dense", self._densest, teacher=self.distill))
+            out.append(StepConfig("dense", self.densest, teacher=self.distill))
         if self.rule == "sandwich":
-            out.append(StepConfig("sparsest", self._sparsest))
+            out.append(StepConfig("sparsest", self.sparsest))
         out.append(StepConfig("sampled", self.sample(step)))
         return out
 
@@ -158,12 +159,12 @@ class RandomSparsity:
     @property
     def densest(self) -> SparsityConfig:
         """The densest config (at the largest resolution of the space)."""
-        return self.sampler._densest
+        return self.sampler.densest
 
     @property
     def sparsest(self) -> SparsityConfig:
         """The sparsest config (at the smallest resolution of the space)."""
-        return self.sampler._sparsest
+        return self.sampler.sparsest
 
     def configs(self, step: int) -> list[StepConfig]:
         """The passes of step `step` (0-based) in the order to run them; forgets the previous step's teacher."""

@@ -298,7 +298,7 @@ class SamViTFamily(ModelFamily):
         sh = shapes[stage]
         pos = list(model.blocks).index(block)
         if pos == 0:
-            return PartPlan(block, model._embed, (batch, 3, *resolution))
+            return PartPlan(block, model.embed, (batch, 3, *resolution))
         prev = model.blocks[pos - 1]
         same_group = prev in group
         prev.window_size, prev.sparsity = (window, sparsity) if same_group else (prev.window_size, 0.0)
@@ -308,7 +308,7 @@ class SamViTFamily(ModelFamily):
         """The patch embedding (with the position embedding) takes the image; the neck follows the last block
         (dense), the head the neck."""
         if name == "patch_embed":
-            return PartPlan(model._embed, None, (batch, 3, *resolution))
+            return PartPlan(model.embed, None, (batch, 3, *resolution))
         sh = shapes[-1]
         if name == "neck":
             last = model.blocks[-1]
