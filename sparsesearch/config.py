@@ -15,9 +15,14 @@ import yaml
 from .errors import ConfigError
 from .fileio import atomic_write_text
 
-__all__ = ["SparsityConfig", "atomic_write_text", "read_structured"]
+__all__ = ["SparsityConfig", "read_structured"]
 
 _KEYS = ("sparsity", "window_size", "resolution")
+
+
+def _per_stage(window_size: int | Sequence[int], stages: int) -> list[int]:
+    """One window size per stage: an int is repeated for every stage."""
+    return [window_size] * stages if isinstance(window_size, int) else list(window_size)
 
 
 def read_structured(path: str | os.PathLike, error: type[Exception] = ConfigError) -> Any:
@@ -98,18 +103,14 @@ class SparsityConfig:
         cls, depths: Sequence[int], window_size: int | Sequence[int] = 7, resolution: Any = None
     ) -> SparsityConfig:
         """All-zero sparsity for a model with these stage depths."""
-        return cls(
-            [[0.0] * d for d in depths], window_size if isinstance(window_size, int) else list(window_size), resolution
-        )
+        return cls([[0.0] * d for d in depths], _per_stage(window_size, len(depths)), resolution)
 
     @classmethod
     def uniform(
         cls, p: float, depths: Sequence[int], window_size: int | Sequence[int] = 7, resolution: Any = None
     ) -> SparsityConfig:
         """The same sparsity p for every block."""
-        return cls(
-            [[p] * d for d in depths], window_size if isinstance(window_size, int) else list(window_size), resolution
-        )
+        return cls([[p] * d for d in depths], _per_stage(window_size, len(depths)), resolution)
 
     # ---- validation --------------------------------------------------------------------------------------
     def validate(self, depths: Sequence[int], max_window: Sequence[int]) -> None:

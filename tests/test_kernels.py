@@ -39,7 +39,7 @@ from sparsesearch.ops import WindowGeometry, custom_ops, reference  # noqa: E402
 triton = pytest.importorskip("triton", reason="triton is not installed (Linux x86-64 only)")
 tl = pytest.importorskip("triton.language")
 
-from sparsesearch.ops import triton_impl, triton_kernels  # noqa: E402
+from sparsesearch.ops import triton_backend, triton_impl  # noqa: E402
 
 DEVICE = torch.device(_DEVICE)
 ON_CUDA = DEVICE.type == "cuda"
@@ -47,8 +47,8 @@ if DEVICE.type not in ("cpu", "cuda"):
     raise ValueError(f"SPARSESEARCH_TEST_DEVICE={_DEVICE!r}: use cpu or cuda")
 if ON_CUDA and not torch.cuda.is_available():
     pytest.skip("SPARSESEARCH_TEST_DEVICE=cuda but torch sees no CUDA device", allow_module_level=True)
-if not triton_kernels.AVAILABLE:
-    pytest.skip(f"Triton kernels unavailable: {triton_kernels.UNAVAILABLE_REASON}", allow_module_level=True)
+if not triton_backend.AVAILABLE:
+    pytest.skip(f"Triton kernels unavailable: {triton_backend.UNAVAILABLE_REASON}", allow_module_level=True)
 if ON_CUDA and triton_impl.INTERPRET:
     pytest.skip("SPARSESEARCH_TEST_DEVICE=cuda needs TRITON_INTERPRET unset (the kernels were built for the "
                 "interpreter)", allow_module_level=True)  # fmt: skip
@@ -157,9 +157,9 @@ def test_gather_scatter_bit_exact(case, C, dtype):
     for k in _keep_counts(n):
         idx = _random_idx(B, n, k, gen)
         got = ops.gather_windows(x, idx, geom, backend="triton")
-        assert torch.equal(got, reference.gather_windows(x, idx, geom)), f"gather k={k}"
+        assert torch.equal(got, reference.gather(x, idx, geom)), f"gather k={k}"
         new = _randn(B * k, geom.window_area, C, dtype=dtype, gen=gen)
-        want = reference.scatter_windows(x, new, idx, geom)
+        want = reference.scatter(x, new, idx, geom)
         assert torch.equal(ops.scatter_windows(x, new, idx, geom, backend="triton"), want), f"scatter k={k}"
         assert torch.equal(x, x_before), "the out-of-place scatter modified x"
         y = x.clone()
@@ -175,17 +175,17 @@ def test_unordered_idx_and_mixed_dtypes(backend):
     gen = torch.Generator().manual_seed(1)
     x = _randn(2, 9, 11, 24, dtype=torch.float16, gen=gen)
     idx = _random_idx(2, geom.num_windows, 4, gen, ordered=False)
-    assert torch.equal(ops.gather_windows(x, idx, geom, backend), reference.gather_windows(x, idx, geom))
+    assert torch.equal(ops.gather_windows(x, idx, geom, backend), reference.gather(x, idx, geom))
     for wdtype in (torch.float32, torch.bfloat16):
         new = _randn(8, geom.window_area, 24, dtype=wdtype, gen=gen) * 3
-        want = reference.scatter_windows(x, new, idx, geom)
+        want = reference.scatter(x, new, idx, geom)
         assert torch.equal(ops.scatter_windows(x, new, idx, geom, backend), want)
         y = x.clone()
         with torch.no_grad():
             assert torch.equal(ops.scatter_windows(y, new, idx, geom, backend, inplace=True), want)
     xb = x.to(torch.bfloat16)
     new = _randn(8, geom.window_area, 24, dtype=torch.float32, gen=gen)
-    assert torch.equal(ops.scatter_windows(xb, new, idx, geom, backend), reference.scatter_windows(xb, new, idx, geom))
+    assert torch.equal(ops.scatter_windows(xb, new, idx, geom, backend), reference.scatter(xb, new, idx, geom))
 
 
 @pytest.mark.parametrize("C", [96, 40, 200])
@@ -197,10 +197,10 @@ def test_gpu_launch_config_under_interpreter(C):
     gen = torch.Generator().manual_seed(C)
     x = _randn(2, 9, 11, C, dtype=torch.float16, gen=gen)
     idx = _random_idx(2, geom.num_windows, 3, gen)
-    torch.testing.assert_close(triton_impl.score(x, geom, cfg), reference.score_windows(x, geom), rtol=1e-6, atol=1e-6)
-    assert torch.equal(triton_impl.gather(x, idx, geom, cfg), reference.gather_windows(x, idx, geom))
+    torch.testing.assert_close(triton_impl.score(x, geom, cfg), reference.score(x, geom), rtol=1e-6, atol=1e-6)
+    assert torch.equal(triton_impl.gather(x, idx, geom, cfg), reference.gather(x, idx, geom))
     new = _randn(6, geom.window_area, C, dtype=torch.float16, gen=gen)
-    want = reference.scatter_windows(x, new, idx, geom)
+    want = reference.scatter(x, new, idx, geom)
     assert torch.equal(triton_impl.merge(x, new, idx, geom, config=cfg), want)
     y = x.clone()
     triton_impl.scatter_inplace(y, new, idx, geom, cfg)
@@ -294,7 +294,7 @@ def test_scores_close_and_selection_exact(case, C, dtype):
     gen = torch.Generator().manual_seed(hash((case, C, 7)) % 2**31)
     x = _randn(B, geom.H, geom.W, C, dtype=dtype, gen=gen)
     got = ops.score_windows(x, geom, backend="triton")
-    want = reference.score_windows(x, geom)
+    want = reference.score(x, geom)
     assert got.dtype == torch.float32 and got.shape == (B, geom.num_windows)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     ordered = want.sort(dim=1).values
@@ -323,7 +323,7 @@ def test_scores_correctly_rounded_on_exact_arithmetic(case, dtype):
     want = torch.from_numpy(np.sqrt(exact.numpy()).astype(np.float32))  # sqrt in float64 then round: correct
     got = ops.score_windows(x, geom, backend="triton").cpu()
     assert torch.equal(got, want)
-    ref = reference.score_windows(x, geom).cpu()
+    ref = reference.score(x, geom).cpu()
     ulp = torch.from_numpy(np.spacing(want.numpy()))
     assert ((ref - want).abs() <= ulp).all()
 
@@ -348,8 +348,8 @@ def test_backward_equals_reference(case, dtype):
             x = x0.clone().requires_grad_()
             w = w0.clone().requires_grad_()
             if name == "reference":
-                gathered = reference.gather_windows(x, idx, geom)
-                out = reference.scatter_windows(x, w, idx, geom)
+                gathered = reference.gather(x, idx, geom)
+                out = reference.scatter(x, w, idx, geom)
             else:
                 gathered = ops.gather_windows(x, idx, geom, backend=name)
                 out = ops.scatter_windows(x, w, idx, geom, backend=name, inplace=True)  # grad: out of place
@@ -372,7 +372,7 @@ def test_backward_mixed_dtype_windows():
     res = []
     for fn in (
         lambda x, w: ops.scatter_windows(x, w, idx, geom, "triton"),
-        lambda x, w: reference.scatter_windows(x, w, idx, geom),
+        lambda x, w: reference.scatter(x, w, idx, geom),
     ):
         x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
         fn(x, w).backward(g)
@@ -416,10 +416,10 @@ def test_gradcheck_custom_ops_float64():
     idx = torch.tensor([[0, 3], [1, 2]])
     w = torch.randn(4, geom.window_area, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     checks = [  # (the score's formula is checked in test_score_gradient: the reference takes no float64)
-        (lambda x: custom_ops.gather_windows(x, idx, geom), (x,)),
-        (lambda x, w: custom_ops.scatter_windows(x, w, idx, geom), (x, w)),
-        (lambda w: custom_ops.place_windows(w, idx, geom), (w,)),
-        (lambda x: custom_ops.zero_windows(x, idx, geom), (x,)),
+        (lambda x: custom_ops.gather_windows_op(x, idx, geom), (x,)),
+        (lambda x, w: custom_ops.scatter_windows_op(x, w, idx, geom), (x, w)),
+        (lambda w: custom_ops.place_windows_op(w, idx, geom), (w,)),
+        (lambda x: custom_ops.zero_windows_op(x, idx, geom), (x,)),
     ]
     for i, (fn, inputs) in enumerate(checks):
         assert torch.autograd.gradcheck(fn, inputs), i
@@ -442,12 +442,12 @@ def test_opcheck(use_triton):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for op, op_args in (
-            (custom_ops._score_op, (x, *args)),
-            (custom_ops._gather_op, (x, idx, *args)),
-            (custom_ops._scatter_op, (x, w, idx, *args)),
-            (custom_ops._place_op, (w, idx, 9, 11, *args)),
-            (custom_ops._zero_op, (x, idx, *args)),
-            (custom_ops._scatter_inplace_op, (x.detach().clone(), w.detach(), idx, *args)),
+            (custom_ops._score_def, (x, *args)),
+            (custom_ops._gather_def, (x, idx, *args)),
+            (custom_ops._scatter_def, (x, w, idx, *args)),
+            (custom_ops._place_def, (w, idx, 9, 11, *args)),
+            (custom_ops._zero_def, (x, idx, *args)),
+            (custom_ops._scatter_inplace_def, (x.detach().clone(), w.detach(), idx, *args)),
         ):
             torch.library.opcheck(op, op_args, test_utils=tests)
 
@@ -462,7 +462,7 @@ def test_inplace_only_where_allowed(backend):
     x = _randn(2, 9, 11, 24, dtype=torch.float32, gen=gen)
     idx = _random_idx(2, geom.num_windows, 3, gen)
     w = _randn(6, geom.window_area, 24, dtype=torch.float32, gen=gen)
-    want = reference.scatter_windows(x, w, idx, geom)
+    want = reference.scatter(x, w, idx, geom)
 
     for requires_grad in (False, True):  # grad mode on: out of place, y untouched (it may be saved elsewhere)
         y = x.clone().requires_grad_(requires_grad)
@@ -492,7 +492,7 @@ def test_inplace_only_where_allowed(backend):
 def test_dispatch(monkeypatch):
     x = torch.zeros(1, 4, 4, 8)
     monkeypatch.delenv("SPARSESEARCH_KERNELS", raising=False)
-    assert triton_kernels.supports(x)  # interpreted: CPU tensors are supported...
+    assert triton_backend.supports(x)  # interpreted: CPU tensors are supported...
     assert ops.resolve_backend(x) == "torch"  # ...but "auto" only takes Triton for CUDA tensors
     assert ops.resolve_backend(x, "triton") == "triton"
     monkeypatch.setenv("SPARSESEARCH_KERNELS", "triton")
@@ -505,7 +505,7 @@ def test_dispatch(monkeypatch):
     with pytest.raises(SparseSearchError, match="cannot run on a cpu torch.float64"):
         ops.resolve_backend(x.double(), "triton")
     assert ops.resolve_backend(x.double()) == "torch"
-    assert not triton_kernels.supports(torch.zeros(2, dtype=torch.int32))
+    assert not triton_backend.supports(torch.zeros(2, dtype=torch.int32))
 
 
 @cuda_only
@@ -516,7 +516,7 @@ def test_dispatch_on_cuda(monkeypatch):
         assert ops.resolve_backend(torch.zeros(1, 4, 4, 8, device=DEVICE, dtype=dtype)) == "triton"
     assert ops.resolve_backend(torch.zeros(1, 4, 4, 8, device=DEVICE, dtype=torch.float64)) == "torch"
     assert ops.resolve_backend(torch.zeros(1, 4, 4, 8)) == "torch"  # CPU tensors: not interpreted here
-    assert not triton_kernels.INTERPRET
+    assert not triton_backend.INTERPRET
 
 
 def test_direct_calls_only_in_plain_eager_inference():
@@ -591,18 +591,18 @@ def test_window_tables():
             assert t.pad is None and t.src is None and not bool(pad.any())
 
 
-def test_triton_module_contract():
-    """`triton_kernels` offers the reference's signatures, differentiable."""
+def test_triton_backend_is_differentiable():
+    """The Triton backend through the public ops: the reference's results, differentiable end to end."""
     geom = WindowGeometry.create(9, 11, 4, True)
     gen = torch.Generator().manual_seed(8)
     x = _randn(1, 9, 11, 24, dtype=torch.float32, gen=gen).requires_grad_()
     idx = torch.tensor([[1, 4]], device=DEVICE)
-    torch.testing.assert_close(triton_kernels.score_windows(x, geom), reference.score_windows(x.detach(), geom))
-    win = triton_kernels.gather_windows(x, idx, geom)
-    out = triton_kernels.scatter_windows(x, win * 2, idx, geom)
+    torch.testing.assert_close(ops.score_windows(x, geom, "triton"), reference.score(x.detach(), geom))
+    win = ops.gather_windows(x, idx, geom, "triton")
+    out = ops.scatter_windows(x, win * 2, idx, geom, "triton")
     out.sum().backward()
     want = torch.ones_like(x)
-    assert torch.equal(x.grad, want + reference.scatter_windows(torch.zeros_like(x), torch.ones_like(win), idx, geom))
+    assert torch.equal(x.grad, want + reference.scatter(torch.zeros_like(x), torch.ones_like(win), idx, geom))
 
 
 def test_bad_shapes_raise():

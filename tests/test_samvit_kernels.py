@@ -19,10 +19,10 @@ from sparsesearch.models.samvit import SamBlock, sam_geometry  # noqa: E402
 from sparsesearch.ops import reference  # noqa: E402
 
 pytest.importorskip("triton", reason="triton is not installed (Linux x86-64 only)")
-from sparsesearch.ops import triton_impl, triton_kernels  # noqa: E402
+from sparsesearch.ops import triton_backend, triton_impl  # noqa: E402
 
-if not triton_kernels.AVAILABLE:
-    pytest.skip(f"Triton kernels unavailable: {triton_kernels.UNAVAILABLE_REASON}", allow_module_level=True)
+if not triton_backend.AVAILABLE:
+    pytest.skip(f"Triton kernels unavailable: {triton_backend.UNAVAILABLE_REASON}", allow_module_level=True)
 if not triton_impl.INTERPRET:
     pytest.skip(
         "triton_impl was imported before TRITON_INTERPRET=1 was set: run pytest with it in the environment",
@@ -41,17 +41,17 @@ def test_gather_scatter_score_match_reference(H, W, w, B):
     gen = torch.Generator().manual_seed(H * 100 + W)
     x = torch.randn(B, H, W, 8, generator=gen)
     k = max(1, g.num_windows // 2)
-    idx = reference.select_windows(reference.score_windows(x, g), k)
+    idx = reference.select(reference.score(x, g), k)
     scores_t = ops.score_windows(x, g, "triton")
-    torch.testing.assert_close(scores_t, reference.score_windows(x, g), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(scores_t, reference.score(x, g), rtol=1e-6, atol=1e-6)
     got = ops.gather_windows(x, idx, g, "triton")
-    assert torch.equal(got, reference.gather_windows(x, idx, g))
+    assert torch.equal(got, reference.gather(x, idx, g))
     win = torch.randn(got.shape, generator=gen)
-    assert torch.equal(ops.scatter_windows(x, win, idx, g, "triton"), reference.scatter_windows(x, win, idx, g))
+    assert torch.equal(ops.scatter_windows(x, win, idx, g, "triton"), reference.scatter(x, win, idx, g))
     with torch.no_grad():
         y = x.clone()
         out = ops.scatter_windows(y, win, idx, g, "triton", inplace=True)
-        assert torch.equal(out, reference.scatter_windows(x, win, idx, g))
+        assert torch.equal(out, reference.scatter(x, win, idx, g))
 
 
 @pytest.mark.parametrize("global_attn", [False, True])

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..config import SparsityConfig
 from ..errors import ConfigError
+from ..models.layers import config_applied
 from ..space import SearchSpace
 
 __all__ = [
@@ -62,7 +63,8 @@ class ConfigSampler:
         seed: the run's seed; step t draws from ``numpy.random.default_rng([seed, t])``.
         distill: the densest config runs first every step (its output is the soft target of the others).
 
-    For spaces with several resolutions the densest config takes the largest and the sparsest the smallest.
+    Attributes `densest` and `sparsest`: the extreme configs (with several resolutions, the densest at the
+    largest and the sparsest at the smallest).
     """
 
     def __init__(self, space: SearchSpace, rule: str = "uniform", seed: int = 0, distill: bool = False) -> None:
@@ -73,8 +75,8 @@ class ConfigSampler:
         self.seed = int(seed)
         self.distill = distill
         by_area = sorted(space.resolutions, key=lambda r: r[0] * r[1])
-        self._densest = space.densest(by_area[-1])
-        self._sparsest = space.sparsest(by_area[0])
+        self.densest = space.densest(by_area[-1])
+        self.sparsest = space.sparsest(by_area[0])
 
     def sample(self, step: int) -> SparsityConfig:
         """The random config of step ``step`` (0-based)."""
@@ -84,12 +86,12 @@ class ConfigSampler:
     def configs(self, step: int) -> list[StepConfig]:
         """The passes of step ``step`` in the order they run (a teacher, if any, first)."""
         if self.rule == "dense":
-            return [StepConfig("dense", self._densest)]
+            return [StepConfig("dense", self.densest)]
         out = []
         if self.rule == "sandwich" or self.distill:
-            out.append(StepConfig("dense", self._densest, teacher=self.distill))
+            out.append(StepConfig("dense", self.densest, teacher=self.distill))
         if self.rule == "sandwich":
-            out.append(StepConfig("sparsest", self._sparsest))
+            out.append(StepConfig("sparsest", self.sparsest))
         out.append(StepConfig("sampled", self.sample(step)))
         return out
 
@@ -157,12 +159,12 @@ class RandomSparsity:
     @property
     def densest(self) -> SparsityConfig:
         """The densest config (at the largest resolution of the space)."""
-        return self.sampler._densest
+        return self.sampler.densest
 
     @property
     def sparsest(self) -> SparsityConfig:
         """The sparsest config (at the smallest resolution of the space)."""
-        return self.sampler._sparsest
+        return self.sampler.sparsest
 
     def configs(self, step: int) -> list[StepConfig]:
         """The passes of step `step` (0-based) in the order to run them; forgets the previous step's teacher."""
@@ -181,12 +183,8 @@ class RandomSparsity:
         if self.model is None:
             raise ConfigError("RandomSparsity was created without a model: apply the configs yourself")
         cfg = sub.config if isinstance(sub, StepConfig) else sub
-        previous = getattr(self.model, "config", None)
-        self.model.set_config(cfg)
-        try:
+        with config_applied(self.model, cfg):
             yield cfg
-        finally:
-            self.model.set_config(previous)
 
     def set_teacher(self, output: torch.Tensor) -> None:
         """Keep the (detached) output of the teacher pass as this step's soft target."""

@@ -68,7 +68,6 @@ class EvolveCommand(Command):
 
         from ..progress import progress_bar  # noqa: PLC0415
         from ..search.evolve import EvolveOptions, evolve  # noqa: PLC0415
-        from ..search.report import Point  # noqa: PLC0415
 
         opts = EvolveOptions(**{k: getattr(args, k) for k in EvolveOptions.__dataclass_fields__})
         bars: list = []  # created at the first generation: input errors come out as one clean line

@@ -387,7 +387,7 @@ class SamViTFamily(ModelFamily):
         blocks = _sam_blocks(sam)
         pos = blocks.index(block)
         if pos == 0:
-            return PartPlan(block, sam._embed, (batch, 3, *resolution))
+            return PartPlan(block, sam.embed, (batch, 3, *resolution))
         prev = blocks[pos - 1]
         same_group = prev in group
         prev.window_size, prev.sparsity = (window, sparsity) if same_group else (prev.window_size, 0.0)
@@ -407,7 +407,7 @@ class SamViTFamily(ModelFamily):
         (dense), the head the neck."""
         sam = _samvit(model)
         if name == "patch_embed":
-            return PartPlan(sam._embed, None, (batch, 3, *resolution))
+            return PartPlan(sam.embed, None, (batch, 3, *resolution))
         sh = shapes[-1]
         neck = sam.neck
         if name == "neck":

@@ -1,14 +1,31 @@
-"""Building blocks shared by the windowed transformers (timm-compatible parameter names)."""
+"""Building blocks shared by the windowed transformers (timm-compatible parameter names), and `config_applied`."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import SparsityConfig
 from ..ops import relative_position_index
 
-__all__ = ["Mlp", "DropPath", "WindowAttention", "PatchEmbed", "PatchMerging"]
+__all__ = ["Mlp", "DropPath", "WindowAttention", "PatchEmbed", "PatchMerging", "config_applied"]
+
+
+@contextlib.contextmanager
+def config_applied(model: Any, config: SparsityConfig | None) -> Iterator[SparsityConfig | None]:
+    """Apply `config` to `model` (anything with ``set_config``) for the ``with`` block, then restore the config
+    it had before (its ``config`` attribute; None if it has none), also when the block raises."""
+    previous = getattr(model, "config", None)
+    model.set_config(config)
+    try:
+        yield config
+    finally:
+        model.set_config(previous)
 
 
 class Mlp(nn.Module):

@@ -17,7 +17,7 @@ as the tiling of its global block) and one sparsity per block, so SAM ViT-B's 12
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from ..config import SparsityConfig
 from ..errors import SparseSearchError
 from ..ops import WindowGeometry
 from .heads import ClassifierHead, PyramidSegHead
-from .layers import DropPath, Mlp
+from .layers import DropPath, Mlp, config_applied
 
 __all__ = ["SamAttention", "SamBlock", "SamViT", "LayerNorm2d", "block_groups", "sam_geometry"]
 
@@ -183,7 +183,7 @@ class SamBlock(nn.Module):
         self.global_attn = global_attn
         self.window_size = window_size
         self.sparsity = 0.0
-        self.kernel_backend: str | None = None
+        self.kernel_backend: ops.Backend | None = None
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = SamAttention(dim, num_heads, table_size, qkv_bias, use_rel_pos)
         self.drop_path1 = DropPath(drop_path)
@@ -351,7 +351,8 @@ class SamViT(nn.Module):
         self.patch_embed = SamPatchEmbed(patch_size, in_chans, embed_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, *grid, embed_dim)) if use_abs_pos else None
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # (not a tensor: meta-device builds)
-        blocks, self._group_of = [], []
+        blocks: list[SamBlock] = []
+        self._group_of: list[int] = []
         for gi, d in enumerate(self.depths):
             for _ in range(d):
                 i = len(blocks)
@@ -364,6 +365,7 @@ class SamViT(nn.Module):
                 )
                 self._group_of.append(gi)
         self.blocks = nn.Sequential(*blocks)
+        self.neck: nn.Module
         if neck_chans:
             self.neck = nn.Sequential(
                 nn.Conv2d(embed_dim, neck_chans, 1, bias=False),
@@ -393,9 +395,14 @@ class SamViT(nn.Module):
                 nn.init.zeros_(m.bias)
 
     # ---- structure -----------------------------------------------------------------------------------------
+    @property
+    def sam_blocks(self) -> list[SamBlock]:
+        """The blocks, typed (`blocks` is the timm-named nn.Sequential)."""
+        return cast("list[SamBlock]", list(self.blocks))
+
     def group_blocks(self, group: int) -> list[SamBlock]:
         """The blocks of one group, in order (the last one is global unless the group is a trailing run)."""
-        return [b for b, g in zip(self.blocks, self._group_of) if g == group]
+        return [b for b, g in zip(self.sam_blocks, self._group_of) if g == group]
 
     # ---- configs -------------------------------------------------------------------------------------------
     @property
@@ -409,18 +416,19 @@ class SamViT(nn.Module):
             config.validate(self.depths, self.max_window_size)
         windows = self.default_window_size if config is None else config.window_size
         flat = [0.0] * len(self.blocks) if config is None else config.flat()
-        for blk, g, p in zip(self.blocks, self._group_of, flat):
+        for blk, g, p in zip(self.sam_blocks, self._group_of, flat):
             blk.window_size = windows[g]
             blk.sparsity = float(p)
         self._config = config
 
-    def set_kernel_backend(self, backend: str | None) -> None:
+    def set_kernel_backend(self, backend: ops.Backend | None) -> None:
         """Force the window-op backend of every block ("torch", "triton") or let dispatch decide (None)."""
-        for blk in self.blocks:
+        for blk in self.sam_blocks:
             blk.kernel_backend = backend
 
     # ---- forward -------------------------------------------------------------------------------------------
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, H/p, W/p, embed_dim): patch embedding plus the resampled absolute position embedding."""
         x = self.patch_embed(x)
         if self.pos_embed is not None:
             x = x + resample_pos_embed(self.pos_embed, (int(x.shape[1]), int(x.shape[2])))
@@ -428,7 +436,7 @@ class SamViT(nn.Module):
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) -> the NHWC output of every block (one per `feature_info` entry), stride `patch_size`."""
-        x = self._embed(x)
+        x = self.embed(x)
         feats = []
         for blk in self.blocks:
             x = blk(x)  # not owns_input: earlier outputs are returned and must not be overwritten
@@ -437,7 +445,7 @@ class SamViT(nn.Module):
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, H/p, W/p, embed_dim): the last block's output (before the neck)."""
-        x = self._embed(x)
+        x = self.embed(x)
         for blk in self.blocks:
             x = blk(x, owns_input=True)  # every block input is an intermediate of this forward
         return x
@@ -452,12 +460,8 @@ class SamViT(nn.Module):
         `config`, when given, is applied for this call only.
         """
         if config is not None:
-            previous = self._config
-            self.set_config(config)
-            try:
+            with config_applied(self, config):
                 return self.forward(x)
-            finally:
-                self.set_config(previous)
         feats = self.forward_features(x)
         if self.head_type == "seg":
             return self.seg_head(feats, x.shape[-2:])

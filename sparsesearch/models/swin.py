@@ -7,6 +7,7 @@ at any window size up to the one its relative position table was built for.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,7 @@ from .. import ops
 from ..config import SparsityConfig
 from ..ops import WindowGeometry
 from .heads import ClassifierHead, FPNSegHead
-from .layers import DropPath, Mlp, PatchEmbed, PatchMerging, WindowAttention
+from .layers import DropPath, Mlp, PatchEmbed, PatchMerging, WindowAttention, config_applied
 
 __all__ = ["SwinBlock", "SwinStage", "SwinTransformer"]
 
@@ -65,7 +66,7 @@ class SwinBlock(nn.Module):
         self.shifted = shifted
         self.window_size = window_size
         self.sparsity = 0.0
-        self.kernel_backend: str | None = None  # None: ops dispatch decides
+        self.kernel_backend: ops.Backend | None = None  # None: ops dispatch decides
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, num_heads, max_window, qkv_bias)
         self.drop_path1 = DropPath(drop_path)
@@ -120,7 +121,7 @@ class SwinBlock(nn.Module):
         if mask is not None:
             mask = mask[idx.reshape(-1)]
         windows = windows + self.drop_path1(self.attn(y, g.wh, g.ww, mask), B)
-        pad = ops.window_tables(g, x.device).pad[idx] if g.padded and self._skip_padded() else None
+        pad = _kept_padding(g, idx, x.device) if g.padded and self._skip_padded() else None
         if pad is not None and int(pad.sum()) >= PAD_SKIP_MIN * pad.numel():
             windows = self._mlp_on_real_tokens(windows, pad)
         else:
@@ -152,6 +153,12 @@ class SwinBlock(nn.Module):
         return flat.index_copy_(0, rows, real).view_as(windows)  # `windows` is this block's own tensor
 
 
+def _kept_padding(g: WindowGeometry, idx: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    """(B, k, N) bool, True at the padded positions of the kept windows `idx`; None when g has no padding."""
+    pad = ops.window_tables(g, device).pad
+    return pad[idx] if pad is not None else None
+
+
 class SwinStage(nn.Module):
     """Optional patch merging, then `depth` blocks alternating regular and shifted windows."""
 
@@ -181,12 +188,17 @@ class SwinStage(nn.Module):
         )
 
     @property
+    def swin_blocks(self) -> list[SwinBlock]:
+        """The blocks, typed (`blocks` is the timm-named nn.Sequential)."""
+        return cast("list[SwinBlock]", list(self.blocks))
+
+    @property
     def window_size(self) -> int:
-        return self.blocks[0].window_size
+        return self.swin_blocks[0].window_size
 
     @window_size.setter
     def window_size(self, value: int) -> None:
-        for blk in self.blocks:
+        for blk in self.swin_blocks:
             blk.window_size = value
 
     def forward(self, x: torch.Tensor, owns_input: bool = False) -> torch.Tensor:
@@ -291,6 +303,11 @@ class SwinTransformer(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
+    @property
+    def stages(self) -> list[SwinStage]:
+        """The stages, typed (`layers` is the timm-named nn.Sequential)."""
+        return cast("list[SwinStage]", list(self.layers))
+
     # ---- configs -------------------------------------------------------------------------------------------
     @property
     def config(self) -> SparsityConfig | None:
@@ -300,23 +317,23 @@ class SwinTransformer(nn.Module):
     def set_config(self, config: SparsityConfig | None) -> None:
         """Apply a config to every block (validated against this model); None restores the dense model."""
         if config is None:
-            for stage, w in zip(self.layers, self.default_window_size):
+            for stage, w in zip(self.stages, self.default_window_size):
                 stage.window_size = w
-                for blk in stage.blocks:
+                for blk in stage.swin_blocks:
                     blk.sparsity = 0.0
             self._config = None
             return
         config.validate(self.depths, self.max_window_size)
-        for stage, w, ps in zip(self.layers, config.window_size, config.sparsity):
+        for stage, w, ps in zip(self.stages, config.window_size, config.sparsity):
             stage.window_size = w
-            for blk, p in zip(stage.blocks, ps):
+            for blk, p in zip(stage.swin_blocks, ps):
                 blk.sparsity = float(p)
         self._config = config
 
-    def set_kernel_backend(self, backend: str | None) -> None:
+    def set_kernel_backend(self, backend: ops.Backend | None) -> None:
         """Force the window-op backend of every block ("torch", "triton") or let dispatch decide (None)."""
-        for stage in self.layers:
-            for blk in stage.blocks:
+        for stage in self.stages:
+            for blk in stage.swin_blocks:
                 blk.kernel_backend = backend
 
     # ---- forward -------------------------------------------------------------------------------------------
@@ -339,15 +356,11 @@ class SwinTransformer(nn.Module):
         `config`, when given, is applied for this call only.
         """
         if config is not None:
-            previous = self._config
-            self.set_config(config)
-            try:
+            with config_applied(self, config):
                 return self.forward(x)
-            finally:
-                self.set_config(previous)
         if self.head_type == "seg":
             feats = self.forward_stages(x)
             feats[-1] = self.norm(feats[-1])
             return self.seg_head(feats, x.shape[-2:])
-        feats = self.forward_features(x)
-        return self.head(feats) if self.head_type == "cls" else feats
+        features = self.forward_features(x)
+        return self.head(features) if self.head_type == "cls" else features

@@ -7,9 +7,9 @@ through the custom ops, and selects windows with TopK: for exporters that only k
 TopK breaks ties by the lower index, as the reference does).
 
 Both backends run as torch custom ops (``sparsesearch::score_windows``, ``gather_windows``, ``scatter_windows``,
-``scatter_windows_inplace``; see `custom_ops`): the torch reference is the body of the torch backend, the Triton
-kernels that of the Triton one, so torch.compile, CUDA graphs, FlopCounterMode and fvcore see the same named ops
-on every device.
+``scatter_windows_inplace``; see `custom_ops`): the torch bodies of `reference` are the body of the torch backend,
+the Triton kernels of `triton_impl` that of the Triton one (`triton_backend` says whether it can run here), so
+torch.compile, CUDA graphs, FlopCounterMode and fvcore see the same named ops on every device.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .geometry import (
 )
 
 __all__ = [
+    "Backend",
     "WindowGeometry",
     "WindowTables",
     "keep_count",
@@ -56,15 +57,15 @@ _triton_module: object = _UNSET  # the Triton backend module, None when unusable
 
 
 def _triton_ops() -> Any:
-    """The Triton backend module (`triton_kernels`), or None when Triton (or its kernels) cannot be used here."""
+    """The module `triton_backend`, or None when Triton (or its kernels) cannot be used here."""
     global _triton_module
     if _triton_module is _UNSET:
         try:
-            from . import triton_kernels  # noqa: PLC0415  (optional: imports triton)
+            from . import triton_backend  # noqa: PLC0415  (optional: imports triton)
         except ImportError:
             _triton_module = None
         else:
-            _triton_module = triton_kernels if triton_kernels.AVAILABLE else None
+            _triton_module = triton_backend if triton_backend.AVAILABLE else None
     return _triton_module
 
 
@@ -145,15 +146,15 @@ def _direct(x: torch.Tensor) -> bool:
 
 
 def score_windows(x: torch.Tensor, geom: WindowGeometry, backend: Backend | None = None) -> torch.Tensor:
-    """(B, H, W, C) -> (B, nW) float32 window scores; see `reference.score_windows`.
+    """(B, H, W, C) -> (B, nW) float32 window scores; see `reference.score`.
 
     Both backends run as the custom op ``sparsesearch::score_windows``; Triton's scores equal the reference's up
     to float32 rounding (summation order), not bit for bit.
     """
     choice = _choice(backend)
     if choice == "export":
-        return reference.score_windows(x, geom)
-    return custom_ops.score_windows(x, geom, _use_triton(x, choice), _direct(x))
+        return reference.score(x, geom)
+    return custom_ops.score_windows_op(x, geom, _use_triton(x, choice), _direct(x))
 
 
 def select_windows(scores: torch.Tensor, k: int, backend: Backend | None = None) -> torch.Tensor:
@@ -161,20 +162,20 @@ def select_windows(scores: torch.Tensor, k: int, backend: Backend | None = None)
     if _choice(backend) == "export":
         top = torch.topk(scores, k, dim=1, largest=True, sorted=True).indices
         return torch.topk(top, k, dim=1, largest=False, sorted=True).values
-    return reference.select_windows(scores, k)
+    return reference.select(scores, k)
 
 
 def gather_windows(
     x: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry, backend: Backend | None = None
 ) -> torch.Tensor:
-    """(B, H, W, C), (B, k) -> (B*k, wh*ww, C) kept windows; see `reference.gather_windows`.
+    """(B, H, W, C), (B, k) -> (B*k, wh*ww, C) kept windows; see `reference.gather`.
 
     Runs as ``sparsesearch::gather_windows`` (differentiable: the gradient scatters into zeros).
     """
     choice = _choice(backend)
     if choice == "export":
-        return reference.gather_windows(x, idx, geom)
-    return custom_ops.gather_windows(x, idx, geom, _use_triton(x, choice), _direct(x))
+        return reference.gather(x, idx, geom)
+    return custom_ops.gather_windows_op(x, idx, geom, _use_triton(x, choice), _direct(x))
 
 
 def can_scatter_inplace(x: torch.Tensor, windows: torch.Tensor) -> bool:
@@ -201,7 +202,7 @@ def scatter_windows(
     *,
     inplace: bool = False,
 ) -> torch.Tensor:
-    """(B, H, W, C), (B*k, N, C), (B, k) -> (B, H, W, C); see `reference.scatter_windows`.
+    """(B, H, W, C), (B*k, N, C), (B, k) -> (B, H, W, C); see `reference.scatter`.
 
     Out of place (the default, and always with grad mode on): a new tensor, through
     ``sparsesearch::scatter_windows``, which copies every token once; its gradient is (dy with the kept tokens
@@ -212,9 +213,9 @@ def scatter_windows(
     """
     choice = _choice(backend)
     if choice == "export":
-        return reference.scatter_windows(x, windows, idx, geom)
+        return reference.scatter(x, windows, idx, geom)
     use_triton = _use_triton(x, choice)
     direct = _direct(x)
     if inplace and can_scatter_inplace(x, windows):
-        return custom_ops.scatter_windows_inplace(x, windows, idx, geom, use_triton, direct)
-    return custom_ops.scatter_windows(x, windows, idx, geom, use_triton, direct)
+        return custom_ops.scatter_windows_inplace_op(x, windows, idx, geom, use_triton, direct)
+    return custom_ops.scatter_windows_op(x, windows, idx, geom, use_triton, direct)

@@ -1,7 +1,7 @@
 """The window ops as torch custom operators (namespace ``sparsesearch``), with fake and autograd registrations.
 
 Every backend goes through these ops: the flag `use_triton` picks the body (the Triton kernels of `triton_impl`,
-or the torch reference of `reference`), so torch.compile captures a pruned forward and backward as the same few
+or the torch bodies of `reference`), so torch.compile captures a pruned forward and backward as the same few
 named, opaque nodes on CPU and CUDA (k is static: it is the size of idx), CUDA graphs can capture them (no host
 synchronisation, fixed launch configs), and FlopCounterMode / fvcore see ``sparsesearch::*`` instead of the
 index_select / cat / index_copy that implement them.
@@ -24,6 +24,9 @@ Gradients (all linear ops, so the backward reuses the same ops and kernels, and 
 The in-place scatter has no autograd formula: `sparsesearch.ops.scatter_windows` only uses it where autograd
 records nothing (see its docstring).
 
+Python entry points: ``<op>_op(..., geom, use_triton, direct)`` calls ``sparsesearch::<op>`` (or, with
+`direct`, its body); `sparsesearch.ops` decides both flags. The registered op objects are the private ``_*_def``.
+
 This module deliberately does not use ``from __future__ import annotations``: torch.library infers the op
 schemas from the annotations.
 """
@@ -35,15 +38,15 @@ from torch import Tensor
 
 from ..errors import SparseSearchError
 from . import reference
-from .geometry import WindowGeometry, image_offsets, window_tables
+from .geometry import WindowGeometry, token_window_index
 
 __all__ = [
-    "score_windows",
-    "gather_windows",
-    "scatter_windows",
-    "scatter_windows_inplace",
-    "place_windows",
-    "zero_windows",
+    "score_windows_op",
+    "gather_windows_op",
+    "scatter_windows_op",
+    "scatter_windows_inplace_op",
+    "place_windows_op",
+    "zero_windows_op",
 ]
 
 
@@ -61,71 +64,35 @@ def _num_windows(H: Any, W: Any, wh: int, ww: int) -> Any:
     return ((H + wh - 1) // wh) * ((W + ww - 1) // ww)
 
 
-# ---- torch bodies of the helper ops ------------------------------------------------------------------------
-def _zero_windows_torch(x: Tensor, idx: Tensor, geom: WindowGeometry) -> Tensor:
-    B, H, W, C = x.shape
-    flat = reference._flat_token_index(geom, idx)
-    out = torch.cat([x.reshape(B * H * W, C), x.new_zeros(1, C)], dim=0)
-    out.index_fill_(0, flat, 0)
-    return out[: B * H * W].view(B, H, W, C)
-
-
-def _scatter_inplace_torch(x: Tensor, windows: Tensor, idx: Tensor, geom: WindowGeometry) -> None:
-    """index_copy_ into x itself. A padded position is redirected to position 0 of its window (always a real
-    token: the top-left corner of every window lies inside the map), with that position's value as source, so
-    every write lands on a kept token and duplicate writes carry equal values."""
-    B, H, W, C = x.shape
-    k, N = idx.shape[1], geom.window_area
-    tables = window_tables(geom, x.device)
-    tok = tables.safe[idx]  # (B, k, N)
-    if B > 1:
-        tok = tok + image_offsets(B, H * W, x.device)
-    rows = windows.reshape(B * k * N, C).to(x.dtype)
-    if tables.src is not None:
-        src = tables.src[idx].view(B * k, N) + image_offsets(B * k, N, x.device).view(B * k, 1)
-        rows = rows.index_select(0, src.reshape(-1))
-    x.view(B * H * W, C).index_copy_(0, tok.reshape(-1), rows)
-
-
-def _window_of_token(geom: WindowGeometry, device: torch.device) -> Tensor:
-    """(H*W,) int64: the window (of the shifted, padded partition) that holds each original token.
-
-    Built from fresh tensors (not a cached constant) so that it can be traced inside a compiled backward.
-    """
-    hs = (torch.arange(geom.H, device=device) - geom.sh) % geom.H  # row of each original row in the shifted map
-    ws = (torch.arange(geom.W, device=device) - geom.sw) % geom.W
-    return ((hs // geom.wh)[:, None] * geom.nWw + (ws // geom.ww)[None, :]).reshape(-1)
-
-
 # ---- op bodies (also called directly in eager inference, see `sparsesearch.ops`) -----------------------------
 def _score_body(x: Tensor, geom: WindowGeometry, use_triton: bool) -> Tensor:
-    return _triton_impl().score(x, geom) if use_triton else reference.score_windows(x, geom)
+    return _triton_impl().score(x, geom) if use_triton else reference.score(x, geom)
 
 
 def _gather_body(x: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool) -> Tensor:
-    return _triton_impl().gather(x, idx, geom) if use_triton else reference.gather_windows(x, idx, geom)
+    return _triton_impl().gather(x, idx, geom) if use_triton else reference.gather(x, idx, geom)
 
 
 def _scatter_body(x: Tensor, windows: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool) -> Tensor:
     if use_triton:
         return _triton_impl().merge(x, windows, idx, geom)
-    return reference.scatter_windows(x, windows, idx, geom)
+    return reference.scatter(x, windows, idx, geom)
 
 
 def _scatter_inplace_body(x: Tensor, windows: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool) -> None:
     if use_triton:
         _triton_impl().scatter_inplace(x, windows, idx, geom)
     else:
-        _scatter_inplace_torch(x, windows, idx, geom)
+        reference.scatter_inplace(x, windows, idx, geom)
 
 
 # ---- score ---------------------------------------------------------------------------------------------------
 @torch.library.custom_op("sparsesearch::score_windows", mutates_args=())
-def _score_op(x: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
+def _score_def(x: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
     return _score_body(x, _geom(x.shape[1], x.shape[2], wh, ww, sh, sw), use_triton)
 
 
-@_score_op.register_fake
+@_score_def.register_fake
 def _(x: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
     return x.new_empty((x.shape[0], _num_windows(x.shape[1], x.shape[2], wh, ww)), dtype=torch.float32)
 
@@ -142,21 +109,21 @@ def _score_backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:
     geom = _geom(H, W, *ctx.geom)
     tok = x.abs().mean(dim=-1, dtype=torch.float32).reshape(B, H * W)
     coef = torch.where(scores > 0, grad / scores, torch.zeros_like(scores))  # d s_w / d tok_t = tok_t / s_w
-    g_tok = coef[:, _window_of_token(geom, x.device)] * tok / C
+    g_tok = coef[:, token_window_index(geom, x.device)] * tok / C
     gx = g_tok.view(B, H, W, 1) * x.sign()
     return gx.to(x.dtype), None, None, None, None, None
 
 
-_score_op.register_autograd(_score_backward, setup_context=_score_setup)
+_score_def.register_autograd(_score_backward, setup_context=_score_setup)
 
 
 # ---- gather ---------------------------------------------------------------------------------------------------
 @torch.library.custom_op("sparsesearch::gather_windows", mutates_args=())
-def _gather_op(x: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
+def _gather_def(x: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
     return _gather_body(x, idx, _geom(x.shape[1], x.shape[2], wh, ww, sh, sw), use_triton)
 
 
-@_gather_op.register_fake
+@_gather_def.register_fake
 def _(x: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
     return x.new_empty((x.shape[0] * idx.shape[1], wh * ww, x.shape[3]))
 
@@ -169,22 +136,22 @@ def _gather_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
 
 def _gather_backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:
     (idx,) = ctx.saved_tensors
-    gx = _place_op(grad, idx, *ctx.args) if ctx.needs_input_grad[0] else None
+    gx = _place_def(grad, idx, *ctx.args) if ctx.needs_input_grad[0] else None
     return gx, None, None, None, None, None, None
 
 
-_gather_op.register_autograd(_gather_backward, setup_context=_gather_setup)
+_gather_def.register_autograd(_gather_backward, setup_context=_gather_setup)
 
 
 # ---- scatter (out of place) ----------------------------------------------------------------------------------
 @torch.library.custom_op("sparsesearch::scatter_windows", mutates_args=())
-def _scatter_op(
+def _scatter_def(
     x: Tensor, windows: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool
 ) -> Tensor:
     return _scatter_body(x, windows, idx, _geom(x.shape[1], x.shape[2], wh, ww, sh, sw), use_triton)
 
 
-@_scatter_op.register_fake
+@_scatter_def.register_fake
 def _(x: Tensor, windows: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
     return x.new_empty(x.shape)
 
@@ -198,40 +165,40 @@ def _scatter_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
 
 def _scatter_backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:
     (idx,) = ctx.saved_tensors
-    gx = _zero_op(grad, idx, *ctx.args) if ctx.needs_input_grad[0] else None
-    gw = _gather_op(grad, idx, *ctx.args).to(ctx.windows_dtype) if ctx.needs_input_grad[1] else None
+    gx = _zero_def(grad, idx, *ctx.args) if ctx.needs_input_grad[0] else None
+    gw = _gather_def(grad, idx, *ctx.args).to(ctx.windows_dtype) if ctx.needs_input_grad[1] else None
     return gx, gw, None, None, None, None, None, None
 
 
-_scatter_op.register_autograd(_scatter_backward, setup_context=_scatter_setup)
+_scatter_def.register_autograd(_scatter_backward, setup_context=_scatter_setup)
 
 
 # ---- scatter (in place) --------------------------------------------------------------------------------------
 @torch.library.custom_op("sparsesearch::scatter_windows_inplace", mutates_args=("x",))
-def _scatter_inplace_op(
+def _scatter_inplace_def(
     x: Tensor, windows: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool
 ) -> None:
     _scatter_inplace_body(x, windows, idx, _geom(x.shape[1], x.shape[2], wh, ww, sh, sw), use_triton)
 
 
-@_scatter_inplace_op.register_fake
+@_scatter_inplace_def.register_fake
 def _(x: Tensor, windows: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> None:
     return None
 
 
 # ---- helpers of the backward ---------------------------------------------------------------------------------
 @torch.library.custom_op("sparsesearch::place_windows", mutates_args=())
-def _place_op(
+def _place_def(
     windows: Tensor, idx: Tensor, H: int, W: int, wh: int, ww: int, sh: int, sw: int, use_triton: bool
 ) -> Tensor:
     geom = _geom(H, W, wh, ww, sh, sw)
     shape = (idx.shape[0], H, W, windows.shape[2])
     if use_triton:
         return _triton_impl().merge(None, windows, idx, geom, shape=shape, dtype=windows.dtype)
-    return reference.scatter_windows(windows.new_zeros(shape), windows, idx, geom)
+    return reference.scatter(windows.new_zeros(shape), windows, idx, geom)
 
 
-@_place_op.register_fake
+@_place_def.register_fake
 def _(windows: Tensor, idx: Tensor, H: int, W: int, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
     return windows.new_empty((idx.shape[0], H, W, windows.shape[2]))
 
@@ -244,22 +211,22 @@ def _place_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
 
 def _place_backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:
     (idx,) = ctx.saved_tensors
-    gw = _gather_op(grad, idx, *ctx.args) if ctx.needs_input_grad[0] else None
+    gw = _gather_def(grad, idx, *ctx.args) if ctx.needs_input_grad[0] else None
     return (gw,) + (None,) * 8
 
 
-_place_op.register_autograd(_place_backward, setup_context=_place_setup)
+_place_def.register_autograd(_place_backward, setup_context=_place_setup)
 
 
 @torch.library.custom_op("sparsesearch::zero_windows", mutates_args=())
-def _zero_op(x: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
+def _zero_def(x: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
     geom = _geom(x.shape[1], x.shape[2], wh, ww, sh, sw)
     if use_triton:
         return _triton_impl().merge(x, None, idx, geom)
-    return _zero_windows_torch(x, idx, geom)
+    return reference.zero_kept(x, idx, geom)
 
 
-@_zero_op.register_fake
+@_zero_def.register_fake
 def _(x: Tensor, idx: Tensor, wh: int, ww: int, sh: int, sw: int, use_triton: bool) -> Tensor:
     return x.new_empty(x.shape)
 
@@ -272,11 +239,11 @@ def _zero_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
 
 def _zero_backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:
     (idx,) = ctx.saved_tensors
-    gx = _zero_op(grad, idx, *ctx.args) if ctx.needs_input_grad[0] else None
+    gx = _zero_def(grad, idx, *ctx.args) if ctx.needs_input_grad[0] else None
     return (gx,) + (None,) * 6
 
 
-_zero_op.register_autograd(_zero_backward, setup_context=_zero_setup)
+_zero_def.register_autograd(_zero_backward, setup_context=_zero_setup)
 
 
 # ---- Python entry points -------------------------------------------------------------------------------------
@@ -292,15 +259,15 @@ def _check_idx(idx: Tensor, x: Tensor) -> None:
 
 # `direct=True` runs the op's body without the custom-op dispatch: only for eager calls that autograd, tracers and
 # dispatch modes do not see (the caller decides, see `sparsesearch.ops._direct`).
-def score_windows(x: Tensor, geom: WindowGeometry, use_triton: bool = False, direct: bool = False) -> Tensor:
+def score_windows_op(x: Tensor, geom: WindowGeometry, use_triton: bool = False, direct: bool = False) -> Tensor:
     """(B, H, W, C) -> (B, nW) float32 window scores, through ``sparsesearch::score_windows``."""
     _check_map(x, geom)
     if direct:
         return _score_body(x, geom, use_triton)
-    return _score_op(x, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
+    return _score_def(x, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
 
 
-def gather_windows(
+def gather_windows_op(
     x: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False, direct: bool = False
 ) -> Tensor:
     """(B, H, W, C), (B, k) -> (B*k, wh*ww, C) kept windows, through ``sparsesearch::gather_windows``."""
@@ -308,10 +275,10 @@ def gather_windows(
     _check_idx(idx, x)
     if direct:
         return _gather_body(x, idx, geom, use_triton)
-    return _gather_op(x, idx, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
+    return _gather_def(x, idx, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
 
 
-def scatter_windows(
+def scatter_windows_op(
     x: Tensor, windows: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False, direct: bool = False
 ) -> Tensor:
     """(B, H, W, C), (B*k, N, C), (B, k) -> new (B, H, W, C), through ``sparsesearch::scatter_windows``."""
@@ -319,10 +286,10 @@ def scatter_windows(
     _check_idx(idx, x)
     if direct:
         return _scatter_body(x, windows, idx, geom, use_triton)
-    return _scatter_op(x, windows, idx, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
+    return _scatter_def(x, windows, idx, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
 
 
-def scatter_windows_inplace(
+def scatter_windows_inplace_op(
     x: Tensor, windows: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False, direct: bool = False
 ) -> Tensor:
     """Write the kept windows into x itself and return x (no autograd: x and windows must not need grads).
@@ -336,17 +303,17 @@ def scatter_windows_inplace(
     if direct:
         _scatter_inplace_body(x, windows, idx, geom, use_triton)
     else:
-        _scatter_inplace_op(x, windows, idx, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
+        _scatter_inplace_def(x, windows, idx, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
     return x
 
 
-def place_windows(windows: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False) -> Tensor:
+def place_windows_op(windows: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False) -> Tensor:
     """(B*k, N, C), (B, k) -> (B, H, W, C): zeros with the kept windows' tokens from windows (grad of gather)."""
-    return _place_op(windows, idx, geom.H, geom.W, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
+    return _place_def(windows, idx, geom.H, geom.W, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
 
 
-def zero_windows(x: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False) -> Tensor:
+def zero_windows_op(x: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False) -> Tensor:
     """(B, H, W, C), (B, k) -> (B, H, W, C): x with the kept windows' tokens zeroed (grad of scatter for x)."""
     _check_map(x, geom)
     _check_idx(idx, x)
-    return _zero_op(x, idx, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
+    return _zero_def(x, idx, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)

@@ -1,6 +1,12 @@
 """Window geometry of one block: effective window and shift, padding, and the index tensors derived from it.
 
-All index tensors here depend only on (H, W, window, shift), never on data, and are cached per device.
+This module owns the window <-> token index arithmetic (the formulas are in `WindowGeometry`'s docstring): the torch
+bodies of the window ops (`reference`) and the custom ops' gradients index through the tensors built here. The
+Triton kernels (`triton_impl`) evaluate the same formulas on the device, since a kernel cannot call Python; the
+kernel tests compare them bit for bit with the torch bodies, and tests/test_ops_geometry.py checks the tensors
+here against a plain roll / pad / partition of the map.
+
+All index tensors here depend only on (H, W, window, shift), never on data; most are cached per device.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ __all__ = [
     "WindowTables",
     "keep_count",
     "token_index",
+    "token_window_index",
+    "flat_token_index",
     "window_tables",
     "image_offsets",
     "shift_mask",
@@ -30,7 +38,14 @@ class WindowGeometry:
 
     Follows timm: a window larger than the feature map along a dimension is clamped to that dimension and the
     shift along it becomes 0. The map is cyclically shifted by (-sh, -sw), then padded bottom/right with zeros
-    to (Hp, Wp), then cut into nWh x nWw windows of wh x ww tokens, numbered row-major.
+    to (Hp, Wp), then cut into nWh x nWw windows of wh x ww tokens, numbered row-major. So position t of window
+    w is the shifted, padded position
+
+        hp = (w // nWw) * wh + t // ww,   wp = (w % nWw) * ww + t % ww
+
+    which is padding unless hp < H and wp < W, and else holds the original token ((hp + sh) mod H, (wp + sw) mod W)
+    (`token_index`). Conversely original token (h, w) sits at shifted position ((h - sh) mod H, (w - sw) mod W)
+    (`token_window_index`).
     """
 
     H: int
@@ -114,6 +129,29 @@ def token_index(geom: WindowGeometry, device: torch.device | str = "cpu") -> tor
     """
     with torch.inference_mode(False):  # cached: must stay usable by autograd after an inference-mode call
         return _token_index(geom, _device_key(device))
+
+
+def token_window_index(geom: WindowGeometry, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(H*W,) int64: the window (of the shifted, padded partition) that holds each original token h*W + w.
+
+    Built from fresh tensors on every call (not a cached constant), so that it can be traced inside a compiled
+    backward.
+    """
+    hs = (torch.arange(geom.H, device=device) - geom.sh) % geom.H  # row of each original row in the shifted map
+    ws = (torch.arange(geom.W, device=device) - geom.sw) % geom.W
+    return ((hs // geom.wh)[:, None] * geom.nWw + (ws // geom.ww)[None, :]).reshape(-1)
+
+
+def flat_token_index(geom: WindowGeometry, idx: torch.Tensor) -> torch.Tensor:
+    """(B, k) kept windows -> (B*k*N,) int64 row of each window position in a (B*H*W + 1, C) buffer: image b's
+    token t at row b*H*W + t, every padded position at the spare last row B*H*W."""
+    B = idx.shape[0]
+    HW = geom.H * geom.W
+    tok = token_index(geom, idx.device)[idx]  # (B, k, N)
+    base = (torch.arange(B, device=idx.device) * HW).view(B, 1, 1)
+    spare = base[-1:] + HW  # (1, 1, 1) = B*HW, the spare last row; a graph value when traced (dynamic batch)
+    flat = torch.where(tok == HW, spare, tok + base)
+    return flat.reshape(-1)
 
 
 class WindowTables(NamedTuple):

@@ -1,19 +1,22 @@
-"""Torch reference implementation of window scoring, selection, gather and scatter.
+"""Torch bodies of the window ops: scoring, selection, gather, scatter (out of place and in place), zeroing.
 
-This is the path used on CPU and the reference every other implementation is tested against. It never builds
-a rolled or padded copy of the full feature map: everything goes through the precomputed token index.
+The body of the torch backend (CPU, and whatever the kernels do not take) and the reference the Triton kernels
+are tested against bit for bit (tests/test_kernels.py); this module itself is checked against plain roll / pad /
+partition models in tests/test_ops_geometry.py and, through the pruned blocks, tests/reference_swin.py. It never
+builds a rolled or padded copy of the full feature map: everything goes through the index tensors of `geometry`.
+The public entry points are in `sparsesearch.ops`; these functions take no backend and do no shape checks.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .geometry import WindowGeometry, image_offsets, token_index, window_tables
+from .geometry import WindowGeometry, flat_token_index, image_offsets, token_index, window_tables
 
-__all__ = ["score_windows", "select_windows", "gather_windows", "scatter_windows"]
+__all__ = ["score", "select", "gather", "scatter", "scatter_inplace", "zero_kept"]
 
 
-def score_windows(x: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
+def score(x: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
     """Window importance, DESIGN.md's rule.
 
     Args:
@@ -32,7 +35,7 @@ def score_windows(x: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
     return per_window.sum(dim=-1).sqrt()
 
 
-def select_windows(scores: torch.Tensor, k: int) -> torch.Tensor:
+def select(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k highest-scoring windows of each image.
 
     Ties go to the lower window index. The result is sorted ascending so that gathered windows keep raster
@@ -47,18 +50,7 @@ def select_windows(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(order, dim=1).values
 
 
-def _flat_token_index(geom: WindowGeometry, idx: torch.Tensor) -> torch.Tensor:
-    """(B*k*N,) index into a (B*H*W + 1, C) buffer; padded positions map to the last row."""
-    B = idx.shape[0]
-    HW = geom.H * geom.W
-    tok = token_index(geom, idx.device)[idx]  # (B, k, N)
-    base = (torch.arange(B, device=idx.device) * HW).view(B, 1, 1)
-    spare = base[-1:] + HW  # (1, 1, 1) = B*HW, the spare last row; a graph value when traced (dynamic batch)
-    flat = torch.where(tok == HW, spare, tok + base)
-    return flat.reshape(-1)
-
-
-def gather_windows(x: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
+def gather(x: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
     """Copy the kept windows of the shifted, padded partition into a dense batch.
 
     Args:
@@ -81,18 +73,53 @@ def gather_windows(x: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> 
     return out
 
 
-def scatter_windows(x: torch.Tensor, windows: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
+def scatter(x: torch.Tensor, windows: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
     """Write processed windows back to their (un-shifted) tokens; every other token keeps its value from x.
 
     Args:
         x: (B, H, W, C) block input.
         windows: (B*k, wh*ww, C) new values of the kept windows (padded positions are discarded).
-        idx: (B, k) kept window indices, as given to gather_windows.
+        idx: (B, k) kept window indices, as given to `gather`.
     Returns:
         (B, H, W, C) a new tensor (x is not modified).
     """
     B, H, W, C = x.shape
-    flat = _flat_token_index(geom, idx)
+    flat = flat_token_index(geom, idx)
     out = torch.cat([x.reshape(B * H * W, C), x.new_empty(1, C)], dim=0)
     out.index_copy_(0, flat, windows.reshape(-1, C).to(x.dtype))
+    return out[: B * H * W].view(B, H, W, C)
+
+
+def scatter_inplace(x: torch.Tensor, windows: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> None:
+    """Write the kept windows into x itself (index_copy_); tokens of pruned windows are neither read nor written.
+
+    A padded position is redirected to position 0 of its window (always a real token: the top-left corner of every
+    window lies inside the map), with that position's value as source, so every write lands on a kept token and
+    duplicate writes carry equal values.
+
+    Args:
+        x: (B, H, W, C), contiguous; modified.
+        windows: (B*k, wh*ww, C), cast to x's dtype (padded positions are discarded).
+        idx: (B, k) kept window indices, as given to `gather`.
+    """
+    B, H, W, C = x.shape
+    k, N = idx.shape[1], geom.window_area
+    tables = window_tables(geom, x.device)
+    tok = tables.safe[idx]  # (B, k, N)
+    if B > 1:
+        tok = tok + image_offsets(B, H * W, x.device)
+    rows = windows.reshape(B * k * N, C).to(x.dtype)
+    if tables.src is not None:
+        src = tables.src[idx].view(B * k, N) + image_offsets(B * k, N, x.device).view(B * k, 1)
+        rows = rows.index_select(0, src.reshape(-1))
+    x.view(B * H * W, C).index_copy_(0, tok.reshape(-1), rows)
+
+
+def zero_kept(x: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
+    """(B, H, W, C), (B, k) -> a new (B, H, W, C): x with the tokens of the kept windows zeroed (the gradient of
+    the scatter with respect to x)."""
+    B, H, W, C = x.shape
+    flat = flat_token_index(geom, idx)
+    out = torch.cat([x.reshape(B * H * W, C), x.new_zeros(1, C)], dim=0)
+    out.index_fill_(0, flat, 0)
     return out[: B * H * W].view(B, H, W, C)

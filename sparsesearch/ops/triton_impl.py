@@ -1,12 +1,11 @@
 """Triton kernels for pruned windows and their raw launchers (no autograd: see `custom_ops`).
 
 Every kernel works on the NHWC block input in place of a rolled, padded, partitioned copy: the cyclic shift and
-the bottom/right zero padding of `WindowGeometry` are applied by index arithmetic. For window position t of
-window w (row-major in the nWh x nWw grid) of image b:
-
-    hp = (w // nWw) * wh + t // ww,   wp = (w % nWw) * ww + t % ww        (position in the shifted, padded map)
-    valid = hp < H and wp < W                                             (else a padded position: value 0)
-    token = (b, (hp + sh) mod H, (wp + sw) mod W)                         (the original token it holds)
+the bottom/right zero padding are applied by index arithmetic, evaluated in the kernels with the formulas that
+`WindowGeometry` documents and `geometry` owns (window position -> token in `_window_rows`, as `token_index`;
+token -> window position in `_merge_kernel`, as `token_window_index`). A kernel cannot call the Python owner, so
+the formulas are restated here (a conditional subtraction in place of mod); tests/test_kernels.py compares every
+kernel bit for bit with the torch bodies that index through `geometry`.
 
 Kernels:
     `_score_kernel`        one program per (image, window): token score mean_c |x| in fp32, window score the
@@ -66,7 +65,7 @@ _MAX_TILE = 8192  # elements per program tile on a GPU
 # kernels
 # --------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _window_rows(w, b, t, H, W, nWw, sh, sw, WH: tl.constexpr, WW: tl.constexpr):
+def _window_rows(w, b, t, H, W, nWw, sh, sw, WH: tl.constexpr, WW: tl.constexpr):  # type: ignore[no-untyped-def]
     """Row index (b*H + h)*W + w (int64) of the token at window positions t of window w, and their validity."""
     wr = w // nWw
     wc = w - wr * nWw
@@ -84,7 +83,7 @@ def _window_rows(w, b, t, H, W, nWw, sh, sw, WH: tl.constexpr, WW: tl.constexpr)
 
 
 @triton.jit
-def _score_kernel(
+def _score_kernel(  # type: ignore[no-untyped-def]  # triton.jit: untyped by design
     x_ptr,
     out_ptr,
     H,
@@ -117,7 +116,7 @@ def _score_kernel(
 
 
 @triton.jit
-def _window_copy_kernel(
+def _window_copy_kernel(  # type: ignore[no-untyped-def]  # triton.jit: untyped by design
     x_ptr,
     win_ptr,
     idx_ptr,
@@ -154,7 +153,7 @@ def _window_copy_kernel(
 
 
 @triton.jit
-def _merge_kernel(
+def _merge_kernel(  # type: ignore[no-untyped-def]  # triton.jit: untyped by design
     base_ptr,
     win_ptr,
     slot_ptr,
