@@ -17,6 +17,7 @@ from ..config import SparsityConfig
 from ..ops import WindowGeometry
 from .heads import ClassifierHead, FPNSegHead
 from .layers import DropPath, Mlp, PatchEmbed, PatchMerging, WindowAttention
+from .pruned_path import fused_pruned_forward
 
 __all__ = ["SwinBlock", "SwinStage", "SwinTransformer"]
 
@@ -44,10 +45,12 @@ class SwinBlock(nn.Module):
 
     `sparsity` (a float in [0, 1)) and `window_size` are set by the owning model's `set_config`.
     `skip_padded_tokens` (class-wide; a benchmark switch) lets a pruned block run norm2 + MLP on the real tokens
-    of its kept windows only; the output is the same either way.
+    of its kept windows only; `fused_pruned_path` (class-wide; a benchmark switch) lets it run the whole block on
+    those tokens in eager CPU inference (`pruned_path.fused_pruned_forward`); the output is the same either way.
     """
 
     skip_padded_tokens: bool = True
+    fused_pruned_path: bool = True
 
     def __init__(
         self,
@@ -111,6 +114,19 @@ class SwinBlock(nn.Module):
         B = x.shape[0]
         scores = ops.score_windows(x, g, self.kernel_backend)
         idx = ops.select_windows(scores, k, self.kernel_backend)  # (B, k)
+        if self._fused_ok(x):
+            mask = ops.shift_mask(g, x.device)
+            mask = None if mask is None else mask[idx.reshape(-1)]
+            return fused_pruned_forward(
+                x,
+                g,
+                idx,
+                self.norm1,
+                lambda y: self.attn(y, g.wh, g.ww, mask),
+                self.norm2,
+                self.mlp,
+                inplace=owns_input and ops.can_scatter_inplace(x, x),
+            )
         windows = ops.gather_windows(x, idx, g, self.kernel_backend)  # (B*k, N, C)
         y = self.norm1(windows)
         if g.padded:  # padded positions enter attention as zeros after norm1, as in the dense path
@@ -135,6 +151,17 @@ class SwinBlock(nn.Module):
             torch.onnx.is_in_onnx_export()
             or torch.compiler.is_compiling()
             or (self.training and self.drop_path2.p > 0.0)
+        )
+
+    def _fused_ok(self, x: torch.Tensor) -> bool:
+        """Whether the fused real-token path may run: inference (grad mode off) on the torch backend, no stochastic
+        depth, and the conditions of `_skip_padded` (not exporting or compiling)."""
+        return (
+            self.fused_pruned_path
+            and not torch.is_grad_enabled()
+            and not (self.training and (self.drop_path1.p > 0.0 or self.drop_path2.p > 0.0))
+            and self._skip_padded()
+            and ops.resolve_backend(x, self.kernel_backend) == "torch"  # type: ignore[arg-type]
         )
 
     def _mlp_on_real_tokens(self, windows: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
