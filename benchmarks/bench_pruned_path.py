@@ -8,7 +8,9 @@ Variants (class-wide switches of `SwinBlock`, all exact):
     padded: norm2 + MLP on every slot of a kept window, padding included (skip_padded_tokens = False,
         fused_pruned_path = False);
     mlp: norm2 + MLP on the real tokens only, the rest through the window ops (fused_pruned_path = False);
-    fused: the whole block on the real tokens of the kept windows (`models.pruned_path`, the default).
+    fused-rescore: the whole block on the real tokens of the kept windows (`models.pruned_path`), every block
+        scoring its windows from the whole map (carry_scores = False);
+    fused: the same, each block scoring from the token scores the previous block carried over (the default).
 Dense is timed in the same rounds; each round times every (config, variant) once, in a rotated order, and the
 median over rounds is reported. A model spec is NAME:RES or NAME:RES:LABEL (LABEL selects --kwargs).
 """
@@ -33,9 +35,10 @@ from sparsesearch.models.swin import SwinBlock  # noqa: E402
 from _machine import machine_line  # noqa: E402
 
 VARIANTS = {
-    "padded": {"skip_padded_tokens": False, "fused_pruned_path": False},
-    "mlp": {"skip_padded_tokens": True, "fused_pruned_path": False},
-    "fused": {"skip_padded_tokens": True, "fused_pruned_path": True},
+    "padded": {"skip_padded_tokens": False, "fused_pruned_path": False, "carry_scores": True},
+    "mlp": {"skip_padded_tokens": True, "fused_pruned_path": False, "carry_scores": True},
+    "fused-rescore": {"skip_padded_tokens": True, "fused_pruned_path": True, "carry_scores": False},
+    "fused": {"skip_padded_tokens": True, "fused_pruned_path": True, "carry_scores": True},
 }
 
 
@@ -85,7 +88,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["swin_tiny_patch4_window7_224:512", "swin_nano:192"])
     ap.add_argument("--kwargs", type=json.loads, default={}, help="JSON: model name or label -> create_model kwargs")
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.7])
-    ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["mlp", "fused"])
+    ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["mlp", "fused-rescore", "fused"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-time", type=float, default=1.0)
     ap.add_argument("--rounds", type=int, default=5)

@@ -101,3 +101,33 @@ def test_kept_tokens_index_the_real_tokens_of_kept_windows():
     assert kt.slots is not None and torch.equal(kt.slots, real.reshape(-1).nonzero().squeeze(1))
     unpadded = kept_tokens(WindowGeometry.create(8, 12, 4, False), idx[:, :2])
     assert unpadded.slots is None and unpadded.src.numel() == 2 * 2 * 16
+
+
+def test_carried_scores_equal_recomputed_scores(monkeypatch):
+    """A stage of pruned blocks scoring from carried token scores gives the same output as one rescoring the map;
+    the carried scores are those of the output."""
+    import sparsesearch as ss  # noqa: PLC0415
+
+    m = ss.create_model("swin_nano", embed_dim=24, depths=(2, 4, 2, 2), num_heads=(1, 2, 3, 4), window_size=4).eval()
+    m.set_config(ss.SparsityConfig([[0.5, 0.3], [0.6, 0.0, 0.4, 0.7], [0.5, 0.5], [0.0, 0.0]], [4, 4, 4, 4]))
+    x = torch.randn(2, 3, 72, 88)
+    seen: list[torch.Tensor] = []
+    original = swin.window_scores
+    monkeypatch.setattr(swin, "window_scores", lambda tok, g: seen.append(tok.clone()) or original(tok, g))
+    with torch.no_grad():
+        carried = m(x)
+        SwinBlock.carry_scores = False
+        try:
+            fresh_seen = len(seen)
+            fresh = m(x)
+        finally:
+            SwinBlock.carry_scores = True
+        stage = m.layers[1]
+        h = m.layers[0](m.patch_embed(x))
+        h = stage.downsample(h)
+        for blk in stage.blocks:  # the token scores every pruned block of stage 1 is given equal a fresh computation
+            if blk.sparsity > 0:
+                want = h.abs().mean(-1, dtype=torch.float32).reshape(h.shape[0], -1)
+                assert any(t.shape == want.shape and torch.equal(t, want) for t in seen[:fresh_seen])
+            h = blk(h)
+    torch.testing.assert_close(carried, fresh, rtol=0, atol=0)

@@ -16,6 +16,11 @@ The output is the same as the general path's (DESIGN.md's identity `where(kept, 
 the order of the rows fed to the same per-token ops differs. It uses plain aten ops with data-dependent shapes
 (nonzero), so the blocks take it only in eager inference on the torch backend (see `SwinBlock._fused_ok`);
 fvcore, which traces, sees the M-row linears and counts the FLOPs really done.
+
+Scores without reading the whole map: a block changes only the real tokens of its kept windows, so the token
+scores mean_c |x| of its output are those of its input with those M rows recomputed. A `ScoreCarry` handed from
+block to block within a stage holds them; the next block then scores its windows from (B, H*W) floats instead of
+the (B, H, W, C) map. Same values as `ops.score_windows` (same per-token reduction, same window sum).
 """
 
 from __future__ import annotations
@@ -29,7 +34,37 @@ from torch import nn
 from .. import ops
 from ..ops import WindowGeometry
 
-__all__ = ["KeptTokens", "kept_tokens", "fused_pruned_forward"]
+__all__ = ["KeptTokens", "ScoreCarry", "kept_tokens", "token_scores", "window_scores", "fused_pruned_forward"]
+
+
+class ScoreCarry:
+    """Token scores of the last output of a chain of blocks: `tok` (B, H*W) float32 mean_c |x| of the tensor
+    `of`. A block may use them only when its input *is* `of` (the previous block's output); any other block
+    path resets the carry."""
+
+    def __init__(self) -> None:
+        self.of: torch.Tensor | None = None
+        self.tok: torch.Tensor | None = None
+
+    def get(self, x: torch.Tensor) -> torch.Tensor | None:
+        return self.tok if self.of is x else None
+
+    def set(self, of: torch.Tensor | None, tok: torch.Tensor | None) -> None:
+        self.of, self.tok = of, tok
+
+
+def token_scores(x: torch.Tensor) -> torch.Tensor:
+    """(..., C) -> (...) float32 token scores mean_c |x| (the first step of `ops.reference.score_windows`)."""
+    return x.abs().mean(dim=-1, dtype=torch.float32)
+
+
+def window_scores(tok: torch.Tensor, g: WindowGeometry) -> torch.Tensor:
+    """(B, H*W) token scores -> (B, nW) window scores, L2 norm over each window (padded positions score 0), as
+    `ops.reference.score_windows` computes them."""
+    sq = tok.square()
+    if g.padded:
+        sq = torch.cat([sq, sq.new_zeros(sq.shape[0], 1)], dim=1)
+    return sq[:, ops.token_index(g, tok.device)].sum(dim=-1).sqrt()
 
 
 class KeptTokens(NamedTuple):
@@ -72,6 +107,7 @@ def fused_pruned_forward(
     norm2: nn.Module,
     mlp: nn.Module,
     inplace: bool,
+    tok: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One pruned pre-norm block on the real tokens of the kept windows (no stochastic depth, no autograd).
 
@@ -79,6 +115,7 @@ def fused_pruned_forward(
         x: (B, H, W, C) block input; written in place when `inplace` (the caller owns it), else copied once.
         idx: (B, k) kept window indices.
         attend: (B*k, N, C) normalised windows, zeros at padded slots -> (B*k, N, C) attention output.
+        tok: (B, H*W) token scores of x, or None; when given, updated in place to those of the output.
     Returns:
         (B, H, W, C): x with the kept windows' real tokens replaced by the block's output.
     """
@@ -94,5 +131,8 @@ def fused_pruned_forward(
     t += a if kt.slots is None else a.index_select(0, kt.slots)
     t += mlp(norm2(t))
     out = x if inplace else x.clone(memory_format=torch.contiguous_format)
-    out.view(B * H * W, C).index_copy_(0, kt.src, t.to(out.dtype))
+    t = t.to(out.dtype)
+    out.view(B * H * W, C).index_copy_(0, kt.src, t)
+    if tok is not None:
+        tok.view(-1).index_copy_(0, kt.src, token_scores(t))
     return out

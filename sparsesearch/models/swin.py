@@ -17,7 +17,7 @@ from ..config import SparsityConfig
 from ..ops import WindowGeometry
 from .heads import ClassifierHead, FPNSegHead
 from .layers import DropPath, Mlp, PatchEmbed, PatchMerging, WindowAttention
-from .pruned_path import fused_pruned_forward
+from .pruned_path import ScoreCarry, fused_pruned_forward, token_scores, window_scores
 
 __all__ = ["SwinBlock", "SwinStage", "SwinTransformer"]
 
@@ -51,6 +51,7 @@ class SwinBlock(nn.Module):
 
     skip_padded_tokens: bool = True
     fused_pruned_path: bool = True
+    carry_scores: bool = True
 
     def __init__(
         self,
@@ -79,18 +80,56 @@ class SwinBlock(nn.Module):
     def geometry(self, H: int, W: int) -> WindowGeometry:
         return WindowGeometry.create(H, W, self.window_size, self.shifted)
 
-    def forward(self, x: torch.Tensor, owns_input: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, owns_input: bool = False, carry: ScoreCarry | None = None) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C).
 
         `owns_input=True` declares that x is not used after this call, so in inference the pruned path may
         write the kept windows straight into x instead of copying every pruned token (the model does this).
+        `carry` (given by the stage) passes token scores from one block's output to the next block's scoring.
         """
         geom = self.geometry(int(x.shape[1]), int(x.shape[2]))  # int(): sizes are tensors when ONNX-traced
         if self.sparsity > 0.0:
             k = ops.keep_count(self.sparsity, geom.num_windows)
             if k < geom.num_windows:
-                return self._forward_pruned(x, geom, k, owns_input)
+                if self._fused_ok(x):
+                    return self._forward_fused(x, geom, k, owns_input, carry)
+                out = self._forward_pruned(x, geom, k, owns_input)
+                if carry is not None:
+                    carry.set(None, None)
+                return out
+        if carry is not None:
+            carry.set(None, None)
         return self._forward_dense(x, geom)
+
+    def _forward_fused(
+        self, x: torch.Tensor, g: WindowGeometry, k: int, owns_input: bool, carry: ScoreCarry | None
+    ) -> torch.Tensor:
+        """The pruned block on the real tokens of its kept windows (`pruned_path`); scores from the carry when it
+        holds those of x."""
+        B, H, W, _ = x.shape
+        if carry is not None and not self.carry_scores:
+            carry.set(None, None)
+            carry = None
+        tok = carry.get(x) if carry is not None else None
+        if tok is None:
+            tok = token_scores(x).reshape(B, H * W)
+        idx = ops.select_windows(window_scores(tok, g), k, self.kernel_backend)  # (B, k)
+        mask = ops.shift_mask(g, x.device)
+        mask = None if mask is None else mask[idx.reshape(-1)]
+        out = fused_pruned_forward(
+            x,
+            g,
+            idx,
+            self.norm1,
+            lambda y: self.attn(y, g.wh, g.ww, mask),
+            self.norm2,
+            self.mlp,
+            inplace=owns_input and ops.can_scatter_inplace(x, x),
+            tok=tok if carry is not None else None,
+        )
+        if carry is not None:
+            carry.set(out, tok)
+        return out
 
     def _forward_dense(self, x: torch.Tensor, g: WindowGeometry) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -114,19 +153,6 @@ class SwinBlock(nn.Module):
         B = x.shape[0]
         scores = ops.score_windows(x, g, self.kernel_backend)
         idx = ops.select_windows(scores, k, self.kernel_backend)  # (B, k)
-        if self._fused_ok(x):
-            mask = ops.shift_mask(g, x.device)
-            mask = None if mask is None else mask[idx.reshape(-1)]
-            return fused_pruned_forward(
-                x,
-                g,
-                idx,
-                self.norm1,
-                lambda y: self.attn(y, g.wh, g.ww, mask),
-                self.norm2,
-                self.mlp,
-                inplace=owns_input and ops.can_scatter_inplace(x, x),
-            )
         windows = ops.gather_windows(x, idx, g, self.kernel_backend)  # (B*k, N, C)
         y = self.norm1(windows)
         if g.padded:  # padded positions enter attention as zeros after norm1, as in the dense path
@@ -220,9 +246,10 @@ class SwinStage(nn.Module):
         """(B, H, W, C_in) -> (B, H', W', C_out). The input is left untouched unless `owns_input`."""
         x = self.downsample(x)
         fresh = owns_input or not isinstance(self.downsample, nn.Identity)
+        carry = ScoreCarry()
         for blk in self.blocks:
             x_in = x
-            x = blk(x, owns_input=fresh)
+            x = blk(x, owns_input=fresh, carry=carry)
             fresh = fresh or x is not x_in
         return x
 
