@@ -1,7 +1,7 @@
 """Per-op CPU self time of a backbone, dense vs uniformly pruned (torch.profiler), to see where the time goes.
 
-    .venv/bin/python benchmarks/profile_pruned.py [--model swin_tiny_patch4_window7_224] [--resolution 512]
-        [--sparsity 0.7] [--threads 2] [--calls 5] [--rows 18]
+.venv/bin/python benchmarks/profile_pruned.py [--model swin_tiny_patch4_window7_224] [--resolution 512]
+    [--sparsity 0.7] [--threads 2] [--calls 5] [--rows 18]
 """
 
 from __future__ import annotations
@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 
+import sparsesearch as ss
 import torch
 from torch.profiler import ProfilerActivity, profile
-
-import sparsesearch as ss
 
 
 def main() -> None:
@@ -39,7 +38,9 @@ def main() -> None:
                     model(x)
             total = sum(e.self_cpu_time_total for e in prof.key_averages()) / args.calls / 1e3
             print(f"\n## sparsity {p}: {total:.1f} ms self CPU per call")
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40))
+            print(
+                prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40)
+            )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ at any window size up to the one its relative position table was built for.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -113,7 +114,7 @@ class SwinBlock(nn.Module):
         tok = carry.get(x) if carry is not None else None
         if tok is None:
             tok = token_scores(x).reshape(B, H * W)
-        idx = ops.select_windows(window_scores(tok, g), k, self.kernel_backend)  # (B, k)
+        idx = ops.select_windows(window_scores(tok, g), k)  # (B, k); not "export" here (see _fused_ok)
         mask = ops.shift_mask(g, x.device)
         mask = None if mask is None else mask[idx.reshape(-1)]
         out = fused_pruned_forward(
@@ -182,12 +183,13 @@ class SwinBlock(nn.Module):
     def _fused_ok(self, x: torch.Tensor) -> bool:
         """Whether the fused real-token path may run: inference (grad mode off) on the torch backend, no stochastic
         depth, and the conditions of `_skip_padded` (not exporting or compiling)."""
+        backend: Any = self.kernel_backend  # typed loosely: a str here, ops.Backend in the dispatch
         return (
             self.fused_pruned_path
             and not torch.is_grad_enabled()
             and not (self.training and (self.drop_path1.p > 0.0 or self.drop_path2.p > 0.0))
             and self._skip_padded()
-            and ops.resolve_backend(x, self.kernel_backend) == "torch"  # type: ignore[arg-type]
+            and ops.resolve_backend(x, backend) == "torch"
         )
 
     def _mlp_on_real_tokens(self, windows: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
