@@ -131,3 +131,27 @@ def test_carried_scores_equal_recomputed_scores(monkeypatch):
                 assert any(t.shape == want.shape and torch.equal(t, want) for t in seen[:fresh_seen])
             h = blk(h)
     torch.testing.assert_close(carried, fresh, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("hw,p", [((10, 7), 0.5), ((12, 12), 0.99), ((9, 13), 0.3)])
+def test_samvit_windowed_block_fused_equals_general_path(hw, p, monkeypatch):
+    """A windowed SAM block takes the fused path in inference; same output as the window-op path (which the SAM
+    identity tests check against tests/reference_samvit.py)."""
+    from sparsesearch.models import samvit  # noqa: PLC0415
+
+    taken = []
+    original = samvit.fused_pruned_forward
+    monkeypatch.setattr(samvit, "fused_pruned_forward", lambda *a, **kw: taken.append(1) or original(*a, **kw))
+    blk = samvit.SamBlock(16, 2, 4, (4, 4), False).eval()
+    g = torch.Generator().manual_seed(hw[0])
+    with torch.no_grad():
+        for p_ in blk.parameters():
+            p_.copy_(torch.randn(p_.shape, generator=g) * 0.3)
+    blk.sparsity = p
+    x = torch.randn(2, *hw, 16, generator=g)
+    with torch.no_grad():
+        fused = blk(x)
+        blk.fused_pruned_path = False
+        general = blk(x)
+    assert taken
+    torch.testing.assert_close(fused, general, rtol=1e-5, atol=1e-5)
