@@ -707,6 +707,7 @@ def test_named_ops_seen_by_dispatch_modes():
             return func(*args, **(kwargs or {}))
 
     blk = _pruned_block(2).eval()
+    blk.fused_pruned_path = False  # the fused eager path uses plain aten ops by design (tests/test_pruned_path.py)
     x = torch.randn(1, 9, 11, 24).to(DEVICE)
     for backend in ("torch", "triton"):
         blk.kernel_backend = backend

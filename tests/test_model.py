@@ -98,6 +98,7 @@ def test_real_token_mlp_path_is_taken_and_exact(monkeypatch):
     )
     torch.manual_seed(3)
     blk = _block(shifted=True)
+    blk.fused_pruned_path = False  # the fused path (tests/test_pruned_path.py) runs the whole block on real tokens
     x = torch.randn(2, 9, 13, 24)  # 3 x 4 windows of 4 over a 12 x 16 grid: 39 % of it is padding
     blk.sparsity = 0.3
     with torch.no_grad():

@@ -29,6 +29,7 @@ from ..errors import SparseSearchError
 from ..ops import WindowGeometry
 from .heads import ClassifierHead, PyramidSegHead
 from .layers import DropPath, Mlp, config_applied
+from .pruned_path import fused_pruned_forward
 
 __all__ = ["SamAttention", "SamBlock", "SamViT", "LayerNorm2d", "block_groups", "sam_geometry"]
 
@@ -163,8 +164,12 @@ class SamBlock(nn.Module):
     """One SAM/ViTDet block: windowed (`global_attn=False`) or global attention, pruning whole windows.
 
     `sparsity` and `window_size` are set by the owning model's `set_config`; for a global block `window_size` is
-    only the tiling used to score and keep windows.
+    only the tiling used to score and keep windows. `fused_pruned_path` (class-wide; a benchmark switch) lets a
+    pruned windowed block run on the real tokens of its kept windows in eager CPU inference
+    (`pruned_path.fused_pruned_forward`); the output is the same either way.
     """
+
+    fused_pruned_path: bool = True
 
     def __init__(
         self,
@@ -226,6 +231,17 @@ class SamBlock(nn.Module):
         B, H, W, C = x.shape
         scores = ops.score_windows(x, g, self.kernel_backend)
         idx = ops.select_windows(scores, k, self.kernel_backend)  # (B, k)
+        if not self.global_attn and self._fused_ok(x):  # a windowed block: the real tokens of kept windows only
+            return fused_pruned_forward(
+                x,
+                g,
+                idx,
+                self.norm1,
+                lambda y: self.attn.forward_grid(y, g.wh, g.ww, crop=True),
+                self.norm2,
+                self.mlp,
+                inplace=owns_input and ops.can_scatter_inplace(x, x),
+            )
         windows = ops.gather_windows(x, idx, g, self.kernel_backend)  # (B*k, N, C), padded slots 0
         tables = ops.window_tables(g, x.device)
         y = self.norm1(windows)
@@ -240,6 +256,18 @@ class SamBlock(nn.Module):
         windows = windows + self.drop_path1(y, B)
         windows = windows + self.drop_path2(self.mlp(self.norm2(windows)), B)
         return ops.scatter_windows(x, windows, idx, g, self.kernel_backend, inplace=owns_input)
+
+    def _fused_ok(self, x: torch.Tensor) -> bool:
+        """As `SwinBlock._fused_ok`: eager inference on the torch backend, no stochastic depth, not exporting
+        or compiling."""
+        backend: Any = self.kernel_backend  # typed loosely: a str here, ops.Backend in the dispatch
+        return (
+            self.fused_pruned_path
+            and not torch.is_grad_enabled()
+            and not (self.training and (self.drop_path1.p > 0.0 or self.drop_path2.p > 0.0))
+            and not (torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+            and ops.resolve_backend(x, backend) == "torch"
+        )
 
 
 class LayerNorm2d(nn.LayerNorm):

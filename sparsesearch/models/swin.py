@@ -7,7 +7,7 @@ at any window size up to the one its relative position table was built for.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from ..config import SparsityConfig
 from ..ops import WindowGeometry
 from .heads import ClassifierHead, FPNSegHead
 from .layers import DropPath, Mlp, PatchEmbed, PatchMerging, WindowAttention, config_applied
+from .pruned_path import ScoreCarry, fused_pruned_forward, token_scores, window_scores
 
 __all__ = ["SwinBlock", "SwinStage", "SwinTransformer"]
 
@@ -45,10 +46,13 @@ class SwinBlock(nn.Module):
 
     `sparsity` (a float in [0, 1)) and `window_size` are set by the owning model's `set_config`.
     `skip_padded_tokens` (class-wide; a benchmark switch) lets a pruned block run norm2 + MLP on the real tokens
-    of its kept windows only; the output is the same either way.
+    of its kept windows only; `fused_pruned_path` (class-wide; a benchmark switch) lets it run the whole block on
+    those tokens in eager CPU inference (`pruned_path.fused_pruned_forward`); the output is the same either way.
     """
 
     skip_padded_tokens: bool = True
+    fused_pruned_path: bool = True
+    carry_scores: bool = True
 
     def __init__(
         self,
@@ -77,18 +81,56 @@ class SwinBlock(nn.Module):
     def geometry(self, H: int, W: int) -> WindowGeometry:
         return WindowGeometry.create(H, W, self.window_size, self.shifted)
 
-    def forward(self, x: torch.Tensor, owns_input: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, owns_input: bool = False, carry: ScoreCarry | None = None) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C).
 
         `owns_input=True` declares that x is not used after this call, so in inference the pruned path may
         write the kept windows straight into x instead of copying every pruned token (the model does this).
+        `carry` (given by the stage) passes token scores from one block's output to the next block's scoring.
         """
         geom = self.geometry(int(x.shape[1]), int(x.shape[2]))  # int(): sizes are tensors when ONNX-traced
         if self.sparsity > 0.0:
             k = ops.keep_count(self.sparsity, geom.num_windows)
             if k < geom.num_windows:
-                return self._forward_pruned(x, geom, k, owns_input)
+                if self._fused_ok(x):
+                    return self._forward_fused(x, geom, k, owns_input, carry)
+                out = self._forward_pruned(x, geom, k, owns_input)
+                if carry is not None:
+                    carry.set(None, None)
+                return out
+        if carry is not None:
+            carry.set(None, None)
         return self._forward_dense(x, geom)
+
+    def _forward_fused(
+        self, x: torch.Tensor, g: WindowGeometry, k: int, owns_input: bool, carry: ScoreCarry | None
+    ) -> torch.Tensor:
+        """The pruned block on the real tokens of its kept windows (`pruned_path`); scores from the carry when it
+        holds those of x."""
+        B, H, W, _ = x.shape
+        if carry is not None and not self.carry_scores:
+            carry.set(None, None)
+            carry = None
+        tok = carry.get(x) if carry is not None else None
+        if tok is None:
+            tok = token_scores(x).reshape(B, H * W)
+        idx = ops.select_windows(window_scores(tok, g), k)  # (B, k); not "export" here (see _fused_ok)
+        mask = ops.shift_mask(g, x.device)
+        mask = None if mask is None else mask[idx.reshape(-1)]
+        out = fused_pruned_forward(
+            x,
+            g,
+            idx,
+            self.norm1,
+            lambda y: self.attn(y, g.wh, g.ww, mask),
+            self.norm2,
+            self.mlp,
+            inplace=owns_input and ops.can_scatter_inplace(x, x),
+            tok=tok if carry is not None else None,
+        )
+        if carry is not None:
+            carry.set(out, tok)
+        return out
 
     def _forward_dense(self, x: torch.Tensor, g: WindowGeometry) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -136,6 +178,18 @@ class SwinBlock(nn.Module):
             torch.onnx.is_in_onnx_export()
             or torch.compiler.is_compiling()
             or (self.training and self.drop_path2.p > 0.0)
+        )
+
+    def _fused_ok(self, x: torch.Tensor) -> bool:
+        """Whether the fused real-token path may run: inference (grad mode off) on the torch backend, no stochastic
+        depth, and the conditions of `_skip_padded` (not exporting or compiling)."""
+        backend: Any = self.kernel_backend  # typed loosely: a str here, ops.Backend in the dispatch
+        return (
+            self.fused_pruned_path
+            and not torch.is_grad_enabled()
+            and not (self.training and (self.drop_path1.p > 0.0 or self.drop_path2.p > 0.0))
+            and self._skip_padded()
+            and ops.resolve_backend(x, backend) == "torch"
         )
 
     def _mlp_on_real_tokens(self, windows: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
@@ -205,9 +259,10 @@ class SwinStage(nn.Module):
         """(B, H, W, C_in) -> (B, H', W', C_out). The input is left untouched unless `owns_input`."""
         x = self.downsample(x)
         fresh = owns_input or not isinstance(self.downsample, nn.Identity)
+        carry = ScoreCarry()
         for blk in self.blocks:
             x_in = x
-            x = blk(x, owns_input=fresh)
+            x = blk(x, owns_input=fresh, carry=carry)
             fresh = fresh or x is not x_in
         return x
 

@@ -1,0 +1,138 @@
+"""The fused eager-inference path of a pruned window block: only the real tokens of the kept windows move.
+
+The general pruned path (`ops.gather_windows` -> norm1 -> attention -> norm2 + MLP -> `ops.scatter_windows`)
+copies every slot of the kept windows, padding included, several times: the gather, the zeroing of padded slots,
+the residual adds, and a write-back that first re-orders the windows so padded slots carry a real token's value.
+On CPU those copies cost as much as a good part of the arithmetic saved by pruning. This path instead
+
+1. gathers the real tokens of the kept windows once, (M, C), straight from the block input (shift included),
+2. runs norm1 on them and places them into a zeroed (B*k, N, C) window batch (padded slots enter attention as
+   zeros after norm1, as in the dense path),
+3. takes the attention output back at the real tokens only, and runs the residual, norm2, MLP and residual on
+   those M rows, in place,
+4. writes the M rows into the block input (or a copy of it) with one index_copy_.
+
+The output is the same as the general path's (DESIGN.md's identity `where(kept, dense_block(x), x)`); only
+the order of the rows fed to the same per-token ops differs. It uses plain aten ops with data-dependent shapes
+(nonzero), so the blocks take it only in eager inference on the torch backend (see `SwinBlock._fused_ok`);
+fvcore, which traces, sees the M-row linears and counts the FLOPs really done.
+
+Scores without reading the whole map: a block changes only the real tokens of its kept windows, so the token
+scores mean_c |x| of its output are those of its input with those M rows recomputed. A `ScoreCarry` handed from
+block to block within a stage holds them; the next block then scores its windows from (B, H*W) floats instead of
+the (B, H, W, C) map. Same values as `ops.score_windows` (same per-token reduction, same window sum).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..ops import WindowGeometry
+
+__all__ = ["KeptTokens", "ScoreCarry", "kept_tokens", "token_scores", "window_scores", "fused_pruned_forward"]
+
+
+class ScoreCarry:
+    """Token scores of the last output of a chain of blocks: `tok` (B, H*W) float32 mean_c |x| of the tensor
+    `of`. A block may use them only when its input *is* `of` (the previous block's output); any other block
+    path resets the carry."""
+
+    def __init__(self) -> None:
+        self.of: torch.Tensor | None = None
+        self.tok: torch.Tensor | None = None
+
+    def get(self, x: torch.Tensor) -> torch.Tensor | None:
+        return self.tok if self.of is x else None
+
+    def set(self, of: torch.Tensor | None, tok: torch.Tensor | None) -> None:
+        self.of, self.tok = of, tok
+
+
+def token_scores(x: torch.Tensor) -> torch.Tensor:
+    """(..., C) -> (...) float32 token scores mean_c |x| (the first step of `ops.reference.score_windows`)."""
+    return x.abs().mean(dim=-1, dtype=torch.float32)
+
+
+def window_scores(tok: torch.Tensor, g: WindowGeometry) -> torch.Tensor:
+    """(B, H*W) token scores -> (B, nW) window scores, L2 norm over each window (padded positions score 0), as
+    `ops.reference.score_windows` computes them."""
+    sq = tok.square()
+    if g.padded:
+        sq = torch.cat([sq, sq.new_zeros(sq.shape[0], 1)], dim=1)
+    return sq[:, ops.token_index(g, tok.device)].sum(dim=-1).sqrt()
+
+
+class KeptTokens(NamedTuple):
+    """Where the real tokens of the kept windows live.
+
+    src: (M,) int64 row of each real token in the flat (B*H*W, C) block input, image-major, then window (in idx
+        order), then position in the window.
+    slots: (M,) int64 slot of each real token in the flat (B*k*N, C) window batch; None when no kept window has a
+        padded slot (then M = B*k*N and slot i is row i).
+    """
+
+    src: torch.Tensor
+    slots: torch.Tensor | None
+
+
+def kept_tokens(g: WindowGeometry, idx: torch.Tensor) -> KeptTokens:
+    """(B, k) kept window indices -> the real tokens' rows in the block input and in the window batch."""
+    B = idx.shape[0]
+    HW = g.H * g.W
+    tables = ops.window_tables(g, idx.device)
+    tok = tables.token[idx]  # (B, k, N), HW at padded slots
+    if B > 1:
+        tok = tok + ops.geometry.image_offsets(B, HW, idx.device)
+    tok = tok.reshape(-1)
+    if tables.pad is None:
+        return KeptTokens(tok, None)
+    pad = tables.pad[idx].reshape(-1)
+    if not bool(pad.any()):
+        return KeptTokens(tok, None)
+    slots = (~pad).nonzero().squeeze(1)
+    return KeptTokens(tok.index_select(0, slots), slots)
+
+
+def fused_pruned_forward(
+    x: torch.Tensor,
+    g: WindowGeometry,
+    idx: torch.Tensor,
+    norm1: nn.Module,
+    attend: Callable[[torch.Tensor], torch.Tensor],
+    norm2: nn.Module,
+    mlp: nn.Module,
+    inplace: bool,
+    tok: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One pruned pre-norm block on the real tokens of the kept windows (no stochastic depth, no autograd).
+
+    Args:
+        x: (B, H, W, C) block input; written in place when `inplace` (the caller owns it), else copied once.
+        idx: (B, k) kept window indices.
+        attend: (B*k, N, C) normalised windows, zeros at padded slots -> (B*k, N, C) attention output.
+        tok: (B, H*W) token scores of x, or None; when given, updated in place to those of the output.
+    Returns:
+        (B, H, W, C): x with the kept windows' real tokens replaced by the block's output.
+    """
+    B, H, W, C = x.shape
+    k, N = idx.shape[1], g.window_area
+    kt = kept_tokens(g, idx)
+    flat = x.reshape(B * H * W, C)
+    t = flat.index_select(0, kt.src)  # (M, C)
+    y = norm1(t)
+    if kt.slots is not None:
+        y = y.new_zeros(B * k * N, C).index_copy_(0, kt.slots, y)
+    a = attend(y.view(B * k, N, C)).reshape(B * k * N, C)
+    t += a if kt.slots is None else a.index_select(0, kt.slots)
+    t += mlp(norm2(t))
+    out = x if inplace else x.clone(memory_format=torch.contiguous_format)
+    t = t.to(out.dtype)
+    out.view(B * H * W, C).index_copy_(0, kt.src, t)
+    if tok is not None:
+        tok.view(-1).index_copy_(0, kt.src, token_scores(t))
+    return out

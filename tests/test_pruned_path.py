@@ -1,0 +1,157 @@
+"""The fused real-token path of a pruned Swin block (`models.pruned_path`) against the independent reference."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from sparsesearch import ops
+from sparsesearch.models import swin
+from sparsesearch.models.pruned_path import kept_tokens
+from sparsesearch.models.swin import SwinBlock
+from sparsesearch.ops import WindowGeometry, keep_count
+
+from .reference_swin import block_forward, reference_kept_tokens
+
+
+def _block(dim: int, heads: int, window: int, shifted: bool, seed: int) -> SwinBlock:
+    """A block with non-trivial LayerNorm and position-bias parameters."""
+    blk = SwinBlock(dim, heads, window, window, shifted).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in blk.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if "norm" in name or "table" in name else 0.2))
+            if name in ("norm1.weight", "norm2.weight"):
+                p.add_(1.0)
+    return blk
+
+
+def _random_configs(n: int) -> list[tuple[int, int, bool, int, int, int, float]]:
+    """(batch, H, W, shifted, window, heads, sparsity): padded and unpadded maps, k = 1 included."""
+    rng = random.Random(16)
+    out = [(1, 9, 13, True, 4, 2, 0.99), (2, 12, 12, False, 4, 3, 0.99), (2, 7, 7, True, 7, 1, 0.5)]
+    for _ in range(n):
+        window = rng.choice([3, 4, 5, 7])
+        H, W = rng.randint(window, 3 * window + 2), rng.randint(window, 3 * window + 2)
+        out.append((rng.choice([1, 2, 3]), H, W, rng.random() < 0.5, window, rng.choice([1, 2, 3]), rng.random()))
+    return out
+
+
+@pytest.mark.parametrize("cfg", _random_configs(9), ids=lambda c: "b{}_{}x{}_s{}_w{}_h{}_p{:.2f}".format(*c))
+def test_fused_path_equals_where_kept_dense(cfg, monkeypatch):
+    B, H, W, shifted, window, heads, p = cfg
+    taken = []
+    original = swin.fused_pruned_forward
+    monkeypatch.setattr(swin, "fused_pruned_forward", lambda *a, **kw: taken.append(1) or original(*a, **kw))
+    blk = _block(12 * heads, heads, window, shifted, seed=H * W)
+    torch.manual_seed(H + W)
+    x = torch.randn(B, H, W, 12 * heads)
+    x[:, : H // 2] *= 0.2  # spread the scores: no near-ties
+    blk.sparsity = p
+    with torch.no_grad():
+        ours = blk(x)
+        dense = block_forward(x, {"." + k: v for k, v in blk.state_dict().items()}, "", heads, window, shifted)
+    g = WindowGeometry.create(H, W, window, shifted)
+    assert bool(taken) == (keep_count(p, g.num_windows) < g.num_windows)
+    kept = reference_kept_tokens(x, window, shifted, p)
+    torch.testing.assert_close(ours, torch.where(kept[..., None], dense, x), rtol=1e-5, atol=1e-5)
+    assert torch.equal(ours[~kept], x[~kept])  # pruned tokens bit for bit
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_fused_path_equals_general_path_in_place_and_not(shifted):
+    """Same output as the window-op path; writes into x only when the caller owns it."""
+    blk = _block(24, 3, 4, shifted, seed=5)
+    blk.sparsity = 0.6
+    x = torch.randn(2, 10, 15, 24)
+    x0 = x.clone()
+    with torch.inference_mode():
+        fused = blk(x)
+        assert torch.equal(x, x0) and fused.data_ptr() != x.data_ptr()
+        blk.fused_pruned_path = False
+        general = blk(x)
+        del blk.fused_pruned_path
+        owned = x.clone()
+        out = blk(owned, owns_input=True)
+        assert out.data_ptr() == owned.data_ptr()
+    torch.testing.assert_close(fused, general, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out, fused, rtol=0, atol=0)
+
+
+def test_fused_path_not_taken_with_grad(monkeypatch):
+    """Autograd keeps the general path (named ops with gradients)."""
+    taken = []
+    monkeypatch.setattr(swin, "fused_pruned_forward", lambda *a, **kw: taken.append(1))
+    blk = _block(24, 3, 4, True, seed=1)
+    blk.sparsity = 0.5
+    x = torch.randn(1, 8, 8, 24, requires_grad=True)
+    blk(x).sum().backward()
+    assert not taken and x.grad is not None
+
+
+def test_kept_tokens_index_the_real_tokens_of_kept_windows():
+    g = WindowGeometry.create(9, 13, 4, True)  # 3 x 4 windows over a 12 x 16 grid
+    idx = torch.tensor([[0, 5, 11], [2, 3, 7]])
+    kt = kept_tokens(g, idx)
+    token = ops.token_index(g)[idx]  # (B, k, N), H*W at padded slots
+    real = token != g.H * g.W
+    want = (token + torch.arange(2).view(2, 1, 1) * g.H * g.W)[real]
+    assert torch.equal(kt.src, want)
+    assert kt.slots is not None and torch.equal(kt.slots, real.reshape(-1).nonzero().squeeze(1))
+    unpadded = kept_tokens(WindowGeometry.create(8, 12, 4, False), idx[:, :2])
+    assert unpadded.slots is None and unpadded.src.numel() == 2 * 2 * 16
+
+
+def test_carried_scores_equal_recomputed_scores(monkeypatch):
+    """A stage of pruned blocks scoring from carried token scores gives the same output as one rescoring the map;
+    the carried scores are those of the output."""
+    import sparsesearch as ss  # noqa: PLC0415
+
+    m = ss.create_model("swin_nano", embed_dim=24, depths=(2, 4, 2, 2), num_heads=(1, 2, 3, 4), window_size=4).eval()
+    m.set_config(ss.SparsityConfig([[0.5, 0.3], [0.6, 0.0, 0.4, 0.7], [0.5, 0.5], [0.0, 0.0]], [4, 4, 4, 4]))
+    x = torch.randn(2, 3, 72, 88)
+    seen: list[torch.Tensor] = []
+    original = swin.window_scores
+    monkeypatch.setattr(swin, "window_scores", lambda tok, g: seen.append(tok.clone()) or original(tok, g))
+    with torch.no_grad():
+        carried = m(x)
+        SwinBlock.carry_scores = False
+        try:
+            fresh_seen = len(seen)
+            fresh = m(x)
+        finally:
+            SwinBlock.carry_scores = True
+        stage = m.layers[1]
+        h = m.layers[0](m.patch_embed(x))
+        h = stage.downsample(h)
+        for blk in stage.blocks:  # the token scores every pruned block of stage 1 is given equal a fresh computation
+            if blk.sparsity > 0:
+                want = h.abs().mean(-1, dtype=torch.float32).reshape(h.shape[0], -1)
+                assert any(t.shape == want.shape and torch.equal(t, want) for t in seen[:fresh_seen])
+            h = blk(h)
+    torch.testing.assert_close(carried, fresh, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("hw,p", [((10, 7), 0.5), ((12, 12), 0.99), ((9, 13), 0.3)])
+def test_samvit_windowed_block_fused_equals_general_path(hw, p, monkeypatch):
+    """A windowed SAM block takes the fused path in inference; same output as the window-op path (which the SAM
+    identity tests check against tests/reference_samvit.py)."""
+    from sparsesearch.models import samvit  # noqa: PLC0415
+
+    taken = []
+    original = samvit.fused_pruned_forward
+    monkeypatch.setattr(samvit, "fused_pruned_forward", lambda *a, **kw: taken.append(1) or original(*a, **kw))
+    blk = samvit.SamBlock(16, 2, 4, (4, 4), False).eval()
+    g = torch.Generator().manual_seed(hw[0])
+    with torch.no_grad():
+        for p_ in blk.parameters():
+            p_.copy_(torch.randn(p_.shape, generator=g) * 0.3)
+    blk.sparsity = p
+    x = torch.randn(2, *hw, 16, generator=g)
+    with torch.no_grad():
+        fused = blk(x)
+        blk.fused_pruned_path = False
+        general = blk(x)
+    assert taken
+    torch.testing.assert_close(fused, general, rtol=1e-5, atol=1e-5)
