@@ -6,6 +6,7 @@ Swin-T at 224x224 is about 4.5 GFLOPs).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from torch import nn
 
 from .config import SparsityConfig
 from .models.family import prunable
+from .models.layers import config_applied
 
 __all__ = ["FlopReport", "count_flops", "FLOP_HANDLES", "register_flop_handle"]
 
@@ -91,16 +93,14 @@ def count_flops(
     h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
     param = next(model.parameters())
     x = torch.zeros(batch, 3, h, w, device=param.device, dtype=param.dtype)
-    previous = getattr(model, "config", None)
     was_training = model.training
     model.eval()
-    if config is not None:
-        prunable(model).set_config(config)
+    applied = config_applied(prunable(model), config) if config is not None else contextlib.nullcontext()
     log = logging.getLogger("fvcore.nn.jit_analysis")  # its tracer warnings, quieted for this call only
     log_level = log.level
     log.setLevel(logging.ERROR)
     try:
-        with torch.no_grad():
+        with applied, torch.no_grad():
             fa = FlopCountAnalysis(model, x)
             fa.set_op_handle(**FLOP_HANDLES)
             fa.unsupported_ops_warnings(False)
@@ -110,8 +110,6 @@ def count_flops(
             by_module = fa.by_module()
     finally:
         log.setLevel(log_level)
-        if config is not None:
-            prunable(model).set_config(previous)
         model.train(was_training)
     parts = {k: int(v) for k, v in by_module.items() if k and _is_part(k)}
     return FlopReport(total, parts)

@@ -450,7 +450,10 @@ def test_killed_profile_resumes(tmp_path):
     fresh = Profiler(space, settings, timer=_CountingTimer()).run(tmp_path / "u.json")
 
     def shape(t):
-        return [(r.resolution, sorted(r.fixed), sorted((k, kt.ks) for k, kt in r.kinds.items())) for r in t._tables]
+        return [
+            (r.resolution, sorted(r.fixed), sorted((k, kt.ks) for k, kt in r.kinds.items()))
+            for r in t.resolution_tables
+        ]
 
     assert shape(fresh) == shape(table)
     assert set(fresh.meta) == set(table.meta)

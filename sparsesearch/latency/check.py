@@ -146,7 +146,7 @@ def check_genomes(table: LatencyTable, n_random: int = 4, seed: int = 0) -> list
     calibration configs (the densest and sparsest corners and random ones, per resolution); for a table
     without them, the corners of each resolution and `n_random` random configs."""
     out: list[tuple[str, np.ndarray, float | None]] = []
-    for rt in table._tables:
+    for rt in table.resolution_tables:
         for i, c in enumerate(rt.correction.get("calibration", []) if isinstance(rt.correction, dict) else []):
             out.append(
                 (

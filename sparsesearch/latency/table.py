@@ -321,6 +321,11 @@ class LatencyTable:
             warnings.warn(note, TableMachineWarning, stacklevel=2)
         return table
 
+    @property
+    def resolution_tables(self) -> tuple[ResolutionTable, ...]:
+        """The per-resolution tables, in the space's resolution order."""
+        return tuple(self._tables)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,

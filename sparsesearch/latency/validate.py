@@ -319,7 +319,7 @@ def _calibration_checks(table: LatencyTable) -> list[tuple[float, np.ndarray]]:
     """(ms the profile measured, genome) of every calibration config stored in the table."""
     return [
         (float(c["measured_ms"]), np.asarray(c["genome"], dtype=np.int64))
-        for rt in table._tables
+        for rt in table.resolution_tables
         for c in rt.correction.get("calibration", [])
     ]
 

@@ -24,6 +24,7 @@ from torch import nn
 from ..config import SparsityConfig
 from ..errors import SparseSearchError
 from .family import prunable
+from .layers import config_applied
 
 __all__ = ["FeatureInfo", "FeatureListNet", "supports_features"]
 
@@ -184,11 +185,7 @@ class FeatureListNet(nn.Module):
         features (channels-last strides, which convolutions take as they are).
         """
         if config is not None:
-            previous = self.config
-            self.set_config(config)
-            try:
+            with config_applied(self, config):
                 return self.forward(x)
-            finally:
-                self.set_config(previous)
         feats = self.backbone.forward_stages(x)
         return [feats[i].permute(0, 3, 1, 2) for i in self.out_indices]

@@ -3,6 +3,7 @@ and the adapter that turns a user's `accuracy(model, config) -> float` into a ch
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
@@ -17,6 +18,7 @@ import numpy as np
 
 from ..config import SparsityConfig
 from ..errors import SparseSearchError
+from ..models.layers import config_applied
 from ..space import SearchSpace
 
 __all__ = [
@@ -65,7 +67,7 @@ def _key(genes: np.ndarray) -> str:
     return ",".join(str(int(g)) for g in genes)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The records of an append-only JSONL file; a torn last line (a killed write) is cut off the file."""
     if not path.is_file():
         return []
@@ -115,7 +117,7 @@ class AccuracyCache:
         self.values: dict[str, float] = {}
         self.n_new = 0
         if self.path is not None:
-            for rec in _read_jsonl(self.path):
+            for rec in read_jsonl(self.path):
                 try:
                     self.values[rec["genes"]] = float(rec["accuracy"])
                 except (KeyError, TypeError, ValueError):
@@ -167,7 +169,7 @@ class KeyedCache:
         self.path = Path(path) if path is not None else None
         self.values: dict[str, float] = {}
         if self.path is not None:
-            for rec in _read_jsonl(self.path):
+            for rec in read_jsonl(self.path):
                 try:
                     self.values[str(rec["config"])] = float(rec["accuracy"])
                 except (KeyError, TypeError, ValueError):
@@ -221,12 +223,11 @@ class ConfigScorer:
 
     def __call__(self, config: SparsityConfig) -> float:
         model = self.model
-        set_config = getattr(model, "set_config", None)
-        previous = getattr(model, "config", None)
+        # models without set_config (a user's own) are scored as they are
+        applied = config_applied(model, config) if hasattr(model, "set_config") else contextlib.nullcontext()
         try:
-            if set_config is not None:
-                set_config(config)
-            value = self.accuracy(model, config)
+            with applied:
+                value = self.accuracy(model, config)
         except SparseSearchError:
             raise
         except Exception as e:
@@ -234,9 +235,6 @@ class ConfigScorer:
                 f"the accuracy function {self.name} raised {type(e).__name__}: {e} "
                 f"(config {json.dumps(config.to_dict())})"
             ) from e
-        finally:
-            if set_config is not None:
-                set_config(previous)
         score = _as_score(value)
         if score is None:
             raise AccuracyFunctionError(

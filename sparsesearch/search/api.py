@@ -24,7 +24,7 @@ from ..config import SparsityConfig
 from ..errors import BudgetError, LatencyTableError, SparseSearchError
 from ..fileio import atomic_write_text
 from ..space import SearchSpace
-from .accuracy import AccuracyCache, AccuracyFn, ConfigScorer, KeyedCache, SerialEvaluator, _read_jsonl, callable_name
+from .accuracy import AccuracyCache, AccuracyFn, ConfigScorer, KeyedCache, SerialEvaluator, callable_name, read_jsonl
 from .budget import Budget, parse_budget
 from .engine import ALGORITHMS, SearchRun, run_search
 from .report import (
@@ -511,7 +511,7 @@ def _execute(
         if ray_eval is not None:
             ray_eval.close()
     if out_dir is not None and (out_dir / "history.jsonl").is_file():
-        history = _read_jsonl(out_dir / "history.jsonl")
+        history = read_jsonl(out_dir / "history.jsonl")
     return run, cache, base, dense_acc, history
 
 
