@@ -1,14 +1,20 @@
-"""The end-to-end demo pipeline (`sparsesearch demo`, `make demo`): profile -> adapt -> evolve -> export.
+"""The end-to-end demo pipeline (`sparsesearch demo`, `make demo`): profile -> dense pretraining -> supernet
+adaptation -> evolve -> export -> the final comparison, measured on this machine.
 
 Every stage writes into its own folder under `out` with a stamp of the settings that produced it; a rerun with
 the same settings reuses the stage's result, a change (or `fresh=True`) redoes it and everything after it.
+
+The final table scores every row on the held-out test split (the search chose on the val split), times every
+row interleaved in one sitting (rounds over all rows, median round), and puts the measured "x dense" beside the
+table's prediction; :func:`verdict` says in two lines whether the demo's claims held.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +25,21 @@ from .config import SparsityConfig
 from .errors import SparseSearchError
 from .fileio import atomic_write_text
 
-__all__ = ["DemoOptions", "DemoRow", "DemoSummary", "run_demo", "QUICK_SPACE_YAML", "QUICK_SAM_SPACE_YAML"]
+__all__ = [
+    "DemoOptions",
+    "DemoRow",
+    "DemoSummary",
+    "run_demo",
+    "verdict",
+    "QUICK_SPACE_YAML",
+    "QUICK_SAM_SPACE_YAML",
+    "RESIZE_MARGIN",
+]
+
+#: mIoU points the searched config must gain over uniform resizing at the same budget (the demo's claim).
+RESIZE_MARGIN = 2.0
+#: uniform sparsity of the "unadapted" row: the dense-pretrained weights pruned without adaptation.
+UNADAPTED_SPARSITY = 0.7
 
 QUICK_SPACE_YAML = """\
 name: quick
@@ -63,20 +83,25 @@ def _quick_space(space_path: str) -> str:
 
 @dataclass
 class DemoOptions:
-    """Settings of the demo; the defaults finish in a few minutes on a 2-core CPU."""
+    """Settings of the demo; the defaults finish in about 7 minutes on a quiet 2-core CPU."""
 
     out: str = "runs/demo"
     space: str = "search_spaces/demo.yaml"
-    data: str = "synthetic:320"
-    resolutions: tuple[int, ...] = (192, 160, 128)  # profiled; the smaller ones serve the resize baseline
-    steps: int = 300
+    # dense scenes (most windows hold part of an object): pruning costs accuracy until the supernet adapts
+    data: str = "synthetic:384:objects=6-12,coverage=0.4-0.6"
+    resolutions: tuple[int, ...] | None = None  # profiled sides (square); None: see _profiled_resolutions
+    pretrain_steps: int = 200  # dense training from random init: the "pretrained checkpoint" of the demo
+    pretrain_lr: float = 2e-3
+    steps: int = 200  # supernet adaptation from the pretrained weights
     batch: int = 4
     lr: float = 1e-3
-    latency: str = "0.9x"
+    latency: str = "0.7x"
     algorithm: str = "ga"
     population: int = 16
     generations: int = 6
-    val_samples: int = 48
+    val_samples: int = 48  # the search's accuracy (val split)
+    test_samples: int = 96  # the final table's accuracy (test split, never seen by the search)
+    measure_rounds: int = 5  # interleaved rounds of the final table's timing
     profile_repeats: int = 6
     profile_rounds: int = 2
     threads: int | None = None
@@ -94,11 +119,14 @@ class DemoOptions:
                 **asdict(self),
                 "data": "synthetic:16",
                 "resolutions": (64, 48),
+                "pretrain_steps": 2,
                 "steps": 4,
                 "batch": 4,
                 "population": 6,
                 "generations": 2,
                 "val_samples": 4,
+                "test_samples": 4,
+                "measure_rounds": 2,
                 "profile_repeats": 2,
                 "profile_rounds": 1,
                 "latency": "100000ms",
@@ -106,9 +134,14 @@ class DemoOptions:
         )
 
 
+#: what a row of the final table is (the verdict reads these, not the display names)
+ROLES = ("dense", "unadapted", "uniform_sparsity", "uniform_resize", "searched")
+
+
 @dataclass
 class DemoRow:
-    """One line of the final comparison."""
+    """One line of the final comparison: latencies (ms and x dense, predicted by the table and measured),
+    accuracy on the held-out split (with its standard error over the images) and GFLOPs."""
 
     name: str
     config: dict[str, Any]
@@ -116,6 +149,10 @@ class DemoRow:
     measured_ms: float
     accuracy: float
     gflops: float
+    role: str = "searched"
+    predicted_x: float = float("nan")
+    measured_x: float = float("nan")
+    stderr: float = float("nan")
 
 
 @dataclass
@@ -126,6 +163,54 @@ class DemoSummary:
     out: Path
     reused: list[str] = field(default_factory=list)
     machine: str = ""
+    budget_x: float = float("nan")  # the budget as a multiple of the predicted dense latency
+    split: str = "test"
+    samples: int = 0
+    resize_note: str = ""
+    verdict: list[str] = field(default_factory=list)
+
+
+def _row(rows: Sequence[DemoRow], role: str) -> DemoRow | None:
+    return next((r for r in rows if r.role == role), None)
+
+
+def verdict(rows: Sequence[DemoRow], budget_x: float, metric: str = "mIoU", margin: float = RESIZE_MARGIN) -> list[str]:
+    """Two lines saying in words whether the demo's claims held, from the final table's rows.
+
+    Line 1 (speed): the searched config *measured* at or under its budget (as a multiple of dense).
+    Line 2 (accuracy): its accuracy at or above the best uniform sparsity and at least `margin` points above
+    uniform resizing within the same budget. A claim whose baseline row is missing says so and does not hold.
+    """
+    best = _row(rows, "searched")
+    if best is None:
+        return ["speed: no searched config in the table.", "accuracy: no searched config in the table."]
+    fast = best.measured_x <= budget_x
+    speed = (
+        f"speed: {'held' if fast else 'did not hold'}. The searched config ran at {best.measured_x:.2f}x dense as "
+        f"measured (predicted {best.predicted_x:.2f}x), {'within' if fast else 'over'} its budget of {budget_x:.2f}x."
+    )
+    parts, held = [], True
+    uni, rsz = _row(rows, "uniform_sparsity"), _row(rows, "uniform_resize")
+    if uni is None:
+        parts.append("no uniform sparsity within the budget to compare with")
+        held = False
+    else:
+        d = best.accuracy - uni.accuracy
+        held &= d >= 0
+        parts.append(f"{d:+.2f} over the best uniform sparsity ({uni.accuracy:.2f}; at or above needed)")
+    if rsz is None:
+        parts.append("no uniform resize within the budget to compare with")
+        held = False
+    else:
+        d = best.accuracy - rsz.accuracy
+        held &= d >= margin
+        parts.append(f"{d:+.2f} over uniform resize ({rsz.accuracy:.2f}; at least +{margin:g} needed)")
+    accuracy = (
+        f"accuracy: {'held' if held else 'did not hold'}. The searched config scores {best.accuracy:.2f} {metric}: "
+        + " and ".join(parts)
+        + "."
+    )
+    return [speed, accuracy]
 
 
 class _Stage:
@@ -149,130 +234,194 @@ class _Stage:
         atomic_write_text(self.dir / "stamp.json", json.dumps(self.settings, indent=1) + "\n")
 
 
-def run_demo(options: DemoOptions, say: Callable[[str], None] = lambda msg: None, progress: bool = True) -> DemoSummary:
-    """Run (or reuse) every stage and measure the final comparison on this machine.
+def _uniform_in_space(space: Any, p: float) -> SparsityConfig:
+    """Uniform sparsity `p` as a config of `space`: each gene at its choice nearest to `p` (genes that only
+    allow 0 stay dense), at the space's first resolution."""
+    x = space.encode(space.densest())
+    for gi, g in enumerate(space.genes):
+        x[gi] = min(range(len(g.choices)), key=lambda c: abs(g.choices[c] - p))
+    return space.decode(space.repair(x))
 
-    `say` receives one line per stage; `progress` shows the stages' progress bars.
-    """
-    from .export import export_model, measure_latency  # noqa: PLC0415
-    from .flops import count_flops  # noqa: PLC0415
-    from .latency import LatencyTable, ProfileSettings, device_name, profile  # noqa: PLC0415
-    from .search.evolve import EvolveOptions, evolve  # noqa: PLC0415
-    from .search.selection import pick_best  # noqa: PLC0415
-    from .supernet import load_supernet  # noqa: PLC0415
 
-    o = options.effective()
-    root = Path(o.out)
-    if o.fresh and root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
-    if o.threads:
-        torch.set_num_threads(o.threads)
-    threads = torch.get_num_threads()
-    space_path = o.space
-    if o.quick:
-        quick_yaml = _quick_space(space_path)
-        space_path = str(root / "quick.yaml")
-        Path(space_path).write_text(quick_yaml)
-    reused: list[str] = []
-    redo = False  # once a stage is redone, every later one is too
+def _measure_interleaved(
+    runs: Sequence[tuple[torch.nn.Module, SparsityConfig, tuple[int, int]]], rounds: int, repeats: int
+) -> list[float]:
+    """Milliseconds per forward of each (model, config, input size), timed in `rounds` rounds over all of
+    them (so load from other processes hits every row alike); the median round of each."""
+    from .export import measure_latency  # noqa: PLC0415
 
-    # 1. latency table of this machine
-    res = tuple((r, r) for r in o.resolutions)
-    ps = ProfileSettings(
-        device="cpu",
-        resolutions=res,
-        threads=threads,
-        repeats=o.profile_repeats,
-        rounds=o.profile_rounds,
-        head="seg",
-        num_classes=4,
-        seed=o.seed,
-        calibration=2 if o.quick else 6,
-        quiet=not o.quick,
-        max_wait_s=120.0,
-    )
-    table_stage = _Stage(root, "table", {"space": Path(space_path).read_text(), **asdict(ps)}, "table.json")
-    if table_stage.done():
-        reused.append("latency table")
-    else:
-        redo = True
-        table_stage.dir.mkdir(parents=True, exist_ok=True)  # keeps a partial profile: the profiler resumes it
-        table_stage.product.unlink(missing_ok=True)
-        say(
-            f"[1/4] profiling {Path(space_path).name} on this CPU ({threads} threads) at {', '.join(str(r) for r in o.resolutions)}"
-        )
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(max(1, rounds)):
+        for i, (model, cfg, res) in enumerate(runs):
+            model.set_config(cfg)  # type: ignore[operator]
+            times[i].append(measure_latency(model, res, warmup=2, repeats=repeats))
+    return [float(statistics.median(t)) for t in times]
+
+
+def _profiled_resolutions(
+    space_res: Sequence[tuple[int, int]], sides: Sequence[int] | None
+) -> tuple[tuple[int, int], ...]:
+    """The sizes the table is profiled at: the sides asked for; else the space's resolutions when it has several;
+    else its one resolution and 5/6 and 2/3 of it (multiples of 16), for a uniform-resize reference row."""
+    if sides:
+        return tuple((int(r), int(r)) for r in sides)
+    if len(space_res) > 1:
+        return tuple(space_res)
+    h, w = space_res[0]
+    return ((h, w),) + tuple((max(16, round(h * f / 16) * 16), max(16, round(w * f / 16) * 16)) for f in (5 / 6, 2 / 3))
+
+
+class _Demo:
+    """One demo run: the stages in order, each reused when its stamp matches and nothing before it was redone."""
+
+    def __init__(self, o: DemoOptions, say: Callable[[str], None], progress: bool) -> None:
+        self.o, self.say, self.progress = o, say, progress
+        self.root = Path(o.out)
+        if o.fresh and self.root.exists():
+            shutil.rmtree(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if o.threads:
+            torch.set_num_threads(o.threads)
+        self.threads = torch.get_num_threads()
+        self.space_path = o.space
+        if o.quick:
+            self.space_path = str(self.root / "quick.yaml")
+            Path(self.space_path).write_text(_quick_space(o.space))
+        self.space_text = Path(self.space_path).read_text()
+        self.reused: list[str] = []
+        self.samples = 0  # test items the final table scored
+        self.redo = False  # once a stage is redone, every later one is too
+
+    def _reuse(self, stage: _Stage, what: str) -> bool:
+        if stage.done() and not self.redo:
+            self.reused.append(what)
+            return True
+        self.redo = True
+        return False
+
+    def table(self) -> _Stage:
+        """1. The latency table of this machine (the space's resolutions, or the sides asked for)."""
+        from .latency import ProfileSettings, profile  # noqa: PLC0415
         from .progress import progress_bar  # noqa: PLC0415
+        from .space import SearchSpace  # noqa: PLC0415
 
-        with progress_bar(desc="profile", unit="entry", enabled=progress) as bar:
+        o = self.o
+        res = _profiled_resolutions(SearchSpace.load(self.space_path).resolutions, o.resolutions)
+        ps = ProfileSettings(
+            device="cpu",
+            resolutions=res,
+            threads=self.threads,
+            repeats=o.profile_repeats,
+            rounds=o.profile_rounds,
+            head="seg",
+            num_classes=4,
+            seed=o.seed,
+            calibration=2 if o.quick else 6,
+            quiet=not o.quick,
+            max_wait_s=120.0,
+        )
+        stage = _Stage(self.root, "table", {"space": self.space_text, **asdict(ps)}, "table.json")
+        if self._reuse(stage, "latency table"):
+            return stage
+        stage.dir.mkdir(parents=True, exist_ok=True)  # keeps a partial profile: the profiler resumes it
+        stage.product.unlink(missing_ok=True)
+        sizes = ", ".join(f"{h}x{w}" for h, w in res)
+        self.say(f"[1/5] profiling {Path(self.space_path).name} on this CPU ({self.threads} threads) at {sizes}")
+        with progress_bar(desc="profile", unit="entry", enabled=self.progress) as bar:
 
             def on_start(done: int, total: int) -> None:
                 bar.total, bar.n = total, done
                 bar.refresh()
 
-            profile(space_path, ps, table_stage.product, on_start=on_start, on_entry=lambda *a: bar.update(1))
-        table_stage.finish()
-    table = LatencyTable.load(table_stage.product)
+            profile(self.space_path, ps, stage.product, on_start=on_start, on_entry=lambda *a: bar.update(1))
+        stage.finish()
+        return stage
 
-    # 2. supernet
-    from .adapt import AdaptOptions, adapt  # noqa: PLC0415
+    def _train(self, name: str, what: str, message: str, **kw: Any) -> _Stage:
+        """Train (or reuse, or resume) one adaptation run in OUT/name."""
+        from .adapt import AdaptOptions, adapt  # noqa: PLC0415
 
-    ao = AdaptOptions(
-        space=space_path,
-        data=o.data,
-        out=str(root / "adapt"),
-        steps=o.steps,
-        batch=o.batch,
-        lr=o.lr,
-        sampler="sandwich",
-        distill=True,
-        seed=o.seed,
-        val_samples=o.val_samples,
-        num_classes=4,
-        device="cpu",
-        ckpt_every=max(1, o.steps // 4),
-    )
-    adapt_stage = _Stage(root, "adapt", {"space": Path(space_path).read_text(), **ao.to_dict()}, "supernet.pt")
-    if adapt_stage.done() and not redo:
-        reused.append("supernet")
-    else:
-        redo = True
-        say(f"[2/4] adapting a supernet: {o.steps} steps, sandwich sampling + in-place distillation")
-        try:  # a run killed part-way resumes from its last.pt; one with other settings is refused and redone
-            if not (adapt_stage.dir / "last.pt").is_file() or (adapt_stage.dir / "stamp.json").exists():
-                raise SparseSearchError("nothing to resume")
-            adapt(ao, resume=True, progress=progress, log=say)
-        except SparseSearchError:
-            adapt_stage.reset()
-            adapt(ao, progress=progress, log=say)
-        adapt_stage.finish()
-    supernet = str(adapt_stage.product)
-
-    # 3. search
-    eo = EvolveOptions(
-        supernet=supernet,
-        table=str(table_stage.product),
-        latency=o.latency,
-        out=str(root / "search"),
-        val_samples=o.val_samples,
-        algorithm=o.algorithm,
-        population=o.population,
-        generations=o.generations,
-        seed=o.seed,
-        overwrite=True,
-    )
-    search_stage = _Stage(root, "search", asdict(eo), "best.json")
-    if search_stage.done() and not redo:
-        reused.append("search")
-    else:
-        redo = True
-        search_stage.reset()
-        say(
-            f"[3/4] searching under a budget of {o.latency} ({o.algorithm}, population {o.population}, {o.generations} generations)"
+        o = self.o
+        ao = AdaptOptions(
+            space=self.space_path,
+            data=o.data,
+            out=str(self.root / name),
+            batch=o.batch,
+            seed=o.seed,
+            val_samples=o.val_samples,
+            num_classes=4,
+            device="cpu",
+            **kw,
         )
-        from .progress import progress_bar  # noqa: PLC0415
+        stage = _Stage(self.root, name, {"space": self.space_text, **ao.to_dict()}, "supernet.pt")
+        if self._reuse(stage, what):
+            return stage
+        self.say(message)
+        try:  # a run killed part-way resumes from its last.pt; one with other settings is refused and redone
+            if not (stage.dir / "last.pt").is_file() or (stage.dir / "stamp.json").exists():
+                raise SparseSearchError("nothing to resume")
+            adapt(ao, resume=True, progress=self.progress, log=self.say)
+        except SparseSearchError:
+            stage.reset()
+            adapt(ao, progress=self.progress, log=self.say)
+        stage.finish()
+        return stage
 
-        with progress_bar(o.generations, desc="evolve", unit="gen", enabled=progress) as bar:
+    def pretrain(self) -> _Stage:
+        """2. Dense training from random init: the demo's stand-in for a pretrained checkpoint."""
+        o = self.o
+        return self._train(
+            "pretrain",
+            "dense pretraining",
+            f"[2/5] dense pretraining: {o.pretrain_steps} steps from random init (the 'pretrained checkpoint')",
+            steps=o.pretrain_steps,
+            lr=o.pretrain_lr,
+            sampler="dense",
+            ckpt_every=max(1, o.pretrain_steps // 2),
+        )
+
+    def adapt(self, init: Path) -> _Stage:
+        """3. Supernet adaptation from the pretrained weights (sandwich sampling + in-place distillation)."""
+        o = self.o
+        return self._train(
+            "adapt",
+            "supernet",
+            f"[3/5] adapting a supernet: {o.steps} steps, sandwich sampling + in-place distillation",
+            steps=o.steps,
+            lr=o.lr,
+            sampler="sandwich",
+            distill=True,
+            init=str(init),
+            ckpt_every=max(1, o.steps // 4),
+        )
+
+    def search(self, supernet: Path, table: Path) -> _Stage:
+        """4. The evolutionary search under the budget (val split)."""
+        from .progress import progress_bar  # noqa: PLC0415
+        from .search.evolve import EvolveOptions, evolve  # noqa: PLC0415
+
+        o = self.o
+        eo = EvolveOptions(
+            supernet=str(supernet),
+            table=str(table),
+            latency=o.latency,
+            out=str(self.root / "search"),
+            val_samples=o.val_samples,
+            algorithm=o.algorithm,
+            population=o.population,
+            generations=o.generations,
+            seed=o.seed,
+            overwrite=True,
+        )
+        stage = _Stage(self.root, "search", asdict(eo), "best.json")
+        if self._reuse(stage, "search"):
+            return stage
+        stage.reset()
+        self.say(
+            f"[4/5] searching under a budget of {o.latency} "
+            f"({o.algorithm}, population {o.population}, {o.generations} generations)"
+        )
+        with progress_bar(o.generations, desc="evolve", unit="gen", enabled=self.progress) as bar:
 
             def on_generation(rec: dict[str, Any]) -> None:
                 bar.n = min(int(rec.get("generation", 0)), o.generations)
@@ -282,61 +431,122 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = lambda msg: None
                     bar.refresh()
 
             evolve(eo, on_generation=on_generation)
-        search_stage.finish()
-    best = json.loads(search_stage.product.read_text())
-    pareto = json.loads((search_stage.dir / "pareto.json").read_text())
+        stage.finish()
+        return stage
 
-    # 4. export
-    ex_stage = _Stage(root, "export", {"best": best["config"], "supernet": supernet}, "card.json")
-    if ex_stage.done() and not redo:
-        reused.append("export")
-    else:
-        ex_stage.reset()
-        say("[4/4] exporting the searched model (weights, config, model card, ONNX)")
-        export_model(supernet, search_stage.product, ex_stage.dir, table=table_stage.product, measure=False, onnx=True)
-        ex_stage.finish()
+    def export(self, supernet: Path, best: dict[str, Any], search: _Stage, table: Path) -> None:
+        """5. The deployable model of the searched config (weights, config, model card, ONNX)."""
+        from .export import export_model  # noqa: PLC0415
 
-    # the comparison, measured now on this machine
-    say("measuring the final comparison on this machine")
-    model, space, meta = load_supernet(supernet)
-    base = pareto["baselines"]
-    picks: list[tuple[str, dict[str, Any], float]] = []
-    dense_cfg = space.densest()
-    from .search.evolve import make_supernet_evaluator  # noqa: PLC0415
+        stage = _Stage(self.root, "export", {"best": best["config"], "supernet": str(supernet)}, "card.json")
+        if self._reuse(stage, "export"):
+            return
+        stage.reset()
+        self.say("[5/5] exporting the searched model (weights, config, model card, ONNX)")
+        export_model(str(supernet), search.product, stage.dir, table=table, measure=False, onnx=True)
+        stage.finish()
 
-    acc = make_supernet_evaluator(supernet, None, o.val_samples, 16, "cpu")
-    picks.append(("dense", dense_cfg.to_dict(), acc(dense_cfg)))
-    tie = float(best.get("pick", {}).get("tie_margin", 0.0))
-    for label, points in (("uniform sparsity", base["uniform_sparsity"]), ("uniform resize", base["uniform_resize"])):
-        pick = pick_best([p["latency_ms"] for p in points], [p["accuracy"] for p in points], best["budget_ms"], tie)
-        if pick is not None:  # the same rule that chose the searched config
-            p = points[pick.index]
-            picks.append((f"{label} ({p['label']})", p["config"], p["accuracy"]))
-    picks.append(("searched", best["config"], best["accuracy"]))
-    rows = []
-    for name, cfg_dict, accuracy in picks:
-        cfg = SparsityConfig.from_dict(cfg_dict)
-        r = tuple(cfg.resolution or space.resolutions[0])
-        model.set_config(cfg)
-        ms = measure_latency(model, r, repeats=5 if o.quick else 20)
-        rows.append(
-            DemoRow(
-                name,
-                cfg_dict,
-                float(table.predict(cfg) if r in table.resolutions else table.dense_latency(r)),
-                ms,
-                float(accuracy),
-                count_flops(model, r, cfg).gflops,
-            )
+    def picks(self, space: Any, best: dict[str, Any], pareto: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+        """(name, role, config) of each row: dense, unadapted, the best baselines by the search's rule, searched."""
+        from .search.selection import pick_best  # noqa: PLC0415
+
+        out = [("dense", "dense", space.densest().to_dict())]
+        unadapted = _uniform_in_space(space, UNADAPTED_SPARSITY)
+        out.append(
+            (f"unadapted @{UNADAPTED_SPARSITY:g} (dense weights, no adaptation)", "unadapted", unadapted.to_dict())
         )
-    model.set_config(None)
+        tie = float(best.get("pick", {}).get("tie_margin", 0.0))
+        base = pareto["baselines"]
+        for label, role in (("uniform sparsity", "uniform_sparsity"), ("uniform resize", "uniform_resize")):
+            points = base[role]
+            pick = pick_best([p["latency_ms"] for p in points], [p["accuracy"] for p in points], best["budget_ms"], tie)
+            if pick is not None:  # the same rule that chose the searched config
+                p = points[pick.index]
+                out.append((f"{label} ({p['label']})", role, p["config"]))
+        out.append((str(best.get("label") or "searched"), "searched", best["config"]))
+        return out
+
+    def compare(
+        self, supernet: Path, pretrained: Path, table_path: Path, best: dict[str, Any], pareto: dict[str, Any]
+    ) -> list[DemoRow]:
+        """The final table: every row scored on the test split and timed interleaved, on this machine."""
+        from .evaluate import Evaluator  # noqa: PLC0415
+        from .flops import count_flops  # noqa: PLC0415
+        from .latency import LatencyTable  # noqa: PLC0415
+        from .supernet import build_eval_dataset, load_supernet  # noqa: PLC0415
+
+        o = self.o
+        self.say(f"measuring the final comparison on this machine (test split, {o.measure_rounds} interleaved rounds)")
+        table = LatencyTable.load(table_path)
+        model, space, meta = load_supernet(supernet)
+        raw, _, _ = load_supernet(pretrained)
+        test = build_eval_dataset(meta, None, "test")
+        evals = {id(m): Evaluator(m, test, o.test_samples, batch=16) for m in (model, raw)}
+        self.samples = evals[id(model)].n
+        picks = self.picks(space, best, pareto)
+        runs: list[tuple[torch.nn.Module, SparsityConfig, tuple[int, int]]] = []
+        scores = []
+        for _, role, d in picks:
+            cfg = SparsityConfig.from_dict(d)
+            m = raw if role == "unadapted" else model
+            h, w = cfg.resolution or space.resolutions[0]
+            runs.append((m, cfg, (int(h), int(w))))
+            scores.append(evals[id(m)](cfg))
+        measured = _measure_interleaved(runs, o.measure_rounds, 5 if o.quick else 10)
+        rows = []
+        for (name, role, d), (m, cfg, res), ms, sc in zip(picks, runs, measured, scores):
+            pred = table.predict(cfg) if res in table.resolutions else table.dense_latency(res)
+            gf = count_flops(m, res, cfg).gflops
+            rows.append(DemoRow(name, d, float(pred), ms, float(sc.value), gf, role, stderr=float(sc.stderr)))
+        for m in (model, raw):
+            m.set_config(None)  # type: ignore[operator]
+        for r in rows:
+            r.predicted_x, r.measured_x = r.predicted_ms / rows[0].predicted_ms, r.measured_ms / rows[0].measured_ms
+        return rows
+
+
+def _resize_note(space: Any, rows: Sequence[DemoRow]) -> str:
+    """How the resize baseline was trained: a resolution of the space (adapted at it) or not."""
+    r = _row(rows, "uniform_resize")
+    if r is None:
+        return "uniform resize: no resolution within the budget"
+    res = tuple(SparsityConfig.from_dict(r.config).resolution or space.resolutions[0])
+    sides = "/".join(str(h) for h, _ in space.resolutions)
+    if res in space.resolutions:
+        return f"uniform resize: {res[0]}x{res[1]} is a resolution of the space ({sides}): adapted at it, as fair"
+    return f"uniform resize: {res[0]}x{res[1]} is not a resolution of the space ({sides}): never trained at it"
+
+
+def run_demo(options: DemoOptions, say: Callable[[str], None] = lambda msg: None, progress: bool = True) -> DemoSummary:
+    """Run (or reuse) every stage and measure the final comparison on this machine.
+
+    `say` receives one line per stage; `progress` shows the stages' progress bars.
+    """
+    from .latency import device_name  # noqa: PLC0415
+    from .space import SearchSpace  # noqa: PLC0415
+
+    demo = _Demo(options.effective(), say, progress)
+    table = demo.table()
+    pretrained = demo.pretrain()
+    supernet = demo.adapt(pretrained.product)
+    search = demo.search(supernet.product, table.product)
+    best = json.loads(search.product.read_text())
+    pareto = json.loads((search.dir / "pareto.json").read_text())
+    demo.export(supernet.product, best, search, table.product)
+    rows = demo.compare(supernet.product, pretrained.product, table.product, best, pareto)
+    budget_x = float(best["budget_ms"]) / rows[0].predicted_ms
+    metric = str(best.get("metric", "mIoU"))
     summary = DemoSummary(
         rows,
-        best.get("metric", "mIoU"),
+        metric,
         float(best["budget_ms"]),
-        root,
-        reused,
-        f"{device_name('cpu')}, {threads} threads",
+        demo.root,
+        demo.reused,
+        f"{device_name('cpu')}, {demo.threads} threads",
+        budget_x=budget_x,
+        samples=demo.samples,
+        resize_note=_resize_note(SearchSpace.load(demo.space_path), rows),
+        verdict=verdict(rows, budget_x, metric),
     )
-    atomic_write_text(root / "summary.json", json.dumps(asdict(summary), indent=1, default=str) + "\n")
+    atomic_write_text(demo.root / "summary.json", json.dumps(asdict(summary), indent=1, default=str) + "\n")
     return summary

@@ -98,7 +98,8 @@ def test_uniform_densest_sparsest():
     space = ss.SearchSpace.load(SPACES / "demo.yaml")
     assert space.uniform(0.5).flat() == [0.5] * 8
     assert space.densest().flat() == [0.0] * 8
-    assert space.sparsest().flat() == [0.8] * 6 + [0.0] * 2  # the last gene only allows 0
+    assert space.sparsest().flat() == [0.8] * 8
+    assert space.sparsest().resolution == (256, 256) and space.sparsest((192, 192)).resolution == (192, 192)
     with pytest.raises(SpaceError, match="uniform sparsity must be in"):
         space.uniform(1.0)
 

@@ -19,6 +19,7 @@ def test_quick_demo_runs_every_stage(demo, capsys):
     assert rc == 0
     for f in (
         "table/table.json",
+        "pretrain/supernet.pt",
         "adapt/supernet.pt",
         "search/best.json",
         "search/pareto.json",
@@ -30,9 +31,16 @@ def test_quick_demo_runs_every_stage(demo, capsys):
     ):
         assert (out / f).is_file(), f
     summary = json.loads((out / "summary.json").read_text())
-    names = [r["name"] for r in summary["rows"]]
-    assert names[0] == "dense" and names[-1] == "searched" and any(n.startswith("uniform sparsity") for n in names)
-    assert all(r["measured_ms"] > 0 and r["gflops"] > 0 for r in summary["rows"])
+    rows = summary["rows"]
+    roles = [r["role"] for r in rows]
+    assert roles[:2] == ["dense", "unadapted"] and roles[-1] == "searched" and "uniform_sparsity" in roles
+    assert rows[-1]["name"].startswith("searched")
+    assert all(r["measured_ms"] > 0 and r["gflops"] > 0 and 0 <= r["accuracy"] <= 100 for r in rows)
+    assert rows[0]["measured_x"] == rows[0]["predicted_x"] == 1.0
+    unadapted = next(r for r in rows if r["role"] == "unadapted")
+    assert {s for stage in unadapted["config"]["sparsity"] for s in stage} <= {0.0, 0.75}  # the quick space's 0.7
+    assert summary["split"] == "test" and summary["samples"] == 4
+    assert len(summary["verdict"]) == 2 and summary["verdict"][0].startswith("speed: ")
 
 
 def test_second_demo_run_reuses_the_first(demo, capsys):
@@ -40,8 +48,9 @@ def test_second_demo_run_reuses_the_first(demo, capsys):
     capsys.readouterr()
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "reused from an earlier run: latency table, supernet, search, export" in text
-    assert "searched" in text
+    assert "reused from an earlier run: latency table, dense pretraining, supernet, search, export" in text
+    assert "searched" in text and "unadapted @0.7" in text and "meas. x dense" in text
+    assert "\nspeed: " in text and "\naccuracy: " in text  # the verdict under the table
 
 
 def _evolve(out, *extra):

@@ -351,7 +351,11 @@ class _Run:
         """The supernet with its weights (the resumed checkpoint's, --init's, or fresh), on the device."""
         o = self.opts
         torch.manual_seed(o.seed)  # identical on every rank (DDP also broadcasts rank 0's weights)
-        model_kwargs: dict[str, Any] = {"num_classes": plan.num_classes, "head": plan.task, "drop_path_rate": o.drop_path}
+        model_kwargs: dict[str, Any] = {
+            "num_classes": plan.num_classes,
+            "head": plan.task,
+            "drop_path_rate": o.drop_path,
+        }
         model = space.create_model(**model_kwargs)
         meta = SupernetMeta.create(
             space,
