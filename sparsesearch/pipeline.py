@@ -90,21 +90,24 @@ class DemoOptions:
     # dense scenes (most windows hold part of an object): pruning costs accuracy until the supernet adapts
     data: str = "synthetic:384:objects=6-12,coverage=0.4-0.6"
     resolutions: tuple[int, ...] | None = None  # profiled sides (square); None: see _profiled_resolutions
-    pretrain_steps: int = 200  # dense training from random init: the "pretrained checkpoint" of the demo
+    pretrain_steps: int = 150  # dense training from random init: the "pretrained checkpoint" of the demo
     pretrain_lr: float = 2e-3
-    steps: int = 200  # supernet adaptation from the pretrained weights
+    steps: int = 150  # supernet adaptation from the pretrained weights
     batch: int = 4
     lr: float = 1e-3
     latency: str = "0.7x"
     algorithm: str = "ga"
-    population: int = 16
-    generations: int = 6
+    population: int = 12
+    generations: int = 5
     val_samples: int = 48  # the search's accuracy (val split)
     test_samples: int = 96  # the final table's accuracy (test split, never seen by the search)
     measure_rounds: int = 5  # interleaved rounds of the final table's timing
     profile_repeats: int = 6
     profile_rounds: int = 2
-    threads: int | None = None
+    threads: int | None = None  # training and evaluation
+    # the latency table and the final table's timing: one thread, as `sparsesearch profile` uses on a shared
+    # CPU (a batch-1 forward of a small model gains little from a second thread, and its timing is steadier)
+    latency_threads: int = 1
     seed: int = 0
     fresh: bool = False
     quick: bool = False  # a reduced run (tiny model, 64x64 images, a few steps): what the test suite runs
@@ -310,7 +313,7 @@ class _Demo:
         ps = ProfileSettings(
             device="cpu",
             resolutions=res,
-            threads=self.threads,
+            threads=o.latency_threads,
             repeats=o.profile_repeats,
             rounds=o.profile_rounds,
             head="seg",
@@ -326,7 +329,7 @@ class _Demo:
         stage.dir.mkdir(parents=True, exist_ok=True)  # keeps a partial profile: the profiler resumes it
         stage.product.unlink(missing_ok=True)
         sizes = ", ".join(f"{h}x{w}" for h, w in res)
-        self.say(f"[1/5] profiling {Path(self.space_path).name} on this CPU ({self.threads} threads) at {sizes}")
+        self.say(f"[1/5] profiling {Path(self.space_path).name} on this CPU ({o.latency_threads} thread(s)) at {sizes}")
         with progress_bar(desc="profile", unit="entry", enabled=self.progress) as bar:
 
             def on_start(done: int, total: int) -> None:
@@ -492,7 +495,12 @@ class _Demo:
             h, w = cfg.resolution or space.resolutions[0]
             runs.append((m, cfg, (int(h), int(w))))
             scores.append(evals[id(m)](cfg))
-        measured = _measure_interleaved(runs, o.measure_rounds, 5 if o.quick else 10)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(o.latency_threads)  # timed as the table was profiled
+        try:
+            measured = _measure_interleaved(runs, o.measure_rounds, 5 if o.quick else 10)
+        finally:
+            torch.set_num_threads(threads)
         rows = []
         for (name, role, d), (m, cfg, res), ms, sc in zip(picks, runs, measured, scores):
             pred = table.predict(cfg) if res in table.resolutions else table.dense_latency(res)
@@ -542,7 +550,7 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = lambda msg: None
         float(best["budget_ms"]),
         demo.root,
         demo.reused,
-        f"{device_name('cpu')}, {demo.threads} threads",
+        f"{device_name('cpu')}, {demo.o.latency_threads} thread(s)",
         budget_x=budget_x,
         samples=demo.samples,
         resize_note=_resize_note(SearchSpace.load(demo.space_path), rows),

@@ -48,7 +48,15 @@ class DemoCommand(Command):
         parser.add_argument(
             "--test-samples", type=int, default=d.test_samples, help="held-out test items the final table scores"
         )
-        parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+        parser.add_argument(
+            "--threads", type=int, default=None, help="torch CPU threads for training (default: torch's)"
+        )
+        parser.add_argument(
+            "--latency-threads",
+            type=int,
+            default=d.latency_threads,
+            help=f"CPU threads of the latency table and the final timing (default {d.latency_threads})",
+        )
         parser.add_argument("--seed", type=int, default=d.seed)
         parser.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
         parser.add_argument("--quick", action="store_true", help="a reduced run in seconds (tiny model, 64x64)")
@@ -58,7 +66,7 @@ class DemoCommand(Command):
 
         keys = (
             "out space data resolutions pretrain_steps steps latency algorithm population generations val_samples "
-            "test_samples threads seed fresh quick"
+            "test_samples threads latency_threads seed fresh quick"
         ).split()
         t0 = time.time()
         opts = DemoOptions(**{k: getattr(args, k) for k in keys})
