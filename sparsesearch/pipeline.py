@@ -90,19 +90,19 @@ class DemoOptions:
     # dense scenes (most windows hold part of an object): pruning costs accuracy until the supernet adapts
     data: str = "synthetic:384:objects=6-12,coverage=0.4-0.6"
     resolutions: tuple[int, ...] | None = None  # profiled sides (square); None: see _profiled_resolutions
-    pretrain_steps: int = 150  # dense training from random init: the "pretrained checkpoint" of the demo
+    pretrain_steps: int = 120  # dense training from random init: the "pretrained checkpoint" of the demo
     pretrain_lr: float = 2e-3
-    steps: int = 150  # supernet adaptation from the pretrained weights
+    steps: int = 120  # supernet adaptation from the pretrained weights
     batch: int = 4
     lr: float = 1e-3
     latency: str = "0.7x"
     algorithm: str = "ga"
     population: int = 12
     generations: int = 5
-    val_samples: int = 48  # the search's accuracy (val split)
+    val_samples: int = 32  # the search's accuracy (val split)
     test_samples: int = 96  # the final table's accuracy (test split, never seen by the search)
     measure_rounds: int = 5  # interleaved rounds of the final table's timing
-    profile_repeats: int = 6
+    profile_repeats: int = 5
     profile_rounds: int = 2
     threads: int | None = None  # training and evaluation
     # the latency table and the final table's timing: one thread, as `sparsesearch profile` uses on a shared
