@@ -4,7 +4,16 @@ any config as the sum of its parts, and validate predictions against end-to-end 
 from .check import TableCheck, TableSpeedError, check_table, ensure_table_speed, reprofile_command
 from .env import device_name, device_slug, environment, fingerprint, machine_slug
 from .measure import CpuTimer, CudaTimer, Stat, Timer, combine_rounds, make_timer, summarize, time_parts, tune_malloc
-from .profile import Entry, PartialProfileWarning, Profiler, ProfileSettings, default_table_path, partial_path, profile
+from .profile import (
+    CalibrationWarning,
+    Entry,
+    PartialProfileWarning,
+    Profiler,
+    ProfileSettings,
+    default_table_path,
+    partial_path,
+    profile,
+)
 from .table import KindTable, LatencyTable, TableMachineWarning
 from .validate import ValidationReport, ValidationRow, report_paths, validate, validation_genomes, write_report
 
@@ -17,6 +26,7 @@ __all__ = [
     "profile",
     "default_table_path",
     "partial_path",
+    "CalibrationWarning",
     "PartialProfileWarning",
     "validate",
     "validation_genomes",

@@ -35,7 +35,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,15 @@ _HEADS = ("cls", "seg", "none")
 
 class PartialProfileWarning(SparseSearchWarning):
     """The partial results of an earlier profile run cannot be resumed (corrupt, or other settings)."""
+
+
+class CalibrationWarning(SparseSearchWarning):
+    """A finished table misses its own calibration configs (whole forwards timed in the same run) by more than
+    `CALIBRATION_TOLERANCE_PCT`: its parts do not add up to the model it describes."""
+
+
+#: how far the finished table may miss a calibration config of its own run before the profile warns
+CALIBRATION_TOLERANCE_PCT = 10.0
 
 
 @dataclass
@@ -568,6 +577,7 @@ class Profiler:
         if calibration or glue:
             _fit_correction(table, tables, calibration, glue, self._plain_pairs(entries, done))
             table = LatencyTable(meta, self.space.to_dict(), tables, "<profile>")
+            warn_on_calibration(tables)
         return table
 
     def _glue(self, entries: list[Entry], done: dict[str, Stat]) -> dict[tuple[int, int], list[float]]:
@@ -787,6 +797,26 @@ def _fit_correction(
                 for (e, s), r, f in zip(rows, raw, fitted)
             ],
         }
+
+
+def warn_on_calibration(tables: Sequence[ResolutionTable], tolerance_pct: float = CALIBRATION_TOLERANCE_PCT) -> None:
+    """One CalibrationWarning per resolution whose worst calibration config the table misses by more than
+    `tolerance_pct` (its `correction.calibration[].error_pct`, prediction vs the whole forward of the same run)."""
+    for rt in tables:
+        checks = rt.correction.get("calibration", []) if isinstance(rt.correction, dict) else []
+        if not checks:
+            continue
+        worst = max(checks, key=lambda c: abs(float(c["error_pct"])))
+        if abs(float(worst["error_pct"])) > tolerance_pct:
+            h, w = rt.resolution
+            warnings.warn(
+                f"at {h}x{w} the table misses its own calibration config {list(worst['genome'])} by "
+                f"{float(worst['error_pct']):+.1f}% (predicted vs its whole forward timed in this run): the parts "
+                "do not add up to the model on this machine now; profile again with more --rounds on a quiet "
+                "machine, and check the result with `sparsesearch latency validate`",
+                CalibrationWarning,
+                stacklevel=2,
+            )
 
 
 def _line_fit(x: np.ndarray, y: np.ndarray, scale_range: tuple[float, float]) -> tuple[float, float]:
