@@ -114,3 +114,15 @@ def test_set_config_prunes_the_feature_maps(tmp_path):
 def test_a_model_without_feature_support_is_refused():
     with pytest.raises(ss.SparseSearchError, match="does not provide feature extraction"):
         FeatureListNet(nn.Linear(2, 2))
+
+
+def test_family_of_model_by_class_and_through_a_features_wrapper() -> None:
+    from sparsesearch.errors import SparseSearchError
+    from sparsesearch.models.family import family_of_model
+
+    sam = ss.create_model("samvit_nano", img_size=64)
+    assert family_of_model(sam).name == "SamViT"
+    assert family_of_model(ss.create_model("samvit_nano", img_size=64, features_only=True)).name == "SamViT"
+    assert family_of_model(ss.create_model("swin_nano", img_size=64)).name == "SwinTransformer"
+    with pytest.raises(SparseSearchError, match="not a model of a known family"):
+        family_of_model(torch.nn.Linear(2, 2))

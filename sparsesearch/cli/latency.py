@@ -74,7 +74,11 @@ class ProfileCommand(Command):
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--space", required=True, help="search space YAML, e.g. search_spaces/swin_t.yaml")
+        parser.add_argument(
+            "--space",
+            required=True,
+            help="search space YAML, e.g. search_spaces/swin_t.yaml or search_spaces/sam_b.yaml",
+        )
         parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
         parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
         parser.add_argument("--batch", type=int, default=1, help="images per forward (default 1)")

@@ -442,7 +442,13 @@ def get_family(architecture: str) -> ModelFamily:
 
 
 def family_of_model(model: nn.Module) -> ModelFamily:
-    """The family of a built model (by its class)."""
-    from .samvit import SamViT  # noqa: PLC0415
-
-    return _FAMILIES["SamViT" if isinstance(model, SamViT) else "SwinTransformer"]
+    """The family of a built model: its class (or a base class) is named after a family; a wrapper such as
+    FeatureListNet is asked through its `backbone`."""
+    inner = getattr(model, "backbone", model)
+    for cls in type(inner).__mro__:
+        if cls.__name__ in _FAMILIES:
+            return _FAMILIES[cls.__name__]
+    raise SparseSearchError(
+        f"{type(inner).__name__} is not a model of a known family ({', '.join(_FAMILIES)}): build it with "
+        "sparsesearch.create_model"
+    )
