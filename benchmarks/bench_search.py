@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,6 +66,55 @@ def throughput(table: LatencyTable, n_candidates: int = 10_000) -> tuple[float, 
     return elapsed, per_s, len(run.genes)
 
 
+def _budget_row(
+    text: str,
+    args: argparse.Namespace,
+    space: Any,
+    table: LatencyTable,
+    cache: AccuracyCache,
+    latency: Callable[[Any], Any],
+    val_score: Callable[[SparsityConfig], float],
+    test_score: Callable[[SparsityConfig], float],
+) -> tuple[list[str], bool]:
+    """One budget: search, the best uniform-sparsity and uniform-resize baselines within it, all scored on the
+    test scenes; (table row, searched >= both)."""
+    dense = space.densest()
+    dense_ms = table.dense_latency(space.resolutions[0])
+    budget = parse_budget(text).resolve(
+        dense_ms, table.min_latency(space.resolutions), table.max_latency(space.resolutions)
+    )
+    t = time.perf_counter()
+    run = run_search(
+        space, latency, cache, budget, algorithm="ga", population=args.population, generations=args.generations, seed=0
+    )
+    searched = space.decode(run.genes[run.best_index()])
+    us = [p for p in uniform_sparsity_baseline(space, latency, cache, budget) if p.latency_ms <= budget]
+    ub = max(us, key=lambda p: p.accuracy) if us else None
+    rs = uniform_resize_baseline(
+        table.resolutions,
+        table.dense_latency,
+        lambda r: val_score(SparsityConfig(dense.sparsity, dense.window_size, r)),
+        dense,
+        budget,
+    )
+    rb = max(rs, key=lambda p: p.accuracy) if rs else None
+    s_test = test_score(searched)
+    u_test = test_score(SparsityConfig.from_dict(ub.config)) if ub else float("nan")
+    r_test = test_score(SparsityConfig.from_dict(rb.config)) if rb else float("nan")
+    ok = s_test >= max(u_test if ub else -1, r_test if rb else -1)
+    row = [
+        text,
+        f"{budget:.2f}",
+        f"{float(latency(space.encode(searched)[None])[0]):.2f}",
+        f"{s_test:.2f}",
+        f"{u_test:.2f} ({ub.label})" if ub else "none fits",
+        f"{r_test:.2f} ({rb.label})" if rb else "none fits",
+        "yes" if ok else "NO",
+        f"{time.perf_counter() - t:.0f}",
+    ]
+    return row, ok
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--supernet", default="runs/demo/adapt/supernet.pt")
@@ -107,48 +158,11 @@ def main() -> None:
     rows = [["dense", "-", f"{dense_ms:.2f}", f"{score(test, dense):.2f}", "", "", "", ""]]
     wins = 0
     for text in args.budgets:
-        budget = parse_budget(text).resolve(
-            dense_ms, table.min_latency(space.resolutions), table.max_latency(space.resolutions)
+        row, ok = _budget_row(
+            text, args, space, table, cache, latency, lambda c: score(val, c), lambda c: score(test, c)
         )
-        t = time.perf_counter()
-        run = run_search(
-            space,
-            latency,
-            cache,
-            budget,
-            algorithm="ga",
-            population=args.population,
-            generations=args.generations,
-            seed=0,
-        )
-        searched = space.decode(run.genes[run.best_index()])
-        us = [p for p in uniform_sparsity_baseline(space, latency, cache, budget) if p.latency_ms <= budget]
-        ub = max(us, key=lambda p: p.accuracy) if us else None
-        rs = uniform_resize_baseline(
-            table.resolutions,
-            table.dense_latency,
-            lambda r: score(val, SparsityConfig(dense.sparsity, dense.window_size, r)),
-            dense,
-            budget,
-        )
-        rb = max(rs, key=lambda p: p.accuracy) if rs else None
-        s_test = score(test, searched)
-        u_test = score(test, SparsityConfig.from_dict(ub.config)) if ub else float("nan")
-        r_test = score(test, SparsityConfig.from_dict(rb.config)) if rb else float("nan")
-        ok = s_test >= max(u_test if ub else -1, r_test if rb else -1)
+        rows.append(row)
         wins += ok
-        rows.append(
-            [
-                text,
-                f"{budget:.2f}",
-                f"{float(latency(space.encode(searched)[None])[0]):.2f}",
-                f"{s_test:.2f}",
-                f"{u_test:.2f} ({ub.label})" if ub else "none fits",
-                f"{r_test:.2f} ({rb.label})" if rb else "none fits",
-                "yes" if ok else "NO",
-                f"{time.perf_counter() - t:.0f}",
-            ]
-        )
     print(
         f"# {meta.architecture} supernet {args.supernet}, mIoU on {args.test_samples} test scenes "
         f"(search selected on {args.val_samples} val scenes), latency predicted by {args.table}"

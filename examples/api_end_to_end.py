@@ -32,6 +32,29 @@ window_sizes: [[8], [8], [8], [8]]
 """
 
 
+def train(out: Path, steps: int) -> Path:
+    """The supernet of the example (trained once; a second run reuses it)."""
+    supernet = out / "adapt" / "supernet.pt"
+    if not supernet.exists():
+        ss.train_supernet(
+            AdaptOptions(
+                space=str(out / "space.yaml"),
+                data="synthetic:128",
+                out=str(out / "adapt"),
+                steps=steps,
+                batch=8,
+                lr=1e-3,
+                sampler="sandwich",
+                distill=True,
+                val_samples=16,
+                num_classes=4,
+                device="cpu",
+            ),
+            progress=True,
+        )
+    return supernet
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/api_example")
@@ -53,24 +76,7 @@ def main() -> None:
     print(table, f"dense {table.dense_latency():.2f} ms, range {table.min_latency():.2f}-{table.max_latency():.2f} ms")
 
     # 3. a supernet: every step trains a random config (plus the densest and sparsest: sandwich)
-    supernet = out / "adapt" / "supernet.pt"
-    if not supernet.exists():
-        ss.train_supernet(
-            AdaptOptions(
-                space=str(out / "space.yaml"),
-                data="synthetic:128",
-                out=str(out / "adapt"),
-                steps=args.steps,
-                batch=8,
-                lr=1e-3,
-                sampler="sandwich",
-                distill=True,
-                val_samples=16,
-                num_classes=4,
-                device="cpu",
-            ),
-            progress=True,
-        )
+    supernet = train(out, args.steps)
     model, space, meta = load_supernet(supernet)
 
     # 4. search in one call: latency from the table, accuracy from our function (mIoU of the supernet on 16

@@ -412,18 +412,25 @@ def _hooked_forwards(
             end.record()
             rows.append({"total": [start, end], **current})
             continue
-        c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
-        a0 = now()
-        run()
-        a1 = now()
-        t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
-        if check and rejected < budget and (c1 - c0) < min_cpu_fraction * (t1 - t0):
+        elapsed, preempted = _timed_cpu_call(run, now, min_cpu_fraction)
+        if check and rejected < budget and preempted:
             rejected += 1
             continue
-        rows.append({"total": a1 - a0, **current})
+        rows.append({"total": elapsed, **current})
     if cuda:
         torch.cuda.synchronize(dev)
     return rows, rejected
+
+
+def _timed_cpu_call(run: Callable[[], Any], now: Callable[[], int], min_cpu_fraction: float) -> tuple[int, bool]:
+    """(elapsed ns on the `now` clock, whether another process took the CPU: this thread ran for less than
+    `min_cpu_fraction` of the wall time) of one `run()`."""
+    c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
+    a0 = now()
+    run()
+    a1 = now()
+    t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
+    return a1 - a0, (c1 - c0) < min_cpu_fraction * (t1 - t0)
 
 
 def _plain_forwards(
@@ -448,15 +455,11 @@ def _plain_forwards(
     samples: list[float] = []
     rejected = 0
     while len(samples) < repeats:
-        c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
-        a0 = now()
-        run()
-        a1 = now()
-        t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
-        if check and rejected < budget and (c1 - c0) < min_cpu_fraction * (t1 - t0):
+        elapsed, preempted = _timed_cpu_call(run, now, min_cpu_fraction)
+        if check and rejected < budget and preempted:
             rejected += 1
             continue
-        samples.append((a1 - a0) / 1e6)
+        samples.append(elapsed / 1e6)
     return summarize(samples, trim, rejected)
 
 

@@ -237,11 +237,7 @@ class SwinFamily(ModelFamily):
                 parts.append((f"layers.{i}.downsample", stage.downsample))
             parts.extend((f"layers.{i}.blocks.{j}", blk) for j, blk in enumerate(stage.blocks))
         parts.append(("norm", swin.norm))
-        if head == "cls":
-            parts.append(("head", swin.head))
-        elif head == "seg":
-            parts.append(("head", swin.seg_head))
-        return parts
+        return parts + _head_part(swin, head)
 
     def block_plan(
         self,
@@ -359,11 +355,7 @@ class SamViTFamily(ModelFamily):
         parts: list[tuple[str, nn.Module]] = [("patch_embed", sam.patch_embed)]
         parts.extend((f"blocks.{i}", blk) for i, blk in enumerate(sam.blocks))
         parts.append(("neck", sam.neck))
-        if head == "cls":
-            parts.append(("head", sam.head))
-        elif head == "seg":
-            parts.append(("head", sam.seg_head))
-        return parts
+        return parts + _head_part(sam, head)
 
     def block_plan(
         self,
@@ -426,6 +418,15 @@ class SamViTFamily(ModelFamily):
             f"embed {arch['embed_dim']:<4} depth {arch['depth']} heads {arch['num_heads']} "
             f"window {arch['window_size']} global {g} groups {list(self.depths(arch))}"
         )
+
+
+def _head_part(model: nn.Module, head: str | None) -> list[tuple[str, nn.Module]]:
+    """[("head", the classification or segmentation head)] as `head` asks; [] for none."""
+    if head == "cls":
+        return [("head", cast(nn.Module, model.head))]
+    if head == "seg":
+        return [("head", cast(nn.Module, model.seg_head))]
+    return []
 
 
 _FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SwinFamily(), SamViTFamily())}

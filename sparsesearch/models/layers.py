@@ -28,6 +28,14 @@ def config_applied(model: Any, config: SparsityConfig | None) -> Iterator[Sparsi
         model.set_config(previous)
 
 
+def init_linear_weights(m: nn.Module) -> None:
+    """timm's init of the transformer linears (truncated normal, std 0.02; zero bias), for `Module.apply`."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
 class Mlp(nn.Module):
     """fc1 -> GELU -> fc2 (timm's `Mlp`, same names)."""
 

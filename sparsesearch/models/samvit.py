@@ -28,7 +28,7 @@ from ..config import SparsityConfig
 from ..errors import SparseSearchError
 from ..ops import WindowGeometry
 from .heads import ClassifierHead, PyramidSegHead
-from .layers import DropPath, Mlp, config_applied
+from .layers import DropPath, Mlp, config_applied, init_linear_weights
 from .pruned_path import fused_pruned_forward
 
 __all__ = ["SamAttention", "SamBlock", "SamViT", "LayerNorm2d", "block_groups", "sam_geometry"]
@@ -411,16 +411,9 @@ class SamViT(nn.Module):
         elif head is not None:
             raise ValueError(f"head must be 'cls', 'seg' or None, not {head!r}")
         self._config: SparsityConfig | None = None
-        self.apply(self._init_weights)
+        self.apply(init_linear_weights)
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
     # ---- structure -----------------------------------------------------------------------------------------
     @property

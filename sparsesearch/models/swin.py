@@ -17,7 +17,7 @@ from .. import ops
 from ..config import SparsityConfig
 from ..ops import WindowGeometry
 from .heads import ClassifierHead, FPNSegHead
-from .layers import DropPath, Mlp, PatchEmbed, PatchMerging, WindowAttention, config_applied
+from .layers import DropPath, Mlp, PatchEmbed, PatchMerging, WindowAttention, config_applied, init_linear_weights
 from .pruned_path import ScoreCarry, fused_pruned_forward, token_scores, window_scores
 
 __all__ = ["SwinBlock", "SwinStage", "SwinTransformer"]
@@ -349,14 +349,7 @@ class SwinTransformer(nn.Module):
         elif head is not None:
             raise ValueError(f"head must be 'cls', 'seg' or None, not {head!r}")
         self._config: SparsityConfig | None = None
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+        self.apply(init_linear_weights)
 
     @property
     def stages(self) -> list[SwinStage]:
