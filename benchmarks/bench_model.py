@@ -8,7 +8,9 @@ Any registered model (`sparsesearch models`), backbone only (head=None). Dense i
 every other sparsity runs once per kernel backend named by --backend ("torch": the torch path, "triton": the
 Triton kernels, "auto": dispatch). The configs are timed interleaved, in --rounds rounds, and the median round is
 reported: on CPU with torch.utils.benchmark (--min-time seconds per config and round), on CUDA with CUDA events
-(--warmup, --repeats per config and round). --compile P also times torch.compile of the config at sparsity P
+(--warmup, --repeats per config and round). On CPU the "fastest" columns add the fastest block of calls over all
+rounds: on a shared VM whose speed drifts by +-15% (benchmarks/RESULTS.md, issue 14) it is the steadier ratio.
+--compile P also times torch.compile of the config at sparsity P
 (first call = compile time; then as above), under torch.no_grad (the in-place scatter is traced, not run).
 FLOPs come from fvcore (--no-flops skips them: tracing every config costs seconds).
 """
@@ -76,23 +78,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def make_clock(args: argparse.Namespace) -> Callable[[Callable[[], object]], float]:
-    """fn -> its median milliseconds per call, by the method of the device (see the module docstring)."""
+def make_clock(args: argparse.Namespace) -> Callable[[Callable[[], object]], tuple[float, float]]:
+    """fn -> (median, fastest) milliseconds per call, by the method of the device (see the module docstring)."""
     if args.device.type == "cuda":
         timer = Timer(args.device, args.warmup, args.repeats, use_graphs=False)
-        return lambda fn: timer(fn).eager
 
-    def cpu(fn: Callable[[], object]) -> float:
+        def gpu(fn: Callable[[], object]) -> tuple[float, float]:
+            ms = timer(fn).eager
+            return ms, ms
+
+        return gpu
+
+    def cpu(fn: Callable[[], object]) -> tuple[float, float]:
         fn()
         t = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-        return t.blocked_autorange(min_run_time=args.min_time).median * 1e3
+        m = t.blocked_autorange(min_run_time=args.min_time)
+        return m.median * 1e3, min(m.times) * 1e3
 
     return cpu
 
 
 def time_configs(model: Any, x: torch.Tensor, runs: list[tuple[float, str]], clock: Callable, rounds: int) -> dict:
-    """(sparsity, path) -> median-round milliseconds; path "dense" is the model without a config."""
-    times: dict[tuple[float, str], list[float]] = {r: [] for r in runs}
+    """(sparsity, path) -> (median-round, fastest) milliseconds; path "dense" is the model without a config."""
+    times: dict[tuple[float, str], list[tuple[float, float]]] = {r: [] for r in runs}
     with torch.inference_mode():
         for _ in range(rounds):  # interleave configs so drift hits all of them alike
             for p, path in runs:
@@ -102,7 +110,7 @@ def time_configs(model: Any, x: torch.Tensor, runs: list[tuple[float, str]], clo
                 times[p, path].append(clock(lambda: model(x)))
     model.set_config(None)
     model.set_kernel_backend(None)
-    return {r: statistics.median(v) for r, v in times.items()}
+    return {r: (statistics.median(t[0] for t in v), min(t[1] for t in v)) for r, v in times.items()}
 
 
 def time_compiled(model: Any, x: torch.Tensor, p: float, args: argparse.Namespace, clock: Callable) -> dict[str, Any]:
@@ -116,8 +124,8 @@ def time_compiled(model: Any, x: torch.Tensor, p: float, args: argparse.Namespac
         if x.is_cuda:
             torch.cuda.synchronize()
         compile_s = time.perf_counter() - t0
-        compiled_ms = statistics.median(clock(lambda: compiled(x)) for _ in range(args.rounds))
-        eager_ms = statistics.median(clock(lambda: model(x)) for _ in range(args.rounds))
+        compiled_ms = statistics.median(clock(lambda: compiled(x))[0] for _ in range(args.rounds))
+        eager_ms = statistics.median(clock(lambda: model(x))[0] for _ in range(args.rounds))
         diff = (compiled(x).float() - model(x).float()).abs()
     model.set_config(None)
     # fused kernels round differently; a window kept by one and not the other (near-tied scores) shows as a
@@ -139,7 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.randn(args.batch, 3, *args.resolution, device=args.device).to(dtype)
     runs = [(p, path) for p in args.sparsity for path in (["dense"] if p == 0 else args.backend)]
     clock = make_clock(args)
-    ms = time_configs(model, x, runs, clock, args.rounds)
+    both = time_configs(model, x, runs, clock, args.rounds)
+    ms = {r: v[0] for r, v in both.items()}
+    fastest = {r: v[1] for r, v in both.items()}
     dense_ms = ms[0.0, "dense"]
     flops: dict[float, float] = {}
     if not args.no_flops:
@@ -150,11 +160,12 @@ def main(argv: list[str] | None = None) -> None:
             flops[p] = count_flops(model, args.resolution, cfg, batch=args.batch).total
     rows, records = [], []
     for p, path in runs:
-        rec = {"sparsity": p, "path": path, "ms": ms[p, path], "x_dense": ms[p, path] / dense_ms}
+        rec = {"sparsity": p, "path": path, "ms": ms[p, path], "x_dense": ms[p, path] / dense_ms,
+               "fastest_ms": fastest[p, path], "fastest_x_dense": fastest[p, path] / fastest[0.0, "dense"]}  # fmt: skip
         if flops:
             rec.update(gflops=flops[p] / 1e9, flops_x_dense=flops[p] / flops[0.0])
         records.append(rec)
-        rows.append([p, path, f"{rec['ms']:.2f}", f"{rec['x_dense']:.3f}",
+        rows.append([p, path, f"{rec['ms']:.2f}", f"{rec['x_dense']:.3f}", f"{rec['fastest_x_dense']:.3f}",
                      f"{rec['gflops']:.1f}" if flops else "",
                      f"{rec['flops_x_dense']:.3f}" if flops else ""])  # fmt: skip
     res = "x".join(map(str, args.resolution))
@@ -162,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# {args.model} backbone, {res}, batch {args.batch}, {args.dtype} on {args.device.type} ({clock_name}, "
           f"median of {args.rounds} interleaved rounds)")  # fmt: skip
     print(f"# machine: {machine_line()}")
-    print(tabulate(rows, headers=["sparsity", "path", "ms", "x dense", "GFLOPs", "FLOPs x dense"], tablefmt="github"))
+    headers = ["sparsity", "path", "ms", "x dense", "x dense (fastest)", "GFLOPs", "FLOPs x dense"]
+    print(tabulate(rows, headers=headers, tablefmt="github"))
     compiled = None
     if args.compile is not None:
         compiled = time_compiled(model, x, args.compile, args, clock)

@@ -66,12 +66,14 @@ def measure_latency(
     device: str = "cpu",
     warmup: int = 3,
     repeats: int = 10,
+    statistic: str = "mean",
 ) -> float:
-    """Milliseconds per forward of `model` on random input (trimmed mean of `repeats` after `warmup`)."""
+    """Milliseconds per forward of `model` on random input, `repeats` after `warmup`: their trimmed mean, or
+    with `statistic` "min" the fastest (as a latency table of fastest samples predicts)."""
     from .latency import make_timer  # noqa: PLC0415
 
     x = torch.randn(batch, 3, *resolution, device=device)
-    timer = make_timer(device)
+    timer = make_timer(device, statistic=statistic)
     with torch.inference_mode():
         return float(timer.measure(lambda: model(x), warmup=warmup, repeats=repeats).ms)
 
@@ -239,7 +241,7 @@ def export_model(
         report.predicted_dense_ms = float(t.dense_latency(resolution))
     if measure:
         say("measuring latency on this machine")
-        _measure(report, model, cfg, dense_cfg, resolution, device)
+        _measure(report, model, cfg, dense_cfg, resolution, device, checked[0].statistic if checked else "mean")
     if data is not None or val_samples is not None:
         say("evaluating accuracy")
         _evaluate(report, model, meta, cfg, dense_cfg, resolution, data, val_samples, device)
@@ -285,13 +287,15 @@ def _measure(
     dense_cfg: SparsityConfig,
     resolution: tuple[int, int],
     device: str,
+    statistic: str = "mean",
 ) -> None:
-    """Measured latency of `cfg` and of the dense config on this machine, batch 1 (the model keeps `cfg`)."""
+    """Measured latency of `cfg` and of the dense config on this machine, batch 1 (the model keeps `cfg`), by
+    the table's `statistic` when a table predicted them."""
     from .latency import device_name  # noqa: PLC0415
 
-    report.measured_ms = measure_latency(model, resolution, device=device)
+    report.measured_ms = measure_latency(model, resolution, device=device, statistic=statistic)
     model.set_config(dense_cfg)
-    report.measured_dense_ms = measure_latency(model, resolution, device=device)
+    report.measured_dense_ms = measure_latency(model, resolution, device=device, statistic=statistic)
     model.set_config(cfg)
     report.measured_on = f"{device_name(device)}, {torch.get_num_threads()} threads, batch 1"
 

@@ -247,18 +247,22 @@ def _uniform_in_space(space: Any, p: float) -> SparsityConfig:
 
 
 def _measure_interleaved(
-    runs: Sequence[tuple[torch.nn.Module, SparsityConfig, tuple[int, int]]], rounds: int, repeats: int
+    runs: Sequence[tuple[torch.nn.Module, SparsityConfig, tuple[int, int]]],
+    rounds: int,
+    repeats: int,
+    statistic: str = "mean",
 ) -> list[float]:
     """Milliseconds per forward of each (model, config, input size), timed in `rounds` rounds over all of
-    them (so load from other processes hits every row alike); the median round of each."""
+    them (so load from other processes hits every row alike); per row the median round, or with `statistic`
+    "min" (a table of fastest samples) the fastest sample of all rounds."""
     from .export import measure_latency  # noqa: PLC0415
 
     times: list[list[float]] = [[] for _ in runs]
     for _ in range(max(1, rounds)):
         for i, (model, cfg, res) in enumerate(runs):
             model.set_config(cfg)  # type: ignore[operator]
-            times[i].append(measure_latency(model, res, warmup=2, repeats=repeats))
-    return [float(statistics.median(t)) for t in times]
+            times[i].append(measure_latency(model, res, warmup=2, repeats=repeats, statistic=statistic))
+    return [float(min(t) if statistic == "min" else statistics.median(t)) for t in times]
 
 
 def _profiled_resolutions(
@@ -498,7 +502,7 @@ class _Demo:
         threads = torch.get_num_threads()
         torch.set_num_threads(o.latency_threads)  # timed as the table was profiled
         try:
-            measured = _measure_interleaved(runs, o.measure_rounds, 5 if o.quick else 10)
+            measured = _measure_interleaved(runs, o.measure_rounds, 5 if o.quick else 10, table.statistic)
         finally:
             torch.set_num_threads(threads)
         rows = []

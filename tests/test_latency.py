@@ -31,7 +31,7 @@ from sparsesearch.latency import (
     write_report,
 )
 from sparsesearch.latency.env import slugify
-from sparsesearch.latency.measure import combine_rounds, summarize
+from sparsesearch.latency.measure import combine_rounds, summarize, time_parts
 from sparsesearch.latency.profile import PartialProfileWarning
 from sparsesearch.latency.structure import kinds_and_counts, space_hash, sparsity_for_count
 from sparsesearch.ops import keep_count
@@ -154,6 +154,65 @@ def test_trimmed_mean_and_combined_rounds():
     assert both.rounds == (3.0, 2.0, 4.0)
     again = Stat.from_dict(both.to_dict())  # figures are stored to 1 ns
     assert again.rounds == both.rounds and again.spread == pytest.approx(both.spread, abs=1e-6)
+
+
+def test_fastest_sample_statistic():
+    """statistic "min": the figure is the fastest sample, per round and over rounds; the rest is as for "mean"."""
+    samples = [5.0, 1.5, 2.0, 3.0, 4.0, 100.0, 2.5, 3.5, 2.0, 3.0]
+    mean, fastest = summarize(samples, trim=0.2), summarize(samples, trim=0.2, statistic="min")
+    assert fastest.ms == 1.5 and mean.ms > 2.0
+    assert (fastest.spread, fastest.median, fastest.min, fastest.n) == (mean.spread, mean.median, mean.min, mean.n)
+    rounds = [Stat(3.0, 0.3, 3.1, 3.0, 5), Stat(2.0, 0.4, 2.2, 2.0, 5), Stat(4.0, 0.0, 4.1, 4.0, 5)]
+    both = combine_rounds(rounds, "min")
+    assert both.ms == 2.0 and both.rounds == (3.0, 2.0, 4.0) and combine_rounds(rounds).ms == 3.0
+    with pytest.raises(LatencyTableError, match="statistic must be one of mean, min"):
+        summarize(samples, statistic="median")
+    with pytest.raises(LatencyTableError, match="statistic must be one of"):
+        CpuTimer(statistic="p10")
+
+
+def test_timers_and_parts_report_the_fastest_sample(monkeypatch):
+    """A CpuTimer and `time_parts` with statistic "min" on a fake clock: the figure is the fastest call."""
+    durations = iter([3_000_000, 1_000_000, 2_000_000] * 10)
+    wall = [0]
+
+    def fn():
+        wall[0] += next(durations)
+
+    monkeypatch.setattr("sparsesearch.latency.measure.time.perf_counter_ns", lambda: wall[0])
+    monkeypatch.setattr("sparsesearch.latency.measure.time.thread_time_ns", lambda: wall[0])
+    assert CpuTimer(statistic="min").measure(fn, warmup=0, repeats=3).ms == pytest.approx(1.0)
+    assert CpuTimer().measure(fn, warmup=0, repeats=3).ms == pytest.approx(2.0)
+
+    part = torch.nn.Identity()
+    times = iter([5, 9, 7, 8, 6, 4] * 4)
+
+    def run():
+        part(None)
+
+    def post(module, args, output):
+        wall[0] += next(times) * 1_000_000
+
+    part.register_forward_hook(post)
+    out = time_parts(run, [("p", part)], warmup=0, repeats=3, statistic="min")
+    assert out["p"].ms == pytest.approx(5.0) and out["plain"].ms == pytest.approx(4.0)
+    assert out["p"].median == pytest.approx(7.0)
+
+
+def test_profile_statistic_default_and_record(tmp_path, monkeypatch):
+    """CPU tables hold fastest samples by default and say so; a table without the field reads as "mean"; the
+    check and the validation time with the table's statistic."""
+    space = ss.SearchSpace.load(DEMO)
+    assert ss.latency.default_statistic("cpu") == "min" and ss.latency.default_statistic("cuda") == "mean"
+    table = _fake_table(space, tmp_path, monkeypatch, resolutions=((64, 64),))
+    assert table.meta["statistic"] == "min" and table.statistic == "min" and "fastest" in table.meta["statistic_note"]
+    assert ss.latency.check_timer(table).statistic == "min"
+    old = dict(table.to_dict())
+    old["meta"] = {**old["meta"], "statistic": "per round, the mean of the middle 60% of samples"}
+    assert LatencyTable.from_dict(old).statistic == "mean"
+    assert Profiler(space, ProfileSettings(**{**FAST, "statistic": "mean"})).statistic == "mean"
+    with pytest.raises(LatencyTableError, match="--statistic must be one of mean, min"):
+        ProfileSettings(statistic="p90").validate()
 
 
 def test_cpu_timer_rejects_preempted_samples(monkeypatch):

@@ -127,6 +127,13 @@ class ProfileCommand(Command):
             "(CPU, --threads 1: ignores other processes' time slices)",
         )
         parser.add_argument(
+            "--statistic",
+            default=None,
+            choices=["mean", "min"],
+            help="an entry's figure: min = fastest sample (default on CPU: steady on a shared machine), "
+            "mean = trimmed mean of each round, averaged over rounds (default on CUDA)",
+        )
+        parser.add_argument(
             "--default-malloc",
             action="store_true",
             help="leave glibc's allocator as it is (default: keep freed memory in the heap, see tune_malloc)",
@@ -154,6 +161,7 @@ class ProfileCommand(Command):
             calibration=args.calibration,
             flush_mb=args.flush_mb,
             clock=args.clock,
+            statistic=args.statistic,
             malloc=not args.default_malloc,
             quiet=args.wait_quiet,
             max_load=args.max_load,

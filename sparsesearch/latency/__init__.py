@@ -1,9 +1,21 @@
 """Latency lookup tables: profile the parts of a search space's model on this machine, predict the latency of
 any config as the sum of its parts, and validate predictions against end-to-end measurements."""
 
-from .check import TableCheck, TableSpeedError, check_table, ensure_table_speed, reprofile_command
+from .check import TableCheck, TableSpeedError, check_table, check_timer, ensure_table_speed, reprofile_command
 from .env import device_name, device_slug, environment, fingerprint, machine_slug
-from .measure import CpuTimer, CudaTimer, Stat, Timer, combine_rounds, make_timer, summarize, time_parts, tune_malloc
+from .measure import (
+    STATISTICS,
+    CpuTimer,
+    CudaTimer,
+    Stat,
+    Timer,
+    combine_rounds,
+    default_statistic,
+    make_timer,
+    summarize,
+    time_parts,
+    tune_malloc,
+)
 from .profile import (
     CalibrationWarning,
     Entry,
@@ -39,6 +51,8 @@ __all__ = [
     "CpuTimer",
     "CudaTimer",
     "make_timer",
+    "STATISTICS",
+    "default_statistic",
     "summarize",
     "combine_rounds",
     "time_parts",
@@ -52,6 +66,7 @@ __all__ = [
     "TableCheck",
     "TableSpeedError",
     "check_table",
+    "check_timer",
     "ensure_table_speed",
     "reprofile_command",
 ]

@@ -167,15 +167,15 @@ def check_genomes(table: LatencyTable, n_random: int = 4, seed: int = 0) -> list
 
 
 def check_timer(table: LatencyTable) -> Timer:
-    """The timer the check uses by default: the table's clock and trim, no cache flush (whole forwards); on CPU
+    """The timer the check uses by default: the table's clock, trim and statistic, no cache flush; on CPU
     a preempted sample is re-run at most twice per repeat (the profiler allows 20), so that a busy machine
     cannot stretch the check much beyond its time budget."""
     meta = table.meta
     dev = torch.device(meta["device_type"])
     trim, clock = float(meta.get("trim", 0.2)), meta.get("clock", "wall")
     if dev.type == "cpu":
-        return CpuTimer(trim, 0, max_rejects_per_repeat=2, clock=clock)
-    return make_timer(dev, trim, clock=clock)
+        return CpuTimer(trim, 0, max_rejects_per_repeat=2, clock=clock, statistic=table.statistic)
+    return make_timer(dev, trim, clock=clock, statistic=table.statistic)
 
 
 def _plan(predicted_ms: np.ndarray, budget_s: float, rounds: int | None, repeats: int | None) -> tuple[int, int]:
@@ -204,8 +204,8 @@ def check_table(
 
     The model is the table's (head, classes, dtype, batch, random weights) run at the table's thread count,
     clock and allocator setting; one untimed pass warms it up, then `rounds` passes time every config
-    `repeats` times each, interleaved. A config's figure is the median of its rounds; the factor is the median
-    over configs of measured / predicted.
+    `repeats` times each, interleaved. A config's figure is the median of its rounds (the smallest, for a table
+    of fastest samples); the factor is the median over configs of measured / predicted.
 
     Args:
         budget_s: about how long the timing may take; sets rounds and repeats when they are not given.
@@ -244,9 +244,10 @@ def check_table(
             if r >= 1 and time.perf_counter() - timing > 1.5 * budget_s:  # a slow machine: fewer rounds
                 rounds = r + 1
                 break
+    combine = np.min if table.statistic == "min" else np.median
+    figures = [float(combine(s)) for s in samples]
     rows = []
-    for (label, genome, profile_ms), p, s in zip(configs, predicted, samples):
-        m = float(np.median(s))
+    for (label, genome, profile_ms), p, m in zip(configs, predicted, figures):
         rows.append(
             {
                 "label": label,
@@ -257,7 +258,7 @@ def check_table(
                 **({"profile_ms": profile_ms} if profile_ms else {}),
             }
         )
-    factor = float(np.median([m / float(p) for p, m in zip(predicted, (np.median(s) for s in samples))]))
+    factor = float(np.median([m / float(p) for p, m in zip(predicted, figures)]))
     return TableCheck(
         table.source,
         factor,

@@ -1,4 +1,5 @@
-"""Timers: warm-up, repeats, a trimmed mean and its spread; CUDA events on GPU, perf_counter on CPU."""
+"""Timers: warm-up, repeats, a figure (trimmed mean or fastest sample) and its spread; CUDA events on GPU,
+perf_counter on CPU."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from ..errors import LatencyTableError
 
 __all__ = [
     "Stat",
+    "STATISTICS",
+    "default_statistic",
     "summarize",
     "combine_rounds",
     "time_parts",
@@ -36,6 +39,23 @@ __all__ = [
 DEFAULT_TRIM = 0.2
 #: What a CPU sample measures: elapsed time, or the CPU time of the calling thread (one torch thread only).
 CLOCKS = ("wall", "thread")
+#: What an entry's figure (`Stat.ms`) is. "mean": per round the trimmed mean, per entry the mean of its rounds.
+#: "min": the fastest sample of all rounds. On a shared VM the CPU's speed drifts by +-15% within seconds with the
+#: measuring thread on the CPU all along (its CPU time drifts as much as the wall time: contention for caches and
+#: memory, not preemption); the fastest sample is the speed the code runs at when nothing interferes, and it
+#: reproduced configs' latencies 2-3x more tightly than the mean (benchmarks/RESULTS.md, issue 14).
+STATISTICS = ("mean", "min")
+
+
+def default_statistic(device: torch.device | str) -> str:
+    """ "min" on CPU (shared machines drift, see `STATISTICS`), "mean" on CUDA (events are steady)."""
+    return "mean" if torch.device(device).type == "cuda" else "min"
+
+
+def _check_statistic(statistic: str) -> str:
+    if statistic not in STATISTICS:
+        raise LatencyTableError(f"statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
+    return statistic
 
 
 @dataclass(frozen=True)
@@ -43,13 +63,13 @@ class Stat:
     """Summary of repeated timings, in milliseconds.
 
     Attributes:
-        ms: trimmed mean (the figure predictions use).
+        ms: the figure predictions use: the trimmed mean, or the fastest sample (see `STATISTICS`).
         spread: standard deviation of the samples that survived trimming.
         median: median of all samples.
         min: fastest sample.
         n: number of samples (repeats).
         rejected: samples thrown away and re-run because another process took the CPU during them.
-        rounds: for an entry timed in several rounds, the trimmed mean of each round (see `combine_rounds`).
+        rounds: for an entry timed in several rounds, the figure of each round (see `combine_rounds`).
     """
 
     ms: float
@@ -90,8 +110,12 @@ class Stat:
         return stat
 
 
-def summarize(samples_ms: Sequence[float], trim: float = DEFAULT_TRIM, rejected: int = 0) -> Stat:
-    """Trimmed mean (drop floor(n * trim) samples at each end) and the spread of what is left."""
+def summarize(
+    samples_ms: Sequence[float], trim: float = DEFAULT_TRIM, rejected: int = 0, statistic: str = "mean"
+) -> Stat:
+    """The figure (`statistic` "mean": the trimmed mean, dropping floor(n * trim) samples at each end; "min": the
+    fastest sample) and the spread of the samples the trim keeps."""
+    _check_statistic(statistic)
     x = np.sort(np.asarray(samples_ms, dtype=np.float64))
     if x.size == 0:
         raise LatencyTableError("no timing samples: use at least one repeat")
@@ -100,28 +124,30 @@ def summarize(samples_ms: Sequence[float], trim: float = DEFAULT_TRIM, rejected:
     cut = int(x.size * trim)
     kept = x[cut : x.size - cut] if x.size - 2 * cut > 0 else x
     spread = float(kept.std(ddof=1)) if kept.size > 1 else 0.0
-    return Stat(float(kept.mean()), spread, float(np.median(x)), float(x[0]), int(x.size), int(rejected))
+    figure = float(kept.mean()) if statistic == "mean" else float(x[0])
+    return Stat(figure, spread, float(np.median(x)), float(x[0]), int(x.size), int(rejected))
 
 
 Setup = Callable[[], Any] | None
 
 
-def combine_rounds(stats: Sequence[Stat]) -> Stat:
-    """Combine the rounds of one entry: the mean of the rounds' trimmed means, the spread of all samples
-    (within-round variance plus the variance of the round means), the counts of all rounds, and every round's
-    trimmed mean in `rounds`.
+def combine_rounds(stats: Sequence[Stat], statistic: str = "mean") -> Stat:
+    """Combine the rounds of one entry: the figure (`statistic` "mean": the mean of the rounds' figures; "min":
+    the smallest), the spread of all samples (within-round variance plus the variance of the round figures),
+    the counts of all rounds, and every round's figure in `rounds`.
 
     The rounds of an entry are spread over the whole run, so that a slow phase of a shared machine weighs on
-    every entry alike instead of on a few. (Measured on a shared 2-core machine, averaging the rounds
-    reproduced per-config latencies across sessions about 1.5x more tightly than keeping the quietest round.)
+    every entry alike instead of on a few (for "mean"), or so that every entry gets several chances at a quiet
+    moment (for "min").
     """
+    _check_statistic(statistic)
     if not stats:
         raise LatencyTableError("no rounds to combine")
     means = np.array([s.ms for s in stats])
     within = float(np.mean([s.spread**2 for s in stats]))
     between = float(means.var(ddof=1)) if len(stats) > 1 else 0.0
     return Stat(
-        float(means.mean()),
+        float(means.mean() if statistic == "mean" else means.min()),
         float(np.sqrt(within + between)),
         float(np.median([s.median for s in stats])),
         min(s.min for s in stats),
@@ -139,8 +165,9 @@ class Timer:
     with its weights cold and its input freshly written by the previous part.
     """
 
-    def __init__(self, trim: float = DEFAULT_TRIM, flush_bytes: int = 0) -> None:
+    def __init__(self, trim: float = DEFAULT_TRIM, flush_bytes: int = 0, statistic: str = "mean") -> None:
         self.trim = trim
+        self.statistic = _check_statistic(statistic)
         self.flush_bytes = int(flush_bytes)
         self._buffer: torch.Tensor | None = None
         self.last_rejected = 0
@@ -158,7 +185,7 @@ class Timer:
         if repeats < 1 or warmup < 0:
             raise LatencyTableError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats} warmup={warmup}")
         samples = self.samples(fn, warmup, repeats, setup)
-        return summarize(samples, self.trim, self.last_rejected)
+        return summarize(samples, self.trim, self.last_rejected, self.statistic)
 
     def measure_parts(
         self, run: Callable[[], Any], parts: Sequence[tuple[str, torch.nn.Module]], warmup: int, repeats: int
@@ -187,8 +214,9 @@ class CpuTimer(Timer):
         min_cpu_fraction: float = 0.95,
         max_rejects_per_repeat: int = 20,
         clock: str = "wall",
+        statistic: str = "mean",
     ) -> None:
-        super().__init__(trim, flush_bytes)
+        super().__init__(trim, flush_bytes, statistic)
         if clock not in CLOCKS:
             raise LatencyTableError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
         self.min_cpu_fraction = min_cpu_fraction
@@ -208,6 +236,7 @@ class CpuTimer(Timer):
             self.trim,
             self.min_cpu_fraction,
             self.max_rejects_per_repeat,
+            self.statistic,
         )
 
     def flush(self) -> None:
@@ -254,14 +283,20 @@ class CudaTimer(Timer):
     The queue is drained before the first timed call so that warm-up work is not counted.
     """
 
-    def __init__(self, device: torch.device | str = "cuda", trim: float = DEFAULT_TRIM, flush_bytes: int = 0) -> None:
-        super().__init__(trim, flush_bytes)
+    def __init__(
+        self,
+        device: torch.device | str = "cuda",
+        trim: float = DEFAULT_TRIM,
+        flush_bytes: int = 0,
+        statistic: str = "mean",
+    ) -> None:
+        super().__init__(trim, flush_bytes, statistic)
         self.device = torch.device(device)
 
     def measure_parts(
         self, run: Callable[[], Any], parts: Sequence[tuple[str, torch.nn.Module]], warmup: int, repeats: int
     ) -> dict[str, Stat]:
-        return time_parts(run, parts, warmup, repeats, self.device, "wall", self.trim)
+        return time_parts(run, parts, warmup, repeats, self.device, "wall", self.trim, statistic=self.statistic)
 
     def flush(self) -> None:
         if self.flush_bytes <= 0:
@@ -301,6 +336,7 @@ def time_parts(
     trim: float = DEFAULT_TRIM,
     min_cpu_fraction: float = 0.95,
     max_rejects_per_repeat: int = 20,
+    statistic: str = "mean",
 ) -> dict[str, Stat]:
     """Time a whole forward `run` and, with forward hooks, each module of `parts` inside it; then, the hooks
     removed, the same forward `repeats` times more.
@@ -342,8 +378,9 @@ def time_parts(
     def ms(value: Any) -> float:
         return float(value[0].elapsed_time(value[1])) if cuda else value / 1e6
 
-    out = {name: summarize([ms(r[name]) for r in rows], trim, rejected) for name in ["total", *names]}
-    out["plain"] = _plain_forwards(run, repeats, dev, now, check, budget, min_cpu_fraction, trim)
+    out = {name: summarize([ms(r[name]) for r in rows], trim, rejected, statistic) for name in ["total", *names]}
+    plain = _plain_forwards(run, repeats, dev, now, check, budget, min_cpu_fraction)
+    out["plain"] = summarize(plain[0], trim, plain[1], statistic)
     return out
 
 
@@ -441,9 +478,9 @@ def _plain_forwards(
     check: bool,
     budget: int,
     min_cpu_fraction: float,
-    trim: float,
-) -> Stat:
-    """`repeats` whole forwards without hooks, timed as in `time_parts` (preempted CPU samples re-run)."""
+) -> tuple[list[float], int]:
+    """`repeats` whole forwards without hooks, timed as in `time_parts` (preempted CPU samples re-run): the
+    samples in ms and the number of forwards re-run."""
     if dev.type == "cuda":
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
         for start, end in events:
@@ -451,7 +488,7 @@ def _plain_forwards(
             run()
             end.record()
         torch.cuda.synchronize(dev)
-        return summarize([float(s.elapsed_time(e)) for s, e in events], trim)
+        return [float(s.elapsed_time(e)) for s, e in events], 0
     samples: list[float] = []
     rejected = 0
     while len(samples) < repeats:
@@ -460,7 +497,7 @@ def _plain_forwards(
             rejected += 1
             continue
         samples.append(elapsed / 1e6)
-    return summarize(samples, trim, rejected)
+    return samples, rejected
 
 
 def _cache_size(level: int) -> int | None:
@@ -502,15 +539,19 @@ def default_flush_bytes(device: torch.device | str) -> int:
 
 
 def make_timer(
-    device: torch.device | str, trim: float = DEFAULT_TRIM, flush_bytes: int = 0, clock: str = "wall"
+    device: torch.device | str,
+    trim: float = DEFAULT_TRIM,
+    flush_bytes: int = 0,
+    clock: str = "wall",
+    statistic: str = "mean",
 ) -> Timer:
     """CudaTimer for a CUDA device (wall clock only), CpuTimer otherwise."""
     dev = torch.device(device)
     if dev.type == "cuda":
         if clock != "wall":
             raise LatencyTableError("CUDA latencies are timed with CUDA events: use the wall clock")
-        return CudaTimer(dev, trim, flush_bytes)
-    return CpuTimer(trim, flush_bytes, clock=clock)
+        return CudaTimer(dev, trim, flush_bytes, statistic)
+    return CpuTimer(trim, flush_bytes, clock=clock, statistic=statistic)
 
 
 class LoadMonitor:

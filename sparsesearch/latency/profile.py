@@ -52,12 +52,14 @@ from .env import DTYPES, device_type, environment, machine_slug, parse_dtype
 from .measure import (
     CLOCKS,
     DEFAULT_TRIM,
+    STATISTICS,
     LoadMonitor,
     Stat,
     Timer,
     combine_rounds,
     default_flush_bytes,
     default_max_load,
+    default_statistic,
     make_timer,
     num_threads,
     tune_malloc,
@@ -111,8 +113,10 @@ class ProfileSettings:
         resolutions: input sizes (H, W); None: the space's own.
         threads: torch.set_num_threads during measurement; None: torch's default (recorded either way).
         warmup, repeats: untimed and timed calls per entry and round.
-        rounds: passes over all entries; an entry's figure is the mean of its rounds (`combine_rounds`).
-        trim: fraction of samples dropped at each end before averaging.
+        rounds: passes over all entries; an entry's figure combines its rounds (`combine_rounds`).
+        trim: fraction of samples dropped at each end before averaging (statistic "mean").
+        statistic: an entry's figure, "mean" (trimmed mean per round, mean of the rounds) or "min" (fastest
+            sample); None: `default_statistic` of the device ("min" on CPU, "mean" on CUDA), see `STATISTICS`.
         head: the model's head ('cls', 'seg' or 'none'), with num_classes outputs.
         max_k_points: above this many distinct pruned counts per block kind, measure a grid and interpolate.
         calibration: number of whole-model configs timed to fit the back-to-back correction (0: none).
@@ -138,6 +142,7 @@ class ProfileSettings:
     repeats: int = 10
     rounds: int = 3
     trim: float = DEFAULT_TRIM
+    statistic: str | None = None
     head: str = "cls"
     num_classes: int = 1000
     max_k_points: int = 24
@@ -169,6 +174,8 @@ class ProfileSettings:
             raise LatencyTableError(f"max_k_points must be at least 2, got {self.max_k_points}")
         if self.calibration < 0:
             raise LatencyTableError(f"calibration must be >= 0, got {self.calibration}")
+        if self.statistic is not None and self.statistic not in STATISTICS:
+            raise LatencyTableError(f"--statistic must be one of {', '.join(STATISTICS)}, got {self.statistic!r}")
         if self.clock not in CLOCKS:
             raise LatencyTableError(f"--clock must be one of {', '.join(CLOCKS)}, got {self.clock!r}")
         if self.clock == "thread" and (torch.device(self.device).type != "cpu" or self.threads != 1):
@@ -232,8 +239,13 @@ class Profiler:
         self.flush_bytes = (
             default_flush_bytes(self.device) if settings.flush_mb is None else int(settings.flush_mb * 2**20)
         )
-        self.timer = timer or make_timer(self.device, settings.trim, self.flush_bytes, settings.clock)
-        self._plain_timer = make_timer(self.device, settings.trim, clock=settings.clock) if timer is None else timer
+        self.statistic = settings.statistic or default_statistic(self.device)
+        self.timer = timer or make_timer(self.device, settings.trim, self.flush_bytes, settings.clock, self.statistic)
+        self._plain_timer = (
+            make_timer(self.device, settings.trim, clock=settings.clock, statistic=self.statistic)
+            if timer is None
+            else timer
+        )
         self.environment = environment(self.device)
         self.monitor = LoadMonitor()
         self.malloc: str | None = None
@@ -501,7 +513,7 @@ class Profiler:
                     if on_entry is not None:
                         on_entry(entry, stat, count, total)
             threads = torch.get_num_threads()
-        combined = {k: combine_rounds(v) for k, v in done.items()}
+        combined = {k: combine_rounds(v, self.statistic) for k, v in done.items()}
         table = self.build_table(entries, combined, threads, time.time() - started)
         table = LatencyTable.from_dict(json.loads(json.dumps(table.to_dict())), str(out))  # exactly what is saved
         table.save(out)
@@ -666,9 +678,12 @@ class Profiler:
             "warmup": s.warmup,
             "repeats": s.repeats,
             "rounds": s.rounds,
-            "statistic": (
+            "statistic": self.statistic,
+            "statistic_note": (
                 f"per round, the mean of the middle {100 - 200 * s.trim:g}% of samples (trim {s.trim:g} each side); "
                 "per entry, the mean of its rounds"
+                if self.statistic == "mean"
+                else "the fastest sample of all rounds (the speed when nothing else interferes)"
             ),
             "trim": s.trim,
             "timer": (

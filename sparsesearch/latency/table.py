@@ -354,6 +354,12 @@ class LatencyTable:
     def resolutions(self) -> tuple[tuple[int, int], ...]:
         return tuple(t.resolution for t in self._tables)
 
+    @property
+    def statistic(self) -> str:
+        """What the table's figures are: "min" (fastest samples) or "mean" (trimmed means; also every table
+        written before the choice existed). Whoever times the machine against the table uses the same."""
+        return "min" if self.meta.get("statistic") == "min" else "mean"
+
     def resolution_table(self, resolution: Any = None) -> ResolutionTable:
         """The entries measured at `resolution` (default: the first one)."""
         if resolution is None:

@@ -253,7 +253,7 @@ def validate(
 
     Args:
         warmup, repeats, rounds: per config and round, and passes over all configs (default: the table's).
-            Each config's figure is the mean of its rounds, the rule the profiler applies to its entries.
+            Each config's figure combines its rounds by the table's statistic, as the profiler did its entries.
         allow_foreign: skip `table.check_compatible` (measure on this machine anyway).
         quiet, max_load, max_wait_s: wait for a quiet machine before each config, as `ProfileSettings`.
         drift_check: also time the profile's calibration configs again (not part of the figures) to tell how
@@ -272,7 +272,9 @@ def validate(
     rounds = int(meta.get("rounds", 1)) if rounds is None else rounds
     if repeats < 1 or warmup < 0 or rounds < 1:
         raise LatencyTableError(f"need repeats >= 1, warmup >= 0, rounds >= 1; got {repeats}, {warmup}, {rounds}")
-    timer = timer or make_timer(device, float(meta.get("trim", 0.2)), clock=meta.get("clock", "wall"))
+    timer = timer or make_timer(
+        device, float(meta.get("trim", 0.2)), clock=meta.get("clock", "wall"), statistic=table.statistic
+    )
     genomes = validation_genomes(table, n, seed)
     n_rows = len(genomes)
     checks = _calibration_checks(table) if drift_check else []
@@ -287,7 +289,7 @@ def validate(
     with num_threads(threads), torch.inference_mode():
         stats = timed.run([g for _, g in genomes], rounds, monitor, limit, max_wait_s, on_config)
     rows = [
-        ValidationRow(label, [int(v) for v in genome], float(p), combine_rounds(st))
+        ValidationRow(label, [int(v) for v in genome], float(p), combine_rounds(st, table.statistic))
         for (label, genome), p, st in zip(genomes, predicted, stats)
     ]
     drift = [
