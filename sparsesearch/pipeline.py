@@ -103,7 +103,7 @@ class DemoOptions:
     test_samples: int = 96  # the final table's accuracy (test split, never seen by the search)
     measure_rounds: int = 5  # interleaved rounds of the final table's timing
     profile_repeats: int = 5
-    profile_rounds: int = 2
+    profile_rounds: int = 3
     threads: int | None = None  # training and evaluation
     # the latency table and the final table's timing: one thread, as `sparsesearch profile` uses on a shared
     # CPU (a batch-1 forward of a small model gains little from a second thread, and its timing is steadier)

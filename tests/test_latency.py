@@ -200,17 +200,16 @@ def test_timers_and_parts_report_the_fastest_sample(monkeypatch):
 
 
 def test_profile_statistic_default_and_record(tmp_path, monkeypatch):
-    """CPU tables hold fastest samples by default and say so; a table without the field reads as "mean"; the
-    check and the validation time with the table's statistic."""
+    """Tables hold trimmed means by default, fastest samples on request, and say which; a table without the
+    field reads as "mean"; the check times with the table's statistic."""
     space = ss.SearchSpace.load(DEMO)
-    assert ss.latency.default_statistic("cpu") == "min" and ss.latency.default_statistic("cuda") == "mean"
-    table = _fake_table(space, tmp_path, monkeypatch, resolutions=((64, 64),))
+    assert Profiler(space, ProfileSettings(**FAST)).statistic == "mean"
+    table = _fake_table(space, tmp_path, monkeypatch, resolutions=((64, 64),), statistic="min")
     assert table.meta["statistic"] == "min" and table.statistic == "min" and "fastest" in table.meta["statistic_note"]
     assert ss.latency.check_timer(table).statistic == "min"
     old = dict(table.to_dict())
     old["meta"] = {**old["meta"], "statistic": "per round, the mean of the middle 60% of samples"}
     assert LatencyTable.from_dict(old).statistic == "mean"
-    assert Profiler(space, ProfileSettings(**{**FAST, "statistic": "mean"})).statistic == "mean"
     with pytest.raises(LatencyTableError, match="--statistic must be one of mean, min"):
         ProfileSettings(statistic="p90").validate()
 

@@ -128,10 +128,10 @@ class ProfileCommand(Command):
         )
         parser.add_argument(
             "--statistic",
-            default=None,
+            default="mean",
             choices=["mean", "min"],
-            help="an entry's figure: min = fastest sample (default on CPU: steady on a shared machine), "
-            "mean = trimmed mean of each round, averaged over rounds (default on CUDA)",
+            help="an entry's figure: mean = trimmed mean of each round, averaged over the rounds (default); "
+            "min = the fastest sample of all rounds",
         )
         parser.add_argument(
             "--default-malloc",

@@ -20,7 +20,6 @@ from ..errors import LatencyTableError
 __all__ = [
     "Stat",
     "STATISTICS",
-    "default_statistic",
     "summarize",
     "combine_rounds",
     "time_parts",
@@ -39,17 +38,12 @@ __all__ = [
 DEFAULT_TRIM = 0.2
 #: What a CPU sample measures: elapsed time, or the CPU time of the calling thread (one torch thread only).
 CLOCKS = ("wall", "thread")
-#: What an entry's figure (`Stat.ms`) is. "mean": per round the trimmed mean, per entry the mean of its rounds.
-#: "min": the fastest sample of all rounds. On a shared VM the CPU's speed drifts by +-15% within seconds with the
-#: measuring thread on the CPU all along (its CPU time drifts as much as the wall time: contention for caches and
-#: memory, not preemption); the fastest sample is the speed the code runs at when nothing interferes, and it
-#: reproduced configs' latencies 2-3x more tightly than the mean (benchmarks/RESULTS.md, issue 14).
+#: What an entry's figure (`Stat.ms`) is. "mean" (the default): per round the trimmed mean, per entry the mean of
+#: its rounds. "min": the fastest sample of all rounds, the speed the code runs at when nothing interferes. On a
+#: quiet moment of a shared 2-core VM the fastest sample reproduced 2-3x more tightly than the mean, but tables of
+#: fastest samples validated worse than tables of means (benchmarks/RESULTS.md, issue 14): a part's fastest of a
+#: few samples is itself noisy, and the parts' fastest samples do not add up to a forward's.
 STATISTICS = ("mean", "min")
-
-
-def default_statistic(device: torch.device | str) -> str:
-    """ "min" on CPU (shared machines drift, see `STATISTICS`), "mean" on CUDA (events are steady)."""
-    return "mean" if torch.device(device).type == "cuda" else "min"
 
 
 def _check_statistic(statistic: str) -> str:

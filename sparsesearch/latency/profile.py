@@ -59,7 +59,6 @@ from .measure import (
     combine_rounds,
     default_flush_bytes,
     default_max_load,
-    default_statistic,
     make_timer,
     num_threads,
     tune_malloc,
@@ -116,7 +115,7 @@ class ProfileSettings:
         rounds: passes over all entries; an entry's figure combines its rounds (`combine_rounds`).
         trim: fraction of samples dropped at each end before averaging (statistic "mean").
         statistic: an entry's figure, "mean" (trimmed mean per round, mean of the rounds) or "min" (fastest
-            sample); None: `default_statistic` of the device ("min" on CPU, "mean" on CUDA), see `STATISTICS`.
+            sample of all rounds), see `STATISTICS`.
         head: the model's head ('cls', 'seg' or 'none'), with num_classes outputs.
         max_k_points: above this many distinct pruned counts per block kind, measure a grid and interpolate.
         calibration: number of whole-model configs timed to fit the back-to-back correction (0: none).
@@ -142,7 +141,7 @@ class ProfileSettings:
     repeats: int = 10
     rounds: int = 3
     trim: float = DEFAULT_TRIM
-    statistic: str | None = None
+    statistic: str = "mean"
     head: str = "cls"
     num_classes: int = 1000
     max_k_points: int = 24
@@ -174,7 +173,7 @@ class ProfileSettings:
             raise LatencyTableError(f"max_k_points must be at least 2, got {self.max_k_points}")
         if self.calibration < 0:
             raise LatencyTableError(f"calibration must be >= 0, got {self.calibration}")
-        if self.statistic is not None and self.statistic not in STATISTICS:
+        if self.statistic not in STATISTICS:
             raise LatencyTableError(f"--statistic must be one of {', '.join(STATISTICS)}, got {self.statistic!r}")
         if self.clock not in CLOCKS:
             raise LatencyTableError(f"--clock must be one of {', '.join(CLOCKS)}, got {self.clock!r}")
@@ -239,7 +238,7 @@ class Profiler:
         self.flush_bytes = (
             default_flush_bytes(self.device) if settings.flush_mb is None else int(settings.flush_mb * 2**20)
         )
-        self.statistic = settings.statistic or default_statistic(self.device)
+        self.statistic = settings.statistic
         self.timer = timer or make_timer(self.device, settings.trim, self.flush_bytes, settings.clock, self.statistic)
         self._plain_timer = (
             make_timer(self.device, settings.trim, clock=settings.clock, statistic=self.statistic)

@@ -70,6 +70,9 @@ class ValidationRow:
             "predicted_ms": round(self.predicted, 5),
             "measured_ms": round(self.measured.ms, 5),
             "measured_spread_ms": round(self.measured.spread, 5),
+            "measured_median_ms": round(self.measured.median, 5),
+            "measured_fastest_ms": round(self.measured.min, 5),
+            "measured_rounds_ms": [round(v, 5) for v in self.measured.rounds],
             "rejected_samples": self.measured.rejected,
             "error_pct": round(100 * self.error, 3),
         }
