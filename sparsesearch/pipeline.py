@@ -11,6 +11,7 @@ table's prediction; :func:`verdict` says in two lines whether the demo's claims 
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import statistics
@@ -88,7 +89,7 @@ class DemoOptions:
     out: str = "runs/demo"
     space: str = "search_spaces/demo.yaml"
     # dense scenes (most windows hold part of an object): pruning costs accuracy until the supernet adapts
-    data: str = "synthetic:384:objects=6-12,coverage=0.4-0.6"
+    data: str = "synthetic:384:objects=12-24,coverage=0.4-0.6"
     resolutions: tuple[int, ...] | None = None  # profiled sides (square); None: see _profiled_resolutions
     pretrain_steps: int = 120  # dense training from random init: the "pretrained checkpoint" of the demo
     pretrain_lr: float = 2e-3
@@ -252,17 +253,28 @@ def _measure_interleaved(
     repeats: int,
     statistic: str = "mean",
 ) -> list[float]:
-    """Milliseconds per forward of each (model, config, input size), timed in `rounds` rounds over all of
-    them (so load from other processes hits every row alike); per row the median round, or with `statistic`
-    "min" (a table of fastest samples) the fastest sample of all rounds."""
-    from .export import measure_latency  # noqa: PLC0415
+    """Milliseconds per forward of each (model, config, input size) on CPU, batch 1. After two untimed forwards
+    of each, every pass times each row once, in turn (rows interleaved forward by forward, so the machine's
+    drift over seconds hits every row alike); a round is `repeats` passes. Per row: the median of its rounds'
+    trimmed means, or with `statistic` "min" (a table of fastest samples) its fastest sample."""
+    from .latency import make_timer, summarize  # noqa: PLC0415
 
-    times: list[list[float]] = [[] for _ in runs]
-    for _ in range(max(1, rounds)):
-        for i, (model, cfg, res) in enumerate(runs):
+    timer = make_timer("cpu", statistic=statistic)
+    calls = [functools.partial(model, torch.randn(1, 3, *res)) for model, _, res in runs]
+    figures: list[list[float]] = [[] for _ in runs]
+    with torch.inference_mode():
+        for (model, cfg, _), call in zip(runs, calls):
             model.set_config(cfg)  # type: ignore[operator]
-            times[i].append(measure_latency(model, res, warmup=2, repeats=repeats, statistic=statistic))
-    return [float(min(t) if statistic == "min" else statistics.median(t)) for t in times]
+            timer.measure(call, 1, 1)
+        for _ in range(max(1, rounds)):
+            samples: list[list[float]] = [[] for _ in runs]
+            for _ in range(repeats):
+                for i, ((model, cfg, _), call) in enumerate(zip(runs, calls)):
+                    model.set_config(cfg)  # type: ignore[operator]
+                    samples[i].append(timer.measure(call, 0, 1).ms)
+            for i, s in enumerate(samples):
+                figures[i].append(summarize(s, timer.trim, statistic=statistic).ms)
+    return [float(min(f) if statistic == "min" else statistics.median(f)) for f in figures]
 
 
 def _profiled_resolutions(

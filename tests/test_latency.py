@@ -6,6 +6,7 @@ modules (resume, validation, CLI) only check what was measured and written.
 
 from __future__ import annotations
 
+import importlib
 import json
 import tempfile
 import time
@@ -566,6 +567,44 @@ def test_validate_writes_report_and_plot(tmp_path):
     write_report(report, json_path, png_path)
     data = json.loads(json_path.read_text())
     assert data["summary"]["n"] == len(report.rows) and png_path.read_bytes()[:4] == b"\x89PNG"
+
+
+class _SequenceTimer(CpuTimer):
+    """Runs nothing; the i-th timed call (warm-up calls excluded) measures i ms, and the configs it saw are kept."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__(trim=0.0)
+        self.model = model
+        self.timed: list[tuple] = []
+
+    def measure(self, fn, warmup, repeats, setup=None):
+        samples = []
+        for _ in range(repeats):
+            cfg = ss.models.family.prunable(self.model).config
+            self.timed.append(tuple(map(tuple, cfg.sparsity)) + (cfg.resolution,))
+            samples.append(float(len(self.timed) - 1))
+        return summarize(samples, self.trim)
+
+
+def test_validation_interleaves_configs_forward_by_forward(tmp_path, monkeypatch):
+    """Each pass times every config once, in turn; a round is `repeats` passes; a config's round figure is the
+    mean of its samples of that round."""
+    space = ss.SearchSpace.load(DEMO)
+    table = _fake_table(space, tmp_path, monkeypatch, resolutions=((32, 32),), calibration=0)
+    module = importlib.import_module("sparsesearch.latency.validate")
+    model, _ = module.table_model(table)
+    timer = _SequenceTimer(model)
+    monkeypatch.setattr(module, "table_model", lambda t: (model, {(32, 32): torch.zeros(1)}))
+    report = validate(table, n=2, seed=0, warmup=1, repeats=3, rounds=2, timer=timer, drift_check=False)
+    n = len(report.rows)
+    assert len(timer.timed) == n + 2 * 3 * n  # one warm-up call each (warmup=1), then 2 rounds x 3 passes
+    passes = [timer.timed[j : j + n] for j in range(0, len(timer.timed), n)]
+    assert all(p == passes[0] for p in passes) and len(set(passes[0])) == n  # every config once per pass
+    for i, row in enumerate(report.rows):
+        round0 = np.mean([n + i, 2 * n + i, 3 * n + i])
+        round1 = round0 + 3 * n
+        assert row.measured.rounds == pytest.approx((round0, round1))
+        assert row.measured.ms == pytest.approx((round0 + round1) / 2) and row.measured.n == 6
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -20,7 +20,17 @@ from ..fileio import atomic_write_text
 from ..models.family import prunable
 from ..space import SearchSpace
 from .env import DTYPES, device_type
-from .measure import LoadMonitor, Stat, Timer, combine_rounds, default_max_load, make_timer, num_threads, tune_malloc
+from .measure import (
+    LoadMonitor,
+    Stat,
+    Timer,
+    combine_rounds,
+    default_max_load,
+    make_timer,
+    num_threads,
+    summarize,
+    tune_malloc,
+)
 from .table import LatencyTable
 
 __all__ = [
@@ -258,10 +268,10 @@ def validate(
         warmup, repeats, rounds: per config and round, and passes over all configs (default: the table's).
             Each config's figure combines its rounds by the table's statistic, as the profiler did its entries.
         allow_foreign: skip `table.check_compatible` (measure on this machine anyway).
-        quiet, max_load, max_wait_s: wait for a quiet machine before each config, as `ProfileSettings`.
+        quiet, max_load, max_wait_s: wait for a quiet machine before each pass over the configs, as `ProfileSettings`.
         drift_check: also time the profile's calibration configs again (not part of the figures) to tell how
             much faster or slower the machine runs now than while it was profiled (`speed_vs_profile`).
-        on_config: called after each timed config with (done, total).
+        on_config: called after each round with (configs timed so far, total).
     """
     meta = table.meta
     dev_type = meta["device_type"]
@@ -349,19 +359,37 @@ class _TimedModel:
         max_wait_s: float,
         on_config: Callable[[int, int], None] | None,
     ) -> list[list[Stat]]:
-        """Per genome, one Stat per round of whole-model forwards (`rounds` passes over all genomes, each config
-        waiting for a quiet machine when `limit` is set)."""
-        stats: list[list[Stat]] = [[] for _ in genomes]
-        total = rounds * len(genomes)
+        """Per genome, one Stat per round of whole-model forwards.
+
+        After `warmup` untimed forwards of every config, each *pass* times every config once, in turn; a round is
+        `repeats` passes, and a config's Stat of that round summarises its `repeats` samples. Interleaving the
+        configs forward by forward (not `repeats` forwards of one config, then the next) spreads every config's
+        samples evenly over the run, so that the machine's drift over seconds (+-20% on a shared VM,
+        benchmarks/RESULTS.md, issue 14) weighs on all configs alike instead of on whichever ran in a slow
+        moment. With `limit` set, every pass first waits for a quiet machine.
+        """
         net = prunable(self.model)
+        calls = [functools.partial(self.model, self.images[self.space.resolutions[int(g[-1])]]) for g in genomes]
+        configs = [self.space.decode(g) for g in genomes]
+        if self.warmup:
+            for config, call in zip(configs, calls):
+                net.set_config(config)
+                self.timer.measure(call, self.warmup - 1, 1)
+        stats: list[list[Stat]] = [[] for _ in genomes]
         for r in range(rounds):
-            for i, genome in enumerate(genomes):
-                net.set_config(self.space.decode(genome))
-                image = self.images[self.space.resolutions[int(genome[-1])]]
+            samples: list[list[float]] = [[] for _ in genomes]
+            rejected = [0] * len(genomes)
+            for _ in range(self.repeats):
                 monitor.wait_quiet(limit, budget_s=max_wait_s)
-                stats[i].append(self.timer.measure(functools.partial(self.model, image), self.warmup, self.repeats))
-                if on_config is not None:
-                    on_config(r * len(genomes) + i + 1, total)
+                for i, (config, call) in enumerate(zip(configs, calls)):
+                    net.set_config(config)
+                    one = self.timer.measure(call, 0, 1)
+                    samples[i].append(one.ms)
+                    rejected[i] += one.rejected
+            for i in range(len(genomes)):
+                stats[i].append(summarize(samples[i], self.timer.trim, rejected[i], self.timer.statistic))
+            if on_config is not None:
+                on_config((r + 1) * len(genomes), rounds * len(genomes))
         return stats
 
 
