@@ -35,6 +35,8 @@ from sparsesearch.latency.env import fingerprint_diff, fingerprint_hash
 from sparsesearch.latency.measure import Timer
 from sparsesearch.supernet import SupernetMeta, save_supernet
 
+from tests.test_latency import one_by_one
+
 SPACE = """
 name: tiny_check
 architecture: swin_nano
@@ -63,6 +65,7 @@ def _fake_measure(profiler: Profiler, entry) -> Stat:
 def _profile(space: ss.SearchSpace, out: Path, monkeypatch, calibration: int = 4) -> LatencyTable:
     """A table of `space` from the fake profile (no in-model pass), with `calibration` check configs."""
     monkeypatch.setattr(Profiler, "measure", _fake_measure)
+    monkeypatch.setattr(Profiler, "measure_group", one_by_one)
 
     def fake_sum(self, genome):  # the plain sum of the fake parts of a config
         config = self.space.decode(np.asarray(genome))
@@ -442,6 +445,7 @@ def test_correction_maps_hooked_parts_onto_plain_forwards(tmp_path, monkeypatch,
         return out
 
     monkeypatch.setattr(Profiler, "measure", with_plain)
+    monkeypatch.setattr(Profiler, "measure_group", one_by_one)
     space = ss.SearchSpace.load(DEMO)
     profiler = Profiler(space, ProfileSettings(**{**FAST, "calibration": 2}, resolutions=((64, 64),)))
     table = profiler.run(tmp_path / "t.json")

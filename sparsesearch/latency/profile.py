@@ -30,6 +30,7 @@ same settings measures only what is missing.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -61,6 +62,7 @@ from .measure import (
     default_max_load,
     make_timer,
     num_threads,
+    summarize,
     tune_malloc,
 )
 from .structure import (
@@ -416,6 +418,51 @@ class Profiler:
                 return self._plain_timer.measure(fn, self.settings.warmup, self.settings.repeats)
             return self.timer.measure(fn, self.settings.warmup, self.settings.repeats, setup)
 
+    def measure_group(self, entries: Sequence[Entry]) -> list[Stat | dict[str, Stat]]:
+        """Time the whole-forward entries of one round ("in_model" and "model") interleaved forward by forward.
+
+        After `warmup` plain forwards of each config, every pass runs each entry once, in turn: an in-model
+        entry one forward with its parts hooked and one plain forward, a calibration entry one plain forward.
+        Spreading every config's samples over the whole group, instead of timing `repeats` forwards of one
+        config and then the next, makes the machine's drift over seconds (+-20% on a shared VM, RESULTS.md,
+        issue 14) weigh on all configs alike: these entries set the table's correction and its calibration.
+        Returns, per entry, what `measure` would: a Stat, or {"total", "plain", part name: Stat}.
+        """
+        model = self.model()
+        net = prunable(model)
+        parts = self.model_parts()
+        s = self.settings
+        calls = []
+        for e in entries:
+            assert e.genome is not None and e.part in ("in_model", "model")
+            image = self._randn(s.batch, 3, *e.resolution)
+            calls.append((self.space.decode(np.asarray(e.genome)), functools.partial(model, image)))
+        samples: list[dict[str, list[Stat]]] = [{} for _ in entries]
+        with torch.inference_mode():
+            for config, call in calls:
+                net.set_config(config)
+                for _ in range(s.warmup):
+                    call()
+            for _ in range(s.repeats):
+                self.monitor.wait_quiet(self.max_load, budget_s=s.max_wait_s)
+                for e, (config, call), got in zip(entries, calls, samples):
+                    net.set_config(config)
+                    if e.part == "in_model":
+                        one = self._plain_timer.measure_parts(call, parts, 0, 1)
+                    else:
+                        one = {"total": self._plain_timer.measure(call, 0, 1)}
+                    for name, stat in one.items():
+                        got.setdefault(name, []).append(stat)
+        out: list[Stat | dict[str, Stat]] = []
+        for e, got in zip(entries, samples):
+            stats = {name: self._pooled(v) for name, v in got.items()}
+            out.append(stats if e.part == "in_model" else stats["total"])
+        return out
+
+    def _pooled(self, singles: Sequence[Stat]) -> Stat:
+        """One round's Stat from the single-forward Stats of one entry (its samples, trim and statistic)."""
+        return summarize([v.ms for v in singles], self.settings.trim, sum(v.rejected for v in singles), self.statistic)
+
     # ---- running ---------------------------------------------------------------------------------------------
     def load_partial(self, out: Path) -> dict[str, list[Stat]]:
         """Per entry, the rounds measured by an earlier run with the same settings (empty if none).
@@ -490,27 +537,26 @@ class Profiler:
         self.malloc = tune_malloc() if self.settings.malloc and self.device.type == "cpu" else None
         with num_threads(self.settings.threads):
             for r in range(rounds):
-                for entry in entries:
-                    measured = done.setdefault(entry.key, [])
-                    if len(measured) > r:
-                        continue
-                    result = self.measure(entry)
-                    if isinstance(result, dict):  # in-model: the total under the key, each part under key|part
-                        stat = result["total"]
-                        for name, part_stat in result.items():
-                            if name != "total":
-                                done.setdefault(f"{entry.key}|{name}", []).append(part_stat)
+                todo = [e for e in entries if len(done.setdefault(e.key, [])) <= r]
+                whole = [e for e in todo if e.part in _WHOLE_FORWARD]
+                for entry in todo:
+                    if entry.part in _WHOLE_FORWARD:
+                        if entry is not whole[0]:
+                            continue
+                        results = self.measure_group(whole)  # all of this round's, interleaved, at the first
+                        group = list(zip(whole, results))
                     else:
-                        stat = result
-                    measured.append(stat)
-                    count += 1
-                    payload = {
-                        "settings_hash": settings_hash,
-                        "entries": {k: [s.to_dict() for s in v] for k, v in done.items() if v},
-                    }
-                    atomic_write_text(partial, json.dumps(payload))
-                    if on_entry is not None:
-                        on_entry(entry, stat, count, total)
+                        group = [(entry, self.measure(entry))]
+                    for e, result in group:
+                        count += 1
+                        stat = _record(done, e, result)
+                        payload = {
+                            "settings_hash": settings_hash,
+                            "entries": {k: [s.to_dict() for s in v] for k, v in done.items() if v},
+                        }
+                        atomic_write_text(partial, json.dumps(payload))
+                        if on_entry is not None:
+                            on_entry(e, stat, count, total)
             threads = torch.get_num_threads()
         combined = {k: combine_rounds(v, self.statistic) for k, v in done.items()}
         table = self.build_table(entries, combined, threads, time.time() - started)
@@ -712,6 +758,22 @@ class Profiler:
             },
             "sparsesearch": _package_version(),
         }
+
+
+#: entries that time whole forwards: measured together, interleaved (`Profiler.measure_group`)
+_WHOLE_FORWARD = ("in_model", "model")
+
+
+def _record(done: dict[str, list[Stat]], entry: Entry, result: Stat | dict[str, Stat]) -> Stat:
+    """Append one round of `entry` to `done`: an in-model result's total under the entry's key and each of its
+    parts (and the plain forward) under `key|part`. Returns the entry's own Stat."""
+    if isinstance(result, dict):
+        for name, part_stat in result.items():
+            if name != "total":
+                done.setdefault(f"{entry.key}|{name}", []).append(part_stat)
+        result = result["total"]
+    done.setdefault(entry.key, []).append(result)
+    return result
 
 
 def _pool(stats: list[Stat]) -> Stat:
