@@ -104,7 +104,7 @@ class DemoOptions:
     test_samples: int = 96  # the final table's accuracy (test split, never seen by the search)
     measure_rounds: int = 5  # interleaved rounds of the final table's timing
     profile_repeats: int = 5
-    profile_rounds: int = 3
+    profile_rounds: int = 2
     threads: int | None = None  # training and evaluation
     # the latency table and the final table's timing: one thread, as `sparsesearch profile` uses on a shared
     # CPU (a batch-1 forward of a small model gains little from a second thread, and its timing is steadier)
@@ -336,6 +336,7 @@ class _Demo:
             num_classes=4,
             seed=o.seed,
             calibration=2 if o.quick else 6,
+            malloc=True,  # as `sparsesearch profile`: no page faults whose number depends on the allocation history
             quiet=not o.quick,
             max_wait_s=120.0,
         )
@@ -497,6 +498,10 @@ class _Demo:
         o = self.o
         self.say(f"measuring the final comparison on this machine (test split, {o.measure_rounds} interleaved rounds)")
         table = LatencyTable.load(table_path)
+        if table.meta.get("malloc"):
+            from .latency import tune_malloc  # noqa: PLC0415
+
+            tune_malloc()  # timed as the table was profiled (process-wide; a resumed demo may not have profiled)
         model, space, meta = load_supernet(supernet)
         raw, _, _ = load_supernet(pretrained)
         test = build_eval_dataset(meta, None, "test")
