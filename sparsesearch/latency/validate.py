@@ -268,7 +268,8 @@ def validate(
         warmup, repeats, rounds: per config and round, and passes over all configs (default: the table's).
             Each config's figure combines its rounds by the table's statistic, as the profiler did its entries.
         allow_foreign: skip `table.check_compatible` (measure on this machine anyway).
-        quiet, max_load, max_wait_s: wait for a quiet machine before each pass over the configs, as `ProfileSettings`.
+        quiet, max_load, max_wait_s: wait for a quiet machine before each pass over the configs, as
+            `ProfileSettings`.
         drift_check: also time the profile's calibration configs again (not part of the figures) to tell how
             much faster or slower the machine runs now than while it was profiled (`speed_vs_profile`).
         on_config: called after each round with (configs timed so far, total).
@@ -280,11 +281,7 @@ def validate(
         table.check_compatible()
     else:
         device_type(dev_type)
-    warmup = int(meta.get("warmup", 5)) if warmup is None else warmup
-    repeats = int(meta.get("repeats", 20)) if repeats is None else repeats
-    rounds = int(meta.get("rounds", 1)) if rounds is None else rounds
-    if repeats < 1 or warmup < 0 or rounds < 1:
-        raise LatencyTableError(f"need repeats >= 1, warmup >= 0, rounds >= 1; got {repeats}, {warmup}, {rounds}")
+    warmup, repeats, rounds = _counts(meta, warmup, repeats, rounds)
     timer = timer or make_timer(
         device, float(meta.get("trim", 0.2)), clock=meta.get("clock", "wall"), statistic=table.statistic
     )
@@ -328,6 +325,16 @@ def validate(
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return ValidationReport(table.source, rows[:n_rows], settings, drift)
+
+
+def _counts(meta: dict[str, Any], warmup: int | None, repeats: int | None, rounds: int | None) -> tuple[int, int, int]:
+    """(warmup, repeats, rounds): the given ones, else the table's."""
+    warmup = int(meta.get("warmup", 5)) if warmup is None else warmup
+    repeats = int(meta.get("repeats", 20)) if repeats is None else repeats
+    rounds = int(meta.get("rounds", 1)) if rounds is None else rounds
+    if repeats < 1 or warmup < 0 or rounds < 1:
+        raise LatencyTableError(f"need repeats >= 1, warmup >= 0, rounds >= 1; got {repeats}, {warmup}, {rounds}")
+    return warmup, repeats, rounds
 
 
 def _calibration_checks(table: LatencyTable) -> list[tuple[float, np.ndarray]]:
