@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -253,28 +252,19 @@ def _measure_interleaved(
     repeats: int,
     statistic: str = "mean",
 ) -> list[float]:
-    """Milliseconds per forward of each (model, config, input size) on CPU, batch 1. After two untimed forwards
-    of each, every pass times each row once, in turn (rows interleaved forward by forward, so the machine's
-    drift over seconds hits every row alike); a round is `repeats` passes. Per row: the median of its rounds'
-    trimmed means, or with `statistic` "min" (a table of fastest samples) its fastest sample."""
-    from .latency import make_timer, summarize  # noqa: PLC0415
+    """Milliseconds per forward of each (model, config, input size) on CPU, batch 1: two untimed forwards of
+    each, then rows interleaved forward by forward (`latency.time_interleaved`, as `latency validate` times
+    configs), `rounds` rounds of `repeats` passes, combined by the table's `statistic` (`combine_rounds`)."""
+    from .latency import combine_rounds, make_timer, time_interleaved  # noqa: PLC0415
+    from .models.family import prunable  # noqa: PLC0415
 
-    timer = make_timer("cpu", statistic=statistic)
-    calls = [functools.partial(model, torch.randn(1, 3, *res)) for model, _, res in runs]
-    figures: list[list[float]] = [[] for _ in runs]
+    timed = [
+        (functools.partial(prunable(model).set_config, cfg), functools.partial(model, torch.randn(1, 3, *res)))
+        for model, cfg, res in runs
+    ]
     with torch.inference_mode():
-        for (model, cfg, _), call in zip(runs, calls):
-            model.set_config(cfg)  # type: ignore[operator]
-            timer.measure(call, 1, 1)
-        for _ in range(max(1, rounds)):
-            samples: list[list[float]] = [[] for _ in runs]
-            for _ in range(repeats):
-                for i, ((model, cfg, _), call) in enumerate(zip(runs, calls)):
-                    model.set_config(cfg)  # type: ignore[operator]
-                    samples[i].append(timer.measure(call, 0, 1).ms)
-            for i, s in enumerate(samples):
-                figures[i].append(summarize(s, timer.trim, statistic=statistic).ms)
-    return [float(min(f) if statistic == "min" else statistics.median(f)) for f in figures]
+        stats = time_interleaved(timed, make_timer("cpu", statistic=statistic), 2, repeats, max(1, rounds))
+    return [combine_rounds(s, statistic).ms for s in stats]
 
 
 def _profiled_resolutions(

@@ -12,6 +12,7 @@ from .measure import (
     combine_rounds,
     make_timer,
     summarize,
+    time_interleaved,
     time_parts,
     tune_malloc,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "summarize",
     "combine_rounds",
     "time_parts",
+    "time_interleaved",
     "tune_malloc",
     "device_name",
     "device_slug",

@@ -23,6 +23,7 @@ __all__ = [
     "summarize",
     "combine_rounds",
     "time_parts",
+    "time_interleaved",
     "Timer",
     "CpuTimer",
     "CudaTimer",
@@ -318,6 +319,48 @@ class CudaTimer(Timer):
                 e.record()
             torch.cuda.synchronize()
             return [float(s.elapsed_time(e)) for s, e in zip(starts, ends)]
+
+
+def time_interleaved(
+    runs: Sequence[tuple[Callable[[], Any], Callable[[], Any]]],
+    timer: Timer,
+    warmup: int,
+    repeats: int,
+    rounds: int,
+    before_pass: Callable[[], Any] | None = None,
+    after_round: Callable[[int], None] | None = None,
+) -> list[list[Stat]]:
+    """Time several calls interleaved call by call: per (setup, call) of `runs`, one Stat per round.
+
+    After `warmup` untimed calls of each, every *pass* times each call once, in turn (its `setup`, e.g. setting
+    its config, runs untimed first); a round is `repeats` passes, and a run's Stat of a round summarises its
+    `repeats` samples with the timer's trim and statistic. Interleaving call by call, rather than `repeats` calls
+    of one and then the next, spreads every run's samples evenly over the time taken, so that a machine whose
+    speed drifts over seconds (+-20% on a shared VM, benchmarks/RESULTS.md, issue 14) weighs on all runs alike.
+    `before_pass` runs before each pass (e.g. waiting for a quiet machine), `after_round(rounds done)` after each
+    round.
+    """
+    for setup, call in runs:
+        setup()
+        if warmup:
+            timer.measure(call, warmup - 1, 1)
+    stats: list[list[Stat]] = [[] for _ in runs]
+    for r in range(rounds):
+        samples: list[list[float]] = [[] for _ in runs]
+        rejected = [0] * len(runs)
+        for _ in range(repeats):
+            if before_pass is not None:
+                before_pass()
+            for i, (setup, call) in enumerate(runs):
+                setup()
+                one = timer.measure(call, 0, 1)
+                samples[i].append(one.ms)
+                rejected[i] += one.rejected
+        for i, got in enumerate(samples):
+            stats[i].append(summarize(got, timer.trim, rejected[i], timer.statistic))
+        if after_round is not None:
+            after_round(r + 1)
+    return stats
 
 
 def time_parts(

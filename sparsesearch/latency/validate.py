@@ -28,7 +28,7 @@ from .measure import (
     default_max_load,
     make_timer,
     num_threads,
-    summarize,
+    time_interleaved,
     tune_malloc,
 )
 from .table import LatencyTable
@@ -366,38 +366,25 @@ class _TimedModel:
         max_wait_s: float,
         on_config: Callable[[int, int], None] | None,
     ) -> list[list[Stat]]:
-        """Per genome, one Stat per round of whole-model forwards.
-
-        After `warmup` untimed forwards of every config, each *pass* times every config once, in turn; a round is
-        `repeats` passes, and a config's Stat of that round summarises its `repeats` samples. Interleaving the
-        configs forward by forward (not `repeats` forwards of one config, then the next) spreads every config's
-        samples evenly over the run, so that the machine's drift over seconds (+-20% on a shared VM,
-        benchmarks/RESULTS.md, issue 14) weighs on all configs alike instead of on whichever ran in a slow
-        moment. With `limit` set, every pass first waits for a quiet machine.
-        """
+        """Per genome, one Stat per round of whole-model forwards, configs interleaved forward by forward
+        (`time_interleaved`); with `limit` set, every pass first waits for a quiet machine."""
         net = prunable(self.model)
-        calls = [functools.partial(self.model, self.images[self.space.resolutions[int(g[-1])]]) for g in genomes]
-        configs = [self.space.decode(g) for g in genomes]
-        if self.warmup:
-            for config, call in zip(configs, calls):
-                net.set_config(config)
-                self.timer.measure(call, self.warmup - 1, 1)
-        stats: list[list[Stat]] = [[] for _ in genomes]
-        for r in range(rounds):
-            samples: list[list[float]] = [[] for _ in genomes]
-            rejected = [0] * len(genomes)
-            for _ in range(self.repeats):
-                monitor.wait_quiet(limit, budget_s=max_wait_s)
-                for i, (config, call) in enumerate(zip(configs, calls)):
-                    net.set_config(config)
-                    one = self.timer.measure(call, 0, 1)
-                    samples[i].append(one.ms)
-                    rejected[i] += one.rejected
-            for i in range(len(genomes)):
-                stats[i].append(summarize(samples[i], self.timer.trim, rejected[i], self.timer.statistic))
-            if on_config is not None:
-                on_config((r + 1) * len(genomes), rounds * len(genomes))
-        return stats
+        runs = [
+            (
+                functools.partial(net.set_config, self.space.decode(g)),
+                functools.partial(self.model, self.images[self.space.resolutions[int(g[-1])]]),
+            )
+            for g in genomes
+        ]
+        return time_interleaved(
+            runs,
+            self.timer,
+            self.warmup,
+            self.repeats,
+            rounds,
+            before_pass=lambda: monitor.wait_quiet(limit, budget_s=max_wait_s),
+            after_round=None if on_config is None else lambda r: on_config(r * len(genomes), rounds * len(genomes)),
+        )
 
 
 def report_paths(table_path: str | os.PathLike) -> tuple[Path, Path]:
