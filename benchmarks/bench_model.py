@@ -6,10 +6,11 @@
 
 Any registered model (`sparsesearch models`), backbone only (head=None). Dense is the model without a config;
 every other sparsity runs once per kernel backend named by --backend ("torch": the torch path, "triton": the
-Triton kernels, "auto": dispatch). The configs are timed interleaved, in --rounds rounds, and the median round is
-reported: on CPU with torch.utils.benchmark (--min-time seconds per config and round), on CUDA with CUDA events
-(--warmup, --repeats per config and round). On CPU the "fastest" columns add the fastest block of calls over all
-rounds: on a shared VM whose speed drifts by +-15% (benchmarks/RESULTS.md, issue 14) it is the steadier ratio.
+Triton kernels, "auto": dispatch). On CPU the configs are timed interleaved forward by forward (each pass times
+every config once; --rounds x about --min-time seconds of passes), and "x dense" is the median of the per-pass
+ratios to the dense forward of the same pass: a shared VM's speed drifts by +-20% over seconds (RESULTS.md,
+issue 14), which that ratio cancels; "fastest" compares the fastest forwards. On CUDA, CUDA events (--warmup,
+--repeats per config and round) in --rounds interleaved rounds, the median round.
 --compile P also times torch.compile of the config at sparsity P
 (first call = compile time; then as above), under torch.no_grad (the in-place scatter is traced, not run).
 FLOPs come from fvcore (--no-flops skips them: tracing every config costs seconds).
@@ -18,7 +19,9 @@ FLOPs come from fvcore (--no-flops skips them: tracing every config costs second
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import statistics
 import sys
 import time
@@ -60,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=30, help="CUDA: timed calls per config and round")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median round is reported")
     ap.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP counts")
+    ap.add_argument("--no-malloc", action="store_true",
+                    help="CPU: keep glibc malloc defaults (default: tuned as `sparsesearch profile` does)")  # fmt: skip
     ap.add_argument("--json", type=Path, help="also write the figures here (JSON)")
     args = ap.parse_args(argv)
     try:
@@ -79,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_clock(args: argparse.Namespace) -> Callable[[Callable[[], object]], tuple[float, float]]:
-    """fn -> (median, fastest) milliseconds per call, by the method of the device (see the module docstring)."""
+    """fn -> (median, fastest) milliseconds per call of one function (the compile comparison's clock)."""
     if args.device.type == "cuda":
         timer = Timer(args.device, args.warmup, args.repeats, use_graphs=False)
 
@@ -98,19 +103,62 @@ def make_clock(args: argparse.Namespace) -> Callable[[Callable[[], object]], tup
     return cpu
 
 
-def time_configs(model: Any, x: torch.Tensor, runs: list[tuple[float, str]], clock: Callable, rounds: int) -> dict:
-    """(sparsity, path) -> (median-round, fastest) milliseconds; path "dense" is the model without a config."""
-    times: dict[tuple[float, str], list[tuple[float, float]]] = {r: [] for r in runs}
+def _setups(model: Any, runs: list[tuple[float, str]]) -> list[Callable[[], None]]:
+    def setup(p: float, path: str) -> None:
+        cfg = None if path == "dense" else ss.SparsityConfig.uniform(p, model.depths, model.default_window_size)
+        model.set_config(cfg)
+        model.set_kernel_backend(None if path in ("dense", "auto") else path)
+
+    return [functools.partial(setup, p, path) for p, path in runs]
+
+
+def time_configs_cpu(model: Any, x: torch.Tensor, runs: list[tuple[float, str]], args: argparse.Namespace) -> dict:
+    """(sparsity, path) -> (ms, x dense, fastest x dense), configs interleaved forward by forward.
+
+    Every pass times each config once, right after the others, so a ratio to the dense forward of the same pass
+    compares two forwards a few milliseconds apart: this VM's speed drifts by +-20% over seconds (RESULTS.md,
+    issue 14), which blocks of calls per config (even in interleaved rounds) put into the ratios. ms and x dense
+    are medians over all passes (x dense: of the per-pass ratios); "fastest" is fastest over fastest.
+    """
+    setups = _setups(model, runs)
     with torch.inference_mode():
-        for _ in range(rounds):  # interleave configs so drift hits all of them alike
-            for p, path in runs:
-                cfg = None if path == "dense" else ss.SparsityConfig.uniform(p, model.depths, model.default_window_size)
-                model.set_config(cfg)
-                model.set_kernel_backend(None if path in ("dense", "auto") else path)
-                times[p, path].append(clock(lambda: model(x)))
+        for setup in setups:
+            setup()
+            for _ in range(2):
+                model(x)
+        t0 = time.perf_counter()
+        model(x)
+        passes = max(5, math.ceil(args.min_time / (time.perf_counter() - t0)))
+        samples: list[list[float]] = [[] for _ in runs]
+        for _ in range(args.rounds * passes):
+            for setup, got in zip(setups, samples):
+                setup()
+                t0 = time.perf_counter_ns()
+                model(x)
+                got.append((time.perf_counter_ns() - t0) / 1e6)
     model.set_config(None)
     model.set_kernel_backend(None)
-    return {r: (statistics.median(t[0] for t in v), min(t[1] for t in v)) for r, v in times.items()}
+    dense = samples[runs.index((0.0, "dense"))]
+    return {
+        r: (statistics.median(got), statistics.median(a / b for a, b in zip(got, dense)), min(got) / min(dense))
+        for r, got in zip(runs, samples)
+    }
+
+
+def time_configs(model: Any, x: torch.Tensor, runs: list[tuple[float, str]], clock: Callable, rounds: int) -> dict:
+    """CUDA: (sparsity, path) -> (ms, x dense, fastest x dense), configs interleaved in rounds of CUDA-event
+    timings; the median round."""
+    times: dict[tuple[float, str], list[float]] = {r: [] for r in runs}
+    with torch.inference_mode():
+        for _ in range(rounds):  # interleave configs so drift hits all of them alike
+            for setup, r in zip(_setups(model, runs), runs):
+                setup()
+                times[r].append(clock(lambda: model(x))[0])
+    model.set_config(None)
+    model.set_kernel_backend(None)
+    ms = {r: statistics.median(v) for r, v in times.items()}
+    dense = ms[0.0, "dense"]
+    return {r: (v, v / dense, min(times[r]) / min(times[0.0, "dense"])) for r, v in ms.items()}
 
 
 def time_compiled(model: Any, x: torch.Tensor, p: float, args: argparse.Namespace, clock: Callable) -> dict[str, Any]:
@@ -141,15 +189,18 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
     if args.threads:
         torch.set_num_threads(args.threads)
+    malloc = None if args.no_malloc or args.device.type != "cpu" else ss.latency.tune_malloc()
     torch.manual_seed(0)
     dtype = DTYPES[args.dtype]
     model = ss.create_model(args.model, head=None, **args.model_kwargs).eval().to(device=args.device, dtype=dtype)
     x = torch.randn(args.batch, 3, *args.resolution, device=args.device).to(dtype)
     runs = [(p, path) for p in args.sparsity for path in (["dense"] if p == 0 else args.backend)]
     clock = make_clock(args)
-    both = time_configs(model, x, runs, clock, args.rounds)
-    ms = {r: v[0] for r, v in both.items()}
-    fastest = {r: v[1] for r, v in both.items()}
+    if args.device.type == "cpu":
+        timed = time_configs_cpu(model, x, runs, args)
+    else:
+        timed = time_configs(model, x, runs, clock, args.rounds)
+    ms = {r: v[0] for r, v in timed.items()}
     dense_ms = ms[0.0, "dense"]
     flops: dict[float, float] = {}
     if not args.no_flops:
@@ -160,8 +211,8 @@ def main(argv: list[str] | None = None) -> None:
             flops[p] = count_flops(model, args.resolution, cfg, batch=args.batch).total
     rows, records = [], []
     for p, path in runs:
-        rec = {"sparsity": p, "path": path, "ms": ms[p, path], "x_dense": ms[p, path] / dense_ms,
-               "fastest_ms": fastest[p, path], "fastest_x_dense": fastest[p, path] / fastest[0.0, "dense"]}  # fmt: skip
+        rec = {"sparsity": p, "path": path, "ms": ms[p, path], "x_dense": timed[p, path][1],
+               "fastest_x_dense": timed[p, path][2]}  # fmt: skip
         if flops:
             rec.update(gflops=flops[p] / 1e9, flops_x_dense=flops[p] / flops[0.0])
         records.append(rec)
@@ -169,10 +220,12 @@ def main(argv: list[str] | None = None) -> None:
                      f"{rec['gflops']:.1f}" if flops else "",
                      f"{rec['flops_x_dense']:.3f}" if flops else ""])  # fmt: skip
     res = "x".join(map(str, args.resolution))
-    clock_name = "CUDA events" if args.device.type == "cuda" else "torch.utils.benchmark"
-    print(f"# {args.model} backbone, {res}, batch {args.batch}, {args.dtype} on {args.device.type} ({clock_name}, "
-          f"median of {args.rounds} interleaved rounds)")  # fmt: skip
-    print(f"# machine: {machine_line()}")
+    if args.device.type == "cuda":
+        clock_name = f"CUDA events, median of {args.rounds} interleaved rounds"
+    else:
+        clock_name = "perf_counter, configs interleaved forward by forward; medians over passes, x dense per pass"
+    print(f"# {args.model} backbone, {res}, batch {args.batch}, {args.dtype} on {args.device.type} ({clock_name})")
+    print(f"# machine: {machine_line()}; malloc: {malloc or 'default'}")
     headers = ["sparsity", "path", "ms", "x dense", "x dense (fastest)", "GFLOPs", "FLOPs x dense"]
     print(tabulate(rows, headers=headers, tablefmt="github"))
     compiled = None
@@ -187,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         out = {"machine": machine_info(), "model": args.model, "model_kwargs": args.model_kwargs,
                "resolution": list(args.resolution), "batch": args.batch, "device": args.device.type,
-               "dtype": args.dtype, "clock": clock_name,
+               "dtype": args.dtype, "clock": clock_name, "malloc": malloc,
                "rows": records, "compile": compiled}  # fmt: skip
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 

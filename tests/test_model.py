@@ -52,6 +52,35 @@ def test_dense_forward_equals_reference(size):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_cached_attention_bias_follows_weight_changes():
+    """In inference the position bias (+ shift mask) is cached per block; changing the tables in place or loading
+    other weights must take effect on the next forward, as the reference built from the new weights shows."""
+    torch.manual_seed(0)
+    m = _model(window_size=4)
+    x = torch.randn(2, 3, 64, 64)
+    other = _model(window_size=4)
+    _randomise(other, seed=1)
+
+    def check() -> None:
+        ref, _ = swin_forward(x, m.state_dict(), TINY["depths"], TINY["num_heads"], [4] * 4)
+        torch.testing.assert_close(m(x), ref, rtol=1e-4, atol=1e-4)
+
+    with torch.inference_mode():
+        check()
+        assert all(blk.attn._bias_cache for s in m.stages for blk in s.swin_blocks)
+        for s in m.stages:
+            for blk in s.swin_blocks:
+                blk.attn.relative_position_bias_table.mul_(-2.0)
+        check()
+    m.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        check()
+    with torch.enable_grad():  # training-mode calls build the bias afresh (autograd reaches the table)
+        m.train()
+        m(x).sum().backward()
+        assert m.stages[0].swin_blocks[1].attn.relative_position_bias_table.grad is not None
+
+
 def test_timm_window_clamp_matches_reference():
     """A window larger than the feature map shrinks to it and stops shifting (timm's rule)."""
     m = _model(window_size=7)

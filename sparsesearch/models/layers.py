@@ -87,6 +87,8 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        # (wh, ww, unmasked) -> (key, mask, bias): inference cache of `attention_bias`, not state
+        self._bias_cache: dict[tuple[int, int, bool], tuple[Any, torch.Tensor | None, torch.Tensor]] = {}
 
     def position_bias(self, wh: int, ww: int) -> torch.Tensor:
         """(heads, N, N) bias for a wh x ww window."""
@@ -94,15 +96,53 @@ class WindowAttention(nn.Module):
         n = wh * ww
         return self.relative_position_bias_table[idx.view(-1)].view(n, n, -1).permute(2, 0, 1)
 
-    def forward(self, x: torch.Tensor, wh: int, ww: int, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (Bw, N, C) windows; mask: (Bw, N, N) additive or None. Returns (Bw, N, C)."""
+    def attention_bias(self, wh: int, ww: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(1, heads, N, N) position bias, or (nW, heads, N, N) with the (nW, N, N) additive `mask` added.
+
+        In inference (grad mode off; not tracing, compiling or exporting) the result is cached per window size
+        and mask until the table changes: it depends on the weights and the geometry only, and building it costs
+        a gather and, with a mask, an (nW, heads, N, N) add in every block of every forward.
+        """
+        table = self.relative_position_bias_table
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+        if torch.is_grad_enabled() or tracing:
+            return self._build_bias(wh, ww, mask)
+        key = (table._version, table.data_ptr(), table.dtype)
+        hit = self._bias_cache.get((wh, ww, mask is None))
+        if hit is not None and hit[0] == key and hit[1] is mask:
+            return hit[2]
+        with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode too
+            bias = self._build_bias(wh, ww, mask)
+        self._bias_cache[(wh, ww, mask is None)] = (key, mask, bias)
+        return bias
+
+    def _build_bias(self, wh: int, ww: int, mask: torch.Tensor | None) -> torch.Tensor:
+        bias = self.position_bias(wh, ww).unsqueeze(0)
+        return bias if mask is None else bias + mask.unsqueeze(1).to(bias.dtype)
+
+    def forward(
+        self, x: torch.Tensor, wh: int, ww: int, mask: torch.Tensor | None = None, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attention within each window.
+
+        Args:
+            x: (Bw, N, C) windows.
+            mask: (nW, N, N) additive mask of the image's window grid (shifted windows), or None.
+            rows: (Bw,) int64 grid window of each row of x (kept windows), or None when x holds every window of
+                each image in grid order (Bw = B * nW).
+        Returns:
+            (Bw, N, C).
+        """
         Bw, N, C = x.shape
         qkv = self.qkv(x).reshape(Bw, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        bias = self.position_bias(wh, ww).unsqueeze(0).to(q.dtype)  # (1, heads, N, N)
-        if mask is not None:
-            bias = bias + mask.unsqueeze(1).to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.expand(Bw, -1, -1, -1))
+        bias = self.attention_bias(wh, ww, mask)
+        if rows is not None and mask is not None:
+            bias = bias[rows]
+        elif bias.shape[0] not in (1, Bw):
+            bias = bias.repeat(Bw // bias.shape[0], 1, 1, 1)
+        # a (1, heads, N, N) bias broadcasts inside SDPA; expanding it first makes the CPU kernel copy it per window
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
         return self.proj(out.transpose(1, 2).reshape(Bw, N, C))
 
 

@@ -115,14 +115,13 @@ class SwinBlock(nn.Module):
         if tok is None:
             tok = token_scores(x).reshape(B, H * W)
         idx = ops.select_windows(window_scores(tok, g), k)  # (B, k); not "export" here (see _fused_ok)
-        mask = ops.shift_mask(g, x.device)
-        mask = None if mask is None else mask[idx.reshape(-1)]
+        mask, rows = ops.shift_mask(g, x.device), idx.reshape(-1)
         out = fused_pruned_forward(
             x,
             g,
             idx,
             self.norm1,
-            lambda y: self.attn(y, g.wh, g.ww, mask),
+            lambda y: self.attn(y, g.wh, g.ww, mask, rows),
             self.norm2,
             self.mlp,
             inplace=owns_input and ops.can_scatter_inplace(x, x),
@@ -140,10 +139,7 @@ class SwinBlock(nn.Module):
         if g.padded:
             y = F.pad(y, (0, 0, 0, g.Wp - W, 0, g.Hp - H))
         windows = _window_partition(y, g.wh, g.ww)
-        mask = ops.shift_mask(g, x.device)
-        if mask is not None:
-            mask = mask.repeat(B, 1, 1)
-        y = self.attn(windows, g.wh, g.ww, mask)
+        y = self.attn(windows, g.wh, g.ww, ops.shift_mask(g, x.device))
         y = _window_reverse(y, g.wh, g.ww, g.Hp, g.Wp)[:, :H, :W]
         if g.shifted:
             y = torch.roll(y, shifts=(g.sh, g.sw), dims=(1, 2))
@@ -160,9 +156,7 @@ class SwinBlock(nn.Module):
             valid = ops.window_tables(g, x.device).valid[idx]  # (B, k, N), 1 at real tokens
             y = y * valid.view(B * k, -1, 1).to(y.dtype)
         mask = ops.shift_mask(g, x.device)
-        if mask is not None:
-            mask = mask[idx.reshape(-1)]
-        windows = windows + self.drop_path1(self.attn(y, g.wh, g.ww, mask), B)
+        windows = windows + self.drop_path1(self.attn(y, g.wh, g.ww, mask, idx.reshape(-1)), B)
         pad = _kept_padding(g, idx, x.device) if g.padded and self._skip_padded() else None
         if pad is not None and int(pad.sum()) >= PAD_SKIP_MIN * pad.numel():
             windows = self._mlp_on_real_tokens(windows, pad)
