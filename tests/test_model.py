@@ -75,6 +75,10 @@ def test_cached_attention_bias_follows_weight_changes():
     m.load_state_dict(other.state_dict())
     with torch.no_grad():
         check()
+    with torch.inference_mode():  # a model built in inference mode (inference-tensor tables: never cached)
+        built_inside = _model(window_size=4)
+        built_inside.load_state_dict(m.state_dict())
+        torch.testing.assert_close(built_inside(x), m(x))
     with torch.enable_grad():  # training-mode calls build the bias afresh (autograd reaches the table)
         m.train()
         m(x).sum().backward()

@@ -343,8 +343,11 @@ class Profiler:
         """The space's model (random weights) in eval mode on the device, in the dtype."""
         if self._model is None:
             head = None if self.settings.head == "none" else self.settings.head
-            model = self.space.create_model(seed=self.settings.seed, head=head, num_classes=self.settings.num_classes)
-            self._model = model.eval().to(device=self.device, dtype=self.dtype)
+            with torch.inference_mode(False):  # normal parameters, as a user's model has (e.g. bias caches use them)
+                model = self.space.create_model(
+                    seed=self.settings.seed, head=head, num_classes=self.settings.num_classes
+                )
+                self._model = model.eval().to(device=self.device, dtype=self.dtype)
         return self._model
 
     def _randn(self, *shape: int) -> torch.Tensor:

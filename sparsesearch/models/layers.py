@@ -105,7 +105,8 @@ class WindowAttention(nn.Module):
         """
         table = self.relative_position_bias_table
         tracing = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
-        if torch.is_grad_enabled() or tracing:
+        # an inference tensor (a model built under inference_mode) keeps no version counter: changes unseen
+        if torch.is_grad_enabled() or tracing or table.is_inference():
             return self._build_bias(wh, ww, mask)
         key = (table._version, table.data_ptr(), table.dtype)
         hit = self._bias_cache.get((wh, ww, mask is None))
