@@ -585,12 +585,16 @@ class _SequenceTimer(CpuTimer):
         super().__init__(trim=0.0)
         self.model = model
         self.timed: list[tuple] = []
+        self.events: list[tuple[str, tuple]] = []  # ("untimed" | "timed", config) in call order
 
     def measure(self, fn, warmup, repeats, setup=None):
+        cfg = ss.models.family.prunable(self.model).config
+        key = tuple(map(tuple, cfg.sparsity)) + (cfg.resolution,)
+        self.events += [("untimed", key)] * warmup
         samples = []
         for _ in range(repeats):
-            cfg = ss.models.family.prunable(self.model).config
-            self.timed.append(tuple(map(tuple, cfg.sparsity)) + (cfg.resolution,))
+            self.timed.append(key)
+            self.events.append(("timed", key))
             samples.append(float(len(self.timed) - 1))
         return summarize(samples, self.trim)
 
@@ -609,6 +613,10 @@ def test_validation_interleaves_configs_forward_by_forward(tmp_path, monkeypatch
     assert len(timer.timed) == n + 2 * 3 * n  # one warm-up call each (warmup=1), then 2 rounds x 3 passes
     passes = [timer.timed[j : j + n] for j in range(0, len(timer.timed), n)]
     assert all(p == passes[0] for p in passes) and len(set(passes[0])) == n  # every config once per pass
+    # every timed forward follows an untimed forward of its own config (a forward right after another config is
+    # slower: the dense ones more)
+    timed_at = [i for i, (kind, _) in enumerate(timer.events) if kind == "timed"][n:]  # after the warm-up calls
+    assert len(timed_at) == 2 * 3 * n and all(timer.events[i - 1] == ("untimed", timer.events[i][1]) for i in timed_at)
     for i, row in enumerate(report.rows):
         round0 = np.mean([n + i, 2 * n + i, 3 * n + i])
         round1 = round0 + 3 * n

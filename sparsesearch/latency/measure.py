@@ -329,14 +329,19 @@ def time_interleaved(
     rounds: int,
     before_pass: Callable[[], Any] | None = None,
     after_round: Callable[[int], None] | None = None,
+    warm: int = 1,
 ) -> list[list[Stat]]:
     """Time several calls interleaved call by call: per (setup, call) of `runs`, one Stat per round.
 
-    After `warmup` untimed calls of each, every *pass* times each call once, in turn (its `setup`, e.g. setting
-    its config, runs untimed first); a round is `repeats` passes, and a run's Stat of a round summarises its
-    `repeats` samples with the timer's trim and statistic. Interleaving call by call, rather than `repeats` calls
-    of one and then the next, spreads every run's samples evenly over the time taken, so that a machine whose
-    speed drifts over seconds (+-20% on a shared VM, benchmarks/RESULTS.md, issue 14) weighs on all runs alike.
+    After `warmup` untimed calls of each, every *pass* times each call once, in turn: its `setup` (e.g. setting
+    its config) and `warm` calls run untimed first, then one timed call. A round is `repeats` passes, and a
+    run's Stat of a round summarises its `repeats` samples with the timer's trim and statistic. Interleaving
+    call by call, rather than `repeats` calls of one and then the next, spreads every run's samples evenly over
+    the time taken, so that a machine whose speed drifts over seconds (+-20% on a shared VM,
+    benchmarks/RESULTS.md, issue 14) weighs on all runs alike. The untimed call before each timed one makes
+    every timed forward follow a forward of its own config, as in a deployed model (and in the profiler's
+    in-model pass): right after another config a forward ran 4-9% slower on a 2-core VM, the dense one more
+    than sparse ones, which put a config-dependent error into tables and their validation (RESULTS.md).
     `before_pass` runs before each pass (e.g. waiting for a quiet machine), `after_round(rounds done)` after each
     round.
     """
@@ -353,7 +358,7 @@ def time_interleaved(
                 before_pass()
             for i, (setup, call) in enumerate(runs):
                 setup()
-                one = timer.measure(call, 0, 1)
+                one = timer.measure(call, warm, 1)
                 samples[i].append(one.ms)
                 rejected[i] += one.rejected
         for i, got in enumerate(samples):

@@ -425,7 +425,9 @@ class Profiler:
         """Time the whole-forward entries of one round ("in_model" and "model") interleaved forward by forward.
 
         After `warmup` plain forwards of each config, every pass runs each entry once, in turn: an in-model
-        entry one forward with its parts hooked and one plain forward, a calibration entry one plain forward.
+        entry one untimed forward, one forward with its parts hooked and one plain forward, a calibration entry
+        one untimed and one timed plain forward (a forward right after another config runs slower, the dense
+        ones more: `time_interleaved`).
         Spreading every config's samples over the whole group, instead of timing `repeats` forwards of one
         config and then the next, makes the machine's drift over seconds (+-20% on a shared VM, RESULTS.md,
         issue 14) weigh on all configs alike: these entries set the table's correction and its calibration.
@@ -450,10 +452,12 @@ class Profiler:
                 self.monitor.wait_quiet(self.max_load, budget_s=s.max_wait_s)
                 for e, (config, call), got in zip(entries, calls, samples):
                     net.set_config(config)
+                    # one untimed forward first: every timed forward follows one of its own config (see
+                    # `time_interleaved`), the hooked one included
                     if e.part == "in_model":
-                        one = self._plain_timer.measure_parts(call, parts, 0, 1)
+                        one = self._plain_timer.measure_parts(call, parts, 1, 1)
                     else:
-                        one = {"total": self._plain_timer.measure(call, 0, 1)}
+                        one = {"total": self._plain_timer.measure(call, 1, 1)}
                     for name, stat in one.items():
                         got.setdefault(name, []).append(stat)
         out: list[Stat | dict[str, Stat]] = []
