@@ -102,6 +102,7 @@ class DemoOptions:
     val_samples: int = 32  # the search's accuracy (val split)
     test_samples: int = 96  # the final table's accuracy (test split, never seen by the search)
     measure_rounds: int = 5  # interleaved rounds of the final table's timing
+    finalists: int = 8  # the search re-times this many of the pick's candidates before choosing
     profile_repeats: int = 5
     profile_rounds: int = 2
     threads: int | None = None  # training and evaluation
@@ -130,6 +131,7 @@ class DemoOptions:
                 "val_samples": 4,
                 "test_samples": 4,
                 "measure_rounds": 2,
+                "finalists": 3,
                 "profile_repeats": 2,
                 "profile_rounds": 1,
                 "latency": "100000ms",
@@ -422,6 +424,7 @@ class _Demo:
             generations=o.generations,
             seed=o.seed,
             overwrite=True,
+            finalists=o.finalists,
         )
         stage = _Stage(self.root, "search", asdict(eo), "best.json")
         if self._reuse(stage, "search"):

@@ -41,6 +41,8 @@ def test_quick_demo_runs_every_stage(demo, capsys):
     assert {s for stage in unadapted["config"]["sparsity"] for s in stage} <= {0.0, 0.75}  # the quick space's 0.7
     assert summary["split"] == "test" and summary["samples"] == 4
     assert len(summary["verdict"]) == 2 and summary["verdict"][0].startswith("speed: ")
+    measured = json.loads((out / "search" / "best.json").read_text())["pick"]["measured"]  # finalists re-timed
+    assert 1 <= measured["finalists"] <= 3 and all(r["measured_ms"] > 0 for r in measured["rows"])
 
 
 def test_second_demo_run_reuses_the_first(demo, capsys):

@@ -58,6 +58,12 @@ class DemoCommand(Command):
             help=f"CPU threads of the latency table and the final timing (default {d.latency_threads})",
         )
         parser.add_argument("--seed", type=int, default=d.seed)
+        parser.add_argument(
+            "--finalists",
+            type=int,
+            default=d.finalists,
+            help=f"the search times this many of the pick's candidates before choosing (default {d.finalists}; 0: off)",
+        )
         parser.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
         parser.add_argument("--quick", action="store_true", help="a reduced run in seconds (tiny model, 64x64)")
 
@@ -66,7 +72,7 @@ class DemoCommand(Command):
 
         keys = (
             "out space data resolutions pretrain_steps steps latency algorithm population generations val_samples "
-            "test_samples threads latency_threads seed fresh quick"
+            "test_samples threads latency_threads seed finalists fresh quick"
         ).split()
         t0 = time.time()
         opts = DemoOptions(**{k: getattr(args, k) for k in keys})

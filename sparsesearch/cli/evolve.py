@@ -59,6 +59,15 @@ class EvolveCommand(Command):
             action="store_false",
             help="skip the final neighbourhood search around the best config",
         )
+        parser.add_argument(
+            "--finalists",
+            type=int,
+            default=0,
+            metavar="N",
+            help="before choosing, time the N fastest-predicted configs the pick weighs (accuracy tied with the "
+            "best, within the budget + 10%%) on this machine with dense, and pick by those figures (a table "
+            "under-predicts some configs, and the fastest predicted of many is likely one); default 0: off",
+        )
         from .latency import add_table_check_flags  # noqa: PLC0415
 
         add_table_check_flags(parser)

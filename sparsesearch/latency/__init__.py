@@ -27,7 +27,15 @@ from .profile import (
     profile,
 )
 from .table import KindTable, LatencyTable, TableMachineWarning
-from .validate import ValidationReport, ValidationRow, report_paths, validate, validation_genomes, write_report
+from .validate import (
+    ValidationReport,
+    ValidationRow,
+    measure_configs,
+    report_paths,
+    validate,
+    validation_genomes,
+    write_report,
+)
 
 __all__ = [
     "LatencyTable",
@@ -41,6 +49,7 @@ __all__ = [
     "CalibrationWarning",
     "PartialProfileWarning",
     "validate",
+    "measure_configs",
     "validation_genomes",
     "ValidationReport",
     "ValidationRow",

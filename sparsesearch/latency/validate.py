@@ -7,7 +7,7 @@ import datetime as _dt
 import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import SparsityConfig
 from ..errors import LatencyTableError
 from ..fileio import atomic_write_text
 from ..models.family import prunable
@@ -39,6 +40,7 @@ __all__ = [
     "kendall_tau_b",
     "validation_genomes",
     "validate",
+    "measure_configs",
     "report_paths",
     "write_report",
     "table_model",
@@ -325,6 +327,38 @@ def validate(
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return ValidationReport(table.source, rows[:n_rows], settings, drift)
+
+
+def measure_configs(
+    table: LatencyTable,
+    configs: Sequence[SparsityConfig],
+    rounds: int = 3,
+    repeats: int = 8,
+    warmup: int = 2,
+    timer: Timer | None = None,
+) -> list[float]:
+    """Milliseconds per whole forward of each config on this machine, timed as `validate` times its configs: the
+    table's model and inputs (head, classes, dtype, batch, random weights), threads, allocator setting, clock and
+    statistic; configs interleaved forward by forward, each timed forward after an untimed one of its own,
+    `rounds` rounds of `repeats` passes. For figures relative to each other (e.g. to a dense config in the list):
+    the absolute level is this moment's machine speed.
+    """
+    meta = table.meta
+    device_type(meta["device_type"])
+    if meta.get("malloc") and meta["device_type"] == "cpu":
+        tune_malloc()
+    timer = timer or make_timer(
+        torch.device(meta["device_type"]),
+        float(meta.get("trim", 0.2)),
+        clock=meta.get("clock", "wall"),
+        statistic=table.statistic,
+    )
+    genomes = [table.space.encode(c) for c in configs]
+    model, images = table_model(table)
+    timed = _TimedModel(table.space, model, images, timer, warmup, repeats)
+    with num_threads(int(meta["threads"])), torch.inference_mode():
+        stats = timed.run(genomes, rounds, LoadMonitor(), None, 0.0, None)
+    return [combine_rounds(st, table.statistic).ms for st in stats]
 
 
 def _counts(meta: dict[str, Any], warmup: int | None, repeats: int | None, rounds: int | None) -> tuple[int, int, int]:

@@ -70,6 +70,11 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
+def _tracing() -> bool:
+    """Whether this forward is traced (jit / ONNX export / torch.compile): shapes are symbolic, nothing cached."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows, with a relative position bias shared across window sizes.
 
@@ -104,9 +109,8 @@ class WindowAttention(nn.Module):
         a gather and, with a mask, an (nW, heads, N, N) add in every block of every forward.
         """
         table = self.relative_position_bias_table
-        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
         # an inference tensor (a model built under inference_mode) keeps no version counter: changes unseen
-        if torch.is_grad_enabled() or tracing or table.is_inference():
+        if torch.is_grad_enabled() or _tracing() or table.is_inference():
             return self._build_bias(wh, ww, mask)
         key = (table._version, table.data_ptr(), table.dtype)
         hit = self._bias_cache.get((wh, ww, mask is None))
@@ -138,9 +142,9 @@ class WindowAttention(nn.Module):
         qkv = self.qkv(x).reshape(Bw, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         bias = self.attention_bias(wh, ww, mask)
-        if rows is not None and mask is not None:
-            bias = bias[rows]
-        elif bias.shape[0] not in (1, Bw):
+        if mask is not None and rows is not None:
+            bias = bias.index_select(0, rows)
+        elif mask is not None and (Bw != bias.shape[0] or _tracing()):  # traced: the batch is symbolic
             bias = bias.repeat(Bw // bias.shape[0], 1, 1, 1)
         # a (1, heads, N, N) bias broadcasts inside SDPA; expanding it first makes the CPU kernel copy it per window
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))

@@ -27,6 +27,7 @@ from ..space import SearchSpace
 from .accuracy import AccuracyCache, AccuracyFn, ConfigScorer, KeyedCache, SerialEvaluator, callable_name, read_jsonl
 from .budget import Budget, parse_budget
 from .engine import ALGORITHMS, SearchRun, run_search
+from .finalists import Finalists
 from .report import (
     Baselines,
     Point,
@@ -359,6 +360,7 @@ def search(
     on_evaluated: Callable[[int], None] | None = None,
     meta: Mapping[str, Any] | None = None,
     tie: float | None = None,
+    finalists: int = 0,
 ) -> SearchResult:
     """Search `space` for the most accurate config whose predicted latency meets `budget`.
 
@@ -385,6 +387,11 @@ def search(
             noise when `accuracy` reports it, as the built-in evaluator does with `noise(model, config)`, the
             standard error over its validation images; else 0). The best is picked among everything evaluated
             within the budget, the baselines included, by `selection.pick_best`.
+        finalists: when > 0 (needs a LatencyTable), before the pick the configs it weighs (accuracy within the
+            tie margin of the best, predicted within the budget + 10%), the `finalists` fastest predicted, are
+            timed on this machine as the table was profiled, interleaved with the dense config, and the rule is
+            applied to their measured latency on the table's scale (`search.finalists`; recorded in best.json's
+            "pick"). A table under-predicts some configs; the fastest predicted of many tied ones is likely one.
     Raises:
         SparseSearchError subclasses: BudgetError, LatencyTableError, AccuracyFunctionError, SpaceError, ...
     """
@@ -406,10 +413,23 @@ def search(
         _prepare_out(job.out_dir, fp, resume, overwrite)
     elif resume:
         raise SparseSearchError("resume needs the out folder of the search to continue")
+    final = _finalists(lat, space, finalists)  # before the search: a function latency source fails at once
     run, cache, base, dense_acc, history = _execute(job, progress, on_evaluated)
     metric = metric or getattr(accuracy, "metric", None) or "accuracy"
     report_meta = {"budget": str(b), **(meta or {})}
-    return _result(job, run, cache, base, dense_acc, history, flops, metric, report_meta)
+    return _result(job, run, cache, base, dense_acc, history, flops, metric, report_meta, final)
+
+
+def _finalists(lat: _Latency, space: SearchSpace, n: int) -> Finalists | None:
+    """How the pick's finalists are re-timed (None for n = 0): the table's model on this machine."""
+    if n <= 0:
+        return None
+    if lat.table is None:
+        raise SparseSearchError("finalists: re-timing the pick's finalists needs a latency table, not a function")
+    from ..latency import measure_configs  # noqa: PLC0415
+
+    table = lat.table
+    return Finalists(functools.partial(measure_configs, table), space.densest(), lat.dense_ms, n)
 
 
 def _result(
@@ -422,11 +442,12 @@ def _result(
     flops: bool,
     metric: str,
     meta: dict[str, Any],
+    finalists: Finalists | None = None,
 ) -> SearchResult:
     """The outputs (written to the out folder when there is one) and the SearchResult."""
     model, space = job.model, job.space
     flops_fn = _flops_fn(model, space) if flops and model is not None and hasattr(model, "set_config") else None
-    best_p, front_p = _report(space, run, base, flops_fn, job.out_dir, metric, meta)
+    best_p, front_p = _report(space, run, base, flops_fn, job.out_dir, metric, meta, finalists)
     dense_cfg = space.densest()
     dense = Candidate(dense_cfg, job.lat.dense_ms, dense_acc, flops_fn(dense_cfg) / 1e9 if flops_fn else None, "dense")
     return SearchResult(
@@ -556,11 +577,14 @@ def _report(
     out_dir: Path | None,
     metric: str,
     meta: dict[str, Any],
+    finalists: Finalists | None = None,
 ) -> tuple[Point, list[Point]]:
     """The best point and the front; written to `out_dir` (best.json, pareto.json, pareto.png) when given."""
     if out_dir is not None:
-        return write_outputs(out_dir, space, run, base, metric=metric, flops_fn=flops_fn, meta=meta)
-    best_p, front_p = _points(space, run, base, flops_fn)
+        return write_outputs(
+            out_dir, space, run, base, metric=metric, flops_fn=flops_fn, meta=meta, finalists=finalists
+        )
+    best_p, front_p = _points(space, run, base, flops_fn, finalists)
     for p in base.uniform_sparsity + base.uniform_resize:
         if flops_fn is not None and p.gflops is None:
             p.gflops = flops_fn(SparsityConfig.from_dict(p.config)) / 1e9
@@ -581,7 +605,11 @@ def _flops_fn(model: Any, space: SearchSpace) -> Callable[[SparsityConfig], floa
 
 
 def _points(
-    space: SearchSpace, run: SearchRun, base: Baselines, flops_fn: Callable[[SparsityConfig], float] | None
+    space: SearchSpace,
+    run: SearchRun,
+    base: Baselines,
+    flops_fn: Callable[[SparsityConfig], float] | None,
+    finalists: Finalists | None = None,
 ) -> tuple[Point, list[Point]]:
     def point(i: int, label: str = "") -> Point:
         cfg = space.decode(run.genes[i])
@@ -593,7 +621,7 @@ def _points(
             label,
         )
 
-    return choose_best(space, run, base, point)[0], [point(int(i)) for i in run.pareto_indices()]
+    return choose_best(space, run, base, point, finalists)[0], [point(int(i)) for i in run.pareto_indices()]
 
 
 def _tie_margin(tie: float | None, accuracy: Any, model: Any, space: SearchSpace) -> float:

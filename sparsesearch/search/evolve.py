@@ -50,6 +50,7 @@ class EvolveOptions:
     table_check: bool = True  # an absolute budget first runs the table's speed check (latency.ensure_table_speed)
     rescale_table: bool = False  # scale the table's predictions by the check's measured/predicted factor
     accuracy: str | None = None  # "package.module:function"; None: the built-in evaluator
+    finalists: int = 0  # re-time this many of the pick's candidates on this machine before choosing (search())
 
 
 @dataclass
@@ -202,6 +203,7 @@ def evolve(
         device=opts.device,
         fingerprint=_fingerprint(opts, table.meta),
         on_evaluated=on_evaluated,
+        finalists=max(0, opts.finalists),
         meta={
             "supernet": opts.supernet,
             "table": opts.table,

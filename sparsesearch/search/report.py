@@ -17,6 +17,7 @@ from ..fileio import atomic_write, atomic_write_text
 from ..space import SearchSpace
 from .accuracy import AccuracyCache
 from .engine import SearchRun
+from .finalists import Finalists
 from .problem import LatencyFn
 from .selection import Pick, pick_best
 
@@ -58,11 +59,16 @@ def _in_space(space: SearchSpace, p: Point) -> bool:
 
 
 def choose_best(
-    space: SearchSpace, run: SearchRun, baselines: Baselines, point: Callable[[int, str], Point]
+    space: SearchSpace,
+    run: SearchRun,
+    baselines: Baselines,
+    point: Callable[[int, str], Point],
+    finalists: Finalists | None = None,
 ) -> tuple[Point, Pick]:
     """The config to deploy: the best within the budget among everything evaluated, the baselines that are
     configs of `space` included (a resize baseline at a resolution the space does not offer stays a reference
-    row: the supernet was not adapted for it and the exported model is not built for it).
+    row: the supernet was not adapted for it and the exported model is not built for it). With `finalists`,
+    the configs the rule weighs are re-timed on this machine and the rule applied to those figures.
 
     `point(i, label)` builds the Point of run entry i. Raises SparseSearchError when nothing is within budget.
     """
@@ -72,6 +78,16 @@ def choose_best(
     pick = pick_best(lat, acc, run.budget_ms, run.tie)
     if pick is None:
         raise SparseSearchError("the search evaluated no config within the budget")
+    if finalists is not None:
+
+        def config(i: int) -> SparsityConfig:
+            n = len(run.genes)
+            return space.decode(run.genes[i]) if i < n else SparsityConfig.from_dict(extra[i - n].config)
+
+        def label(i: int) -> str:
+            return "searched" if i < len(run.genes) else extra[i - len(run.genes)].label
+
+        pick = finalists.choose(config, lat, acc, run.budget_ms, pick, label)
     if pick.index < len(run.genes):
         return point(pick.index, "searched"), pick
     chosen = extra[pick.index - len(run.genes)]
@@ -141,10 +157,11 @@ def write_outputs(
     metric: str = "accuracy",
     flops_fn: Callable[[SparsityConfig], float] | None = None,
     meta: dict[str, Any] | None = None,
+    finalists: Finalists | None = None,
 ) -> tuple[Point, list[Point]]:
     """Write pareto.json, best.json (a loadable SparsityConfig file plus figures) and pareto.png into `out`.
 
-    Returns the best point and the front.
+    The best is `choose_best`'s (with `finalists`: re-timed on this machine). Returns the best point and the front.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,7 +178,7 @@ def write_outputs(
 
     front = [point(int(i)) for i in run.pareto_indices()]
     baselines.tie = run.tie
-    best, pick = choose_best(space, run, baselines, point)
+    best, pick = choose_best(space, run, baselines, point, finalists)
     for b in baselines.uniform_sparsity + baselines.uniform_resize:
         if flops_fn is not None and b.gflops is None:
             b.gflops = flops_fn(SparsityConfig.from_dict(b.config)) / 1e9

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,7 @@ class Pick:
     tie_margin: float
     best_accuracy: float
     tied: tuple[int, ...]
+    measured: dict[str, Any] | None = None  # finalists re-timed on this machine (`search.finalists`)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -34,6 +36,7 @@ class Pick:
             "tie_margin": self.tie_margin,
             "best_accuracy": self.best_accuracy,
             "tied_with": len(self.tied) - 1,
+            **({"measured": self.measured} if self.measured is not None else {}),
         }
 
 

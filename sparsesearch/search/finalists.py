@@ -1,0 +1,107 @@
+"""Re-time the configs the pick weighs, on this machine, before choosing.
+
+A search scored by a latency table picks, among many configs tied in accuracy, the fastest *predicted* one, and
+so the one the table under-predicts most (the winner's curse: on the 2-core CPU demo a pick predicted at 0.64x
+dense ran at 0.70x, over its 0.70x budget). `Finalists` takes the configs the pick rule weighs (accuracy within
+the tie margin of the best, predicted within the budget plus a slack), the fastest-predicted `n` of them, times
+them interleaved with the dense config in one run, puts the measured ratios to dense on the table's scale
+(measured x dense times the predicted dense latency, so a machine that is uniformly faster or slower than the
+table moves nothing) and applies the same pick rule to those figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..config import SparsityConfig
+from .selection import Pick, pick_best
+
+__all__ = ["Finalists", "MEASURED_RULE"]
+
+MEASURED_RULE = (
+    "fastest as measured on this machine (finalists timed interleaved with dense, on the table's scale) among "
+    "the configs within the budget whose accuracy is within the tie margin of the most accurate one"
+)
+
+MeasureFn = Callable[[Sequence[SparsityConfig]], Sequence[float]]
+
+
+@dataclass
+class Finalists:
+    """How finalists are re-timed.
+
+    Attributes:
+        measure: configs -> milliseconds per forward of each, timed together in one run on this machine.
+        dense: the config the measured figures are put on the table's scale with (the space's densest).
+        dense_ms: its predicted latency.
+        n: at most this many finalists (the fastest predicted first).
+        slack: finalists may be predicted up to this fraction over the budget (the table may over-predict them).
+    """
+
+    measure: MeasureFn
+    dense: SparsityConfig
+    dense_ms: float
+    n: int = 8
+    slack: float = 0.1
+
+    def candidates(self, lat: np.ndarray, acc: np.ndarray, budget_ms: float, first: Pick) -> np.ndarray:
+        """Indices of the finalists: accuracy within the tie margin of `first.best_accuracy`, predicted within
+        the budget plus the slack, the `n` fastest predicted (ties: the earlier index)."""
+        ok = np.isfinite(acc) & (acc >= first.best_accuracy - first.tie_margin - 1e-12)
+        ok &= lat <= budget_ms * (1.0 + self.slack)
+        idx = np.flatnonzero(ok)
+        order = np.lexsort((idx, lat[idx]))
+        return idx[order[: max(1, self.n)]]
+
+    def choose(
+        self,
+        configs: Callable[[int], SparsityConfig],
+        lat: np.ndarray,
+        acc: np.ndarray,
+        budget_ms: float,
+        first: Pick,
+        labels: Callable[[int], str] = lambda i: "",
+    ) -> Pick:
+        """The pick among the finalists by their measured figures, or `first` (the prediction's pick) when no
+        finalist measures within the budget; either way with the measurements in `Pick.measured`.
+
+        configs(i), labels(i): the config and label of entry i of `lat` / `acc` ((n,) predicted ms, accuracy).
+        """
+        idx = self.candidates(lat, acc, budget_ms, first)
+        ms = np.asarray(self.measure([self.dense] + [configs(int(i)) for i in idx]), dtype=np.float64)
+        if ms.shape != (len(idx) + 1,) or not np.all(np.isfinite(ms) & (ms > 0)):
+            raise ValueError(f"measure returned {ms!r} for {len(idx) + 1} configs")
+        ratio = ms[1:] / ms[0]
+        scaled = ratio * self.dense_ms
+        picked = pick_best(scaled, acc[idx], budget_ms, first.tie_margin)
+        record: dict[str, Any] = {
+            "finalists": len(idx),
+            "dense_measured_ms": float(ms[0]),
+            "dense_predicted_ms": float(self.dense_ms),
+            "rows": [
+                {
+                    "label": labels(int(i)),
+                    "config": configs(int(i)).to_dict(),
+                    "accuracy": float(acc[i]),
+                    "predicted_ms": float(lat[i]),
+                    "measured_ms": float(m),
+                    "measured_x_dense": float(r),
+                    "measured_on_table_ms": float(s),
+                }
+                for i, m, r, s in zip(idx, ms[1:], ratio, scaled)
+            ],
+        }
+        if picked is None:
+            record["outcome"] = "no finalist measured within the budget: the pick stands on the prediction"
+            return Pick(first.index, first.rule, first.tie_margin, first.best_accuracy, first.tied, record)
+        chosen = int(idx[picked.index])
+        record["outcome"] = (
+            "kept the prediction's pick" if chosen == first.index else "moved from the prediction's pick"
+        )
+        record["measured_x_dense"] = float(ratio[picked.index])
+        tied = tuple(int(idx[j]) for j in picked.tied)
+        return Pick(chosen, MEASURED_RULE, picked.tie_margin, picked.best_accuracy, tied, record)

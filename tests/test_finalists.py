@@ -1,0 +1,119 @@
+"""Re-timing the pick's finalists: the pick moves to the config that *measures* fastest within the budget."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import sparsesearch as ss
+from sparsesearch.config import SparsityConfig
+from sparsesearch.errors import SparseSearchError
+from sparsesearch.latency.profile import Profiler, ProfileSettings
+from sparsesearch.search.finalists import MEASURED_RULE, Finalists
+from sparsesearch.search.selection import pick_best
+
+from .test_latency import DEMO, FAST
+
+DENSE = SparsityConfig.uniform(0.0, [2, 2], 4)
+CONFIGS = [SparsityConfig.uniform(p, [2, 2], 4) for p in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)]
+#           predicted ms, accuracy: 0-3 tied (tie 0.1), 4 over the budget + slack, 5 less accurate
+LAT = np.array([6.0, 6.5, 6.9, 7.5, 8.0, 5.0])
+ACC = np.array([90.0, 90.05, 90.0, 90.0, 90.0, 80.0])
+BUDGET, TIE = 7.0, 0.1
+
+
+def _measure(ms_by_index: dict[int, float], dense_ms: float, seen: list):
+    """A fake `measure`: the dense config and CONFIGS[i] take the given milliseconds."""
+
+    def measure(configs):
+        seen.append([c.key() for c in configs])
+        out = []
+        for c in configs:
+            out.append(dense_ms if c.key() == DENSE.key() else ms_by_index[[k.key() for k in CONFIGS].index(c.key())])
+        return out
+
+    return measure
+
+
+def _first():
+    first = pick_best(LAT, ACC, BUDGET, TIE)
+    assert first is not None and first.index == 0  # the fastest predicted of the tied
+    return first
+
+
+def test_candidates_are_the_tied_within_budget_plus_slack_fastest_first():
+    f = Finalists(lambda cs: [1.0] * len(cs), DENSE, 10.0, n=8, slack=0.1)
+    assert list(f.candidates(LAT, ACC, BUDGET, _first())) == [0, 1, 2, 3]  # 7.5 <= 7.7; 8.0 and the 80.0 out
+    f.n = 2
+    assert list(f.candidates(LAT, ACC, BUDGET, _first())) == [0, 1]
+
+
+def test_the_pick_moves_to_the_fastest_measured_within_budget():
+    # the machine runs 2x slower than the table (dense 20 ms measured vs 10 predicted): ratios put it on the
+    # table's scale. Config 0 (predicted fastest) measures 0.75x dense = 7.5 ms: over; config 2 measures 0.62x
+    seen: list = []
+    ms = {0: 15.0, 1: 13.0, 2: 12.4, 3: 13.6}
+    f = Finalists(_measure(ms, 20.0, seen), DENSE, 10.0, n=8)
+    pick = f.choose(lambda i: CONFIGS[i], LAT, ACC, BUDGET, _first(), lambda i: f"c{i}")
+    assert pick.index == 2 and pick.rule == MEASURED_RULE
+    assert seen == [[DENSE.key()] + [CONFIGS[i].key() for i in (0, 1, 2, 3)]]  # one run, dense first
+    rec = pick.measured
+    assert rec is not None and rec["finalists"] == 4 and rec["outcome"] == "moved from the prediction's pick"
+    assert rec["measured_x_dense"] == pytest.approx(0.62)
+    row0 = rec["rows"][0]
+    assert row0["label"] == "c0" and row0["measured_on_table_ms"] == pytest.approx(7.5)
+    assert row0["predicted_ms"] == 6.0 and row0["measured_ms"] == 15.0
+    assert json.loads(json.dumps(pick.to_dict()))["measured"]["rows"][2]["measured_x_dense"] == pytest.approx(0.62)
+
+
+def test_no_finalist_within_budget_keeps_the_predicted_pick():
+    f = Finalists(_measure({0: 16.0, 1: 16.0, 2: 16.0, 3: 16.0}, 20.0, []), DENSE, 10.0)
+    first = _first()
+    pick = f.choose(lambda i: CONFIGS[i], LAT, ACC, BUDGET, first)
+    assert pick.index == first.index and pick.rule == first.rule
+    assert pick.measured is not None and "stands on the prediction" in pick.measured["outcome"]
+
+
+def test_a_bad_measurement_is_refused():
+    f = Finalists(lambda cs: [1.0], DENSE, 10.0)
+    with pytest.raises(ValueError, match="measure returned"):
+        f.choose(lambda i: CONFIGS[i], LAT, ACC, BUDGET, _first())
+
+
+def test_search_times_finalists_on_the_tables_model(tmp_path):
+    """End to end on a real (tiny) table: the finalists are timed on its model and recorded in best.json."""
+    table = Profiler(ss.SearchSpace.load(DEMO), ProfileSettings(**FAST, resolutions=((32, 32),))).run(
+        tmp_path / "t.json"
+    )
+    space = table.space  # the demo space at the table's 32x32
+    r = ss.search(
+        space,
+        latency=table,
+        accuracy=lambda model, cfg: 1.0,  # every config tied: the pick is the latency's alone
+        budget=float(table.max_latency()),  # every config admitted: a 1-sample table is noise
+        population=6,
+        generations=1,
+        seed=0,
+        out=tmp_path / "run",
+        progress=False,
+        refine=False,
+        flops=False,
+        finalists=3,
+    )
+    doc = json.loads((tmp_path / "run" / "best.json").read_text())
+    rec = doc["pick"]["measured"]
+    assert rec["finalists"] == 3 and len(rec["rows"]) == 3 and rec["dense_measured_ms"] > 0
+    assert all(row["measured_ms"] > 0 and row["predicted_ms"] <= r.budget_ms * 1.1 + 1e-9 for row in rec["rows"])
+    if doc["pick"]["rule"] == MEASURED_RULE:
+        chosen = min(
+            (row for row in rec["rows"] if row["measured_on_table_ms"] <= r.budget_ms),
+            key=lambda row: row["measured_on_table_ms"],
+        )
+        assert chosen["config"] == doc["config"]
+
+
+def test_finalists_need_a_table(tmp_path):
+    space = ss.SearchSpace.load(DEMO)
+    with pytest.raises(SparseSearchError, match="needs a latency table"):
+        ss.search(space, latency=lambda c: 1.0, accuracy=lambda m, c: 1.0, budget=2.0, progress=False, finalists=2)
