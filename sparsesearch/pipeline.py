@@ -88,7 +88,7 @@ class DemoOptions:
     out: str = "runs/demo"
     space: str = "search_spaces/demo.yaml"
     # dense scenes (most windows hold part of an object): pruning costs accuracy until the supernet adapts
-    data: str = "synthetic:384:objects=12-24,coverage=0.4-0.6"
+    data: str = "synthetic:384:objects=24-48,coverage=0.4-0.6"
     resolutions: tuple[int, ...] | None = None  # profiled sides (square); None: see _profiled_resolutions
     pretrain_steps: int = 120  # dense training from random init: the "pretrained checkpoint" of the demo
     pretrain_lr: float = 2e-3
