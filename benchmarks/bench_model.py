@@ -117,8 +117,10 @@ def time_configs_cpu(model: Any, x: torch.Tensor, runs: list[tuple[float, str]],
 
     Every pass times each config once, right after the others, so a ratio to the dense forward of the same pass
     compares two forwards a few milliseconds apart: this VM's speed drifts by +-20% over seconds (RESULTS.md,
-    issue 14), which blocks of calls per config (even in interleaved rounds) put into the ratios. ms and x dense
-    are medians over all passes (x dense: of the per-pass ratios); "fastest" is fastest over fastest.
+    issue 14), which blocks of calls per config (even in interleaved rounds) put into the ratios. Each timed
+    forward follows an untimed one of its own config: right after another config a forward runs 2-9% slower,
+    dense more than sparse (RESULTS.md, issue 14), and a deployed model repeats its config. ms and x dense are
+    medians over all passes (x dense: of the per-pass ratios); "fastest" is fastest over fastest.
     """
     setups = _setups(model, runs)
     with torch.inference_mode():
@@ -128,11 +130,12 @@ def time_configs_cpu(model: Any, x: torch.Tensor, runs: list[tuple[float, str]],
                 model(x)
         t0 = time.perf_counter()
         model(x)
-        passes = max(5, math.ceil(args.min_time / (time.perf_counter() - t0)))
+        passes = max(5, math.ceil(args.min_time / (2 * (time.perf_counter() - t0))))
         samples: list[list[float]] = [[] for _ in runs]
         for _ in range(args.rounds * passes):
             for setup, got in zip(setups, samples):
                 setup()
+                model(x)  # untimed: the timed forward follows one of its own config, as in deployment
                 t0 = time.perf_counter_ns()
                 model(x)
                 got.append((time.perf_counter_ns() - t0) / 1e6)
@@ -223,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.device.type == "cuda":
         clock_name = f"CUDA events, median of {args.rounds} interleaved rounds"
     else:
-        clock_name = "perf_counter, configs interleaved forward by forward; medians over passes, x dense per pass"
+        clock_name = "perf_counter, configs interleaved forward by forward, each after an untimed one of its own"
     print(f"# {args.model} backbone, {res}, batch {args.batch}, {args.dtype} on {args.device.type} ({clock_name})")
     print(f"# machine: {machine_line()}; malloc: {malloc or 'default'}")
     headers = ["sparsity", "path", "ms", "x dense", "x dense (fastest)", "GFLOPs", "FLOPs x dense"]
