@@ -408,16 +408,20 @@ def search(
     job.resume, job.refine, job.workers, job.ray_address = resume, refine, workers, ray_address
     job.out_dir = Path(out) if out is not None else None
     fp = {"space": space.name, "budget": str(b), "algorithm": algorithm, "seed": seed, "accuracy": scorer.name}
-    fp = {**fp, "latency_source": lat.name, **(fingerprint or {})}
-    if job.out_dir is not None:
-        _prepare_out(job.out_dir, fp, resume, overwrite)
-    elif resume:
-        raise SparseSearchError("resume needs the out folder of the search to continue")
+    _prepare(job, {**fp, "latency_source": lat.name, **(fingerprint or {})}, overwrite)
     final = _finalists(lat, space, finalists)  # before the search: a function latency source fails at once
     run, cache, base, dense_acc, history = _execute(job, progress, on_evaluated)
     metric = metric or getattr(accuracy, "metric", None) or "accuracy"
     report_meta = {"budget": str(b), **(meta or {})}
     return _result(job, run, cache, base, dense_acc, history, flops, metric, report_meta, final)
+
+
+def _prepare(job: _Job, fingerprint: dict[str, Any], overwrite: bool) -> None:
+    """Set up the out folder (a resumed search must match `fingerprint`); resume needs one."""
+    if job.out_dir is not None:
+        _prepare_out(job.out_dir, fingerprint, job.resume, overwrite)
+    elif job.resume:
+        raise SparseSearchError("resume needs the out folder of the search to continue")
 
 
 def _finalists(lat: _Latency, space: SearchSpace, n: int) -> Finalists | None:
