@@ -143,7 +143,7 @@ class WindowAttention(nn.Module):
         q, k, v = qkv.unbind(0)
         bias = self.attention_bias(wh, ww, mask)
         if mask is not None and rows is not None:
-            bias = bias.index_select(0, rows)
+            bias = bias[rows]
         elif mask is not None and (Bw != bias.shape[0] or _tracing()):  # traced: the batch is symbolic
             bias = bias.repeat(Bw // bias.shape[0], 1, 1, 1)
         # a (1, heads, N, N) bias broadcasts inside SDPA; expanding it first makes the CPU kernel copy it per window
