@@ -236,6 +236,6 @@ def _plot(
     ax.set_ylabel(metric)
     ax.set_title(f"{title}: {metric} vs latency, budget {run.budget_ms:.2f} ms")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")  # "lower right" hid the resize baseline under the box
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png"))
