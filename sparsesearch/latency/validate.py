@@ -284,9 +284,7 @@ def validate(
     else:
         device_type(dev_type)
     warmup, repeats, rounds = _counts(meta, warmup, repeats, rounds)
-    timer = timer or make_timer(
-        device, float(meta.get("trim", 0.2)), clock=meta.get("clock", "wall"), statistic=table.statistic
-    )
+    timer = timer or _table_timer(table)
     genomes = validation_genomes(table, n, seed)
     n_rows = len(genomes)
     checks = _calibration_checks(table) if drift_check else []
@@ -347,18 +345,24 @@ def measure_configs(
     device_type(meta["device_type"])
     if meta.get("malloc") and meta["device_type"] == "cpu":
         tune_malloc()
-    timer = timer or make_timer(
-        torch.device(meta["device_type"]),
-        float(meta.get("trim", 0.2)),
-        clock=meta.get("clock", "wall"),
-        statistic=table.statistic,
-    )
+    timer = timer or _table_timer(table)
     genomes = [table.space.encode(c) for c in configs]
     model, images = table_model(table)
     timed = _TimedModel(table.space, model, images, timer, warmup, repeats)
     with num_threads(int(meta["threads"])), torch.inference_mode():
         stats = timed.run(genomes, rounds, LoadMonitor(), None, 0.0, None)
     return [combine_rounds(st, table.statistic).ms for st in stats]
+
+
+def _table_timer(table: LatencyTable) -> Timer:
+    """The timer whole forwards are checked with: the table's device, trim, clock and statistic, no cache flush."""
+    meta = table.meta
+    return make_timer(
+        torch.device(meta["device_type"]),
+        float(meta.get("trim", 0.2)),
+        clock=meta.get("clock", "wall"),
+        statistic=table.statistic,
+    )
 
 
 def _counts(meta: dict[str, Any], warmup: int | None, repeats: int | None, rounds: int | None) -> tuple[int, int, int]:
