@@ -6,6 +6,7 @@ modules (resume, validation, CLI) only check what was measured and written.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import tempfile
@@ -32,7 +33,7 @@ from sparsesearch.latency import (
     write_report,
 )
 from sparsesearch.latency.env import slugify
-from sparsesearch.latency.measure import combine_rounds, summarize, time_parts
+from sparsesearch.latency.measure import combine_rounds, summarize, time_interleaved, time_parts
 from sparsesearch.latency.profile import PartialProfileWarning
 from sparsesearch.latency.structure import kinds_and_counts, space_hash, sparsity_for_count
 from sparsesearch.ops import keep_count
@@ -600,8 +601,8 @@ class _SequenceTimer(CpuTimer):
 
 
 def test_validation_interleaves_configs_forward_by_forward(tmp_path, monkeypatch):
-    """Each pass times every config once, in turn; a round is `repeats` passes; a config's round figure is the
-    mean of its samples of that round."""
+    """Each pass times every config once, in turn, in order of predicted time (every other pass reversed); a
+    round is `repeats` passes; a config's round figure is the mean of its samples of that round."""
     space = ss.SearchSpace.load(DEMO)
     table = _fake_table(space, tmp_path, monkeypatch, resolutions=((32, 32),), calibration=0)
     module = importlib.import_module("sparsesearch.latency.validate")
@@ -611,15 +612,19 @@ def test_validation_interleaves_configs_forward_by_forward(tmp_path, monkeypatch
     report = validate(table, n=2, seed=0, warmup=1, repeats=3, rounds=2, timer=timer, drift_check=False)
     n = len(report.rows)
     assert len(timer.timed) == n + 2 * 3 * n  # one warm-up call each (warmup=1), then 2 rounds x 3 passes
-    passes = [timer.timed[j : j + n] for j in range(0, len(timer.timed), n)]
-    assert all(p == passes[0] for p in passes) and len(set(passes[0])) == n  # every config once per pass
+    passes = [timer.timed[j : j + n] for j in range(n, len(timer.timed), n)]
+    assert len(set(passes[0])) == n  # every config once per pass
+    assert all(p == (passes[0] if i % 2 == 0 else passes[0][::-1]) for i, p in enumerate(passes))
+    keys = [tuple(map(tuple, table.space.decode(np.array(r.genome)).sparsity)) for r in report.rows]
+    by_prediction = [keys[i] for i in np.argsort([r.predicted for r in report.rows], kind="stable")]
+    assert [key[:-1] for key in passes[0]] == by_prediction != keys  # (the fake table reorders them)
     # every timed forward follows an untimed forward of its own config (a forward right after another config is
     # slower: the dense ones more)
     timed_at = [i for i, (kind, _) in enumerate(timer.events) if kind == "timed"][n:]  # after the warm-up calls
     assert len(timed_at) == 2 * 3 * n and all(timer.events[i - 1] == ("untimed", timer.events[i][1]) for i in timed_at)
-    for i, row in enumerate(report.rows):
-        round0 = np.mean([n + i, 2 * n + i, 3 * n + i])
-        round1 = round0 + 3 * n
+    for key, row in zip(keys, report.rows):
+        at = [n + p * n + passes[p].index(next(k for k in passes[p] if k[:-1] == key)) for p in range(6)]
+        round0, round1 = np.mean(at[:3]), np.mean(at[3:])
         assert row.measured.rounds == pytest.approx((round0, round1))
         assert row.measured.ms == pytest.approx((round0 + round1) / 2) and row.measured.n == 6
 
@@ -743,3 +748,41 @@ def test_tune_malloc_in_a_subprocess():
     code = "from sparsesearch.latency.measure import tune_malloc; a = tune_malloc(); print(a == tune_malloc(), a)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.startswith("True")
+
+
+def test_time_interleaved_order_alternates_and_is_checked():
+    """`order` sets the even passes' order, the odd ones run it reversed; anything but a permutation is refused."""
+    seen: list[int] = []
+    runs = [(lambda i=i: seen.append(i), lambda: None) for i in range(3)]
+    stats = time_interleaved(runs, CpuTimer(trim=0.0), 0, 2, 2, order=[2, 0, 1])
+    assert seen[3:] == [2, 0, 1, 1, 0, 2, 2, 0, 1, 1, 0, 2] and [len(s) for s in stats] == [2, 2, 2]
+    with pytest.raises(LatencyTableError, match="permutation"):
+        time_interleaved(runs, CpuTimer(), 0, 1, 1, order=[0, 0, 1])
+
+
+def test_profile_whole_forwards_run_in_order_of_expected_time():
+    """The in-model and calibration forwards of a round: each pass from the most to the least work expected
+    (pixels x kept fraction), every other pass reversed."""
+    space = ss.SearchSpace.load(DEMO)
+    profiler = Profiler(space, ProfileSettings(**{**FAST, "resolutions": ((64, 64), (32, 32)), "calibration": 4}))
+    net = ss.models.family.prunable(profiler.model())
+    seen: list[tuple] = []
+
+    class Recorder(CpuTimer):
+        def measure(self, fn, warmup, repeats, setup=None):
+            cfg = net.config
+            seen.append((cfg.resolution, tuple(map(tuple, cfg.sparsity))))
+            return Stat(1.0, 0.0, 1.0, 1.0, 1)
+
+        def measure_parts(self, run, parts, warmup, repeats):
+            return {"total": self.measure(run, warmup, repeats)}
+
+    profiler._plain_timer = Recorder()
+    profiler.settings = dataclasses.replace(profiler.settings, repeats=2)
+    entries = [e for e in profiler.plan() if e.part in ("in_model", "model")]
+    profiler.measure_group(entries)
+    n = len(entries)
+    assert len(seen) == 2 * n
+    work = [r[0] * r[1] * np.mean([1 - p for stage in s for p in stage]) for r, s in seen[:n]]
+    assert work == sorted(work, reverse=True) and len(set(seen[:n])) > 2
+    assert seen[n:] == seen[:n][::-1]

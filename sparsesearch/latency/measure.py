@@ -330,6 +330,7 @@ def time_interleaved(
     before_pass: Callable[[], Any] | None = None,
     after_round: Callable[[int], None] | None = None,
     warm: int = 1,
+    order: Sequence[int] | None = None,
 ) -> list[list[Stat]]:
     """Time several calls interleaved call by call: per (setup, call) of `runs`, one Stat per round.
 
@@ -342,30 +343,49 @@ def time_interleaved(
     every timed forward follow a forward of its own config, as in a deployed model (and in the profiler's
     in-model pass): right after another config a forward ran 4-9% slower on a 2-core VM, the dense one more
     than sparse ones, which put a config-dependent error into tables and their validation (RESULTS.md).
+    `order` (a permutation of the runs' indices) is the order of the even passes, the odd ones take it
+    reversed: ordered by expected time, runs of nearly equal time are timed next to each other, whose drift is
+    most alike (on a 2-core VM consecutive forwards' deviations correlated ~0.6, RESULTS.md), so exactly the
+    pairs that are hard to rank get the smallest error in their difference; reversing every other pass keeps
+    any effect of the preceding run symmetric. Default: the runs' order in every pass.
     `before_pass` runs before each pass (e.g. waiting for a quiet machine), `after_round(rounds done)` after each
     round.
     """
+    forward = _pass_order(order, len(runs))
     for setup, call in runs:
         setup()
         if warmup:
             timer.measure(call, warmup - 1, 1)
     stats: list[list[Stat]] = [[] for _ in runs]
+    passes = 0
     for r in range(rounds):
         samples: list[list[float]] = [[] for _ in runs]
         rejected = [0] * len(runs)
         for _ in range(repeats):
             if before_pass is not None:
                 before_pass()
-            for i, (setup, call) in enumerate(runs):
+            for i in forward if order is None or passes % 2 == 0 else forward[::-1]:
+                setup, call = runs[i]
                 setup()
                 one = timer.measure(call, warm, 1)
                 samples[i].append(one.ms)
                 rejected[i] += one.rejected
+            passes += 1
         for i, got in enumerate(samples):
             stats[i].append(summarize(got, timer.trim, rejected[i], timer.statistic))
         if after_round is not None:
             after_round(r + 1)
     return stats
+
+
+def _pass_order(order: Sequence[int] | None, n: int) -> list[int]:
+    """`order` checked to be a permutation of range(n) (None: range(n))."""
+    if order is None:
+        return list(range(n))
+    got = [int(i) for i in order]
+    if sorted(got) != list(range(n)):
+        raise LatencyTableError(f"order must be a permutation of the {n} runs' indices, got {got}")
+    return got
 
 
 def time_parts(

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import SparsityConfig
 from ..errors import LatencyTableError, SparseSearchError, SparseSearchWarning
 from ..fileio import atomic_write_text, set_aside
 from ..models.family import prunable
@@ -431,6 +432,8 @@ class Profiler:
         Spreading every config's samples over the whole group, instead of timing `repeats` forwards of one
         config and then the next, makes the machine's drift over seconds (+-20% on a shared VM, RESULTS.md,
         issue 14) weigh on all configs alike: these entries set the table's correction and its calibration.
+        Passes run the configs in order of expected time, every other one reversed (`_expected_time_order`, as
+        `time_interleaved` does with an order).
         Returns, per entry, what `measure` would: a Stat, or {"total", "plain", part name: Stat}.
         """
         model = self.model()
@@ -448,9 +451,11 @@ class Profiler:
                 net.set_config(config)
                 for _ in range(s.warmup):
                     call()
-            for _ in range(s.repeats):
+            order = _expected_time_order([config for config, _ in calls])
+            for p in range(s.repeats):
                 self.monitor.wait_quiet(self.max_load, budget_s=s.max_wait_s)
-                for e, (config, call), got in zip(entries, calls, samples):
+                for i in order if p % 2 == 0 else order[::-1]:
+                    e, (config, call), got = entries[i], calls[i], samples[i]
                     net.set_config(config)
                     # one untimed forward first: every timed forward follows one of its own config (see
                     # `time_interleaved`), the hooked one included
@@ -769,6 +774,18 @@ class Profiler:
 
 #: entries that time whole forwards: measured together, interleaved (`Profiler.measure_group`)
 _WHOLE_FORWARD = ("in_model", "model")
+
+
+def _expected_time_order(configs: Sequence[SparsityConfig]) -> list[int]:
+    """Indices of configs from the slowest expected to the fastest, before any table exists: pixels times the
+    mean kept fraction of the blocks (ties keep their order)."""
+
+    def work(c: SparsityConfig) -> float:
+        kept = [1.0 - p for stage in c.sparsity for p in stage]
+        pixels = float(np.prod(c.resolution)) if c.resolution else 1.0
+        return pixels * (float(np.mean(kept)) if kept else 1.0)
+
+    return sorted(range(len(configs)), key=lambda i: -work(configs[i]))
 
 
 def _record(done: dict[str, list[Stat]], entry: Entry, result: Stat | dict[str, Stat]) -> Stat:

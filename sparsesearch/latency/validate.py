@@ -297,7 +297,7 @@ def validate(
     model, images = table_model(table)
     timed = _TimedModel(table.space, model, images, timer, warmup, repeats)
     with num_threads(threads), torch.inference_mode():
-        stats = timed.run([g for _, g in genomes], rounds, monitor, limit, max_wait_s, on_config)
+        stats = timed.run([g for _, g in genomes], rounds, monitor, limit, max_wait_s, on_config, predicted)
     rows = [
         ValidationRow(label, [int(v) for v in genome], float(p), combine_rounds(st, table.statistic))
         for (label, genome), p, st in zip(genomes, predicted, stats)
@@ -338,8 +338,8 @@ def measure_configs(
     """Milliseconds per whole forward of each config on this machine, timed as `validate` times its configs: the
     table's model and inputs (head, classes, dtype, batch, random weights), threads, allocator setting, clock and
     statistic; configs interleaved forward by forward, each timed forward after an untimed one of its own,
-    `rounds` rounds of `repeats` passes. For figures relative to each other (e.g. to a dense config in the list):
-    the absolute level is this moment's machine speed.
+    `rounds` rounds of `repeats` passes in order of predicted time (`time_interleaved`). For figures relative
+    to each other (e.g. to a dense config in the list): the absolute level is this moment's machine speed.
     """
     meta = table.meta
     device_type(meta["device_type"])
@@ -349,8 +349,9 @@ def measure_configs(
     genomes = [table.space.encode(c) for c in configs]
     model, images = table_model(table)
     timed = _TimedModel(table.space, model, images, timer, warmup, repeats)
+    predicted = table.predict_many(np.stack(genomes))
     with num_threads(int(meta["threads"])), torch.inference_mode():
-        stats = timed.run(genomes, rounds, LoadMonitor(), None, 0.0, None)
+        stats = timed.run(genomes, rounds, LoadMonitor(), None, 0.0, None, predicted)
     return [combine_rounds(st, table.statistic).ms for st in stats]
 
 
@@ -403,9 +404,11 @@ class _TimedModel:
         limit: float | None,
         max_wait_s: float,
         on_config: Callable[[int, int], None] | None,
+        predicted: Sequence[float] | np.ndarray | None = None,
     ) -> list[list[Stat]]:
         """Per genome, one Stat per round of whole-model forwards, configs interleaved forward by forward
-        (`time_interleaved`); with `limit` set, every pass first waits for a quiet machine."""
+        (`time_interleaved`), in order of their `predicted` times when given; with `limit` set, every pass first
+        waits for a quiet machine."""
         net = prunable(self.model)
         runs = [
             (
@@ -422,6 +425,7 @@ class _TimedModel:
             rounds,
             before_pass=lambda: monitor.wait_quiet(limit, budget_s=max_wait_s),
             after_round=None if on_config is None else lambda r: on_config(r * len(genomes), rounds * len(genomes)),
+            order=None if predicted is None else [int(i) for i in np.argsort(predicted, kind="stable")],
         )
 
 
