@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_model.py [--model swin_tiny_patch4_window7_224] [--model-kwargs JSON]
         [--resolution 512] [--batch 1] [--sparsity 0 0.3 0.5 0.7] [--device cpu|cuda] [--dtype fp32|fp16|bf16]
-        [--backend torch triton] [--compile 0.5 [--compile-backend inductor]] [--json out.json]
+        [--backend torch triton] [--compile 0.5 [--compile-backend inductor] [--compile-dense]] [--json out.json]
 
 Any registered model (`sparsesearch models`), backbone only (head=None). Dense is the model without a config;
 every other sparsity runs once per kernel backend named by --backend ("torch": the torch path, "triton": the
@@ -19,6 +19,7 @@ FLOPs come from fvcore (--no-flops skips them: tracing every config costs second
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import math
@@ -57,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compile", type=float, default=None, metavar="P", help="also time torch.compile at sparsity P")
     ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode (e.g. max-autotune-no-cudagraphs)")
+    ap.add_argument("--compile-dense", action="store_true",
+                    help="with --compile, also compile the dense model and give compiled x compiled dense")  # fmt: skip
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     ap.add_argument("--min-time", type=float, default=2.0, help="CPU: seconds per config per round")
     ap.add_argument("--warmup", type=int, default=10, help="CUDA: untimed calls per config and round")
@@ -178,13 +181,31 @@ def time_compiled(model: Any, x: torch.Tensor, p: float, args: argparse.Namespac
         compiled_ms = statistics.median(clock(lambda: compiled(x))[0] for _ in range(args.rounds))
         eager_ms = statistics.median(clock(lambda: model(x))[0] for _ in range(args.rounds))
         diff = (compiled(x).float() - model(x).float()).abs()
+        dense = _compiled_dense(model, x, compiled, args, clock) if args.compile_dense else {}
     model.set_config(None)
     # fused kernels round differently; a window kept by one and not the other (near-tied scores) shows as a
     # large max with a small mean
     return {"sparsity": p, "backend": args.compile_backend, "mode": args.compile_mode, "compile_s": compile_s,
             "compiled_ms": compiled_ms, "eager_ms": eager_ms, "speedup": eager_ms / compiled_ms,
             "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-            "matches_eager": bool(float(diff.mean()) <= 2e-2)}  # fmt: skip
+            "matches_eager": bool(float(diff.mean()) <= 2e-2), **dense}  # fmt: skip
+
+
+def _compiled_dense(model: Any, x: torch.Tensor, compiled: Callable, args: argparse.Namespace, clock: Callable) -> dict:
+    """The dense model compiled too (a copy: switching one compiled module's config would recompile), then both
+    compiled forwards timed in alternating rounds: compile seconds, ms, and compiled sparse x compiled dense
+    (median of the rounds' ratios)."""
+    dense = copy.deepcopy(model)
+    dense.set_config(None)
+    compiled_dense = torch.compile(dense, backend=args.compile_backend, mode=args.compile_mode)
+    t0 = time.perf_counter()
+    compiled_dense(x)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    compile_s = time.perf_counter() - t0
+    pairs = [(clock(lambda: compiled(x))[0], clock(lambda: compiled_dense(x))[0]) for _ in range(args.rounds)]
+    return {"dense_compile_s": compile_s, "compiled_dense_ms": statistics.median(d for _, d in pairs),
+            "compiled_x_compiled_dense": statistics.median(s / d for s, d in pairs)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -240,6 +261,10 @@ def main(argv: list[str] | None = None) -> None:
               f"({compiled['speedup']:.2f}x; {compiled['compiled_ms'] / dense_ms:.3f}x eager dense); "
               f"outputs vs eager: mean |diff| {compiled['mean_abs_diff']:.2e}, "
               f"max {compiled['max_abs_diff']:.2e}")  # fmt: skip
+        if args.compile_dense:
+            print(f"# compiled dense: compile {compiled['dense_compile_s']:.1f} s, "
+                  f"{compiled['compiled_dense_ms']:.2f} ms; compiled {args.compile} x compiled dense "
+                  f"{compiled['compiled_x_compiled_dense']:.3f} (eager: see the table)")  # fmt: skip
     if args.json:
         out = {"machine": machine_info(), "model": args.model, "model_kwargs": args.model_kwargs,
                "resolution": list(args.resolution), "batch": args.batch, "device": args.device.type,
