@@ -42,7 +42,7 @@ def worker(args: argparse.Namespace) -> None:
     """One run: (configs, passes) forward times in ms for order A and order B, written as JSON to --worker."""
     import torch  # noqa: PLC0415
     from sparsesearch.latency import LatencyTable  # noqa: PLC0415
-    from sparsesearch.latency.measure import num_threads, tune_malloc  # noqa: PLC0415
+    from sparsesearch.latency.measure import num_threads, serpentine, tune_malloc  # noqa: PLC0415
     from sparsesearch.latency.validate import table_model, validation_genomes  # noqa: PLC0415
     from sparsesearch.models.family import prunable  # noqa: PLC0415
 
@@ -80,7 +80,7 @@ def worker(args: argparse.Namespace) -> None:
         for p in range(args.passes):
             for i in range(n):
                 times["A"][i, p] = one(i)
-            for i in by_time if p % 2 == 0 else by_time[::-1]:
+            for i in serpentine(by_time, p):
                 times["B"][i, p] = one(i)
     out = {"predicted": predicted.tolist(), "labels": [lbl for lbl, _ in genomes]}
     out.update({k: v.tolist() for k, v in times.items()})

@@ -23,6 +23,7 @@ __all__ = [
     "summarize",
     "combine_rounds",
     "time_parts",
+    "serpentine",
     "time_interleaved",
     "Timer",
     "CpuTimer",
@@ -364,7 +365,7 @@ def time_interleaved(
         for _ in range(repeats):
             if before_pass is not None:
                 before_pass()
-            for i in forward if order is None or passes % 2 == 0 else forward[::-1]:
+            for i in forward if order is None else serpentine(forward, passes):
                 setup, call = runs[i]
                 setup()
                 one = timer.measure(call, warm, 1)
@@ -376,6 +377,11 @@ def time_interleaved(
         if after_round is not None:
             after_round(r + 1)
     return stats
+
+
+def serpentine(order: Sequence[int], p: int) -> Sequence[int]:
+    """Pass p's order of runs timed in `order` on even passes and in reverse on odd ones."""
+    return order if p % 2 == 0 else order[::-1]
 
 
 def _pass_order(order: Sequence[int] | None, n: int) -> list[int]:

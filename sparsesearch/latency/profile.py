@@ -63,6 +63,7 @@ from .measure import (
     default_max_load,
     make_timer,
     num_threads,
+    serpentine,
     summarize,
     tune_malloc,
 )
@@ -454,7 +455,7 @@ class Profiler:
             order = _expected_time_order([config for config, _ in calls])
             for p in range(s.repeats):
                 self.monitor.wait_quiet(self.max_load, budget_s=s.max_wait_s)
-                for i in order if p % 2 == 0 else order[::-1]:
+                for i in serpentine(order, p):
                     e, (config, call), got = entries[i], calls[i], samples[i]
                     net.set_config(config)
                     # one untimed forward first: every timed forward follows one of its own config (see
