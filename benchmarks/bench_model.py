@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_model.py [--model swin_tiny_patch4_window7_224] [--model-kwargs JSON]
         [--resolution 512] [--batch 1] [--sparsity 0 0.3 0.5 0.7] [--device cpu|cuda] [--dtype fp32|fp16|bf16]
-        [--backend torch triton] [--compile 0.5 [--compile-backend inductor] [--compile-dense]] [--json out.json]
+        [--backend torch triton] [--compile 0.5 [--compile-backend inductor] [--compile-dense]] [--floor]
+        [--json out.json]
 
 Any registered model (`sparsesearch models`), backbone only (head=None). Dense is the model without a config;
 every other sparsity runs once per kernel backend named by --backend ("torch": the torch path, "triton": the
@@ -11,6 +12,12 @@ every config once; --rounds x about --min-time seconds of passes), and "x dense"
 ratios to the dense forward of the same pass: a shared VM's speed drifts by +-20% over seconds (RESULTS.md,
 issue 14), which that ratio cancels; "fastest" compares the fastest forwards. On CUDA, CUDA events (--warmup,
 --repeats per config and round) in --rounds interleaved rounds, the median round.
+--floor (Swin models) adds a "floor" row per sparsity: every pruned block replaced by the dense block run on
+a strip of as many whole windows as it keeps (no scoring, selection, gather or write-back; the map passes on
+unchanged), the embedding and patch merges as they are: what the same work costs the dense path on this
+machine, so "pruned - floor" is the pruned path's own cost and "floor - FLOPs" the hardware's (small GEMMs,
+per-op costs). Its FLOP column is the pruned config's (the strip holds whole windows, so where the pruned path
+skips padded tokens the floor does a little more).
 --compile P also times torch.compile of the config at sparsity P
 (first call = compile time; then as above), under torch.no_grad (the in-place scatter is traced, not run).
 FLOPs come from fvcore (--no-flops skips them: tracing every config costs seconds).
@@ -37,6 +44,7 @@ from torch.utils import benchmark
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sparsesearch as ss  # noqa: E402
+from sparsesearch.models.swin import SwinBlock  # noqa: E402
 
 from _machine import DTYPES, Timer, machine_info, machine_line  # noqa: E402
 
@@ -60,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode (e.g. max-autotune-no-cudagraphs)")
     ap.add_argument("--compile-dense", action="store_true",
                     help="with --compile, also compile the dense model and give compiled x compiled dense")  # fmt: skip
+    ap.add_argument("--floor", action="store_true",
+                    help="also time dense blocks on the kept windows' work only (Swin; see above)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     ap.add_argument("--min-time", type=float, default=2.0, help="CPU: seconds per config per round")
     ap.add_argument("--warmup", type=int, default=10, help="CUDA: untimed calls per config and round")
@@ -106,11 +116,42 @@ def make_clock(args: argparse.Namespace) -> Callable[[Callable[[], object]], tup
     return cpu
 
 
+def _floor_forward(blk: SwinBlock) -> Callable[..., torch.Tensor]:
+    """A stand-in for `blk.forward` that does the work of its kept windows on the dense path: the dense block on
+    a (B, wh, k*ww, C) strip (k = the windows it keeps; a view of the map's first rows when they suffice), output
+    discarded, the map returned unchanged. Shifted blocks keep their shift along the strip (roll and mask)."""
+
+    def forward(x: torch.Tensor, owns_input: bool = False, carry: Any = None) -> torch.Tensor:
+        B, H, W, C = x.shape
+        g = blk.geometry(H, W)
+        k = ss.ops.keep_count(blk.sparsity, g.num_windows) if blk.sparsity > 0 else g.num_windows
+        if k == g.num_windows:
+            return blk._forward_dense(x, g)
+        n = B * g.wh * k * g.ww
+        flat = x.reshape(-1, C)
+        strip = (flat[:n] if n <= flat.shape[0] else flat.new_zeros(n, C)).view(B, g.wh, k * g.ww, C)
+        blk._forward_dense(strip, ss.ops.WindowGeometry.create(g.wh, k * g.ww, blk.window_size, blk.shifted))
+        return x
+
+    return forward
+
+
+def _set_floor(model: Any, on: bool) -> None:
+    """Swap every Swin block's forward for `_floor_forward` (on) or back to the class's (off)."""
+    for blk in model.modules():
+        if isinstance(blk, SwinBlock):
+            if on:
+                blk.forward = _floor_forward(blk)  # type: ignore[method-assign]
+            else:
+                blk.__dict__.pop("forward", None)
+
+
 def _setups(model: Any, runs: list[tuple[float, str]]) -> list[Callable[[], None]]:
     def setup(p: float, path: str) -> None:
         cfg = None if path == "dense" else ss.SparsityConfig.uniform(p, model.depths, model.default_window_size)
         model.set_config(cfg)
-        model.set_kernel_backend(None if path in ("dense", "auto") else path)
+        model.set_kernel_backend(None if path in ("dense", "auto", "floor") else path)
+        _set_floor(model, path == "floor")
 
     return [functools.partial(setup, p, path) for p, path in runs]
 
@@ -144,6 +185,7 @@ def time_configs_cpu(model: Any, x: torch.Tensor, runs: list[tuple[float, str]],
                 got.append((time.perf_counter_ns() - t0) / 1e6)
     model.set_config(None)
     model.set_kernel_backend(None)
+    _set_floor(model, False)
     dense = samples[runs.index((0.0, "dense"))]
     return {
         r: (statistics.median(got), statistics.median(a / b for a, b in zip(got, dense)), min(got) / min(dense))
@@ -218,7 +260,10 @@ def main(argv: list[str] | None = None) -> None:
     dtype = DTYPES[args.dtype]
     model = ss.create_model(args.model, head=None, **args.model_kwargs).eval().to(device=args.device, dtype=dtype)
     x = torch.randn(args.batch, 3, *args.resolution, device=args.device).to(dtype)
-    runs = [(p, path) for p in args.sparsity for path in (["dense"] if p == 0 else args.backend)]
+    if args.floor and not any(isinstance(m, SwinBlock) for m in model.modules()):
+        sys.exit(f"--floor: {args.model} has no Swin blocks; the floor row exists for Swin models only")
+    extra = ["floor"] if args.floor else []
+    runs = [(p, path) for p in args.sparsity for path in (["dense"] if p == 0 else args.backend + extra)]
     clock = make_clock(args)
     if args.device.type == "cpu":
         timed = time_configs_cpu(model, x, runs, args)

@@ -133,6 +133,56 @@ def test_carried_scores_equal_recomputed_scores(monkeypatch):
     torch.testing.assert_close(carried, fresh, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("hw,fused", [((8, 12), True), ((9, 11), False)])
+def test_compiled_block_takes_the_fused_path_on_unpadded_maps(hw, fused):
+    """Under torch.compile (no grad) a pruned block runs the fused path where its shapes are static (an unpadded
+    map: every kept slot is a real token) and the general path of named window ops on a padded map; both equal
+    eager bit for bit (aot_eager: the graph as traced, no kernel fusion)."""
+    import warnings  # noqa: PLC0415
+
+    import torch._dynamo  # noqa: PLC0415
+    from torch._dynamo.backends.debugging import aot_eager  # noqa: PLC0415
+
+    torch._dynamo.reset()
+    blk = _block(8, 2, 4, True, seed=5)
+    blk.sparsity = 0.5
+    seen: list[str] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]):  # type: ignore[no-untyped-def]
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return aot_eager(gm, example_inputs)
+
+    x = torch.randn(2, *hw, 8)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = torch.compile(blk, backend=backend, fullgraph=True)(x.clone())
+        want = blk(x.clone())
+    torch._dynamo.reset()
+    assert torch.equal(got, want)
+    named = any("sparsesearch" in name for name in seen)
+    assert named != fused, seen
+
+
+@pytest.mark.parametrize("wanted", [True, False])
+def test_a_block_updates_carried_scores_only_when_wanted(wanted):
+    """A stage's last block (carry.wanted False) leaves no scores behind; any other hands on those of its output.
+    The output is the same either way."""
+    blk = _block(8, 2, 4, True, seed=3)
+    blk.sparsity = 0.5
+    x = torch.randn(2, 9, 11, 8)
+    carry = swin.ScoreCarry()
+    carry.wanted = wanted
+    with torch.no_grad():
+        want = blk(x.clone())
+        got = blk(x.clone(), carry=carry)
+    assert torch.equal(got, want)
+    if wanted:
+        assert carry.tok is not None and carry.get(got) is carry.tok
+        assert torch.equal(carry.tok, got.abs().mean(-1, dtype=torch.float32).reshape(2, -1))
+    else:
+        assert carry.tok is None and carry.get(got) is None
+
+
 @pytest.mark.parametrize("hw,p", [((10, 7), 0.5), ((12, 12), 0.99), ((9, 13), 0.3)])
 def test_samvit_windowed_block_fused_equals_general_path(hw, p, monkeypatch):
     """A windowed SAM block takes the fused path in inference; same output as the window-op path (which the SAM

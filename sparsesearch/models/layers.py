@@ -123,7 +123,10 @@ class WindowAttention(nn.Module):
 
     def _build_bias(self, wh: int, ww: int, mask: torch.Tensor | None) -> torch.Tensor:
         bias = self.position_bias(wh, ww).unsqueeze(0)
-        return bias if mask is None else bias + mask.unsqueeze(1).to(bias.dtype)
+        bias = bias if mask is None else bias + mask.unsqueeze(1).to(bias.dtype)
+        # contiguous: the table's (N, N, heads) layout survives the permute and the add, and SDPA's CPU kernel
+        # copies a non-contiguous mask on every call (1.1 ms of a 36 ms forward in the demo model's stage 1)
+        return bias.contiguous()
 
     def forward(
         self, x: torch.Tensor, wh: int, ww: int, mask: torch.Tensor | None = None, rows: torch.Tensor | None = None
@@ -143,7 +146,7 @@ class WindowAttention(nn.Module):
         q, k, v = qkv.unbind(0)
         bias = self.attention_bias(wh, ww, mask)
         if mask is not None and rows is not None:
-            bias = bias[rows]
+            bias = bias.index_select(0, rows)  # several times faster than bias[rows] on CPU
         elif mask is not None and (Bw != bias.shape[0] or _tracing()):  # traced: the batch is symbolic
             bias = bias.repeat(Bw // bias.shape[0], 1, 1, 1)
         # a (1, heads, N, N) bias broadcasts inside SDPA; expanding it first makes the CPU kernel copy it per window

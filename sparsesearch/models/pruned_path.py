@@ -1,4 +1,4 @@
-"""The fused eager-inference path of a pruned window block: only the real tokens of the kept windows move.
+"""The fused inference path of a pruned window block: only the real tokens of the kept windows move.
 
 The general pruned path (`ops.gather_windows` -> norm1 -> attention -> norm2 + MLP -> `ops.scatter_windows`)
 copies every slot of the kept windows, padding included, several times: the gather, the zeroing of padded slots,
@@ -13,9 +13,11 @@ On CPU those copies cost as much as a good part of the arithmetic saved by pruni
 4. writes the M rows into the block input (or a copy of it) with one index_copy_.
 
 The output is the same as the general path's (DESIGN.md's identity `where(kept, dense_block(x), x)`); only
-the order of the rows fed to the same per-token ops differs. It uses plain aten ops with data-dependent shapes
-(nonzero), so the blocks take it only in eager inference on the torch backend (see `SwinBlock._fused_ok`);
-fvcore, which traces, sees the M-row linears and counts the FLOPs really done.
+the order of the rows fed to the same per-token ops differs. It uses plain aten ops; on a padded map the count
+of real tokens is data-dependent (nonzero), so the blocks take it in inference on the torch backend, and under
+torch.compile only where the map is unpadded (static shapes: then inductor fuses the scoring, gathers and
+write-backs with their neighbours); see `SwinBlock._fused_ok`. fvcore, which traces, sees the M-row linears and
+counts the FLOPs really done.
 
 Scores without reading the whole map: a block changes only the real tokens of its kept windows, so the token
 scores mean_c |x| of its output are those of its input with those M rows recomputed. A `ScoreCarry` handed from
@@ -40,11 +42,13 @@ __all__ = ["KeptTokens", "ScoreCarry", "kept_tokens", "token_scores", "window_sc
 class ScoreCarry:
     """Token scores of the last output of a chain of blocks: `tok` (B, H*W) float32 mean_c |x| of the tensor
     `of`. A block may use them only when its input *is* `of` (the previous block's output); any other block
-    path resets the carry."""
+    path resets the carry. The owner clears `wanted` before the chain's last block: nothing reads the scores of
+    its output, so that block does not update them."""
 
     def __init__(self) -> None:
         self.of: torch.Tensor | None = None
         self.tok: torch.Tensor | None = None
+        self.wanted = True
 
     def get(self, x: torch.Tensor) -> torch.Tensor | None:
         return self.tok if self.of is x else None
@@ -64,7 +68,8 @@ def window_scores(tok: torch.Tensor, g: WindowGeometry) -> torch.Tensor:
     sq = tok.square()
     if g.padded:
         sq = torch.cat([sq, sq.new_zeros(sq.shape[0], 1)], dim=1)
-    return sq[:, ops.token_index(g, tok.device)].sum(dim=-1).sqrt()
+    per_window = sq.index_select(1, ops.token_index(g, tok.device).view(-1))  # index_select: 2x aten::index's speed
+    return per_window.view(sq.shape[0], g.num_windows, g.window_area).sum(dim=-1).sqrt()
 
 
 class KeptTokens(NamedTuple):
@@ -85,13 +90,14 @@ def kept_tokens(g: WindowGeometry, idx: torch.Tensor) -> KeptTokens:
     B = idx.shape[0]
     HW = g.H * g.W
     tables = ops.window_tables(g, idx.device)
-    tok = tables.token[idx]  # (B, k, N), HW at padded slots
+    flat_idx = idx.reshape(-1)
+    tok = tables.token.index_select(0, flat_idx).view(B, -1, g.window_area)  # (B, k, N), HW at padded slots
     if B > 1:
         tok = tok + ops.geometry.image_offsets(B, HW, idx.device)
     tok = tok.reshape(-1)
     if tables.pad is None:
         return KeptTokens(tok, None)
-    pad = tables.pad[idx].reshape(-1)
+    pad = tables.pad.index_select(0, flat_idx).reshape(-1)
     if not bool(pad.any()):
         return KeptTokens(tok, None)
     slots = (~pad).nonzero().squeeze(1)

@@ -47,7 +47,8 @@ class SwinBlock(nn.Module):
     `sparsity` (a float in [0, 1)) and `window_size` are set by the owning model's `set_config`.
     `skip_padded_tokens` (class-wide; a benchmark switch) lets a pruned block run norm2 + MLP on the real tokens
     of its kept windows only; `fused_pruned_path` (class-wide; a benchmark switch) lets it run the whole block on
-    those tokens in eager CPU inference (`pruned_path.fused_pruned_forward`); the output is the same either way.
+    those tokens in inference (`pruned_path.fused_pruned_forward`; compiled: unpadded maps only); the output is
+    the same either way.
     """
 
     skip_padded_tokens: bool = True
@@ -92,7 +93,7 @@ class SwinBlock(nn.Module):
         if self.sparsity > 0.0:
             k = ops.keep_count(self.sparsity, geom.num_windows)
             if k < geom.num_windows:
-                if self._fused_ok(x):
+                if self._fused_ok(x, geom):
                     return self._forward_fused(x, geom, k, owns_input, carry)
                 out = self._forward_pruned(x, geom, k, owns_input)
                 if carry is not None:
@@ -112,6 +113,9 @@ class SwinBlock(nn.Module):
             carry.set(None, None)
             carry = None
         tok = carry.get(x) if carry is not None else None
+        if carry is not None and not carry.wanted:  # the last block of its stage: no one reads its output's scores
+            carry.set(None, None)
+            carry = None
         if tok is None:
             tok = token_scores(x).reshape(B, H * W)
         idx = ops.select_windows(window_scores(tok, g), k)  # (B, k); not "export" here (see _fused_ok)
@@ -174,17 +178,18 @@ class SwinBlock(nn.Module):
             or (self.training and self.drop_path2.p > 0.0)
         )
 
-    def _fused_ok(self, x: torch.Tensor) -> bool:
+    def _fused_ok(self, x: torch.Tensor, g: WindowGeometry) -> bool:
         """Whether the fused real-token path may run: inference (grad mode off) on the torch backend, no stochastic
-        depth, and the conditions of `_skip_padded` (not exporting or compiling)."""
+        depth, not exporting; under torch.compile only on an unpadded map (a padded one gathers a data-dependent
+        count of real tokens, which would break the graph; the general path has static shapes)."""
         backend: Any = self.kernel_backend  # typed loosely: a str here, ops.Backend in the dispatch
-        return (
-            self.fused_pruned_path
-            and not torch.is_grad_enabled()
-            and not (self.training and (self.drop_path1.p > 0.0 or self.drop_path2.p > 0.0))
-            and self._skip_padded()
-            and ops.resolve_backend(x, backend) == "torch"
-        )
+        if not self.fused_pruned_path or torch.is_grad_enabled() or ops.resolve_backend(x, backend) != "torch":
+            return False
+        if self.training and (self.drop_path1.p > 0.0 or self.drop_path2.p > 0.0):
+            return False
+        if torch.compiler.is_compiling():
+            return self.skip_padded_tokens and not g.padded
+        return self._skip_padded()
 
     def _mlp_on_real_tokens(self, windows: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """windows (B*k, N, C), pad (B, k, N) bool -> windows with norm2 + MLP + residual applied to the real
@@ -254,7 +259,8 @@ class SwinStage(nn.Module):
         x = self.downsample(x)
         fresh = owns_input or not isinstance(self.downsample, nn.Identity)
         carry = ScoreCarry()
-        for blk in self.blocks:
+        for i, blk in enumerate(self.blocks):
+            carry.wanted = i + 1 < len(self.blocks)
             x_in = x
             x = blk(x, owns_input=fresh, carry=carry)
             fresh = fresh or x is not x_in
