@@ -40,7 +40,6 @@ from typing import Any
 
 import torch
 from tabulate import tabulate
-from torch.utils import benchmark
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sparsesearch as ss  # noqa: E402
@@ -96,24 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def make_clock(args: argparse.Namespace) -> Callable[[Callable[[], object]], tuple[float, float]]:
-    """fn -> (median, fastest) milliseconds per call of one function (the compile comparison's clock)."""
-    if args.device.type == "cuda":
-        timer = Timer(args.device, args.warmup, args.repeats, use_graphs=False)
-
-        def gpu(fn: Callable[[], object]) -> tuple[float, float]:
-            ms = timer(fn).eager
-            return ms, ms
-
-        return gpu
-
-    def cpu(fn: Callable[[], object]) -> tuple[float, float]:
-        fn()
-        t = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-        m = t.blocked_autorange(min_run_time=args.min_time)
-        return m.median * 1e3, min(m.times) * 1e3
-
-    return cpu
+def make_clock(args: argparse.Namespace) -> Callable[[Callable[[], object]], float]:
+    """CUDA: fn -> milliseconds per call (CUDA events: --warmup, then --repeats calls)."""
+    timer = Timer(args.device, args.warmup, args.repeats, use_graphs=False)
+    return lambda fn: timer(fn).eager
 
 
 def _floor_forward(blk: SwinBlock) -> Callable[..., torch.Tensor]:
@@ -156,41 +141,52 @@ def _setups(model: Any, runs: list[tuple[float, str]]) -> list[Callable[[], None
     return [functools.partial(setup, p, path) for p, path in runs]
 
 
-def time_configs_cpu(model: Any, x: torch.Tensor, runs: list[tuple[float, str]], args: argparse.Namespace) -> dict:
-    """(sparsity, path) -> (ms, x dense, fastest x dense), configs interleaved forward by forward.
+def interleaved(
+    runs: list[tuple[Callable[[], object], Callable[[], object]]], args: argparse.Namespace
+) -> list[list[float]]:
+    """(setup, forward) pairs -> per-run lists of ms, one per pass: every pass runs each setup, an untimed forward
+    and a timed one, run after run; --rounds x about --min-time seconds of passes. The caller picks the grad mode.
 
-    Every pass times each config once, right after the others, so a ratio to the dense forward of the same pass
-    compares two forwards a few milliseconds apart: this VM's speed drifts by +-20% over seconds (RESULTS.md,
-    issue 14), which blocks of calls per config (even in interleaved rounds) put into the ratios. Each timed
-    forward follows an untimed one of its own config: right after another config a forward runs 2-9% slower,
-    dense more than sparse (RESULTS.md, issue 14), and a deployed model repeats its config. ms and x dense are
-    medians over all passes (x dense: of the per-pass ratios); "fastest" is fastest over fastest.
+    Interleaved forward by forward, so a ratio of two runs' samples of the same pass compares two forwards a few
+    milliseconds apart: this VM's speed drifts by +-20% over seconds (RESULTS.md, issue 14), which blocks of
+    calls per config (even in interleaved rounds) put into the ratios. Each timed forward follows an untimed one of
+    its own: right after another config a forward runs 2-9% slower, dense more than sparse (RESULTS.md, issue 14),
+    and a deployed model repeats its config.
     """
-    setups = _setups(model, runs)
-    with torch.inference_mode():
-        for setup in setups:
+    for setup, forward in runs:
+        setup()
+        for _ in range(2):
+            forward()
+    t0 = time.perf_counter()
+    runs[-1][1]()
+    passes = max(5, math.ceil(args.min_time / (2 * (time.perf_counter() - t0))))
+    samples: list[list[float]] = [[] for _ in runs]
+    for _ in range(args.rounds * passes):
+        for (setup, forward), got in zip(runs, samples):
             setup()
-            for _ in range(2):
-                model(x)
-        t0 = time.perf_counter()
-        model(x)
-        passes = max(5, math.ceil(args.min_time / (2 * (time.perf_counter() - t0))))
-        samples: list[list[float]] = [[] for _ in runs]
-        for _ in range(args.rounds * passes):
-            for setup, got in zip(setups, samples):
-                setup()
-                model(x)  # untimed: the timed forward follows one of its own config, as in deployment
-                t0 = time.perf_counter_ns()
-                model(x)
-                got.append((time.perf_counter_ns() - t0) / 1e6)
+            forward()  # untimed: the timed forward follows one of its own config, as in deployment
+            t0 = time.perf_counter_ns()
+            forward()
+            got.append((time.perf_counter_ns() - t0) / 1e6)
+    return samples
+
+
+def ratio(a: list[float], b: list[float]) -> float:
+    """Median of the per-pass ratios of two runs of `interleaved`."""
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def time_configs_cpu(model: Any, x: torch.Tensor, runs: list[tuple[float, str]], args: argparse.Namespace) -> dict:
+    """(sparsity, path) -> (ms, x dense, fastest x dense), configs interleaved forward by forward (`interleaved`).
+    ms and x dense are medians over all passes (x dense: of the per-pass ratios); "fastest" is fastest over
+    fastest."""
+    with torch.inference_mode():
+        samples = interleaved([(setup, lambda: model(x)) for setup in _setups(model, runs)], args)
     model.set_config(None)
     model.set_kernel_backend(None)
     _set_floor(model, False)
     dense = samples[runs.index((0.0, "dense"))]
-    return {
-        r: (statistics.median(got), statistics.median(a / b for a, b in zip(got, dense)), min(got) / min(dense))
-        for r, got in zip(runs, samples)
-    }
+    return {r: (statistics.median(got), ratio(got, dense), min(got) / min(dense)) for r, got in zip(runs, samples)}
 
 
 def time_configs(model: Any, x: torch.Tensor, runs: list[tuple[float, str]], clock: Callable, rounds: int) -> dict:
@@ -201,7 +197,7 @@ def time_configs(model: Any, x: torch.Tensor, runs: list[tuple[float, str]], clo
         for _ in range(rounds):  # interleave configs so drift hits all of them alike
             for setup, r in zip(_setups(model, runs), runs):
                 setup()
-                times[r].append(clock(lambda: model(x))[0])
+                times[r].append(clock(lambda: model(x)))
     model.set_config(None)
     model.set_kernel_backend(None)
     ms = {r: statistics.median(v) for r, v in times.items()}
@@ -210,44 +206,58 @@ def time_configs(model: Any, x: torch.Tensor, runs: list[tuple[float, str]], clo
 
 
 def time_compiled(model: Any, x: torch.Tensor, p: float, args: argparse.Namespace, clock: Callable) -> dict[str, Any]:
-    """torch.compile of the model at uniform sparsity p: compile seconds, compiled and eager ms (same clock)."""
+    """torch.compile of the model at uniform sparsity p: compile seconds, compiled and eager ms; with
+    --compile-dense the dense model compiled too. On CPU every forward is timed interleaved (`interleaved`: the
+    compiled and eager models, sparse and dense), on CUDA in alternating rounds of the CUDA-event clock."""
     model.set_config(ss.SparsityConfig.uniform(p, model.depths, model.default_window_size))
     model.set_kernel_backend(None)
     compiled = torch.compile(model, backend=args.compile_backend, mode=args.compile_mode)
     with torch.no_grad():
-        t0 = time.perf_counter()
-        compiled(x)
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        compile_s = time.perf_counter() - t0
-        compiled_ms = statistics.median(clock(lambda: compiled(x))[0] for _ in range(args.rounds))
-        eager_ms = statistics.median(clock(lambda: model(x))[0] for _ in range(args.rounds))
+        compile_s = _first_call_s(compiled, x)
         diff = (compiled(x).float() - model(x).float()).abs()
-        dense = _compiled_dense(model, x, compiled, args, clock) if args.compile_dense else {}
+        dense = _compiled_dense(model, x, args) if args.compile_dense else None
+        fns = [compiled, model, *(dense[:2] if dense else [])]
+        if x.is_cuda:
+            times = [[clock(lambda f=f: f(x)) for f in fns] for _ in range(args.rounds)]  # type: ignore[misc]
+            samples = [list(col) for col in zip(*times)]
+        else:
+            samples = interleaved([(_nothing, lambda f=f: f(x)) for f in fns], args)  # type: ignore[misc]
     model.set_config(None)
+    ms = [statistics.median(got) for got in samples]
     # fused kernels round differently; a window kept by one and not the other (near-tied scores) shows as a
     # large max with a small mean
-    return {"sparsity": p, "backend": args.compile_backend, "mode": args.compile_mode, "compile_s": compile_s,
-            "compiled_ms": compiled_ms, "eager_ms": eager_ms, "speedup": eager_ms / compiled_ms,
-            "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-            "matches_eager": bool(float(diff.mean()) <= 2e-2), **dense}  # fmt: skip
+    out = {"sparsity": p, "backend": args.compile_backend, "mode": args.compile_mode, "compile_s": compile_s,
+           "compiled_ms": ms[0], "eager_ms": ms[1], "speedup": ratio(samples[1], samples[0]),
+           "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+           "matches_eager": bool(float(diff.mean()) <= 2e-2)}  # fmt: skip
+    if dense:
+        out.update(dense_compile_s=dense[2], compiled_dense_ms=ms[2], eager_dense_ms=ms[3],
+                   compiled_x_compiled_dense=ratio(samples[0], samples[2]),
+                   eager_x_eager_dense=ratio(samples[1], samples[3]),
+                   compiled_dense_speedup=ratio(samples[3], samples[2]))  # fmt: skip
+    return out
 
 
-def _compiled_dense(model: Any, x: torch.Tensor, compiled: Callable, args: argparse.Namespace, clock: Callable) -> dict:
-    """The dense model compiled too (a copy: switching one compiled module's config would recompile), then both
-    compiled forwards timed in alternating rounds: compile seconds, ms, and compiled sparse x compiled dense
-    (median of the rounds' ratios)."""
+def _nothing() -> None:
+    return None
+
+
+def _first_call_s(fn: Callable, x: torch.Tensor) -> float:
+    """Seconds of fn(x), CUDA synchronised: a compiled function's first call compiles it."""
+    t0 = time.perf_counter()
+    fn(x)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def _compiled_dense(model: Any, x: torch.Tensor, args: argparse.Namespace) -> list:
+    """[compiled dense, eager dense, compile seconds]: a dense copy of the model (switching one compiled module's
+    config would recompile it), compiled."""
     dense = copy.deepcopy(model)
     dense.set_config(None)
     compiled_dense = torch.compile(dense, backend=args.compile_backend, mode=args.compile_mode)
-    t0 = time.perf_counter()
-    compiled_dense(x)
-    if x.is_cuda:
-        torch.cuda.synchronize()
-    compile_s = time.perf_counter() - t0
-    pairs = [(clock(lambda: compiled(x))[0], clock(lambda: compiled_dense(x))[0]) for _ in range(args.rounds)]
-    return {"dense_compile_s": compile_s, "compiled_dense_ms": statistics.median(d for _, d in pairs),
-            "compiled_x_compiled_dense": statistics.median(s / d for s, d in pairs)}  # fmt: skip
+    return [compiled_dense, dense, _first_call_s(compiled_dense, x)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -264,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"--floor: {args.model} has no Swin blocks; the floor row exists for Swin models only")
     extra = ["floor"] if args.floor else []
     runs = [(p, path) for p in args.sparsity for path in (["dense"] if p == 0 else args.backend + extra)]
-    clock = make_clock(args)
+    clock = make_clock(args) if args.device.type == "cuda" else None
     if args.device.type == "cpu":
         timed = time_configs_cpu(model, x, runs, args)
     else:
@@ -308,8 +318,10 @@ def main(argv: list[str] | None = None) -> None:
               f"max {compiled['max_abs_diff']:.2e}")  # fmt: skip
         if args.compile_dense:
             print(f"# compiled dense: compile {compiled['dense_compile_s']:.1f} s, "
-                  f"{compiled['compiled_dense_ms']:.2f} ms; compiled {args.compile} x compiled dense "
-                  f"{compiled['compiled_x_compiled_dense']:.3f} (eager: see the table)")  # fmt: skip
+                  f"{compiled['compiled_dense_ms']:.2f} ms vs eager {compiled['eager_dense_ms']:.2f} ms "
+                  f"({compiled['compiled_dense_speedup']:.2f}x); x dense at {args.compile}: compiled / compiled "
+                  f"dense {compiled['compiled_x_compiled_dense']:.3f}, eager / eager dense "
+                  f"{compiled['eager_x_eager_dense']:.3f} (the four interleaved)")  # fmt: skip
     if args.json:
         out = {"machine": machine_info(), "model": args.model, "model_kwargs": args.model_kwargs,
                "resolution": list(args.resolution), "batch": args.batch, "device": args.device.type,
