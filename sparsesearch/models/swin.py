@@ -187,9 +187,9 @@ class SwinBlock(nn.Module):
             return False
         if self.training and (self.drop_path1.p > 0.0 or self.drop_path2.p > 0.0):
             return False
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export():
             return self.skip_padded_tokens and not g.padded
-        return self._skip_padded()
+        return self._skip_padded()  # False when exporting
 
     def _mlp_on_real_tokens(self, windows: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """windows (B*k, N, C), pad (B, k, N) bool -> windows with norm2 + MLP + residual applied to the real
