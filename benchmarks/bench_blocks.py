@@ -41,7 +41,7 @@ from _machine import machine_line  # noqa: E402
 VARIANTS = ("dense", "half", "pruned", "fixed")
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="swin_nano")
     ap.add_argument("--model-kwargs", type=json.loads,
@@ -50,7 +50,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--passes", type=int, default=60)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if not 0.0 < args.sparsity < 1.0:
         ap.error(f"--sparsity {args.sparsity}: give a value in (0, 1)")
     return args
@@ -91,8 +91,8 @@ def hook_parts(model: Any, into: dict[str, float]) -> list[str]:
     return list(parts)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     malloc = ss.latency.tune_malloc()
     torch.manual_seed(0)
