@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from sparsesearch.pipeline import RESIZE_MARGIN, DemoRow, verdict
+from sparsesearch.pipeline import RESIZE_MARGIN, DemoRow, settle_baselines, verdict
 
 
-def _row(role: str, measured_x: float, accuracy: float, predicted_x: float | None = None) -> DemoRow:
+def _row(
+    role: str, measured_x: float, accuracy: float, predicted_x: float | None = None, name: str | None = None
+) -> DemoRow:
     return DemoRow(
-        name=role,
+        name=name or role,
         config={},
         predicted_ms=10.0 * (predicted_x if predicted_x is not None else measured_x),
         measured_ms=12.0 * measured_x,
@@ -35,7 +37,8 @@ def test_every_claim_holds() -> None:
     assert speed.startswith("speed: held.") and "0.65x dense as measured (predicted 0.69x)" in speed
     assert "within its budget of 0.70x" in speed
     assert accuracy.startswith("accuracy: held.")
-    assert "+0.50 over the best uniform sparsity (94.50" in accuracy and "+3.00 over uniform resize (92.00" in accuracy
+    assert "+0.50 over the best uniform sparsity (uniform_sparsity at 0.62x as measured: 94.50" in accuracy
+    assert "+3.00 over uniform resize (uniform_resize at 0.60x as measured: 92.00" in accuracy
 
 
 def test_over_budget_as_measured_does_not_hold() -> None:
@@ -53,7 +56,7 @@ def test_exactly_at_budget_and_at_the_uniform_baseline_holds() -> None:
     "uniform, resize, says",
     [
         (95.2, 90.0, "-0.20 over the best uniform sparsity"),  # below uniform sparsity
-        (94.0, 93.5, "+1.50 over uniform resize (93.50; at least +2 needed)"),  # too close to resizing
+        (94.0, 93.5, "+1.50 over uniform resize (uniform_resize at 0.60x as measured: 93.50; at least +2 needed)"),
     ],
 )
 def test_accuracy_claim_fails_in_words(uniform: float, resize: float, says: str) -> None:
@@ -68,3 +71,42 @@ def test_missing_baselines_do_not_hold() -> None:
     assert accuracy.startswith("accuracy: did not hold.")
     assert "no uniform sparsity within the budget" in accuracy and "no uniform resize within the budget" in accuracy
     assert verdict(rows[:1], 0.7)[0] == "speed: no searched config in the table."
+
+
+def _candidates(pick_x: float, sparser_x: float, denser_x: float) -> list[DemoRow]:
+    """The search's uniform pick (94.5) between a denser (94.8) and a sparser (94.1) candidate, as measured."""
+    return [
+        _row("dense", 1.0, 96.0),
+        _row("uniform_sparsity_candidate", denser_x, 94.8, name="uniform sparsity (uniform 0.40)"),
+        _row("uniform_sparsity", pick_x, 94.5, name="uniform sparsity (uniform 0.50)"),
+        _row("uniform_sparsity_candidate", sparser_x, 94.1, name="uniform sparsity (uniform 0.60)"),
+        _row("uniform_resize", 0.60, 92.0),
+        _row("searched", 0.68, 94.3, predicted_x=0.69),
+    ]
+
+
+def test_a_baseline_over_the_budget_as_measured_gives_way_to_one_within_it() -> None:
+    rows = settle_baselines(_candidates(pick_x=0.71, sparser_x=0.65, denser_x=0.78), budget_x=0.7)
+    assert [r.name for r in rows if r.role == "uniform_sparsity"] == ["uniform sparsity (uniform 0.60)"]
+    _, accuracy = verdict(rows, 0.7)
+    assert accuracy.startswith("accuracy: held.")
+    assert "+0.20 over the best uniform sparsity (uniform 0.60 at 0.65x as measured: 94.10" in accuracy
+
+
+def test_a_denser_baseline_that_fits_as_measured_is_the_one_compared() -> None:
+    rows = settle_baselines(_candidates(pick_x=0.66, sparser_x=0.62, denser_x=0.69), budget_x=0.7)
+    assert [r.name for r in rows if r.role == "uniform_sparsity"] == ["uniform sparsity (uniform 0.40)"]
+    _, accuracy = verdict(rows, 0.7)
+    assert (
+        accuracy.startswith("accuracy: did not hold.")
+        and "-0.50 over the best uniform sparsity (uniform 0.40" in accuracy
+    )
+
+
+def test_no_baseline_within_the_budget_keeps_the_pick_and_says_so() -> None:
+    rows = settle_baselines(_candidates(pick_x=0.72, sparser_x=0.71, denser_x=0.8), budget_x=0.7)
+    assert [r.name for r in rows if r.role == "uniform_sparsity"] == ["uniform sparsity (uniform 0.50)"]
+    _, accuracy = verdict(rows, 0.7)
+    assert (
+        "(uniform 0.50 at 0.72x as measured, over the budget: none of its candidates ran within it: 94.50" in accuracy
+    )
