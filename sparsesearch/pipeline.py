@@ -491,7 +491,9 @@ class _Demo:
         stage.finish()
 
     def picks(self, space: Any, best: dict[str, Any], pareto: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
-        """(name, role, config) of each row: dense, unadapted, the best baselines by the search's rule, searched."""
+        """(name, role, config) of each row: dense, unadapted, per baseline kind the search's rule's pick by
+        prediction with its neighbours near the budget ("<role>_candidate" rows; `settle_baselines` decides which
+        one is compared after timing), searched."""
         from .search.selection import pick_best  # noqa: PLC0415
 
         out = [("dense", "dense", space.densest().to_dict())]
