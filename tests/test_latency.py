@@ -671,6 +671,11 @@ def test_cli_profile_and_validate(tmp_path, capsys):
     assert main(["latency", "validate", "--table", str(out), "--n", "2", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "MAPE" in text and "Kendall tau" in text and report_paths(out)[1].exists()
+    first = report_paths(out)[0].read_bytes()
+    assert main(["latency", "validate", "--table", str(out), "--n", "1", "--no-progress"]) == 0  # a second run
+    assert report_paths(out)[0].read_bytes() == first  # keeps the first report
+    assert (tmp_path / f"{out.stem}.validation2.json").exists() and (tmp_path / f"{out.stem}.validation2.png").exists()
+    assert report_paths(out, keep_existing=True)[0].name == f"{out.stem}.validation3.json"
     second = tmp_path / "run2.json"  # --report: the PNG takes the report's name
     assert main(["latency", "validate", "--table", str(out), "--n", "1", "--no-progress", "--report", str(second)]) == 0
     assert second.exists() and (tmp_path / "run2.png").exists()

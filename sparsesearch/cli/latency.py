@@ -238,7 +238,10 @@ class LatencyCommand(Command):
         v.add_argument("--max-load", type=float, default=None, help="as for `sparsesearch profile`")
         v.add_argument("--max-wait", type=float, default=600.0, help="total wait for a quiet machine, seconds")
         v.add_argument(
-            "--report", type=Path, help="report JSON (default: <table>.validation.json); the PNG goes beside it"
+            "--report",
+            type=Path,
+            help="report JSON (default: <table>.validation.json, or .validation2.json, ... when taken: an earlier "
+            "report is kept); the PNG goes beside it",
         )
         v.add_argument("--no-progress", action="store_true")
         s = sub.add_parser("show", help="print a table's metadata and entries")
@@ -305,7 +308,7 @@ class LatencyCommand(Command):
         table = _load_table(args.table, args.space)
         if not args.allow_foreign_table:
             table.check_compatible()
-        json_path, png_path = report_paths(args.table)
+        json_path, png_path = report_paths(args.table, keep_existing=True)
         if args.report:
             json_path, png_path = args.report, args.report.with_suffix(".png")
         bar = None

@@ -429,11 +429,18 @@ class _TimedModel:
         )
 
 
-def report_paths(table_path: str | os.PathLike) -> tuple[Path, Path]:
-    """(<table>.validation.json, <table>.validation.png) beside the table."""
+def report_paths(table_path: str | os.PathLike, keep_existing: bool = False) -> tuple[Path, Path]:
+    """(<table>.validation.json, <table>.validation.png) beside the table; with `keep_existing`, the first of
+    .validation, .validation2, .validation3, ... whose JSON does not exist yet, so an earlier report (a shipped
+    table's, say) is never overwritten."""
     p = Path(table_path)
     stem = p.name[: -len(p.suffix)] if p.suffix else p.name
-    return p.with_name(stem + ".validation.json"), p.with_name(stem + ".validation.png")
+    n = 1
+    while True:
+        name = f"{stem}.validation{n if n > 1 else ''}"
+        if not (keep_existing and p.with_name(name + ".json").exists()):
+            return p.with_name(name + ".json"), p.with_name(name + ".png")
+        n += 1
 
 
 def write_report(
