@@ -85,28 +85,22 @@ def _candidates(pick_x: float, sparser_x: float, denser_x: float) -> list[DemoRo
     ]
 
 
-def test_a_baseline_over_the_budget_as_measured_gives_way_to_one_within_it() -> None:
-    rows = settle_baselines(_candidates(pick_x=0.71, sparser_x=0.65, denser_x=0.78), budget_x=0.7)
-    assert [r.name for r in rows if r.role == "uniform_sparsity"] == ["uniform sparsity (uniform 0.60)"]
+@pytest.mark.parametrize(
+    "xs, compared, held, says",
+    [
+        # the pick ran over the budget as measured: the sparser candidate within it is compared
+        ((0.71, 0.65, 0.78), "0.60", True,
+         "+0.20 over the best uniform sparsity (uniform 0.60 at 0.65x as measured: 94.10"),
+        # a denser candidate fits as measured: it is the one compared (a harder baseline)
+        ((0.66, 0.62, 0.69), "0.40", False, "-0.50 over the best uniform sparsity (uniform 0.40 at 0.69x as measured"),
+        # none fits: the pick stays, and the verdict says it ran over
+        ((0.72, 0.71, 0.8), "0.50", False,
+         "(uniform 0.50 at 0.72x as measured, over the budget: none of its candidates ran within it: 94.50"),
+    ],
+)  # fmt: skip
+def test_the_baseline_compared_is_the_best_within_the_budget_as_measured(xs, compared, held, says) -> None:
+    pick_x, sparser_x, denser_x = xs
+    rows = settle_baselines(_candidates(pick_x=pick_x, sparser_x=sparser_x, denser_x=denser_x), budget_x=0.7)
+    assert [r.name for r in rows if r.role == "uniform_sparsity"] == [f"uniform sparsity (uniform {compared})"]
     _, accuracy = verdict(rows, 0.7)
-    assert accuracy.startswith("accuracy: held.")
-    assert "+0.20 over the best uniform sparsity (uniform 0.60 at 0.65x as measured: 94.10" in accuracy
-
-
-def test_a_denser_baseline_that_fits_as_measured_is_the_one_compared() -> None:
-    rows = settle_baselines(_candidates(pick_x=0.66, sparser_x=0.62, denser_x=0.69), budget_x=0.7)
-    assert [r.name for r in rows if r.role == "uniform_sparsity"] == ["uniform sparsity (uniform 0.40)"]
-    _, accuracy = verdict(rows, 0.7)
-    assert (
-        accuracy.startswith("accuracy: did not hold.")
-        and "-0.50 over the best uniform sparsity (uniform 0.40" in accuracy
-    )
-
-
-def test_no_baseline_within_the_budget_keeps_the_pick_and_says_so() -> None:
-    rows = settle_baselines(_candidates(pick_x=0.72, sparser_x=0.71, denser_x=0.8), budget_x=0.7)
-    assert [r.name for r in rows if r.role == "uniform_sparsity"] == ["uniform sparsity (uniform 0.50)"]
-    _, accuracy = verdict(rows, 0.7)
-    assert (
-        "(uniform 0.50 at 0.72x as measured, over the budget: none of its candidates ran within it: 94.50" in accuracy
-    )
+    assert accuracy.startswith("accuracy: held." if held else "accuracy: did not hold.") and says in accuracy
