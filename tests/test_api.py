@@ -325,3 +325,20 @@ def test_ray_workers_give_the_serial_search(toy):
     assert np.array_equal(
         parallel.run.accuracy[np.lexsort(parallel.run.genes.T)], serial.run.accuracy[np.lexsort(serial.run.genes.T)]
     )
+
+
+def test_supernet_accuracy_states_the_paired_noise_of_two_configs(supernet):
+    """The built-in accuracy's noise for a difference: the jackknife of the two configs' per-image difference."""
+    from sparsesearch.evaluate import evaluate, paired_stderr
+    from sparsesearch.search.evolve import SupernetAccuracy
+    from sparsesearch.supernet import build_eval_dataset, load_supernet
+
+    model, space, meta = load_supernet(supernet / "supernet.pt")
+    acc = SupernetAccuracy(meta, None, 8, 4, "cpu")
+    a, b = space.densest(), space.sparsest()
+    ds = build_eval_dataset(meta, None)
+    ra, rb = evaluate(model, a, ds, 8, batch=4), evaluate(model, b, ds, 8, batch=4)  # an independent evaluation
+    assert acc(model, a) == pytest.approx(ra.value) and acc(model, b) == pytest.approx(rb.value)
+    assert acc.noise_between(model, a, b) == pytest.approx(paired_stderr(ra, rb))
+    assert acc.noise_between(model, a, a) == 0.0
+    assert acc.noise(model, a) == pytest.approx(ra.stderr)

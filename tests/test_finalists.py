@@ -42,24 +42,44 @@ def _first():
     return first
 
 
-def test_candidates_are_the_tied_within_budget_plus_slack_fastest_first():
+def test_candidates_are_the_tied_fastest_first_then_the_most_accurate_of_the_rest():
     f = Finalists(lambda cs: [1.0] * len(cs), DENSE, 10.0, n=8, slack=0.1)
-    assert list(f.candidates(LAT, ACC, BUDGET, _first())) == [0, 1, 2, 3]  # 7.5 <= 7.7; 8.0 and the 80.0 out
+    # within 7.7 (budget + slack): 0-3 tied (fastest predicted first), then 5 (80.0); 4 (8.0 ms) is out
+    assert list(f.candidates(LAT, ACC, BUDGET, _first())) == [0, 1, 2, 3, 5]
     f.n = 2
     assert list(f.candidates(LAT, ACC, BUDGET, _first())) == [0, 1]
+    # a tight margin: only 1 ties with the best (90.05); the rest follow by accuracy, the earlier index first
+    tight = pick_best(LAT, ACC, BUDGET, 0.01)
+    assert tight is not None and tight.tied == (1,)
+    f.n = 4
+    assert list(f.candidates(LAT, ACC, BUDGET, tight)) == [1, 0, 2, 3]
+    acc = np.array([90.0, 90.05, 89.0, 89.5, 90.0, 80.0])
+    assert list(f.candidates(LAT, acc, BUDGET, pick_best(LAT, acc, BUDGET, 0.01))) == [1, 0, 3, 2]
+
+
+def test_when_the_tied_measure_over_the_budget_the_next_most_accurate_is_picked():
+    # tight margin: only config 1 is tied with the best; it measures over the budget (0.8x of dense = 8 ms on
+    # the table's scale), so the pick goes to the most accurate finalist that measures within it
+    acc = np.array([89.0, 90.05, 89.5, 88.0, 90.0, 80.0])
+    first = pick_best(LAT, acc, BUDGET, 0.01)
+    assert first is not None and first.index == 1
+    ms = {0: 12.0, 1: 16.0, 2: 13.0, 3: 12.0, 5: 10.0}
+    f = Finalists(_measure(ms, 20.0, []), DENSE, 10.0, n=4)
+    pick = f.choose(lambda i: CONFIGS[i], LAT, acc, BUDGET, first)
+    assert pick.index == 2 and pick.rule == MEASURED_RULE  # 89.5 at 6.5 ms on the table's scale
 
 
 def test_the_pick_moves_to_the_fastest_measured_within_budget():
     # the machine runs 2x slower than the table (dense 20 ms measured vs 10 predicted): ratios put it on the
     # table's scale. Config 0 (predicted fastest) measures 0.75x dense = 7.5 ms: over; config 2 measures 0.62x
     seen: list = []
-    ms = {0: 15.0, 1: 13.0, 2: 12.4, 3: 13.6}
+    ms = {0: 15.0, 1: 13.0, 2: 12.4, 3: 13.6, 5: 10.0}  # 5: fastest, but far less accurate (not tied)
     f = Finalists(_measure(ms, 20.0, seen), DENSE, 10.0, n=8)
     pick = f.choose(lambda i: CONFIGS[i], LAT, ACC, BUDGET, _first(), lambda i: f"c{i}")
     assert pick.index == 2 and pick.rule == MEASURED_RULE
-    assert seen == [[DENSE.key()] + [CONFIGS[i].key() for i in (0, 1, 2, 3)]]  # one run, dense first
+    assert seen == [[DENSE.key()] + [CONFIGS[i].key() for i in (0, 1, 2, 3, 5)]]  # one run, dense first
     rec = pick.measured
-    assert rec is not None and rec["finalists"] == 4 and rec["outcome"] == "moved from the prediction's pick"
+    assert rec is not None and rec["finalists"] == 5 and rec["outcome"] == "moved from the prediction's pick"
     assert rec["measured_x_dense"] == pytest.approx(0.62)
     row0 = rec["rows"][0]
     assert row0["label"] == "c0" and row0["measured_on_table_ms"] == pytest.approx(7.5)
@@ -68,7 +88,7 @@ def test_the_pick_moves_to_the_fastest_measured_within_budget():
 
 
 def test_no_finalist_within_budget_keeps_the_predicted_pick():
-    f = Finalists(_measure({0: 16.0, 1: 16.0, 2: 16.0, 3: 16.0}, 20.0, []), DENSE, 10.0)
+    f = Finalists(_measure({0: 16.0, 1: 16.0, 2: 16.0, 3: 16.0, 5: 16.0}, 20.0, []), DENSE, 10.0)
     first = _first()
     pick = f.choose(lambda i: CONFIGS[i], LAT, ACC, BUDGET, first)
     assert pick.index == first.index and pick.rule == first.rule

@@ -137,3 +137,32 @@ def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
         assert matplotlib.rcParams["backend"] == "svg"
     finally:
         matplotlib.rcParams["backend"] = before
+
+
+class _PairedAccuracy(_CoarseAccuracy):
+    """Also states the noise of a difference between two configs (paired), which the search prefers."""
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[str, str]] = []
+
+    def noise_between(self, model, a, b):
+        self.pairs.append((a.key(), b.key()))
+        return 0.005
+
+
+def test_the_default_tie_is_the_paired_noise_between_the_extremes(tmp_path):
+    space = toy_space(tmp_path)
+    acc = _PairedAccuracy()
+    r = ss.search(
+        space,
+        latency=lambda c: float(toy_latency(space.encode(c)[None])[0]),
+        accuracy=acc,
+        budget=7.0,
+        population=6,
+        generations=1,
+        seed=0,
+        progress=False,
+        refine=False,
+    )
+    assert r.tie == 0.005  # not noise()'s 0.02: two configs on the same items differ with less noise
+    assert acc.pairs == [(space.densest().key(), space.sparsest().key())]

@@ -384,14 +384,16 @@ def search(
         metric: the name of the accuracy in reports (default: `accuracy.metric` or "accuracy").
         fingerprint: extra settings a resumed search must match (the CLI adds its supernet and data).
         tie: accuracies within this margin count as equal and the faster config wins (None: the evaluation's own
-            noise when `accuracy` reports it, as the built-in evaluator does with `noise(model, config)`, the
-            standard error over its validation images; else 0). The best is picked among everything evaluated
-            within the budget, the baselines included, by `selection.pick_best`.
-        finalists: when > 0 (needs a LatencyTable), before the pick the configs it weighs (accuracy within the
-            tie margin of the best, predicted within the budget + 10%), the `finalists` fastest predicted, are
-            timed on this machine as the table was profiled, interleaved with the dense config, and the rule is
-            applied to their measured latency on the table's scale (`search.finalists`; recorded in best.json's
-            "pick"). A table under-predicts some configs; the fastest predicted of many tied ones is likely one.
+            noise when `accuracy` reports it, as the built-in evaluator does: with `noise_between(model, a, b)`,
+            the standard error of the difference between the densest and the sparsest config over its validation
+            images, paired; with only `noise(model, config)`, one figure's standard error; else 0). The best is
+            picked among everything evaluated within the budget, the baselines included, by `selection.pick_best`.
+        finalists: when > 0 (needs a LatencyTable), before the pick the configs it weighs (accuracy within the tie
+            margin of the best, predicted within the budget + 10%; the fastest predicted first, then the most
+            accurate of the rest, `finalists` in all) are timed on this machine as the table was profiled,
+            interleaved with the dense config, and the rule is applied to their measured latency on the table's
+            scale (`search.finalists`; recorded in best.json's "pick"). A table under-predicts some configs; the
+            fastest predicted of many tied ones is likely one.
     Raises:
         SparseSearchError subclasses: BudgetError, LatencyTableError, AccuracyFunctionError, SpaceError, ...
     """
@@ -629,14 +631,20 @@ def _points(
 
 
 def _tie_margin(tie: float | None, accuracy: Any, model: Any, space: SearchSpace) -> float:
-    """The margin below which two accuracies count as equal: `tie` if given, else the accuracy function's own
-    noise at the densest config (`accuracy.noise(model, config)`, when it has one), else 0."""
+    """The margin below which two accuracies count as equal: `tie` if given; else the accuracy function's own
+    noise for a *difference* between two configs, `accuracy.noise_between(model, densest, sparsest)` (paired:
+    both scored on the same images; the space's two extremes, so configs closer together differ with less noise);
+    else the noise of one figure, `accuracy.noise(model, densest)` (unpaired, larger); else 0."""
     if tie is not None:
         if not tie >= 0:
             raise SparseSearchError(f"tie must be a margin >= 0, got {tie!r}")
         return float(tie)
+    between = getattr(accuracy, "noise_between", None)
     noise = getattr(accuracy, "noise", None)
-    if not callable(noise):
+    if callable(between):
+        value = float(between(model, space.densest(), space.sparsest()))
+    elif callable(noise):
+        value = float(noise(model, space.densest()))
+    else:
         return 0.0
-    value = float(noise(model, space.densest()))
     return value if value == value and value > 0 else 0.0

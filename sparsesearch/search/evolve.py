@@ -101,8 +101,15 @@ class SupernetAccuracy:
         return self._ev(config, res)
 
     def noise(self, model: Any, config: SparsityConfig) -> float:
-        """The standard error of `config`'s figure over the validation images: differences below it are noise."""
+        """The standard error of `config`'s figure over the validation images (the noise of one figure)."""
         return float(self._result(model, config).stderr)
+
+    def noise_between(self, model: Any, a: SparsityConfig, b: SparsityConfig) -> float:
+        """The standard error of the difference between `a`'s and `b`'s figures, both scored on the same
+        validation images (paired): differences below it are noise when two configs are compared."""
+        from ..evaluate import paired_stderr  # noqa: PLC0415
+
+        return paired_stderr(self._result(model, a), self._result(model, b))
 
 
 def make_supernet_evaluator(

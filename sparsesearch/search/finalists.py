@@ -1,12 +1,12 @@
 """Re-time the configs the pick weighs, on this machine, before choosing.
 
-A search scored by a latency table picks, among many configs tied in accuracy, the fastest *predicted* one, and
-so the one the table under-predicts most (the winner's curse: on the 2-core CPU demo a pick predicted at 0.64x
-dense ran at 0.70x, over its 0.70x budget). `Finalists` takes the configs the pick rule weighs (accuracy within
-the tie margin of the best, predicted within the budget plus a slack), the fastest-predicted `n` of them, times
-them interleaved with the dense config in one run, puts the measured ratios to dense on the table's scale
-(measured x dense times the predicted dense latency, so a machine that is uniformly faster or slower than the
-table moves nothing) and applies the same pick rule to those figures.
+A search scored by a latency table picks, among many configs tied in accuracy, the fastest *predicted* one, and so
+the one the table under-predicts most (the winner's curse: on the 2-core CPU demo a pick predicted at 0.64x dense
+ran at 0.70x, over its 0.70x budget). `Finalists` takes the configs the pick rule weighs (accuracy within the tie
+margin of the best, predicted within the budget plus a slack), the fastest-predicted of them first, then the most
+accurate of the rest, `n` in all, times them interleaved with the dense config in one run, puts the measured ratios
+to dense on the table's scale (measured x dense times the predicted dense latency, so a machine that is uniformly
+faster or slower than the table moves nothing) and applies the same pick rule to those figures.
 """
 
 from __future__ import annotations
@@ -49,12 +49,15 @@ class Finalists:
     slack: float = 0.1
 
     def candidates(self, lat: np.ndarray, acc: np.ndarray, budget_ms: float, first: Pick) -> np.ndarray:
-        """Indices of the finalists: accuracy within the tie margin of `first.best_accuracy`, predicted within
-        the budget plus the slack, the `n` fastest predicted (ties: the earlier index)."""
-        ok = np.isfinite(acc) & (acc >= first.best_accuracy - first.tie_margin - 1e-12)
-        ok &= lat <= budget_ms * (1.0 + self.slack)
+        """Indices of the finalists among the configs predicted within the budget plus the slack: those within
+        the tie margin of `first.best_accuracy` (the fastest predicted first), then the most accurate of the
+        rest, `n` in all (ties: the earlier index). The rest are there for when the tied ones measure over the
+        budget: with a tight (paired) margin few configs tie, and the pick falls to the next most accurate."""
+        ok = np.isfinite(acc) & (lat <= budget_ms * (1.0 + self.slack))
         idx = np.flatnonzero(ok)
-        order = np.lexsort((idx, lat[idx]))
+        tied = acc[idx] >= first.best_accuracy - first.tie_margin - 1e-12
+        # lexsort: last key first: tied ones before the rest; tied by predicted latency, the rest by accuracy
+        order = np.lexsort((idx, np.where(tied, lat[idx], -acc[idx]), ~tied))
         return idx[order[: max(1, self.n)]]
 
     def choose(
