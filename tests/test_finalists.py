@@ -42,19 +42,23 @@ def _first():
     return first
 
 
-def test_candidates_are_the_tied_fastest_first_then_the_most_accurate_of_the_rest():
+def test_candidates_are_the_tied_fastest_first_then_the_front_most_accurate_first():
     f = Finalists(lambda cs: [1.0] * len(cs), DENSE, 10.0, n=8, slack=0.1)
     # within 7.7 (budget + slack): 0-3 tied (fastest predicted first), then 5 (80.0); 4 (8.0 ms) is out
     assert list(f.candidates(LAT, ACC, BUDGET, _first())) == [0, 1, 2, 3, 5]
     f.n = 2
     assert list(f.candidates(LAT, ACC, BUDGET, _first())) == [0, 1]
-    # a tight margin: only 1 ties with the best (90.05); the rest follow by accuracy, the earlier index first
-    tight = pick_best(LAT, ACC, BUDGET, 0.01)
-    assert tight is not None and tight.tied == (1,)
-    f.n = 4
-    assert list(f.candidates(LAT, ACC, BUDGET, tight)) == [1, 0, 2, 3]
-    acc = np.array([90.0, 90.05, 89.0, 89.5, 90.0, 80.0])
-    assert list(f.candidates(LAT, acc, BUDGET, pick_best(LAT, acc, BUDGET, 0.01))) == [1, 0, 3, 2]
+    # a tight margin: 2 is the best within the budget (89.8); 1 and 0, predicted over it but within the slack,
+    # are at least as accurate: the tied, fastest predicted first; then the front (no config both faster and
+    # more accurate), the most accurate first: 3, 4; then 5, which 2 beats in both
+    lat = np.array([7.6, 7.4, 6.8, 6.65, 6.0, 6.9])
+    acc = np.array([91.0, 90.0, 89.8, 89.0, 88.0, 89.5])
+    tight = pick_best(lat, acc, BUDGET, 0.01)
+    assert tight is not None and tight.tied == (2,)
+    f.n = 6
+    assert list(f.candidates(lat, acc, BUDGET, tight)) == [2, 1, 0, 3, 4, 5]
+    lat[5] = 6.3  # 5 (89.5) now on the front, and 3 off it (5 is faster and more accurate): after 4 (88.0)
+    assert list(f.candidates(lat, acc, BUDGET, tight)) == [2, 1, 0, 5, 4, 3]
 
 
 def test_when_the_tied_measure_over_the_budget_the_next_most_accurate_is_picked():
@@ -65,8 +69,9 @@ def test_when_the_tied_measure_over_the_budget_the_next_most_accurate_is_picked(
     assert first is not None and first.index == 1
     ms = {0: 12.0, 1: 16.0, 2: 13.0, 3: 12.0, 5: 10.0}
     f = Finalists(_measure(ms, 20.0, []), DENSE, 10.0, n=4)
+    assert list(f.candidates(LAT, acc, BUDGET, first)) == [1, 0, 5, 2]  # 2 last: off the predicted front
     pick = f.choose(lambda i: CONFIGS[i], LAT, acc, BUDGET, first)
-    assert pick.index == 2 and pick.rule == MEASURED_RULE  # 89.5 at 6.5 ms on the table's scale
+    assert pick.index == 2 and pick.rule == MEASURED_RULE  # 89.5 at 6.5 ms on the table's scale: the best within
 
 
 def test_the_pick_moves_to_the_fastest_measured_within_budget():

@@ -107,16 +107,31 @@ def test_pareto_front_is_non_dominated_and_within_budget(space):
     assert run.best_index() == front[-1]  # the most accurate front member is the best config
 
 
-def test_only_feasible_configs_are_evaluated(space):
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_only_feasible_configs_are_evaluated(space, warm_start):
+    """Beyond the warm start's scan (each choice of each variable alone, mostly over the budget), the search
+    evaluates only configs within the budget, each once."""
+    from sparsesearch import SparsityConfig
+    from sparsesearch.search.warmstart import scan_genomes
+
     calls: list[str] = []
-    run_search(
-        space, toy_latency, _cache(space, calls=calls), 6.0, algorithm="ga", population=20, generations=5, seed=0
+    run = run_search(
+        space,
+        toy_latency,
+        _cache(space, calls=calls),
+        6.0,
+        algorithm="ga",
+        population=20,
+        generations=5,
+        seed=0,
+        warm_start=warm_start,
     )
     assert calls and len(calls) == len(set(calls))  # each config evaluated once
-    assert all(
-        toy_latency(space.encode(__import__("sparsesearch").SparsityConfig.from_dict(json.loads(k)))[None])[0] <= 6.0
-        for k in calls
-    )
+    genomes = [space.encode(SparsityConfig.from_dict(json.loads(k))) for k in calls]
+    scan = {tuple(x) for x in scan_genomes(space)}
+    over = {tuple(x) for x in genomes if toy_latency(x[None])[0] > 6.0}
+    assert over <= scan if warm_start else not over
+    assert run.extra["warm_start_scan"] == (len(scan) if warm_start else 0)
 
 
 @pytest.mark.parametrize("algorithm", ["ga", "optuna-tpe"])

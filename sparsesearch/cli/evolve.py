@@ -60,6 +60,13 @@ class EvolveCommand(Command):
             help="skip the final neighbourhood search around the best config",
         )
         parser.add_argument(
+            "--no-warm-start",
+            dest="warm_start",
+            action="store_false",
+            help="start from random configs only (default: score each choice of each gene alone first and seed "
+            "half the first population with the best configs an additive model of those drops finds in the budget)",
+        )
+        parser.add_argument(
             "--finalists",
             type=int,
             default=0,

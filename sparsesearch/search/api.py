@@ -353,6 +353,7 @@ def search(
     ray_address: str | None = None,
     progress: bool | Callable[[dict[str, Any]], None] = True,
     refine: bool = True,
+    warm_start: bool = True,
     flops: bool = True,
     metric: str | None = None,
     device: str = "cpu",
@@ -380,6 +381,9 @@ def search(
         workers, ray_address: evaluate on N local Ray workers or an existing cluster (model and function pickled).
         progress: a progress bar (True), none (False), or a function called with each generation's record.
         refine: a final greedy neighbourhood search around the best config.
+        warm_start: (ga, nsga2) score each choice of each variable alone first and seed half the first
+            population with the configs an additive surrogate of those accuracy drops rates best within the budget
+            (`search.warmstart`); skipped when the scan would cost more than population x generations evaluations.
         flops: count GFLOPs of the reported configs (needs a model).
         metric: the name of the accuracy in reports (default: `accuracy.metric` or "accuracy").
         fingerprint: extra settings a resumed search must match (the CLI adds its supernet and data).
@@ -408,6 +412,7 @@ def search(
     job = _Job(space, lat, budget_ms, model, accuracy, scorer, _tie_margin(tie, accuracy, model, space))
     job.algorithm, job.population, job.generations, job.seed = algorithm, population, generations, seed
     job.resume, job.refine, job.workers, job.ray_address = resume, refine, workers, ray_address
+    job.warm_start = warm_start
     job.out_dir = Path(out) if out is not None else None
     fp = {"space": space.name, "budget": str(b), "algorithm": algorithm, "seed": seed, "accuracy": scorer.name}
     _prepare(job, {**fp, "latency_source": lat.name, **(fingerprint or {})}, overwrite)
@@ -493,6 +498,7 @@ class _Job:
     out_dir: Path | None = None
     resume: bool = False
     refine: bool = True
+    warm_start: bool = True
     workers: int = 1
     ray_address: str | None = None
 
@@ -528,6 +534,7 @@ def _execute(
             resume=job.resume and out_dir is not None and _engine_state_exists(out_dir, algorithm),
             on_generation=on_generation,
             refine=job.refine,
+            warm_start=job.warm_start,
             seeds=job.lat.seed_genes,
             tie=job.tie,
             **(tune if algorithm == "tune" else {}),

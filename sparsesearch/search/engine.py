@@ -21,9 +21,12 @@ from ..space import SearchSpace
 from .accuracy import AccuracyCache
 from .backends import ALGORITHMS, SearchContext, get_backend
 from .scoring import FeasibleScorer, LatencyFn
-from .selection import pick_best
+from .selection import nondominated, pick_best
 
-__all__ = ["ALGORITHMS", "SearchContext", "SearchRun", "run_search"]
+__all__ = ["ALGORITHMS", "SearchContext", "SearchRun", "run_search", "neighbours"]
+
+#: the back ends whose first population takes seeds (`warm_start`)
+WARM_STARTED = ("ga", "nsga2")
 
 
 @dataclass
@@ -49,13 +52,7 @@ class SearchRun:
     def pareto_indices(self) -> np.ndarray:
         """Indices of the non-dominated (accuracy up, latency down) configs within the budget, by latency."""
         ok = np.flatnonzero(self.latency_ms <= self.budget_ms)
-        order = ok[np.lexsort((-self.accuracy[ok], self.latency_ms[ok]))]
-        front, best = [], -np.inf
-        for i in order:
-            if self.accuracy[i] > best:
-                front.append(i)
-                best = self.accuracy[i]
-        return np.asarray(front, dtype=np.int64)
+        return ok[nondominated(self.latency_ms[ok], self.accuracy[ok])]
 
 
 def _append_jsonl(path: Path | None, record: dict[str, Any]) -> None:
@@ -93,6 +90,7 @@ def run_search(
     refine: bool = True,
     seeds: np.ndarray | None = None,
     tie: float = 0.0,
+    warm_start: bool = True,
     **backend_options: Any,
 ) -> SearchRun:
     """Search `space` for the most accurate config whose predicted latency is within `budget_ms`.
@@ -111,6 +109,10 @@ def run_search(
         refine: finish with a greedy +-1 neighbourhood search around the best config (a few dozen evaluations
             at most per round; often recovers the last fraction of a point that a short evolution misses).
         tie: accuracies within this margin count as equal when the best config is picked (logs and result).
+        warm_start: for the pymoo back ends, score each choice of each variable alone first and seed half the
+            first population with the configs an additive surrogate of those drops rates best within the budget
+            (`search.warmstart`; skipped when resuming, and when the scan would cost more evaluations than
+            population x generations).
         **backend_options: the algorithm's own options, documented in its back-end module (pymoo's algorithm or
             optuna's sampler keyword arguments; Ray Tune: evaluator_factory, workers, address, cpus_per_worker).
             An option the algorithm does not take raises SparseSearchError.
@@ -140,6 +142,7 @@ def run_search(
         seeds=seeds,
         options=dict(backend_options),
     )
+    scanned = _warm_start(ctx) if warm_start and not resume else 0
     gens = get_backend(algorithm)(ctx)
     run = _collect(space, accuracy, latency_fn, budget_ms, algorithm, gens)
     run.tie = tie
@@ -148,7 +151,19 @@ def run_search(
             ctx.log({"generation": gens, "refined": True, **ctx.record(gens)})
             run = _collect(space, accuracy, latency_fn, budget_ms, algorithm, gens)
             run.tie = tie
+    run.extra["warm_start_scan"] = scanned
     return run
+
+
+def _warm_start(ctx: SearchContext) -> int:
+    """Seed ctx's first population from a sensitivity scan (pymoo back ends only); the scan's size, 0 if none."""
+    from .warmstart import scan_genomes, warm_start  # noqa: PLC0415
+
+    if ctx.algorithm not in WARM_STARTED or len(scan_genomes(ctx.space)) > ctx.population * ctx.generations:
+        return 0
+    seeds = warm_start(ctx.space, ctx.latency_fn, ctx.cache.evaluate, ctx.budget_ms, ctx.population // 2, ctx.seed)
+    ctx.seeds = seeds if ctx.seeds is None else np.concatenate([seeds, ctx.seeds])
+    return len(scan_genomes(ctx.space))
 
 
 def _logger(
@@ -181,7 +196,7 @@ def _refine(scorer: FeasibleScorer, start: np.ndarray, max_rounds: int = 20, max
     best_acc = float(scorer.score(best[None]).accuracy[0])
     improved = False
     for _ in range(max_rounds):
-        cand, lat = scorer.feasible(np.unique(scorer.space.repair(_moves(best)), axis=0))
+        cand, lat = scorer.feasible(np.unique(scorer.space.repair(neighbours(best)), axis=0))
         keep = np.any(cand != best, axis=1)
         cand, lat = cand[keep], lat[keep]
         if not len(cand):
@@ -195,7 +210,7 @@ def _refine(scorer: FeasibleScorer, start: np.ndarray, max_rounds: int = 20, max
     return improved
 
 
-def _moves(x: np.ndarray) -> np.ndarray:
+def neighbours(x: np.ndarray) -> np.ndarray:
     """(m, n_var) neighbours of genome x (n_var,): each gene one step up or down, alone or traded against another
     gene's opposite step (so latency stays near the budget)."""
     moves = []

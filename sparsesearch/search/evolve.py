@@ -47,6 +47,7 @@ class EvolveOptions:
     overwrite: bool = False
     allow_foreign_table: bool = False
     refine: bool = True
+    warm_start: bool = True  # seed the first population from a one-variable-at-a-time scan (search.warmstart)
     table_check: bool = True  # an absolute budget first runs the table's speed check (latency.ensure_table_speed)
     rescale_table: bool = False  # scale the table's predictions by the check's measured/predicted factor
     accuracy: str | None = None  # "package.module:function"; None: the built-in evaluator
@@ -207,6 +208,7 @@ def evolve(
         ray_address=opts.ray,
         progress=on_generation if on_generation is not None else False,
         refine=opts.refine,
+        warm_start=opts.warm_start,
         device=opts.device,
         fingerprint=_fingerprint(opts, table.meta),
         on_evaluated=on_evaluated,

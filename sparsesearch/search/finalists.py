@@ -3,10 +3,11 @@
 A search scored by a latency table picks, among many configs tied in accuracy, the fastest *predicted* one, and so
 the one the table under-predicts most (the winner's curse: on the 2-core CPU demo a pick predicted at 0.64x dense
 ran at 0.70x, over its 0.70x budget). `Finalists` takes the configs the pick rule weighs (accuracy within the tie
-margin of the best, predicted within the budget plus a slack), the fastest-predicted of them first, then the most
-accurate of the rest, `n` in all, times them interleaved with the dense config in one run, puts the measured ratios
-to dense on the table's scale (measured x dense times the predicted dense latency, so a machine that is uniformly
-faster or slower than the table moves nothing) and applies the same pick rule to those figures.
+margin of the best, predicted within the budget plus a slack), the fastest-predicted of them first, then the rest
+of the accuracy-latency front, the most accurate first, `n` in all, times them interleaved with the dense config in
+one run, puts the measured ratios to dense on the table's scale (measured x dense times the predicted dense
+latency, so a machine that is uniformly faster or slower than the table moves nothing) and applies the same pick
+rule to those figures.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from ..config import SparsityConfig
-from .selection import Pick, pick_best
+from .selection import Pick, nondominated, pick_best
 
 __all__ = ["Finalists", "MEASURED_RULE"]
+
 
 MEASURED_RULE = (
     "fastest as measured on this machine (finalists timed interleaved with dense, on the table's scale) among "
@@ -49,15 +51,19 @@ class Finalists:
     slack: float = 0.1
 
     def candidates(self, lat: np.ndarray, acc: np.ndarray, budget_ms: float, first: Pick) -> np.ndarray:
-        """Indices of the finalists among the configs predicted within the budget plus the slack: those within
-        the tie margin of `first.best_accuracy` (the fastest predicted first), then the most accurate of the
-        rest, `n` in all (ties: the earlier index). The rest are there for when the tied ones measure over the
-        budget: with a tight (paired) margin few configs tie, and the pick falls to the next most accurate."""
+        """Indices of the finalists among the configs predicted within the budget plus the slack, `n` in all:
+        those within the tie margin of `first.best_accuracy` (the fastest predicted first); then the rest of the
+        trade-off front (no config both faster and more accurate), the most accurate first; then the others,
+        the most accurate first (ties: the earlier index). The front is there for when the tied ones measure
+        over the budget: with a tight (paired) margin few configs tie, a table errs most on the configs a search
+        pushed to the budget's edge, and the front's next configs are the pick's next best."""
         ok = np.isfinite(acc) & (lat <= budget_ms * (1.0 + self.slack))
         idx = np.flatnonzero(ok)
         tied = acc[idx] >= first.best_accuracy - first.tie_margin - 1e-12
-        # lexsort: last key first: tied ones before the rest; tied by predicted latency, the rest by accuracy
-        order = np.lexsort((idx, np.where(tied, lat[idx], -acc[idx]), ~tied))
+        front = np.isin(np.arange(len(idx)), nondominated(lat[idx], acc[idx])) & ~tied
+        group = np.where(tied, 0, np.where(front, 1, 2))
+        within = np.where(tied, lat[idx], -acc[idx])
+        order = np.lexsort((idx, within, group))  # last key first: the group, then its own order
         return idx[order[: max(1, self.n)]]
 
     def choose(

@@ -67,9 +67,10 @@ class SpaceRepair(Repair):
 
 
 class FeasibleSampling(Sampling):
-    """Initial population drawn from the space and filtered by predicted latency (cheap), so the first
-    generation spends its accuracy evaluations on configs that meet the budget; topped up with the fastest
-    random ones when too few do."""
+    """Initial population: the `seeds` that meet the budget first (e.g. a warm start's, or the fastest config,
+    so a tight budget still starts with a feasible one), then configs drawn from the space and filtered by
+    predicted latency (cheap), so the first generation spends its accuracy evaluations on configs that meet the
+    budget; topped up with the fastest random ones when too few do."""
 
     def __init__(self, oversample: int = 200, seeds: np.ndarray | None = None) -> None:
         super().__init__()
@@ -80,18 +81,24 @@ class FeasibleSampling(Sampling):
         self, problem: SparsityProblem, n_samples: int, *args: Any, random_state: Any = None, **kwargs: Any
     ) -> np.ndarray:
         space = problem.space
-        cand = space.sample_genes(random_state, n=n_samples * self.oversample)
-        if self.seeds is not None:  # e.g. the fastest config: a tight budget still starts with a feasible one
-            cand = np.concatenate([space.repair(self.seeds), cand])
-        cand = np.unique(cand, axis=0)
+        first = np.zeros((0, space.n_var), dtype=np.int64)
+        if self.seeds is not None and len(self.seeds):
+            seeds = space.repair(self.seeds)
+            _, at = np.unique(seeds, axis=0, return_index=True)
+            seeds = seeds[np.sort(at)]
+            first = seeds[np.asarray(problem.latency_fn(seeds)) <= problem.budget_ms][:n_samples]
+        cand = np.unique(space.sample_genes(random_state, n=n_samples * self.oversample), axis=0)
+        if len(first):
+            cand = cand[~(cand[:, None, :] == first[None, :, :]).all(-1).any(1)]
         random_state.shuffle(cand)
+        need = n_samples - len(first)
         lat = np.asarray(problem.latency_fn(cand))
         feasible = cand[lat <= problem.budget_ms]
-        if len(feasible) >= n_samples:
-            return feasible[:n_samples]
+        if len(feasible) >= need:
+            return np.concatenate([first, feasible[:need]])
         rest = cand[lat > problem.budget_ms]
         rest = rest[np.argsort(lat[lat > problem.budget_ms])]
-        return np.concatenate([feasible, rest[: n_samples - len(feasible)]])
+        return np.concatenate([first, feasible, rest[: need - len(feasible)]])
 
 
 class ChoiceMutation(Mutation):

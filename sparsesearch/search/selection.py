@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Pick", "pick_best", "PICK_RULE"]
+__all__ = ["Pick", "pick_best", "PICK_RULE", "nondominated"]
 
 PICK_RULE = "fastest config within the budget whose accuracy is within the tie margin of the most accurate one"
 
@@ -60,3 +60,17 @@ def pick_best(
     tied = np.flatnonzero(ok & (acc >= best - margin - 1e-12))
     order = np.lexsort((tied, lat[tied]))  # fastest first, then the earlier index
     return Pick(int(tied[order[0]]), PICK_RULE, margin, best, tuple(int(i) for i in tied))
+
+
+def nondominated(latency_ms: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
+    """Positions of the (n,) configs that no other beats in both latency and accuracy (the trade-off front),
+    fastest first; of configs equally fast and accurate, the earlier."""
+    lat = np.asarray(latency_ms, dtype=np.float64)
+    acc = np.asarray(accuracy, dtype=np.float64)
+    order = np.lexsort((np.arange(len(lat)), -acc, lat))  # fastest first, then the most accurate, then earlier
+    front, best = [], -np.inf
+    for i in order:
+        if acc[i] > best:
+            front.append(int(i))
+            best = acc[i]
+    return np.asarray(front, dtype=np.int64)
