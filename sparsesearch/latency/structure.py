@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..models.family import ModelFamily, StageShape, family_named, get_family
 from ..ops import WindowGeometry, keep_count
 from ..space import SearchSpace
@@ -26,6 +28,7 @@ __all__ = [
     "block_kind",
     "sparsity_for_count",
     "res_key",
+    "GenomeCanon",
 ]
 
 
@@ -141,3 +144,38 @@ def sparsity_for_count(k: int, num_windows: int) -> float:
     p = (num_windows - k + 0.25) / num_windows  # (1 - p) * nW = k - 0.25, which rounds half up to k
     assert keep_count(p, num_windows) == k, (k, num_windows, p)
     return p
+
+
+class GenomeCanon:
+    """Maps genomes to the one genome that stands for their model: each sparsity gene to its smallest choice that
+    keeps the same number of windows in every block of the gene, at the genome's resolution and window sizes.
+
+    Sparsities that round to the same kept count run the same model (`keep_count`): 0.7 and 0.8 both keep one of
+    the 4 windows of the demo's stage 3 at 256x256. A search that tells them apart evaluates one model twice and
+    shows it twice. Picklable (plain arrays): pymoo's checkpoint keeps it with the problem.
+    """
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.n_genes = len(space.genes)
+        self.stages = np.array([g.stage for g in space.genes], dtype=np.int64)
+        most = max(len(g.choices) for g in space.genes)
+        windows = max(len(c) for c in space.window_choices)
+        # canon[r, g, w, c]: the canonical choice of gene g's choice c at resolution r with window choice w
+        self.canon = np.tile(np.arange(most, dtype=np.int64), (len(space.resolutions), self.n_genes, windows, 1))
+        for r, res in enumerate(space.resolutions):
+            shapes = stage_shapes(space, res)
+            for gi, g in enumerate(space.genes):
+                for wi, w in enumerate(space.window_choices[g.stage]):
+                    nws = [block_kind(space, res, st, b, w, shapes).num_windows for st, b in g.blocks]
+                    first: dict[tuple[int, ...], int] = {}
+                    for c, p in enumerate(g.choices):
+                        self.canon[r, gi, wi, c] = first.setdefault(tuple(keep_count(p, nw) for nw in nws), c)
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        """(..., n_var) int genomes -> the same shape, each sparsity gene at its canonical choice."""
+        X = np.array(X, dtype=np.int64, copy=True)
+        flat = X.reshape(-1, X.shape[-1])
+        genes = np.arange(self.n_genes)[None, :]
+        w = flat[:, self.n_genes + self.stages]  # (n, n_genes): the window choice of each gene's stage
+        flat[:, : self.n_genes] = self.canon[flat[:, -1:], genes, w, flat[:, : self.n_genes]]
+        return X

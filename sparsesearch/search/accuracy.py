@@ -100,7 +100,9 @@ class AccuracyCache:
     """Accuracy per genome, computed once: in memory and, with `path`, appended to a JSONL file that a resumed
     search reads back (a torn last line from a killed run is ignored).
 
-    `on_evaluated(n)` is called after each batch of new evaluations (progress bars).
+    `on_evaluated(n)` is called after each batch of new evaluations (progress bars). `canon` ((n, n_var) ->
+    (n, n_var), e.g. `latency.structure.GenomeCanon`) maps genomes that run the same model to one, which is what
+    is evaluated and recorded: the same model is never evaluated twice under two genomes.
     """
 
     def __init__(
@@ -109,8 +111,10 @@ class AccuracyCache:
         evaluator: BatchEvaluator,
         path: str | os.PathLike | None = None,
         on_evaluated: Callable[[int], None] | None = None,
+        canon: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.space = space
+        self.canon = canon
         self.evaluator = evaluator
         self.path = Path(path) if path is not None else None
         self.on_evaluated = on_evaluated
@@ -129,6 +133,8 @@ class AccuracyCache:
     def evaluate(self, X: np.ndarray) -> np.ndarray:
         """(n, n_var) genomes -> (n,) accuracies, evaluating only genomes never seen before (each once)."""
         X = np.atleast_2d(X)
+        if self.canon is not None:
+            X = self.canon(X)
         keys = [_key(x) for x in X]
         todo = list(dict.fromkeys(k for k in keys if k not in self.values))
         if todo:
@@ -145,7 +151,8 @@ class AccuracyCache:
 
     def record(self, X: np.ndarray, scores: Sequence[float]) -> None:
         """Store accuracies computed elsewhere (e.g. by Ray Tune trials): (n, n_var) genomes, n scores."""
-        new = [(_key(x), float(s)) for x, s in zip(np.atleast_2d(X), scores) if _key(x) not in self.values]
+        X = np.atleast_2d(X) if self.canon is None else self.canon(np.atleast_2d(X))
+        new = [(_key(x), float(s)) for x, s in zip(X, scores) if _key(x) not in self.values]
         if not new:
             return
         self.values.update(new)

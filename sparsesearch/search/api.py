@@ -23,6 +23,7 @@ import numpy as np
 from ..config import SparsityConfig
 from ..errors import BudgetError, LatencyTableError, SparseSearchError
 from ..fileio import atomic_write_text
+from ..latency.structure import GenomeCanon
 from ..space import SearchSpace
 from .accuracy import AccuracyCache, AccuracyFn, ConfigScorer, KeyedCache, SerialEvaluator, callable_name, read_jsonl
 from .budget import Budget, parse_budget
@@ -516,6 +517,9 @@ def _execute(
         ray_eval if ray_eval is not None else SerialEvaluator(job.scorer),
         out_dir / "accuracy_cache.jsonl" if out_dir else None,
         on_evaluated=on_evaluated,
+        # a table predicts by kept-window counts, so genomes of one model are one config to it; a latency function
+        # may tell them apart (the toy problems of the tests do)
+        canon=GenomeCanon(job.space) if job.lat.table is not None else None,
     )
     history: list[dict[str, Any]] = []
     on_generation, close_bar = _progress_callback(progress, job.generations, algorithm, history)

@@ -46,6 +46,7 @@ class SparsityProblem(Problem):
     def bind(self, latency_fn: LatencyFn, accuracy: AccuracyCache) -> None:
         self.latency_fn = latency_fn
         self.accuracy = accuracy
+        self.canon = accuracy.canon  # genomes of one model -> one genome (pymoo then drops the duplicates)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -60,10 +61,11 @@ class SparsityProblem(Problem):
 
 
 class SpaceRepair(Repair):
-    """Round, clip, and apply the space's ordering rule (pymoo repair)."""
+    """Round, clip, apply the space's ordering rule, and map genomes of one model to one (pymoo repair)."""
 
     def _do(self, problem: SparsityProblem, X: np.ndarray, **kwargs: Any) -> np.ndarray:
-        return problem.space.repair(X)
+        canon = getattr(problem, "canon", None)
+        return problem.space.repair(X) if canon is None else canon(problem.space.repair(X))
 
 
 class FeasibleSampling(Sampling):
