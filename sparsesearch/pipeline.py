@@ -98,7 +98,7 @@ class DemoOptions:
     latency: str = "0.7x"
     algorithm: str = "ga"
     population: int = 12
-    generations: int = 5
+    generations: int = 3  # after the warm start (search.warmstart), whose seeds already sit near the budget
     val_samples: int = 32  # the search's accuracy (val split)
     test_samples: int = 96  # the final table's accuracy (test split, never seen by the search)
     measure_rounds: int = 5  # interleaved rounds of the final table's timing

@@ -1,6 +1,6 @@
 """A warm start for the evolutionary back ends: a one-variable-at-a-time sensitivity scan and an additive surrogate.
 
-A short evolution (the CPU demo runs 12 x 5) starting from random configs spends most of its evaluations far
+A short evolution (the CPU demo runs 12 x 3) starting from random configs spends most of its evaluations far
 from the configs that matter, the ones that spend the budget where accuracy costs least. Before the first
 generation this module scores every choice of every variable alone (the densest config with that one variable
 changed, through the accuracy cache: the scan is part of the search's record and a killed search does not redo
