@@ -28,6 +28,8 @@ __all__ = [
     "confusion_matrix",
     "miou_from_confusion",
     "miou_stderr",
+    "miou_left_out",
+    "jackknife_stderr",
     "paired_stderr",
     "resolve_config",
 ]

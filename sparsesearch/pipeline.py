@@ -163,6 +163,7 @@ class DemoRow:
     predicted_x: float = float("nan")
     measured_x: float = float("nan")
     stderr: float = float("nan")
+    left_out: tuple[float, ...] = ()  # the accuracy with each test item left out (for paired comparisons)
 
 
 @dataclass
@@ -191,6 +192,16 @@ def _which(row: DemoRow, budget_x: float) -> str:
     return f"{label} at {row.measured_x:.2f}x as measured{over}"
 
 
+def _paired(a: DemoRow, b: DemoRow) -> str:
+    """' (+-SE paired)': the standard error of a's gain over b on the same test items, when both kept them."""
+    if not a.left_out or len(a.left_out) != len(b.left_out):
+        return ""
+    from .evaluate import jackknife_stderr  # noqa: PLC0415
+
+    se = jackknife_stderr([x - y for x, y in zip(a.left_out, b.left_out)])
+    return f" (+-{se:.2f} paired)"
+
+
 def verdict(rows: Sequence[DemoRow], budget_x: float, metric: str = "mIoU", margin: float = RESIZE_MARGIN) -> list[str]:
     """Two lines saying in words whether the demo's claims held, from the final table's rows.
 
@@ -216,7 +227,8 @@ def verdict(rows: Sequence[DemoRow], budget_x: float, metric: str = "mIoU", marg
         d = best.accuracy - uni.accuracy
         held &= d >= 0
         parts.append(
-            f"{d:+.2f} over the best uniform sparsity ({_which(uni, budget_x)}: {uni.accuracy:.2f}; at or above needed)"
+            f"{d:+.2f}{_paired(best, uni)} over the best uniform sparsity "
+            f"({_which(uni, budget_x)}: {uni.accuracy:.2f}; at or above needed)"
         )
     if rsz is None:
         parts.append("no uniform resize within the budget to compare with")
@@ -225,7 +237,8 @@ def verdict(rows: Sequence[DemoRow], budget_x: float, metric: str = "mIoU", marg
         d = best.accuracy - rsz.accuracy
         held &= d >= margin
         parts.append(
-            f"{d:+.2f} over uniform resize ({_which(rsz, budget_x)}: {rsz.accuracy:.2f}; at least +{margin:g} needed)"
+            f"{d:+.2f}{_paired(best, rsz)} over uniform resize ({_which(rsz, budget_x)}: {rsz.accuracy:.2f}; "
+            f"at least +{margin:g} needed)"
         )
     accuracy = (
         f"accuracy: {'held' if held else 'did not hold'}. The searched config scores {best.accuracy:.2f} {metric}: "
@@ -556,7 +569,11 @@ class _Demo:
         for (name, role, d), (m, cfg, res), ms, sc in zip(picks, runs, measured, scores):
             pred = table.predict(cfg) if res in table.resolutions else table.dense_latency(res)
             gf = count_flops(m, res, cfg).gflops
-            rows.append(DemoRow(name, d, float(pred), ms, float(sc.value), gf, role, stderr=float(sc.stderr)))
+            rows.append(
+                DemoRow(
+                    name, d, float(pred), ms, float(sc.value), gf, role, stderr=float(sc.stderr), left_out=sc.left_out
+                )
+            )
         for m in (model, raw):
             m.set_config(None)  # type: ignore[operator]
         for r in rows:

@@ -104,3 +104,16 @@ def test_the_baseline_compared_is_the_best_within_the_budget_as_measured(xs, com
     assert [r.name for r in rows if r.role == "uniform_sparsity"] == [f"uniform sparsity (uniform {compared})"]
     _, accuracy = verdict(rows, 0.7)
     assert accuracy.startswith("accuracy: held." if held else "accuracy: did not hold.") and says in accuracy
+
+
+def test_the_gains_carry_their_paired_standard_error_when_the_rows_kept_their_items() -> None:
+    rows = _table()
+    # four test items: the searched row gains 0.4, 0.6, 0.5, 0.5 over uniform on the leave-one-out values
+    rows[2].left_out = (94.0, 94.0, 94.0, 94.0)
+    rows[4].left_out = (94.4, 94.6, 94.5, 94.5)
+    _, accuracy = verdict(rows, budget_x=0.7)
+    d = [0.4, 0.6, 0.5, 0.5]
+    mean = sum(d) / 4
+    se = (3 / 4 * sum((x - mean) ** 2 for x in d)) ** 0.5  # jackknife over the items: 0.12
+    assert f"+0.50 (+-{se:.2f} paired) over the best uniform sparsity" in accuracy
+    assert "+3.00 over uniform resize" in accuracy  # the resize row kept no items: no paired figure

@@ -2,8 +2,9 @@
 best.json and the demo's final table alike.
 
 Among the configs whose latency is within the budget, the highest accuracy a* is found; every config within
-`tie` of a* counts as equally accurate (`tie` is the evaluation's own noise, e.g. the standard error of the
-metric over the validation images), and the fastest of those wins; a remaining tie goes to the earlier one.
+`tie` of a* counts as equally accurate (`tie` is the evaluation's own noise for a difference between two configs,
+e.g. the standard error of their per-image difference over the same validation images: `evaluate.paired_stderr`),
+and the fastest of those wins; a remaining tie goes to the earlier one.
 """
 
 from __future__ import annotations
