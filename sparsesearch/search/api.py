@@ -382,23 +382,18 @@ def search(
         workers, ray_address: evaluate on N local Ray workers or an existing cluster (model and function pickled).
         progress: a progress bar (True), none (False), or a function called with each generation's record.
         refine: a final greedy neighbourhood search around the best config.
-        warm_start: (ga, nsga2) score each choice of each variable alone first and seed half the first
-            population with the configs an additive surrogate of those accuracy drops rates best within the budget
-            (`search.warmstart`); skipped when the scan would cost more than population x generations evaluations.
+        warm_start: (ga, nsga2) seed half the first population from a one-gene-at-a-time scan (`search.warmstart`).
         flops: count GFLOPs of the reported configs (needs a model).
         metric: the name of the accuracy in reports (default: `accuracy.metric` or "accuracy").
         fingerprint: extra settings a resumed search must match (the CLI adds its supernet and data).
-        tie: accuracies within this margin count as equal and the faster config wins (None: the evaluation's own
-            noise when `accuracy` reports it, as the built-in evaluator does: with `noise_between(model, a, b)`,
-            the standard error of the difference between the densest and the sparsest config over its validation
-            images, paired; with only `noise(model, config)`, one figure's standard error; else 0). The best is
-            picked among everything evaluated within the budget, the baselines included, by `selection.pick_best`.
-        finalists: when > 0 (needs a LatencyTable), before the pick the configs it weighs (accuracy within the tie
-            margin of the best, predicted within the budget + 10%; the fastest predicted first, then the most
-            accurate of the rest, `finalists` in all) are timed on this machine as the table was profiled,
-            interleaved with the dense config, and the rule is applied to their measured latency on the table's
-            scale (`search.finalists`; recorded in best.json's "pick"). A table under-predicts some configs; the
-            fastest predicted of many tied ones is likely one.
+        tie: accuracies within this margin count as equal and the faster config wins (None: `accuracy`'s own noise
+            for a difference, `noise_between(model, densest, sparsest)` (paired: the same images), else one figure's
+            `noise(model, densest)`, else 0); the best is picked among everything evaluated within the budget, the
+            baselines included, by `selection.pick_best`.
+        finalists: when > 0 (needs a LatencyTable), `finalists` of the configs the pick weighs (`search.finalists`:
+            the tied, then the rest of the accuracy/latency front, predicted within the budget + 10%) are timed on
+            this machine interleaved with the dense config, and the rule is applied to their measured latency on
+            the table's scale (recorded in best.json's "pick").
     Raises:
         SparseSearchError subclasses: BudgetError, LatencyTableError, AccuracyFunctionError, SpaceError, ...
     """
@@ -412,9 +407,8 @@ def search(
     scorer = ConfigScorer(model, accuracy)
     job = _Job(space, lat, budget_ms, model, accuracy, scorer, _tie_margin(tie, accuracy, model, space))
     job.algorithm, job.population, job.generations, job.seed = algorithm, population, generations, seed
-    job.resume, job.refine, job.workers, job.ray_address = resume, refine, workers, ray_address
-    job.warm_start = warm_start
-    job.out_dir = Path(out) if out is not None else None
+    job.resume, job.refine, job.warm_start = resume, refine, warm_start
+    job.workers, job.ray_address, job.out_dir = workers, ray_address, Path(out) if out is not None else None
     fp = {"space": space.name, "budget": str(b), "algorithm": algorithm, "seed": seed, "accuracy": scorer.name}
     _prepare(job, {**fp, "latency_source": lat.name, **(fingerprint or {})}, overwrite)
     final = _finalists(lat, space, finalists)  # before the search: a function latency source fails at once
