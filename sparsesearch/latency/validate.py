@@ -41,6 +41,7 @@ __all__ = [
     "validation_genomes",
     "validate",
     "measure_configs",
+    "time_configs",
     "report_paths",
     "write_report",
     "table_model",
@@ -335,11 +336,24 @@ def measure_configs(
     warmup: int = 2,
     timer: Timer | None = None,
 ) -> list[float]:
-    """Milliseconds per whole forward of each config on this machine, timed as `validate` times its configs: the
+    """Milliseconds per whole forward of each config on this machine (`time_configs`' figures)."""
+    return [s.ms for s in time_configs(table, configs, rounds, repeats, warmup, timer)]
+
+
+def time_configs(
+    table: LatencyTable,
+    configs: Sequence[SparsityConfig],
+    rounds: int = 3,
+    repeats: int = 8,
+    warmup: int = 2,
+    timer: Timer | None = None,
+) -> list[Stat]:
+    """Timings of a whole forward of each config on this machine, timed as `validate` times its configs: the
     table's model and inputs (head, classes, dtype, batch, random weights), threads, allocator setting, clock and
     statistic; configs interleaved forward by forward, each timed forward after an untimed one of its own,
     `rounds` rounds of `repeats` passes in order of predicted time (`time_interleaved`). For figures relative
     to each other (e.g. to a dense config in the list): the absolute level is this moment's machine speed.
+    Each Stat's `rounds` holds every round's figure (`combine_rounds`), for the figures' noise.
     """
     meta = table.meta
     device_type(meta["device_type"])
@@ -352,7 +366,7 @@ def measure_configs(
     predicted = table.predict_many(np.stack(genomes))
     with num_threads(int(meta["threads"])), torch.inference_mode():
         stats = timed.run(genomes, rounds, LoadMonitor(), None, 0.0, None, predicted)
-    return [combine_rounds(st, table.statistic).ms for st in stats]
+    return [combine_rounds(st, table.statistic) for st in stats]
 
 
 def _table_timer(table: LatencyTable) -> Timer:

@@ -26,10 +26,30 @@ __all__ = ["Finalists", "MEASURED_RULE"]
 
 MEASURED_RULE = (
     "fastest as measured on this machine (finalists timed interleaved with dense, on the table's scale) among "
-    "the configs within the budget whose accuracy is within the tie margin of the most accurate one"
+    "the configs within the budget as measured (ratio to dense plus `guard` standard errors over the timing's "
+    "rounds) whose accuracy is within the tie margin of the most accurate one"
 )
 
-MeasureFn = Callable[[Sequence[SparsityConfig]], Sequence[float]]
+MeasureFn = Callable[[Sequence[SparsityConfig]], Sequence[Any]]
+"""configs -> per config its milliseconds, or a Stat-like object with `ms` and `rounds` (each round's figure)."""
+
+
+def _figures(measured: Sequence[Any], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n,) milliseconds of what `measure` returned (dense first), the (n - 1,) ratios of the others to dense
+    and each ratio's standard error over the rounds (the per-round ratios' spread / sqrt(rounds); 0 without
+    rounds). Raises ValueError on a malformed measurement."""
+    ms = np.asarray([float(getattr(m, "ms", m)) for m in measured], dtype=np.float64)
+    if ms.shape != (n,) or not np.all(np.isfinite(ms) & (ms > 0)):
+        raise ValueError(f"measure returned {ms!r} for {n} configs")
+    ratio = ms[1:] / ms[0]
+    dense = np.asarray(getattr(measured[0], "rounds", ()), dtype=np.float64)
+    se = np.zeros(n - 1)
+    for j, m in enumerate(measured[1:]):
+        r = np.asarray(getattr(m, "rounds", ()), dtype=np.float64)
+        if len(r) >= 2 and len(r) == len(dense):
+            per_round = r / dense
+            se[j] = float(per_round.std(ddof=1) / np.sqrt(len(per_round)))
+    return ms, ratio, se
 
 
 @dataclass
@@ -42,6 +62,10 @@ class Finalists:
         dense_ms: its predicted latency.
         n: at most this many finalists (the fastest predicted first).
         slack: finalists may be predicted up to this fraction over the budget (the table may over-predict them).
+        guard: a finalist counts as within the budget when its measured ratio to dense plus `guard` standard
+            errors of that ratio (over the timing's rounds, when `measure` returns Stats with rounds) is: the pick
+            is the most accurate that passes, so one that scrapes the budget in this timing would be over it in
+            the next about half of the time (on a 2-core VM one config's ratio moved by 0.02-0.03 between runs).
     """
 
     measure: MeasureFn
@@ -49,6 +73,7 @@ class Finalists:
     dense_ms: float
     n: int = 8
     slack: float = 0.1
+    guard: float = 2.0
 
     def candidates(self, lat: np.ndarray, acc: np.ndarray, budget_ms: float, first: Pick) -> np.ndarray:
         """Indices of the finalists among the configs predicted within the budget plus the slack, `n` in all:
@@ -81,16 +106,14 @@ class Finalists:
         configs(i), labels(i): the config and label of entry i of `lat` / `acc` ((n,) predicted ms, accuracy).
         """
         idx = self.candidates(lat, acc, budget_ms, first)
-        ms = np.asarray(self.measure([self.dense] + [configs(int(i)) for i in idx]), dtype=np.float64)
-        if ms.shape != (len(idx) + 1,) or not np.all(np.isfinite(ms) & (ms > 0)):
-            raise ValueError(f"measure returned {ms!r} for {len(idx) + 1} configs")
-        ratio = ms[1:] / ms[0]
+        ms, ratio, se = _figures(self.measure([self.dense] + [configs(int(i)) for i in idx]), len(idx) + 1)
         scaled = ratio * self.dense_ms
-        picked = pick_best(scaled, acc[idx], budget_ms, first.tie_margin)
+        picked = pick_best((ratio + self.guard * se) * self.dense_ms, acc[idx], budget_ms, first.tie_margin)
         record: dict[str, Any] = {
             "finalists": len(idx),
             "dense_measured_ms": float(ms[0]),
             "dense_predicted_ms": float(self.dense_ms),
+            "guard": self.guard,
             "rows": [
                 {
                     "label": labels(int(i)),
@@ -99,9 +122,10 @@ class Finalists:
                     "predicted_ms": float(lat[i]),
                     "measured_ms": float(m),
                     "measured_x_dense": float(r),
+                    "measured_x_dense_se": float(e),
                     "measured_on_table_ms": float(s),
                 }
-                for i, m, r, s in zip(idx, ms[1:], ratio, scaled)
+                for i, m, r, e, s in zip(idx, ms[1:], ratio, se, scaled)
             ],
         }
         if picked is None:
