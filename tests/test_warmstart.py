@@ -96,3 +96,16 @@ def test_the_evolve_command_turns_the_warm_start_off():
     off = build_parser().parse_args([*base, "--no-warm-start"])
     assert on.warm_start is True and off.warm_start is False
     assert EvolveOptions(**{k: getattr(off, k) for k in EvolveOptions.__dataclass_fields__}).warm_start is False
+
+
+def test_the_seeds_include_the_surrogates_best_below_the_budget_too(space):
+    X = scan_genomes(space)
+    drop = drop_table(space, X, _acc(space)(X))
+    seeds = warm_start(space, toy_latency, _acc(space), 6.0, 6, seed=0)
+    lat = toy_latency(seeds)
+    assert np.all(lat <= 6.0) and len(seeds) == 6
+    for f in (0.97, 0.94, 0.91, 0.88):  # each rung of the ladder holds the surrogate's best within it
+        best = surrogate_seeds(space, toy_latency, drop, 6.0 * f, 1, np.random.default_rng(1), samples=4000)[0]
+        below = seeds[lat <= 6.0 * f + 1e-9]
+        rows = np.arange(space.n_var)
+        assert len(below) and drop[rows[:, None], below.T].sum(0).min() <= drop[rows, best].sum() + 1e-9
