@@ -103,7 +103,7 @@ class DemoOptions:
     test_samples: int = 96  # the final table's accuracy (test split, never seen by the search)
     measure_rounds: int = 5  # interleaved rounds of the final table's timing
     finalists: int = 8  # the search re-times this many of the pick's candidates before choosing
-    profile_repeats: int = 5
+    profile_repeats: int = 4  # the finalists re-time the configs the pick weighs: the table needs less
     profile_rounds: int = 2
     threads: int | None = None  # training and evaluation
     # the latency table and the final table's timing: one thread, as `sparsesearch profile` uses on a shared
