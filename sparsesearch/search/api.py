@@ -434,8 +434,8 @@ def _finalists(lat: _Latency, space: SearchSpace, n: int) -> Finalists | None:
         raise SparseSearchError("finalists: re-timing the pick's finalists needs a latency table, not a function")
     from ..latency import time_configs  # noqa: PLC0415
 
-    # 5 rounds (not the validation's 3): the rounds' spread is what the finalists' guard is made of
-    measure = functools.partial(time_configs, lat.table, rounds=5, repeats=5)
+    # 8 rounds (not the validation's 3): the rounds' spread is what the finalists' guard is made of
+    measure = functools.partial(time_configs, lat.table, rounds=8, repeats=4)
     return Finalists(measure, space.densest(), lat.dense_ms, n)
 
 

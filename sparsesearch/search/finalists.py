@@ -64,8 +64,11 @@ class Finalists:
         slack: finalists may be predicted up to this fraction over the budget (the table may over-predict them).
         guard: a finalist counts as within the budget when its measured ratio to dense plus `guard` standard
             errors of that ratio (over the timing's rounds, when `measure` returns Stats with rounds) is: the pick
-            is the most accurate that passes, so one that scrapes the budget in this timing would be over it in
-            the next about half of the time (on a 2-core VM one config's ratio moved by 0.02-0.03 between runs).
+            is the most accurate that passes, and one that scrapes the budget in this timing would be over it in
+            the next about half of the time (on a 2-core VM one config's ratio moved by 0.01-0.03 between runs).
+            The next timing differs from this one by about sqrt(2) standard errors, so 1.5 keeps it within the
+            budget ~86% of the time at the guard's edge; 2 cost the demo its most accurate configs when the
+            machine was noisy (standard errors of 0.03 over five rounds).
     """
 
     measure: MeasureFn
@@ -73,7 +76,7 @@ class Finalists:
     dense_ms: float
     n: int = 8
     slack: float = 0.1
-    guard: float = 2.0
+    guard: float = 1.5
 
     def candidates(self, lat: np.ndarray, acc: np.ndarray, budget_ms: float, first: Pick) -> np.ndarray:
         """Indices of the finalists among the configs predicted within the budget plus the slack, `n` in all:
