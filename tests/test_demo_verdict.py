@@ -117,3 +117,28 @@ def test_the_gains_carry_their_paired_standard_error_when_the_rows_kept_their_it
     se = (3 / 4 * sum((x - mean) ** 2 for x in d)) ** 0.5  # jackknife over the items: 0.12
     assert f"+0.50 (+-{se:.2f} paired) over the best uniform sparsity" in accuracy
     assert "+3.00 over uniform resize" in accuracy  # the resize row kept no items: no paired figure
+
+
+def test_a_baseline_predicted_just_over_the_budget_is_still_timed(tmp_path) -> None:
+    """The table may over-predict: with no resize predicted within the budget, the fastest one predicted within
+    the budget + 10% becomes the resize row (and `settle_baselines` flags it if it runs over)."""
+    from pathlib import Path
+
+    import sparsesearch as ss
+    from sparsesearch.pipeline import DemoOptions, _Demo
+
+    space = ss.SearchSpace.load(Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml")
+    demo = _Demo(DemoOptions(out=str(tmp_path / "run")), lambda m: None, False)
+    dense = space.densest().to_dict()
+    at = {r: {**dense, "resolution": [r, r]} for r in (224, 192)}
+    uni = {"latency_ms": 6.5, "accuracy": 90.0, "label": "uniform 0.50", "config": space.uniform(0.5).to_dict()}
+    best = {"budget_ms": 7.0, "config": space.uniform(0.6).to_dict(), "pick": {"tie_margin": 0.05}}
+    for lat192, expect in ((7.5, ["dense 192x192"]), (7.9, [])):  # within 7.7 (budget + 10%) / not
+        resize = [
+            {"latency_ms": 9.0, "accuracy": 92.0, "label": "dense 224x224", "config": at[224]},
+            {"latency_ms": lat192, "accuracy": 91.0, "label": "dense 192x192", "config": at[192]},
+        ]
+        pareto = {"baselines": {"uniform_sparsity": [uni], "uniform_resize": resize}}
+        rows = demo.picks(space, best, pareto)
+        assert [n.split("(")[1][:-1] for n, role, _ in rows if role.startswith("uniform_resize")] == expect
+        assert [role for _, role, _ in rows if role.startswith("uniform_resize")] == ["uniform_resize"] * len(expect)

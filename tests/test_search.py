@@ -273,7 +273,12 @@ def test_outputs_are_written_and_meet_the_budget(space, tmp_path):
     base.uniform_resize = uniform_resize_baseline(
         [(64, 64), (48, 48), (32, 32)], lambda r: r[0] / 8.0, lambda r: r[0] / 100.0, space.densest(), budget
     )
-    assert [p.label for p in base.uniform_resize] == ["dense 48x48", "dense 32x32"]  # 64 -> 8 ms is over budget
+    # 64 -> 8 ms is over the budget: kept as the fastest over it (where resizing crosses the budget), never picked
+    assert [p.label for p in base.uniform_resize] == ["dense 64x64", "dense 48x48", "dense 32x32"]
+    two_over = uniform_resize_baseline(
+        [(64, 64), (56, 56), (48, 48)], lambda r: r[0] / 8.0, lambda r: r[0] / 100.0, space.densest(), 6.5
+    )
+    assert [p.label for p in two_over] == ["dense 56x56", "dense 48x48"]  # only the fastest of those over
     best, front = write_outputs(tmp_path, space, run, base, metric="toy")
     doc = json.loads((tmp_path / "best.json").read_text())
     cfg = ss.SparsityConfig.load(tmp_path / "best.json")  # best.json is a loadable config file
