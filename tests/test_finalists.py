@@ -46,8 +46,10 @@ def test_candidates_are_the_tied_fastest_first_then_the_front_most_accurate_firs
     f = Finalists(lambda cs: [1.0] * len(cs), DENSE, 10.0, n=8, slack=0.1)
     # within 7.7 (budget + slack): 0-3 tied (fastest predicted first), then 5 (80.0); 4 (8.0 ms) is out
     assert list(f.candidates(LAT, ACC, BUDGET, _first())) == [0, 1, 2, 3, 5]
-    f.n = 2
-    assert list(f.candidates(LAT, ACC, BUDGET, _first())) == [0, 1]
+    f.n = 2  # at most half tied: the fastest tied, then the front (5: 80.0 at 5.0 ms)
+    assert list(f.candidates(LAT, ACC, BUDGET, _first())) == [0, 5]
+    f.n = 3
+    assert list(f.candidates(LAT, ACC, BUDGET, _first())) == [0, 1, 5]
     # a tight margin: 2 is the best within the budget (89.8); 1 and 0, predicted over it but within the slack,
     # are at least as accurate: the tied, fastest predicted first; then the front (no config both faster and
     # more accurate), the most accurate first: 3, 4; then 5, which 2 beats in both

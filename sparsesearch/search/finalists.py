@@ -80,16 +80,21 @@ class Finalists:
 
     def candidates(self, lat: np.ndarray, acc: np.ndarray, budget_ms: float, first: Pick) -> np.ndarray:
         """Indices of the finalists among the configs predicted within the budget plus the slack, `n` in all:
-        those within the tie margin of `first.best_accuracy` (the fastest predicted first); then the rest of the
-        trade-off front (no config both faster and more accurate), the most accurate first; then the others,
-        the most accurate first (ties: the earlier index). The front is there for when the tied ones measure
-        over the budget: with a tight (paired) margin few configs tie, a table errs most on the configs a search
-        pushed to the budget's edge, and the front's next configs are the pick's next best."""
+        those within the tie margin of `first.best_accuracy`, the fastest predicted first, at most half of the
+        `n` (rounded up); then the rest of the trade-off front (no config both faster and more accurate), the
+        most accurate first; then the other tied ones; then the others, the most accurate first (ties: the
+        earlier index). The front is there for when the tied ones measure over the budget: a table errs most on
+        the configs a search pushed to the budget's edge (on the 2-core demo eight tied finalists all measured
+        over it), and the front's next configs are the pick's next best."""
         ok = np.isfinite(acc) & (lat <= budget_ms * (1.0 + self.slack))
         idx = np.flatnonzero(ok)
         tied = acc[idx] >= first.best_accuracy - first.tie_margin - 1e-12
         front = np.isin(np.arange(len(idx)), nondominated(lat[idx], acc[idx])) & ~tied
-        group = np.where(tied, 0, np.where(front, 1, 2))
+        at = np.flatnonzero(tied)
+        at = at[np.lexsort((idx[at], lat[idx][at]))]  # the tied ones, fastest predicted first
+        first_tied = np.zeros(len(idx), dtype=bool)
+        first_tied[at[: (max(1, self.n) + 1) // 2]] = True
+        group = np.where(first_tied, 0, np.where(front, 1, np.where(tied, 2, 3)))
         within = np.where(tied, lat[idx], -acc[idx])
         order = np.lexsort((idx, within, group))  # last key first: the group, then its own order
         return idx[order[: max(1, self.n)]]
