@@ -68,6 +68,12 @@ class _CoarseAccuracy:
         return 0.02
 
 
+def _toy_search(space, acc, **kw):
+    """ss.search on the toy problem under a 7 ms budget, seed 0, no progress bar, no refinement."""
+    latency = lambda c: float(toy_latency(space.encode(c)[None])[0])  # noqa: E731
+    return ss.search(space, latency=latency, accuracy=acc, budget=7.0, seed=0, progress=False, refine=False, **kw)
+
+
 def _fastest_tied(result, points):
     ok = [p for p in points if p.latency_ms <= result.budget_ms]
     best = max(p.accuracy for p in ok)
@@ -78,19 +84,7 @@ def _fastest_tied(result, points):
 def test_search_picks_the_fastest_of_the_tied_everywhere(tmp_path, tie):
     space = toy_space(tmp_path)
     acc = _CoarseAccuracy()
-    r = ss.search(
-        space,
-        latency=lambda c: float(toy_latency(space.encode(c)[None])[0]),
-        accuracy=acc,
-        budget=7.0,
-        population=12,
-        generations=4,
-        seed=0,
-        out=tmp_path / "run",
-        progress=False,
-        refine=False,
-        tie=tie,
-    )
+    r = _toy_search(space, acc, population=12, generations=4, out=tmp_path / "run", tie=tie)
     assert r.tie == (0.02 if tie is None else tie)  # None: the accuracy function's own noise
     everything = [
         Candidate(space.decode(g), float(lat), float(a), None, "")
@@ -153,16 +147,6 @@ class _PairedAccuracy(_CoarseAccuracy):
 def test_the_default_tie_is_the_paired_noise_between_the_extremes(tmp_path):
     space = toy_space(tmp_path)
     acc = _PairedAccuracy()
-    r = ss.search(
-        space,
-        latency=lambda c: float(toy_latency(space.encode(c)[None])[0]),
-        accuracy=acc,
-        budget=7.0,
-        population=6,
-        generations=1,
-        seed=0,
-        progress=False,
-        refine=False,
-    )
+    r = _toy_search(space, acc, population=6, generations=1)
     assert r.tie == 0.005  # not noise()'s 0.02: two configs on the same items differ with less noise
     assert acc.pairs == [(space.densest().key(), space.sparsest().key())]

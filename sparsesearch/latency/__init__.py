@@ -30,7 +30,6 @@ from .table import KindTable, LatencyTable, TableMachineWarning
 from .validate import (
     ValidationReport,
     ValidationRow,
-    measure_configs,
     report_paths,
     time_configs,
     validate,
@@ -50,7 +49,6 @@ __all__ = [
     "CalibrationWarning",
     "PartialProfileWarning",
     "validate",
-    "measure_configs",
     "time_configs",
     "validation_genomes",
     "ValidationReport",

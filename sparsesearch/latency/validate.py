@@ -40,7 +40,6 @@ __all__ = [
     "kendall_tau_b",
     "validation_genomes",
     "validate",
-    "measure_configs",
     "time_configs",
     "report_paths",
     "write_report",
@@ -326,18 +325,6 @@ def validate(
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return ValidationReport(table.source, rows[:n_rows], settings, drift)
-
-
-def measure_configs(
-    table: LatencyTable,
-    configs: Sequence[SparsityConfig],
-    rounds: int = 3,
-    repeats: int = 8,
-    warmup: int = 2,
-    timer: Timer | None = None,
-) -> list[float]:
-    """Milliseconds per whole forward of each config on this machine (`time_configs`' figures)."""
-    return [s.ms for s in time_configs(table, configs, rounds, repeats, warmup, timer)]
 
 
 def time_configs(

@@ -159,11 +159,12 @@ def _warm_start(ctx: SearchContext) -> int:
     """Seed ctx's first population from a sensitivity scan (pymoo back ends only); the scan's size, 0 if none."""
     from .warmstart import scan_genomes, warm_start  # noqa: PLC0415
 
-    if ctx.algorithm not in WARM_STARTED or len(scan_genomes(ctx.space)) > ctx.population * ctx.generations:
+    scan = len(scan_genomes(ctx.space))
+    if ctx.algorithm not in WARM_STARTED or scan > ctx.population * ctx.generations:
         return 0
     seeds = warm_start(ctx.space, ctx.latency_fn, ctx.cache.evaluate, ctx.budget_ms, ctx.population // 2, ctx.seed)
     ctx.seeds = seeds if ctx.seeds is None else np.concatenate([seeds, ctx.seeds])
-    return len(scan_genomes(ctx.space))
+    return scan
 
 
 def _logger(
