@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from sparsesearch.pipeline import RESIZE_MARGIN, DemoRow, settle_baselines, verdict
+from sparsesearch.config import SparsityConfig
+from sparsesearch.pipeline import RESIZE_MARGIN, DemoRow, baseline_note, search_timings, settle_baselines, verdict
 
 
 def _row(
@@ -142,3 +143,60 @@ def test_a_baseline_predicted_just_over_the_budget_is_still_timed(tmp_path) -> N
         rows = demo.picks(space, best, pareto)
         assert [n.split("(")[1][:-1] for n, role, _ in rows if role.startswith("uniform_resize")] == expect
         assert [role for _, role, _ in rows if role.startswith("uniform_resize")] == ["uniform_resize"] * len(expect)
+
+
+def _cfg(p: float) -> dict:
+    return SparsityConfig.uniform(p, [2, 2], 4).to_dict()
+
+
+def _best_with_timings(timed: dict[float, tuple[float, float]], guard: float = 1.5) -> dict:
+    """A best.json whose finalists timed uniform p at (x dense, SE), admitted by the guard against 0.7x."""
+    rows = [
+        {
+            "config": _cfg(p),
+            "measured_x_dense": x,
+            "measured_x_dense_se": se,
+            "within_budget": (x + guard * se) * 10.0 <= 7.0,
+        }
+        for p, (x, se) in timed.items()
+    ]
+    return {"budget_ms": 7.0, "pick": {"measured": {"guard": guard, "dense_predicted_ms": 10.0, "rows": rows}}}
+
+
+def test_a_baseline_the_search_timed_is_admitted_by_the_searchs_rule_not_by_one_timing_here() -> None:
+    # uniform 0.50 runs at 0.69x here, within 0.70x, and is the more accurate; but the search timed it at 0.69x
+    # +- 0.014 beside its pick, and its rule (+1.5 SE: 0.711x) left it out as it left out configs of its own at
+    # that edge: the verdict compares with uniform 0.60, which the search admitted (0.62x +- 0.01)
+    rows = _candidates(pick_x=0.69, sparser_x=0.63, denser_x=0.75)
+    for r, p in zip(rows[1:4], (0.4, 0.5, 0.6)):
+        r.config = _cfg(p)
+    rows[-1].config = _cfg(0.3)  # the searched config, timed by the search at 0.664x +- 0.02: admitted
+    best = _best_with_timings({0.4: (0.74, 0.01), 0.5: (0.69, 0.014), 0.6: (0.62, 0.01), 0.3: (0.664, 0.02)})
+    timed = search_timings(best)
+    assert set(timed) == {SparsityConfig.from_dict(_cfg(p)).key() for p in (0.4, 0.5, 0.6, 0.3)}
+    settled = settle_baselines(rows, 0.7, timed)
+    assert [r.name for r in settled if r.role == "uniform_sparsity"] == ["uniform sparsity (uniform 0.60)"]
+    note = baseline_note(settled, best).splitlines()
+    assert note == [
+        "searched: timed by the search at 0.664x +- 0.020 dense, within its 0.70x budget by its rule (+1.5 SE)",
+        "uniform 0.40: timed by the search at 0.740x +- 0.010 dense, over its 0.70x budget by the rule its pick "
+        "passed (+1.5 SE): not compared",
+        "uniform 0.50: timed by the search at 0.690x +- 0.014 dense, over its 0.70x budget by the rule its pick "
+        "passed (+1.5 SE): not compared",
+    ]
+    # without the search's timings the same rows compare with uniform 0.50, as measured here
+    rows = _candidates(pick_x=0.69, sparser_x=0.63, denser_x=0.75)
+    assert [r.name for r in settle_baselines(rows, 0.7) if r.role == "uniform_sparsity"] == [
+        "uniform sparsity (uniform 0.50)"
+    ]
+
+
+def test_a_baseline_kind_with_nothing_admitted_is_compared_all_the_same_and_says_so() -> None:
+    rows = _candidates(pick_x=0.69, sparser_x=0.66, denser_x=0.75)
+    for r, p in zip(rows[1:4], (0.4, 0.5, 0.6)):
+        r.config = _cfg(p)
+    best = _best_with_timings({0.4: (0.74, 0.01), 0.5: (0.69, 0.014), 0.6: (0.69, 0.02)})
+    settled = settle_baselines(rows, 0.7, search_timings(best))
+    assert [r.name for r in settled if r.role == "uniform_sparsity"] == ["uniform sparsity (uniform 0.50)"]
+    assert "uniform 0.50: timed by the search at 0.690x +- 0.014 dense" in baseline_note(settled, best)
+    assert "compared all the same, as none of its kind was within it" in baseline_note(settled, best)

@@ -130,16 +130,41 @@ def test_search_times_finalists_on_the_tables_model(tmp_path):
     )
     doc = json.loads((tmp_path / "run" / "best.json").read_text())
     rec = doc["pick"]["measured"]
-    assert rec["finalists"] == 3 and len(rec["rows"]) == 3 and rec["dense_measured_ms"] > 0
+    # the 3 finalists, then the baselines near the budget (two of each kind at most) timed with them
+    n_base = rec["baselines_timed"]
+    assert rec["finalists"] == 3 and 1 <= n_base <= 4 and len(rec["rows"]) == 3 + n_base
+    assert rec["dense_measured_ms"] > 0
+    assert all(not row["label"].startswith("searched") for row in rec["rows"][3:])
+    assert {row["label"] for row in rec["rows"][3:]} <= {p["label"] for p in _baseline_points(tmp_path / "run")}
     assert all(row["measured_ms"] > 0 and row["predicted_ms"] <= r.budget_ms * 1.1 + 1e-9 for row in rec["rows"])
     assert rec["guard"] == 1.5 and all(row["measured_x_dense_se"] > 0 for row in rec["rows"])  # 8 rounds timed
 
     def guarded(row):  # the ratio plus the guard's standard errors, on the table's scale
         return (row["measured_x_dense"] + rec["guard"] * row["measured_x_dense_se"]) * rec["dense_predicted_ms"]
 
+    assert all(row["within_budget"] == (guarded(row) <= r.budget_ms) for row in rec["rows"])
+
     if doc["pick"]["rule"] == MEASURED_RULE:
         chosen = min((row for row in rec["rows"] if guarded(row) <= r.budget_ms), key=guarded)
         assert chosen["config"] == doc["config"]
+
+
+def _baseline_points(run_dir):
+    base = json.loads((run_dir / "pareto.json").read_text())["baselines"]
+    return base["uniform_sparsity"] + base["uniform_resize"]
+
+
+def test_baselines_are_timed_beside_the_finalists_and_weighed_by_the_same_rule():
+    # n = 1 finalist (config 0, the prediction's pick); config 5 (80.0, predicted 5.0 ms) is named a baseline:
+    # timed beyond n, recorded with whether the guard admits it, and the pick may fall on it
+    seen: list = []
+    f = Finalists(_measure({0: 15.0, 5: 10.0}, 20.0, seen), DENSE, 10.0, n=1)
+    pick = f.choose(lambda i: CONFIGS[i], LAT, ACC, BUDGET, _first(), lambda i: f"c{i}", baselines=[5, 0])
+    assert seen == [[DENSE.key(), CONFIGS[0].key(), CONFIGS[5].key()]]  # 0 already a finalist: timed once
+    rec = pick.measured
+    assert rec["finalists"] == 1 and rec["baselines_timed"] == 1
+    assert [(r["label"], r["within_budget"]) for r in rec["rows"]] == [("c0", False), ("c5", True)]  # 7.5 / 5 ms
+    assert pick.index == 5  # the only one within the budget as measured
 
 
 def test_finalists_need_a_table(tmp_path):

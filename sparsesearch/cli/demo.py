@@ -112,6 +112,7 @@ def format_summary(s: DemoSummary) -> str:
             f"{s.metric} on {s.samples} items of the held-out {s.split} split",
             tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True),
             s.resize_note,
+            *([s.baseline_note] if s.baseline_note else []),
             "",
             *s.verdict,
         ]

@@ -7,7 +7,9 @@ margin of the best, predicted within the budget plus a slack), the fastest-predi
 of the accuracy-latency front, the most accurate first, `n` in all, times them interleaved with the dense config in
 one run, puts the measured ratios to dense on the table's scale (measured x dense times the predicted dense
 latency, so a machine that is uniformly faster or slower than the table moves nothing) and applies the same pick
-rule to those figures.
+rule to those figures. The baselines near the budget (`choose(baselines=...)`: uniform sparsity and resize) are
+timed in the same run: the pick weighs them by that rule like any config, and the record says which of them it
+admits, so a comparison with them (the demo's verdict) holds them to the test the pick had to pass.
 """
 
 from __future__ import annotations
@@ -107,18 +109,26 @@ class Finalists:
         budget_ms: float,
         first: Pick,
         labels: Callable[[int], str] = lambda i: "",
+        baselines: Sequence[int] = (),
     ) -> Pick:
         """The pick among the finalists by their measured figures, or `first` (the prediction's pick) when no
         finalist measures within the budget; either way with the measurements in `Pick.measured`.
 
         configs(i), labels(i): the config and label of entry i of `lat` / `acc` ((n,) predicted ms, accuracy).
+        baselines: entries (e.g. uniform sparsity near the budget) timed with the finalists whatever the
+            prediction says of them, beyond the `n`: the pick weighs them by the same measured rule, and each
+            row's `within_budget` tells which of them that rule admits (what a comparison with them may use).
         """
         idx = self.candidates(lat, acc, budget_ms, first)
+        extra = [int(i) for i in baselines if int(i) not in set(idx.tolist())]
+        idx = np.concatenate([idx, np.asarray(extra, dtype=idx.dtype)])
         ms, ratio, se = _figures(self.measure([self.dense] + [configs(int(i)) for i in idx]), len(idx) + 1)
         scaled = ratio * self.dense_ms
-        picked = pick_best((ratio + self.guard * se) * self.dense_ms, acc[idx], budget_ms, first.tie_margin)
+        guarded = (ratio + self.guard * se) * self.dense_ms
+        picked = pick_best(guarded, acc[idx], budget_ms, first.tie_margin)
         record: dict[str, Any] = {
-            "finalists": len(idx),
+            "finalists": len(idx) - len(extra),
+            "baselines_timed": len(extra),
             "dense_measured_ms": float(ms[0]),
             "dense_predicted_ms": float(self.dense_ms),
             "guard": self.guard,
@@ -132,8 +142,9 @@ class Finalists:
                     "measured_x_dense": float(r),
                     "measured_x_dense_se": float(e),
                     "measured_on_table_ms": float(s),
+                    "within_budget": bool(g <= budget_ms),
                 }
-                for i, m, r, e, s in zip(idx, ms[1:], ratio, se, scaled)
+                for i, m, r, e, s, g in zip(idx, ms[1:], ratio, se, scaled, guarded)
             ],
         }
         if picked is None:

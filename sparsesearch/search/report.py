@@ -87,11 +87,23 @@ def choose_best(
         def label(i: int) -> str:
             return "searched" if i < len(run.genes) else extra[i - len(run.genes)].label
 
-        pick = finalists.choose(config, lat, acc, run.budget_ms, pick, label)
+        near = _baselines_near(baselines, extra, run.budget_ms * (1.0 + finalists.slack), len(run.genes))
+        pick = finalists.choose(config, lat, acc, run.budget_ms, pick, label, near)
     if pick.index < len(run.genes):
         return point(pick.index, "searched"), pick
     chosen = extra[pick.index - len(run.genes)]
     return Point(chosen.config, chosen.latency_ms, chosen.accuracy, chosen.gflops, f"searched ({chosen.label})"), pick
+
+
+def _baselines_near(baselines: Baselines, extra: Sequence[Point], limit_ms: float, offset: int) -> list[int]:
+    """Indices (after `offset` run entries) of the baselines in `extra` that the finalists time beside the
+    search's configs: per kind, the two slowest predicted within `limit_ms` (the budget plus the finalists'
+    slack), the ones a comparison at the budget is made with."""
+    out: list[int] = []
+    for kind in (baselines.uniform_sparsity, baselines.uniform_resize):
+        mine = [j for j, p in enumerate(extra) if any(p is q for q in kind) and p.latency_ms <= limit_ms]
+        out += [offset + j for j in sorted(mine, key=lambda j: -extra[j].latency_ms)[:2]]
+    return out
 
 
 def _nearest_choice_genes(space: SearchSpace, p: float) -> np.ndarray:
