@@ -120,7 +120,8 @@ class Finalists:
             row's `within_budget` tells which of them that rule admits (what a comparison with them may use).
         """
         idx = self.candidates(lat, acc, budget_ms, first)
-        extra = [int(i) for i in baselines if int(i) not in set(idx.tolist())]
+        have = set(idx.tolist())
+        extra = [i for i in dict.fromkeys(int(b) for b in baselines) if i not in have]  # in order, once each
         idx = np.concatenate([idx, np.asarray(extra, dtype=idx.dtype)])
         ms, ratio, se = _figures(self.measure([self.dense] + [configs(int(i)) for i in idx]), len(idx) + 1)
         scaled = ratio * self.dense_ms
