@@ -187,9 +187,14 @@ def _row(rows: Sequence[DemoRow], role: str) -> DemoRow | None:
     return next((r for r in rows if r.role == role), None)
 
 
+def _label(row: DemoRow) -> str:
+    """The config a row names: "uniform 0.60" of "uniform sparsity (uniform 0.60)"; else the whole name."""
+    return row.name[row.name.find("(") + 1 : -1] if row.name.endswith(")") else row.name
+
+
 def _which(row: DemoRow, budget_x: float) -> str:
     """Which baseline row a verdict compares with: "uniform 0.60 at 0.65x as measured" (flagged if over budget)."""
-    label = row.name[row.name.find("(") + 1 : -1] if row.name.endswith(")") else row.name
+    label = _label(row)
     over = ", over the budget: none of its candidates ran within it" if row.measured_x > budget_x else ""
     return f"{label} at {row.measured_x:.2f}x as measured{over}"
 
@@ -631,13 +636,13 @@ def baseline_note(rows: Sequence[DemoRow], best: dict[str, Any]) -> str:
         if r.role == "searched" and hit["within_budget"]:
             head.append(line("searched", hit, f"within its {budget_x:.2f}x budget by its rule"))
         elif r.role.split("_candidate")[0] in BASELINES and not hit["within_budget"]:
-            label = r.name[r.name.find("(") + 1 : -1] if r.name.endswith(")") else r.name
             then = (
                 "not compared"
                 if r.role.endswith("_candidate")
                 else "compared all the same, as none of its kind was within it (a baseline given more time)"
             )
-            lines.append(line(label, hit, f"over its {budget_x:.2f}x budget by the rule its pick passed") + f": {then}")
+            over = f"over its {budget_x:.2f}x budget by the rule its pick passed"
+            lines.append(line(_label(r), hit, over) + f": {then}")
     return "\n".join(head + lines)
 
 
