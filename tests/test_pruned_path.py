@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 from sparsesearch import ops
-from sparsesearch.models import swin
+from sparsesearch.models import window_block
 from sparsesearch.models.pruned_path import kept_tokens
 from sparsesearch.models.swin import SwinBlock
 from sparsesearch.ops import WindowGeometry, keep_count
@@ -42,8 +42,8 @@ def _random_configs(n: int) -> list[tuple[int, int, bool, int, int, int, float]]
 def test_fused_path_equals_where_kept_dense(cfg, monkeypatch):
     B, H, W, shifted, window, heads, p = cfg
     taken = []
-    original = swin.fused_pruned_forward
-    monkeypatch.setattr(swin, "fused_pruned_forward", lambda *a, **kw: taken.append(1) or original(*a, **kw))
+    original = window_block.fused_pruned_forward
+    monkeypatch.setattr(window_block, "fused_pruned_forward", lambda *a, **kw: taken.append(1) or original(*a, **kw))
     blk = _block(12 * heads, heads, window, shifted, seed=H * W)
     torch.manual_seed(H + W)
     x = torch.randn(B, H, W, 12 * heads)
@@ -82,7 +82,7 @@ def test_fused_path_equals_general_path_in_place_and_not(shifted):
 def test_fused_path_not_taken_with_grad(monkeypatch):
     """Autograd keeps the general path (named ops with gradients)."""
     taken = []
-    monkeypatch.setattr(swin, "fused_pruned_forward", lambda *a, **kw: taken.append(1))
+    monkeypatch.setattr(window_block, "fused_pruned_forward", lambda *a, **kw: taken.append(1))
     blk = _block(24, 3, 4, True, seed=1)
     blk.sparsity = 0.5
     x = torch.randn(1, 8, 8, 24, requires_grad=True)
@@ -112,8 +112,8 @@ def test_carried_scores_equal_recomputed_scores(monkeypatch):
     m.set_config(ss.SparsityConfig([[0.5, 0.3], [0.6, 0.0, 0.4, 0.7], [0.5, 0.5], [0.0, 0.0]], [4, 4, 4, 4]))
     x = torch.randn(2, 3, 72, 88)
     seen: list[torch.Tensor] = []
-    original = swin.window_scores
-    monkeypatch.setattr(swin, "window_scores", lambda tok, g: seen.append(tok.clone()) or original(tok, g))
+    original = window_block.window_scores
+    monkeypatch.setattr(window_block, "window_scores", lambda tok, g: seen.append(tok.clone()) or original(tok, g))
     with torch.no_grad():
         carried = m(x)
         SwinBlock.carry_scores = False
@@ -170,7 +170,7 @@ def test_a_block_updates_carried_scores_only_when_wanted(wanted):
     blk = _block(8, 2, 4, True, seed=3)
     blk.sparsity = 0.5
     x = torch.randn(2, 9, 11, 8)
-    carry = swin.ScoreCarry()
+    carry = window_block.ScoreCarry()
     carry.wanted = wanted
     with torch.no_grad():
         want = blk(x.clone())
@@ -183,16 +183,17 @@ def test_a_block_updates_carried_scores_only_when_wanted(wanted):
         assert carry.tok is None and carry.get(got) is None
 
 
+@pytest.mark.parametrize("is_global", [False, True])
 @pytest.mark.parametrize("hw,p", [((10, 7), 0.5), ((12, 12), 0.99), ((9, 13), 0.3)])
-def test_samvit_windowed_block_fused_equals_general_path(hw, p, monkeypatch):
-    """A windowed SAM block takes the fused path in inference; same output as the window-op path (which the SAM
-    identity tests check against tests/reference_samvit.py)."""
+def test_samvit_block_fused_equals_general_path(hw, p, is_global, monkeypatch):
+    """A SAM block (windowed or global) takes the fused path in inference; same output as the window-op path (which
+    the SAM identity tests check against tests/reference_samvit.py)."""
     from sparsesearch.models import samvit  # noqa: PLC0415
 
     taken = []
-    original = samvit.fused_pruned_forward
-    monkeypatch.setattr(samvit, "fused_pruned_forward", lambda *a, **kw: taken.append(1) or original(*a, **kw))
-    blk = samvit.SamBlock(16, 2, 4, (4, 4), False).eval()
+    original = window_block.fused_pruned_forward
+    monkeypatch.setattr(window_block, "fused_pruned_forward", lambda *a, **kw: taken.append(1) or original(*a, **kw))
+    blk = samvit.SamBlock(16, 2, 4, hw if is_global else (4, 4), is_global).eval()
     g = torch.Generator().manual_seed(hw[0])
     with torch.no_grad():
         for p_ in blk.parameters():

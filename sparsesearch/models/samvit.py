@@ -17,19 +17,18 @@ as the tiling of its global block) and one sparsity per block, so SAM ViT-B's 12
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
 from ..config import SparsityConfig
 from ..errors import SparseSearchError
 from ..ops import WindowGeometry
 from .heads import ClassifierHead, PyramidSegHead
-from .layers import DropPath, Mlp, config_applied, init_linear_weights
-from .pruned_path import fused_pruned_forward
+from .layers import DropPath, Mlp, init_linear_weights
+from .window_block import PrunedWindowBlock, WindowPrunableModel, run_blocks
 
 __all__ = ["SamAttention", "SamBlock", "SamViT", "LayerNorm2d", "block_groups", "sam_geometry"]
 
@@ -160,16 +159,9 @@ class SamAttention(nn.Module):
         return per_offset.gather(3, idx[:, None].expand(B, nh, L, size))
 
 
-class SamBlock(nn.Module):
-    """One SAM/ViTDet block: windowed (`global_attn=False`) or global attention, pruning whole windows.
-
-    `sparsity` and `window_size` are set by the owning model's `set_config`; for a global block `window_size` is
-    only the tiling used to score and keep windows. `fused_pruned_path` (class-wide; a benchmark switch) lets a
-    pruned windowed block run on the real tokens of its kept windows in eager CPU inference
-    (`pruned_path.fused_pruned_forward`); the output is the same either way.
-    """
-
-    fused_pruned_path: bool = True
+class SamBlock(PrunedWindowBlock):
+    """One SAM/ViTDet block: windowed (`global_attn=False`) or global attention, pruning whole windows
+    (`PrunedWindowBlock`). For a global block `window_size` is only the tiling used to score and keep windows."""
 
     def __init__(
         self,
@@ -187,8 +179,6 @@ class SamBlock(nn.Module):
         self.dim = dim
         self.global_attn = global_attn
         self.window_size = window_size
-        self.sparsity = 0.0
-        self.kernel_backend: ops.Backend | None = None
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = SamAttention(dim, num_heads, table_size, qkv_bias, use_rel_pos)
         self.drop_path1 = DropPath(drop_path)
@@ -196,78 +186,23 @@ class SamBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path2 = DropPath(drop_path)
 
-    @property
-    def shifted(self) -> bool:
-        return False
-
     def geometry(self, H: int, W: int) -> WindowGeometry:
         return sam_geometry(H, W, self.window_size)
 
-    def forward(self, x: torch.Tensor, owns_input: bool = False) -> torch.Tensor:
-        """(B, H, W, C) -> (B, H, W, C); `owns_input` as for SwinBlock (x may be written in place)."""
-        geom = self.geometry(int(x.shape[1]), int(x.shape[2]))
-        if self.sparsity > 0.0:
-            k = ops.keep_count(self.sparsity, geom.num_windows)
-            if k < geom.num_windows:
-                return self._forward_pruned(x, geom, k, owns_input)
-        return self._forward_dense(x, geom)
+    def attend_windows(self, y: torch.Tensor, g: WindowGeometry, rows: torch.Tensor | None) -> torch.Tensor:
+        """(Bw, N, C) -> (Bw, N, C): attention within each window, relative positions of the window's grid."""
+        return self.attn.forward_grid(y, g.wh, g.ww, crop=True)
 
-    def _forward_dense(self, x: torch.Tensor, g: WindowGeometry) -> torch.Tensor:
-        B, H, W, C = x.shape
-        y = self.norm1(x)
-        if self.global_attn:
-            y = self.attn.forward_grid(y.reshape(B, H * W, C), H, W, crop=False).view(B, H, W, C)
-        else:
-            if g.padded:
-                y = F.pad(y, (0, 0, 0, g.Wp - W, 0, g.Hp - H))
-            win = y.view(B, g.nWh, g.wh, g.nWw, g.ww, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, g.window_area, C)
-            win = self.attn.forward_grid(win, g.wh, g.ww, crop=True)
-            y = win.view(B, g.nWh, g.nWw, g.wh, g.ww, C).permute(0, 1, 3, 2, 4, 5).reshape(B, g.Hp, g.Wp, C)
-            y = y[:, :H, :W]
-        x = x + self.drop_path1(y)
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+    def attend_global(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C): attention over the whole map."""
+        B, H, W, C = y.shape
+        return self.attn.forward_grid(y.reshape(B, H * W, C), H, W, crop=False).view(B, H, W, C)
 
-    def _forward_pruned(self, x: torch.Tensor, g: WindowGeometry, k: int, owns_input: bool = False) -> torch.Tensor:
-        B, H, W, C = x.shape
-        scores = ops.score_windows(x, g, self.kernel_backend)
-        idx = ops.select_windows(scores, k, self.kernel_backend)  # (B, k)
-        if not self.global_attn and self._fused_ok(x):  # a windowed block: the real tokens of kept windows only
-            return fused_pruned_forward(
-                x,
-                g,
-                idx,
-                self.norm1,
-                lambda y: self.attn.forward_grid(y, g.wh, g.ww, crop=True),
-                self.norm2,
-                self.mlp,
-                inplace=owns_input and ops.can_scatter_inplace(x, x),
-            )
-        windows = ops.gather_windows(x, idx, g, self.kernel_backend)  # (B*k, N, C), padded slots 0
-        tables = ops.window_tables(g, x.device)
-        y = self.norm1(windows)
-        if self.global_attn:
-            win_rows, win_cols = (idx // g.nWw) * g.wh, (idx % g.nWw) * g.ww  # kept windows' top-left tokens
-            y = self.attn.forward_windows(y.view(B, k * g.window_area, C), win_rows, win_cols, g.wh, g.ww, H, W)
-            y = y.view(B * k, g.window_area, C)
-        else:
-            if g.padded:  # padded positions enter attention as zeros after norm1, as in the dense path
-                y = y * tables.valid[idx].view(B * k, -1, 1).to(y.dtype)
-            y = self.attn.forward_grid(y, g.wh, g.ww, crop=True)
-        windows = windows + self.drop_path1(y, B)
-        windows = windows + self.drop_path2(self.mlp(self.norm2(windows)), B)
-        return ops.scatter_windows(x, windows, idx, g, self.kernel_backend, inplace=owns_input)
-
-    def _fused_ok(self, x: torch.Tensor) -> bool:
-        """As `SwinBlock._fused_ok`: eager inference on the torch backend, no stochastic depth, not exporting
-        or compiling."""
-        backend: Any = self.kernel_backend  # typed loosely: a str here, ops.Backend in the dispatch
-        return (
-            self.fused_pruned_path
-            and not torch.is_grad_enabled()
-            and not (self.training and (self.drop_path1.p > 0.0 or self.drop_path2.p > 0.0))
-            and not (torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
-            and ops.resolve_backend(x, backend) == "torch"
-        )
+    def attend_kept(self, y: torch.Tensor, g: WindowGeometry, idx: torch.Tensor) -> torch.Tensor:
+        """(B, k*N, C) -> (B, k*N, C): attention among the real tokens of the kept windows, relative positions at
+        their true (row, col)."""
+        win_rows, win_cols = (idx // g.nWw) * g.wh, (idx % g.nWw) * g.ww  # kept windows' top-left tokens
+        return self.attn.forward_windows(y, win_rows, win_cols, g.wh, g.ww, g.H, g.W)
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -324,7 +259,7 @@ def _per_group(value: int | Sequence[int] | None, n: int, default: Sequence[int]
     return out
 
 
-class SamViT(nn.Module):
+class SamViT(WindowPrunableModel):
     """Plain ViT with window attention (SAM image encoder / ViTDet backbone), timm's `VisionTransformerSAM` names.
 
     Args:
@@ -426,26 +361,9 @@ class SamViT(nn.Module):
         return [b for b, g in zip(self.sam_blocks, self._group_of) if g == group]
 
     # ---- configs -------------------------------------------------------------------------------------------
-    @property
-    def config(self) -> SparsityConfig | None:
-        """The active sparsity config (None = dense with the default windows)."""
-        return self._config
-
-    def set_config(self, config: SparsityConfig | None) -> None:
-        """Apply a config (one sparsity per block, one window per group); None restores the dense model."""
-        if config is not None:
-            config.validate(self.depths, self.max_window_size)
-        windows = self.default_window_size if config is None else config.window_size
-        flat = [0.0] * len(self.blocks) if config is None else config.flat()
-        for blk, g, p in zip(self.sam_blocks, self._group_of, flat):
-            blk.window_size = windows[g]
-            blk.sparsity = float(p)
-        self._config = config
-
-    def set_kernel_backend(self, backend: ops.Backend | None) -> None:
-        """Force the window-op backend of every block ("torch", "triton") or let dispatch decide (None)."""
-        for blk in self.sam_blocks:
-            blk.kernel_backend = backend
+    def config_rows(self) -> list[list[PrunedWindowBlock]]:
+        """The blocks of every group (a config row is a block group)."""
+        return [list(self.group_blocks(g)) for g in range(len(self.depths))]
 
     # ---- forward -------------------------------------------------------------------------------------------
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -457,41 +375,19 @@ class SamViT(nn.Module):
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) -> the NHWC output of every block (one per `feature_info` entry), stride `patch_size`."""
-        x = self.embed(x)
-        feats = []
-        for blk in self.blocks:
-            x = blk(x)  # not owns_input: earlier outputs are returned and must not be overwritten
-            feats.append(x)
-        return feats
+        return run_blocks(list(self.blocks), self.embed(x), keep_outputs=True)
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, H/p, W/p, embed_dim): the last block's output (before the neck)."""
-        x = self.embed(x)
-        for blk in self.blocks:
-            x = blk(x, owns_input=True)  # every block input is an intermediate of this forward
-        return x
+        return run_blocks(list(self.blocks), self.embed(x), owns_input=True)[0]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, neck_chans, H/p, W/p) neck output, NCHW (timm's forward_features)."""
         return self.neck(self.forward_blocks(x).permute(0, 3, 1, 2))
 
-    def forward(self, x: torch.Tensor, config: SparsityConfig | None = None) -> torch.Tensor:
-        """(B, 3, H, W) -> logits: (B, classes) for "cls", (B, classes, H, W) for "seg", neck features if no head.
-
-        `config`, when given, is applied for this call only.
-        """
-        if config is not None:
-            with config_applied(self, config):
-                return self.forward(x)
+    def forward_model(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> logits: (B, classes) for "cls", (B, classes, H, W) for "seg", neck features if no head."""
         feats = self.forward_features(x)
         if self.head_type == "seg":
             return self.seg_head(feats, x.shape[-2:])
         return self.head(feats.permute(0, 2, 3, 1)) if self.head_type == "cls" else feats
-
-
-def samvit_arch(**kwargs: Any) -> dict[str, Any]:
-    """Architecture kwargs with SamViT's defaults filled in (used by the family description)."""
-    import inspect  # noqa: PLC0415
-
-    sig = inspect.signature(SamViT.__init__)
-    return {k: kwargs.get(k, p.default) for k, p in sig.parameters.items() if k != "self"}
