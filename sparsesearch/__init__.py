@@ -19,9 +19,11 @@ from .errors import (
     SparseSearchError,
 )
 from .evaluate import EvalResult, Evaluator, evaluate
+from .fidelity import FidelityError, FidelityEvaluator, fidelity
 from .latency import LatencyTable
 from .models import SamViT, SwinTransformer, create_model, list_models, load_checkpoint
 from .search import AccuracyFunctionError, Candidate, SearchResult, search
+from .search.accuracy import FidelityAccuracy
 from .space import SearchSpace
 from .supernet import SupernetMeta, load_supernet, save_supernet
 
@@ -50,6 +52,10 @@ __all__ = [
     "evaluate",
     "Evaluator",
     "EvalResult",
+    "fidelity",
+    "FidelityEvaluator",
+    "FidelityAccuracy",
+    "FidelityError",
     "load_supernet",
     "save_supernet",
     "SupernetMeta",

@@ -250,9 +250,7 @@ class Evaluator:
             device = first.device if first is not None else "cpu"
         self.device = torch.device(device)
         self.amp = amp
-        self.task = _task_of(model, dataset, task)
-        self.num_classes = _num_classes(model, dataset, num_classes)
-        self.ignore_index = ignore_index if ignore_index is not None else getattr(dataset, "ignore_index", 255)
+        self._setup_task(dataset, task, num_classes, ignore_index)
         self.workers = workers
         self._cache: dict[str, EvalResult] | None = {} if cache else None
         self._batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -261,6 +259,26 @@ class Evaluator:
             preload = first.numel() * first.element_size() * self.n < PRELOAD_LIMIT_BYTES
         if preload:
             self._batches = list(self._load())
+
+    def _setup_task(
+        self, dataset: Dataset[Any], task: str | None, num_classes: int | None, ignore_index: int | None
+    ) -> None:
+        """The task ("seg", "cls"), class count and ignore index of a labelled metric; DataError for data without
+        labels or a model without a head (they are scored by `sparsesearch.fidelity` instead)."""
+        if getattr(dataset, "labelled", True) is False:
+            raise DataError(
+                f"{getattr(dataset, 'root', 'the data set')} holds images without labels: mIoU and top-1 need "
+                "labels (a segmentation or class-folder set); score without labels by fidelity to the dense model "
+                "(--accuracy fidelity, sparsesearch.fidelity)"
+            )
+        self.task = _task_of(self.model, dataset, task)
+        if self.task not in ("seg", "cls"):
+            raise DataError(
+                f"a model without a head ({self.task}) has no labelled metric: score it by fidelity to the dense "
+                "model (--accuracy fidelity, sparsesearch.fidelity)"
+            )
+        self.num_classes = _num_classes(self.model, dataset, num_classes)
+        self.ignore_index = ignore_index if ignore_index is not None else getattr(dataset, "ignore_index", 255)
 
     def _load(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         loader = DataLoader(self.dataset, batch_size=self.batch, shuffle=False, num_workers=self.workers)
@@ -301,24 +319,28 @@ class Evaluator:
         per_item: list[torch.Tensor] = []  # (C, C) confusion of each image, or (B,) hits of each batch
         try:
             batches = self._batches if self._batches is not None else self._load()
-            for images, targets in batches:
-                per_item += self._score_batch(images, targets, resolution)
+            for i, (images, targets) in enumerate(batches):
+                per_item += self._score_batch(i, images, targets, resolution)
         finally:
             if set_config is not None and config is not None:
                 set_config(previous)
             model.train(was_training)
         return self._result(per_item)
 
-    def _score_batch(
-        self, images: torch.Tensor, targets: torch.Tensor, resolution: Sequence[int] | None
-    ) -> list[torch.Tensor]:
-        """Per-item outcomes of one batch: (C, C) confusion matrices ("seg") or one (B,) tensor of 0/1 hits."""
+    def _forward(self, images: torch.Tensor, resolution: Sequence[int] | None) -> Any:
+        """The model's output on a batch (B, 3, H, W), resized first to `resolution` (H', W') when given."""
         images = images.to(self.device, non_blocking=True)
-        targets = targets.to(self.device, non_blocking=True)
         if resolution is not None and tuple(images.shape[-2:]) != tuple(resolution):
             images = F.interpolate(images, size=tuple(resolution), mode="bilinear", align_corners=False)
         with self._autocast():
-            logits = self.model(images)
+            return self.model(images)
+
+    def _score_batch(
+        self, index: int, images: torch.Tensor, targets: torch.Tensor, resolution: Sequence[int] | None
+    ) -> list[torch.Tensor]:
+        """Per-item outcomes of batch `index`: (C, C) confusion matrices ("seg") or one (B,) tensor of 0/1 hits."""
+        targets = targets.to(self.device, non_blocking=True)
+        logits = self._forward(images, resolution)
         if self.task != "seg":
             return [(logits.argmax(-1) == targets).double().cpu()]
         if logits.shape[-2:] != targets.shape[-2:]:

@@ -1,5 +1,6 @@
 """Accuracy of configs for the search: evaluators (serial or Ray) behind a persistent cache keyed by genome,
-and the adapter that turns a user's `accuracy(model, config) -> float` into a checked config scorer."""
+the adapter that turns a user's `accuracy(model, config) -> float` into a checked config scorer, and the built-in
+accuracies over an evaluator (`EvaluatorAccuracy`; `FidelityAccuracy` scores without labels)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ __all__ = [
     "AccuracyFunctionError",
     "BatchEvaluator",
     "ConfigScorer",
+    "EvaluatorAccuracy",
+    "FidelityAccuracy",
     "KeyedCache",
     "SerialEvaluator",
     "callable_name",
@@ -281,3 +284,117 @@ def import_callable(ref: str, what: str = "--accuracy") -> Callable[..., Any]:
     if not callable(obj):
         raise AccuracyFunctionError(f"{what} {ref!r}: {attr} is a {type(obj).__name__}, not a function")
     return obj
+
+
+class EvaluatorAccuracy:
+    """An accuracy `fn(model, config) -> percent` over an `evaluate.Evaluator` on a fixed subset of images, with the
+    noise the pick rule uses (`noise`, `noise_between`). Subclasses say how the evaluator is built (`_make`) and the
+    data's own input size (`native_size`: a config with another resolution runs on resized inputs). Built from
+    plain data, so it pickles to Ray workers; the evaluator (and its data) is built at the first call."""
+
+    metric = "accuracy"
+    native_size: tuple[int, int] | None = None
+
+    def __init__(self) -> None:
+        self._ev: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_ev": None}
+
+    def _make(self, model: Any) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def prepare(self, model: Any) -> None:
+        """Build the evaluator for `model` now (its data is read and checked; otherwise at the first call)."""
+        if self._ev is None or self._ev.model is not model:
+            self._ev = self._make(model)
+
+    def __call__(self, model: Any, config: SparsityConfig) -> float:
+        return float(self._result(model, config).value)
+
+    def _result(self, model: Any, config: SparsityConfig) -> Any:
+        self.prepare(model)
+        size = self.native_size
+        res = config.resolution if config.resolution and (size is None or tuple(config.resolution) != size) else None
+        return self._ev(config, res)
+
+    def noise(self, model: Any, config: SparsityConfig) -> float:
+        """The standard error of `config`'s figure over the images (the noise of one figure)."""
+        return float(self._result(model, config).stderr)
+
+    def noise_between(self, model: Any, a: SparsityConfig, b: SparsityConfig) -> float:
+        """The standard error of the difference between `a`'s and `b`'s figures, both scored on the same images
+        (paired): differences below it are noise when two configs are compared."""
+        from ..evaluate import paired_stderr  # noqa: PLC0415
+
+        return paired_stderr(self._result(model, a), self._result(model, b))
+
+
+class FidelityAccuracy(EvaluatorAccuracy):
+    """Scoring without labels for a search: `fn(model, config)` -> how closely `model` under `config` reproduces
+    the same model run dense, in percent (`sparsesearch.fidelity`), on the first `n` images of `data`.
+
+        acc = ss.FidelityAccuracy("my_images/", space, n=64)
+        result = ss.search(space, model=model, accuracy=acc, latency=table, budget="0.7x")
+
+    Args:
+        data: a folder of images (labels not needed; nested folders fine), a data spec ("synthetic:N"), a dataset
+            of (image, anything) items, or a (N, 3, H, W) tensor of images.
+        space: the model's search space: the dense reference is its densest config, and a folder is read at its
+            largest resolution (None: give `image_size`; the reference is then the model's own dense config).
+        n: images scored (the first n). image_size: (H, W) or an int to read a folder at.
+        task, channel_dim: what is compared, see `sparsesearch.fidelity.FidelityEvaluator`.
+        batch, device: of the forward passes (device None: the model's).
+    The dense outputs are computed once per image, at the first call; each config's figure is cached.
+    """
+
+    metric = "fidelity"
+
+    def __init__(
+        self,
+        data: Any,
+        space: SearchSpace | None = None,
+        n: int | None = 64,
+        *,
+        image_size: int | tuple[int, int] | None = None,
+        task: str | None = None,
+        channel_dim: int | None = None,
+        batch: int = 16,
+        device: str | None = None,
+    ) -> None:
+        super().__init__()
+        from ..fidelity import dense_reference  # noqa: PLC0415
+
+        self.data, self.n, self.task, self.channel_dim = data, n, task, channel_dim
+        self.batch, self.device = batch, device
+        self.reference = dense_reference(space) if space is not None else None
+        if image_size is None and space is not None:
+            image_size = max(space.resolutions, key=lambda r: r[0] * r[1])
+        self.native_size = (image_size, image_size) if isinstance(image_size, int) else image_size
+        if isinstance(data, (str, os.PathLike)) and self.native_size is None:
+            raise SparseSearchError(f"FidelityAccuracy: give the space (or image_size) to read {data} at")
+
+    def _dataset(self) -> Any:
+        if not isinstance(self.data, (str, os.PathLike)):
+            return self.data
+        from ..data import build_dataset  # noqa: PLC0415
+
+        assert self.native_size is not None
+        return build_dataset(str(self.data), "val", self.native_size)[0]
+
+    def _make(self, model: Any) -> Any:
+        from ..fidelity import FidelityEvaluator, as_image_dataset  # noqa: PLC0415
+
+        dataset = as_image_dataset(self._dataset())
+        if self.native_size is None:
+            self.native_size = tuple(int(v) for v in dataset[0][0].shape[-2:])  # type: ignore[assignment]
+        return FidelityEvaluator(
+            model,
+            dataset,
+            self.n,
+            reference=self.reference,
+            task=self.task,
+            channel_dim=self.channel_dim,
+            batch=self.batch,
+            device=self.device,
+        )
