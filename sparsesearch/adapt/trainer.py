@@ -35,7 +35,7 @@ import torch
 import yaml
 from torch import nn
 
-from ..data import build_dataset
+from ..data import UNLABELLED, build_dataset
 from ..errors import CheckpointError, ConfigError, DataError, SparseSearchError
 from ..evaluate import EvalResult, Evaluator
 from ..fileio import atomic_write
@@ -300,10 +300,16 @@ class _Run:
             raise ConfigError("a data set is needed (--data synthetic[:N] or a folder)")
         size = o.image_size or max(space.resolutions, key=lambda r: r[0] * r[1])
         train, task = build_dataset(o.data, "train", size, task=o.task, seed=o.data_seed, num_classes=o.num_classes)
+        if task == UNLABELLED:
+            raise DataError(
+                f"data {o.data} holds images without labels: adapt trains on labels; without labels, distil from the "
+                "--init checkpoint with --teacher frozen"
+            )
         val = None
         if o.val_samples > 0:
             try:
-                val, _ = build_dataset(o.data, "val", size, task=task, seed=o.data_seed, num_classes=train.num_classes)
+                classes = getattr(train, "num_classes", None)
+                val, _ = build_dataset(o.data, "val", size, task=task, seed=o.data_seed, num_classes=classes)
             except DataError as e:
                 raise DataError(f"{e} (validation set; pass --val-samples 0 to train without validation)") from None
         return train, val, task, (int(size[0]), int(size[1]))

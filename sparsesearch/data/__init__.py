@@ -1,7 +1,8 @@
 """Datasets: the synthetic sparse-scene set, image-folder classification, segmentation folders.
 
 Items are ``(image, target)``: image a normalised float32 tensor (3, H, W); target an int64 mask (H, W)
-for segmentation (``ignore_index`` 255 marks unlabelled pixels) or an int class index for classification.
+for segmentation (``ignore_index`` 255 marks unlabelled pixels), an int class index for classification, or -1
+for a folder of images without labels.
 :func:`build_dataset` turns a spec ("synthetic", "synthetic:N[:OPTIONS]" or a directory) into a dataset and its task;
 :func:`make_loader` gives deterministic, resumable per-epoch loaders.
 """
@@ -11,13 +12,14 @@ from __future__ import annotations
 from sparsesearch.data.build import (
     DEFAULT_SYNTHETIC_SIZE,
     SPLIT_ALIASES,
+    UNLABELLED,
     AnyDataset,
     EpochSampler,
     build_dataset,
     make_loader,
     parse_synthetic_spec,
 )
-from sparsesearch.data.folders import ImageFolderClassification, SegmentationFolder
+from sparsesearch.data.folders import ImageFolderClassification, ImageFolderUnlabelled, SegmentationFolder
 from sparsesearch.data.synthetic import SparseScenes
 from sparsesearch.data.transforms import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD
 
@@ -26,6 +28,8 @@ __all__ = [
     "SparseScenes",
     "ImageFolderClassification",
     "SegmentationFolder",
+    "ImageFolderUnlabelled",
+    "UNLABELLED",
     "build_dataset",
     "make_loader",
     "EpochSampler",

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sparsesearch.data.folders import (
     ImageFolderClassification,
+    ImageFolderUnlabelled,
     SegmentationFolder,
     find_segmentation_dirs,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "AnyDataset",
     "DEFAULT_SYNTHETIC_SIZE",
     "SPLIT_ALIASES",
+    "UNLABELLED",
 ]
 
 #: train items of the spec "synthetic" (val/test get max(16, N // 4)).
@@ -39,8 +41,10 @@ SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
     "test": ("test", "testing"),
 }
 TASKS = ("seg", "cls")
+#: the task build_dataset returns for a folder of images without labels.
+UNLABELLED = "unlabelled"
 #: what build_dataset returns.
-AnyDataset = SparseScenes | SegmentationFolder | ImageFolderClassification
+AnyDataset = SparseScenes | SegmentationFolder | ImageFolderClassification | ImageFolderUnlabelled
 
 
 _SYNTH_HELP = (
@@ -109,13 +113,27 @@ def _synthetic(
         raise DataError(f"synthetic data {spec!r}: {e}") from None  # a bad option, or a size it cannot draw
 
 
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+
+
 def _has_class_dirs(root: Path) -> bool:
-    exts = set(IMAGE_EXTENSIONS)
-    for d in root.iterdir():
-        if d.is_dir() and not d.name.startswith("."):
-            if any(p.suffix.lower() in exts for p in d.rglob("*")):
-                return True
-    return False
+    """Two or more visible sub-folders holding images, and no images loose in ``root``: a class-folder layout (a
+    single sub-folder of images, e.g. ``images/`` alone, is a folder of images without labels)."""
+    if any(_is_image(p) for p in root.iterdir()):
+        return False
+    with_images = [
+        d
+        for d in root.iterdir()
+        if d.is_dir() and not d.name.startswith(".") and any(_is_image(p) for p in d.rglob("*"))
+    ]
+    return len(with_images) >= 2
+
+
+def _has_images(root: Path) -> bool:
+    return any(
+        _is_image(p) and not any(part.startswith(".") for part in p.relative_to(root).parts) for p in root.rglob("*")
+    )
 
 
 def _find_split(root: Path, split: str) -> tuple[Path | None, list[str]]:
@@ -148,11 +166,15 @@ def build_dataset(
         class sub-folders holding images -> classification (:class:`ImageFolderClassification`).
         A directory without split folders serves the same images for every split.
 
-    ``task`` ("seg"/"cls") forces the task; a layout of the other kind is a DataError. Train datasets get
-    random augmentation, others the deterministic eval transform. Extra ``kw`` go to the dataset class.
+        Any other folder holding images (jpg/png, nested folders included) is a set without labels
+        (:class:`ImageFolderUnlabelled`, task "unlabelled"): for fidelity scoring and label-free adaptation.
 
-    Returns ``(dataset, task)``; items are (image (3, H, W) float32, mask (H, W) int64) for "seg" and
-    (image (3, H, W) float32, int) for "cls".
+    ``task`` ("seg"/"cls") forces the task; a layout of the other kind, or images without labels, is a
+    DataError. Train datasets get random augmentation, others the deterministic eval transform. Extra ``kw`` go
+    to the dataset class.
+
+    Returns ``(dataset, task)``; items are (image (3, H, W) float32, mask (H, W) int64) for "seg",
+    (image (3, H, W) float32, int) for "cls" and (image (3, H, W) float32, -1) for "unlabelled".
     """
     if split not in SPLIT_ALIASES:
         raise ValueError(f"split must be one of {sorted(SPLIT_ALIASES)}, got {split!r}")
@@ -166,6 +188,10 @@ def build_dataset(
 
     root = _split_root(Path(spec).expanduser(), split)
     detected, subdir = _detect_layout(root, split)
+    if detected == UNLABELLED:
+        if task is not None:
+            raise DataError(_unlabelled_message(root, task))
+        return ImageFolderUnlabelled(root, size, train=train, seed=seed), UNLABELLED
     if task is not None and task != detected:
         kind = {"seg": "segmentation", "cls": "classification"}[detected]
         raise DataError(f"data folder {root} looks like a {kind} set but task {task!r} was asked for")
@@ -179,6 +205,14 @@ def build_dataset(
             f"data folder {root} has {ds_cls.num_classes} class folders but num_classes={num_classes} was given"
         )
     return ds_cls, "cls"
+
+
+def _unlabelled_message(root: Path, task: str) -> str:
+    need = "mIoU (segmentation) needs images/ + labels/" if task == "seg" else "top-1 needs one sub-folder per class"
+    return (
+        f"data folder {root} holds images without labels, but {need}: score without labels by fidelity to the "
+        "dense model (--accuracy fidelity), or adapt without labels (--teacher frozen)"
+    )
 
 
 def _split_root(root: Path, split: str) -> Path:
@@ -198,7 +232,8 @@ def _split_root(root: Path, split: str) -> Path:
 
 
 def _detect_layout(root: Path, split: str) -> tuple[str, str | None]:
-    """("seg", images sub-folder of ``split`` or None) or ("cls", None); DataError if neither layout fits."""
+    """("seg", images sub-folder of ``split`` or None), ("cls", None) or ("unlabelled", None); DataError for a
+    folder without images."""
     seg_dirs = find_segmentation_dirs(root)
     if seg_dirs is not None:
         img_split, img_found = _find_split(seg_dirs[0], split)
@@ -212,9 +247,12 @@ def _detect_layout(root: Path, split: str) -> tuple[str, str | None]:
         return "seg", img_split.name
     if _has_class_dirs(root):
         return "cls", None
+    if _has_images(root):
+        return UNLABELLED, None
     raise DataError(
-        f"cannot tell the layout of data folder {root}: expected images/ + labels/ (segmentation), "
-        "one sub-folder of images per class (classification), or train/ and val/ folders of either"
+        f"cannot tell the layout of data folder {root}: it holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+        "expected images/ + labels/ (segmentation), one sub-folder of images per class (classification), "
+        "images alone (no labels), or train/ and val/ folders of these"
     )
 
 

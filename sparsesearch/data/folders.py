@@ -1,4 +1,4 @@
-"""Datasets read from folders: ImageNet-layout classification and image/label-PNG segmentation.
+"""Datasets read from folders: ImageNet-layout classification, image/label-PNG segmentation, and images alone.
 
 Decoding is Pillow; augmentation is Pillow/numpy/torch (no torchvision). Random augmentation of item ``i``
 is drawn from ``(seed, epoch, i)`` alone (see :meth:`set_epoch`), so it does not depend on loading order or
@@ -33,6 +33,7 @@ from sparsesearch.data.transforms import (
 from sparsesearch.errors import DataError
 
 __all__ = [
+    "ImageFolderUnlabelled",
     "ImageFolderClassification",
     "SegmentationFolder",
     "IMAGE_DIR_NAMES",
@@ -328,3 +329,63 @@ class SegmentationFolder(Dataset[tuple[torch.Tensor, torch.Tensor]]):
                 f"label {path} has class value {int(valid.max())} but num_classes is {self._num_classes}; "
                 f"pass a larger num_classes or set such pixels to the ignore index {self.ignore_index}"
             )
+
+
+class ImageFolderUnlabelled(Dataset[tuple[torch.Tensor, int]]):
+    """Images without labels: every image under ``root`` (jpg/jpeg/png/bmp/webp, nested folders included, hidden
+    ones skipped, sorted by path) -> (image (3, H, W) float32, -1).
+
+    For scoring without labels (fidelity to the dense model) and adaptation without labels (distillation from a
+    frozen teacher). Train: random resized crop (scale 0.25-1, ratio 3/4-4/3) to ``size`` and a random horizontal
+    flip, drawn from (seed, epoch, index). Eval: resize to ``size``. Both normalise with the ImageNet mean/std.
+    The target -1 says "no label"; :attr:`labelled` is False, so labelled metrics refuse the set.
+    """
+
+    task = "unlabelled"
+    labelled = False
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
+
+    def __init__(
+        self,
+        root: str | Path,
+        size: Size = 224,
+        train: bool = True,
+        seed: int = 0,
+        extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        scale: tuple[float, float] = (0.25, 1.0),
+    ) -> None:
+        self.root = _check_root(root, "expected a folder of images (jpg/png, nested folders are fine)")
+        self.size = as_hw(size)
+        self.train = train
+        self.seed = seed
+        self.scale = scale
+        self.epoch = 0
+        self.samples: list[Path] = _files(self.root, extensions)
+        if not self.samples:
+            raise DataError(
+                f"data folder {self.root} holds no images (extensions {', '.join(extensions)}, nested folders "
+                "included): put the images to score or train on there"
+            )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random augmentation :meth:`__getitem__` draws."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """Item ``index``: image (3, H, W) float32 normalised, and -1 (no label)."""
+        path = self.samples[index]
+        index = index % len(self.samples)
+        img = load_rgb(path)
+        if self.train:
+            rng = item_rng(self.seed, self.epoch, index)
+            box = random_resized_crop_box(img.width, img.height, rng, self.scale)
+            img = resize_image(img, self.size, box=box)
+            if rng.random() < 0.5:
+                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        else:
+            img = resize_image(img, self.size)
+        return to_tensor(img, self.mean, self.std), -1
