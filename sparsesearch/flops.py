@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .config import SparsityConfig
-from .models.family import prunable
+from .errors import SparseSearchError
+from .models.family import family_of_model, prunable
 from .models.layers import config_applied
 
 __all__ = ["FlopReport", "count_flops", "FLOP_HANDLES", "register_flop_handle"]
@@ -61,20 +62,17 @@ for _name in (
     FLOP_HANDLES[_name] = lambda inputs, outputs: 0
 
 
-_CONTAINERS = ("layers", "blocks")  # module lists whose children are reported one by one
-
-
-def _is_part(name: str) -> bool:
-    """Top-level modules other than the block containers, and each child of a container (Swin's `layers.i`,
-    SamViT's `blocks.i`)."""
+def _is_part(name: str, containers: tuple[str, ...]) -> bool:
+    """Top-level modules other than the family's block containers, and each child of a container (Swin's
+    `layers.i`, SamViT's `blocks.i`)."""
     head, _, rest = name.partition(".")
-    return (not rest and head not in _CONTAINERS) or (head in _CONTAINERS and rest.count(".") == 0 and rest != "")
+    return (not rest and head not in containers) or (head in containers and rest.count(".") == 0 and rest != "")
 
 
 @dataclass
 class FlopReport:
-    """FLOPs of one forward: total and per part (Swin: patch_embed, layers.0..3, norm, head; SamViT:
-    patch_embed, blocks.0..n, neck, head)."""
+    """FLOPs of one forward: total and per part (the model's top-level modules, with each child of the family's
+    block containers listed on its own: e.g. patch_embed, layers.0..3, norm, head)."""
 
     total: int
     parts: dict[str, int] = field(default_factory=dict)
@@ -111,5 +109,14 @@ def count_flops(
     finally:
         log.setLevel(log_level)
         model.train(was_training)
-    parts = {k: int(v) for k, v in by_module.items() if k and _is_part(k)}
+    containers = _containers(model)
+    parts = {k: int(v) for k, v in by_module.items() if k and _is_part(k, containers)}
     return FlopReport(total, parts)
+
+
+def _containers(model: nn.Module) -> tuple[str, ...]:
+    """The family's block containers; none for a model of no registered family."""
+    try:
+        return family_of_model(model).part_containers
+    except SparseSearchError:
+        return ()

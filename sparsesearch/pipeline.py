@@ -31,8 +31,6 @@ __all__ = [
     "DemoSummary",
     "run_demo",
     "verdict",
-    "QUICK_SPACE_YAML",
-    "QUICK_SAM_SPACE_YAML",
     "RESIZE_MARGIN",
 ]
 
@@ -41,44 +39,13 @@ RESIZE_MARGIN = 2.0
 #: uniform sparsity of the "unadapted" row: the dense-pretrained weights pruned without adaptation.
 UNADAPTED_SPARSITY = 0.7
 
-QUICK_SPACE_YAML = """\
-name: quick
-architecture: swin_nano
-model_kwargs: {embed_dim: 16, num_heads: [1, 1, 2, 2]}
-resolutions: [[64, 64]]
-sparsity_choices: [0.0, 0.25, 0.5, 0.75]
-genes:
-  - {name: s1, blocks: ["0.0", "0.1"]}
-  - {name: s2, blocks: ["1.0", "1.1"]}
-  - {name: s34, blocks: ["2.0", "2.1", "3.0", "3.1"], choices: [0.0]}
-window_sizes: [[4], [4], [4], [4]]
-"""
-
-# the quick run of a plain-ViT space (`--quick --space search_spaces/sam_demo.yaml`): 4x4 tokens at 64x64
-QUICK_SAM_SPACE_YAML = """\
-name: quick_sam
-architecture: samvit_nano
-model_kwargs: {embed_dim: 16, num_heads: 2, neck_chans: 16, seg_dim: 16, window_size: 2}
-resolutions: [[64, 64]]
-sparsity_choices: [0.0, 0.25, 0.5, 0.75]
-genes:
-  - {name: w1, blocks: ["0.0", "0.1"]}
-  - {name: g1, blocks: ["0.2"]}
-  - {name: g2, blocks: ["1.0", "1.1", "1.2"], choices: [0.0, 0.5]}
-window_sizes: [[2], [2]]
-"""
-
 
 def _quick_space(space_path: str) -> str:
-    """The quick run's space: the plain-ViT one when `space_path` names a plain-ViT architecture, else Swin's."""
-    from .models import model_family_name  # noqa: PLC0415
+    """The quick run's space: the tiny space of the family whose architecture `space_path` names."""
+    from .models.family import get_family  # noqa: PLC0415
     from .space import SearchSpace  # noqa: PLC0415
 
-    try:
-        family = model_family_name(SearchSpace.load(space_path).architecture)
-    except SparseSearchError:
-        family = "SwinTransformer"
-    return QUICK_SAM_SPACE_YAML if family == "SamViT" else QUICK_SPACE_YAML
+    return get_family(SearchSpace.load(space_path).architecture).quick_space_yaml
 
 
 @dataclass

@@ -252,11 +252,11 @@ class SearchSpace:
 
     def model_args(self) -> dict[str, Any]:
         """The architecture kwargs `create_model` builds with: the family's for these resolutions, the space's
-        `model_kwargs`, and position tables large enough for every window choice."""
+        `model_kwargs`, and what the family needs to run every window choice (e.g. large enough position tables)."""
         return {
             **self.family.space_model_kwargs(self.resolutions),
             **self.model_kwargs,
-            "max_window_size": list(self.max_window_size),
+            **self.family.window_model_kwargs(self.max_window_size),
         }
 
     def create_model(self, *, seed: int | None = None, **kwargs: Any) -> nn.Module:

@@ -104,7 +104,7 @@ def _fake_measure(profiler: Profiler, entry):
     """A deterministic 'measurement' of an entry, increasing in the kept count."""
     if entry.part == "block":
         kind = entry.kind
-        return _stat(_block_ms(kind.stage, kind.window, kind.shifted, entry.k, kind.num_windows))
+        return _stat(_block_ms(kind.stage, kind.window, kind.variant == "shifted", entry.k, kind.num_windows))
     if entry.part == "fixed":
         return _stat(_fixed_ms(entry.name, entry.resolution))
     if entry.part == "model":
@@ -120,10 +120,10 @@ def _fake_measure(profiler: Profiler, entry):
                 if k.resolution == entry.resolution
                 and k.stage == s
                 and k.window == config.window_size[s]
-                and k.shifted == (j % 2 == 1)
+                and (k.variant == "shifted") == (j % 2 == 1)
             )
             k = keep_count(config.sparsity[s][j], kind.num_windows)
-            out[name] = _stat(IN_MODEL[0] * _block_ms(s, kind.window, kind.shifted, k, kind.num_windows))
+            out[name] = _stat(IN_MODEL[0] * _block_ms(s, kind.window, kind.variant == "shifted", k, kind.num_windows))
         else:
             out[name] = _stat(IN_MODEL[1] * _fixed_ms(name, entry.resolution))
     out["total"] = _stat(sum(v.ms for v in out.values()) + 0.05)
@@ -274,7 +274,7 @@ def test_plans_of_the_shipped_spaces(name):
             if config.window_size[kind.stage] != kind.window:
                 continue
             for j, p in enumerate(config.sparsity[kind.stage]):
-                if (j % 2 == 1) == kind.shifted:
+                if (j % 2 == 1) == (kind.variant == "shifted"):
                     covered.add((kind, keep_count(p, kind.num_windows)))
     wanted = {(kind, k) for kind, counts in profiler._counts.items() for k in counts if k < kind.num_windows}
     assert wanted <= covered
@@ -295,7 +295,7 @@ def test_kept_counts_come_from_the_gene_choices():
 def test_grid_when_there_are_too_many_counts(tmp_path, monkeypatch):
     space = ss.SearchSpace.load(DEMO)
     profiler = Profiler(space, ProfileSettings(**FAST, max_k_points=4))
-    kind = next(k for k in profiler._counts if k.stage == 0 and k.window == 7 and not k.shifted)
+    kind = next(k for k in profiler._counts if k.stage == 0 and k.window == 7 and k.variant != "shifted")
     ks = profiler.measured_counts(kind)
     pruned = sorted(k for k in profiler._counts[kind] if k < kind.num_windows)
     assert ks[-1] == kind.num_windows and ks[0] == pruned[0] and ks[-2] == pruned[-1] and len(ks) <= 5
@@ -307,7 +307,7 @@ def test_grid_when_there_are_too_many_counts(tmp_path, monkeypatch):
 
 def test_interpolation_exact_at_grid_points_and_monotone_between():
     stats = tuple(Stat(v, 0.0, v, v, 1) for v in (1.0, 1.4, 2.6, 3.0, 2.0))
-    kt = KindTable(0, 7, False, 64, 64, 32, 1, 100, (10, 30, 60, 90, 100), stats)
+    kt = KindTable(0, 7, "regular", 64, 64, 32, 1, 100, (10, 30, 60, 90, 100), stats)
     for k, s in zip(kt.ks, stats):
         assert kt.latency(k) == s.ms  # exact at the measured counts (the dense one included)
     values = [kt.latency(k) for k in range(10, 91)]
@@ -339,7 +339,7 @@ def test_table_round_trip(demo64, tmp_path):
 def test_prediction_is_the_sum_of_parts_by_hand(demo64):
     raw = demo64.to_dict()
     (res_table,) = raw["tables"]
-    entries = {(b["stage"], b["window"], b["shifted"]): b for b in res_table["blocks"]}
+    entries = {(b["stage"], b["window"], b["variant"] == "shifted"): b for b in res_table["blocks"]}
     space = demo64.space
     for seed in range(5):
         config = space.sample(seed)
@@ -548,7 +548,7 @@ def test_profile_times_the_real_block(tmp_path):
     profiler = Profiler(space, ProfileSettings(**FAST, resolutions=((64, 64),)))
     entry = next(e for e in profiler.plan() if e.part == "block" and e.kind.stage == 0 and e.k < e.kind.num_windows)
     fn, setup = profiler.entry_fn(entry)
-    block = profiler.model().layers[0].blocks[1 if entry.kind.shifted else 0]
+    block = profiler.model().layers[0].blocks[1 if (entry.kind.variant == "shifted") else 0]
     calls = []
     handle = block.register_forward_hook(lambda m, a, o: calls.append(a[0].shape))
     with torch.inference_mode():

@@ -54,7 +54,7 @@ window_sizes: [[4], [4, 2], [4], [4]]
 def _fake_measure(profiler: Profiler, entry) -> Stat:
     """Deterministic figures: blocks grow with their kept count, whole forwards with their genome."""
     if entry.part == "block":
-        ms = 0.02 * (entry.kind.stage + 1) * (1 + entry.k) + 0.01 * entry.kind.shifted
+        ms = 0.02 * (entry.kind.stage + 1) * (1 + entry.k) + 0.01 * (entry.kind.variant == "shifted")
     elif entry.part == "fixed":
         ms = 0.1
     else:  # "model": calibration forwards, a little slower than the sum of parts

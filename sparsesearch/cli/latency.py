@@ -421,7 +421,7 @@ class LatencyCommand(Command):
                 [
                     kt.stage,
                     kt.window,
-                    kt.kind_variant,
+                    kt.variant,
                     f"{kt.H}x{kt.W}",
                     kt.num_windows,
                     " ".join(f"{k}:{s.ms:.3f}" for k, s in zip(kt.ks, kt.stats)),

@@ -7,9 +7,9 @@ What is measured, per resolution:
    block, its sparsity set to give that count, eval and inference mode. Before each timed call the timer
    flushes the caches and runs the part that precedes the block in the model, whose output the block then
    consumes, so it starts in the state the model leaves it in;
-2. the fixed parts (Swin: patch embedding, each patch merging, final norm, head; SamViT: patch embedding,
-   neck, head), the same way. What a part is, what precedes it and how its blocks vary is the model family's
-   to say (`sparsesearch.models.family`): nothing here knows an architecture;
+2. the fixed parts (e.g. patch embedding, patch merging, final norm, neck, head), the same way. What a part
+   is, what precedes it and how its blocks vary is the model family's to say (`sparsesearch.models.family`):
+   nothing here knows an architecture;
 3. the *in-model* pass: whole forwards of "level" configs (every gene at its c-th choice, for every c and
    window pattern) with every part timed by forward hooks where it runs. Together the level configs run every
    (block kind, kept count) the genes produce; these in-model figures are what the table predicts with. What
@@ -628,7 +628,7 @@ class Profiler:
                 kinds[(kind.stage, kind.window, kind.variant)] = KindTable(
                     kind.stage,
                     kind.window,
-                    kind.shifted,
+                    kind.variant,
                     kind.H,
                     kind.W,
                     kind.dim,
@@ -637,7 +637,6 @@ class Profiler:
                     tuple(k for k, _ in points),
                     tuple(stats),
                     tuple(details),
-                    None if kind.variant in ("regular", "shifted") else kind.variant,
                 )
             tables.append(ResolutionTable(res, fixed, kinds, {}, fixed_details))
         meta = self.meta(threads, duration_s)

@@ -40,7 +40,7 @@ def res_key(resolution: tuple[int, int]) -> str:
 @dataclass(frozen=True)
 class BlockKind:
     """Blocks that cost the same for a given kept-window count: one stage (config row), window size and variant
-    (the family's block variant: Swin's "regular"/"shifted", SamViT's "window"/"global")."""
+    (the family's own key, `ModelFamily.block_variant`) of one family."""
 
     resolution: tuple[int, int]
     stage: int
@@ -50,11 +50,7 @@ class BlockKind:
     W: int
     dim: int
     heads: int
-    family: str = "SwinTransformer"
-
-    @property
-    def shifted(self) -> bool:
-        return self.variant == "shifted"
+    family: str
 
     @property
     def geometry(self) -> WindowGeometry:

@@ -1,9 +1,10 @@
 """LatencyTable: measured parts of a search space's model on one device, and fast latency prediction.
 
 Prediction is the sum of the parts a config runs: the fixed parts at its resolution (patch embedding, patch
-merging, final norm, head) and one entry per block at the block's stage, window size, shift and kept-window
-count; then the table's back-to-back correction, `offset_ms + scale * sum` (fitted by the profiler on
-whole-model runs; identity when absent); a table rescaled to another machine's speed (`rescaled`,
+merging, final norm, head) and one entry per block at the block's stage, window size, variant (the model
+family's key for blocks that cost alike: e.g. a shifted window block, a global block) and kept-window count;
+then the table's back-to-back correction, `offset_ms + scale * sum` (fitted by the profiler on whole-model runs;
+identity when absent); a table rescaled to another machine's speed (`rescaled`,
 `meta["rescaled"]["factor"]`) multiplies all of it by that factor. Counts between two measured ones are
 interpolated linearly (tables profiled on a grid); the dense count is never interpolated.
 
@@ -18,7 +19,7 @@ File format (JSON, written by `sparsesearch profile`)::
      "tables": [{"resolution": [H, W],
                  "fixed": {"patch_embed": FIGURE, "layers.1.downsample": FIGURE, ..., "norm": FIGURE,
                            "head": FIGURE},
-                 "blocks": [{"stage", "window", "shifted", ["variant",] "H", "W", "dim", "heads", "num_windows",
+                 "blocks": [{"stage", "window", "variant", "H", "W", "dim", "heads", "num_windows",
                              "points": [{"k": kept windows, **FIGURE}, ...]}, ...],
                  "correction": {"offset_ms", "scale", "method", "calibration": [...]}}]}
 
@@ -80,6 +81,14 @@ def machine_note(meta: dict[str, Any], source: str) -> str | None:
 _REQUIRED_META = ("device", "device_type", "dtype", "batch", "threads", "torch", "resolutions", "space")
 
 
+def _stored_variant(d: dict[str, Any]) -> str:
+    """A block entry's variant; tables written before every entry recorded one stored only a `shifted` flag for
+    the two variants of shifted-window models ("regular", "shifted")."""
+    if d.get("variant"):
+        return str(d["variant"])
+    return "shifted" if bool(d["shifted"]) else "regular"
+
+
 @dataclass(frozen=True)
 class KindTable:
     """Measured latency of one block kind as a function of its kept-window count.
@@ -92,7 +101,7 @@ class KindTable:
 
     stage: int
     window: int
-    shifted: bool
+    variant: str
     H: int
     W: int
     dim: int
@@ -101,12 +110,6 @@ class KindTable:
     ks: tuple[int, ...]
     stats: tuple[Stat, ...]
     details: tuple[dict[str, Any], ...] = ()
-    variant: str | None = None  # the family's block variant when not Swin's regular/shifted (e.g. "global")
-
-    @property
-    def kind_variant(self) -> str:
-        """ "regular"/"shifted" (Swin) or the stored variant ("window"/"global" for SamViT)."""
-        return self.variant or ("shifted" if self.shifted else "regular")
 
     @property
     def ms(self) -> np.ndarray:
@@ -121,7 +124,7 @@ class KindTable:
         pruned = ks[:-1] if ks[-1] == self.num_windows else ks
         if not pruned or k < pruned[0] or k > pruned[-1]:
             raise LatencyTableError(
-                f"block stage {self.stage}, window {self.window} {self.kind_variant} at "
+                f"block stage {self.stage}, window {self.window} {self.variant} at "
                 f"{self.H}x{self.W}: {k} kept windows is outside the measured counts {list(ks)}; "
                 "profile the space that produces it"
             )
@@ -133,13 +136,12 @@ class KindTable:
         return {
             "stage": self.stage,
             "window": self.window,
-            "shifted": self.shifted,
+            "variant": self.variant,
             "H": self.H,
             "W": self.W,
             "dim": self.dim,
             "heads": self.heads,
             "num_windows": self.num_windows,
-            **({"variant": self.variant} if self.variant else {}),
             "points": [
                 {"k": k, **s.to_dict(), **(self.details[i] if self.details else {})}
                 for i, (k, s) in enumerate(zip(self.ks, self.stats))
@@ -158,7 +160,7 @@ class KindTable:
             kt = cls(
                 int(d["stage"]),
                 int(d["window"]),
-                bool(d["shifted"]),
+                _stored_variant(d),
                 int(d["H"]),
                 int(d["W"]),
                 int(d["dim"]),
@@ -167,7 +169,6 @@ class KindTable:
                 tuple(k for k, _, _ in pairs),
                 tuple(s for _, s, _ in pairs),
                 tuple(d for _, _, d in pairs) if any(d for _, _, d in pairs) else (),
-                str(d["variant"]) if d.get("variant") else None,
             )
         except LatencyTableError as e:
             raise LatencyTableError(f"{where}: {e}" if where not in str(e) else str(e)) from None
@@ -236,7 +237,7 @@ class ResolutionTable:
         kinds: dict[tuple[int, int, str], KindTable] = {}
         for i, b in enumerate(d["blocks"]):
             kt = KindTable.from_dict(b, f"{where} blocks[{i}]")
-            kinds[(kt.stage, kt.window, kt.kind_variant)] = kt
+            kinds[(kt.stage, kt.window, kt.variant)] = kt
         correction = d.get("correction") or {}
         if not isinstance(correction, dict) or not all(
             isinstance(correction.get(k, 0.0), (int, float)) and not isinstance(correction.get(k, 0.0), bool)

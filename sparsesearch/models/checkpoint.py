@@ -1,25 +1,23 @@
-"""Loading weights: timm-format and original Microsoft Swin checkpoints, timm `samvit_*` and original SAM
-checkpoints; .pth/.pt/.bin and .safetensors."""
+"""Loading weights: .pth/.pt/.bin and .safetensors, in timm's layout or an original release's (each family's
+`checkpoint_filter_fn` converts its own), with a clear error for a checkpoint of another family."""
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
+from .family import ModelFamily, checkpoint_family, family_of_model
 
-__all__ = ["read_state_dict", "convert_state_dict", "load_checkpoint", "checkpoint_family", "LoadReport"]
+__all__ = ["read_state_dict", "convert_state_dict", "load_checkpoint", "LoadReport"]
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state", "module", "ema")
-_DROP = re.compile(r"(relative_position_index|attn_mask|relative_coords_table)$")
 
 
 @dataclass
@@ -63,83 +61,17 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _is_microsoft(sd: Mapping[str, torch.Tensor]) -> bool:
-    # Microsoft puts patch merging at the end of stages 0..2 and names the classifier `head`.
-    return "head.weight" in sd or any(k.startswith("layers.0.downsample.") for k in sd)
-
-
-def _resize_table(table: torch.Tensor, size: int) -> torch.Tensor:
-    """((2m-1)^2, heads) -> (size, heads), bicubic over the 2-D grid as timm does."""
-    src = int(round(table.shape[0] ** 0.5))
-    dst = int(round(size**0.5))
-    grid = table.T.reshape(1, -1, src, src).float()
-    out = F.interpolate(grid, size=(dst, dst), mode="bicubic", align_corners=False)
-    return out.reshape(-1, dst * dst).T.to(table.dtype).contiguous()
-
-
-def checkpoint_family(sd: Mapping[str, torch.Tensor]) -> str | None:
-    """ "SamViT" for timm samvit / original SAM state dicts, "SwinTransformer" for Swin ones, None if unsure."""
-    if any(k.startswith("image_encoder.") for k in sd) or any(k.endswith("attn.rel_pos_h") for k in sd):
-        return "SamViT"
-    if any(k.startswith("layers.") or k.endswith("relative_position_bias_table") for k in sd):
-        return "SwinTransformer"
-    return None
-
-
-def _model_family(model: nn.Module) -> str:
-    from .samvit import SamViT  # noqa: PLC0415
-
-    return "SamViT" if isinstance(model, SamViT) else "SwinTransformer"
-
-
-_FAMILY_WORDS = {"SamViT": "a SAM / plain ViT (samvit_*)", "SwinTransformer": "a Swin Transformer (swin_*)"}
-
-
-def _check_family(sd: Mapping[str, torch.Tensor], model: nn.Module) -> str:
-    found, own = checkpoint_family(sd), _model_family(model)
-    if found is not None and found != own:
+def _family_of(sd: Mapping[str, torch.Tensor], model: nn.Module) -> ModelFamily:
+    """The model's family, after checking the checkpoint is not another family's."""
+    own = family_of_model(model)
+    found = checkpoint_family(sd)
+    if found is not None and found is not own:
         name = getattr(model, "model_name", type(model).__name__)
         raise CheckpointError(
-            f"the checkpoint is {_FAMILY_WORDS[found]} checkpoint but {name} is {_FAMILY_WORDS[own]}: "
+            f"the checkpoint is {found.label} checkpoint but {name} is {own.label}: "
             "pick a model of the checkpoint's family (sparsesearch models lists them)"
         )
     return own
-
-
-def _resize_rel_pos(v: torch.Tensor, length: int) -> torch.Tensor:
-    """(L, d) -> (length, d), linear along L (timm's get_rel_pos)."""
-    out = F.interpolate(v.T.unsqueeze(0).float(), size=length, mode="linear")
-    return out.squeeze(0).T.to(v.dtype).contiguous()
-
-
-def _convert_sam(sd: Mapping[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], LoadReport]:
-    """timm samvit or original SAM (`image_encoder.*`, `mlp.lin1/2`) -> this SamViT; resizes pos_embed (bicubic)
-    and relative-position tables (linear) to the model's, as timm does for other input sizes."""
-    from .samvit import resample_pos_embed  # noqa: PLC0415
-
-    report = LoadReport()
-    out: dict[str, torch.Tensor] = {}
-    if any(k.startswith("image_encoder.") for k in sd):
-        report.converted_from = "sam"
-        dropped = sorted({k.split(".")[0] for k in sd if not k.startswith("image_encoder.")})
-        if dropped:
-            report.notes.append(f"dropped the SAM parts this backbone does not have: {', '.join(dropped)}")
-        sd = {
-            k[len("image_encoder.") :].replace("mlp.lin", "mlp.fc"): v
-            for k, v in sd.items()
-            if k.startswith("image_encoder.")
-        }
-    own = model.state_dict()
-    for k, v in sd.items():
-        if k in own and own[k].shape != v.shape:
-            if k == "pos_embed" and v.dim() == 4 and v.shape[-1] == own[k].shape[-1]:
-                v = resample_pos_embed(v, tuple(own[k].shape[1:3]))
-                report.resized.append(k)
-            elif re.search(r"attn\.rel_pos_[hw]$", k) and v.dim() == 2 and v.shape[1] == own[k].shape[1]:
-                v = _resize_rel_pos(v, own[k].shape[0])
-                report.resized.append(k)
-        out[k] = v
-    return out, report
 
 
 def _heads(out: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor], report: LoadReport) -> None:
@@ -152,40 +84,13 @@ def _heads(out: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor], report
 
 
 def convert_state_dict(sd: Mapping[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], LoadReport]:
-    """Turn a timm or Microsoft Swin state dict (or a timm samvit / original SAM one, for a SamViT) into this
-    model's layout; a checkpoint of the other family raises CheckpointError.
-
-    Drops derived buffers, moves Microsoft's downsample to the start of the next stage, renames `head.` to
-    `head.fc.`, resizes relative position tables to the model's, and drops a classifier the model does not have
-    or whose class count differs (reported, never silent).
-    """
-    if _check_family(sd, model) == "SamViT":
-        converted, report = _convert_sam(sd, model)
-        _heads(converted, model.state_dict(), report)
-        return converted, report
-    report = LoadReport()
-    out: dict[str, torch.Tensor] = {}
-    microsoft = _is_microsoft(sd)
-    if microsoft:
-        report.converted_from = "microsoft"
-    for k, v in sd.items():
-        if _DROP.search(k):
-            continue
-        if microsoft:
-            m = re.match(r"layers\.(\d+)\.downsample\.(.*)", k)
-            if m:
-                k = f"layers.{int(m.group(1)) + 1}.downsample.{m.group(2)}"
-            elif k.startswith("head."):
-                k = "head.fc." + k[len("head.") :]
-        out[k] = v
-    own = model.state_dict()
-    for k, v in list(out.items()):
-        if k.endswith("relative_position_bias_table") and k in own and own[k].shape != v.shape:
-            if v.shape[1] == own[k].shape[1]:
-                out[k] = _resize_table(v, own[k].shape[0])
-                report.resized.append(k)
-    _heads(out, own, report)
-    return out, report
+    """Turn a state dict of the model's family (timm's layout or the original release's: the family's
+    `checkpoint_filter_fn` converts it) into this model's layout; a checkpoint of another family raises
+    CheckpointError. A classifier the model does not have, or has for another class count, is dropped (reported,
+    never silent)."""
+    converted, report = _family_of(sd, model).convert_checkpoint(sd, model)
+    _heads(converted, model.state_dict(), report)
+    return converted, report
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> LoadReport:

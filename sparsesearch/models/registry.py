@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import SparseSearchError
 
-__all__ = ["register_model", "create_model", "list_models", "model_defaults", "model_family_name"]
+__all__ = ["register_model", "register_models", "create_model", "list_models", "model_defaults", "model_family_name"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _DEFAULTS: dict[str, dict[str, Any]] = {}
@@ -18,10 +18,10 @@ _FAMILIES: dict[str, str] = {}
 
 
 def register_model(
-    name: str, family: str = "SwinTransformer", **defaults: Any
+    name: str, family: str, **defaults: Any
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register `fn(**kwargs) -> nn.Module` under `name`; `defaults` records its architecture arguments and
-    `family` the model family (a name `sparsesearch.models.family.get_family` knows)."""
+    `family` the model family (a `ModelFamily.name` registered with `sparsesearch.models.family.register_family`)."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _REGISTRY[name] = fn
@@ -30,6 +30,21 @@ def register_model(
         return fn
 
     return wrap
+
+
+def register_models(archs: dict[str, dict[str, Any]], cls: Callable[..., nn.Module], family: str) -> None:
+    """Register every `name: architecture kwargs` of `archs` as `cls(**{**kwargs, **overrides})` of `family`."""
+    for name, arch in archs.items():
+        _register_one(name, arch, cls, family)
+
+
+def _register_one(name: str, arch: dict[str, Any], cls: Callable[..., nn.Module], family: str) -> None:
+    @register_model(name, family=family, **arch)
+    def build(**kwargs: Any) -> nn.Module:
+        return cls(**{**arch, **kwargs})
+
+    build.__name__ = name
+    build.__doc__ = f"{name}: {getattr(cls, '__name__', cls)}({', '.join(f'{k}={v}' for k, v in arch.items())})."
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -44,7 +59,7 @@ def model_defaults(name: str) -> dict[str, Any]:
 
 
 def model_family_name(name: str) -> str:
-    """The family a registered model belongs to ("SwinTransformer", "SamViT")."""
+    """The name of the family a registered model belongs to."""
     _check(name)
     return _FAMILIES[name]
 

@@ -16,8 +16,9 @@ as the tiling of its global block) and one sparsity per block, so SAM ViT-B's 12
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import cast
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +27,24 @@ from torch import nn
 from ..config import SparsityConfig
 from ..errors import SparseSearchError
 from ..ops import WindowGeometry
+from .checkpoint import LoadReport
+from .family import ModelFamily, PartPlan, StageShape, head_part, register_family
 from .heads import ClassifierHead, PyramidSegHead
 from .layers import DropPath, Mlp, init_linear_weights
+from .registry import register_models
 from .window_block import PrunedWindowBlock, WindowPrunableModel, run_blocks
 
-__all__ = ["SamAttention", "SamBlock", "SamViT", "LayerNorm2d", "block_groups", "sam_geometry"]
+__all__ = [
+    "SamAttention",
+    "SamBlock",
+    "SamViT",
+    "SamViTFamily",
+    "LayerNorm2d",
+    "block_groups",
+    "sam_geometry",
+    "checkpoint_filter_fn",
+    "ARCHS",
+]
 
 
 def sam_geometry(H: int, W: int, window: int) -> WindowGeometry:
@@ -391,3 +405,206 @@ class SamViT(WindowPrunableModel):
         if self.head_type == "seg":
             return self.seg_head(feats, x.shape[-2:])
         return self.head(feats.permute(0, 2, 3, 1)) if self.head_type == "cls" else feats
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------------
+def _resize_rel_pos(v: torch.Tensor, length: int) -> torch.Tensor:
+    """(L, d) -> (length, d), linear along L (timm's get_rel_pos)."""
+    out = F.interpolate(v.T.unsqueeze(0).float(), size=length, mode="linear")
+    return out.squeeze(0).T.to(v.dtype).contiguous()
+
+
+def checkpoint_filter_fn(
+    sd: Mapping[str, torch.Tensor], model: nn.Module
+) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """timm samvit or original SAM (`image_encoder.*`, `mlp.lin1/2`) -> this SamViT; resizes pos_embed (bicubic)
+    and relative-position tables (linear) to the model's, as timm does for other input sizes."""
+    report = LoadReport()
+    out: dict[str, torch.Tensor] = {}
+    if any(k.startswith("image_encoder.") for k in sd):
+        report.converted_from = "sam"
+        dropped = sorted({k.split(".")[0] for k in sd if not k.startswith("image_encoder.")})
+        if dropped:
+            report.notes.append(f"dropped the SAM parts this backbone does not have: {', '.join(dropped)}")
+        sd = {
+            k[len("image_encoder.") :].replace("mlp.lin", "mlp.fc"): v
+            for k, v in sd.items()
+            if k.startswith("image_encoder.")
+        }
+    own = model.state_dict()
+    for k, v in sd.items():
+        if k in own and own[k].shape != v.shape:
+            if k == "pos_embed" and v.dim() == 4 and v.shape[-1] == own[k].shape[-1]:
+                v = resample_pos_embed(v, tuple(own[k].shape[1:3]))
+                report.resized.append(k)
+            elif re.search(r"attn\.rel_pos_[hw]$", k) and v.dim() == 2 and v.shape[1] == own[k].shape[1]:
+                v = _resize_rel_pos(v, own[k].shape[0])
+                report.resized.append(k)
+        out[k] = v
+    return out, report
+
+
+# ---- the family and its registered sizes ----------------------------------------------------------------------
+# the quick run of a plain-ViT space (`--quick --space search_spaces/sam_demo.yaml`): 4x4 tokens at 64x64
+QUICK_SPACE_YAML = """\
+name: quick_sam
+architecture: samvit_nano
+model_kwargs: {embed_dim: 16, num_heads: 2, neck_chans: 16, seg_dim: 16, window_size: 2}
+resolutions: [[64, 64]]
+sparsity_choices: [0.0, 0.25, 0.5, 0.75]
+genes:
+  - {name: w1, blocks: ["0.0", "0.1"]}
+  - {name: g1, blocks: ["0.2"]}
+  - {name: g2, blocks: ["1.0", "1.1", "1.2"], choices: [0.0, 0.5]}
+window_sizes: [[2], [2]]
+"""
+
+
+def _samvit(model: nn.Module) -> SamViT:
+    if not isinstance(model, SamViT):
+        raise SparseSearchError(f"expected a SamViT, got {type(model).__name__}")
+    return model
+
+
+def _sam_blocks(model: SamViT) -> list[SamBlock]:
+    return model.sam_blocks
+
+
+@register_family
+class SamViTFamily(ModelFamily):
+    """Plain ViT with window attention (SAM / ViTDet): one map size throughout; config rows are block groups (runs
+    of windowed blocks closed by a global block), see `samvit`."""
+
+    name = "SamViT"
+    label = "a SAM / plain ViT (samvit_*)"
+    model_class = SamViT
+    variants = ("window", "global")
+    part_containers = ("blocks",)
+    quick_space_yaml = QUICK_SPACE_YAML
+
+    def depths(self, arch: dict[str, Any]) -> tuple[int, ...]:
+        return block_groups(int(arch["depth"]), arch.get("global_attn_indexes", ()))
+
+    def space_model_kwargs(self, resolutions: Sequence[tuple[int, int]]) -> dict[str, Any]:
+        """The position embedding and the global blocks' tables are built for the space's first resolution
+        (a checkpoint for another size is resampled on load, as timm does); other resolutions resample at run time."""
+        return {"img_size": [int(resolutions[0][0]), int(resolutions[0][1])]}
+
+    def _grid(self, arch: dict[str, Any], resolution: tuple[int, int]) -> tuple[int, int]:
+        p = int(arch.get("patch_size", 16))
+        return resolution[0] // p, resolution[1] // p
+
+    def stage_shapes(self, arch: dict[str, Any], resolution: tuple[int, int]) -> list[StageShape]:
+        H, W = self._grid(arch, resolution)
+        dim, heads = int(arch["embed_dim"]), int(arch["num_heads"])
+        return [StageShape(i, H, W, dim, heads, d) for i, d in enumerate(self.depths(arch))]
+
+    def _flat(self, arch: dict[str, Any], stage: int, block: int) -> int:
+        return sum(self.depths(arch)[:stage]) + block
+
+    def block_variant(self, arch: dict[str, Any], stage: int, block: int) -> str:
+        return "global" if self._flat(arch, stage, block) in tuple(arch.get("global_attn_indexes", ())) else "window"
+
+    def geometry(self, variant: str, H: int, W: int, window: int) -> WindowGeometry:
+        return sam_geometry(H, W, window)
+
+    def block_name(self, arch: dict[str, Any], stage: int, block: int) -> str:
+        return f"blocks.{self._flat(arch, stage, block)}"
+
+    def fixed_parts(self, arch: dict[str, Any], head: str | None) -> list[str]:
+        return ["patch_embed", "neck", *(["head"] if head else [])]
+
+    def model_parts(self, model: nn.Module, head: str | None) -> list[tuple[str, nn.Module]]:
+        sam = _samvit(model)
+        parts: list[tuple[str, nn.Module]] = [("patch_embed", sam.patch_embed)]
+        parts.extend((f"blocks.{i}", blk) for i, blk in enumerate(sam.blocks))
+        parts.append(("neck", sam.neck))
+        return parts + head_part(sam, head)
+
+    def block_plan(
+        self,
+        model: nn.Module,
+        stage: int,
+        variant: str,
+        window: int,
+        sparsity: float,
+        shapes: list[StageShape],
+        resolution: tuple[int, int],
+        batch: int,
+    ) -> PartPlan:
+        """A windowed block follows the one before it in its group (same window and kept count), or the previous
+        group's global block (dense) / the patch embedding when it opens the group; a global block follows the
+        last windowed block of its group."""
+        sam = _samvit(model)
+        group = sam.group_blocks(stage)
+        block = group[-1] if variant == "global" else group[0]
+        block.window_size, block.sparsity = window, sparsity
+        sh = shapes[stage]
+        blocks = _sam_blocks(sam)
+        pos = blocks.index(block)
+        if pos == 0:
+            return PartPlan(block, sam.embed, (batch, 3, *resolution))
+        prev = blocks[pos - 1]
+        same_group = prev in group
+        prev.window_size, prev.sparsity = (window, sparsity) if same_group else (prev.window_size, 0.0)
+        return PartPlan(block, prev, (batch, sh.H, sh.W, sh.dim))
+
+    def fixed_plan(
+        self,
+        model: nn.Module,
+        name: str,
+        resolution: tuple[int, int],
+        head: str | None,
+        shapes: list[StageShape],
+        default_window: Sequence[int],
+        batch: int,
+    ) -> PartPlan:
+        """The patch embedding (with the position embedding) takes the image; the neck follows the last block
+        (dense), the head the neck."""
+        sam = _samvit(model)
+        if name == "patch_embed":
+            return PartPlan(sam.embed, None, (batch, 3, *resolution))
+        sh = shapes[-1]
+        neck = sam.neck
+        if name == "neck":
+            last = _sam_blocks(sam)[-1]
+            last.window_size, last.sparsity = default_window[-1], 0.0
+            return PartPlan(lambda x: neck(x.permute(0, 3, 1, 2)), last, (batch, sh.H, sh.W, sh.dim))
+        if head == "cls":
+            cls_head = sam.head
+            return PartPlan(lambda x: cls_head(x.permute(0, 2, 3, 1)), neck, (batch, sh.dim, sh.H, sh.W))
+        seg_head = sam.seg_head
+        return PartPlan(lambda x: seg_head(x, resolution), neck, (batch, sh.dim, sh.H, sh.W))
+
+    def claims_checkpoint(self, sd: Mapping[str, torch.Tensor]) -> bool:
+        return any(k.endswith("attn.rel_pos_h") or k.startswith("image_encoder.blocks.") for k in sd)
+
+    def convert_checkpoint(
+        self, sd: Mapping[str, torch.Tensor], model: nn.Module
+    ) -> tuple[dict[str, torch.Tensor], LoadReport]:
+        return checkpoint_filter_fn(sd, model)
+
+    def describe(self, arch: dict[str, Any]) -> str:
+        g = list(arch.get("global_attn_indexes", ()))
+        return (
+            f"embed {arch['embed_dim']:<4} depth {arch['depth']} heads {arch['num_heads']} "
+            f"window {arch['window_size']} global {g} groups {list(self.depths(arch))}"
+        )
+
+
+ARCHS: dict[str, dict[str, Any]] = {
+    "samvit_base_patch16": dict(
+        embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11), window_size=14, img_size=1024
+    ),
+    "samvit_large_patch16": dict(
+        embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23), window_size=14, img_size=1024
+    ),
+    "samvit_huge_patch16": dict(
+        embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31), window_size=14, img_size=1024
+    ),
+    # CPU-sized member: 6 blocks in two groups of (2 windowed + 1 global); 12x12 tokens at 192x192, 3x3 windows of 4.
+    "samvit_nano": dict(
+        embed_dim=96, depth=6, num_heads=3, global_attn_indexes=(2, 5), window_size=4, img_size=192, neck_chans=64
+    ),
+}
+register_models(ARCHS, SamViT, SamViTFamily.name)

@@ -6,20 +6,27 @@ at any window size up to the one its relative position table was built for.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import cast
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
 from ..config import SparsityConfig
+from ..errors import SparseSearchError
 from ..ops import WindowGeometry
+from .checkpoint import LoadReport
+from .family import ModelFamily, PartPlan, StageShape, head_part, register_family
 from .heads import ClassifierHead, FPNSegHead
 from .layers import DropPath, Mlp, PatchEmbed, PatchMerging, WindowAttention, init_linear_weights
+from .registry import register_models
 from .window_block import PrunedWindowBlock, WindowPrunableModel, run_blocks
 
-__all__ = ["SwinBlock", "SwinStage", "SwinTransformer"]
+__all__ = ["SwinBlock", "SwinStage", "SwinTransformer", "SwinFamily", "checkpoint_filter_fn", "ARCHS"]
 
 
 class SwinBlock(PrunedWindowBlock):
@@ -224,3 +231,225 @@ class SwinTransformer(WindowPrunableModel):
             return self.seg_head(feats, x.shape[-2:])
         features = self.forward_features(x)
         return self.head(features) if self.head_type == "cls" else features
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------------
+_DROP = re.compile(r"(relative_position_index|attn_mask|relative_coords_table)$")
+
+
+def _is_microsoft(sd: Mapping[str, torch.Tensor]) -> bool:
+    # Microsoft puts patch merging at the end of stages 0..2 and names the classifier `head`.
+    return "head.weight" in sd or any(k.startswith("layers.0.downsample.") for k in sd)
+
+
+def _resize_table(table: torch.Tensor, size: int) -> torch.Tensor:
+    """((2m-1)^2, heads) -> (size, heads), bicubic over the 2-D grid as timm does."""
+    src = int(round(table.shape[0] ** 0.5))
+    dst = int(round(size**0.5))
+    grid = table.T.reshape(1, -1, src, src).float()
+    out = F.interpolate(grid, size=(dst, dst), mode="bicubic", align_corners=False)
+    return out.reshape(-1, dst * dst).T.to(table.dtype).contiguous()
+
+
+def checkpoint_filter_fn(
+    sd: Mapping[str, torch.Tensor], model: nn.Module
+) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """A timm or Microsoft Swin state dict -> `model`'s layout: drops derived buffers, moves Microsoft's downsample
+    to the start of the next stage, renames `head.` to `head.fc.`, resizes relative position tables to the model's
+    (bicubic, as timm)."""
+    report = LoadReport()
+    out: dict[str, torch.Tensor] = {}
+    microsoft = _is_microsoft(sd)
+    if microsoft:
+        report.converted_from = "microsoft"
+    for k, v in sd.items():
+        if _DROP.search(k):
+            continue
+        if microsoft:
+            m = re.match(r"layers\.(\d+)\.downsample\.(.*)", k)
+            if m:
+                k = f"layers.{int(m.group(1)) + 1}.downsample.{m.group(2)}"
+            elif k.startswith("head."):
+                k = "head.fc." + k[len("head.") :]
+        out[k] = v
+    own = model.state_dict()
+    for k, v in list(out.items()):
+        if k.endswith("relative_position_bias_table") and k in own and own[k].shape != v.shape:
+            if v.shape[1] == own[k].shape[1]:
+                out[k] = _resize_table(v, own[k].shape[0])
+                report.resized.append(k)
+    return out, report
+
+
+# ---- the family and its registered sizes ----------------------------------------------------------------------
+QUICK_SPACE_YAML = """\
+name: quick
+architecture: swin_nano
+model_kwargs: {embed_dim: 16, num_heads: [1, 1, 2, 2]}
+resolutions: [[64, 64]]
+sparsity_choices: [0.0, 0.25, 0.5, 0.75]
+genes:
+  - {name: s1, blocks: ["0.0", "0.1"]}
+  - {name: s2, blocks: ["1.0", "1.1"]}
+  - {name: s34, blocks: ["2.0", "2.1", "3.0", "3.1"], choices: [0.0]}
+window_sizes: [[4], [4], [4], [4]]
+"""
+
+
+def _swin(model: nn.Module) -> SwinTransformer:
+    if not isinstance(model, SwinTransformer):
+        raise SparseSearchError(f"expected a SwinTransformer, got {type(model).__name__}")
+    return model
+
+
+def _swin_stage(model: SwinTransformer, i: int) -> SwinStage:
+    return model.stages[i]
+
+
+def _swin_blocks(stage: SwinStage) -> list[SwinBlock]:
+    return stage.swin_blocks
+
+
+@register_family
+class SwinFamily(ModelFamily):
+    """Swin: four stages of (regular, shifted) block pairs, patch merging between stages."""
+
+    name = "SwinTransformer"
+    label = "a Swin Transformer (swin_*)"
+    model_class = SwinTransformer
+    variants = ("regular", "shifted")
+    part_containers = ("layers",)
+    quick_space_yaml = QUICK_SPACE_YAML
+
+    def depths(self, arch: dict[str, Any]) -> tuple[int, ...]:
+        return tuple(int(d) for d in arch["depths"])
+
+    def stage_shapes(self, arch: dict[str, Any], resolution: tuple[int, int]) -> list[StageShape]:
+        patch = int(arch.get("patch_size", 4))
+        embed = int(arch.get("embed_dim", 96))
+        heads = tuple(arch.get("num_heads", (3, 6, 12, 24)))
+        H, W = math.ceil(resolution[0] / patch), math.ceil(resolution[1] / patch)
+        out = []
+        for i, depth in enumerate(self.depths(arch)):
+            if i > 0:
+                H, W = math.ceil(H / 2), math.ceil(W / 2)
+            out.append(StageShape(i, H, W, embed * 2**i, int(heads[i]), depth))
+        return out
+
+    def block_variant(self, arch: dict[str, Any], stage: int, block: int) -> str:
+        return "shifted" if block % 2 == 1 else "regular"
+
+    def geometry(self, variant: str, H: int, W: int, window: int) -> WindowGeometry:
+        return WindowGeometry.create(H, W, window, variant == "shifted")
+
+    def block_name(self, arch: dict[str, Any], stage: int, block: int) -> str:
+        return f"layers.{stage}.blocks.{block}"
+
+    def fixed_parts(self, arch: dict[str, Any], head: str | None) -> list[str]:
+        n = len(self.depths(arch))
+        return ["patch_embed", *(f"layers.{i}.downsample" for i in range(1, n)), "norm", *(["head"] if head else [])]
+
+    def model_parts(self, model: nn.Module, head: str | None) -> list[tuple[str, nn.Module]]:
+        swin = _swin(model)
+        parts: list[tuple[str, nn.Module]] = [("patch_embed", swin.patch_embed)]
+        for i in range(len(swin.layers)):
+            stage = _swin_stage(swin, i)
+            if i > 0:
+                parts.append((f"layers.{i}.downsample", stage.downsample))
+            parts.extend((f"layers.{i}.blocks.{j}", blk) for j, blk in enumerate(stage.blocks))
+        parts.append(("norm", swin.norm))
+        return parts + head_part(swin, head)
+
+    def block_plan(
+        self,
+        model: nn.Module,
+        stage: int,
+        variant: str,
+        window: int,
+        sparsity: float,
+        shapes: list[StageShape],
+        resolution: tuple[int, int],
+        batch: int,
+    ) -> PartPlan:
+        """Regular blocks follow the stage's patch merging (the patch embedding in stage 0); shifted blocks follow
+        a regular block of the same window and kept count."""
+        swin = _swin(model)
+        blocks = _swin_blocks(_swin_stage(swin, stage))
+        block = blocks[1 if variant == "shifted" else 0]
+        block.window_size, block.sparsity = window, sparsity
+        sh = shapes[stage]
+        if variant == "shifted":
+            prev = blocks[0]
+            prev.window_size, prev.sparsity = window, sparsity
+            return PartPlan(block, prev, (batch, sh.H, sh.W, sh.dim))
+        if stage == 0:
+            return PartPlan(block, swin.patch_embed, (batch, 3, *resolution))
+        p = shapes[stage - 1]
+        return PartPlan(block, _swin_stage(swin, stage).downsample, (batch, p.H, p.W, p.dim))
+
+    def fixed_plan(
+        self,
+        model: nn.Module,
+        name: str,
+        resolution: tuple[int, int],
+        head: str | None,
+        shapes: list[StageShape],
+        default_window: Sequence[int],
+        batch: int,
+    ) -> PartPlan:
+        """A patch merging follows the last block of the previous stage (dense), the final norm the last block,
+        the head the norm; the patch embedding takes the image."""
+        swin = _swin(model)
+        if name == "patch_embed":
+            return PartPlan(swin.patch_embed, None, (batch, 3, *resolution))
+        last = shapes[-1]
+        if name == "head":
+            if head == "cls":
+                return PartPlan(swin.head, swin.norm, (batch, last.H, last.W, last.dim))
+            others = [
+                torch.randn(batch, s.H, s.W, s.dim, generator=torch.Generator().manual_seed(s.stage))
+                for s in shapes[:-1]
+            ]
+            param = next(swin.parameters())
+            others = [o.to(device=param.device, dtype=param.dtype) for o in others]
+            seg_head = swin.seg_head
+            return PartPlan(lambda x: seg_head([*others, x], resolution), swin.norm, (batch, last.H, last.W, last.dim))
+        i = int(name.split(".")[1]) - 1 if name.startswith("layers.") else len(shapes) - 1
+        part = _swin_stage(swin, i + 1).downsample if name.startswith("layers.") else swin.norm
+        prev = _swin_blocks(_swin_stage(swin, i))[-1]
+        prev.window_size, prev.sparsity = default_window[i], 0.0
+        sh = shapes[i]
+        return PartPlan(part, prev, (batch, sh.H, sh.W, sh.dim))
+
+    def claims_checkpoint(self, sd: Mapping[str, torch.Tensor]) -> bool:
+        return any(k.startswith("layers.") or k.endswith("relative_position_bias_table") for k in sd)
+
+    def convert_checkpoint(
+        self, sd: Mapping[str, torch.Tensor], model: nn.Module
+    ) -> tuple[dict[str, torch.Tensor], LoadReport]:
+        return checkpoint_filter_fn(sd, model)
+
+    def describe(self, arch: dict[str, Any]) -> str:
+        return (
+            f"embed {arch['embed_dim']:<4} depths {list(arch['depths'])} heads {list(arch['num_heads'])} "
+            f"window {arch['window_size']}"
+        )
+
+
+ARCHS: dict[str, dict[str, Any]] = {
+    "swin_tiny_patch4_window7_224": dict(
+        embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7, img_size=224
+    ),
+    "swin_small_patch4_window7_224": dict(
+        embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=7, img_size=224
+    ),
+    "swin_base_patch4_window7_224": dict(
+        embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=7, img_size=224
+    ),
+    "swin_base_patch4_window12_384": dict(
+        embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12, img_size=384
+    ),
+    # CPU-sized model for demos and tests: same structure, a fraction of the width.
+    "swin_nano": dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7, img_size=224),
+}
+register_models(ARCHS, SwinTransformer, SwinFamily.name)
