@@ -25,7 +25,7 @@ from .models import SamViT, SwinTransformer, create_model, list_models, load_che
 from .search import AccuracyFunctionError, Candidate, SearchResult, search
 from .search.accuracy import FidelityAccuracy
 from .space import SearchSpace
-from .supernet import SupernetMeta, load_supernet, save_supernet
+from .supernet import SupernetMeta, load_pretrained, load_supernet, save_supernet
 
 __version__ = "0.1.0"
 
@@ -56,6 +56,7 @@ __all__ = [
     "FidelityEvaluator",
     "FidelityAccuracy",
     "FidelityError",
+    "load_pretrained",
     "load_supernet",
     "save_supernet",
     "SupernetMeta",

@@ -146,9 +146,11 @@ def finetune_config(
     batch: int = 8,
     device: str = "cpu",
     seed: int = 0,
+    data: str | None = None,
 ) -> list[float]:
-    """Fine-tune `model` under one fixed config on the supernet's training data (AdamW, warm-up and cosine decay),
-    with the supernet trainer's loop (`adapt.loop`); the caller's global RNG states are left alone.
+    """Fine-tune `model` under one fixed config on the supernet's training data (or `data`; labelled), with AdamW,
+    warm-up and cosine decay, in the supernet trainer's loop (`adapt.loop`); the caller's global RNG states are left
+    alone.
 
     Returns the loss of each step.
     """
@@ -156,8 +158,13 @@ def finetune_config(
     from .adapt.sampling import StepConfig  # noqa: PLC0415
     from .data import build_dataset  # noqa: PLC0415
 
+    if meta.task not in ("seg", "cls") or not (data or meta.data):
+        raise DataError(
+            "fine-tuning trains on labels: it needs a model with a head and labelled --data; adapt a pretrained "
+            "model without labels with `sparsesearch adapt --teacher frozen` instead"
+        )
     dataset, task = build_dataset(
-        meta.data,
+        data or meta.data,
         "train",
         tuple(meta.image_size),
         task=meta.task,
@@ -187,12 +194,17 @@ def finetune_config(
 
 
 def export_model(
-    supernet: str | os.PathLike,
+    supernet: str | os.PathLike | None,
     config: SparsityConfig | str | os.PathLike,
     out: str | os.PathLike,
     *,
+    model: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    space: str | os.PathLike | None = None,
+    head: str = "auto",
     data: str | None = None,
     val_samples: int | None = None,
+    accuracy: str = "labels",
     table: str | os.PathLike | None = None,
     finetune_steps: int = 0,
     finetune_lr: float = 1e-4,
@@ -203,36 +215,43 @@ def export_model(
     table_check: bool = True,
     rescale_table: bool = False,
 ) -> ExportReport:
-    """Fix `config` in the supernet's model, optionally fine-tune it, and write the exported folder.
+    """Fix `config` in the supernet's model (or a pretrained model's), optionally fine-tune it, and write the
+    exported folder.
 
     Args:
+        supernet: a supernet from `sparsesearch adapt`; or None and a pretrained `model` name with its `checkpoint`
+            and `space` (`supernet.load_pretrained`; `head` "auto" or "none").
         data: evaluate accuracy on this data (default: none, unless val_samples is given: then the supernet's).
         val_samples: number of validation images for the accuracy figures.
+        accuracy: "labels" (mIoU or top-1) or "fidelity" (to the dense model, no labels needed).
         table: a latency table (of the same space) for the predicted latency.
-        finetune_steps: fine-tune this one config for N steps on the supernet's training data first.
+        finetune_steps: fine-tune this one config for N steps on the supernet's training data (or `data`) first.
         table_check, rescale_table: when `config` is a search's best.json with an absolute budget, the table's
             speed check runs first (`latency.ensure_table_speed`: stops outside +-10%, or rescales the table).
     """
-    from .supernet import load_supernet  # noqa: PLC0415
+    from .supernet import load_model_source  # noqa: PLC0415
 
     say = progress or (lambda msg: None)
-    model: Any  # a prunable model: set_config, set_kernel_backend
-    model, space, meta = load_supernet(supernet, device=device)
+    net: Any  # a prunable model: set_config, set_kernel_backend
+    net, the_space, meta = load_model_source(
+        supernet=supernet, model=model, checkpoint=checkpoint, space=space, head=head, device=device
+    )
     cfg = config if isinstance(config, SparsityConfig) else SparsityConfig.load(config)
-    model.set_config(cfg)  # validates against the model
-    r = cfg.resolution or space.resolutions[0]
+    net.set_config(cfg)  # validates against the model
+    r = cfg.resolution or the_space.resolutions[0]
     resolution = (int(r[0]), int(r[1]))
     checked = _checked_table(table, config, table_check, rescale_table, say) if table is not None else None
     if finetune_steps > 0:
         say(f"fine-tuning the config for {finetune_steps} steps")
-        finetune_config(model, meta, cfg, steps=finetune_steps, lr=finetune_lr, device=device)
-        model.set_config(cfg)
-    model.eval()
+        finetune_config(net, meta, cfg, steps=finetune_steps, lr=finetune_lr, device=device, data=data)
+        net.set_config(cfg)
+    net.eval()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     say("counting FLOPs")
-    dense_cfg = SparsityConfig([[0.0] * d for d in space.depths], cfg.window_size, cfg.resolution)
-    report = _card(model, space.architecture, cfg, dense_cfg, resolution, finetune_steps, str(supernet))
+    dense_cfg = SparsityConfig([[0.0] * d for d in the_space.depths], cfg.window_size, cfg.resolution)
+    source = str(supernet if supernet is not None else checkpoint)
+    report = _card(net, the_space.architecture, cfg, dense_cfg, resolution, finetune_steps, source)
     if checked is not None:
         t, speed = checked
         report.table_check = speed.record(rescale_table) if speed else None
@@ -241,14 +260,15 @@ def export_model(
         report.predicted_dense_ms = float(t.dense_latency(resolution))
     if measure:
         say("measuring latency on this machine")
-        _measure(report, model, cfg, dense_cfg, resolution, device, checked[0].statistic if checked else "mean")
+        _measure(report, net, cfg, dense_cfg, resolution, device, checked[0].statistic if checked else "mean")
     if data is not None or val_samples is not None:
         say("evaluating accuracy")
-        _evaluate(report, model, meta, cfg, dense_cfg, resolution, data, val_samples, device)
-    _write_model(out, model, space, meta, cfg, resolution)
+        fidelity = accuracy == "fidelity"
+        _evaluate(report, net, meta, cfg, dense_cfg, resolution, data, val_samples, device, fidelity)
+    _write_model(out, net, the_space, meta, cfg, resolution)
     if onnx:
         say("exporting ONNX and checking it with ONNX Runtime")
-        report.onnx = check_onnx(model.cpu(), out / "model.onnx", resolution)
+        report.onnx = check_onnx(net.cpu(), out / "model.onnx", resolution)
     atomic_write_text(out / "card.json", json.dumps(asdict(report), indent=1) + "\n")
     return report
 
@@ -310,12 +330,20 @@ def _evaluate(
     data: str | None,
     val_samples: int | None,
     device: str,
+    fidelity: bool = False,
 ) -> None:
-    """Accuracy of `cfg` and of the dense config on `data` (default: the supernet's validation data)."""
+    """Accuracy of `cfg` and of the dense config on `data` (default: the supernet's validation data): mIoU or
+    top-1, or with `fidelity` how closely each reproduces the space's densest config (`sparsesearch.fidelity`)."""
     from .evaluate import Evaluator  # noqa: PLC0415
+    from .fidelity import FidelityEvaluator, dense_reference  # noqa: PLC0415
     from .supernet import build_eval_dataset  # noqa: PLC0415
 
-    ev = Evaluator(model, build_eval_dataset(meta, data), val_samples, device=device)
+    dataset = build_eval_dataset(meta, data, labelled=not fidelity)
+    ev: Evaluator = (
+        FidelityEvaluator(model, dataset, val_samples, reference=dense_reference(meta.space), device=device)
+        if fidelity
+        else Evaluator(model, dataset, val_samples, device=device)
+    )
     res = None if resolution == tuple(meta.image_size) else resolution
     report.accuracy = ev(cfg, res).to_dict()
     report.accuracy_dense = ev(dense_cfg, res).to_dict()

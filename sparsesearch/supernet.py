@@ -5,7 +5,7 @@ A supernet file (``supernet.pt`` or a training ``last.pt``) is a ``torch.save`` 
     {
       "format": "sparsesearch.supernet",  # identifies the file
       "version": 1,
-      "model": {name: tensor},             # state dict of the SwinTransformer (no DDP prefix)
+      "model": {name: tensor},             # state dict of the model (no DDP prefix)
       "meta": {...},                       # SupernetMeta.to_dict(): architecture, space, model kwargs, data
       "train": {...},                      # only in training checkpoints (see sparsesearch.adapt.checkpoint)
     }
@@ -27,7 +27,7 @@ import torch
 import yaml
 from torch import nn
 
-from .errors import CheckpointError, SpaceError
+from .errors import CheckpointError, SpaceError, SparseSearchError
 from .fileio import atomic_torch_save, to_plain
 from .space import SearchSpace
 
@@ -43,6 +43,10 @@ __all__ = [
     "load_weights",
     "model_from_meta",
     "build_eval_dataset",
+    "PRETRAINED_HEADS",
+    "checkpoint_head",
+    "load_pretrained",
+    "load_model_source",
 ]
 
 FORMAT = "sparsesearch.supernet"
@@ -242,19 +246,157 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: st
     model.load_state_dict(state, strict=True)
 
 
-def build_eval_dataset(meta: SupernetMeta, data: str | None = None, split: str = "val", image_size: Any = None) -> Any:
+def build_eval_dataset(
+    meta: SupernetMeta,
+    data: str | None = None,
+    split: str = "val",
+    image_size: Any = None,
+    *,
+    labelled: bool = True,
+) -> Any:
     """The ``split`` of the data set a supernet was trained on (or of ``data``), at its training size.
 
-    Raises DataError if the data set cannot be built or its class count differs from the model's.
+    ``labelled=False`` (scoring by fidelity): any data set, labels (if any) ignored, an image folder without labels
+    included. Raises DataError if no data set is named (a pretrained model records none), if it cannot be built,
+    if a labelled metric is asked of data without labels or of a model without a head, or if its class count
+    differs from the model's.
     """
     from .data import build_dataset  # noqa: PLC0415
     from .errors import DataError  # noqa: PLC0415
 
     spec = data or meta.data
+    if not spec:
+        raise DataError("no data to score on: pass --data DIR (a folder of images; labels are not needed for fidelity)")
     size = image_size or tuple(meta.image_size)
-    num_classes = meta.num_classes or None
-    dataset, task = build_dataset(spec, split, size, task=meta.task, seed=meta.data_seed, num_classes=num_classes)
+    if labelled and meta.task not in ("seg", "cls"):
+        raise DataError(
+            f"a model without a head ({meta.architecture} backbone) has no labelled metric: score it by fidelity to "
+            "the dense model (--accuracy fidelity)"
+        )
+    task = meta.task if labelled else None
+    num_classes = (meta.num_classes or None) if labelled else None
+    dataset, _ = build_dataset(spec, split, size, task=task, seed=meta.data_seed, num_classes=num_classes)
     n_cls = getattr(dataset, "num_classes", None)
-    if n_cls is not None and meta.num_classes and n_cls != meta.num_classes:
+    if labelled and n_cls is not None and meta.num_classes and n_cls != meta.num_classes:
         raise DataError(f"data {spec} has {n_cls} classes but the supernet predicts {meta.num_classes}")
     return dataset
+
+
+# ---- a pretrained model in place of a supernet ---------------------------------------------------------------
+#: what `head` of :func:`load_pretrained` takes: "auto" (the head the checkpoint holds, if any) or "none"
+PRETRAINED_HEADS = ("auto", "none")
+
+
+def checkpoint_head(state: Mapping[str, torch.Tensor]) -> tuple[str | None, int]:
+    """The task head a checkpoint's weights hold: ("seg", classes) for a segmentation head of ours (`seg_head.*`),
+    ("cls", classes) for a classifier (timm `head.fc`, Microsoft `head`), (None, 0) for a backbone alone."""
+    for key, value in state.items():
+        if key.startswith("seg_head.") and key.endswith("classifier.weight") and value.dim() == 4:
+            return "seg", int(value.shape[0])
+    for key in ("head.fc.weight", "head.weight"):
+        if key in state and state[key].dim() == 2 and state[key].shape[0] > 0:
+            return "cls", int(state[key].shape[0])
+    return None, 0
+
+
+def _weights_file(path: Path) -> Path:
+    """A checkpoint file; an exported folder (`sparsesearch export`) stands for its model.safetensors."""
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        return path / "model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    return path
+
+
+def load_pretrained(
+    name: str,
+    checkpoint: str | os.PathLike,
+    space: SearchSpace | str | os.PathLike,
+    *,
+    head: str = "auto",
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, SearchSpace, SupernetMeta]:
+    """A pretrained model in place of a supernet: ``(model, space, meta)`` as :func:`load_supernet` gives them.
+
+    Args:
+        name: the registered model name; it must be the space's architecture.
+        checkpoint: timm or Microsoft Swin, timm samvit or original SAM weights, a supernet from
+            `sparsesearch adapt`, or an export of `sparsesearch export` (its folder or model.safetensors).
+        space: the search space (a SearchSpace or its YAML file); the model is built with its arguments.
+        head: "auto": the head the checkpoint holds (a segmentation head of ours, a classifier) with its class
+            count, none (a backbone: its features) if it holds none; "none": the backbone alone in any case.
+    Returns the model in eval mode on `device` (dense), the space, and metadata that records no data set
+    (``meta.data`` is ""; pass data to score on) and ``task`` "seg", "cls" or "features".
+    Raises CheckpointError for a missing file, a checkpoint of another family or weights that do not fit.
+    """
+    from .models import convert_state_dict, list_models, read_state_dict  # noqa: PLC0415
+
+    space = space if isinstance(space, SearchSpace) else SearchSpace.load(space)
+    if name not in list_models():
+        raise CheckpointError(f"unknown model {name!r}: `sparsesearch models` lists them")
+    if name != space.architecture:
+        raise CheckpointError(
+            f"--model {name} is not the architecture of space {space.name} ({space.architecture}): give a space "
+            f"of {name} (search_spaces/ has one per model family)"
+        )
+    if head not in PRETRAINED_HEADS:
+        raise CheckpointError(f"head {head!r}: use one of {', '.join(PRETRAINED_HEADS)}")
+    path = _weights_file(Path(checkpoint))
+    state = read_state_dict(path)
+    task, classes = checkpoint_head(state) if head == "auto" else (None, 0)
+    if task is None:
+        state = {k: v for k, v in state.items() if not k.startswith(("seg_head.", "head."))}
+    model_kwargs: dict[str, Any] = {"head": task, **({"num_classes": classes} if task else {})}
+    model = space.create_model(**model_kwargs)
+    converted, _ = convert_state_dict(state, model)  # CheckpointError for a checkpoint of another family
+    load_weights(model, converted, str(path))
+    size = max(space.resolutions, key=lambda r: r[0] * r[1])
+    meta = SupernetMeta.create(
+        space,
+        model_kwargs,
+        task=task or "features",
+        num_classes=classes,
+        data="",
+        image_size=(int(size[0]), int(size[1])),
+        extra={"pretrained": name, "checkpoint": str(path)},
+    )
+    return model.to(device).eval(), space, meta
+
+
+def load_model_source(
+    *,
+    supernet: str | os.PathLike | None = None,
+    model: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    space: str | os.PathLike | None = None,
+    head: str = "auto",
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, SearchSpace, SupernetMeta]:
+    """``(model, space, meta)`` from what a command was given: a supernet (``--supernet``, with an optional
+    ``--space`` that must be its own), or a pretrained model (``--model NAME --checkpoint PATH --space FILE``,
+    see :func:`load_pretrained`). A SparseSearchError (one line) for a combination that does not make sense."""
+    if supernet is not None and model is not None:
+        raise SparseSearchError(
+            "--supernet and --model name two models: give a supernet from `sparsesearch adapt`, or a pretrained "
+            "--model NAME --checkpoint PATH with --space FILE"
+        )
+    if model is not None:
+        if space is None:
+            raise SparseSearchError(
+                f"--model {model} needs --space FILE: the search space of its architecture (e.g. search_spaces/)"
+            )
+        if checkpoint is None:
+            raise SparseSearchError(f"--model {model} needs --checkpoint PATH: the pretrained weights to search")
+        return load_pretrained(model, checkpoint, space, head=head, device=device)
+    if checkpoint is not None:
+        raise SparseSearchError("--checkpoint goes with --model NAME (and --space FILE); a supernet is --supernet")
+    if supernet is None:
+        raise SparseSearchError(
+            "no model: give --supernet CKPT (from `sparsesearch adapt`) or --model NAME --checkpoint PATH --space FILE"
+        )
+    if not Path(supernet).is_file():
+        raise CheckpointError(f"supernet {supernet} does not exist (train one with `sparsesearch adapt`)")
+    net, net_space, meta = load_supernet(supernet, device=device)
+    if space is not None and not same_space(SearchSpace.load(space), net_space):
+        raise SparseSearchError(f"--space {space} is not the space the supernet was trained on ({net_space.name})")
+    return net, net_space, meta

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from ._base import Command, CommandError
+from ._base import Command, CommandError, add_model_source
 
 _S = argparse.SUPPRESS  # unset flags stay absent, so a --config-file value is only overridden by a real flag
 
@@ -128,18 +128,25 @@ class AdaptCommand(Command):
 
 class EvalCommand(Command):
     name = "eval"
-    help = "score sparsity configs of a supernet: mIoU (seg) or top-1 (cls) on the first N validation items"
+    help = "score sparsity configs: mIoU (seg) or top-1 (cls) on labels, or fidelity to the dense model without labels"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         a = parser.add_argument
-        a("--supernet", required=True, metavar="CKPT", help="supernet.pt (or last.pt) written by adapt")
+        add_model_source(parser)
         a(
             "--config",
             action="append",
             metavar="CFG",
             help="dense, sparsest, uniform:P or a config JSON/YAML file; repeat for several (default: dense)",
         )
-        a("--data", metavar="DATA", help="data set (default: the one the supernet was trained on)")
+        a(
+            "--accuracy",
+            choices=["labels", "fidelity"],
+            default="labels",
+            help="labels: mIoU (seg) or top-1 (cls); fidelity: how closely each config reproduces the dense model on "
+            "the same images (no labels needed; any head or none)",
+        )
+        a("--data", metavar="DATA", help="data set (default: the supernet's; needed with --model)")
         a("--split", default="val", choices=["train", "val", "test"], help="split to score (default val)")
         a("--val-samples", type=int, metavar="N", help="score the first N items (default: all)")
         a("--batch", type=int, default=16, metavar="N")
@@ -152,8 +159,8 @@ class EvalCommand(Command):
         import torch  # noqa: PLC0415
 
         from ..adapt.sampling import input_resolution  # noqa: PLC0415
-        from ..evaluate import Evaluator, resolve_config  # noqa: PLC0415
-        from ..supernet import build_eval_dataset, load_supernet  # noqa: PLC0415
+        from ..evaluate import resolve_config  # noqa: PLC0415
+        from ..supernet import load_model_source  # noqa: PLC0415
 
         if args.val_samples is not None and args.val_samples < 1:
             raise CommandError("--val-samples must be >= 1")
@@ -162,31 +169,26 @@ class EvalCommand(Command):
         if args.device == "cuda" and not torch.cuda.is_available():
             raise CommandError("--device cuda was asked for but torch sees no CUDA device")
         device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-        model, space, meta = load_supernet(args.supernet, device)
+        model, space, meta = load_model_source(
+            supernet=args.supernet,
+            model=args.model,
+            checkpoint=args.checkpoint,
+            space=args.space,
+            head=args.head,
+            device=device,
+        )
         specs = args.config or ["dense"]
         configs = [(s, resolve_config(s, space)) for s in specs]  # check them all before the slow part
-        dataset = build_eval_dataset(meta, args.data, args.split)
-        ev = Evaluator(
-            model,
-            dataset,
-            args.val_samples,
-            batch=args.batch,
-            device=device,
-            amp=args.amp,
-            task=meta.task,
-            num_classes=meta.num_classes,
-        )
-        names = getattr(dataset, "class_names", None) or meta.class_names
+        ev, names = _evaluator(args, model, space, meta, device)
+        data = args.data or meta.data
         for spec, cfg in configs:
             assert cfg is not None
             res = ev(cfg, input_resolution(space, cfg))
             if args.json:
-                print(
-                    json.dumps({"config": spec, "data": args.data or meta.data, "split": args.split, **res.to_dict()})
-                )
+                print(json.dumps({"config": spec, "data": data, "split": args.split, **res.to_dict()}))
                 continue
             print(
-                f"{spec:<24} {res.metric} {res.value:6.2f}  (n={res.n}, {args.split} of {args.data or meta.data}, "
+                f"{spec:<24} {res.metric} {res.value:6.2f}  (n={res.n}, {args.split} of {data}, "
                 f"mean sparsity {cfg.mean_sparsity():.2f})"
             )
             if args.per_class and res.per_class:
@@ -195,6 +197,38 @@ class EvalCommand(Command):
                     print(f"    {label:<20} {'-' if v != v else f'{v:6.2f}'}")
         sys.stdout.flush()
         return 0
+
+
+def _evaluator(args: argparse.Namespace, model: Any, space: Any, meta: Any, device: str) -> tuple[Any, list[str]]:
+    """The evaluator `eval` scores with (labelled, or fidelity to the space's densest config) and the class names."""
+    from ..evaluate import Evaluator  # noqa: PLC0415
+    from ..fidelity import FidelityEvaluator, dense_reference  # noqa: PLC0415
+    from ..supernet import build_eval_dataset  # noqa: PLC0415
+
+    fidelity = args.accuracy == "fidelity"
+    dataset = build_eval_dataset(meta, args.data, args.split, labelled=not fidelity)
+    if fidelity:
+        ev: Any = FidelityEvaluator(
+            model,
+            dataset,
+            args.val_samples,
+            reference=dense_reference(space),
+            batch=args.batch,
+            device=device,
+            amp=args.amp,
+        )
+        return ev, []
+    ev = Evaluator(
+        model,
+        dataset,
+        args.val_samples,
+        batch=args.batch,
+        device=device,
+        amp=args.amp,
+        task=meta.task,
+        num_classes=meta.num_classes,
+    )
+    return ev, list(getattr(dataset, "class_names", None) or meta.class_names)
 
 
 COMMANDS = [AdaptCommand, EvalCommand]

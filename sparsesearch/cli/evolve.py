@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from ._base import Command
+from ._base import Command, add_model_source
 
 if TYPE_CHECKING:
     from ..search.report import Point
@@ -15,28 +15,34 @@ class EvolveCommand(Command):
     name = "evolve"
     help = "search per-layer sparsity (and windows) for the best accuracy under a latency budget"
     description = (
-        "Search the supernet's space for the most accurate config whose latency, predicted from TABLE, meets the "
-        "budget. Writes pareto.json, best.json, history.jsonl and pareto.png to --out, with the uniform-sparsity "
-        "and uniform-resize baselines at the same budget."
+        "Search the supernet's space (or a pretrained model's: --model NAME --checkpoint PATH --space FILE, no "
+        "training needed; with --accuracy fidelity no labels either) for the most accurate config whose latency, "
+        "predicted from TABLE, meets the budget. Writes pareto.json, best.json, history.jsonl and pareto.png to "
+        "--out, with the uniform-sparsity and uniform-resize baselines at the same budget."
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         from ..search import ALGORITHMS  # noqa: PLC0415
 
-        parser.add_argument("--supernet", required=True, help="supernet checkpoint written by `sparsesearch adapt`")
+        add_model_source(parser)
         parser.add_argument("--table", required=True, help="latency table written by `sparsesearch profile`")
         parser.add_argument("--latency", required=True, help="budget: 30ms, '30 ms', 0.03s, 30000us, or 0.6x of dense")
         parser.add_argument("--out", required=True, help="output folder")
-        parser.add_argument("--space", default=None, help="search space (default: the one stored in the supernet)")
         parser.add_argument(
             "--accuracy",
             default=None,
-            metavar="MODULE:FUNCTION",
-            help="your own accuracy: an importable function fn(model, config) -> float, higher is "
-            "better (the working directory is importable); default: the built-in evaluator "
-            "on --data",
+            metavar="labels|fidelity|MODULE:FUNCTION",
+            help="labels (default): mIoU or top-1 on labelled --data; fidelity: how closely each config reproduces "
+            "the dense model on the same images (no labels needed: a folder of images will do; any head or none); "
+            "or your own importable function fn(model, config) -> float, higher is better (the working directory "
+            "is importable)",
         )
-        parser.add_argument("--data", default=None, help="validation data (default: the supernet's training data)")
+        parser.add_argument(
+            "--data",
+            default=None,
+            help="validation data: a data folder (for fidelity, images alone will do) or synthetic[:N] (default: the "
+            "supernet's training data; needed with --model)",
+        )
         parser.add_argument("--val-samples", type=int, default=64, help="validation images per accuracy estimate")
         parser.add_argument("--batch", type=int, default=16, help="evaluation batch size")
         parser.add_argument("--device", default="cpu", help="where accuracies are evaluated (cpu, cuda)")
@@ -111,7 +117,8 @@ class EvolveCommand(Command):
                 f"table speed check: {s.extra['table_check'].line()}"
                 + (" -> predictions rescaled" if args.rescale_table else "")
             )
-        scored_by = f"{args.accuracy}" if args.accuracy else f"{s.metric} on {args.val_samples} validation images"
+        builtin = args.accuracy in (None, "labels", "fidelity")
+        scored_by = f"{args.accuracy}" if not builtin else f"{s.metric} on {args.val_samples} validation images"
         print(
             f"budget {s.budget_ms:.2f} ms ({args.latency}); {s.evaluated} configs evaluated "
             f"({s.new_evaluations} new), scored by {scored_by}"

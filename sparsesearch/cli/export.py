@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import argparse
 
-from ._base import Command, resolution
+from ._base import Command, add_model_source, resolution
 
 
 class ExportCommand(Command):
     name = "export"
     help = "fix a config into a plain deployable model with a model card (optionally fine-tuned, ONNX)"
+    description = (
+        "Fix a config of the supernet (or of a pretrained model: --model NAME --checkpoint PATH --space FILE) into "
+        "a plain deployable model with a model card (FLOPs, predicted and measured latency, accuracy), optionally "
+        "fine-tuned and exported to ONNX."
+    )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--supernet", required=True, help="supernet checkpoint from `sparsesearch adapt`")
+        add_model_source(parser)
         parser.add_argument("--config", required=True, help="a config file, e.g. the search's best.json")
         parser.add_argument("--out", required=True, help="output folder")
         parser.add_argument("--table", default=None, help="latency table for the predicted latency")
         parser.add_argument("--data", default=None, help="evaluate accuracy on this data (default: the supernet's)")
         parser.add_argument("--val-samples", type=int, default=None, help="validation images for the accuracy figures")
+        parser.add_argument(
+            "--accuracy",
+            choices=["labels", "fidelity"],
+            default="labels",
+            help="the accuracy figures: labels (mIoU or top-1) or fidelity to the dense model (no labels needed)",
+        )
         parser.add_argument("--finetune-steps", type=int, default=0, help="fine-tune this one config first")
         parser.add_argument("--finetune-lr", type=float, default=1e-4)
         parser.add_argument("--onnx", action="store_true", help="also export model.onnx and check it with ONNX Runtime")
@@ -36,8 +47,13 @@ class ExportCommand(Command):
             args.supernet,
             args.config,
             args.out,
+            model=args.model,
+            checkpoint=args.checkpoint,
+            space=args.space,
+            head=args.head,
             data=args.data,
             val_samples=args.val_samples,
+            accuracy=args.accuracy,
             table=args.table,
             finetune_steps=args.finetune_steps,
             finetune_lr=args.finetune_lr,

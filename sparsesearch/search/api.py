@@ -4,6 +4,11 @@
     result = ss.search(space, latency=table, accuracy=my_map, budget="0.7x", model=supernet, out="runs/s")
     model.set_config(result.best.config)
 
+Without training or labels (a pretrained checkpoint, a folder of images):
+
+    result = ss.search("search_spaces/sam_b.yaml", model="sam_vit_b.pth", accuracy="fidelity", data="images/",
+                       latency=table, budget="0.7x", out="runs/s")
+
 `sparsesearch evolve` is a thin layer over this function (it adds the supernet file, the table checks and the
 built-in evaluator).
 """
@@ -246,9 +251,16 @@ def _budget_ms(budget: str | float | Budget, lat: _Latency) -> tuple[Budget, flo
 def _resolve_model_and_space(
     space: SearchSpace | str | os.PathLike | None, model: Any, device: str
 ) -> tuple[Any, SearchSpace]:
+    """The model and space a search runs on: a module as it is, a supernet file (its own space), or pretrained
+    weights (any other checkpoint: built for `space`, with the head the weights hold, see `load_pretrained`)."""
     if isinstance(model, (str, os.PathLike)):
-        from ..supernet import load_supernet, same_space  # noqa: PLC0415
+        from ..supernet import FORMAT, load_pretrained, load_supernet, same_space  # noqa: PLC0415
 
+        if not _is_supernet_file(model, FORMAT):
+            if space is None:
+                raise SparseSearchError(f"search: pretrained weights {model} need the space of their model (space=...)")
+            user = space if isinstance(space, SearchSpace) else SearchSpace.load(space)
+            return load_pretrained(user.architecture, model, user, device=device)[:2]
         model, sn_space, _ = load_supernet(model, device=device)
         if space is None:
             return model, sn_space
@@ -259,6 +271,36 @@ def _resolve_model_and_space(
     if space is None:
         raise SparseSearchError("search needs a space (a SearchSpace or its YAML file), or a supernet file as model")
     return model, space if isinstance(space, SearchSpace) else SearchSpace.load(space)
+
+
+def _is_supernet_file(path: str | os.PathLike, fmt: str) -> bool:
+    """Whether `path` is a supernet checkpoint of `sparsesearch adapt` (not plain weights); False when unreadable
+    (loading it as weights then says what is wrong)."""
+    import torch  # noqa: PLC0415
+
+    p = Path(path)
+    if not p.is_file() or p.suffix == ".safetensors":
+        return False
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a torch file: plain weights of another kind, or damaged
+        return False
+    return isinstance(obj, dict) and obj.get("format") == fmt
+
+
+def _builtin_accuracy(accuracy: Any, data: Any, space: SearchSpace, val_samples: int, device: str) -> Any:
+    """`accuracy="fidelity"` -> a FidelityAccuracy on `data` (needed); a function as it is."""
+    if not isinstance(accuracy, str):
+        return accuracy
+    if accuracy != "fidelity":
+        raise SparseSearchError(
+            f"accuracy {accuracy!r}: give a function accuracy(model, config) -> float or 'fidelity'"
+        )
+    if data is None:
+        raise SparseSearchError("accuracy='fidelity' needs data=...: a folder of images (labels not needed)")
+    from .accuracy import FidelityAccuracy  # noqa: PLC0415
+
+    return FidelityAccuracy(data, space, val_samples, device=device)
 
 
 def _prepare_out(out: Path, fingerprint: dict[str, Any], resume: bool, overwrite: bool) -> None:
@@ -340,9 +382,11 @@ def search(
     space: SearchSpace | str | os.PathLike | None = None,
     *,
     latency: LatencySource,
-    accuracy: AccuracyFn,
+    accuracy: AccuracyFn | str,
     budget: str | float | Budget,
     model: Any = None,
+    data: Any = None,
+    val_samples: int = 64,
     algorithm: str = "ga",
     population: int = 32,
     generations: int = 12,
@@ -372,18 +416,18 @@ def search(
         accuracy: `accuracy(model, config) -> float`, higher is better; `model` has `config` applied (and is in
             eval mode). Called once per config: results are cached (in `out` when given). An exception stops the
             search with an AccuracyFunctionError naming the config; what was evaluated stays cached for `resume`.
+            "fidelity": no labels, fidelity to the dense model on `val_samples` images of `data` (FidelityAccuracy).
         budget: milliseconds (a number or "30ms") or a fraction of the dense latency ("0.7x").
-        model: the supernet (a module with `set_config`, or a supernet file from `sparsesearch adapt`);
-            None: `accuracy` receives None and applies the config itself.
+        model: the supernet (a module with `set_config`, or a supernet file of `adapt`), or pretrained weights of the
+            space's architecture (`load_pretrained`: no training); None: `accuracy` gets None and applies the config.
         algorithm: one of ALGORITHMS ("ga", "nsga2", "optuna-nsga2", "optuna-tpe", "tune", "random").
         population, generations, seed: the search's size and seed.
         out: folder for the cache, checkpoint, history.jsonl, best.json, pareto.json and pareto.png (None: all in
             memory). resume: continue the search in `out`. overwrite: discard a previous search in `out`.
         workers, ray_address: evaluate on N local Ray workers or an existing cluster (model and function pickled).
         progress: a progress bar (True), none (False), or a function called with each generation's record.
-        refine: a final greedy neighbourhood search around the best config.
+        refine: a final greedy neighbourhood search around the best config. flops: count GFLOPs (needs a model).
         warm_start: (ga, nsga2) seed half the first population from a one-gene-at-a-time scan (`search.warmstart`).
-        flops: count GFLOPs of the reported configs (needs a model).
         metric: the name of the accuracy in reports (default: `accuracy.metric` or "accuracy").
         fingerprint: extra settings a resumed search must match (the CLI adds its supernet and data).
         tie: accuracies within this margin count as equal and the faster config wins (None: `accuracy`'s own noise
@@ -394,28 +438,36 @@ def search(
             the tied, then the rest of the accuracy/latency front, predicted within the budget + 10%) are timed on
             this machine interleaved with the dense config, and the rule is applied to their measured latency on
             the table's scale (recorded in best.json's "pick").
-    Raises:
-        SparseSearchError subclasses: BudgetError, LatencyTableError, AccuracyFunctionError, SpaceError, ...
+    Raises SparseSearchError subclasses: BudgetError, LatencyTableError, AccuracyFunctionError, SpaceError, ...
     """
     if algorithm not in ALGORITHMS:
         raise SparseSearchError(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
     model, space = _resolve_model_and_space(space, model, device)
+    acc_fn: AccuracyFn = _builtin_accuracy(accuracy, data, space, val_samples, device)
     lat = _Latency(latency, space)
     b, budget_ms = _budget_ms(budget, lat)
-    if hasattr(model, "eval"):
-        model.eval()
-    scorer = ConfigScorer(model, accuracy)
-    job = _Job(space, lat, budget_ms, model, accuracy, scorer, _tie_margin(tie, accuracy, model, space))
+    job = _new_job(space, lat, budget_ms, model, acc_fn, tie)
     job.algorithm, job.population, job.generations, job.seed = algorithm, population, generations, seed
     job.resume, job.refine, job.warm_start = resume, refine, warm_start
     job.workers, job.ray_address, job.out_dir = workers, ray_address, Path(out) if out is not None else None
-    fp = {"space": space.name, "budget": str(b), "algorithm": algorithm, "seed": seed, "accuracy": scorer.name}
-    _prepare(job, {**fp, "latency_source": lat.name, **(fingerprint or {})}, overwrite)
+    fp = {"space": space.name, "budget": str(b), "algorithm": algorithm, "seed": seed, "accuracy": job.scorer.name}
+    builtin = {"accuracy": accuracy, "data": str(data), "val_samples": val_samples} if isinstance(accuracy, str) else {}
+    _prepare(job, {**fp, **builtin, "latency_source": lat.name, **(fingerprint or {})}, overwrite)
     final = _finalists(lat, space, finalists)  # before the search: a function latency source fails at once
     run, cache, base, dense_acc, history = _execute(job, progress, on_evaluated)
-    metric = metric or getattr(accuracy, "metric", None) or "accuracy"
+    metric = metric or getattr(acc_fn, "metric", None) or "accuracy"
     report_meta = {"budget": str(b), **(meta or {})}
     return _result(job, run, cache, base, dense_acc, history, flops, metric, report_meta, final)
+
+
+def _new_job(
+    space: SearchSpace, lat: _Latency, budget_ms: float, model: Any, accuracy: AccuracyFn, tie: float | None
+) -> _Job:
+    """The job of a search: the model in eval mode, the checked scorer, the tie margin."""
+    if hasattr(model, "eval"):
+        model.eval()
+    scorer = ConfigScorer(model, accuracy)
+    return _Job(space, lat, budget_ms, model, accuracy, scorer, _tie_margin(tie, accuracy, model, space))
 
 
 def _prepare(job: _Job, fingerprint: dict[str, Any], overwrite: bool) -> None:

@@ -1,7 +1,9 @@
-"""`evolve` end to end: supernet + latency table + budget -> searched configs, baselines and outputs.
+"""`evolve` end to end: supernet (or pretrained model) + latency table + budget -> searched configs, baselines and
+outputs.
 
-A thin layer over :func:`sparsesearch.search.search`: it loads and checks the supernet and the table, picks the
-accuracy (the built-in supernet evaluator, or the user's `--accuracy module:function`) and calls `search`.
+A thin layer over :func:`sparsesearch.search.search`: it loads and checks the model and the table, picks the
+accuracy (the built-in evaluator: mIoU/top-1 on labels, or fidelity to the dense model without labels; or the
+user's `--accuracy module:function`) and calls `search`.
 """
 
 from __future__ import annotations
@@ -15,23 +17,36 @@ from typing import Any
 
 from ..config import SparsityConfig
 from ..errors import SparseSearchError
-from .accuracy import import_callable
+from .accuracy import EvaluatorAccuracy, import_callable
 from .api import search
 from .budget import Budget, parse_budget
 from .engine import ALGORITHMS
 from .report import Baselines, Point
 
-__all__ = ["EvolveOptions", "EvolveSummary", "SupernetAccuracy", "evolve", "make_supernet_evaluator"]
+__all__ = [
+    "BUILTIN_ACCURACIES",
+    "EvolveOptions",
+    "EvolveSummary",
+    "SupernetAccuracy",
+    "evolve",
+    "make_supernet_evaluator",
+]
+
+#: the built-in accuracies of `--accuracy`: "labels" (mIoU or top-1, the default) and "fidelity" (no labels)
+BUILTIN_ACCURACIES = ("labels", "fidelity")
 
 
 @dataclass
 class EvolveOptions:
     """Everything `sparsesearch evolve` takes (see its --help)."""
 
-    supernet: str
     table: str
     latency: str
     out: str
+    supernet: str | None = None  # a supernet from `adapt`, or: a pretrained model, `model` + `checkpoint` + `space`
+    model: str | None = None
+    checkpoint: str | None = None
+    head: str = "auto"  # a pretrained model's head: "auto" (the checkpoint's, if any) or "none" (its features)
     space: str | None = None
     data: str | None = None
     val_samples: int = 64
@@ -50,7 +65,7 @@ class EvolveOptions:
     warm_start: bool = True  # seed the first population from a one-variable-at-a-time scan (search.warmstart)
     table_check: bool = True  # an absolute budget first runs the table's speed check (latency.ensure_table_speed)
     rescale_table: bool = False  # scale the table's predictions by the check's measured/predicted factor
-    accuracy: str | None = None  # "package.module:function"; None: the built-in evaluator
+    accuracy: str | None = None  # "fidelity" (no labels), "package.module:function"; None or "labels": mIoU/top-1
     finalists: int = 0  # re-time this many of the pick's candidates on this machine before choosing (search())
 
 
@@ -70,47 +85,38 @@ class EvolveSummary:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class SupernetAccuracy:
-    """The built-in accuracy, `fn(model, config) -> percent`: mIoU ("seg") or top-1 ("cls") of the model on the
-    first `val_samples` items of the supernet's validation data (or `data`).
+class SupernetAccuracy(EvaluatorAccuracy):
+    """The built-in accuracy, `fn(model, config) -> percent`, on the first `val_samples` items of the supernet's
+    validation data (or `data`): mIoU ("seg") or top-1 ("cls"); with `fidelity`, how closely the config reproduces
+    the model's densest config (`sparsesearch.fidelity`; no labels needed, any model head or none).
 
-    A config with a resolution other than the data's runs on resized inputs (predictions scored at the labels'
-    size). Built from plain data, so it pickles to Ray workers; the data subset is loaded at the first call.
+    A config with a resolution other than the data's runs on resized inputs (predictions scored at the labels' or
+    the dense run's size). Built from plain data, so it pickles to Ray workers; the data subset is loaded at the
+    first call.
     """
 
-    def __init__(self, meta: Any, data: str | None, val_samples: int, batch: int, device: str) -> None:
+    def __init__(
+        self, meta: Any, data: str | None, val_samples: int, batch: int, device: str, fidelity: bool = False
+    ) -> None:
+        super().__init__()
         self.meta, self.data, self.val_samples, self.batch, self.device = meta, data, val_samples, batch, device
-        self.metric = "mIoU" if meta.task == "seg" else "top1"
-        self._ev: Any = None
+        self.fidelity = fidelity
+        self.metric = "fidelity" if fidelity else "mIoU" if meta.task == "seg" else "top1"
+        self.native_size = (int(meta.image_size[0]), int(meta.image_size[1]))
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_ev": None}
-
-    def __call__(self, model: Any, config: SparsityConfig) -> float:
-        return float(self._result(model, config).value)
-
-    def _result(self, model: Any, config: SparsityConfig) -> Any:
+    def _make(self, model: Any) -> Any:
         from ..evaluate import Evaluator  # noqa: PLC0415
         from ..supernet import build_eval_dataset  # noqa: PLC0415
 
-        if self._ev is None or self._ev.model is not model:
-            self._ev = Evaluator(
-                model, build_eval_dataset(self.meta, self.data), self.val_samples, batch=self.batch, device=self.device
-            )
-        size = tuple(self.meta.image_size)
-        res = config.resolution if config.resolution and tuple(config.resolution) != size else None
-        return self._ev(config, res)
+        dataset = build_eval_dataset(self.meta, self.data, labelled=not self.fidelity)
+        if not self.fidelity:
+            return Evaluator(model, dataset, self.val_samples, batch=self.batch, device=self.device)
+        from ..fidelity import FidelityEvaluator, dense_reference  # noqa: PLC0415
 
-    def noise(self, model: Any, config: SparsityConfig) -> float:
-        """The standard error of `config`'s figure over the validation images (the noise of one figure)."""
-        return float(self._result(model, config).stderr)
-
-    def noise_between(self, model: Any, a: SparsityConfig, b: SparsityConfig) -> float:
-        """The standard error of the difference between `a`'s and `b`'s figures, both scored on the same
-        validation images (paired): differences below it are noise when two configs are compared."""
-        from ..evaluate import paired_stderr  # noqa: PLC0415
-
-        return paired_stderr(self._result(model, a), self._result(model, b))
+        reference = dense_reference(self.meta.space)
+        return FidelityEvaluator(
+            model, dataset, self.val_samples, reference=reference, batch=self.batch, device=self.device
+        )
 
 
 def make_supernet_evaluator(
@@ -131,14 +137,18 @@ def make_supernet_evaluator(
 
 def _fingerprint(opts: EvolveOptions, table_meta: dict[str, Any]) -> dict[str, Any]:
     """What the cached accuracies depend on beyond `search`'s own settings: a resumed search must match it."""
-    st = os.stat(opts.supernet)
+    weights = Path(opts.supernet if opts.supernet is not None else str(opts.checkpoint))
+    if weights.is_dir():
+        weights = weights / "model.safetensors"
+    st = os.stat(weights)
     h = hashlib.sha256()
-    with open(opts.supernet, "rb") as f:
+    with open(weights, "rb") as f:
         h.update(f.read(1 << 20))
     return {
-        "supernet": os.path.abspath(opts.supernet),
+        "supernet": os.path.abspath(weights),
         "supernet_size": st.st_size,
         "supernet_head_sha256": h.hexdigest()[:16],
+        **({"model": opts.model, "head": opts.head} if opts.model is not None else {}),
         "data": opts.data,
         "val_samples": opts.val_samples,
         "table": os.path.abspath(opts.table),
@@ -151,15 +161,19 @@ def _load_inputs(opts: EvolveOptions, budget: Budget) -> tuple[Any, Any, tuple[A
     """The table (checked against this machine and the space; its speed check or None) and the supernet, loaded
     once: (table, speed check, (model, space, meta))."""
     from ..latency import LatencyTable, ensure_table_speed  # noqa: PLC0415
-    from ..space import SearchSpace  # noqa: PLC0415
-    from ..supernet import load_supernet, same_space  # noqa: PLC0415
+    from ..supernet import load_model_source  # noqa: PLC0415
 
     table = LatencyTable.load(opts.table)
     if not opts.allow_foreign_table:
         table.check_compatible()
-    model, space, meta = load_supernet(opts.supernet, device=opts.device)
-    if opts.space is not None and not same_space(SearchSpace.load(opts.space), space):
-        raise SparseSearchError(f"--space {opts.space} is not the space the supernet was trained on ({space.name})")
+    model, space, meta = load_model_source(
+        supernet=opts.supernet,
+        model=opts.model,
+        checkpoint=opts.checkpoint,
+        space=opts.space,
+        head=opts.head,
+        device=opts.device,
+    )
     table.check_space(space)
     res = space.resolutions  # the table may hold more resolutions (for the resize baseline) than the space
     if not opts.rescale_table:  # a budget no config can meet is bad input: say so before timing anything
@@ -183,12 +197,13 @@ def evolve(
     if opts.algorithm not in ALGORITHMS:
         raise SparseSearchError(f"unknown --algorithm {opts.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
     budget = parse_budget(opts.latency)
-    accuracy: Any = import_callable(opts.accuracy) if opts.accuracy else None  # a bad reference fails before any work
-    if not Path(opts.supernet).is_file():
-        raise SparseSearchError(f"supernet {opts.supernet} does not exist (train one with `sparsesearch adapt`)")
+    builtin = opts.accuracy in (None, *BUILTIN_ACCURACIES)
+    accuracy: Any = None if builtin else import_callable(str(opts.accuracy))  # a bad reference fails before any work
     table, speed, (model, space, meta) = _load_inputs(opts, budget)
-    if accuracy is None:
-        accuracy = SupernetAccuracy(meta, opts.data, opts.val_samples, opts.batch, opts.device)
+    if builtin:
+        fidelity = opts.accuracy == "fidelity"
+        accuracy = SupernetAccuracy(meta, opts.data, opts.val_samples, opts.batch, opts.device, fidelity=fidelity)
+        accuracy.prepare(model)  # data problems (no labels, no images) come out before the search starts
     if opts.resume and not opts.overwrite and not Path(opts.out, "search_meta.json").is_file():
         raise SparseSearchError(f"--resume: {opts.out} holds no search (no search_meta.json); start without --resume")
     result = search(
@@ -215,11 +230,12 @@ def evolve(
         finalists=max(0, opts.finalists),
         meta={
             "supernet": opts.supernet,
+            **({"model": opts.model, "checkpoint": opts.checkpoint} if opts.model is not None else {}),
             "table": opts.table,
             "device": table.meta.get("device"),
             "val_samples": opts.val_samples,
             "table_check": speed.record(opts.rescale_table) if speed else None,
-            **({"accuracy_function": opts.accuracy} if opts.accuracy else {}),
+            **({"accuracy_function": opts.accuracy} if not builtin else {}),
         },
     )
     return EvolveSummary(
