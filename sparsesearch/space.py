@@ -100,6 +100,7 @@ class SearchSpace:
         self.model_kwargs = dict(data.get("model_kwargs") or {})
         self.family = get_family(self.architecture)
         arch = self.family.arch(self.architecture, self.model_kwargs)
+        self._arch = arch
         try:
             self.depths: tuple[int, ...] = self.family.depths(arch)
             self.default_window: tuple[int, ...] = self.family.default_window(arch)
@@ -200,11 +201,21 @@ class SearchSpace:
                 raise SpaceError(
                     f"{self.source}: gene {name!r} has no choices and there is no sparsity_choices default"
                 )
+            self._check_prunable(name, parsed, choices)
             genes.append(Gene(name, parsed, choices))
         missing = [f"{s}.{b}" for s, d in enumerate(self.depths) for b in range(d) if (s, b) not in seen]
         if missing:
             raise SpaceError(f"{self.source}: block(s) {', '.join(missing)} are in no gene; every block needs one")
         return tuple(genes)
+
+    def _check_prunable(self, name: str, blocks: Sequence[tuple[int, int]], choices: Sequence[float]) -> None:
+        """A gene that holds a block the family never prunes may only choose 0."""
+        fixed = [f"{s}.{b}" for s, b in blocks if not self.family.block_prunable(self._arch, s, b)]
+        if fixed and any(c > 0.0 for c in choices):
+            raise SpaceError(
+                f"{self.source}: gene {name!r} holds block(s) {', '.join(fixed)}, which {self.architecture} never "
+                "prunes (they reshape the map): give them a gene of their own with choices [0.0]"
+            )
 
     def _stage_groups(self) -> list[list[int]]:
         """Gene indices grouped by stage, each group ordered by first block."""
@@ -395,11 +406,16 @@ class SearchSpace:
         return self.decode(self._with("max", resolution))
 
     def uniform(self, p: float, resolution: int | Sequence[int] | None = None) -> SparsityConfig:
-        """Sparsity p in every block (p need not be a gene choice), default windows."""
+        """Sparsity p in every block the family prunes (p need not be a gene choice; 0 in blocks it never prunes),
+        default windows."""
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
             raise SpaceError(f"uniform sparsity must be in [0, 1), got {p!r}")
         cfg = self.decode(self._with("min", resolution))
-        return SparsityConfig([[float(p)] * d for d in self.depths], cfg.window_size, cfg.resolution)
+        rows = [
+            [float(p) if self.family.block_prunable(self._arch, s, b) else 0.0 for b in range(d)]
+            for s, d in enumerate(self.depths)
+        ]
+        return SparsityConfig(rows, cfg.window_size, cfg.resolution)
 
     def describe(self) -> str:
         """A short human-readable summary."""

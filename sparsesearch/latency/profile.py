@@ -76,6 +76,7 @@ from .structure import (
     space_hash,
     sparsity_for_count,
     stage_shapes,
+    window_row,
 )
 from .table import KindTable, LatencyTable, ResolutionTable
 
@@ -696,7 +697,8 @@ class Profiler:
                     fixed.setdefault((e.resolution, name), []).append(stat)
                     continue
                 s, j = block_names[name]
-                kind = block_kind(self.space, e.resolution, s, j, config.window_size[s], shapes)
+                w = config.window_size[window_row(self.space, s, j)]
+                kind = block_kind(self.space, e.resolution, s, j, w, shapes)
                 k = keep_count(config.sparsity[s][j], kind.num_windows)
                 blocks.setdefault((kind, k), []).append(stat)
         return {key: _pool(v) for key, v in blocks.items()}, {key: _pool(v) for key, v in fixed.items()}

@@ -26,6 +26,7 @@ __all__ = [
     "space_hash",
     "kinds_and_counts",
     "block_kind",
+    "window_row",
     "sparsity_for_count",
     "res_key",
     "GenomeCanon",
@@ -79,6 +80,11 @@ def stage_shapes(space: SearchSpace, resolution: tuple[int, int]) -> list[StageS
     return space_family(space).stage_shapes(_arch(space), resolution)
 
 
+def window_row(space: SearchSpace, stage: int, block: int) -> int:
+    """The config row whose window block `block` of row `stage` runs with (the family says; usually `stage`)."""
+    return space_family(space).window_row(_arch(space), stage, block)
+
+
 def block_kind(
     space: SearchSpace,
     resolution: tuple[int, int],
@@ -87,7 +93,7 @@ def block_kind(
     window: int,
     shapes: list[StageShape] | None = None,
 ) -> BlockKind:
-    """The kind of block `block` of row `stage` running `window` at `resolution`."""
+    """The kind of block `block` of row `stage` running `window` (the window of its `window_row`) at `resolution`."""
     fam = space_family(space)
     sh = (shapes or stage_shapes(space, resolution))[stage]
     variant = fam.block_variant(_arch(space), stage, block)
@@ -123,7 +129,7 @@ def kinds_and_counts(space: SearchSpace, resolutions: Iterable[tuple[int, int]])
         shapes = stage_shapes(space, res)
         for g in space.genes:
             for s, b in g.blocks:
-                for w in space.window_choices[s]:
+                for w in space.window_choices[window_row(space, s, b)]:
                     kind = block_kind(space, res, s, b, w, shapes)
                     nw = kind.num_windows
                     counts = out.setdefault(kind, {nw})

@@ -467,8 +467,9 @@ class LatencyTable:
         out = {name: s.ms for name, s in rt.fixed.items()}
         fam = space_family(self.space)
         arch = fam.arch(self.space.architecture, self.space.model_kwargs)
-        for s, (row, w) in enumerate(zip(config.sparsity, config.window_size)):
+        for s, row in enumerate(config.sparsity):
             for j, p in enumerate(row):
+                w = config.window_size[fam.window_row(arch, s, j)]
                 kt = self._kind(rt, s, w, fam.block_variant(arch, s, j))
                 out[fam.block_name(arch, s, j)] = kt.latency(keep_count(p, kt.num_windows))
         raw = sum(out.values())
@@ -499,12 +500,12 @@ class LatencyTable:
             raise LatencyTableError(f"config does not fit the table's space {self.space.name!r}: {e}") from None
 
     def _build_lookup(self) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int, int, int]]]:
-        """Flattened per-(gene, stage) latency arrays indexed by (resolution, window choice, gene choice).
+        """Flattened per-(gene, window row) latency arrays indexed by (resolution, window choice, gene choice).
 
-        Returns (values, base, pairs): values is one float array; for pair (gene, stage, offset, n_windows,
-        n_choices) the entry of resolution r, window index w, choice c is
-        ``values[offset + (r * n_windows + w) * n_choices + c]``; base[r] is the fixed time plus the correction
-        at resolution r.
+        Returns (values, base, pairs): values is one float array; for pair (gene, row, offset, n_windows,
+        n_choices), with row the config row whose window those blocks of the gene run (`ModelFamily.window_row`),
+        the entry of resolution r, window index w, choice c is ``values[offset + (r * n_windows + w) * n_choices +
+        c]``; base[r] is the fixed time plus the correction at resolution r.
         """
         if self._lookup is not None:
             return self._lookup
@@ -512,21 +513,24 @@ class LatencyTable:
         pairs: list[tuple[int, int, int, int, int]] = []
         chunks: list[np.ndarray] = []
         offset = 0
+        fam = space_family(space)
+        arch = fam.arch(space.architecture, space.model_kwargs)
         for gi, g in enumerate(space.genes):
-            stages = sorted({s for s, _ in g.blocks})
-            for s in stages:
-                blocks = [b for st, b in g.blocks if st == s]
-                wins = space.window_choices[s]
+            by_row: dict[int, list[tuple[int, int]]] = {}  # the blocks of the gene that run each row's window
+            for st, b in g.blocks:
+                by_row.setdefault(fam.window_row(arch, st, b), []).append((st, b))
+            for r, blocks in sorted(by_row.items()):
+                wins = space.window_choices[r]
                 arr = np.zeros((len(self._tables), len(wins), len(g.choices)))
                 for ri, rt in enumerate(self._tables):
                     for wi, w in enumerate(wins):
                         for ci, p in enumerate(g.choices):
                             total = 0.0
-                            for b in blocks:
-                                kt = self._kind(rt, s, w, self._variant(s, b))
+                            for st, b in blocks:
+                                kt = self._kind(rt, st, w, self._variant(st, b))
                                 total += kt.latency(keep_count(p, kt.num_windows))
                             arr[ri, wi, ci] = self.speed_factor * rt.scale * total
-                pairs.append((gi, s, offset, len(wins), len(g.choices)))
+                pairs.append((gi, r, offset, len(wins), len(g.choices)))
                 chunks.append(arr.ravel())
                 offset += arr.size
         base = np.array([self.speed_factor * (rt.scale * rt.fixed_ms + rt.offset_ms) for rt in self._tables])

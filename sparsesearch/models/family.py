@@ -155,6 +155,15 @@ class ModelFamily:
     def geometry(self, variant: str, H: int, W: int, window: int) -> WindowGeometry:
         raise NotImplementedError
 
+    def block_prunable(self, arch: dict[str, Any], stage: int, block: int) -> bool:
+        """Whether a block may take a sparsity above 0 (a block that reshapes the map, e.g., never does)."""
+        return True
+
+    def window_row(self, arch: dict[str, Any], stage: int, block: int) -> int:
+        """The config row whose window block `block` of row `stage` runs with (its own row unless the family says
+        otherwise: SAM 2's q-pool blocks keep the previous stage's window)."""
+        return stage
+
     def block_name(self, arch: dict[str, Any], stage: int, block: int) -> str:
         """Module path of a block (also its part name in latency tables)."""
         raise NotImplementedError
