@@ -15,7 +15,7 @@ import functools
 import json
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ def _quick_space(space_path: str) -> str:
 class DemoOptions:
     """Settings of the demo; the defaults finish in about 7 minutes on a quiet 2-core CPU."""
 
-    out: str = "runs/demo"
+    out: str | None = None  # None: `demo_folder(space)`, so each space's demo has a folder of its own
     space: str = "search_spaces/demo.yaml"
     # dense scenes (most windows hold part of an object): pruning costs accuracy until the supernet adapts
     data: str = "synthetic:384:objects=24-48,coverage=0.4-0.6"
@@ -82,7 +82,9 @@ class DemoOptions:
     quick: bool = False  # a reduced run (tiny model, 64x64 images, a few steps): what the test suite runs
 
     def effective(self) -> DemoOptions:
-        """The settings actually used (quick mode shrinks everything)."""
+        """The settings actually used (the run folder named; quick mode shrinks everything)."""
+        if self.out is None:
+            return replace(self, out=demo_folder(self.space, self.quick)).effective()
         if not self.quick:
             return self
         # timings of a model this small are noise: the budget only has to admit every config
@@ -105,6 +107,14 @@ class DemoOptions:
                 "latency": "100000ms",
             }
         )
+
+
+def demo_folder(space_path: str, quick: bool = False) -> str:
+    """The default run folder of a space's demo: runs/demo for the built-in space, runs/demo_<space file name> for
+    any other (runs/demo_quick... for a quick run), so that no demo writes into another space's run."""
+    stem = Path(space_path).stem
+    name = "demo" if stem == Path(DemoOptions.space).stem else f"demo_{stem}"
+    return f"runs/{name}_quick" if quick else f"runs/{name}"
 
 
 #: what a row of the final table is (the verdict reads these, not the display names); a "_candidate" row is a
@@ -323,15 +333,44 @@ def _profiled_resolutions(
     return ((h, w),) + tuple((max(16, round(h * f / 16) * 16), max(16, round(w * f / 16) * 16)) for f in (5 / 6, 2 / 3))
 
 
+#: the file in a demo's folder that says which space's run it holds
+DEMO_MARK = "demo.json"
+
+
+def _check_folder(root: Path, o: DemoOptions) -> dict[str, Any]:
+    """The folder's owner record for this run; SparseSearchError if `root` holds the demo of another space (a
+    folder of an earlier version, without the record, is taken over)."""
+    from .space import SearchSpace  # noqa: PLC0415
+
+    owner = {"space": SearchSpace.load(o.space).name, "source": str(o.space), "quick": bool(o.quick)}
+    mark = root / DEMO_MARK
+    if not mark.is_file():
+        return owner
+    try:
+        held = json.loads(mark.read_text())
+    except (OSError, ValueError):
+        return owner
+    if (held.get("space"), held.get("quick")) != (owner["space"], owner["quick"]):
+        what = f"the {'quick ' if held.get('quick') else ''}demo of space {held.get('space')!r}"
+        raise SparseSearchError(
+            f"{root} holds {what} ({held.get('source')}); give this run its own folder with --out (by default "
+            f"each space has one: {demo_folder(str(o.space), o.quick)}), or remove {root} to reuse the name"
+        )
+    return owner
+
+
 class _Demo:
     """One demo run: the stages in order, each reused when its stamp matches and nothing before it was redone."""
 
     def __init__(self, o: DemoOptions, say: Callable[[str], None], progress: bool) -> None:
         self.o, self.say, self.progress = o, say, progress
+        assert o.out is not None  # DemoOptions.effective names it
         self.root = Path(o.out)
+        owner = _check_folder(self.root, o)
         if o.fresh and self.root.exists():
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.root / DEMO_MARK, json.dumps(owner, indent=1) + "\n")
         if o.threads:
             torch.set_num_threads(o.threads)
         self.threads = torch.get_num_threads()

@@ -55,6 +55,27 @@ def test_second_demo_run_reuses_the_first(demo, capsys):
     assert "\nspeed: " in text and "\naccuracy: " in text  # the verdict under the table
 
 
+def test_a_demo_never_writes_into_another_spaces_run(demo, capsys):
+    """The folder of one space's demo refuses another space's run (one line, exit 2) and is left as it was; each
+    space has its own default folder."""
+    from sparsesearch.pipeline import DemoOptions, demo_folder
+
+    out, _ = demo
+    before = sorted(p.name for p in out.iterdir())
+    capsys.readouterr()
+    for extra in (["--space", "search_spaces/sam_demo.yaml"], ["--space", "search_spaces/sam_demo.yaml", "--fresh"]):
+        assert main(["demo", "--quick", "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "holds the quick demo of space 'demo'" in err, err
+        assert "runs/demo_sam_demo_quick" in err
+    assert main(["demo", "--out", str(out)]) == 2  # the full demo of the same space is another run too
+    assert "holds the quick demo" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert DemoOptions().effective().out == demo_folder("search_spaces/demo.yaml") == "runs/demo"
+    assert DemoOptions(space="search_spaces/sam_demo.yaml").effective().out == "runs/demo_sam_demo"
+    assert DemoOptions(quick=True).effective().out == "runs/demo_quick"
+
+
 def _evolve(out, *extra):
     return [
         "evolve",

@@ -16,18 +16,23 @@ class DemoCommand(Command):
     name = "demo"
     help = "run the whole pipeline on synthetic scenes: profile, pretrain, adapt, evolve, export, compare"
     description = (
-        "Profile a CPU latency table for search_spaces/demo.yaml (swin_nano), train it dense on synthetic dense "
-        "scenes (the stand-in for a pretrained checkpoint), adapt a supernet from it, search under a latency budget, "
-        "export the result, and print dense vs unadapted pruning vs uniform sparsity vs uniform resize vs searched "
-        "(predicted and measured x dense, held-out mIoU, FLOPs), with a two-line verdict. A second run reuses what "
-        "the first produced; --fresh starts over."
+        "Profile a CPU latency table for search_spaces/demo.yaml (swin_nano; --space for another), train it dense "
+        "on synthetic dense scenes (the stand-in for a pretrained checkpoint), adapt a supernet from it, search under "
+        "a latency budget, export the result, and print dense vs unadapted pruning vs uniform sparsity vs uniform "
+        "resize vs searched (predicted and measured x dense, held-out mIoU, FLOPs), with a two-line verdict. Each "
+        "space's demo has a folder of its own. A second run reuses what the first produced; --fresh starts over."
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         from ..pipeline import DemoOptions  # noqa: PLC0415
 
         d = DemoOptions()
-        parser.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
+        parser.add_argument(
+            "--out",
+            default=None,
+            help="run folder (default: runs/demo for the built-in space, runs/demo_<space file name> for another; "
+            "a folder that holds another space's demo is refused)",
+        )
         parser.add_argument("--space", default=d.space)
         parser.add_argument("--data", default=d.data, help=f"data spec (default {d.data})")
         parser.add_argument(
