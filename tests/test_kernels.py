@@ -408,6 +408,11 @@ def test_score_gradient(backend, dtype):
     torch.testing.assert_close(x.grad, xr.grad, rtol=rtol, atol=atol)
 
 
+def _place_args(geom: WindowGeometry) -> tuple[int, ...]:
+    """(H, W, wh, ww, sh, sw, use_triton) of the backward helper ops for a geometry."""
+    return (geom.H, geom.W, geom.wh, geom.ww, geom.sh, geom.sw, False)
+
+
 def test_gradcheck_custom_ops_float64():
     """Numerical gradients (and second derivatives of the linear ops) of every registered formula."""
     geom = WindowGeometry.create(5, 6, 4, True)
@@ -418,8 +423,8 @@ def test_gradcheck_custom_ops_float64():
     checks = [  # (the score's formula is checked in test_score_gradient: the reference takes no float64)
         (lambda x: custom_ops.gather_windows_op(x, idx, geom), (x,)),
         (lambda x, w: custom_ops.scatter_windows_op(x, w, idx, geom), (x, w)),
-        (lambda w: custom_ops.place_windows_op(w, idx, geom), (w,)),
-        (lambda x: custom_ops.zero_windows_op(x, idx, geom), (x,)),
+        (lambda w: torch.ops.sparsesearch.place_windows(w, idx, *_place_args(geom)), (w,)),
+        (lambda x: torch.ops.sparsesearch.zero_windows(x, idx, *_place_args(geom)[2:]), (x,)),
     ]
     for i, (fn, inputs) in enumerate(checks):
         assert torch.autograd.gradcheck(fn, inputs), i

@@ -33,6 +33,9 @@ def test_models_and_spaces_cli(capsys):
     assert main(["space", str(SAM_B)]) == 0
     assert "depths [3, 3, 3, 3]" in capsys.readouterr().out
     assert main(["space", str(DEMO), "--sample", "2"]) == 0
+    capsys.readouterr()
+    assert main(["space", str(DEMO), "--sample", "-1"]) == 2
+    assert "--sample -1" in _one_line_error(capsys)
 
 
 def test_family_describes_the_parts():

@@ -7,7 +7,7 @@ import argparse
 from ..models import list_models, model_defaults
 from ..models.family import get_family
 from ..space import SearchSpace
-from ._base import Command
+from ._base import Command, CommandError
 
 
 class ModelsCommand(Command):
@@ -37,6 +37,8 @@ class SpaceCommand(Command):
 
         import numpy as np  # noqa: PLC0415
 
+        if args.sample < 0:
+            raise CommandError(f"--sample {args.sample}: give a number of configs >= 0")
         space = SearchSpace.load(args.space)
         print(space.describe())
         rng = np.random.default_rng(args.seed)

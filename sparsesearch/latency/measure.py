@@ -43,7 +43,7 @@ CLOCKS = ("wall", "thread")
 #: What an entry's figure (`Stat.ms`) is. "mean" (the default): per round the trimmed mean, per entry the mean of
 #: its rounds. "min": the fastest sample of all rounds, the speed the code runs at when nothing interferes. On a
 #: quiet moment of a shared 2-core VM the fastest sample reproduced 2-3x more tightly than the mean, but tables of
-#: fastest samples validated worse than tables of means (benchmarks/RESULTS.md, issue 14): a part's fastest of a
+#: fastest samples validated worse than tables of means (benchmarks/RESULTS.md, latency tables): a part's fastest of a
 #: few samples is itself noisy, and the parts' fastest samples do not add up to a forward's.
 STATISTICS = ("mean", "min")
 
@@ -340,7 +340,7 @@ def time_interleaved(
     run's Stat of a round summarises its `repeats` samples with the timer's trim and statistic. Interleaving
     call by call, rather than `repeats` calls of one and then the next, spreads every run's samples evenly over
     the time taken, so that a machine whose speed drifts over seconds (+-20% on a shared VM,
-    benchmarks/RESULTS.md, issue 14) weighs on all runs alike. The untimed call before each timed one makes
+    benchmarks/RESULTS.md, latency tables) weighs on all runs alike. The untimed call before each timed one makes
     every timed forward follow a forward of its own config, as in a deployed model (and in the profiler's
     in-model pass): right after another config a forward ran 4-9% slower on a 2-core VM, the dense one more
     than sparse ones, which put a config-dependent error into tables and their validation (RESULTS.md).

@@ -432,8 +432,8 @@ class Profiler:
         one untimed and one timed plain forward (a forward right after another config runs slower, the dense
         ones more: `time_interleaved`).
         Spreading every config's samples over the whole group, instead of timing `repeats` forwards of one
-        config and then the next, makes the machine's drift over seconds (+-20% on a shared VM, RESULTS.md,
-        issue 14) weigh on all configs alike: these entries set the table's correction and its calibration.
+        config and then the next, makes the machine's drift over seconds (+-20% on a shared VM, benchmarks/RESULTS.md)
+        weigh on all configs alike: these entries set the table's correction and its calibration.
         Passes run the configs in order of expected time, every other one reversed (`_expected_time_order`, as
         `time_interleaved` does with an order).
         Returns, per entry, what `measure` would: a Stat, or {"total", "plain", part name: Stat}.

@@ -250,7 +250,7 @@ class ResolutionTable:
 class LatencyTable:
     """Latency lookup table of one search space on one device, dtype, batch size and thread count.
 
-        >>> table = LatencyTable.load("latency_tables/intel-xeon-processor/demo_256x256_fp32_b1.json")
+        >>> table = LatencyTable.load("latency_tables/amd-epyc-fb99fb63/demo_256x256-224x224-192x192_fp32_b1.json")
         >>> table.predict(table.space.uniform(0.5))           # milliseconds
         >>> table.predict_many(table.space.sample_genes(0, 100_000))
 

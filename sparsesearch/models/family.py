@@ -1,5 +1,5 @@
-"""Model families describe themselves (DESIGN.md): what checkpoints, latency tables, FLOPs, search spaces and the
-profiler need to know about a family's architecture, so that none of them names one.
+"""Model families describe themselves (CONTRIBUTING.md, "A model family"): what checkpoints, latency tables,
+FLOPs, search spaces and the profiler need to know about a family's architecture, so that none of them names one.
 
 A family lives in its model's file (`swin.py`, `samvit.py`, ...), which defines a `ModelFamily` subclass,
 registers it with `@register_family` and its sizes with `register_model(name, family=...)`. A family turns

@@ -75,6 +75,18 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
 
 
+def _version_of(t: torch.Tensor) -> int | None:
+    """The tensor's in-place version counter (torch's private `_version`), or None where there is none to read: an
+    inference tensor (a model built under inference_mode) keeps none, and a torch without the attribute has none to
+    offer; a cache keyed on it must then not be used (changes would go unseen)."""
+    if t.is_inference():
+        return None
+    try:
+        return int(t._version)
+    except (AttributeError, RuntimeError):
+        return None
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows, with a relative position bias shared across window sizes.
 
@@ -109,10 +121,10 @@ class WindowAttention(nn.Module):
         a gather and, with a mask, an (nW, heads, N, N) add in every block of every forward.
         """
         table = self.relative_position_bias_table
-        # an inference tensor (a model built under inference_mode) keeps no version counter: changes unseen
-        if torch.is_grad_enabled() or _tracing() or table.is_inference():
+        version = _version_of(table)
+        if torch.is_grad_enabled() or _tracing() or version is None:
             return self._build_bias(wh, ww, mask)
-        key = (table._version, table.data_ptr(), table.dtype)
+        key = (version, table.data_ptr(), table.dtype)
         hit = self._bias_cache.get((wh, ww, mask is None))
         if hit is not None and hit[0] == key and hit[1] is mask:
             return hit[2]

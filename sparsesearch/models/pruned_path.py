@@ -12,12 +12,12 @@ On CPU those copies cost as much as a good part of the arithmetic saved by pruni
    those M rows, in place,
 4. writes the M rows into the block input (or a copy of it) with one index_copy_.
 
-The output is the same as the general path's (DESIGN.md's identity `where(kept, dense_block(x), x)`); only
-the order of the rows fed to the same per-token ops differs. It uses plain aten ops; on a padded map the count
-of real tokens is data-dependent (nonzero), so the blocks take it in inference on the torch backend, and under
-torch.compile only where the map is unpadded (static shapes: then inductor fuses the scoring, gathers and
-write-backs with their neighbours); see `SwinBlock._fused_ok`. fvcore, which traces, sees the M-row linears and
-counts the FLOPs really done.
+The output is the same as the general path's (the identity `where(kept, dense_block(x), x)` of the README's
+"Window pruning, exactly"); only the order of the rows fed to the same per-token ops differs. It uses plain aten
+ops; on a padded map the count of real tokens is data-dependent (nonzero), so the blocks take it in inference on
+the torch backend, and under torch.compile only where the map is unpadded (static shapes: then inductor fuses the
+scoring, gathers and write-backs with their neighbours); see `PrunedWindowBlock._fused_ok`. fvcore, which traces,
+sees the M-row linears and counts the FLOPs really done.
 
 Scores without reading the whole map: a block changes only the real tokens of its kept windows, so the token
 scores mean_c |x| of its output are those of its input with those M rows recomputed. A `ScoreCarry` handed from

@@ -2,7 +2,7 @@
 
 Most blocks attend within w x w windows (no shift; the map is padded bottom/right with zeros after norm1); the
 blocks at `global_attn_indexes` attend over the whole map. Attention adds decomposed relative positions
-(MViTv2/SAM). Pruning follows DESIGN.md, "Plain ViT with window attention":
+(MViTv2/SAM). Pruning (README, "Plain ViTs with window attention"):
 
 - a windowed block prunes exactly as a Swin block with shift 0;
 - a global block tiles the map with the window of its group (the windowed blocks just before it), keeps the same

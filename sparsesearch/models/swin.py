@@ -1,6 +1,6 @@
 """Window-prunable Swin Transformer, NHWC, with timm's module and parameter names.
 
-Every block can skip its least important windows (DESIGN.md, "Window pruning, per block"); every stage can run
+Every block can skip its least important windows (README, "Window pruning, exactly"); every stage can run
 at any window size up to the one its relative position table was built for.
 """
 

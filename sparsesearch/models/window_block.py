@@ -1,7 +1,7 @@
 """The one pruned-window block every family builds on, and the model-level config plumbing.
 
 A `PrunedWindowBlock` is a pre-norm transformer block on an NHWC map (norm1 -> attention -> residual -> norm2 ->
-MLP -> residual) that prunes whole windows (DESIGN.md, "Window pruning, per block"): it scores the windows of
+MLP -> residual) that prunes whole windows (README, "Window pruning, exactly"): it scores the windows of
 its tiling, keeps the k best of each image, runs on the kept windows only and leaves every other token
 unchanged, so its output is `where(token in a kept window, dense_block(x), x)`. A family's block says only how
 it tiles its map and how it attends:

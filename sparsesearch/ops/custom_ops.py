@@ -45,8 +45,6 @@ __all__ = [
     "gather_windows_op",
     "scatter_windows_op",
     "scatter_windows_inplace_op",
-    "place_windows_op",
-    "zero_windows_op",
 ]
 
 
@@ -305,15 +303,3 @@ def scatter_windows_inplace_op(
     else:
         _scatter_inplace_def(x, windows, idx, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
     return x
-
-
-def place_windows_op(windows: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False) -> Tensor:
-    """(B*k, N, C), (B, k) -> (B, H, W, C): zeros with the kept windows' tokens from windows (grad of gather)."""
-    return _place_def(windows, idx, geom.H, geom.W, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)
-
-
-def zero_windows_op(x: Tensor, idx: Tensor, geom: WindowGeometry, use_triton: bool = False) -> Tensor:
-    """(B, H, W, C), (B, k) -> (B, H, W, C): x with the kept windows' tokens zeroed (grad of scatter for x)."""
-    _check_map(x, geom)
-    _check_idx(idx, x)
-    return _zero_def(x, idx, geom.wh, geom.ww, geom.sh, geom.sw, use_triton)

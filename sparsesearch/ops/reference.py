@@ -17,7 +17,7 @@ __all__ = ["score", "select", "gather", "scatter", "scatter_inplace", "zero_kept
 
 
 def score(x: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
-    """Window importance, DESIGN.md's rule.
+    """Window importance, the rule of the README's "Window pruning, exactly".
 
     Args:
         x: (B, H, W, C) block input.
