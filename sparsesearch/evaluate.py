@@ -327,13 +327,14 @@ class Evaluator:
             model.train(was_training)
         return self._result(per_item)
 
-    def _forward(self, images: torch.Tensor, resolution: Sequence[int] | None) -> Any:
-        """The model's output on a batch (B, 3, H, W), resized first to `resolution` (H', W') when given."""
+    def _forward(self, images: torch.Tensor, resolution: Sequence[int] | None, model: nn.Module | None = None) -> Any:
+        """The output of the model (or of `model`) on a batch (B, 3, H, W), resized first to `resolution` (H', W')
+        when given."""
         images = images.to(self.device, non_blocking=True)
         if resolution is not None and tuple(images.shape[-2:]) != tuple(resolution):
             images = F.interpolate(images, size=tuple(resolution), mode="bilinear", align_corners=False)
         with self._autocast():
-            return self.model(images)
+            return (self.model if model is None else model)(images)
 
     def _score_batch(
         self, index: int, images: torch.Tensor, targets: torch.Tensor, resolution: Sequence[int] | None

@@ -202,6 +202,8 @@ class FidelityEvaluator(Evaluator):
         dataset: items (image (3, H, W) float, anything), e.g. an unlabelled image folder.
         reference: the config of the dense run (None: `set_config(None)`, the model's dense config); its
             resolution, if any, resizes the reference's inputs.
+        reference_model: run the reference on this model instead (e.g. the pretrained weights a supernet was
+            adapted from, to score fidelity to the original); None: `model` itself.
         task: "seg", "cls" or "features" (None: from the model's head, see :func:`fidelity_kind`).
         channel_dim: the channel dimension of "features" outputs (None: see :func:`feature_channel_dim`).
         n, batch, device, amp, preload, cache, workers: as for Evaluator.
@@ -214,6 +216,7 @@ class FidelityEvaluator(Evaluator):
         n: int | None = None,
         *,
         reference: SparsityConfig | None = None,
+        reference_model: nn.Module | None = None,
         task: str | None = None,
         channel_dim: int | None = None,
         batch: int = 16,
@@ -224,6 +227,7 @@ class FidelityEvaluator(Evaluator):
         workers: int = 0,
     ) -> None:
         self.reference = reference
+        self.reference_model = reference_model
         self.channel_dim = channel_dim
         self.reference_images = 0
         self._refs: list[list[torch.Tensor]] | None = None
@@ -261,14 +265,16 @@ class FidelityEvaluator(Evaluator):
     def _reference_outputs(self) -> list[list[torch.Tensor]]:
         """The reference of every batch, in order: [argmax (B, H, W)] ("seg"), [top-1 (B,)] ("cls"), or one
         (B, *positions, C) tensor of unit vectors per level ("features"); on CPU."""
-        model, was_training = self.model, self.model.training
+        model = self.reference_model if self.reference_model is not None else self.model
+        was_training = model.training
         model.eval()
         refs = []
         res = self.reference.resolution if self.reference is not None else None
         try:
             with _applied(model, self.reference):
                 for images, _ in self._batches if self._batches is not None else self._load():
-                    refs.append(self._reference_of(output_tensors(self._forward(images, res), self._name)))
+                    out = self._forward(images, res, model)
+                    refs.append(self._reference_of(output_tensors(out, self._name)))
                     self.reference_images += int(images.shape[0])
         finally:
             model.train(was_training)

@@ -179,13 +179,15 @@ def batches(
 @dataclass
 class StepSettings:
     """How a step's passes run: the task's loss, autocast dtype (None: no autocast), distillation weight of the
-    soft targets, whether the model is DDP-wrapped (gradients sync on the last pass only)."""
+    soft targets, whether the model is DDP-wrapped (gradients sync on the last pass only); `labels` False: no label
+    loss, each pass learns the frozen teacher's output alone (adaptation without labels)."""
 
     task: str
     ignore_index: int = 255
     amp_dtype: torch.dtype | None = None
     distill_weight: float = 0.0
     distributed: bool = False
+    labels: bool = True
 
 
 def train_step(
@@ -202,16 +204,19 @@ def train_step(
 
     images (B, 3, H, W), targets (B, H, W) ("seg") or (B,) ("cls"); a pass whose config asks for another
     `input_size` runs on resized inputs (labels resized nearest). With `distill`, a teacher pass's output is
-    the soft target of the passes after it. Returns (loss per pass role, the lr of the step).
+    the soft target of the passes after it; with its frozen teacher, that teacher's output on the batch is the target
+    of every pass (and without `settings.labels` the only loss). Returns (loss per pass role, the lr of the step).
     """
     s = settings
     losses: dict[str, float] = {}
+    if distill is not None and distill.frozen_teacher is not None:
+        distill.teach(images)
     for i, p in enumerate(passes):
         x, y = images, targets
         res = input_size(p.config)
         if res is not None and tuple(x.shape[-2:]) != res:
             x = F.interpolate(x, size=res, mode="bilinear", align_corners=False)
-            if s.task == "seg":
+            if s.task == "seg" and s.labels:
                 y = F.interpolate(y[:, None].float(), size=res, mode="nearest")[:, 0].long()
         sync = not s.distributed or i == len(passes) - 1
         no_sync = contextlib.nullcontext() if sync else train_model.no_sync()  # type: ignore[operator]
@@ -219,6 +224,12 @@ def train_step(
         with no_sync:
             with amp:
                 logits = train_model(x, config=p.config)
+            if not s.labels:
+                assert distill is not None, "training without labels needs a teacher"
+                loss = distill.distill_loss(logits)
+                opt.backward(loss)
+                losses[p.role] = float(loss.detach())
+                continue
             loss = seg_or_cls_loss(logits, y, s.task, s.ignore_index)
             if distill is not None and distill.teacher is not None and not p.teacher:
                 kd = distill.distill_loss(logits, mask=(y != s.ignore_index) if s.task == "seg" else None)

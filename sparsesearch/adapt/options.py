@@ -15,7 +15,7 @@ from typing import Any
 
 from ..config import read_structured
 from ..errors import ConfigError
-from .sampling import SAMPLERS
+from .sampling import SAMPLERS, TEACHERS
 
 __all__ = ["AdaptOptions", "RUNTIME_FIELDS", "parse_image_size"]
 
@@ -61,6 +61,9 @@ class AdaptOptions:
         sampler: "uniform", "sandwich" or "dense" (see sparsesearch.adapt.sampling).
         distill: in-place distillation from the densest config; distill_weight: weight of the distillation
             term in a student's loss (the rest is the label loss); distill_temperature: softmax temperature.
+        teacher: "frozen": adaptation without labels: the ``init`` checkpoint, frozen and run dense, teaches every
+            sampled config (KL of its logits for a head, 1 - cosine of its features for a backbone); labels, if the
+            data has any, are not used. Needs ``init``; not with ``distill``.
         seed: training seed (config sampling, data order, initialisation). data_seed: data set seed.
         image_size: (H, W) training size (default: the space's largest resolution).
         num_classes: classes of the synthetic set (folders tell their own).
@@ -88,6 +91,7 @@ class AdaptOptions:
     distill: bool = False
     distill_weight: float = 0.5
     distill_temperature: float = 1.0
+    teacher: str | None = None
     seed: int = 0
     data_seed: int = 0
     image_size: tuple[int, int] | None = None
@@ -198,6 +202,13 @@ class AdaptOptions:
         as_bool("distill")
         as_float("distill_weight", 0.0, 1.0)
         as_float("distill_temperature", 0.0, lo_open=True)
+        if self.teacher is not None and self.teacher not in TEACHERS:
+            raise bad("teacher", f"must be one of {', '.join(TEACHERS)} (or unset: train on labels)")
+        if self.teacher is not None and self.distill:
+            raise ConfigError(
+                f"{source}: distill (in-place, the densest config teaches) and teacher {self.teacher} (the frozen "
+                "init checkpoint teaches) are two teachers: pick one"
+            )
         as_int("seed", 0)
         as_int("data_seed", 0)
         self.image_size = parse_image_size(self.image_size)

@@ -8,6 +8,7 @@ configs without communicating, and a resumed run samples exactly what the uninte
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,8 @@ __all__ = [
     "RandomSparsity",
     "input_resolution",
     "kl_distill",
+    "cosine_distill",
+    "TEACHERS",
 ]
 
 #: "uniform": one random config per step; "sandwich": the densest, the sparsest and one random config;
@@ -98,8 +101,12 @@ class ConfigSampler:
 
 #: "kl": KL divergence of softmax distributions over dim 1 (classification logits (B, C), segmentation
 #: (B, C, H, W)); "bce": binary cross-entropy against the teacher's sigmoid (heatmaps, multi-label);
-#: "mse": mean squared error of the raw outputs (regression, features).
-DISTILL_KINDS = ("kl", "bce", "mse")
+#: "mse": mean squared error of the raw outputs (regression, features); "cosine": 1 - the cosine similarity of
+#: feature vectors, averaged over positions and levels (a backbone's features, a list of maps; what fidelity scores).
+DISTILL_KINDS = ("kl", "bce", "mse", "cosine")
+#: "frozen": a frozen copy of the model as it is when RandomSparsity is built (the pretrained weights) teaches every
+#: pass, run dense on the same batch (`teach`): adaptation without labels.
+TEACHERS = ("frozen",)
 
 
 class RandomSparsity:
@@ -124,8 +131,23 @@ class RandomSparsity:
         sampler: "sandwich" (densest, sparsest, one random config per step), "uniform" (one random) or
             "dense" (the densest only).
         seed: step t draws from ``numpy.random.default_rng([seed, t])`` (no global RNG is touched).
-        distill: the densest config runs first and its output is the soft target of the others.
+        distill: the densest config runs first and its output is the soft target of the others (in-place).
         kind, temperature: the distillation loss (see :data:`DISTILL_KINDS`) and its softmax/sigmoid temperature.
+        teacher: "frozen": a frozen copy of `model` as it is now (its pretrained weights) is the teacher of every
+            pass, run under the densest config on each batch by `teach(images)`; or a module to use as that frozen
+            teacher. No labels are needed: the loss is `distill_loss(out)` alone ("kl" for logits, "cosine" for
+            features). Not with `distill` (one teacher at a time).
+
+    Without labels (a pretrained backbone, a folder of images)::
+
+        rs = ss.RandomSparsity(model, space, sampler="sandwich", teacher="frozen", kind="cosine")
+        for step, images in enumerate(loader):
+            rs.teach(images)                           # the frozen pretrained model, dense: every pass's target
+            for sub in rs.configs(step):
+                with rs.applied(sub):
+                    loss = rs.distill_loss(model(images))
+                loss.backward()
+            optimizer.step(); optimizer.zero_grad()
     """
 
     def __init__(
@@ -138,6 +160,7 @@ class RandomSparsity:
         distill: bool = False,
         kind: str = "kl",
         temperature: float = 1.0,
+        teacher: str | torch.nn.Module | None = None,
     ) -> None:
         if kind not in DISTILL_KINDS:
             raise ConfigError(f"unknown distillation kind {kind!r}; use one of {', '.join(DISTILL_KINDS)}")
@@ -150,7 +173,8 @@ class RandomSparsity:
         self.distill = bool(distill)
         self.kind = kind
         self.temperature = float(temperature)
-        self._teacher: torch.Tensor | None = None
+        self._teacher: Any = None
+        self.frozen_teacher = _frozen_teacher(self.model, teacher, distill)
 
     @property
     def seed(self) -> int:
@@ -167,8 +191,10 @@ class RandomSparsity:
         return self.sampler.sparsest
 
     def configs(self, step: int) -> list[StepConfig]:
-        """The passes of step `step` (0-based) in the order to run them; forgets the previous step's teacher."""
-        self._teacher = None
+        """The passes of step `step` (0-based) in the order to run them; forgets the previous step's in-place
+        teacher (a frozen teacher's output is set by `teach`)."""
+        if self.frozen_teacher is None:
+            self._teacher = None
         return self.sampler.configs(step)
 
     __call__ = configs
@@ -186,34 +212,101 @@ class RandomSparsity:
         with config_applied(self.model, cfg):
             yield cfg
 
-    def set_teacher(self, output: torch.Tensor) -> None:
-        """Keep the (detached) output of the teacher pass as this step's soft target."""
-        self._teacher = output.detach()
+    def set_teacher(self, output: Any) -> None:
+        """Keep the (detached) output of the teacher pass (a tensor or a list of tensors) as this step's target."""
+        self._teacher = [t.detach() for t in output] if isinstance(output, (list, tuple)) else output.detach()
 
     @property
-    def teacher(self) -> torch.Tensor | None:
+    def teacher(self) -> Any:
         return self._teacher
 
-    def distill_loss(
-        self, student: torch.Tensor, teacher: torch.Tensor | None = None, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    @torch.no_grad()
+    def teach(self, images: torch.Tensor) -> Any:
+        """The frozen teacher's output on `images` (B, 3, H, W), run under the densest config (at the images' own
+        size): the target of every pass of this batch (kept until the next `teach`). Needs ``teacher="frozen"``."""
+        t = self.frozen_teacher
+        if t is None:
+            raise ConfigError('teach() needs a frozen teacher: RandomSparsity(..., teacher="frozen")')
+        p = next(t.parameters(), None)
+        x = images.to(p.device) if p is not None else images
+        dense = SparsityConfig(self.densest.sparsity, self.densest.window_size)
+        with config_applied(t, dense) if hasattr(t, "set_config") else contextlib.nullcontext():
+            self.set_teacher(t(x))
+        return self._teacher
+
+    def distill_loss(self, student: Any, teacher: Any = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The distillation term of a student pass: `kind`'s distance to the teacher's output (times T^2 for
-        "kl"); zero (with the graph kept) without distill or before a teacher ran.
+        "kl"); zero (with the graph kept) without a teacher (in-place or frozen) or before one ran.
 
         Args:
-            student: this pass's output, (B, C) or (B, C, H, W) (a teacher of another spatial size is resized).
-            teacher: default: the one given to `set_teacher` this step.
+            student: this pass's output, (B, C) or (B, C, H, W) (a teacher of another spatial size is resized);
+                for "cosine" features of any layout (channels found as `fidelity.feature_channel_dim` does) or a
+                list of them.
+            teacher: default: the one given to `set_teacher` (or computed by `teach`) this step.
             mask: "kl" on (B, C, H, W) only: (B, H, W) bool, the pixels that count.
         """
         t = teacher if teacher is not None else self._teacher
-        if not self.distill or t is None:
-            return student.sum() * 0.0
+        if not (self.distill or self.frozen_teacher is not None) or t is None:
+            return _zero(student)
+        if self.kind == "cosine":
+            return cosine_distill(student, t, getattr(self.model, "num_features", None))
         if self.kind == "kl":
             return kl_distill(student, t, self.temperature, mask)
         s, t = student.float(), _resized(t.detach().float(), student)
         if self.kind == "bce":
             return F.binary_cross_entropy_with_logits(s / self.temperature, torch.sigmoid(t / self.temperature))
         return F.mse_loss(s, t)
+
+
+def _zero(student: Any) -> torch.Tensor:
+    """0 that keeps the graph of a student output (a tensor or a list of tensors)."""
+    parts = student if isinstance(student, (list, tuple)) else [student]
+    return sum((t.sum() * 0.0 for t in parts), torch.zeros((), device=parts[0].device))
+
+
+def _frozen_teacher(model: Any, teacher: str | torch.nn.Module | None, distill: bool) -> torch.nn.Module | None:
+    """The frozen teacher module: a copy of `model` ("frozen"), `teacher` itself (a module), or None."""
+    if teacher is None:
+        return None
+    if distill:
+        raise ConfigError(
+            "distill (in-place: the densest pass teaches) and a frozen teacher are two teachers: pick one"
+        )
+    if isinstance(teacher, torch.nn.Module):
+        module = teacher
+    elif teacher == "frozen":
+        if model is None:
+            raise ConfigError('teacher="frozen" copies the model: create RandomSparsity with the model')
+        module = copy.deepcopy(model)
+    else:
+        raise ConfigError(f"unknown teacher {teacher!r}; use one of {', '.join(TEACHERS)} or a module")
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
+def cosine_distill(student: Any, teacher: Any, channels: int | None = None) -> torch.Tensor:
+    """1 - cos(student, teacher) of the feature vectors at every position, averaged over positions, then over
+    levels: the loss that matches what feature fidelity scores.
+
+    student, teacher: a tensor or a list of tensors (levels), each (B, ...) with its channels where
+    `fidelity.feature_channel_dim(t, channels)` finds them (NCHW maps, NHWC when the last size is `channels`,
+    (B, N, C) tokens); a teacher map of another spatial size is resized (bilinear) to the student's.
+    """
+    from ..fidelity import feature_channel_dim, output_tensors  # noqa: PLC0415
+
+    s_levels, t_levels = output_tensors(student, "the student"), output_tensors(teacher, "the teacher")
+    if len(s_levels) != len(t_levels):
+        raise ConfigError(f"the student gives {len(s_levels)} feature levels but the teacher {len(t_levels)}")
+    losses = []
+    for s, t in zip(s_levels, t_levels):
+        dim = feature_channel_dim(t, channels)
+        sv, tv = s.float().movedim(dim, -1), t.detach().float().movedim(dim, -1)
+        if sv.shape != tv.shape and sv.dim() == 4:
+            size = sv.shape[1:3]
+            tv = F.interpolate(tv.movedim(-1, 1), size=size, mode="bilinear", align_corners=False).movedim(1, -1)
+        losses.append((1.0 - F.cosine_similarity(sv, tv, dim=-1)).mean())
+    return torch.stack(losses).mean()
 
 
 def _resized(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:

@@ -38,10 +38,11 @@ from torch import nn
 from ..data import UNLABELLED, build_dataset
 from ..errors import CheckpointError, ConfigError, DataError, SparseSearchError
 from ..evaluate import EvalResult, Evaluator
+from ..fidelity import FidelityEvaluator, dense_reference
 from ..fileio import atomic_write
 from ..models import load_checkpoint
 from ..space import SearchSpace
-from ..supernet import SupernetMeta, load_weights, same_space, save_supernet, space_from_yaml
+from ..supernet import SupernetMeta, load_pretrained, load_weights, same_space, save_supernet, space_from_yaml
 from . import distributed as D
 from .checkpoint import (
     ARGS,
@@ -231,6 +232,7 @@ class _Run:
         self._log = log
         self.ckpt: dict[str, Any] | None = None
         self.stop_flag = False
+        self._teacher: tuple[nn.Module, SupernetMeta] | None = None
 
     def log(self, msg: str) -> None:
         if self._log is not None and self.info.is_main:
@@ -299,6 +301,10 @@ class _Run:
         if not o.data:
             raise ConfigError("a data set is needed (--data synthetic[:N] or a folder)")
         size = o.image_size or max(space.resolutions, key=lambda r: r[0] * r[1])
+        if o.teacher is not None:  # labels, if any, are not used: any data set, images alone included
+            train, task = build_dataset(o.data, "train", size, seed=o.data_seed)
+            val = build_dataset(o.data, "val", size, seed=o.data_seed)[0] if o.val_samples > 0 else None
+            return train, val, task, (int(size[0]), int(size[1]))
         train, task = build_dataset(o.data, "train", size, task=o.task, seed=o.data_seed, num_classes=o.num_classes)
         if task == UNLABELLED:
             raise DataError(
@@ -341,12 +347,16 @@ class _Run:
         total = o.steps if o.steps is not None else (o.epochs or DEFAULT_EPOCHS) * spe
         warmup = o.warmup_steps if o.warmup_steps is not None else round(0.05 * total)
         ignore_index = int(getattr(train_ds, "ignore_index", 255))
+        classes = int(getattr(train_ds, "num_classes", 0))
+        teacher = self._teacher_model(space)
+        if teacher is not None:  # the head (and task) the teacher's checkpoint holds
+            task, classes = teacher[1].task, teacher[1].num_classes
         return _Plan(
             train_ds,
             val_ds,
             task,
             size,
-            int(train_ds.num_classes),
+            classes,
             ignore_index,
             spe,
             total,
@@ -359,7 +369,7 @@ class _Run:
         torch.manual_seed(o.seed)  # identical on every rank (DDP also broadcasts rank 0's weights)
         model_kwargs: dict[str, Any] = {
             "num_classes": plan.num_classes,
-            "head": plan.task,
+            "head": plan.task if plan.task in ("seg", "cls") else None,
             "drop_path_rate": o.drop_path,
         }
         model = space.create_model(**model_kwargs)
@@ -372,8 +382,9 @@ class _Run:
             data_seed=o.data_seed,
             image_size=plan.size,
             ignore_index=plan.ignore_index,
-            class_names=list(getattr(plan.train_ds, "class_names", []) or []),
+            class_names=list(getattr(plan.train_ds, "class_names", []) or []) if not o.teacher else [],
             total_steps=plan.total,
+            extra={"teacher": {"kind": o.teacher, "init": o.init}} if o.teacher else {},
         )
         if self.ckpt is not None:
             saved_meta = SupernetMeta.from_dict(self.ckpt["meta"], str(out / LAST))
@@ -383,6 +394,9 @@ class _Run:
                     f"{meta.architecture} {meta.model_kwargs}"
                 )
             load_weights(model, self.ckpt["model"], str(out / LAST))
+        elif (teacher := self._teacher_model(space)) is not None:
+            load_weights(model, teacher[0].state_dict(), str(o.init))  # the student starts as its teacher
+            self.log(f"teacher: {o.init}, frozen ({plan.task}); no labels are used")
         elif o.init:
             report = load_checkpoint(model, o.init)
             heads = sorted({k.split(".")[0] for k in report.initialised_head})
@@ -392,6 +406,24 @@ class _Run:
         model.to(self.info.device)
         torch.manual_seed(int(np.random.SeedSequence([o.seed, self.info.rank, 1]).generate_state(1)[0]))  # drop-path
         return model, meta
+
+    def _teacher_model(self, space: SearchSpace) -> tuple[nn.Module, SupernetMeta] | None:
+        """(the frozen teacher, its metadata: task, classes) for ``teacher="frozen"``: the --init checkpoint with the
+        head it holds, loaded once; None when the run trains on labels."""
+        o = self.opts
+        if o.teacher is None:
+            return None
+        if self._teacher is None:
+            if not o.init:
+                raise ConfigError(f"--teacher {o.teacher} needs --init CKPT: the pretrained weights that teach")
+            teacher, _, meta = load_pretrained(space.architecture, o.init, space, device=self.info.device)
+            if o.task is not None and o.task != meta.task:
+                raise ConfigError(
+                    f"--task {o.task}, but the teacher {o.init} has a {meta.task} head: without labels the student "
+                    "learns the teacher's outputs, so it keeps the teacher's head (drop --task)"
+                )
+            self._teacher = (teacher, meta)
+        return self._teacher
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         """DDP around the model under torchrun; the model itself otherwise."""
@@ -476,25 +508,56 @@ class _Run:
             self.log(f"{out} is already finished ({plan.total} steps); nothing to do")
             return result
         writer = self._prepare_files(out, start)
-        sampler = RandomSparsity(model, space, o.sampler, o.seed, distill=o.distill, temperature=o.distill_temperature)
-        evaluator = None
-        if plan.val_ds is not None and info.is_main:
-            batch = max(o.batch, 8)
-            evaluator = Evaluator(
-                model, plan.val_ds, o.val_samples, batch=batch, device=info.device, amp=o.amp, cache=False
-            )
+        sampler = self._sampler(model, space, plan)
+        evaluator = self._evaluator(model, space, plan) if plan.val_ds is not None and info.is_main else None
         settings = StepSettings(
             plan.task,
             plan.ignore_index,
             (torch.float16 if info.device.type == "cuda" else torch.bfloat16) if o.amp else None,
             o.distill_weight,
             info.distributed,
+            labels=o.teacher is None,
         )
         t = _Training(space, plan, out, model, train_model, meta, sampler, evaluator, writer, settings)
         t_run = time.perf_counter()
         digest = self._train(t, result, start)
         self._finish(t, result, digest, time.perf_counter() - t_run)
         return result
+
+    def _sampler(self, model: nn.Module, space: SearchSpace, plan: _Plan) -> RandomSparsity:
+        """Each step's configs and the distillation: in-place (--distill) or from the frozen teacher (--teacher)."""
+        o, teacher = self.opts, self._teacher_model(space)
+        kind = "cosine" if plan.task == "features" else "kl"
+        return RandomSparsity(
+            model,
+            space,
+            o.sampler,
+            o.seed,
+            distill=o.distill,
+            kind=kind if teacher is not None else "kl",
+            temperature=o.distill_temperature,
+            teacher=teacher[0] if teacher is not None else None,
+        )
+
+    def _evaluator(self, model: nn.Module, space: SearchSpace, plan: _Plan) -> Evaluator:
+        """Validation: mIoU/top-1 on labels, or without labels the fidelity to the frozen teacher run dense."""
+        o, teacher = self.opts, self._teacher_model(space)
+        batch, device = max(o.batch, 8), self.info.device
+        assert plan.val_ds is not None
+        if teacher is None:
+            return Evaluator(model, plan.val_ds, o.val_samples, batch=batch, device=device, amp=o.amp, cache=False)
+        reference = dense_reference(space)
+        return FidelityEvaluator(
+            model,
+            plan.val_ds,
+            o.val_samples,
+            reference=reference,
+            reference_model=teacher[0],
+            batch=batch,
+            device=device,
+            amp=o.amp,
+            cache=False,
+        )
 
     def _train(self, t: _Training, result: AdaptResult, start: int) -> str:
         """Steps start..total (checkpoints, metrics, progress); returns the digest of every config trained."""

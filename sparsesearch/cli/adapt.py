@@ -36,7 +36,7 @@ class AdaptCommand(Command):
             metavar="DATA",
             default=_S,
             help="'synthetic', 'synthetic:N', 'synthetic:N:objects=4-10,coverage=0.3-0.5' (denser scenes) "
-            "or a data folder",
+            "or a data folder (with --teacher frozen: any folder of images, no labels needed)",
         )
         a("--task", choices=["seg", "cls"], default=_S, help="segmentation or classification (default: from the data)")
         a("--init", metavar="CKPT", default=_S, help="initial weights (timm/Microsoft .pth/.safetensors or a supernet)")
@@ -68,6 +68,13 @@ class AdaptCommand(Command):
             action=argparse.BooleanOptionalAction,
             default=_S,
             help="in-place distillation: the densest config's output is the soft target of the others",
+        )
+        a(
+            "--teacher",
+            choices=["frozen"],
+            default=_S,
+            help="adapt without labels: the --init checkpoint, frozen and run dense, teaches every sampled config "
+            "(its logits for a head, its features for a backbone); --data may be images alone",
         )
         a("--distill-weight", type=float, metavar="W", default=_S, help="weight of the distillation term (default 0.5)")
         a("--distill-temperature", type=float, metavar="T", default=_S, help="distillation temperature (default 1)")
