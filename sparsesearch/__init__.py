@@ -19,6 +19,7 @@ from .errors import (
     SparseSearchError,
 )
 from .evaluate import EvalResult, Evaluator, evaluate
+from .export import export_model, load_exported
 from .fidelity import FidelityError, FidelityEvaluator, fidelity
 from .latency import LatencyTable
 from .models import SamViT, SwinTransformer, create_model, list_models, load_checkpoint
@@ -56,6 +57,8 @@ __all__ = [
     "FidelityEvaluator",
     "FidelityAccuracy",
     "FidelityError",
+    "export_model",
+    "load_exported",
     "load_pretrained",
     "load_supernet",
     "save_supernet",

@@ -207,7 +207,7 @@ class Evaluator:
     """Scores configs of one model on a fixed subset: the first ``n`` items of ``dataset``.
 
     Args:
-        model: a SwinTransformer (or any module taking ``(x, config=...)``), with a "seg" or "cls" head.
+        model: a model of the zoo (or any module taking ``(x, config=...)``), with a "seg" or "cls" head.
         dataset: items (image (3, H, W) float, mask (H, W) int64) or (image, class int).
         n: number of items (None: all of them).
         batch: items per forward pass.
