@@ -7,8 +7,8 @@ import json
 import pytest
 import sparsesearch as ss
 import torch
-from sparsesearch.cli import main
 from sparsesearch import export_model, load_exported  # the names the README uses: ss.export_model, ss.load_exported
+from sparsesearch.cli import main
 from sparsesearch.flops import count_flops
 from sparsesearch.ops import keep_count
 from sparsesearch.supernet import SupernetMeta, save_supernet
