@@ -13,7 +13,7 @@ allocator), timed per part with forward hooks (embedding, each patch merge, each
           attention, MLP and write-back as in `pruned`.
 Printed: the dense ms of each part and each variant's median per-pass ratio to it. "pruned - fixed" is the cost of
 choosing the windows, "fixed - half" the cost of gathering and writing back, "half - (1 - p)" the dense path's own
-scaling on this machine (RESULTS.md, issue 16).
+scaling on this machine (RESULTS.md, speed).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ every other sparsity runs once per kernel backend named by --backend ("torch": t
 Triton kernels, "auto": dispatch). On CPU the configs are timed interleaved forward by forward (each pass times
 every config once; --rounds x about --min-time seconds of passes), and "x dense" is the median of the per-pass
 ratios to the dense forward of the same pass: a shared VM's speed drifts by +-20% over seconds (RESULTS.md,
-issue 14), which that ratio cancels; "fastest" compares the fastest forwards. On CUDA, CUDA events (--warmup,
+latency tables), which that ratio cancels; "fastest" compares the fastest forwards. On CUDA, CUDA events (--warmup,
 --repeats per config and round) in --rounds interleaved rounds, the median round.
 --floor (Swin models) adds a "floor" row per sparsity: every pruned block replaced by the dense block run on
 a strip of as many whole windows as it keeps (no scoring, selection, gather or write-back; the map passes on
@@ -148,9 +148,9 @@ def interleaved(
     and a timed one, run after run; --rounds x about --min-time seconds of passes. The caller picks the grad mode.
 
     Interleaved forward by forward, so a ratio of two runs' samples of the same pass compares two forwards a few
-    milliseconds apart: this VM's speed drifts by +-20% over seconds (RESULTS.md, issue 14), which blocks of
+    milliseconds apart: this VM's speed drifts by +-20% over seconds (RESULTS.md, latency tables), which blocks of
     calls per config (even in interleaved rounds) put into the ratios. Each timed forward follows an untimed one of
-    its own: right after another config a forward runs 2-9% slower, dense more than sparse (RESULTS.md, issue 14),
+    its own: right after another config a forward runs 2-9% slower, dense more than sparse (RESULTS.md, latency tables),
     and a deployed model repeats its config.
     """
     for setup, forward in runs:

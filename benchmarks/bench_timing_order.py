@@ -1,4 +1,4 @@
-"""Does the order of configs within a pass change how well a run ranks them? (issue 14, RESULTS.md item 11)
+"""Does the order of configs within a pass change how well a run ranks them? (RESULTS.md, latency tables)
 
     .venv/bin/python benchmarks/bench_timing_order.py --table T [--n 20] [--passes 48] [--runs 3]
 

@@ -1,6 +1,6 @@
 """The "floor" of benchmarks/bench_model.py (dense blocks on the kept windows' work) and bench_blocks.py.
 
-The floor row is a comparison the issue-16 figures rest on, so its stand-in block is checked here: it runs the dense
+The speed figures of benchmarks/RESULTS.md rest on the floor row; its stand-in block is checked here: it runs the dense
 block on exactly k whole windows, leaves the map unchanged, and is swapped back out; and both benchmarks run end to
 end on a tiny model.
 """

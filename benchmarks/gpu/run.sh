@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, one command for the device tool (see README.md beside this file):
+# The GPU check, one command for a machine with a GPU (see README.md beside this file):
 #   bash benchmarks/gpu/run.sh                          on the GPU machine: install the carried wheels, run every step
 #   bash benchmarks/gpu/run.sh --cpu-dry-run [--wheels] here: the same steps on CPU, tiny, kernels interpreted
 #                                                       (--wheels: from .whl/ too, as on the device)

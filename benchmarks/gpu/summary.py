@@ -1,6 +1,6 @@
 """Gather the figures of a GPU check (run.py) and write its Markdown summary, each figure beside its goal.
 
-Goals (issue 13): each kernel at least 2x faster than the torch path and at least 80 % of the measured copy
+Goals: each kernel at least 2x faster than the torch path and at least 80 % of the measured copy
 bandwidth on the large shapes (here: ops that must move at least 16 MiB); the backbone at uniform 0.5 at most
 0.5x dense latency, at 0.7 at most 0.38x; the GPU latency table's MAPE at most 3 %.
 """
