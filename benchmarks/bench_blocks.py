@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     if not blocks:
         sys.exit(f"{args.model} has no Swin blocks: this benchmark times Swin models only")
     fixed = {id(b): fixed_windows(b) for b in blocks}
-    cfg = ss.SparsityConfig.uniform(args.sparsity, model.depths, model.default_window_size)
+    cfg = model.uniform_config(args.sparsity)
     R = args.resolution
     images = {"full": torch.randn(1, 3, R, R), "half": torch.randn(1, 3, R, round(R * (1 - args.sparsity)))}
     timed: dict[str, float] = {}

@@ -133,7 +133,7 @@ def _set_floor(model: Any, on: bool) -> None:
 
 def _setups(model: Any, runs: list[tuple[float, str]]) -> list[Callable[[], None]]:
     def setup(p: float, path: str) -> None:
-        cfg = None if path == "dense" else ss.SparsityConfig.uniform(p, model.depths, model.default_window_size)
+        cfg = None if path == "dense" else model.uniform_config(p)
         model.set_config(cfg)
         model.set_kernel_backend(None if path in ("dense", "auto", "floor") else path)
         _set_floor(model, path == "floor")
@@ -209,7 +209,7 @@ def time_compiled(model: Any, x: torch.Tensor, p: float, args: argparse.Namespac
     """torch.compile of the model at uniform sparsity p: compile seconds, compiled and eager ms; with
     --compile-dense the dense model compiled too. On CPU every forward is timed interleaved (`interleaved`: the
     compiled and eager models, sparse and dense), on CUDA in alternating rounds of the CUDA-event clock."""
-    model.set_config(ss.SparsityConfig.uniform(p, model.depths, model.default_window_size))
+    model.set_config(model.uniform_config(p))
     model.set_kernel_backend(None)
     compiled = torch.compile(model, backend=args.compile_backend, mode=args.compile_mode)
     with torch.no_grad():
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
         from sparsesearch.flops import count_flops  # noqa: PLC0415
 
         for p in args.sparsity:
-            cfg = ss.SparsityConfig.uniform(p, model.depths, model.default_window_size)
+            cfg = model.uniform_config(p)
             flops[p] = count_flops(model, args.resolution, cfg, batch=args.batch).total
     rows, records = [], []
     for p, path in runs:

@@ -101,6 +101,11 @@ class PrunedWindowBlock(nn.Module):
         self.sparsity = 0.0
         self.kernel_backend: ops.Backend | None = None  # None: ops dispatch decides
 
+    @property
+    def prunable(self) -> bool:
+        """Whether this block may take a sparsity above 0 (a family's block that reshapes the map says no)."""
+        return True
+
     # ---- what a family provides ------------------------------------------------------------------------------
     def geometry(self, H: int, W: int) -> WindowGeometry:
         """The window tiling of an (H, W) map at the current `window_size`."""
@@ -317,6 +322,11 @@ class WindowPrunableModel(nn.Module):
 
     def check_config(self, config: SparsityConfig) -> None:
         """Family rules beyond `SparsityConfig.validate` (raise SparseSearchError with what to change)."""
+
+    def uniform_config(self, p: float) -> SparsityConfig:
+        """Sparsity p in every block that prunes (0 in those that never do), the default windows."""
+        rows = [[float(p) if blk.prunable else 0.0 for blk in row] for row in self.config_rows()]
+        return SparsityConfig(rows, list(self.default_window_size))
 
     @property
     def prunable_blocks(self) -> list[PrunedWindowBlock]:
