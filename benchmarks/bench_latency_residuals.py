@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sparsesearch.latency import LatencyTable, Profiler, ProfileSettings, validation_genomes  # noqa: E402
-from sparsesearch.latency.measure import CpuTimer, num_threads, time_parts, tune_malloc  # noqa: E402
+from sparsesearch.latency import LatencyTable, Profiler, ProfileSettings, tune_malloc, validation_genomes  # noqa: E402
+from sparsesearch.latency.measure import CpuTimer, time_parts  # noqa: E402
 from sparsesearch.ops import keep_count  # noqa: E402
+from sparsesearch.scoped import torch_threads as num_threads  # noqa: E402
 
 from _machine import machine_line  # noqa: E402
 

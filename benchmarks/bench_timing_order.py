@@ -41,10 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def worker(args: argparse.Namespace) -> None:
     """One run: (configs, passes) forward times in ms for order A and order B, written as JSON to --worker."""
     import torch  # noqa: PLC0415
-    from sparsesearch.latency import LatencyTable  # noqa: PLC0415
-    from sparsesearch.latency.measure import num_threads, serpentine, tune_malloc  # noqa: PLC0415
+    from sparsesearch.latency import LatencyTable, tune_malloc  # noqa: PLC0415
+    from sparsesearch.latency.measure import serpentine  # noqa: PLC0415
     from sparsesearch.latency.validate import table_model, validation_genomes  # noqa: PLC0415
     from sparsesearch.models.family import prunable  # noqa: PLC0415
+    from sparsesearch.scoped import torch_threads as num_threads  # noqa: PLC0415
 
     table = LatencyTable.load(args.table)
     if table.meta.get("malloc"):

@@ -273,8 +273,9 @@ class SearchSpace:
     def create_model(self, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
         """Build this space's architecture with position tables large enough for every window choice.
 
-        With `seed`, the random weights are drawn from a CPU generator seeded with it, and the process's global
-        RNG is left as it was (the same seed gives the same weights).
+        With `seed`, the random weights are drawn from the CPU generator seeded with it (the model is built on the
+        CPU), and every generator of the process is left as it was: the CPU one is forked and restored, no
+        other device's is touched (the same seed gives the same weights).
         """
         import torch  # noqa: PLC0415
 
@@ -283,7 +284,7 @@ class SearchSpace:
         if seed is None:
             return create_model(self.architecture, **{**self.model_args(), **kwargs})
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.random.default_generator.manual_seed(seed)  # not torch.manual_seed: it re-seeds every GPU too
             return create_model(self.architecture, **{**self.model_args(), **kwargs})
 
     # ---- encoding ----------------------------------------------------------------------------------------

@@ -750,7 +750,7 @@ def test_tune_malloc_in_a_subprocess():
     import subprocess
     import sys
 
-    code = "from sparsesearch.latency.measure import tune_malloc; a = tune_malloc(); print(a == tune_malloc(), a)"
+    code = "from sparsesearch.latency import tune_malloc; a = tune_malloc(); print(a == tune_malloc(), a)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.startswith("True")
 

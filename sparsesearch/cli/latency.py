@@ -36,6 +36,15 @@ def _load_table(path: str, space: str | None = None) -> LatencyTable:
     return table
 
 
+def _allocator_as_profiled(table: LatencyTable) -> None:
+    """Time in this process with the allocator setting the table was profiled with (`tune_malloc`, process-wide:
+    applied by the command for its own process, never by the library on its own)."""
+    if table.meta.get("malloc") and table.meta.get("device_type") == "cpu":
+        from ..latency import tune_malloc  # noqa: PLC0415
+
+        tune_malloc()
+
+
 def add_table_check_flags(parser: argparse.ArgumentParser) -> None:
     """--no-table-check and --rescale-table (evolve, export, latency predict)."""
     parser.add_argument(
@@ -77,7 +86,7 @@ class ProfileCommand(Command):
         parser.add_argument(
             "--space",
             required=True,
-            help="search space YAML, e.g. search_spaces/swin_t.yaml or search_spaces/sam_b.yaml",
+            help="search space YAML (a file of search_spaces/; `sparsesearch models` lists the architectures)",
         )
         parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
         parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
@@ -285,6 +294,7 @@ class LatencyCommand(Command):
         if not 0 < args.tolerance < 1 or args.seconds <= 0:
             raise CommandError(f"need 0 < --tolerance < 1 and --seconds > 0, got {args.tolerance} and {args.seconds}")
         table = _load_table(args.table)
+        _allocator_as_profiled(table)
         result = check_table(table, budget_s=args.seconds, rounds=args.rounds, tolerance=args.tolerance)
         print(f"{args.table}: {result.line()}")
         if result.vs_profile is not None:
@@ -308,6 +318,7 @@ class LatencyCommand(Command):
         table = _load_table(args.table, args.space)
         if not args.allow_foreign_table:
             table.check_compatible()
+        _allocator_as_profiled(table)
         json_path, png_path = report_paths(args.table, keep_existing=True)
         if args.report:
             json_path, png_path = args.report, args.report.with_suffix(".png")

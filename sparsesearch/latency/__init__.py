@@ -3,6 +3,7 @@ any config as the sum of its parts, and validate predictions against end-to-end 
 
 from .check import TableCheck, TableSpeedError, check_table, check_timer, ensure_table_speed, reprofile_command
 from .env import device_name, device_slug, environment, fingerprint, machine_slug
+from .malloc import malloc_tuned, tune_malloc
 from .measure import (
     STATISTICS,
     CpuTimer,
@@ -14,7 +15,6 @@ from .measure import (
     summarize,
     time_interleaved,
     time_parts,
-    tune_malloc,
 )
 from .profile import (
     CalibrationWarning,
@@ -66,6 +66,7 @@ __all__ = [
     "time_parts",
     "time_interleaved",
     "tune_malloc",
+    "malloc_tuned",
     "device_name",
     "device_slug",
     "environment",

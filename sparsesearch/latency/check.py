@@ -25,8 +25,9 @@ import torch
 from ..config import SparsityConfig
 from ..errors import LatencyTableError
 from ..models.family import prunable
+from ..scoped import torch_threads
 from .env import device_type, fingerprint, machine_slug
-from .measure import CpuTimer, Timer, make_timer, num_threads, tune_malloc
+from .measure import CpuTimer, Timer, make_timer
 from .structure import res_key
 from .table import LatencyTable
 
@@ -202,10 +203,12 @@ def check_table(
 ) -> TableCheck:
     """Time the table's check configs (`check_genomes`) on this machine and compare with its predictions.
 
-    The model is the table's (head, classes, dtype, batch, random weights) run at the table's thread count,
-    clock and allocator setting; one untimed pass warms it up, then `rounds` passes time every config
-    `repeats` times each, interleaved. A config's figure is the median of its rounds (the smallest, for a table
-    of fastest samples); the factor is the median over configs of measured / predicted.
+    The model is the table's (head, classes, dtype, batch, random weights) run at the table's thread count and
+    clock; one untimed pass warms it up, then `rounds` passes time every config `repeats` times each,
+    interleaved. The allocator stays as this process has it: for a table profiled with `tune_malloc`, call that
+    first to time as the profile did (`sparsesearch latency check` does, for its own process). A config's
+    figure is the median of its rounds (the smallest, for a table of fastest samples); the factor is the median
+    over configs of measured / predicted.
 
     Args:
         budget_s: about how long the timing may take; sets rounds and repeats when they are not given.
@@ -226,11 +229,9 @@ def check_table(
     model, images = table_model(table)
     space = table.space
     forwards = [_Forward(model, images[space.resolutions[int(g[-1])]], g, space.decode(g)) for g in genomes]
-    if meta.get("malloc") and meta["device_type"] == "cpu":
-        tune_malloc()  # as the profile ran (process-wide)
     samples: list[list[float]] = [[] for _ in forwards]
     net = prunable(model)
-    with num_threads(int(meta["threads"])), torch.inference_mode():
+    with torch_threads(int(meta["threads"])), torch.inference_mode():
         for fwd in forwards:
             net.set_config(fwd.config)
             timer.measure(fwd, 1, 1)  # warm-up pass (also the allocator's)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,10 +29,8 @@ __all__ = [
     "CudaTimer",
     "make_timer",
     "default_flush_bytes",
-    "num_threads",
     "LoadMonitor",
     "default_max_load",
-    "tune_malloc",
 ]
 
 #: Fraction of samples dropped at each end before averaging.
@@ -687,45 +684,3 @@ def default_max_load(device: torch.device | str, threads: int | None) -> float |
     cores = os.cpu_count() or 1
     used = threads or torch.get_num_threads()
     return max(0.25, cores - used + 0.25)
-
-
-_MALLOC_TUNED: str | None = None
-
-
-def tune_malloc() -> str | None:
-    """Keep freed memory in glibc's heap (mallopt: M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB), process-wide.
-
-    By default glibc maps large blocks (feature maps of a high-resolution forward) fresh from the kernel and
-    gives the heap top back after a pass, so every forward pays page faults whose number depends on the
-    process's allocation history: on a 2-core VM a dense Swin-T forward at 512x512 took ~20k faults, and
-    whole-model times differed by several percent between processes. With this setting a warmed-up process
-    runs without faults, as one with jemalloc/tcmalloc does. Returns a description of what was set, or None
-    where it is not glibc (nothing is changed then). Idempotent.
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED is not None:
-        return _MALLOC_TUNED
-    try:
-        import ctypes  # noqa: PLC0415
-
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(-4, 0) == 1 and libc.mallopt(-1, 2**31 - 1) == 1  # M_MMAP_MAX, M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        return None
-    if ok:
-        _MALLOC_TUNED = "glibc mallopt: M_MMAP_MAX=0, M_TRIM_THRESHOLD=2GiB"
-    return _MALLOC_TUNED
-
-
-@contextmanager
-def num_threads(n: int | None) -> Iterator[int]:
-    """Run the body with torch.set_num_threads(n) (None: leave as is); restores the previous value."""
-    previous = torch.get_num_threads()
-    if n is not None:
-        if n < 1:
-            raise LatencyTableError(f"--threads must be at least 1, got {n}")
-        torch.set_num_threads(n)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(previous)

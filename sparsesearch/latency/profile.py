@@ -49,8 +49,10 @@ from ..errors import LatencyTableError, SparseSearchError, SparseSearchWarning
 from ..fileio import atomic_write_text, set_aside
 from ..models.family import prunable
 from ..ops import keep_count
+from ..scoped import torch_threads
 from ..space import SearchSpace
 from .env import DTYPES, device_type, environment, machine_slug, parse_dtype
+from .malloc import tune_malloc
 from .measure import (
     CLOCKS,
     DEFAULT_TRIM,
@@ -62,10 +64,8 @@ from .measure import (
     default_flush_bytes,
     default_max_load,
     make_timer,
-    num_threads,
     serpentine,
     summarize,
-    tune_malloc,
 )
 from .structure import (
     BlockKind,
@@ -549,7 +549,7 @@ class Profiler:
         partial = partial_path(out)
         settings_hash = self.settings_hash()
         self.malloc = tune_malloc() if self.settings.malloc and self.device.type == "cpu" else None
-        with num_threads(self.settings.threads):
+        with torch_threads(self.settings.threads):
             for r in range(rounds):
                 todo = [e for e in entries if len(done.setdefault(e.key, [])) <= r]
                 whole = [e for e in todo if e.part in _WHOLE_FORWARD]

@@ -19,8 +19,10 @@ from ..config import SparsityConfig
 from ..errors import LatencyTableError
 from ..fileio import atomic_write_text
 from ..models.family import prunable
+from ..scoped import torch_threads
 from ..space import SearchSpace
 from .env import DTYPES, device_type
+from .malloc import malloc_tuned
 from .measure import (
     LoadMonitor,
     Stat,
@@ -28,9 +30,7 @@ from .measure import (
     combine_rounds,
     default_max_load,
     make_timer,
-    num_threads,
     time_interleaved,
-    tune_malloc,
 )
 from .table import LatencyTable
 
@@ -264,7 +264,9 @@ def validate(
     on_config: Callable[[int, int], None] | None = None,
 ) -> ValidationReport:
     """Time whole-model forwards of `validation_genomes(table, n, seed)` at the table's device, dtype, batch,
-    threads, head, resolution(s), clock and allocator setting, and compare with `table.predict_many`.
+    threads, head, resolution(s) and clock, and compare with `table.predict_many`. The allocator stays as this
+    process has it (recorded in the report's settings): for a table profiled with `tune_malloc`, call that first
+    to time as the profile did (`sparsesearch latency validate` does, for its own process).
 
     Args:
         warmup, repeats, rounds: per config and round, and passes over all configs (default: the table's).
@@ -290,13 +292,13 @@ def validate(
     checks = _calibration_checks(table) if drift_check else []
     genomes = genomes + [(f"profile check {i}", g) for i, (_, g) in enumerate(checks)]
     predicted = table.predict_many(np.stack([g for _, g in genomes]))
-    malloc = tune_malloc() if meta.get("malloc") and dev_type == "cpu" else None  # as the profile ran
+    malloc = malloc_tuned() if dev_type == "cpu" else None  # the caller's choice (`tune_malloc`), recorded
     monitor = LoadMonitor()
     threads = int(meta["threads"])
     limit = (max_load if max_load is not None else default_max_load(device, threads)) if quiet else None
     model, images = table_model(table)
     timed = _TimedModel(table.space, model, images, timer, warmup, repeats)
-    with num_threads(threads), torch.inference_mode():
+    with torch_threads(threads), torch.inference_mode():
         stats = timed.run([g for _, g in genomes], rounds, monitor, limit, max_wait_s, on_config, predicted)
     rows = [
         ValidationRow(label, [int(v) for v in genome], float(p), combine_rounds(st, table.statistic))
@@ -336,7 +338,7 @@ def time_configs(
     timer: Timer | None = None,
 ) -> list[Stat]:
     """Timings of a whole forward of each config on this machine, timed as `validate` times its configs: the
-    table's model and inputs (head, classes, dtype, batch, random weights), threads, allocator setting, clock and
+    table's model and inputs (head, classes, dtype, batch, random weights), threads, clock and
     statistic; configs interleaved forward by forward, each timed forward after an untimed one of its own,
     `rounds` rounds of `repeats` passes in order of predicted time (`time_interleaved`). For figures relative
     to each other (e.g. to a dense config in the list): the absolute level is this moment's machine speed.
@@ -344,14 +346,12 @@ def time_configs(
     """
     meta = table.meta
     device_type(meta["device_type"])
-    if meta.get("malloc") and meta["device_type"] == "cpu":
-        tune_malloc()
     timer = timer or _table_timer(table)
     genomes = [table.space.encode(c) for c in configs]
     model, images = table_model(table)
     timed = _TimedModel(table.space, model, images, timer, warmup, repeats)
     predicted = table.predict_many(np.stack(genomes))
-    with num_threads(int(meta["threads"])), torch.inference_mode():
+    with torch_threads(int(meta["threads"])), torch.inference_mode():
         stats = timed.run(genomes, rounds, LoadMonitor(), None, 0.0, None, predicted)
     return [combine_rounds(st, table.statistic) for st in stats]
 
