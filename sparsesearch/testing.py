@@ -9,13 +9,17 @@ from pathlib import Path
 import numpy as np
 
 from .config import SparsityConfig
+from .errors import SparseSearchError
 from .space import SearchSpace
 
-__all__ = ["TOY_SPACE_YAML", "toy_space", "toy_latency", "toy_accuracy", "exhaustive_best"]
+__all__ = ["toy_architecture", "toy_space_yaml", "toy_space", "toy_latency", "toy_accuracy", "exhaustive_best"]
 
-TOY_SPACE_YAML = """\
+#: what the toy space needs of a model: four rows of two blocks, every block prunable
+TOY_DEPTHS = (2, 2, 2, 2)
+
+_TOY_SPACE_YAML = """\
 name: toy
-architecture: swin_nano
+architecture: {architecture}
 resolutions: [[64, 64]]
 sparsity_choices: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
 genes:
@@ -29,10 +33,32 @@ _COST = np.array([4.0, 3.0, 2.0, 2.0, 1.0])  # ms a gene costs when dense
 _SENS = np.array([0.5, 0.8, 1.5, 1.0, 2.0])  # how much accuracy a gene loses when pruned
 
 
+def toy_architecture() -> str:
+    """The first registered model (by name) with four rows of two blocks that all prune: the toy's latency and
+    accuracy are closed-form, so any such model serves; the families say which ones are."""
+    from .models import list_models  # noqa: PLC0415
+    from .models.family import get_family  # noqa: PLC0415
+
+    for name in list_models():
+        family = get_family(name)
+        arch = family.arch(name)
+        depths = family.depths(arch)
+        if tuple(depths) == TOY_DEPTHS and all(
+            family.block_prunable(arch, s, j) for s, d in enumerate(depths) for j in range(d)
+        ):
+            return name
+    raise SparseSearchError(f"no registered model has {len(TOY_DEPTHS)} rows of 2 prunable blocks")
+
+
+def toy_space_yaml() -> str:
+    """The toy space's YAML: five genes over `toy_architecture()`'s eight blocks, nine choices each."""
+    return _TOY_SPACE_YAML.replace("{architecture}", toy_architecture())
+
+
 def toy_space(folder: str | Path) -> SearchSpace:
     """Write the toy space YAML into `folder` and load it (59,049 configs)."""
     path = Path(folder) / "toy.yaml"
-    path.write_text(TOY_SPACE_YAML)
+    path.write_text(toy_space_yaml())
     return SearchSpace.load(path)
 
 

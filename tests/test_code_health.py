@@ -1,8 +1,10 @@
-"""Code-health rules that a linter does not express: every function in the package stays short."""
+"""Code-health rules that a linter does not express: every function in the package stays short, and no module
+outside `models/` names a model family."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sparsesearch"
@@ -46,4 +48,90 @@ def test_every_function_in_the_package_is_under_the_limit() -> None:
     assert not offenders, (
         f"{len(offenders)} function(s) in sparsesearch/ exceed {MAX_FUNCTION_LINES} lines; split them:\n  "
         + "\n  ".join(offenders)
+    )
+
+
+# ---- no module outside models/ names a model family ----------------------------------------------------------
+#: words that name a model family or one of its architectures (matched case-insensitively)
+FAMILY_WORDS = re.compile(r"swin|samvit|sam2_hiera|hieradet|(?<![a-z])hiera(?![a-z])", re.IGNORECASE)
+#: the files allowed to name families: the package root re-exports model classes
+MAY_NAME_FAMILIES = {"sparsesearch/__init__.py"}
+#: files whose help texts still give an architecture as an example; their owner points them at
+#: `sparsesearch models` and removes them from here (a file listed without an offender fails the test)
+NOT_YET = {"sparsesearch/cli/_base.py", "sparsesearch/cli/demo.py", "sparsesearch/cli/models.py"}
+
+
+def _code_words(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, text) of every name and string the code uses: identifiers, attributes, arguments, imports and string
+    literals (help texts and messages included). Docstrings and comments are left out: they explain by example
+    ("as Swin does" cites a paper's convention), while code that names an architecture is code that depends on
+    one."""
+    docstrings = {
+        id(n.value)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+    }
+    out: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        line = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            out.append((line, node.value))
+        elif isinstance(node, ast.Name):
+            out.append((line, node.id))
+        elif isinstance(node, ast.Attribute):
+            out.append((line, node.attr))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.append((line, node.name))
+        elif isinstance(node, ast.arg):
+            out.append((line, node.arg))
+        elif isinstance(node, ast.keyword) and node.arg:
+            out.append((line, node.arg))
+        elif isinstance(node, ast.alias):
+            out.append((line, f"{node.name} {node.asname or ''}"))
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.append((line, node.module))
+    return out
+
+
+def _family_names(root: Path) -> list[str]:
+    """``path:line word`` for every model family named in the code of `root`'s modules outside `models/`."""
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent).as_posix()
+        if rel.startswith(f"{root.name}/models/") or rel in MAY_NAME_FAMILIES:
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for line, text in sorted(set(_code_words(tree))):
+            offenders.extend(f"{rel}:{line} {m.group(0)!r}" for m in FAMILY_WORDS.finditer(text))
+    return offenders
+
+
+def test_family_name_finder_reads_code_not_prose(tmp_path: Path) -> None:
+    source = (
+        '"""Prunes windows, as Swin does."""\n'
+        "import hierarchy\n"
+        "# a SwinTransformer comment\n"
+        "def f(swin_model):\n"
+        '    """Docstring naming samvit_base."""\n'
+        '    return load("sam2_hiera_tiny", help="e.g. HieraDet") or hierarchical\n'
+    )
+    package = tmp_path / "sparsesearch"
+    (package / "models").mkdir(parents=True)
+    (package / "m.py").write_text(source)
+    (package / "models" / "swin.py").write_text("SwinTransformer = 1\n")
+    assert _family_names(package) == [
+        "sparsesearch/m.py:4 'swin'",
+        "sparsesearch/m.py:6 'HieraDet'",
+        "sparsesearch/m.py:6 'sam2_hiera'",
+    ]
+
+
+def test_no_module_outside_models_names_a_model_family() -> None:
+    found = _family_names(PACKAGE)
+    offenders = [o for o in found if o.split(":")[0] not in NOT_YET]
+    stale = sorted(f for f in NOT_YET if not any(o.startswith(f + ":") for o in found))
+    assert not stale, f"{', '.join(stale)} no longer name(s) a model family: remove from NOT_YET"
+    assert not offenders, (
+        f"{len(offenders)} place(s) outside sparsesearch/models/ name a model family; ask the family "
+        "(`sparsesearch.models.family`) or point at `sparsesearch models` instead:\n  " + "\n  ".join(offenders)
     )
