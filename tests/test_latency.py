@@ -34,7 +34,7 @@ from sparsesearch.latency import (
 )
 from sparsesearch.latency.env import slugify
 from sparsesearch.latency.measure import combine_rounds, summarize, time_interleaved, time_parts
-from sparsesearch.latency.profile import PartialProfileWarning
+from sparsesearch.latency.resume import PartialProfileWarning
 from sparsesearch.latency.structure import kinds_and_counts, space_hash, sparsity_for_count
 from sparsesearch.ops import keep_count
 

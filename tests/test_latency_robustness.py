@@ -17,7 +17,7 @@ from sparsesearch.cli import main
 from sparsesearch.config import SparsityConfig
 from sparsesearch.errors import LatencyTableError
 from sparsesearch.latency import LatencyTable, Profiler, ProfileSettings, Stat, Timer, partial_path
-from sparsesearch.latency.profile import PartialProfileWarning
+from sparsesearch.latency.resume import PartialProfileWarning
 
 SPACE_YAML = """
 name: resume

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 from sparsesearch.latency import CalibrationWarning
-from sparsesearch.latency.profile import warn_on_calibration
+from sparsesearch.latency.fit import warn_on_calibration
 
 
 def _rt(res: tuple[int, int], errors: list[float]) -> SimpleNamespace:

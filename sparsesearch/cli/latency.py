@@ -12,7 +12,7 @@ from ._base import Command, CommandError, resolution
 if TYPE_CHECKING:
     from ..latency import LatencyTable, Stat
     from ..latency.check import TableCheck
-    from ..latency.profile import Entry
+    from ..latency.plan import Entry
     from ..search.budget import Budget
     from ..space import SearchSpace
 

@@ -3,6 +3,7 @@ any config as the sum of its parts, and validate predictions against end-to-end 
 
 from .check import TableCheck, TableSpeedError, check_table, check_timer, ensure_table_speed, reprofile_command
 from .env import device_name, device_slug, environment, fingerprint, machine_slug
+from .fit import CalibrationWarning
 from .malloc import malloc_tuned, tune_malloc
 from .measure import (
     STATISTICS,
@@ -16,16 +17,9 @@ from .measure import (
     time_interleaved,
     time_parts,
 )
-from .profile import (
-    CalibrationWarning,
-    Entry,
-    PartialProfileWarning,
-    Profiler,
-    ProfileSettings,
-    default_table_path,
-    partial_path,
-    profile,
-)
+from .plan import Entry, ProfileSettings, default_table_path
+from .profile import Profiler, profile
+from .resume import PartialProfileWarning, partial_path
 from .table import KindTable, LatencyTable, TableMachineWarning
 from .validate import (
     ValidationReport,
