@@ -33,7 +33,7 @@ from sparsesearch.latency import (
     write_report,
 )
 from sparsesearch.latency.env import slugify
-from sparsesearch.latency.measure import combine_rounds, summarize, time_interleaved, time_parts
+from sparsesearch.latency.measure import combine_rounds, retry_preempted, summarize, time_interleaved, time_parts
 from sparsesearch.latency.resume import PartialProfileWarning
 from sparsesearch.latency.structure import kinds_and_counts, space_hash, sparsity_for_count
 from sparsesearch.ops import keep_count
@@ -205,6 +205,43 @@ def test_timers_and_parts_report_the_fastest_sample(monkeypatch):
     out = time_parts(run, [("p", part)], warmup=0, repeats=3, statistic="min")
     assert out["p"].ms == pytest.approx(5.0) and out["plain"].ms == pytest.approx(4.0)
     assert out["p"].median == pytest.approx(7.0)
+
+
+def test_retry_preempted_reruns_up_to_the_budget():
+    flags = iter([True, False, True, True, True, False])
+    made: list[int] = []
+
+    def call() -> tuple[int, bool]:
+        made.append(len(made))
+        return made[-1], next(flags)
+
+    # call 0 preempted: made again; 1 kept; 2 preempted: made again; 3 preempted but the budget (2) is spent: kept
+    assert retry_preempted(call, 3, 2) == ([1, 3, 4], 2)
+
+
+def test_parts_and_plain_forwards_rerun_preempted_ones(monkeypatch):
+    """`time_parts` on CPU throws away a forward during which the thread was preempted, hooked or plain."""
+    wall, cpu = [0], [0]
+    calls = []
+    part = torch.nn.Identity()
+
+    def run():
+        calls.append(1)
+        wall[0] += 1_000_000
+        cpu[0] += 400_000 if len(calls) in (2, 5) else 1_000_000  # a hooked and a plain forward preempted
+        part(None)
+
+    monkeypatch.setattr("sparsesearch.latency.measure.time.perf_counter_ns", lambda: wall[0])
+    monkeypatch.setattr("sparsesearch.latency.measure.time.thread_time_ns", lambda: cpu[0])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = time_parts(run, [("p", part)], warmup=0, repeats=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) == 2 + 1 + 2 + 1
+    assert (out["total"].n, out["total"].rejected, out["plain"].n, out["plain"].rejected) == (2, 1, 2, 1)
+    assert out["plain"].ms == pytest.approx(1.0)
 
 
 def test_profile_statistic_default_and_record(tmp_path, monkeypatch):

@@ -1,5 +1,9 @@
 """Timers: warm-up, repeats, a figure (trimmed mean or fastest sample) and its spread; CUDA events on GPU,
-perf_counter on CPU."""
+perf_counter on CPU.
+
+One timing stack: a `Timer` times calls (`measure`) and the parts of a forward (`measure_parts`, which
+`time_parts` wraps); `time_interleaved` times several runs forward by forward with one. On CPU one retry rule,
+`retry_preempted`, re-runs a call during which another process had the CPU."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -22,6 +26,7 @@ __all__ = [
     "summarize",
     "combine_rounds",
     "time_parts",
+    "retry_preempted",
     "serpentine",
     "time_interleaved",
     "Timer",
@@ -122,6 +127,7 @@ def summarize(
 
 
 Setup = Callable[[], Any] | None
+T = TypeVar("T")
 
 
 def combine_rounds(stats: Sequence[Stat], statistic: str = "mean") -> Stat:
@@ -151,11 +157,14 @@ def combine_rounds(stats: Sequence[Stat], statistic: str = "mean") -> Stat:
 
 
 class Timer:
-    """Times a zero-argument callable: `warmup` untimed calls, then `repeats` timed calls, one sample each.
+    """Times a zero-argument callable: `warmup` untimed calls, then `repeats` timed calls, one sample each; or a
+    whole forward and each part inside it (`measure_parts`). The one timing stack of the package: subclasses say
+    how one forward is timed (`_forwards`), how a part's hooks read the clock (`_part_start`, `_part_end`) and
+    how a raw reading becomes milliseconds (`_ms`).
 
-    Before every call (warm-up included) the timer can evict the caches by reading a buffer of `flush_bytes`
-    and then run `setup` (untimed): a part measured in isolation then starts as it does inside the model,
-    with its weights cold and its input freshly written by the previous part.
+    Before every call of `measure` (warm-up included) the timer can evict the caches by reading a buffer of
+    `flush_bytes` and then run `setup` (untimed): a part measured in isolation then starts as it does inside the
+    model, with its weights cold and its input freshly written by the previous part.
     """
 
     def __init__(self, trim: float = DEFAULT_TRIM, flush_bytes: int = 0, statistic: str = "mean") -> None:
@@ -168,23 +177,103 @@ class Timer:
     def flush(self) -> None:
         """Evict the caches (no-op when flush_bytes is 0)."""
 
-    def samples(
-        self, fn: Callable[[], Any], warmup: int, repeats: int, setup: Setup = None
-    ) -> list[float]:  # pragma: no cover
-        raise NotImplementedError
+    def samples(self, fn: Callable[[], Any], warmup: int, repeats: int, setup: Setup = None) -> list[float]:
+        """`warmup` untimed calls, then the ms of `repeats` timed ones (each after a flush and `setup`); the
+        samples thrown away because another process took the CPU are counted in `last_rejected`."""
+
+        def before() -> None:
+            self.flush()
+            if setup is not None:
+                setup()
+
+        for _ in range(warmup):
+            before()
+            fn()
+        rows, self.last_rejected = self._forwards(fn, repeats, None, before)
+        return [self._ms(r["total"]) for r in rows]
 
     def measure(self, fn: Callable[[], Any], warmup: int, repeats: int, setup: Setup = None) -> Stat:
         """Warm up, time `repeats` calls, summarise."""
-        if repeats < 1 or warmup < 0:
-            raise LatencyTableError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats} warmup={warmup}")
+        _check_counts(warmup, repeats)
         samples = self.samples(fn, warmup, repeats, setup)
         return summarize(samples, self.trim, self.last_rejected, self.statistic)
 
     def measure_parts(
         self, run: Callable[[], Any], parts: Sequence[tuple[str, torch.nn.Module]], warmup: int, repeats: int
     ) -> dict[str, Stat]:
-        """Time a whole forward and each of `parts` inside it (see `time_parts`)."""
+        """Time a whole forward `run` and, with forward hooks, each module of `parts` inside it; then, the hooks
+        removed, the same forward `repeats` times more (no flush: forwards back to back).
+
+        Every part is timed where it runs in the model: after the part that precedes it, with the caches and
+        branch predictors as the model leaves them.
+
+        Returns:
+            {"total": Stat of the whole forward with hooks, name: Stat of each part, "plain": Stat of the whole
+            forward without hooks} (the profiler maps the sum of the parts onto "plain", see `fit.fit_correction`).
+        """
+        _check_counts(warmup, repeats)
+        current: dict[str, Any] = {}
+        handles = _attach_part_timers(parts, current, self._part_start, self._part_end)
+        try:
+            for _ in range(warmup):
+                run()
+            rows, rejected = self._forwards(run, repeats, current, None)
+        finally:
+            for h in handles:
+                h.remove()
+        names = [n for n, _ in parts]
+        missing = [n for n in names if any(n not in r for r in rows)]
+        if missing:
+            raise LatencyTableError(f"part(s) {', '.join(missing)} did not run in the forward pass")
+        out = {
+            name: summarize([self._ms(r[name]) for r in rows], self.trim, rejected, self.statistic)
+            for name in ["total", *names]
+        }
+        plain, plain_rejected = self._forwards(run, repeats, None, None)
+        out["plain"] = summarize([self._ms(r["total"]) for r in plain], self.trim, plain_rejected, self.statistic)
+        return out
+
+    # ---- what a subclass says --------------------------------------------------------------------------------
+    def _forwards(
+        self,
+        run: Callable[[], Any],
+        repeats: int,
+        current: dict[str, Any] | None,
+        before: Callable[[], None] | None,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """`repeats` timed calls of `run`, each after an untimed `before()`: one row per call, ``{"total": raw
+        reading, **current}`` (`current`: what the part hooks left during the call), and how many calls were
+        thrown away and re-run."""
         raise NotImplementedError  # pragma: no cover
+
+    def _part_start(self) -> Any:
+        raise NotImplementedError  # pragma: no cover
+
+    def _part_end(self, start: Any) -> Any:
+        raise NotImplementedError  # pragma: no cover
+
+    def _ms(self, raw: Any) -> float:
+        raise NotImplementedError  # pragma: no cover
+
+
+def _check_counts(warmup: int, repeats: int) -> None:
+    if repeats < 1 or warmup < 0:
+        raise LatencyTableError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats} warmup={warmup}")
+
+
+def retry_preempted(call: Callable[[], tuple[T, bool]], repeats: int, max_rejects: int) -> tuple[list[T], int]:
+    """`repeats` results of `call()`, which returns (result, whether another process took the CPU during it): a
+    preempted call is thrown away and made again, at most `max_rejects` times in all (then results are kept as
+    they come). Returns the results and the number thrown away. The one retry loop of the timers."""
+    out: list[T] = []
+    rejected = 0
+    while len(out) < repeats:
+        result, preempted = call()
+        if preempted and rejected < max_rejects:
+            rejected += 1
+            continue
+        out.append(result)
+    return out, rejected
 
 
 class CpuTimer(Timer):
@@ -216,22 +305,6 @@ class CpuTimer(Timer):
         self.max_rejects_per_repeat = max_rejects_per_repeat
         self.clock = clock
 
-    def measure_parts(
-        self, run: Callable[[], Any], parts: Sequence[tuple[str, torch.nn.Module]], warmup: int, repeats: int
-    ) -> dict[str, Stat]:
-        return time_parts(
-            run,
-            parts,
-            warmup,
-            repeats,
-            "cpu",
-            self.clock,
-            self.trim,
-            self.min_cpu_fraction,
-            self.max_rejects_per_repeat,
-            self.statistic,
-        )
-
     def flush(self) -> None:
         if self.flush_bytes <= 0:
             return
@@ -239,35 +312,50 @@ class CpuTimer(Timer):
             self._buffer = torch.ones(self.flush_bytes // 4, dtype=torch.float32)
         self._buffer.sum()
 
-    def samples(self, fn: Callable[[], Any], warmup: int, repeats: int, setup: Setup = None) -> list[float]:
-        clock, cpu = time.perf_counter_ns, time.thread_time_ns
+    def _now(self) -> int:
+        return time.thread_time_ns() if self.clock == "thread" else time.perf_counter_ns()
+
+    def _forwards(
+        self,
+        run: Callable[[], Any],
+        repeats: int,
+        current: dict[str, Any] | None,
+        before: Callable[[], None] | None,
+    ) -> tuple[list[dict[str, Any]], int]:
         thread_clock = self.clock == "thread"
         if thread_clock and torch.get_num_threads() != 1:
             raise LatencyTableError("the thread clock needs one torch thread (--threads 1)")
         check = not thread_clock and self.min_cpu_fraction > 0 and torch.get_num_threads() == 1
-        budget = self.max_rejects_per_repeat * repeats
-        out: list[float] = []
-        rejected = 0
-        for _ in range(warmup):
-            self.flush()
-            if setup is not None:
-                setup()
-            fn()
-        while len(out) < repeats:
-            self.flush()
-            if setup is not None:
-                setup()
-            c0 = cpu()
-            t0 = clock()
-            fn()
-            t1 = clock()
-            c1 = cpu()
-            if check and rejected < budget and (c1 - c0) < self.min_cpu_fraction * (t1 - t0):
-                rejected += 1
-                continue
-            out.append(((c1 - c0) if thread_clock else (t1 - t0)) / 1e6)
-        self.last_rejected = rejected
-        return out
+
+        def once() -> tuple[dict[str, Any], bool]:
+            if before is not None:
+                before()
+            if current is not None:
+                current.clear()
+            elapsed, preempted = _timed_cpu_call(run, self._now, self.min_cpu_fraction)
+            return {"total": elapsed, **(current or {})}, check and preempted
+
+        return retry_preempted(once, repeats, self.max_rejects_per_repeat * repeats)
+
+    def _part_start(self) -> int:
+        return self._now()
+
+    def _part_end(self, start: int) -> int:
+        return self._now() - start
+
+    def _ms(self, raw: int) -> float:
+        return raw / 1e6
+
+
+def _timed_cpu_call(run: Callable[[], Any], now: Callable[[], int], min_cpu_fraction: float) -> tuple[int, bool]:
+    """(elapsed ns on the `now` clock, whether another process took the CPU: this thread ran for less than
+    `min_cpu_fraction` of the wall time) of one `run()`."""
+    c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
+    a0 = now()
+    run()
+    a1 = now()
+    t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
+    return a1 - a0, (c1 - c0) < min_cpu_fraction * (t1 - t0)
 
 
 class CudaTimer(Timer):
@@ -286,11 +374,6 @@ class CudaTimer(Timer):
         super().__init__(trim, flush_bytes, statistic)
         self.device = torch.device(device)
 
-    def measure_parts(
-        self, run: Callable[[], Any], parts: Sequence[tuple[str, torch.nn.Module]], warmup: int, repeats: int
-    ) -> dict[str, Stat]:
-        return time_parts(run, parts, warmup, repeats, self.device, "wall", self.trim, statistic=self.statistic)
-
     def flush(self) -> None:
         if self.flush_bytes <= 0:
             return
@@ -298,25 +381,39 @@ class CudaTimer(Timer):
             self._buffer = torch.empty(self.flush_bytes // 4, dtype=torch.float32, device=self.device)
         self._buffer.zero_()  # as triton.testing.do_bench: overwrite a buffer larger than L2
 
-    def samples(self, fn: Callable[[], Any], warmup: int, repeats: int, setup: Setup = None) -> list[float]:
+    def _forwards(
+        self,
+        run: Callable[[], Any],
+        repeats: int,
+        current: dict[str, Any] | None,
+        before: Callable[[], None] | None,
+    ) -> tuple[list[dict[str, Any]], int]:
+        rows: list[dict[str, Any]] = []
         with torch.cuda.device(self.device):
-            for _ in range(warmup):
-                self.flush()
-                if setup is not None:
-                    setup()
-                fn()
-            starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
-            ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
             torch.cuda.synchronize()
-            for s, e in zip(starts, ends):
-                self.flush()
-                if setup is not None:
-                    setup()
-                s.record()
-                fn()
-                e.record()
+            for _ in range(repeats):
+                if before is not None:
+                    before()
+                if current is not None:
+                    current.clear()
+                start = self._part_start()
+                run()
+                rows.append({"total": self._part_end(start), **(current or {})})
             torch.cuda.synchronize()
-            return [float(s.elapsed_time(e)) for s, e in zip(starts, ends)]
+        return rows, 0
+
+    def _part_start(self) -> torch.cuda.Event:
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return ev
+
+    def _part_end(self, start: torch.cuda.Event) -> tuple[torch.cuda.Event, torch.cuda.Event]:
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return start, ev
+
+    def _ms(self, raw: tuple[torch.cuda.Event, torch.cuda.Event]) -> float:
+        return float(raw[0].elapsed_time(raw[1]))
 
 
 def time_interleaved(
@@ -403,80 +500,37 @@ def time_parts(
     max_rejects_per_repeat: int = 20,
     statistic: str = "mean",
 ) -> dict[str, Stat]:
-    """Time a whole forward `run` and, with forward hooks, each module of `parts` inside it; then, the hooks
-    removed, the same forward `repeats` times more.
-
-    Every part is timed where it runs in the model: after the part that precedes it, with the caches and
-    branch predictors as the model leaves them. On CPU the clock is perf_counter (or the thread's CPU time),
-    and a forward during which the thread was preempted is re-run, as in CpuTimer; on CUDA, events.
-
-    Returns:
-        {"total": Stat of the whole forward with hooks, name: Stat of each part, "plain": Stat of the whole
-        forward without hooks} (the profiler maps the sum of the parts onto "plain", see `_fit_correction`).
-    """
-    if repeats < 1 or warmup < 0:
-        raise LatencyTableError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats} warmup={warmup}")
+    """`Timer.measure_parts` of a timer for `device` without cache flush: a CpuTimer with this clock and
+    rejection rule (a forward during which the thread was preempted is re-run), or a CudaTimer (events)."""
     dev = torch.device(device)
-    cuda = dev.type == "cuda"
-    thread_clock = clock == "thread"
-    if thread_clock and (cuda or torch.get_num_threads() != 1):
-        raise LatencyTableError("the thread clock needs a CPU and one torch thread (--threads 1)")
-    now = time.thread_time_ns if thread_clock else time.perf_counter_ns
-    names = [n for n, _ in parts]
-    budget = max_rejects_per_repeat * repeats
-    check = not cuda and not thread_clock and min_cpu_fraction > 0 and torch.get_num_threads() == 1
-    current: dict[str, Any] = {}
-    handles = _attach_part_timers(parts, current, cuda, now)
-    try:
-        for _ in range(warmup):
-            run()
-        if cuda:
-            torch.cuda.synchronize(dev)
-        rows, rejected = _hooked_forwards(run, current, repeats, dev, now, check, budget, min_cpu_fraction)
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [n for n in names if any(n not in r for r in rows)]
-    if missing:
-        raise LatencyTableError(f"part(s) {', '.join(missing)} did not run in the forward pass")
-
-    def ms(value: Any) -> float:
-        return float(value[0].elapsed_time(value[1])) if cuda else value / 1e6
-
-    out = {name: summarize([ms(r[name]) for r in rows], trim, rejected, statistic) for name in ["total", *names]}
-    plain = _plain_forwards(run, repeats, dev, now, check, budget, min_cpu_fraction)
-    out["plain"] = summarize(plain[0], trim, plain[1], statistic)
-    return out
+    if dev.type == "cuda":
+        if clock == "thread":
+            raise LatencyTableError("the thread clock needs a CPU and one torch thread (--threads 1)")
+        timer: Timer = CudaTimer(dev, trim, 0, statistic)
+    else:
+        timer = CpuTimer(trim, 0, min_cpu_fraction, max_rejects_per_repeat, clock, statistic)
+    return timer.measure_parts(run, parts, warmup, repeats)
 
 
 def _attach_part_timers(
-    parts: Sequence[tuple[str, torch.nn.Module]], current: dict[str, Any], cuda: bool, now: Callable[[], int]
+    parts: Sequence[tuple[str, torch.nn.Module]],
+    current: dict[str, Any],
+    start: Callable[[], Any],
+    end: Callable[[Any], Any],
 ) -> list[RemovableHandle]:
-    """Forward pre/post hooks on each part that leave its time in ``current[name]`` after every forward.
-
-    On CPU the entry is the elapsed clock in ns; on CUDA the pair of recorded events ``[start, end]``.
-    Returns the hook handles (the caller removes them).
-    """
+    """Forward pre/post hooks on each part that leave its raw time in ``current[name]`` after every forward:
+    `start()` before the part runs, `end(what start gave)` after it. Returns the hook handles (the caller removes
+    them)."""
 
     def pre(name: str) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: Any) -> None:
-            if cuda:
-                ev = torch.cuda.Event(enable_timing=True)
-                ev.record()
-                current[name] = [ev]
-            else:
-                current[name] = now()
+            current[name] = start()
 
         return hook
 
     def post(name: str) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-            if cuda:
-                ev = torch.cuda.Event(enable_timing=True)
-                ev.record()
-                current[name].append(ev)
-            else:
-                current[name] = now() - current[name]
+            current[name] = end(current[name])
 
         return hook
 
@@ -485,84 +539,6 @@ def _attach_part_timers(
         handles.append(module.register_forward_pre_hook(pre(name)))
         handles.append(module.register_forward_hook(post(name)))
     return handles
-
-
-def _hooked_forwards(
-    run: Callable[[], Any],
-    current: dict[str, Any],
-    repeats: int,
-    dev: torch.device,
-    now: Callable[[], int],
-    check: bool,
-    budget: int,
-    min_cpu_fraction: float,
-) -> tuple[list[dict[str, Any]], int]:
-    """`repeats` forwards with the part hooks attached: one row per forward, ``{"total": ..., name: ...}``.
-
-    On CPU a forward during which the thread had less than `min_cpu_fraction` of the CPU is re-run (at most
-    `budget` times in all, and only when `check`). Returns the rows and the number of forwards re-run.
-    """
-    cuda = dev.type == "cuda"
-    rows: list[dict[str, Any]] = []
-    rejected = 0
-    while len(rows) < repeats:
-        current.clear()
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run()
-            end.record()
-            rows.append({"total": [start, end], **current})
-            continue
-        elapsed, preempted = _timed_cpu_call(run, now, min_cpu_fraction)
-        if check and rejected < budget and preempted:
-            rejected += 1
-            continue
-        rows.append({"total": elapsed, **current})
-    if cuda:
-        torch.cuda.synchronize(dev)
-    return rows, rejected
-
-
-def _timed_cpu_call(run: Callable[[], Any], now: Callable[[], int], min_cpu_fraction: float) -> tuple[int, bool]:
-    """(elapsed ns on the `now` clock, whether another process took the CPU: this thread ran for less than
-    `min_cpu_fraction` of the wall time) of one `run()`."""
-    c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
-    a0 = now()
-    run()
-    a1 = now()
-    t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
-    return a1 - a0, (c1 - c0) < min_cpu_fraction * (t1 - t0)
-
-
-def _plain_forwards(
-    run: Callable[[], Any],
-    repeats: int,
-    dev: torch.device,
-    now: Callable[[], int],
-    check: bool,
-    budget: int,
-    min_cpu_fraction: float,
-) -> tuple[list[float], int]:
-    """`repeats` whole forwards without hooks, timed as in `time_parts` (preempted CPU samples re-run): the
-    samples in ms and the number of forwards re-run."""
-    if dev.type == "cuda":
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
-        for start, end in events:
-            start.record()
-            run()
-            end.record()
-        torch.cuda.synchronize(dev)
-        return [float(s.elapsed_time(e)) for s, e in events], 0
-    samples: list[float] = []
-    rejected = 0
-    while len(samples) < repeats:
-        elapsed, preempted = _timed_cpu_call(run, now, min_cpu_fraction)
-        if check and rejected < budget and preempted:
-            rejected += 1
-            continue
-        samples.append(elapsed / 1e6)
-    return samples, rejected
 
 
 def _cache_size(level: int) -> int | None:
