@@ -4,7 +4,7 @@ Each family's file registers its family and its model names when imported; impor
 takes to add one.
 """
 
-from . import samvit, swin  # noqa: F401  (the families register themselves)
+from . import hiera, samvit, swin  # noqa: F401  (the families register themselves)
 from .checkpoint import convert_state_dict, load_checkpoint, read_state_dict
 from .family import ModelFamily, families, family_of_model, get_family
 from .features import FeatureInfo, FeatureListNet, supports_features
