@@ -5,7 +5,7 @@ state dict (prefixed `image_encoder.`) is an "original SAM checkpoint" for the l
 explicit softmax(q k^T * scale + rel_h + rel_w) of the papers, with the decomposed relative positions computed
 position by position from the tables.
 
-Pruning references (DESIGN.md, "Plain ViT with window attention"):
+Pruning references (README, "Plain ViTs with window attention"):
 - windowed block: `where(token in a kept window, dense_block(x), x)`;
 - global block: `where(kept, block_with_keys_masked(x), x)`, the dense block whose attention gives every token
   outside the kept windows -inf as a key.
@@ -186,7 +186,7 @@ def randomise(model: nn.Module, seed: int = 0) -> None:
 
 # ---- pruning references ---------------------------------------------------------------------------------------
 def kept_window_mask(x: torch.Tensor, window: int, sparsity: float) -> torch.Tensor:
-    """(B, H, W) bool: tokens in the kept windows of DESIGN.md's rule (no shift, zero padding bottom/right)."""
+    """(B, H, W) bool: tokens in the kept windows of the README's rule (no shift, zero padding bottom/right)."""
     B, H, W, _ = x.shape
     Hp, Wp = math.ceil(H / window) * window, math.ceil(W / window) * window
     tok = torch.zeros(B, Hp, Wp, dtype=torch.float64)

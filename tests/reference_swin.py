@@ -123,7 +123,7 @@ def swin_forward(img, sd, depths, heads, windows, patch=4, table_windows=None):
 
 
 def reference_window_scores(x: torch.Tensor, window: int, shifted: bool) -> torch.Tensor:
-    """(B, H, W, C) -> (B, nW) by the rule in DESIGN.md, with explicit loops over windows."""
+    """(B, H, W, C) -> (B, nW) by the README's rule ("Window pruning, exactly"), with explicit loops over windows."""
     B, H, W, C = x.shape
     wh, ww, sh, sw = effective_window(H, W, window, shifted)
     tok = x.abs().mean(-1).double()

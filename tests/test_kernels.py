@@ -382,7 +382,7 @@ def test_backward_mixed_dtype_windows():
 
 
 def _score_by_autograd(x: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
-    """DESIGN.md's score in plain differentiable torch ops (the gradient the custom op's formula must give)."""
+    """The README's window score in plain differentiable torch ops (the gradient the custom op's formula must give)."""
     B, H, W, _ = x.shape
     tok = x.abs().mean(dim=-1, dtype=torch.float32).reshape(B, H * W)
     tok = torch.cat([tok, tok.new_zeros(B, 1)], dim=1)
@@ -395,7 +395,7 @@ _SCORE_GRAD_TOL = {torch.float32: (1e-5, 1e-7), torch.float16: (1e-3, 1e-5), tor
 @pytest.mark.parametrize("dtype", [torch.float32] + GRAD_DTYPES[1:] if ON_CUDA else [torch.float32], ids=str)
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_score_gradient(backend, dtype):
-    """The score's registered gradient against autograd through DESIGN.md's formula (computed in float32 from x
+    """The score's registered gradient against autograd through the README's formula (computed in float32 from x
     of any dtype, so both round once at the end: within one unit of x's precision)."""
     geom = WindowGeometry.create(9, 11, 4, True)
     gen = torch.Generator().manual_seed(2)

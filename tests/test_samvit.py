@@ -1,5 +1,5 @@
 """SamViT (SAM image encoder / ViTDet): dense equality with an independent reference, checkpoint formats, pruning
-identities of DESIGN.md, registered shapes, bad input."""
+identities of the README, registered shapes, bad input."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from . import hiera, samvit, swin  # noqa: F401  (the families register themselv
 from .checkpoint import convert_state_dict, load_checkpoint, read_state_dict
 from .family import ModelFamily, families, family_of_model, get_family
 from .features import FeatureInfo, FeatureListNet, supports_features
+from .hiera import HieraBlock, HieraDet
 from .registry import create_model, list_models, model_defaults, model_family_name, register_model
 from .samvit import SamBlock, SamViT
 from .swin import SwinBlock, SwinStage, SwinTransformer
@@ -19,6 +20,8 @@ __all__ = [
     "SwinBlock",
     "SamViT",
     "SamBlock",
+    "HieraDet",
+    "HieraBlock",
     "PrunedWindowBlock",
     "WindowPrunableModel",
     "model_family_name",
