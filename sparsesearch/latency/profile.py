@@ -49,14 +49,13 @@ from ..scoped import torch_threads
 from ..space import SearchSpace
 from .env import DTYPES, environment
 from .fit import TableFit
+from .load import LoadMonitor, default_max_load
 from .malloc import tune_malloc
 from .measure import (
-    LoadMonitor,
     Stat,
     Timer,
     combine_rounds,
     default_flush_bytes,
-    default_max_load,
     make_timer,
     serpentine,
     summarize,

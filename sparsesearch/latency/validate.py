@@ -22,13 +22,12 @@ from ..models.family import prunable
 from ..scoped import torch_threads
 from ..space import SearchSpace
 from .env import DTYPES, device_type
+from .load import LoadMonitor, default_max_load
 from .malloc import malloc_tuned
 from .measure import (
-    LoadMonitor,
     Stat,
     Timer,
     combine_rounds,
-    default_max_load,
     make_timer,
     time_interleaved,
 )
