@@ -161,3 +161,13 @@ def test_the_cli_leaves_the_allocator_alone_for_a_table_profiled_without(monkeyp
     monkeypatch.setattr(check_mod, "check_timer", lambda table: FakeTimer(table, 1.0))
     assert main(["latency", "check", "--table", str(tmp_path / "table.json")]) == 0
     assert mallopt_calls == []
+
+
+def test_a_profile_runs_at_its_thread_count_and_puts_the_callers_back(tmp_path, monkeypatch, mallopt_calls):
+    (tmp_path / "space.yaml").write_text(SPACE)
+    space = ss.SearchSpace.load(tmp_path / "space.yaml")
+    with torch_threads(2):  # the caller's count; the fake profile runs at --threads 1
+        table = _profile(space, tmp_path / "table.json", monkeypatch)
+        assert torch.get_num_threads() == 2
+    assert table.meta["threads"] == 1
+    assert mallopt_calls == [] and table.meta["malloc"] is None  # ProfileSettings.malloc is off by default
