@@ -646,7 +646,12 @@ def test_validation_interleaves_configs_forward_by_forward(tmp_path, monkeypatch
     model, _ = module.table_model(table)
     timer = _SequenceTimer(model)
     monkeypatch.setattr(module, "table_model", lambda t: (model, {(32, 32): torch.zeros(1)}))
-    report = validate(table, n=2, seed=0, warmup=1, repeats=3, rounds=2, timer=timer, drift_check=False)
+    settings = ss.latency.ValidationSettings(n=2, seed=0, warmup=1, repeats=3, rounds=2, drift_check=False)
+    report = validate(table, settings, timer=timer)
+    again = validate(table, settings, timer=_SequenceTimer(model), n=1)  # a field by name overrides the settings
+    assert len(again.rows) < len(report.rows) and again.settings["n_random"] == 1
+    with pytest.raises(LatencyTableError, match="unknown setting.*repeat"):
+        validate(table, settings, repeat=3)
     n = len(report.rows)
     assert len(timer.timed) == n + 2 * 3 * n  # one warm-up call each (warmup=1), then 2 rounds x 3 passes
     passes = [timer.timed[j : j + n] for j in range(n, len(timer.timed), n)]

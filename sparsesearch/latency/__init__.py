@@ -24,6 +24,7 @@ from .table import KindTable, LatencyTable, TableMachineWarning
 from .validate import (
     ValidationReport,
     ValidationRow,
+    ValidationSettings,
     report_paths,
     time_configs,
     validate,
@@ -43,6 +44,7 @@ __all__ = [
     "CalibrationWarning",
     "PartialProfileWarning",
     "validate",
+    "ValidationSettings",
     "time_configs",
     "validation_genomes",
     "ValidationReport",

@@ -422,13 +422,12 @@ def time_interleaved(
     rounds: int,
     before_pass: Callable[[], Any] | None = None,
     after_round: Callable[[int], None] | None = None,
-    warm: int = 1,
     order: Sequence[int] | None = None,
 ) -> list[list[Stat]]:
     """Time several calls interleaved call by call: per (setup, call) of `runs`, one Stat per round.
 
     After `warmup` untimed calls of each, every *pass* times each call once, in turn: its `setup` (e.g. setting
-    its config) and `warm` calls run untimed first, then one timed call. A round is `repeats` passes, and a
+    its config) and one untimed call run first, then one timed call. A round is `repeats` passes, and a
     run's Stat of a round summarises its `repeats` samples with the timer's trim and statistic. Interleaving
     call by call, rather than `repeats` calls of one and then the next, spreads every run's samples evenly over
     the time taken, so that a machine whose speed drifts over seconds (+-20% on a shared VM,
@@ -460,7 +459,7 @@ def time_interleaved(
             for i in forward if order is None else serpentine(forward, passes):
                 setup, call = runs[i]
                 setup()
-                one = timer.measure(call, warm, 1)
+                one = timer.measure(call, 1, 1)
                 samples[i].append(one.ms)
                 rejected[i] += one.rejected
             passes += 1
@@ -494,19 +493,18 @@ def time_parts(
     device: torch.device | str = "cpu",
     clock: str = "wall",
     trim: float = DEFAULT_TRIM,
-    min_cpu_fraction: float = 0.95,
-    max_rejects_per_repeat: int = 20,
     statistic: str = "mean",
 ) -> dict[str, Stat]:
-    """`Timer.measure_parts` of a timer for `device` without cache flush: a CpuTimer with this clock and
-    rejection rule (a forward during which the thread was preempted is re-run), or a CudaTimer (events)."""
+    """`Timer.measure_parts` of a timer for `device` without cache flush: a CpuTimer with this clock and its
+    default rejection rule (a forward during which the thread was preempted is re-run; for another rule, call
+    `CpuTimer(...).measure_parts`), or a CudaTimer (events)."""
     dev = torch.device(device)
     if dev.type == "cuda":
         if clock == "thread":
             raise LatencyTableError("the thread clock needs a CPU and one torch thread (--threads 1)")
         timer: Timer = CudaTimer(dev, trim, 0, statistic)
     else:
-        timer = CpuTimer(trim, 0, min_cpu_fraction, max_rejects_per_repeat, clock, statistic)
+        timer = CpuTimer(trim, 0, clock=clock, statistic=statistic)
     return timer.measure_parts(run, parts, warmup, repeats)
 
 

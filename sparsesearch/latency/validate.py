@@ -3,6 +3,7 @@ and compare with the table's predictions (MAPE, share within +-10%, Kendall tau,
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import functools
 import json
@@ -38,6 +39,7 @@ __all__ = [
     "ValidationReport",
     "kendall_tau_b",
     "validation_genomes",
+    "ValidationSettings",
     "validate",
     "time_configs",
     "report_paths",
@@ -247,20 +249,40 @@ def validation_genomes(table: LatencyTable, n: int = 50, seed: int = 0) -> list[
     return out
 
 
+@dataclass(frozen=True)
+class ValidationSettings:
+    """How `validate` times a table's configs.
+
+    Attributes:
+        n, seed: random configs (`validation_genomes`), beside the dense and uniform ones.
+        warmup, repeats, rounds: per config and round, and passes over all configs (None: the table's). Each
+            config's figure combines its rounds by the table's statistic, as the profiler did its entries.
+        allow_foreign: skip `table.check_compatible` (measure on this machine anyway).
+        quiet, max_load, max_wait_s: wait for a quiet machine before each pass over the configs, as
+            `ProfileSettings`.
+        drift_check: also time the profile's calibration configs again (not part of the figures) to tell how
+            much faster or slower the machine runs now than while it was profiled (`speed_vs_profile`).
+    """
+
+    n: int = 50
+    seed: int = 0
+    warmup: int | None = None
+    repeats: int | None = None
+    rounds: int | None = None
+    allow_foreign: bool = False
+    quiet: bool = False
+    max_load: float | None = None
+    max_wait_s: float = 600.0
+    drift_check: bool = True
+
+
 def validate(
     table: LatencyTable,
-    n: int = 50,
-    seed: int = 0,
-    warmup: int | None = None,
-    repeats: int | None = None,
-    rounds: int | None = None,
-    allow_foreign: bool = False,
-    quiet: bool = False,
-    max_load: float | None = None,
-    max_wait_s: float = 600.0,
-    drift_check: bool = True,
+    settings: ValidationSettings | None = None,
+    *,
     timer: Timer | None = None,
     on_config: Callable[[int, int], None] | None = None,
+    **overrides: Any,
 ) -> ValidationReport:
     """Time whole-model forwards of `validation_genomes(table, n, seed)` at the table's device, dtype, batch,
     threads, head, resolution(s) and clock, and compare with `table.predict_many`. The allocator stays as this
@@ -268,15 +290,13 @@ def validate(
     to time as the profile did (`sparsesearch latency validate` does, for its own process).
 
     Args:
-        warmup, repeats, rounds: per config and round, and passes over all configs (default: the table's).
-            Each config's figure combines its rounds by the table's statistic, as the profiler did its entries.
-        allow_foreign: skip `table.check_compatible` (measure on this machine anyway).
-        quiet, max_load, max_wait_s: wait for a quiet machine before each pass over the configs, as
-            `ProfileSettings`.
-        drift_check: also time the profile's calibration configs again (not part of the figures) to tell how
-            much faster or slower the machine runs now than while it was profiled (`speed_vs_profile`).
+        settings: how to time (`ValidationSettings`); keyword arguments named as its fields override it
+            (``validate(table, n=10, rounds=2)``); another name raises LatencyTableError.
+        timer: the Timer (default: the table's clock, trim and statistic, no cache flush).
         on_config: called after each round with (configs timed so far, total).
     """
+    o = _settings(settings, overrides)
+    n, seed, allow_foreign, max_load, max_wait_s = o.n, o.seed, o.allow_foreign, o.max_load, o.max_wait_s
     meta = table.meta
     dev_type = meta["device_type"]
     device = torch.device(dev_type)
@@ -284,17 +304,17 @@ def validate(
         table.check_compatible()
     else:
         device_type(dev_type)
-    warmup, repeats, rounds = _counts(meta, warmup, repeats, rounds)
+    warmup, repeats, rounds = _counts(meta, o.warmup, o.repeats, o.rounds)
     timer = timer or _table_timer(table)
     genomes = validation_genomes(table, n, seed)
     n_rows = len(genomes)
-    checks = _calibration_checks(table) if drift_check else []
+    checks = _calibration_checks(table) if o.drift_check else []
     genomes = genomes + [(f"profile check {i}", g) for i, (_, g) in enumerate(checks)]
     predicted = table.predict_many(np.stack([g for _, g in genomes]))
     malloc = malloc_tuned() if dev_type == "cpu" else None  # the caller's choice (`tune_malloc`), recorded
     monitor = LoadMonitor()
     threads = int(meta["threads"])
-    limit = (max_load if max_load is not None else default_max_load(device, threads)) if quiet else None
+    limit = (max_load if max_load is not None else default_max_load(device, threads)) if o.quiet else None
     model, images = table_model(table)
     timed = _TimedModel(table.space, model, images, timer, warmup, repeats)
     with torch_threads(threads), torch.inference_mode():
@@ -307,7 +327,7 @@ def validate(
         {"genome": row.genome, "profile_ms": round(then, 4), "measured_ms": round(row.measured.ms, 4)}
         for (then, _), row in zip(checks, rows[n_rows:])
     ]
-    settings = {
+    recorded = {
         "n_random": n,
         "seed": seed,
         "warmup": warmup,
@@ -325,7 +345,16 @@ def validate(
         "malloc": malloc,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return ValidationReport(table.source, rows[:n_rows], settings, drift)
+    return ValidationReport(table.source, rows[:n_rows], recorded, drift)
+
+
+def _settings(settings: ValidationSettings | None, overrides: dict[str, Any]) -> ValidationSettings:
+    """`settings` (default: `ValidationSettings()`) with `overrides` applied by field name."""
+    names = {f.name for f in dataclasses.fields(ValidationSettings)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise LatencyTableError(f"validate: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return dataclasses.replace(settings or ValidationSettings(), **overrides)
 
 
 def time_configs(
