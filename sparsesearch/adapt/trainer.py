@@ -128,7 +128,9 @@ def adapt(
     """
     info = D.setup(options.device if isinstance(options.device, str) else "auto")
     try:
-        return _Run(options, info, resume, overwrite, explicit, progress, on_step, log).run()
+        say = functools.partial(_say, log, info)
+        setup = RunSetup(options, info, resume, overwrite, explicit, say)
+        return _Run(setup, progress, on_step, say).run()
     finally:
         D.teardown(info)
 
@@ -169,34 +171,31 @@ class _Training:
     ckpt: Checkpointer
 
 
+def _say(log: Callable[[str], None] | None, info: D.DistInfo, msg: str) -> None:
+    """A one-line message to `log`, on rank 0 only."""
+    if log is not None and info.is_main:
+        log(msg)
+
+
 class _Run:
     """One call of `adapt`: set up (`RunSetup`), then the steps, then the end."""
 
     def __init__(
         self,
-        options: AdaptOptions,
-        info: D.DistInfo,
-        resume: bool,
-        overwrite: bool,
-        explicit: Collection[str] | None,
+        setup: RunSetup,
         progress: bool | None,
         on_step: Callable[[dict[str, Any]], None] | None,
-        log: Callable[[str], None] | None,
+        log: Callable[[str], None],
     ) -> None:
-        self.info = info
+        self.setup, self.info = setup, setup.info
         self.progress = progress
         self.on_step = on_step
-        self._log = log
-        self.setup = RunSetup(options, info, resume, overwrite, explicit, self.log)
-        self.stop = StopSignals(enabled=not info.distributed)
+        self.log = log
+        self.stop = StopSignals(enabled=not setup.info.distributed)
 
     @property
     def opts(self) -> AdaptOptions:
         return self.setup.opts
-
-    def log(self, msg: str) -> None:
-        if self._log is not None and self.info.is_main:
-            self._log(msg)
 
     def run(self) -> AdaptResult:
         with isolated_rng():  # the run seeds and draws; the caller's RNG streams are left as they were
