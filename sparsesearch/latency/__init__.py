@@ -1,5 +1,11 @@
 """Latency lookup tables: profile the parts of a search space's model on this machine, predict the latency of
-any config as the sum of its parts, and validate predictions against end-to-end measurements."""
+any config as the sum of its parts, and validate predictions against end-to-end measurements.
+
+Modules: `plan` (what a profile measures), `profile` (the profiler that measures it), `resume` (partial results),
+`fit` (from measurements to figures and the correction), `meta` (what a table records), `table` (the table and
+its predictions), `measure` (statistics and timers), `load` (waiting for a quiet machine), `malloc` (the
+allocator setting), `env` (the machine), `structure` (block kinds of a space), `validate` and `check` (timing a
+table's predictions end to end)."""
 
 from .check import TableCheck, TableSpeedError, check_table, check_timer, ensure_table_speed, reprofile_command
 from .env import device_name, device_slug, environment, fingerprint, machine_slug
