@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 import sparsesearch as ss
-from sparsesearch.adapt import AdaptOptions
+from sparsesearch.adapt import AdaptOptions, adapt
 from sparsesearch.evaluate import Evaluator
 from sparsesearch.export import export_model, load_exported
 from sparsesearch.latency import ProfileSettings, profile
@@ -36,7 +36,7 @@ def train(out: Path, steps: int) -> Path:
     """The supernet of the example (trained once; a second run reuses it)."""
     supernet = out / "adapt" / "supernet.pt"
     if not supernet.exists():
-        ss.train_supernet(
+        adapt(
             AdaptOptions(
                 space=str(out / "space.yaml"),
                 data="synthetic:128",

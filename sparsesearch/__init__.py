@@ -7,7 +7,7 @@
 >>> result = ss.search(space, latency=table, accuracy=my_accuracy, budget="0.7x", model=supernet)
 """
 
-from .adapt import AdaptOptions, AdaptResult, RandomSparsity, train_supernet
+from .adapt import AdaptOptions, AdaptResult, RandomSparsity
 from .config import SparsityConfig
 from .errors import (
     BudgetError,
@@ -19,11 +19,11 @@ from .errors import (
     SparseSearchError,
 )
 from .evaluate import EvalResult, Evaluator, evaluate
-from .export import export_model, load_exported
+from .export import ExportSettings, export_model, load_exported
 from .fidelity import FidelityError, FidelityEvaluator, fidelity
 from .latency import LatencyTable
 from .models import SamViT, SwinTransformer, create_model, list_models, load_checkpoint
-from .search import AccuracyFunctionError, Candidate, SearchResult, search
+from .search import AccuracyFunctionError, Candidate, SearchResult, SearchSettings, search
 from .search.accuracy import FidelityAccuracy
 from .space import SearchSpace
 from .supernet import SupernetMeta, load_pretrained, load_supernet, save_supernet
@@ -46,7 +46,6 @@ __all__ = [
     "DataError",
     "LatencyTableError",
     "BudgetError",
-    "train_supernet",
     "AdaptOptions",
     "AdaptResult",
     "RandomSparsity",
@@ -58,6 +57,7 @@ __all__ = [
     "FidelityAccuracy",
     "FidelityError",
     "export_model",
+    "ExportSettings",
     "load_exported",
     "load_pretrained",
     "load_supernet",
@@ -65,6 +65,7 @@ __all__ = [
     "SupernetMeta",
     "search",
     "SearchResult",
+    "SearchSettings",
     "Candidate",
     "AccuracyFunctionError",
     "__version__",

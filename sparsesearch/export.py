@@ -26,8 +26,18 @@ from .config import SparsityConfig
 from .errors import CheckpointError, DataError, SparseSearchError
 from .fileio import atomic_write, atomic_write_text
 from .models.family import family_of_model
+from .options import settings_from
 
-__all__ = ["ExportReport", "export_model", "load_exported", "measure_latency", "check_onnx", "finetune_config"]
+__all__ = [
+    "ExportReport",
+    "ExportSettings",
+    "FinetuneSettings",
+    "export_model",
+    "load_exported",
+    "measure_latency",
+    "check_onnx",
+    "finetune_config",
+]
 
 
 @dataclass
@@ -136,24 +146,31 @@ def check_onnx(
     }
 
 
+@dataclass
+class FinetuneSettings:
+    """How `finetune_config` trains: `steps` of AdamW at peak `lr` (warm-up, cosine decay), `batch` images a step,
+    on `device`, seeded by `seed`, on the supernet's training data or `data` (labelled)."""
+
+    steps: int
+    lr: float = 1e-4
+    batch: int = 8
+    device: str = "cpu"
+    seed: int = 0
+    data: str | None = None
+
+
 def finetune_config(
-    model: Any,
-    meta: Any,
-    config: SparsityConfig,
-    *,
-    steps: int,
-    lr: float = 1e-4,
-    batch: int = 8,
-    device: str = "cpu",
-    seed: int = 0,
-    data: str | None = None,
+    model: Any, meta: Any, config: SparsityConfig, settings: FinetuneSettings | None = None, **overrides: Any
 ) -> list[float]:
     """Fine-tune `model` under one fixed config on the supernet's training data (or `data`; labelled), with AdamW,
     warm-up and cosine decay, in the supernet trainer's loop (`adapt.loop`); the caller's global RNG states are left
     alone.
 
+    settings: a `FinetuneSettings`; **overrides: its fields by name (``steps=500, lr=1e-4``).
     Returns the loss of each step.
     """
+    f = settings_from(FinetuneSettings, settings, overrides, "finetune_config")
+    steps, lr, batch, device, seed, data = f.steps, f.lr, f.batch, f.device, f.seed, f.data
     from .adapt.loop import Optimisation, StepSettings, batches, isolated_rng, train_step  # noqa: PLC0415
     from .adapt.sampling import StepConfig  # noqa: PLC0415
     from .data import build_dataset  # noqa: PLC0415
@@ -184,51 +201,73 @@ def finetune_config(
         opt = Optimisation(
             model, lr=lr, weight_decay=0.05, total_steps=steps, warmup_steps=max(1, steps // 10), min_lr=lr * 0.01
         )
-        settings = StepSettings(task, meta.ignore_index)
+        step = StepSettings(task, meta.ignore_index)
         passes = [StepConfig("config", config)]
         for _, _, (images, targets) in batches(dataset, batch, seed=seed, start=0, total=steps, steps_per_epoch=spe):
-            step_losses, _ = train_step(model, opt, passes, images.to(device), targets.to(device), settings)
+            step_losses, _ = train_step(model, opt, passes, images.to(device), targets.to(device), step)
             losses.append(step_losses["config"])
     model.eval()
     return losses
+
+
+@dataclass
+class ExportSettings:
+    """How `export_model` builds, checks and describes the exported model.
+
+    Attributes:
+        model, checkpoint, space, head: a pretrained model instead of a supernet (`supernet.load_pretrained`;
+            `head` "auto" or "none").
+        data: evaluate accuracy on this data (default: none, unless val_samples is given: then the supernet's).
+        val_samples: number of validation images for the accuracy figures.
+        accuracy: "labels" (mIoU or top-1) or "fidelity" (to the dense model, no labels needed).
+        table: a latency table (of the same space) for the predicted latency.
+        finetune_steps, finetune_lr: fine-tune this one config for N steps on the supernet's training data (or
+            `data`) first.
+        onnx: also write model.onnx, checked with ONNX Runtime. device: where it runs. measure: time it here.
+        progress: called with a line per stage.
+        table_check, rescale_table: when `config` is a search's best.json with an absolute budget, the table's
+            speed check runs first (`latency.ensure_table_speed`: stops outside +-10%, or rescales the table).
+    """
+
+    model: str | None = None
+    checkpoint: str | os.PathLike | None = None
+    space: str | os.PathLike | None = None
+    head: str = "auto"
+    data: str | None = None
+    val_samples: int | None = None
+    accuracy: str = "labels"
+    table: str | os.PathLike | None = None
+    finetune_steps: int = 0
+    finetune_lr: float = 1e-4
+    onnx: bool = False
+    device: str = "cpu"
+    measure: bool = True
+    progress: Callable[[str], None] | None = None
+    table_check: bool = True
+    rescale_table: bool = False
 
 
 def export_model(
     supernet: str | os.PathLike | None,
     config: SparsityConfig | str | os.PathLike,
     out: str | os.PathLike,
-    *,
-    model: str | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    space: str | os.PathLike | None = None,
-    head: str = "auto",
-    data: str | None = None,
-    val_samples: int | None = None,
-    accuracy: str = "labels",
-    table: str | os.PathLike | None = None,
-    finetune_steps: int = 0,
-    finetune_lr: float = 1e-4,
-    onnx: bool = False,
-    device: str = "cpu",
-    measure: bool = True,
-    progress: Callable[[str], None] | None = None,
-    table_check: bool = True,
-    rescale_table: bool = False,
+    settings: ExportSettings | None = None,
+    **overrides: Any,
 ) -> ExportReport:
     """Fix `config` in the supernet's model (or a pretrained model's), optionally fine-tune it, and write the
     exported folder.
 
     Args:
-        supernet: a supernet from `sparsesearch adapt`; or None and a pretrained `model` name with its `checkpoint`
-            and `space` (`supernet.load_pretrained`; `head` "auto" or "none").
-        data: evaluate accuracy on this data (default: none, unless val_samples is given: then the supernet's).
-        val_samples: number of validation images for the accuracy figures.
-        accuracy: "labels" (mIoU or top-1) or "fidelity" (to the dense model, no labels needed).
-        table: a latency table (of the same space) for the predicted latency.
-        finetune_steps: fine-tune this one config for N steps on the supernet's training data (or `data`) first.
-        table_check, rescale_table: when `config` is a search's best.json with an absolute budget, the table's
-            speed check runs first (`latency.ensure_table_speed`: stops outside +-10%, or rescales the table).
+        supernet: a supernet from `sparsesearch adapt`; or None and a pretrained `settings.model` name with its
+            `checkpoint` and `space`.
+        config: a config, or a config file (e.g. a search's best.json).
+        settings: an `ExportSettings` (default: its defaults); **overrides: its fields by name (``table=...,
+            onnx=True``); an unknown name raises SparseSearchError.
     """
+    s = settings_from(ExportSettings, settings, overrides, "export_model")
+    model, checkpoint, space, head, data = s.model, s.checkpoint, s.space, s.head, s.data
+    val_samples, accuracy, table, finetune_steps, onnx = s.val_samples, s.accuracy, s.table, s.finetune_steps, s.onnx
+    device, measure, progress, rescale_table = s.device, s.measure, s.progress, s.rescale_table
     from .supernet import load_model_source  # noqa: PLC0415
 
     say = progress or (lambda msg: None)
@@ -240,10 +279,10 @@ def export_model(
     net.set_config(cfg)  # validates against the model
     r = cfg.resolution or the_space.resolutions[0]
     resolution = (int(r[0]), int(r[1]))
-    checked = _checked_table(table, config, table_check, rescale_table, say) if table is not None else None
+    checked = _checked_table(table, config, s.table_check, rescale_table, say) if table is not None else None
     if finetune_steps > 0:
         say(f"fine-tuning the config for {finetune_steps} steps")
-        finetune_config(net, meta, cfg, steps=finetune_steps, lr=finetune_lr, device=device, data=data)
+        finetune_config(net, meta, cfg, FinetuneSettings(finetune_steps, s.finetune_lr, device=device, data=data))
         net.set_config(cfg)
     net.eval()
     out = Path(out)

@@ -6,7 +6,7 @@ the same settings reuses the stage's result, a change (or `fresh=True`) redoes i
 
 The final table scores every row on the held-out test split (the search chose on the val split), times every
 row interleaved in one sitting (rounds over all rows, median round), and puts the measured "x dense" beside the
-table's prediction; :func:`verdict` says in two lines whether the demo's claims held.
+table's prediction; :func:`verdict` says whether the demo's claims held (a `Verdict`, printed in two lines).
 """
 
 from __future__ import annotations
@@ -17,19 +17,25 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .config import SparsityConfig
 from .errors import SparseSearchError
 from .fileio import atomic_write_text
+from .options import option
+
+if TYPE_CHECKING:
+    from .search.records import BestRecord, MeasuredRow, ParetoRecord
 
 __all__ = [
     "DemoOptions",
     "DemoRow",
     "DemoSummary",
     "run_demo",
+    "Verdict",
+    "Comparison",
     "verdict",
     "RESIZE_MARGIN",
 ]
@@ -50,36 +56,54 @@ def _quick_space(space_path: str) -> str:
 
 @dataclass
 class DemoOptions:
-    """Settings of the demo; the defaults finish in about 7 minutes on a quiet 2-core CPU."""
+    """Settings of the demo (`sparsesearch demo`'s flags are built from these fields); the defaults finish in
+    about 7 minutes on a quiet 2-core CPU."""
 
-    out: str | None = None  # None: `demo_folder(space)`, so each space's demo has a folder of its own
-    space: str = "search_spaces/demo.yaml"
+    out: str | None = option(
+        None,
+        help="run folder (default: runs/demo for the built-in space, runs/demo_<space file name> for another; a "
+        "folder that holds another space's demo is refused)",
+    )
+    space: str = option("search_spaces/demo.yaml", help="search space of the demo")
     # dense scenes (most windows hold part of an object): pruning costs accuracy until the supernet adapts
-    data: str = "synthetic:384:objects=24-48,coverage=0.4-0.6"
-    resolutions: tuple[int, ...] | None = None  # profiled sides (square); None: see _profiled_resolutions
-    pretrain_steps: int = 120  # dense training from random init: the "pretrained checkpoint" of the demo
-    pretrain_lr: float = 2e-3
-    steps: int = 120  # supernet adaptation from the pretrained weights
-    batch: int = 4
-    lr: float = 1e-3
-    latency: str = "0.7x"
-    algorithm: str = "ga"
-    population: int = 12
-    generations: int = 3  # after the warm start (search.warmstart), whose seeds already sit near the budget
+    data: str = option("synthetic:384:objects=24-48,coverage=0.4-0.6", help="data spec")
+    resolutions: tuple[int, ...] | None = option(
+        None,
+        help="sides to profile (default: the space's resolutions; a single-resolution space adds 5/6 and 2/3 of "
+        "it for the uniform-resize reference)",
+        type=int,
+        nargs="+",
+    )
+    pretrain_steps: int = option(120, help="dense pretraining steps (the demo's 'pretrained checkpoint')")
+    pretrain_lr: float = option(2e-3, help="learning rate of the dense pretraining", cli=False)
+    steps: int = option(120, help="supernet adaptation steps from the pretrained weights")
+    batch: int = option(4, help="training batch", cli=False)
+    lr: float = option(1e-3, help="learning rate of the adaptation", cli=False)
+    latency: str = option("0.7x", help="search budget (e.g. 0.6x, 40ms)")
+    algorithm: str = option("ga", help="search algorithm (see `sparsesearch evolve --help`)")
+    population: int = option(12, help="configs per generation of the search")
+    # after the warm start (search.warmstart), whose seeds already sit near the budget
+    generations: int = option(3, help="generations of the search")
     # the search's accuracy (val split); configs are compared on the same images (paired), whose noise is small
-    val_samples: int = 24
-    test_samples: int = 96  # the final table's accuracy (test split, never seen by the search)
-    measure_rounds: int = 5  # interleaved rounds of the final table's timing
-    finalists: int = 8  # the search re-times this many of the pick's candidates before choosing
-    profile_repeats: int = 4  # the finalists re-time the configs the pick weighs: the table needs less
-    profile_rounds: int = 2
-    threads: int | None = None  # training and evaluation
+    val_samples: int = option(24, help="val items the search scores")
+    test_samples: int = option(96, help="held-out test items the final table scores")
+    measure_rounds: int = option(5, help="interleaved rounds of the final table's timing", cli=False)
+    finalists: int = option(8, help="the search times this many of the pick's candidates before choosing (0: off)")
+    # the finalists re-time the configs the pick weighs: the table needs less
+    profile_repeats: int = option(4, help="repeats of each latency-table entry", cli=False)
+    profile_rounds: int = option(2, help="rounds of the latency table's profile", cli=False)
+    threads: int | None = option(None, help="torch CPU threads for training (default: torch's)")
     # the latency table and the final table's timing: one thread, as `sparsesearch profile` uses on a shared
     # CPU (a batch-1 forward of a small model gains little from a second thread, and its timing is steadier)
-    latency_threads: int = 1
-    seed: int = 0
-    fresh: bool = False
-    quick: bool = False  # a reduced run (tiny model, 64x64 images, a few steps): what the test suite runs
+    latency_threads: int = option(1, help="CPU threads of the latency table and the final timing")
+    seed: int = option(0, help="seed of every stage")
+    fresh: bool = option(False, help="discard earlier results in --out")
+    # a reduced run (tiny model, 64x64 images, a few steps): what the test suite runs
+    quick: bool = option(False, help="a reduced run in seconds (tiny model, 64x64)")
+
+    def __post_init__(self) -> None:
+        if self.resolutions is not None:
+            self.resolutions = tuple(int(r) for r in self.resolutions)
 
     def effective(self) -> DemoOptions:
         """The settings actually used (the run folder named; quick mode shrinks everything)."""
@@ -157,7 +181,8 @@ class DemoSummary:
     samples: int = 0
     resize_note: str = ""
     baseline_note: str = ""  # baselines the search's timing left out (see `baseline_note`)
-    verdict: list[str] = field(default_factory=list)
+    outcome: Verdict | None = None  # the verdict as data
+    verdict: list[str] = field(default_factory=list)  # its two lines (`Verdict.lines`)
 
 
 def _row(rows: Sequence[DemoRow], role: str) -> DemoRow | None:
@@ -169,99 +194,132 @@ def _label(row: DemoRow) -> str:
     return row.name[row.name.find("(") + 1 : -1] if row.name.endswith(")") else row.name
 
 
-def _which(row: DemoRow, budget_x: float) -> str:
-    """Which baseline row a verdict compares with: "uniform 0.60 at 0.65x as measured" (flagged if over budget)."""
-    label = _label(row)
-    over = ", over the budget: none of its candidates ran within it" if row.measured_x > budget_x else ""
-    return f"{label} at {row.measured_x:.2f}x as measured{over}"
-
-
-def _paired(a: DemoRow, b: DemoRow) -> str:
-    """' (+-SE paired)': the standard error of a's gain over b on the same test items, when both kept them."""
+def _paired_se(a: DemoRow, b: DemoRow) -> float | None:
+    """The standard error of a's gain over b on the same test items, when both kept them."""
     if not a.left_out or len(a.left_out) != len(b.left_out):
-        return ""
+        return None
     from .evaluate import jackknife_stderr  # noqa: PLC0415
 
-    se = jackknife_stderr([x - y for x, y in zip(a.left_out, b.left_out)])
-    return f" (+-{se:.2f} paired)"
+    return float(jackknife_stderr([x - y for x, y in zip(a.left_out, b.left_out)]))
 
 
-def verdict(rows: Sequence[DemoRow], budget_x: float, metric: str = "mIoU", margin: float = RESIZE_MARGIN) -> list[str]:
-    """Two lines saying in words whether the demo's claims held, from the final table's rows.
+@dataclass
+class Comparison:
+    """The searched config against one baseline kind (the row `settle_baselines` chose), or its absence."""
 
-    Line 1 (speed): the searched config *measured* at or under its budget (as a multiple of dense).
-    Line 2 (accuracy): its accuracy at or above the best uniform sparsity and at least `margin` points above
-    uniform resizing within the same budget (the rows `settle_baselines` chose: within the budget by the search's
-    measured rule where its finalists timed them, else as measured here). A claim whose baseline row is missing
-    says so and does not hold.
+    kind: str  # "uniform_sparsity" or "uniform_resize"
+    needed: float  # the gain the claim needs (0: at or above; the resize margin)
+    label: str = ""  # the baseline's config ("uniform 0.60"); "" when the table has none within the budget
+    accuracy: float = float("nan")
+    measured_x: float = float("nan")
+    gain: float = float("nan")  # searched minus baseline accuracy
+    paired_se: float | None = None
+    over_budget: bool = False  # the baseline row ran over the budget as measured (none of its kind within it)
+
+    @property
+    def present(self) -> bool:
+        return bool(self.label)
+
+    @property
+    def held(self) -> bool:
+        return self.present and self.gain >= self.needed
+
+    def phrase(self) -> str:
+        name = "the best uniform sparsity" if self.kind == "uniform_sparsity" else "uniform resize"
+        if not self.present:
+            return f"no {self.kind.replace('_', ' ')} within the budget to compare with"
+        se = f" (+-{self.paired_se:.2f} paired)" if self.paired_se is not None else ""
+        over = ", over the budget: none of its candidates ran within it" if self.over_budget else ""
+        need = "at or above needed" if self.needed == 0 else f"at least +{self.needed:g} needed"
+        return (
+            f"{self.gain:+.2f}{se} over {name} ({self.label} at {self.measured_x:.2f}x as measured{over}: "
+            f"{self.accuracy:.2f}; {need})"
+        )
+
+
+@dataclass
+class Verdict:
+    """Whether the demo's claims held, as data; `lines()` says it in two lines.
+
+    speed: the searched config *measured* at or under its budget (as a multiple of dense). accuracy: its accuracy
+    at or above the best uniform sparsity and at least the margin above uniform resizing within the same budget.
     """
+
+    budget_x: float
+    metric: str
+    searched: bool  # the table has a searched row
+    measured_x: float = float("nan")
+    predicted_x: float = float("nan")
+    accuracy: float = float("nan")
+    comparisons: list[Comparison] = field(default_factory=list)
+
+    @property
+    def speed_held(self) -> bool:
+        return self.searched and self.measured_x <= self.budget_x
+
+    @property
+    def accuracy_held(self) -> bool:
+        return self.searched and all(c.held for c in self.comparisons)
+
+    def comparison(self, kind: str) -> Comparison:
+        return next(c for c in self.comparisons if c.kind == kind)
+
+    def lines(self) -> list[str]:
+        if not self.searched:
+            return ["speed: no searched config in the table.", "accuracy: no searched config in the table."]
+        fast = self.speed_held
+        speed = (
+            f"speed: {'held' if fast else 'did not hold'}. The searched config ran at {self.measured_x:.2f}x dense "
+            f"as measured (predicted {self.predicted_x:.2f}x), {'within' if fast else 'over'} its budget of "
+            f"{self.budget_x:.2f}x."
+        )
+        accuracy = (
+            f"accuracy: {'held' if self.accuracy_held else 'did not hold'}. The searched config scores "
+            f"{self.accuracy:.2f} {self.metric}: " + " and ".join(c.phrase() for c in self.comparisons) + "."
+        )
+        return [speed, accuracy]
+
+
+def verdict(rows: Sequence[DemoRow], budget_x: float, metric: str = "mIoU", margin: float = RESIZE_MARGIN) -> Verdict:
+    """Whether the demo's claims held, from the final table's rows (see `Verdict`): the baselines compared are the
+    rows `settle_baselines` chose. A claim whose baseline row is missing does not hold."""
     best = _row(rows, "searched")
     if best is None:
-        return ["speed: no searched config in the table.", "accuracy: no searched config in the table."]
-    fast = best.measured_x <= budget_x
-    speed = (
-        f"speed: {'held' if fast else 'did not hold'}. The searched config ran at {best.measured_x:.2f}x dense as "
-        f"measured (predicted {best.predicted_x:.2f}x), {'within' if fast else 'over'} its budget of {budget_x:.2f}x."
-    )
-    parts, held = [], True
-    uni, rsz = _row(rows, "uniform_sparsity"), _row(rows, "uniform_resize")
-    if uni is None:
-        parts.append("no uniform sparsity within the budget to compare with")
-        held = False
-    else:
-        d = best.accuracy - uni.accuracy
-        held &= d >= 0
-        parts.append(
-            f"{d:+.2f}{_paired(best, uni)} over the best uniform sparsity "
-            f"({_which(uni, budget_x)}: {uni.accuracy:.2f}; at or above needed)"
+        return Verdict(budget_x, metric, searched=False)
+    out = Verdict(budget_x, metric, True, best.measured_x, best.predicted_x, best.accuracy)
+    for kind, needed in zip(BASELINES, (0.0, margin)):
+        base = _row(rows, kind)
+        if base is None:
+            out.comparisons.append(Comparison(kind, needed))
+            continue
+        out.comparisons.append(
+            Comparison(
+                kind,
+                needed,
+                _label(base),
+                base.accuracy,
+                base.measured_x,
+                best.accuracy - base.accuracy,
+                _paired_se(best, base),
+                base.measured_x > budget_x,
+            )
         )
-    if rsz is None:
-        parts.append("no uniform resize within the budget to compare with")
-        held = False
-    else:
-        d = best.accuracy - rsz.accuracy
-        held &= d >= margin
-        parts.append(
-            f"{d:+.2f}{_paired(best, rsz)} over uniform resize ({_which(rsz, budget_x)}: {rsz.accuracy:.2f}; "
-            f"at least +{margin:g} needed)"
-        )
-    accuracy = (
-        f"accuracy: {'held' if held else 'did not hold'}. The searched config scores {best.accuracy:.2f} {metric}: "
-        + " and ".join(parts)
-        + "."
-    )
-    return [speed, accuracy]
+    return out
 
 
-def search_timings(best: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The search's finalist timings from best.json (`pick.measured.rows`), by config key: each row's measured x
-    dense, its standard error and whether the search's measured rule admitted it (`within_budget`)."""
-    rows = best.get("pick", {}).get("measured", {}).get("rows", [])
-    return {SparsityConfig.from_dict(r["config"]).key(): r for r in rows if "within_budget" in r}
-
-
-def _timing_of(row: DemoRow, timed: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """The search's finalist timing of this row's config, if it timed it."""
-    return timed.get(SparsityConfig.from_dict(row.config).key()) if timed and row.config else None
-
-
-def _admitted(row: DemoRow, budget_x: float, timed: dict[str, dict[str, Any]]) -> bool:
-    """Whether a baseline row is within the budget: by the search's rule where the search timed it (the same
-    measurement and guard its pick passed), else as measured in the final table."""
-    hit = _timing_of(row, timed)
-    return bool(hit["within_budget"]) if hit is not None else row.measured_x <= budget_x
-
-
-def settle_baselines(
-    rows: list[DemoRow], budget_x: float, timed: dict[str, dict[str, Any]] | None = None
-) -> list[DemoRow]:
+def settle_baselines(rows: list[DemoRow], budget_x: float, search: BestRecord | None = None) -> list[DemoRow]:
     """Per baseline kind, the row the verdict compares with: the most accurate of the search's pick and its
-    timed neighbours that are within the budget (`_admitted`: by the search's measured rule where its finalists
-    timed them, as the searched config had to be; else as measured here); the pick by prediction when none is.
-    The others stay in the table as "<role>_candidate" rows."""
+    timed neighbours that are within the budget (by the search's own measured rule, `BestRecord.within_budget`,
+    where its finalists timed them, as the searched config had to be; else as measured here); the pick by
+    prediction when none is. The others stay in the table as "<role>_candidate" rows."""
+
+    def admitted(r: DemoRow) -> bool:
+        by_search = search.within_budget(r.config) if search is not None and r.config else None
+        return by_search if by_search is not None else r.measured_x <= budget_x
+
     for role in BASELINES:
         group = [r for r in rows if r.role in (role, f"{role}_candidate")]
-        fits = [r for r in group if _admitted(r, budget_x, timed or {})]
+        fits = [r for r in group if admitted(r)]
         if fits:
             chosen = max(fits, key=lambda r: (r.accuracy, -r.measured_x))
             for r in group:
@@ -527,11 +585,13 @@ class _Demo:
         stage.finish()
         return stage
 
-    def export(self, supernet: Path, best: dict[str, Any], search: _Stage, table: Path) -> None:
+    def export(self, supernet: Path, best: BestRecord, search: _Stage, table: Path) -> None:
         """5. The deployable model of the searched config (weights, config, model card, ONNX)."""
         from .export import export_model  # noqa: PLC0415
 
-        stage = _Stage(self.root, "export", {"best": best["config"], "supernet": str(supernet)}, "card.json")
+        stage = _Stage(
+            self.root, "export", {"best": best.best.config.to_dict(), "supernet": str(supernet)}, "card.json"
+        )
         if self._reuse(stage, "export"):
             return
         stage.reset()
@@ -539,7 +599,7 @@ class _Demo:
         export_model(str(supernet), search.product, stage.dir, table=table, measure=False, onnx=True)
         stage.finish()
 
-    def picks(self, space: Any, best: dict[str, Any], pareto: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    def picks(self, space: Any, best: BestRecord, pareto: ParetoRecord) -> list[tuple[str, str, dict[str, Any]]]:
         """(name, role, config) of each row: dense, unadapted, per baseline kind the search's rule's pick by
         prediction with its neighbours near the budget ("<role>_candidate" rows; `settle_baselines` decides which
         one is compared after timing), searched."""
@@ -550,25 +610,26 @@ class _Demo:
         out.append(
             (f"unadapted @{UNADAPTED_SPARSITY:g} (dense weights, no adaptation)", "unadapted", unadapted.to_dict())
         )
-        tie = float(best.get("pick", {}).get("tie_margin", 0.0))
-        for label, role in zip(("uniform sparsity", "uniform resize"), BASELINES):
-            points = sorted(pareto["baselines"][role], key=lambda p: p["latency_ms"])
-            lat = [p["latency_ms"] for p in points]
-            pick = pick_best(lat, [p["accuracy"] for p in points], best["budget_ms"], tie)
+        tie, budget = best.pick.tie_margin, best.budget_ms
+        kinds = (pareto.uniform_sparsity, pareto.uniform_resize)
+        for label, role, kind in zip(("uniform sparsity", "uniform resize"), BASELINES, kinds):
+            points = sorted(kind, key=lambda p: p.latency_ms)
+            lat = [p.latency_ms for p in points]
+            pick = pick_best(lat, [p.accuracy for p in points], budget, tie)
             if pick is None:  # none predicted within the budget: the fastest, if the table may over-predict it
-                if points and lat[0] <= best["budget_ms"] * (1 + BASELINE_SLACK):
-                    out.append((f"{label} ({points[0]['label']})", role, points[0]["config"]))
+                if points and lat[0] <= budget * (1 + BASELINE_SLACK):
+                    out.append((f"{label} ({points[0].label})", role, points[0].config.to_dict()))
                 continue
             for i in range(max(0, pick.index - 1), pick.index + 2):  # the pick (the same rule as the searched
                 # config's, by prediction) and its neighbours near the budget
-                if i < len(points) and (i == pick.index or lat[i] <= best["budget_ms"] * (1 + BASELINE_SLACK)):
+                if i < len(points) and (i == pick.index or lat[i] <= budget * (1 + BASELINE_SLACK)):
                     r = role if i == pick.index else f"{role}_candidate"
-                    out.append((f"{label} ({points[i]['label']})", r, points[i]["config"]))
-        out.append((str(best.get("label") or "searched"), "searched", best["config"]))
+                    out.append((f"{label} ({points[i].label})", r, points[i].config.to_dict()))
+        out.append((best.best.label or "searched", "searched", best.best.config.to_dict()))
         return out
 
     def compare(
-        self, supernet: Path, pretrained: Path, table_path: Path, best: dict[str, Any], pareto: dict[str, Any]
+        self, supernet: Path, pretrained: Path, table_path: Path, best: BestRecord, pareto: ParetoRecord
     ) -> list[DemoRow]:
         """The final table: every row scored on the test split and timed interleaved, on this machine."""
         from .evaluate import Evaluator  # noqa: PLC0415
@@ -618,30 +679,32 @@ class _Demo:
             m.set_config(None)  # type: ignore[operator]
         for r in rows:
             r.predicted_x, r.measured_x = r.predicted_ms / rows[0].predicted_ms, r.measured_ms / rows[0].measured_ms
-        return settle_baselines(rows, float(best["budget_ms"]) / rows[0].predicted_ms, search_timings(best))
+        return settle_baselines(rows, best.budget_ms / rows[0].predicted_ms, best)
 
 
-def baseline_note(rows: Sequence[DemoRow], best: dict[str, Any]) -> str:
+def baseline_note(rows: Sequence[DemoRow], search: BestRecord) -> str:
     """A line per baseline row the search timed and its rule left out (measured x dense plus `guard` standard
     errors over the budget): why the verdict compares with another row, or, where no row of that kind was
     admitted, that it compares with this one anyway (a baseline given more time than the budget)."""
-    timed, measured = search_timings(best), best.get("pick", {}).get("measured", {})
-    guard, budget = float(measured.get("guard", 0.0)), float(best.get("budget_ms", float("nan")))
-    budget_x = budget / float(measured.get("dense_predicted_ms", float("nan")))
+    measured = search.measured
+    if measured is None:
+        return ""
+    guard = measured.guard
+    budget_x = search.budget_ms / measured.dense_predicted_ms
 
-    def line(label: str, hit: dict[str, Any], tail: str) -> str:
-        x, se = hit["measured_x_dense"], hit["measured_x_dense_se"]
+    def line(label: str, hit: MeasuredRow, tail: str) -> str:
+        x, se = hit.measured_x_dense, hit.measured_x_dense_se
         return f"{label}: timed by the search at {x:.3f}x +- {se:.3f} dense, {tail} (+{guard:g} SE)"
 
     head: list[str] = []
     lines: list[str] = []
     for r in rows:
-        hit = _timing_of(r, timed)
+        hit = measured.row(r.config) if r.config else None
         if hit is None:
             continue
-        if r.role == "searched" and hit["within_budget"]:
+        if r.role == "searched" and hit.within_budget:
             head.append(line("searched", hit, f"within its {budget_x:.2f}x budget by its rule"))
-        elif r.role.split("_candidate")[0] in BASELINES and not hit["within_budget"]:
+        elif r.role.split("_candidate")[0] in BASELINES and not hit.within_budget:
             then = (
                 "not compared"
                 if r.role.endswith("_candidate")
@@ -677,16 +740,19 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = lambda msg: None
     pretrained = demo.pretrain()
     supernet = demo.adapt(pretrained.product)
     search = demo.search(supernet.product, table.product)
-    best = json.loads(search.product.read_text())
-    pareto = json.loads((search.dir / "pareto.json").read_text())
+    from .search.records import BestRecord, ParetoRecord  # noqa: PLC0415
+
+    best = BestRecord.load(search.product)
+    pareto = ParetoRecord.load(search.dir / "pareto.json")
     demo.export(supernet.product, best, search, table.product)
     rows = demo.compare(supernet.product, pretrained.product, table.product, best, pareto)
-    budget_x = float(best["budget_ms"]) / rows[0].predicted_ms
-    metric = str(best.get("metric", "mIoU"))
+    budget_x = best.budget_ms / rows[0].predicted_ms
+    metric = best.metric
+    outcome = verdict(rows, budget_x, metric)
     summary = DemoSummary(
         rows,
         metric,
-        float(best["budget_ms"]),
+        best.budget_ms,
         demo.root,
         demo.reused,
         f"{device_name('cpu')}, {demo.o.latency_threads} thread(s)",
@@ -694,7 +760,8 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = lambda msg: None
         samples=demo.samples,
         resize_note=_resize_note(SearchSpace.load(demo.space_path), rows),
         baseline_note=baseline_note(rows, best),
-        verdict=verdict(rows, budget_x, metric),
+        outcome=outcome,
+        verdict=outcome.lines(),
     )
     atomic_write_text(demo.root / "summary.json", json.dumps(asdict(summary), indent=1, default=str) + "\n")
     return summary

@@ -14,7 +14,7 @@ import pytest
 import sparsesearch as ss
 import torch
 import yaml
-from sparsesearch.adapt import AdaptOptions, ConfigSampler, adapt, cosine_schedule, distill_loss
+from sparsesearch.adapt import AdaptOptions, ConfigSampler, adapt, cosine_schedule, kl_distill
 from sparsesearch.cli import main
 from sparsesearch.errors import CheckpointError, ConfigError
 from sparsesearch.evaluate import Evaluator, confusion_matrix, evaluate, miou_from_confusion, resolve_config
@@ -283,7 +283,7 @@ def test_every_parameter_gets_a_gradient_under_any_config(space_file):
         assert [n for n, p in model.named_parameters() if p.grad is None] == []
 
 
-def test_cosine_schedule_and_distill_loss():
+def test_cosine_schedule_and_kl_distill():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([p], lr=1.0)
     sched = cosine_schedule(opt, total_steps=10, warmup_steps=2, lr=1.0, min_lr=0.1)
@@ -295,15 +295,15 @@ def test_cosine_schedule_and_distill_loss():
     assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0) and lrs[2] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:])) and lrs[-1] > 0.1
     logits = torch.randn(2, 3, 4, 4)
-    assert float(distill_loss(logits, logits)) == pytest.approx(0.0, abs=1e-6)
-    assert float(distill_loss(logits, torch.randn(2, 3, 8, 8))) > 0  # teacher at another size is resized
+    assert float(kl_distill(logits, logits)) == pytest.approx(0.0, abs=1e-6)
+    assert float(kl_distill(logits, torch.randn(2, 3, 8, 8))) > 0  # teacher at another size is resized
     target = torch.full((2, 4, 4), 255)
     target[0, 0, 0] = 1
     other = torch.randn(2, 3, 4, 4)
     kl = torch.nn.functional.kl_div(
         other[0, :, 0, 0].log_softmax(0), logits[0, :, 0, 0].log_softmax(0), log_target=True, reduction="sum"
     )
-    assert float(distill_loss(other, logits, target=target)) == pytest.approx(float(kl), rel=1e-5)
+    assert float(kl_distill(other, logits, mask=target != 255)) == pytest.approx(float(kl), rel=1e-5)
 
 
 # ---- metrics ----------------------------------------------------------------------------------------------------

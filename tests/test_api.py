@@ -13,7 +13,7 @@ import torch
 from sparsesearch.cli import main
 from sparsesearch.latency import ProfileSettings, profile
 from sparsesearch.supernet import SupernetMeta, save_supernet
-from sparsesearch.testing import exhaustive_best, toy_accuracy, toy_latency, toy_space
+from sparsesearch.testing import exhaustive_best, toy_accuracy, toy_latency, toy_space, toy_space_yaml
 
 TINY = """
 name: tiny_api
@@ -70,6 +70,39 @@ def test_search_finds_the_exhaustive_optimum(toy, budget, tmp_path):
     assert [h["generation"] for h in r.history if not h.get("refined")] == list(range(1, 31))
     assert r.dense.accuracy == toy_accuracy(toy.densest()) and r.dense.latency_ms > ms
     assert r.plot(tmp_path / "p.png").stat().st_size > 10_000
+
+
+def test_each_config_is_evaluated_once_the_resize_baseline_included(tmp_path):
+    """A space of two resolutions: the dense model at each is both a genome of the search and a uniform-resize
+    baseline; the accuracy function sees every config once, as the README promises."""
+    (tmp_path / "two.yaml").write_text(toy_space_yaml().replace("[[64, 64]]", "[[64, 64], [48, 48]]"))
+    space = ss.SearchSpace.load(tmp_path / "two.yaml")
+    calls: list[str] = []
+
+    def acc(model, cfg):
+        calls.append(cfg.key())
+        return toy_accuracy(cfg) - (0.1 if cfg.resolution == (48, 48) else 0.0)
+
+    def ms(cfg):
+        scale = 0.6 if cfg.resolution == (48, 48) else 1.0
+        return scale * float(toy_latency(space.encode(cfg)[None])[0])
+
+    r = ss.search(space, latency=ms, accuracy=acc, budget="0.7x", population=6, generations=2, progress=False)
+    assert len(calls) == len(set(calls)) == r.evaluated
+    assert {c.label for c in r.uniform_resize} >= {"dense 48x48"}  # the resize baseline was scored
+
+
+def test_settings_come_as_an_object_or_by_name_and_an_unknown_name_is_refused(toy):
+    kw = dict(latency=_toy_ms(toy), accuracy=_toy_acc, budget=7.0)
+    with pytest.raises(ss.SparseSearchError, match=r"unknown setting\(s\) populaton; known: .*population"):
+        ss.search(toy, **kw, populaton=4)
+    with pytest.raises(ss.SparseSearchError, match="unknown algorithm 'sa'"):
+        ss.search(toy, **kw, algorithm="sa")
+    by_name = ss.search(toy, **kw, population=6, generations=2, progress=False)
+    settings = ss.SearchSettings(population=6, generations=2, progress=False)
+    as_object = ss.search(toy, **kw, settings=settings)
+    assert by_name.best == as_object.best and by_name.evaluated == as_object.evaluated
+    assert ss.search(toy, **kw, settings=settings, generations=1).history[-1]["generation"] <= 1  # names override
 
 
 def _fidelity_setup(tmp_path):

@@ -9,6 +9,26 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sparsesearch"
 MAX_FUNCTION_LINES = 80
+MAX_PARAMETERS = 8
+
+#: public functions over the parameter limit in modules whose owners are reworking them; each is fixed by the
+#: developer who owns its module, and leaves this list then
+PARAMETER_LIMIT_PENDING = {
+    # models/: the model families' owner (constructors keep timm's keyword signatures: a settings object there
+    # needs a decision on compatibility)
+    "sparsesearch/models/hiera.py __init__",
+    "sparsesearch/models/samvit.py __init__",
+    "sparsesearch/models/swin.py __init__",
+    "sparsesearch/models/pruned_path.py fused_pruned_forward",
+    # data/, evaluate.py, fidelity.py: not yet assigned
+    "sparsesearch/data/build.py make_loader",
+    "sparsesearch/data/folders.py __init__",
+    "sparsesearch/data/synthetic.py __init__",
+    "sparsesearch/evaluate.py __init__",
+    "sparsesearch/evaluate.py evaluate",
+    "sparsesearch/fidelity.py __init__",
+    "sparsesearch/fidelity.py fidelity",
+}
 
 
 def _long_functions(root: Path, limit: int) -> list[str]:
@@ -135,3 +155,80 @@ def test_no_module_outside_models_names_a_model_family() -> None:
         f"{len(offenders)} place(s) outside sparsesearch/models/ name a model family; ask the family "
         "(`sparsesearch.models.family`) or point at `sparsesearch models` instead:\n  " + "\n  ".join(offenders)
     )
+
+
+def _many_parameters(root: Path, limit: int) -> list[str]:
+    """``path:line name (n parameters)`` for every public function or method with more than ``limit`` parameters.
+
+    Public: a module-level function or a method of a module-level class, neither named with a leading underscore
+    (a public class's ``__init__`` counts: it is the constructor users call); nested functions are not. Counted:
+    positional and keyword-only parameters, less a method's ``self`` / ``cls``; ``*args`` and ``**kwargs`` are not
+    (a settings object's fields by name arrive there, checked against the dataclass).
+    """
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        rel = path.relative_to(root.parent)
+        for node, method in _public_functions(tree):
+            a = node.args
+            params = [*a.posonlyargs, *a.args, *a.kwonlyargs]
+            if method and params and params[0].arg in ("self", "cls"):
+                params = params[1:]
+            if len(params) > limit:
+                offenders.append(f"{rel}:{node.lineno} {node.name} ({len(params)} parameters)")
+    return offenders
+
+
+def _public_functions(tree: ast.Module) -> list[tuple[ast.FunctionDef | ast.AsyncFunctionDef, bool]]:
+    """(function, is a method) for the module's public functions and its public classes' public methods."""
+    out: list[tuple[ast.FunctionDef | ast.AsyncFunctionDef, bool]] = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+            out.append((node, False))
+        elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+                    item.name == "__init__" or not item.name.startswith("_")
+                ):
+                    out.append((item, True))
+    return out
+
+
+def test_the_parameter_finder_counts_what_a_caller_passes(tmp_path: Path) -> None:
+    source = (
+        "def f(a, b, *, c, d=1, **kw): pass\n"
+        "def _private(a, b, c, d): pass\n"
+        "def g(a, b, c, d): pass\n"
+        "class C:\n"
+        "    def __init__(self, a, b, c): pass\n"
+        "    def m(self, a, b, c, *args): pass\n"
+        "    def _helper(self, a, b, c, d): pass\n"
+        "    @classmethod\n"
+        "    def make(cls, a, b): pass\n"
+        "class _Hidden:\n"
+        "    def m(self, a, b, c, d): pass\n"
+    )
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "m.py").write_text(source)
+    assert _many_parameters(package, 4) == []
+    assert _many_parameters(package, 2) == [
+        "pkg/m.py:1 f (4 parameters)",
+        "pkg/m.py:3 g (4 parameters)",
+        "pkg/m.py:5 __init__ (3 parameters)",
+        "pkg/m.py:6 m (3 parameters)",
+    ]
+
+
+def test_public_functions_take_few_parameters() -> None:
+    found = _many_parameters(PACKAGE, MAX_PARAMETERS)
+    pending = {f"{entry.split(':')[0]} {entry.split(' ')[1]}" for entry in found}
+    offenders = [
+        entry for entry in found if f"{entry.split(':')[0]} {entry.split(' ')[1]}" not in PARAMETER_LIMIT_PENDING
+    ]
+    assert not offenders, (
+        f"{len(offenders)} public function(s) in sparsesearch/ take more than {MAX_PARAMETERS} parameters; put the "
+        "settings in a dataclass (see search.SearchSettings, export.ExportSettings):\n  " + "\n  ".join(offenders)
+    )
+    fixed = {e for e in PARAMETER_LIMIT_PENDING - pending if (PACKAGE.parent / e.split(" ")[0]).is_file()}
+    assert not fixed, f"fixed: remove from PARAMETER_LIMIT_PENDING: {sorted(fixed)}"

@@ -1,10 +1,12 @@
-"""The demo's two-line verdict: fed rows where each claim holds or fails, it says so in words."""
+"""The demo's verdict: fed rows where each claim holds or fails, its outcome says which, and why."""
 
 from __future__ import annotations
 
 import pytest
 from sparsesearch.config import SparsityConfig
-from sparsesearch.pipeline import RESIZE_MARGIN, DemoRow, baseline_note, search_timings, settle_baselines, verdict
+from sparsesearch.pipeline import RESIZE_MARGIN, DemoRow, baseline_note, settle_baselines, verdict
+from sparsesearch.search.records import BestRecord, Candidate, Measured, MeasuredRow, ParetoRecord
+from sparsesearch.search.selection import Pick
 
 
 def _row(
@@ -34,44 +36,55 @@ def _table(searched_x: float = 0.65, searched: float = 95.0, uniform: float = 94
 
 
 def test_every_claim_holds() -> None:
-    speed, accuracy = verdict(_table(), budget_x=0.7)
-    assert speed.startswith("speed: held.") and "0.65x dense as measured (predicted 0.69x)" in speed
-    assert "within its budget of 0.70x" in speed
-    assert accuracy.startswith("accuracy: held.")
-    assert "+0.50 over the best uniform sparsity (uniform_sparsity at 0.62x as measured: 94.50" in accuracy
-    assert "+3.00 over uniform resize (uniform_resize at 0.60x as measured: 92.00" in accuracy
+    v = verdict(_table(), budget_x=0.7)
+    assert v.speed_held and v.accuracy_held
+    assert (v.measured_x, v.predicted_x, v.budget_x, v.accuracy) == (0.65, 0.69, 0.7, 95.0)
+    uni, rsz = v.comparison("uniform_sparsity"), v.comparison("uniform_resize")
+    assert (uni.label, uni.measured_x, uni.accuracy, uni.needed, uni.held) == ("uniform_sparsity", 0.62, 94.5, 0, True)
+    assert uni.gain == pytest.approx(0.5) and not uni.over_budget and uni.paired_se is None
+    assert (rsz.measured_x, rsz.accuracy, rsz.needed, rsz.held) == (0.60, 92.0, RESIZE_MARGIN, True)
+    assert rsz.gain == pytest.approx(3.0)
+
+
+def test_the_printed_lines_are_made_from_the_outcome() -> None:
+    held, failed = verdict(_table(), budget_x=0.7), verdict(_table(searched_x=0.74, uniform=95.2), budget_x=0.7)
+    for v in (held, failed):
+        speed, accuracy = v.lines()
+        assert speed.startswith(f"speed: {'held' if v.speed_held else 'did not hold'}.")
+        assert accuracy.startswith(f"accuracy: {'held' if v.accuracy_held else 'did not hold'}.")
+        assert f"{v.measured_x:.2f}x" in speed and all(f"{c.gain:+.2f}" in accuracy for c in v.comparisons)
 
 
 def test_over_budget_as_measured_does_not_hold() -> None:
-    speed, accuracy = verdict(_table(searched_x=0.74), budget_x=0.7)
-    assert speed.startswith("speed: did not hold.") and "over its budget of 0.70x" in speed
-    assert accuracy.startswith("accuracy: held.")  # the claims are judged apart
+    v = verdict(_table(searched_x=0.74), budget_x=0.7)
+    assert not v.speed_held and v.accuracy_held  # the claims are judged apart
 
 
 def test_exactly_at_budget_and_at_the_uniform_baseline_holds() -> None:
-    speed, accuracy = verdict(_table(searched_x=0.7, searched=94.5, uniform=94.5, resize=94.5 - RESIZE_MARGIN), 0.7)
-    assert speed.startswith("speed: held.") and accuracy.startswith("accuracy: held.")
+    v = verdict(_table(searched_x=0.7, searched=94.5, uniform=94.5, resize=94.5 - RESIZE_MARGIN), 0.7)
+    assert v.speed_held and v.accuracy_held
 
 
 @pytest.mark.parametrize(
-    "uniform, resize, says",
+    "uniform, resize, failing, gain",
     [
-        (95.2, 90.0, "-0.20 over the best uniform sparsity"),  # below uniform sparsity
-        (94.0, 93.5, "+1.50 over uniform resize (uniform_resize at 0.60x as measured: 93.50; at least +2 needed)"),
+        (95.2, 90.0, "uniform_sparsity", -0.2),  # below uniform sparsity
+        (94.0, 93.5, "uniform_resize", 1.5),  # above resize, but by less than the margin
     ],
 )
-def test_accuracy_claim_fails_in_words(uniform: float, resize: float, says: str) -> None:
-    speed, accuracy = verdict(_table(uniform=uniform, resize=resize), budget_x=0.7)
-    assert speed.startswith("speed: held.")
-    assert accuracy.startswith("accuracy: did not hold.") and says in accuracy
+def test_the_accuracy_claim_fails_on_the_baseline_it_misses(uniform, resize, failing, gain) -> None:
+    v = verdict(_table(uniform=uniform, resize=resize), budget_x=0.7)
+    assert v.speed_held and not v.accuracy_held
+    assert [c.kind for c in v.comparisons if not c.held] == [failing]
+    assert v.comparison(failing).gain == pytest.approx(gain)
 
 
 def test_missing_baselines_do_not_hold() -> None:
     rows = [r for r in _table() if r.role not in ("uniform_sparsity", "uniform_resize")]
-    _, accuracy = verdict(rows, budget_x=0.7)
-    assert accuracy.startswith("accuracy: did not hold.")
-    assert "no uniform sparsity within the budget" in accuracy and "no uniform resize within the budget" in accuracy
-    assert verdict(rows[:1], 0.7)[0] == "speed: no searched config in the table."
+    v = verdict(rows, budget_x=0.7)
+    assert not v.accuracy_held and [c.present for c in v.comparisons] == [False, False]
+    none = verdict(rows[:1], 0.7)
+    assert not none.searched and not none.speed_held and not none.accuracy_held
 
 
 def _candidates(pick_x: float, sparser_x: float, denser_x: float) -> list[DemoRow]:
@@ -87,24 +100,19 @@ def _candidates(pick_x: float, sparser_x: float, denser_x: float) -> list[DemoRo
 
 
 @pytest.mark.parametrize(
-    "xs, compared, held, says",
+    "xs, compared, held, over",
     [
-        # the pick ran over the budget as measured: the sparser candidate within it is compared
-        ((0.71, 0.65, 0.78), "0.60", True,
-         "+0.20 over the best uniform sparsity (uniform 0.60 at 0.65x as measured: 94.10"),
-        # a denser candidate fits as measured: it is the one compared (a harder baseline)
-        ((0.66, 0.62, 0.69), "0.40", False, "-0.50 over the best uniform sparsity (uniform 0.40 at 0.69x as measured"),
-        # none fits: the pick stays, and the verdict says it ran over
-        ((0.72, 0.71, 0.8), "0.50", False,
-         "(uniform 0.50 at 0.72x as measured, over the budget: none of its candidates ran within it: 94.50"),
+        ((0.71, 0.65, 0.78), "0.60", True, False),  # the pick ran over: the sparser candidate within it is compared
+        ((0.66, 0.62, 0.69), "0.40", False, False),  # a denser candidate fits: it is the one compared (harder)
+        ((0.72, 0.71, 0.8), "0.50", False, True),  # none fits: the pick stays, flagged as over the budget
     ],
-)  # fmt: skip
-def test_the_baseline_compared_is_the_best_within_the_budget_as_measured(xs, compared, held, says) -> None:
+)
+def test_the_baseline_compared_is_the_best_within_the_budget_as_measured(xs, compared, held, over) -> None:
     pick_x, sparser_x, denser_x = xs
     rows = settle_baselines(_candidates(pick_x=pick_x, sparser_x=sparser_x, denser_x=denser_x), budget_x=0.7)
     assert [r.name for r in rows if r.role == "uniform_sparsity"] == [f"uniform sparsity (uniform {compared})"]
-    _, accuracy = verdict(rows, 0.7)
-    assert accuracy.startswith("accuracy: held." if held else "accuracy: did not hold.") and says in accuracy
+    uni = verdict(rows, 0.7).comparison("uniform_sparsity")
+    assert uni.label == f"uniform {compared}" and uni.held is held and uni.over_budget is over
 
 
 def test_the_gains_carry_their_paired_standard_error_when_the_rows_kept_their_items() -> None:
@@ -112,12 +120,12 @@ def test_the_gains_carry_their_paired_standard_error_when_the_rows_kept_their_it
     # four test items: the searched row gains 0.4, 0.6, 0.5, 0.5 over uniform on the leave-one-out values
     rows[2].left_out = (94.0, 94.0, 94.0, 94.0)
     rows[4].left_out = (94.4, 94.6, 94.5, 94.5)
-    _, accuracy = verdict(rows, budget_x=0.7)
+    v = verdict(rows, budget_x=0.7)
     d = [0.4, 0.6, 0.5, 0.5]
     mean = sum(d) / 4
     se = (3 / 4 * sum((x - mean) ** 2 for x in d)) ** 0.5  # jackknife over the items: 0.12
-    assert f"+0.50 (+-{se:.2f} paired) over the best uniform sparsity" in accuracy
-    assert "+3.00 over uniform resize" in accuracy  # the resize row kept no items: no paired figure
+    assert v.comparison("uniform_sparsity").paired_se == pytest.approx(se)
+    assert v.comparison("uniform_resize").paired_se is None  # the resize row kept no items: no paired figure
 
 
 def test_a_baseline_predicted_just_over_the_budget_is_still_timed(tmp_path) -> None:
@@ -133,13 +141,15 @@ def test_a_baseline_predicted_just_over_the_budget_is_still_timed(tmp_path) -> N
     dense = space.densest().to_dict()
     at = {r: {**dense, "resolution": [r, r]} for r in (224, 192)}
     uni = {"latency_ms": 6.5, "accuracy": 90.0, "label": "uniform 0.50", "config": space.uniform(0.5).to_dict()}
-    best = {"budget_ms": 7.0, "config": space.uniform(0.6).to_dict(), "pick": {"tie_margin": 0.05}}
+    best = _best_record(space.uniform(0.6), budget_ms=7.0, tie=0.05)
     for lat192, expect in ((7.5, ["dense 192x192"]), (7.9, [])):  # within 7.7 (budget + 10%) / not
         resize = [
             {"latency_ms": 9.0, "accuracy": 92.0, "label": "dense 224x224", "config": at[224]},
             {"latency_ms": lat192, "accuracy": 91.0, "label": "dense 192x192", "config": at[192]},
         ]
-        pareto = {"baselines": {"uniform_sparsity": [uni], "uniform_resize": resize}}
+        pareto = ParetoRecord.from_dict(
+            {**_HEADER, "front": [], "baselines": {"uniform_sparsity": [uni], "uniform_resize": resize}}
+        )
         rows = demo.picks(space, best, pareto)
         assert [n.split("(")[1][:-1] for n, role, _ in rows if role.startswith("uniform_resize")] == expect
         assert [role for _, role, _ in rows if role.startswith("uniform_resize")] == ["uniform_resize"] * len(expect)
@@ -149,18 +159,34 @@ def _cfg(p: float) -> dict:
     return SparsityConfig.uniform(p, [2, 2], 4).to_dict()
 
 
-def _best_with_timings(timed: dict[float, tuple[float, float]], guard: float = 1.5) -> dict:
-    """A best.json whose finalists timed uniform p at (x dense, SE), admitted by the guard against 0.7x."""
+_HEADER = {"metric": "mIoU", "budget_ms": 7.0, "algorithm": "ga", "space": "demo", "evaluated": 10}
+
+
+def _best_record(config: SparsityConfig, budget_ms: float = 7.0, tie: float = 0.0, measured=None) -> BestRecord:
+    pick = Pick(0, "rule", tie, 95.0, (0,), measured)
+    return BestRecord(Candidate(config, 6.9, 95.0, label="searched"), "mIoU", budget_ms, "ga", "demo", 10, pick)
+
+
+def _best_with_timings(timed: dict[float, tuple[float, float]], guard: float = 1.5) -> BestRecord:
+    """A search record whose finalists timed uniform p at (x dense, SE), admitted by the guard against 0.7x."""
     rows = [
-        {
-            "config": _cfg(p),
-            "measured_x_dense": x,
-            "measured_x_dense_se": se,
-            "within_budget": (x + guard * se) * 10.0 <= 7.0,
-        }
+        MeasuredRow(
+            label=f"uniform {p}",
+            config=SparsityConfig.from_dict(_cfg(p)),
+            accuracy=90.0,
+            predicted_ms=6.9,
+            measured_ms=x * 12.0,
+            measured_x_dense=x,
+            measured_x_dense_se=se,
+            measured_on_table_ms=x * 10.0,
+            within_budget=(x + guard * se) * 10.0 <= 7.0,
+        )
         for p, (x, se) in timed.items()
     ]
-    return {"budget_ms": 7.0, "pick": {"measured": {"guard": guard, "dense_predicted_ms": 10.0, "rows": rows}}}
+    measured = Measured(len(rows), 0, 12.0, 10.0, guard, rows)
+    record = _best_record(SparsityConfig.from_dict(_cfg(0.3)), measured=measured)
+    assert BestRecord.from_dict(record.to_dict()).to_dict() == record.to_dict()  # as best.json holds it
+    return record
 
 
 def test_a_baseline_the_search_timed_is_admitted_by_the_searchs_rule_not_by_one_timing_here() -> None:
@@ -172,9 +198,8 @@ def test_a_baseline_the_search_timed_is_admitted_by_the_searchs_rule_not_by_one_
         r.config = _cfg(p)
     rows[-1].config = _cfg(0.3)  # the searched config, timed by the search at 0.664x +- 0.02: admitted
     best = _best_with_timings({0.4: (0.74, 0.01), 0.5: (0.69, 0.014), 0.6: (0.62, 0.01), 0.3: (0.664, 0.02)})
-    timed = search_timings(best)
-    assert set(timed) == {SparsityConfig.from_dict(_cfg(p)).key() for p in (0.4, 0.5, 0.6, 0.3)}
-    settled = settle_baselines(rows, 0.7, timed)
+    assert [best.within_budget(_cfg(p)) for p in (0.4, 0.5, 0.6, 0.3, 0.7)] == [False, False, True, True, None]
+    settled = settle_baselines(rows, 0.7, best)
     assert [r.name for r in settled if r.role == "uniform_sparsity"] == ["uniform sparsity (uniform 0.60)"]
     note = baseline_note(settled, best).splitlines()
     assert note == [
@@ -196,7 +221,7 @@ def test_a_baseline_kind_with_nothing_admitted_is_compared_all_the_same_and_says
     for r, p in zip(rows[1:4], (0.4, 0.5, 0.6)):
         r.config = _cfg(p)
     best = _best_with_timings({0.4: (0.74, 0.01), 0.5: (0.69, 0.014), 0.6: (0.69, 0.02)})
-    settled = settle_baselines(rows, 0.7, search_timings(best))
+    settled = settle_baselines(rows, 0.7, best)
     assert [r.name for r in settled if r.role == "uniform_sparsity"] == ["uniform sparsity (uniform 0.50)"]
     assert "uniform 0.50: timed by the search at 0.690x +- 0.014 dense" in baseline_note(settled, best)
     assert "compared all the same, as none of its kind was within it" in baseline_note(settled, best)

@@ -11,7 +11,8 @@ from sparsesearch.config import SparsityConfig
 from sparsesearch.errors import SparseSearchError
 from sparsesearch.latency.profile import Profiler, ProfileSettings
 from sparsesearch.search.finalists import MEASURED_RULE, Finalists
-from sparsesearch.search.selection import pick_best
+from sparsesearch.search.records import BestRecord
+from sparsesearch.search.selection import Pick, pick_best
 
 from .test_latency import DEMO, FAST
 
@@ -86,12 +87,16 @@ def test_the_pick_moves_to_the_fastest_measured_within_budget():
     assert pick.index == 2 and pick.rule == MEASURED_RULE
     assert seen == [[DENSE.key()] + [CONFIGS[i].key() for i in (0, 1, 2, 3, 5)]]  # one run, dense first
     rec = pick.measured
-    assert rec is not None and rec["finalists"] == 5 and rec["outcome"] == "moved from the prediction's pick"
-    assert rec["measured_x_dense"] == pytest.approx(0.62)
-    row0 = rec["rows"][0]
-    assert row0["label"] == "c0" and row0["measured_on_table_ms"] == pytest.approx(7.5)
-    assert row0["predicted_ms"] == 6.0 and row0["measured_ms"] == 15.0
+    assert rec is not None and rec.finalists == 5 and rec.outcome == "moved from the prediction's pick"
+    assert rec.measured_x_dense == pytest.approx(0.62)
+    row0 = rec.rows[0]
+    assert row0.label == "c0" and row0.measured_on_table_ms == pytest.approx(7.5)
+    assert row0.predicted_ms == 6.0 and row0.measured_ms == 15.0
     assert json.loads(json.dumps(pick.to_dict()))["measured"]["rows"][2]["measured_x_dense"] == pytest.approx(0.62)
+    # the record reads back as it was written
+    again = Pick.from_dict(json.loads(json.dumps(pick.to_dict())))
+    assert again.measured == rec and again.tie_margin == pick.tie_margin and len(again.tied) == len(pick.tied)
+    assert rec.row(CONFIGS[2]) == rec.rows[2] and rec.row(CONFIGS[4]) is None
 
 
 def test_no_finalist_within_budget_keeps_the_predicted_pick():
@@ -99,7 +104,7 @@ def test_no_finalist_within_budget_keeps_the_predicted_pick():
     first = _first()
     pick = f.choose(lambda i: CONFIGS[i], LAT, ACC, BUDGET, first)
     assert pick.index == first.index and pick.rule == first.rule
-    assert pick.measured is not None and "stands on the prediction" in pick.measured["outcome"]
+    assert pick.measured is not None and "stands on the prediction" in pick.measured.outcome
 
 
 def test_a_bad_measurement_is_refused():
@@ -129,7 +134,10 @@ def test_search_times_finalists_on_the_tables_model(tmp_path):
         finalists=3,
     )
     doc = json.loads((tmp_path / "run" / "best.json").read_text())
+    record = BestRecord.load(tmp_path / "run" / "best.json")
+    assert record.to_dict() == doc and record.best == r.best  # written and read by the same code
     rec = doc["pick"]["measured"]
+    assert all(record.within_budget(row["config"]) == row["within_budget"] for row in rec["rows"])
     # the 3 finalists, then the baselines near the budget (two of each kind at most) timed with them
     n_base = rec["baselines_timed"]
     assert rec["finalists"] == 3 and 1 <= n_base <= 4 and len(rec["rows"]) == 3 + n_base
@@ -162,8 +170,8 @@ def test_baselines_are_timed_beside_the_finalists_and_weighed_by_the_same_rule()
     pick = f.choose(lambda i: CONFIGS[i], LAT, ACC, BUDGET, _first(), lambda i: f"c{i}", baselines=[5, 0])
     assert seen == [[DENSE.key(), CONFIGS[0].key(), CONFIGS[5].key()]]  # 0 already a finalist: timed once
     rec = pick.measured
-    assert rec["finalists"] == 1 and rec["baselines_timed"] == 1
-    assert [(r["label"], r["within_budget"]) for r in rec["rows"]] == [("c0", False), ("c5", True)]  # 7.5 / 5 ms
+    assert rec is not None and rec.finalists == 1 and rec.baselines_timed == 1
+    assert [(r.label, r.within_budget) for r in rec.rows] == [("c0", False), ("c5", True)]  # 7.5 / 5 ms
     assert pick.index == 5  # the only one within the budget as measured
 
 
@@ -193,7 +201,8 @@ def test_the_guard_keeps_a_pick_clear_of_the_budget_by_its_timing_noise():
     f = Finalists(lambda cs: [dense, noisy, steady], DENSE, 10.0, n=2)
     pick = f.choose(lambda i: CONFIGS[i], lat, acc, BUDGET, first)
     se = np.std([0.60, 0.76, 0.68, 0.68], ddof=1) / 2
-    assert pick.index == 1 and pick.measured["rows"][0]["measured_x_dense_se"] == pytest.approx(se)
-    assert pick.measured["rows"][1]["measured_x_dense_se"] == pytest.approx(0.0)
+    assert pick.index == 1 and pick.measured is not None
+    assert pick.measured.rows[0].measured_x_dense_se == pytest.approx(se)
+    assert pick.measured.rows[1].measured_x_dense_se == pytest.approx(0.0)
     f.guard = 0.0  # no guard: the more accurate, noisy one is within the budget on its mean
     assert f.choose(lambda i: CONFIGS[i], lat, acc, BUDGET, first).index == 0

@@ -282,7 +282,7 @@ def test_outputs_are_written_and_meet_the_budget(space, tmp_path):
     best, front = write_outputs(tmp_path, space, run, base, metric="toy")
     doc = json.loads((tmp_path / "best.json").read_text())
     cfg = ss.SparsityConfig.load(tmp_path / "best.json")  # best.json is a loadable config file
-    assert cfg.to_dict() == best.config and doc["latency_ms"] <= budget
+    assert cfg == best.config and doc["latency_ms"] <= budget
     assert doc["accuracy"] >= doc["baselines"]["uniform_sparsity"]["accuracy"]
     pareto = json.loads((tmp_path / "pareto.json").read_text())
     lats = [p["latency_ms"] for p in pareto["front"]]

@@ -89,13 +89,14 @@ def test_warm_start_evaluates_through_the_given_function(space):
 
 def test_the_evolve_command_turns_the_warm_start_off():
     from sparsesearch.cli import build_parser
+    from sparsesearch.cli._base import options_from_args
     from sparsesearch.search.evolve import EvolveOptions
 
     base = ["evolve", "--supernet", "s.pt", "--table", "t.json", "--latency", "0.7x", "--out", "o"]
     on = build_parser().parse_args(base)
     off = build_parser().parse_args([*base, "--no-warm-start"])
     assert on.warm_start is True and off.warm_start is False
-    assert EvolveOptions(**{k: getattr(off, k) for k in EvolveOptions.__dataclass_fields__}).warm_start is False
+    assert options_from_args(EvolveOptions, off).warm_start is False
 
 
 def test_the_seeds_include_the_surrogates_best_below_the_budget_too(space):

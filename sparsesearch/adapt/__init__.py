@@ -9,13 +9,12 @@ training loop (batches, optimiser step, passes) that export's fine-tune shares.
 from .checkpoint import capture_rng, inspect_run, load_train_checkpoint, restore_rng
 from .options import RUNTIME_FIELDS, AdaptOptions, parse_image_size
 from .sampling import DISTILL_KINDS, SAMPLERS, ConfigSampler, RandomSparsity, StepConfig, input_resolution, kl_distill
-from .trainer import AdaptResult, adapt, build_optimizer, cosine_schedule, distill_loss, seg_or_cls_loss, train_supernet
+from .trainer import AdaptResult, adapt, build_optimizer, cosine_schedule, seg_or_cls_loss
 
 __all__ = [
     "AdaptOptions",
     "AdaptResult",
     "adapt",
-    "train_supernet",
     "ConfigSampler",
     "RandomSparsity",
     "DISTILL_KINDS",
@@ -26,7 +25,6 @@ __all__ = [
     "input_resolution",
     "parse_image_size",
     "seg_or_cls_loss",
-    "distill_loss",
     "build_optimizer",
     "cosine_schedule",
     "capture_rng",

@@ -19,10 +19,12 @@ from torch import nn
 
 from ..config import SparsityConfig
 from ..data import make_loader
+from ..options import settings_from
 from .checkpoint import capture_rng, restore_rng
 from .sampling import RandomSparsity, StepConfig
 
 __all__ = [
+    "LoaderPlacement",
     "Optimisation",
     "StepSettings",
     "batches",
@@ -138,6 +140,17 @@ class Optimisation:
             self.scaler.load_state_dict(state["scaler"])
 
 
+@dataclass
+class LoaderPlacement:
+    """Where a run's batches are loaded: `workers` loader processes, this process's `rank` of `world_size`, and
+    whether batches go to pinned memory."""
+
+    workers: int = 0
+    rank: int = 0
+    world_size: int = 1
+    pin_memory: bool = False
+
+
 def batches(
     dataset: Any,
     batch: int,
@@ -146,14 +159,14 @@ def batches(
     start: int,
     total: int,
     steps_per_epoch: int,
-    workers: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    pin_memory: bool = False,
+    placement: LoaderPlacement | None = None,
+    **overrides: Any,
 ) -> Iterator[tuple[int, int, Any]]:
     """(step, epoch, (images, targets)) for step in [start, total): `steps_per_epoch` full batches an epoch, the
     order from (seed, epoch) alone (see `data.make_loader`), so a run started at `start` sees the batches an
-    uninterrupted run would."""
+    uninterrupted run would. `placement` (or its fields by name: ``workers=2, rank=1, world_size=4``) says where
+    the batches are loaded."""
+    where = settings_from(LoaderPlacement, placement, overrides, "batches")
     loader_iter: Iterator[Any] | None = None
     loader_epoch = -1
     for step in range(start, total):
@@ -164,13 +177,13 @@ def batches(
                 batch,
                 shuffle=True,
                 seed=seed,
-                workers=workers,
+                workers=where.workers,
                 drop_last=True,
                 epoch=epoch,
                 skip_batches=within,
-                rank=rank,
-                world_size=world_size,
-                pin_memory=pin_memory,
+                rank=where.rank,
+                world_size=where.world_size,
+                pin_memory=where.pin_memory,
             )
             loader_iter, loader_epoch = iter(loader), epoch
         yield step, epoch, next(loader_iter)

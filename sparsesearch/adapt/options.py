@@ -15,6 +15,7 @@ from typing import Any
 
 from ..config import read_structured
 from ..errors import ConfigError
+from ..options import option
 from .sampling import SAMPLERS, TEACHERS
 
 __all__ = ["AdaptOptions", "RUNTIME_FIELDS", "parse_image_size"]
@@ -72,36 +73,59 @@ class AdaptOptions:
         tensorboard: also log to OUT/tb. device: "auto", "cpu" or "cuda".
     """
 
-    space: str | None = None
-    data: str | None = None
-    out: str | None = None
-    task: str | None = None
-    init: str | None = None
-    steps: int | None = None
-    epochs: int | None = None
-    batch: int = 8
-    lr: float = 5e-4
-    min_lr: float = 1e-6
-    weight_decay: float = 0.05
-    warmup_steps: int | None = None
-    clip_grad: float = 5.0
-    drop_path: float = 0.0
-    amp: bool = False
-    sampler: str = "uniform"
-    distill: bool = False
-    distill_weight: float = 0.5
-    distill_temperature: float = 1.0
-    teacher: str | None = None
-    seed: int = 0
-    data_seed: int = 0
-    image_size: tuple[int, int] | None = None
-    num_classes: int | None = None
-    val_samples: int = 64
-    val_every: int = 0
-    ckpt_every: int = 500
-    workers: int = 0
-    tensorboard: bool = False
-    device: str = "auto"
+    space: str | None = option(None, help="search space YAML (e.g. search_spaces/demo.yaml)", metavar="FILE")
+    data: str | None = option(
+        None,
+        help="'synthetic', 'synthetic:N', 'synthetic:N:objects=4-10,coverage=0.3-0.5' (denser scenes) or a data "
+        "folder (with --teacher frozen: any folder of images, no labels needed)",
+        metavar="DATA",
+    )
+    out: str | None = option(None, help="run folder", metavar="DIR")
+    task: str | None = option(
+        None, help="segmentation or classification (default: from the data)", choices=["seg", "cls"]
+    )
+    init: str | None = option(
+        None, help="initial weights (timm/Microsoft .pth/.safetensors or a supernet)", metavar="CKPT"
+    )
+    steps: int | None = option(None, help="optimiser steps", exclusive="length")
+    epochs: int | None = option(None, help="passes over the data (default 10)", exclusive="length")
+    batch: int = option(8, help="images per process and step")
+    lr: float = option(5e-4, help="peak AdamW learning rate")
+    min_lr: float = option(1e-6, help="final learning rate of the cosine decay")
+    weight_decay: float = option(0.05, help="AdamW weight decay")
+    warmup_steps: int | None = option(None, help="linear warm-up steps (default 5% of the steps)")
+    clip_grad: float = option(5.0, help="max gradient norm, 0 = off", metavar="NORM")
+    drop_path: float = option(0.0, help="stochastic depth rate", metavar="P")
+    amp: bool = option(False, help="mixed precision (fp16 on CUDA, bf16 on CPU)")
+    sampler: str = option(
+        "uniform",
+        help="uniform: one random config per step; sandwich: also the densest and the sparsest; dense: the "
+        "densest only (a baseline)",
+        choices=list(SAMPLERS),
+    )
+    distill: bool = option(
+        False, help="in-place distillation: the densest config's output is the soft target of the others"
+    )
+    distill_weight: float = option(0.5, help="weight of the distillation term", metavar="W")
+    distill_temperature: float = option(1.0, help="distillation temperature", metavar="T")
+    teacher: str | None = option(
+        None,
+        help="adapt without labels: the --init checkpoint, frozen and run dense, teaches every sampled config "
+        "(its logits for a head, its features for a backbone); --data may be images alone",
+        choices=list(TEACHERS),
+    )
+    seed: int = option(0, help="training seed")
+    data_seed: int = option(0, help="data set seed")
+    image_size: tuple[int, int] | None = option(
+        None, help="training size, e.g. 256 or 256x512 (default: the space's)", type=str, metavar="HxW"
+    )
+    num_classes: int | None = option(None, help="classes of the synthetic set (default 4)")
+    val_samples: int = option(64, help="validation items, 0 = none")
+    val_every: int = option(0, help="validate every N steps (default: at the end only)")
+    ckpt_every: int = option(500, help="write last.pt every N steps")
+    workers: int = option(0, help="data loader processes")
+    tensorboard: bool = option(False, help="also log to OUT/tb")
+    device: str = option("auto", help="auto: cuda if available", choices=["auto", "cpu", "cuda"])
 
     # ---- construction --------------------------------------------------------------------------------------
     @classmethod

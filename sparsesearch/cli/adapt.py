@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from ._base import Command, CommandError, add_model_source
+from ._base import Command, CommandError, add_model_source, add_options
 
 _S = argparse.SUPPRESS  # unset flags stay absent, so a --config-file value is only overridden by a real flag
 
@@ -30,65 +30,9 @@ class AdaptCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         a = parser.add_argument
         a("--config-file", metavar="YAML", default=_S, help="YAML mapping of options (e.g. examples/adapt.yaml)")
-        a("--space", metavar="FILE", default=_S, help="search space YAML (e.g. search_spaces/demo.yaml)")
-        a(
-            "--data",
-            metavar="DATA",
-            default=_S,
-            help="'synthetic', 'synthetic:N', 'synthetic:N:objects=4-10,coverage=0.3-0.5' (denser scenes) "
-            "or a data folder (with --teacher frozen: any folder of images, no labels needed)",
-        )
-        a("--task", choices=["seg", "cls"], default=_S, help="segmentation or classification (default: from the data)")
-        a("--init", metavar="CKPT", default=_S, help="initial weights (timm/Microsoft .pth/.safetensors or a supernet)")
-        g = parser.add_mutually_exclusive_group()
-        g.add_argument("--steps", type=int, metavar="N", default=_S, help="optimiser steps")
-        g.add_argument("--epochs", type=int, metavar="N", default=_S, help="passes over the data (default 10)")
-        a("--batch", type=int, metavar="N", default=_S, help="images per process and step (default 8)")
-        a("--lr", type=float, default=_S, help="peak AdamW learning rate (default 5e-4)")
-        a("--min-lr", type=float, default=_S, help="final learning rate of the cosine decay (default 1e-6)")
-        a("--weight-decay", type=float, default=_S, help="AdamW weight decay (default 0.05)")
-        a("--warmup-steps", type=int, metavar="N", default=_S, help="linear warm-up steps (default 5%% of the steps)")
-        a("--clip-grad", type=float, metavar="NORM", default=_S, help="max gradient norm, 0 = off (default 5)")
-        a("--drop-path", type=float, metavar="P", default=_S, help="stochastic depth rate (default 0)")
-        a(
-            "--amp",
-            action=argparse.BooleanOptionalAction,
-            default=_S,
-            help="mixed precision (fp16 on CUDA, bf16 on CPU)",
-        )
-        a(
-            "--sampler",
-            choices=["uniform", "sandwich", "dense"],
-            default=_S,
-            help="uniform: one random config per step (default); sandwich: also the densest and the sparsest; "
-            "dense: the densest only (a baseline)",
-        )
-        a(
-            "--distill",
-            action=argparse.BooleanOptionalAction,
-            default=_S,
-            help="in-place distillation: the densest config's output is the soft target of the others",
-        )
-        a(
-            "--teacher",
-            choices=["frozen"],
-            default=_S,
-            help="adapt without labels: the --init checkpoint, frozen and run dense, teaches every sampled config "
-            "(its logits for a head, its features for a backbone); --data may be images alone",
-        )
-        a("--distill-weight", type=float, metavar="W", default=_S, help="weight of the distillation term (default 0.5)")
-        a("--distill-temperature", type=float, metavar="T", default=_S, help="distillation temperature (default 1)")
-        a("--seed", type=int, default=_S, help="training seed (default 0)")
-        a("--data-seed", type=int, default=_S, help="data set seed (default 0)")
-        a("--image-size", metavar="HxW", default=_S, help="training size, e.g. 256 or 256x512 (default: the space's)")
-        a("--num-classes", type=int, metavar="N", default=_S, help="classes of the synthetic set (default 4)")
-        a("--val-samples", type=int, metavar="N", default=_S, help="validation items, 0 = none (default 64)")
-        a("--val-every", type=int, metavar="N", default=_S, help="validate every N steps (default: at the end only)")
-        a("--ckpt-every", type=int, metavar="N", default=_S, help="write last.pt every N steps (default 500)")
-        a("--workers", type=int, metavar="N", default=_S, help="data loader processes (default 0)")
-        a("--tensorboard", action=argparse.BooleanOptionalAction, default=_S, help="also log to OUT/tb")
-        a("--device", choices=["auto", "cpu", "cuda"], default=_S, help="default: cuda if available")
-        a("--out", metavar="DIR", default=_S, help="run folder")
+        from ..adapt import AdaptOptions  # noqa: PLC0415
+
+        add_options(parser, AdaptOptions, suppress_defaults=True)
         a("--resume", action="store_true", help="continue the run in --out from its last.pt")
         a("--overwrite", action="store_true", help="start afresh in an --out that already holds a run")
         a("--quiet", action="store_true", help="no progress bar and no summary")

@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import TYPE_CHECKING
 
-from ._base import Command
+from ._base import Command, add_options, options_from_args
 
 if TYPE_CHECKING:
     from ..pipeline import DemoSummary
@@ -26,63 +26,13 @@ class DemoCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         from ..pipeline import DemoOptions  # noqa: PLC0415
 
-        d = DemoOptions()
-        parser.add_argument(
-            "--out",
-            default=None,
-            help="run folder (default: runs/demo for the built-in space, runs/demo_<space file name> for another; "
-            "a folder that holds another space's demo is refused)",
-        )
-        parser.add_argument("--space", default=d.space)
-        parser.add_argument("--data", default=d.data, help=f"data spec (default {d.data})")
-        parser.add_argument(
-            "--resolutions",
-            type=int,
-            nargs="+",
-            default=None,
-            help="sides to profile (default: the space's resolutions; a single-resolution space adds 5/6 and 2/3 of it "
-            "for the uniform-resize reference)",
-        )
-        parser.add_argument("--pretrain-steps", type=int, default=d.pretrain_steps, help="dense pretraining steps")
-        parser.add_argument("--steps", type=int, default=d.steps, help="adaptation steps")
-        parser.add_argument("--latency", default=d.latency, help="search budget (e.g. 0.6x, 40ms)")
-        parser.add_argument("--algorithm", default=d.algorithm)
-        parser.add_argument("--population", type=int, default=d.population)
-        parser.add_argument("--generations", type=int, default=d.generations)
-        parser.add_argument("--val-samples", type=int, default=d.val_samples, help="val items the search scores")
-        parser.add_argument(
-            "--test-samples", type=int, default=d.test_samples, help="held-out test items the final table scores"
-        )
-        parser.add_argument(
-            "--threads", type=int, default=None, help="torch CPU threads for training (default: torch's)"
-        )
-        parser.add_argument(
-            "--latency-threads",
-            type=int,
-            default=d.latency_threads,
-            help=f"CPU threads of the latency table and the final timing (default {d.latency_threads})",
-        )
-        parser.add_argument("--seed", type=int, default=d.seed)
-        parser.add_argument(
-            "--finalists",
-            type=int,
-            default=d.finalists,
-            help=f"the search times this many of the pick's candidates before choosing (default {d.finalists}; 0: off)",
-        )
-        parser.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
-        parser.add_argument("--quick", action="store_true", help="a reduced run in seconds (tiny model, 64x64)")
+        add_options(parser, DemoOptions)
 
     def run(self, args: argparse.Namespace) -> int:
         from ..pipeline import DemoOptions, run_demo  # noqa: PLC0415
 
-        keys = (
-            "out space data resolutions pretrain_steps steps latency algorithm population generations val_samples "
-            "test_samples threads latency_threads seed finalists fresh quick"
-        ).split()
         t0 = time.time()
-        opts = DemoOptions(**{k: getattr(args, k) for k in keys})
-        if opts.resolutions is not None:
-            opts.resolutions = tuple(opts.resolutions)
+        opts = options_from_args(DemoOptions, args)
         s = run_demo(opts, say=lambda msg: print(msg, flush=True))
         if s.reused:
             print(f"reused from an earlier run: {', '.join(s.reused)} (--fresh to redo)")

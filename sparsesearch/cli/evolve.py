@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from ._base import Command, add_model_source
+from ._base import Command, add_model_source, add_options, options_from_args
 
 if TYPE_CHECKING:
-    from ..search.report import Point
+    from ..search.records import Candidate
 
 
 class EvolveCommand(Command):
@@ -22,67 +22,11 @@ class EvolveCommand(Command):
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        from ..search import ALGORITHMS  # noqa: PLC0415
-
-        add_model_source(parser)
-        parser.add_argument("--table", required=True, help="latency table written by `sparsesearch profile`")
-        parser.add_argument("--latency", required=True, help="budget: 30ms, '30 ms', 0.03s, 30000us, or 0.6x of dense")
-        parser.add_argument("--out", required=True, help="output folder")
-        parser.add_argument(
-            "--accuracy",
-            default=None,
-            metavar="labels|fidelity|MODULE:FUNCTION",
-            help="labels (default): mIoU or top-1 on labelled --data; fidelity: how closely each config reproduces "
-            "the dense model on the same images (no labels needed: a folder of images will do; any head or none); "
-            "or your own importable function fn(model, config) -> float, higher is better (the working directory "
-            "is importable)",
-        )
-        parser.add_argument(
-            "--data",
-            default=None,
-            help="validation data: a data folder (for fidelity, images alone will do) or synthetic[:N] (default: the "
-            "supernet's training data; needed with --model)",
-        )
-        parser.add_argument("--val-samples", type=int, default=64, help="validation images per accuracy estimate")
-        parser.add_argument("--batch", type=int, default=16, help="evaluation batch size")
-        parser.add_argument("--device", default="cpu", help="where accuracies are evaluated (cpu, cuda)")
-        parser.add_argument("--algorithm", choices=ALGORITHMS, default="ga")
-        parser.add_argument("--population", type=int, default=32)
-        parser.add_argument("--generations", type=int, default=12)
-        parser.add_argument("--workers", type=int, default=1, help="evaluate accuracies on N local Ray workers")
-        parser.add_argument("--ray", default=None, metavar="ADDRESS", help="evaluate on an existing Ray cluster")
-        parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--resume", action="store_true", help="continue a killed search in --out")
-        parser.add_argument("--overwrite", action="store_true", help="discard a previous search in --out")
-        parser.add_argument(
-            "--allow-foreign-table",
-            action="store_true",
-            help="use a table measured on another device/dtype/torch (what-if studies)",
-        )
-        parser.add_argument(
-            "--no-refine",
-            dest="refine",
-            action="store_false",
-            help="skip the final neighbourhood search around the best config",
-        )
-        parser.add_argument(
-            "--no-warm-start",
-            dest="warm_start",
-            action="store_false",
-            help="start from random configs only (default: score each choice of each gene alone first and seed "
-            "half the first population with the best configs an additive model of those drops finds in the budget)",
-        )
-        parser.add_argument(
-            "--finalists",
-            type=int,
-            default=0,
-            metavar="N",
-            help="before choosing, time the N fastest-predicted configs the pick weighs (accuracy tied with the "
-            "best, within the budget + 10%%) on this machine with dense, and pick by those figures (a table "
-            "under-predicts some configs, and the fastest predicted of many is likely one); default 0: off",
-        )
+        from ..search.evolve import EvolveOptions  # noqa: PLC0415
         from .latency import add_table_check_flags  # noqa: PLC0415
 
+        add_model_source(parser)
+        add_options(parser, EvolveOptions)
         add_table_check_flags(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -91,7 +35,7 @@ class EvolveCommand(Command):
         from ..progress import progress_bar  # noqa: PLC0415
         from ..search.evolve import EvolveOptions, evolve  # noqa: PLC0415
 
-        opts = EvolveOptions(**{k: getattr(args, k) for k in EvolveOptions.__dataclass_fields__})
+        opts = options_from_args(EvolveOptions, args)
         bars: list = []  # created at the first generation: input errors come out as one clean line
 
         def on_generation(rec: dict) -> None:
@@ -123,7 +67,7 @@ class EvolveCommand(Command):
             f"budget {s.budget_ms:.2f} ms ({args.latency}); {s.evaluated} configs evaluated "
             f"({s.new_evaluations} new), scored by {scored_by}"
         )
-        rows: list[tuple[str, Point | None]] = [("dense", s.dense)]
+        rows: list[tuple[str, Candidate | None]] = [("dense", s.dense)]
         ub, rb = s.baselines.best(s.baselines.uniform_sparsity), s.baselines.best(s.baselines.uniform_resize)
         rows.append((f"uniform sparsity ({ub.label})", ub) if ub else ("uniform sparsity", None))
         rows.append((f"uniform resize ({rb.label})", rb) if rb else ("uniform resize", None))

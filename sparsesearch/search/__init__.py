@@ -11,15 +11,25 @@ from .accuracy import (
     SerialEvaluator,
     import_callable,
 )
-from .api import Candidate, SearchResult, search
+from .api import SearchResult, search
 from .backends import ALGORITHMS, SearchContext
 from .budget import Budget, parse_budget
-from .engine import SearchRun, run_search
+from .engine import Refine, SearchCallback, SearchRun, WarmStart, run_search
 from .problem import ChoiceMutation, FeasibleSampling, SpaceRepair, SparsityProblem
+from .records import BestRecord, Candidate, Measured, MeasuredRow, ParetoRecord
+from .settings import SearchSettings
 
 __all__ = [
     "ALGORITHMS",
     "AccuracyCache",
+    "BestRecord",
+    "Measured",
+    "MeasuredRow",
+    "ParetoRecord",
+    "Refine",
+    "SearchCallback",
+    "SearchSettings",
+    "WarmStart",
     "AccuracyFunctionError",
     "BatchEvaluator",
     "Budget",

@@ -15,10 +15,11 @@ built-in evaluator).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -29,14 +30,15 @@ from ..config import SparsityConfig
 from ..errors import BudgetError, LatencyTableError, SparseSearchError
 from ..fileio import atomic_write_text
 from ..latency.structure import GenomeCanon
+from ..options import with_overrides
 from ..space import SearchSpace
 from .accuracy import AccuracyCache, AccuracyFn, ConfigScorer, KeyedCache, SerialEvaluator, callable_name, read_jsonl
 from .budget import Budget, parse_budget
-from .engine import ALGORITHMS, SearchRun, run_search
+from .engine import SearchRun, run_search
 from .finalists import Finalists
+from .records import Candidate
 from .report import (
     Baselines,
-    Point,
     _plot,
     choose_best,
     uniform_resize_baseline,
@@ -44,6 +46,7 @@ from .report import (
     write_outputs,
 )
 from .selection import pick_best
+from .settings import SearchSettings
 
 if TYPE_CHECKING:
     from ..latency import LatencyTable
@@ -60,37 +63,6 @@ _OUTPUT_FILES = (
     "optuna.journal",
     "search_meta.json",
 )
-
-
-@dataclass
-class Candidate:
-    """A config with its figures: predicted latency (ms), accuracy (the caller's metric), GFLOPs if counted."""
-
-    config: SparsityConfig
-    latency_ms: float
-    accuracy: float
-    gflops: float | None = None
-    label: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "config": self.config.to_dict(),
-            "latency_ms": self.latency_ms,
-            "accuracy": self.accuracy,
-            "gflops": self.gflops,
-            "label": self.label,
-        }
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write as JSON (config plus figures); `SparsityConfig.load` reads the config back."""
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
-
-    @classmethod
-    def from_point(cls, p: Point) -> Candidate:
-        return cls(SparsityConfig.from_dict(p.config), p.latency_ms, p.accuracy, p.gflops, p.label)
-
-    def to_point(self) -> Point:
-        return Point(self.config.to_dict(), self.latency_ms, self.accuracy, self.gflops, self.label)
 
 
 @dataclass
@@ -138,25 +110,12 @@ class SearchResult:
         return self._best_of(self.uniform_resize)
 
     def baselines(self) -> Baselines:
-        return Baselines(
-            [c.to_point() for c in self.uniform_sparsity],
-            [c.to_point() for c in self.uniform_resize],
-            self.budget_ms,
-            self.tie,
-        )
+        return Baselines(list(self.uniform_sparsity), list(self.uniform_resize), self.budget_ms, self.tie)
 
     def plot(self, path: str | os.PathLike) -> Path:
         """Accuracy against predicted latency: every evaluated config, the front, the baselines, the best (PNG)."""
         path = Path(path)
-        _plot(
-            path,
-            self.run,
-            [c.to_point() for c in self.pareto],
-            self.best.to_point(),
-            self.baselines(),
-            self.metric,
-            self.space.name,
-        )
+        _plot(path, self.run, self.pareto, self.best, self.baselines(), self.metric, self.space.name)
         return path
 
 
@@ -386,27 +345,9 @@ def search(
     budget: str | float | Budget,
     model: Any = None,
     data: Any = None,
-    val_samples: int = 64,
-    algorithm: str = "ga",
-    population: int = 32,
-    generations: int = 12,
-    seed: int = 0,
     out: str | os.PathLike | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    workers: int = 1,
-    ray_address: str | None = None,
-    progress: bool | Callable[[dict[str, Any]], None] = True,
-    refine: bool = True,
-    warm_start: bool = True,
-    flops: bool = True,
-    metric: str | None = None,
-    device: str = "cpu",
-    fingerprint: Mapping[str, Any] | None = None,
-    on_evaluated: Callable[[int], None] | None = None,
-    meta: Mapping[str, Any] | None = None,
-    tie: float | None = None,
-    finalists: int = 0,
+    settings: SearchSettings | None = None,
+    **overrides: Any,
 ) -> SearchResult:
     """Search `space` for the most accurate config whose predicted latency meets `budget`.
 
@@ -420,61 +361,62 @@ def search(
         budget: milliseconds (a number or "30ms") or a fraction of the dense latency ("0.7x").
         model: the supernet (a module with `set_config`, or a supernet file of `adapt`), or pretrained weights of the
             space's architecture (`load_pretrained`: no training); None: `accuracy` gets None and applies the config.
-        algorithm: one of ALGORITHMS ("ga", "nsga2", "optuna-nsga2", "optuna-tpe", "tune", "random").
-        population, generations, seed: the search's size and seed.
+        data: the images of `accuracy="fidelity"`.
         out: folder for the cache, checkpoint, history.jsonl, best.json, pareto.json and pareto.png (None: all in
-            memory). resume: continue the search in `out`. overwrite: discard a previous search in `out`.
-        workers, ray_address: evaluate on N local Ray workers or an existing cluster (model and function pickled).
-        progress: a progress bar (True), none (False), or a function called with each generation's record.
-        refine: a final greedy neighbourhood search around the best config. flops: count GFLOPs (needs a model).
-        warm_start: (ga, nsga2) seed half the first population from a one-gene-at-a-time scan (`search.warmstart`).
-        metric: the name of the accuracy in reports (default: `accuracy.metric` or "accuracy").
-        fingerprint: extra settings a resumed search must match (the CLI adds its supernet and data).
-        tie: accuracies within this margin count as equal and the faster config wins (None: `accuracy`'s own noise
-            for a difference, `noise_between(model, densest, sparsest)` (paired: the same images), else one figure's
-            `noise(model, densest)`, else 0); the best is picked among everything evaluated within the budget, the
-            baselines included, by `selection.pick_best`.
-        finalists: when > 0 (needs a LatencyTable), `finalists` of the configs the pick weighs (`search.finalists`:
-            the tied, then the rest of the accuracy/latency front, predicted within the budget + 10%) are timed on
-            this machine interleaved with the dense config, and the rule is applied to their measured latency on
-            the table's scale (recorded in best.json's "pick").
+            memory).
+        settings: how the search runs (`SearchSettings`; default `SearchSettings()`): algorithm (one of
+            ALGORITHMS), population, generations, seed, resume (continue the search in `out`), overwrite (discard
+            a previous search in `out`), workers / ray_address (evaluate on N local Ray workers or an existing
+            cluster: model and function pickled), progress (a bar, none, or a function called with each
+            generation's record), refine, warm_start, flops, metric, val_samples, device, fingerprint (extra
+            settings a resumed search must match), meta, on_evaluated, options (the algorithm's own), and:
+            tie: accuracies within this margin count as equal and the faster config wins (None: `accuracy`'s own
+                noise for a difference, `noise_between(model, densest, sparsest)` (paired: the same images), else
+                one figure's `noise(model, densest)`, else 0); the best is picked among everything evaluated
+                within the budget, the baselines included, by `selection.pick_best`.
+            finalists: when > 0 (needs a LatencyTable), `finalists` of the configs the pick weighs
+                (`search.finalists`: the tied, then the rest of the accuracy/latency front, predicted within the
+                budget + 10%) are timed on this machine interleaved with the dense config, and the rule is applied
+                to their measured latency on the table's scale (recorded in best.json's "pick").
+        **overrides: any field of `SearchSettings` by name (``population=12``), replacing the settings' value; an
+            unknown name raises SparseSearchError.
     Raises SparseSearchError subclasses: BudgetError, LatencyTableError, AccuracyFunctionError, SpaceError, ...
     """
-    if algorithm not in ALGORITHMS:
-        raise SparseSearchError(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
-    model, space = _resolve_model_and_space(space, model, device)
-    acc_fn: AccuracyFn = _builtin_accuracy(accuracy, data, space, val_samples, device)
+    s = with_overrides(settings if settings is not None else SearchSettings(), overrides, "search")
+    model, space = _resolve_model_and_space(space, model, s.device)
+    acc_fn: AccuracyFn = _builtin_accuracy(accuracy, data, space, s.val_samples, s.device)
     lat = _Latency(latency, space)
     b, budget_ms = _budget_ms(budget, lat)
-    job = _new_job(space, lat, budget_ms, model, acc_fn, tie)
-    job.algorithm, job.population, job.generations, job.seed = algorithm, population, generations, seed
-    job.resume, job.refine, job.warm_start = resume, refine, warm_start
-    job.workers, job.ray_address, job.out_dir = workers, ray_address, Path(out) if out is not None else None
-    fp = {"space": space.name, "budget": str(b), "algorithm": algorithm, "seed": seed, "accuracy": job.scorer.name}
-    builtin = {"accuracy": accuracy, "data": str(data), "val_samples": val_samples} if isinstance(accuracy, str) else {}
-    _prepare(job, {**fp, **builtin, "latency_source": lat.name, **(fingerprint or {})}, overwrite)
-    final = _finalists(lat, space, finalists)  # before the search: a function latency source fails at once
-    run, cache, base, dense_acc, history = _execute(job, progress, on_evaluated)
-    metric = metric or getattr(acc_fn, "metric", None) or "accuracy"
-    report_meta = {"budget": str(b), **(meta or {})}
-    return _result(job, run, cache, base, dense_acc, history, flops, metric, report_meta, final)
+    job = _new_job(space, lat, budget_ms, model, acc_fn, s)
+    job.out_dir = Path(out) if out is not None else None
+    fp = {"space": space.name, "budget": str(b), "algorithm": s.algorithm, "seed": s.seed, "accuracy": job.scorer.name}
+    builtin = (
+        {"accuracy": accuracy, "data": str(data), "val_samples": s.val_samples} if isinstance(accuracy, str) else {}
+    )
+    _prepare(job, {**fp, **builtin, "latency_source": lat.name, **(s.fingerprint or {})}, s.overwrite)
+    final = _finalists(lat, space, s.finalists)  # before the search: a function latency source fails at once
+    outcome = _Outcome(*_execute(job))
+    metric = s.metric or getattr(acc_fn, "metric", None) or "accuracy"
+    report_meta = {"budget": str(b), **(s.meta or {})}
+    return _result(job, outcome, metric, report_meta, final)
 
 
 def _new_job(
-    space: SearchSpace, lat: _Latency, budget_ms: float, model: Any, accuracy: AccuracyFn, tie: float | None
+    space: SearchSpace, lat: _Latency, budget_ms: float, model: Any, accuracy: AccuracyFn, settings: SearchSettings
 ) -> _Job:
     """The job of a search: the model in eval mode, the checked scorer, the tie margin."""
     if hasattr(model, "eval"):
         model.eval()
     scorer = ConfigScorer(model, accuracy)
-    return _Job(space, lat, budget_ms, model, accuracy, scorer, _tie_margin(tie, accuracy, model, space))
+    tie = _tie_margin(settings.tie, accuracy, model, space)
+    return _Job(space, lat, budget_ms, model, accuracy, scorer, tie, settings)
 
 
 def _prepare(job: _Job, fingerprint: dict[str, Any], overwrite: bool) -> None:
     """Set up the out folder (a resumed search must match `fingerprint`); resume needs one."""
     if job.out_dir is not None:
-        _prepare_out(job.out_dir, fingerprint, job.resume, overwrite)
-    elif job.resume:
+        _prepare_out(job.out_dir, fingerprint, job.settings.resume, overwrite)
+    elif job.settings.resume:
         raise SparseSearchError("resume needs the out folder of the search to continue")
 
 
@@ -491,38 +433,42 @@ def _finalists(lat: _Latency, space: SearchSpace, n: int) -> Finalists | None:
     return Finalists(measure, space.densest(), lat.dense_ms, n)
 
 
+@dataclass
+class _Outcome:
+    """What `_execute` gives back: the run, the cache, the baselines, the densest config's accuracy, the history."""
+
+    run: SearchRun
+    cache: AccuracyCache
+    base: Baselines
+    dense_acc: float
+    history: list[dict[str, Any]]
+
+
 def _result(
-    job: _Job,
-    run: SearchRun,
-    cache: AccuracyCache,
-    base: Baselines,
-    dense_acc: float,
-    history: list[dict[str, Any]],
-    flops: bool,
-    metric: str,
-    meta: dict[str, Any],
-    finalists: Finalists | None = None,
+    job: _Job, o: _Outcome, metric: str, meta: dict[str, Any], finalists: Finalists | None = None
 ) -> SearchResult:
     """The outputs (written to the out folder when there is one) and the SearchResult."""
-    model, space = job.model, job.space
+    model, space, run, base = job.model, job.space, o.run, o.base
+    flops = job.settings.flops
     flops_fn = _flops_fn(model, space) if flops and model is not None and hasattr(model, "set_config") else None
     best_p, front_p = _report(space, run, base, flops_fn, job.out_dir, metric, meta, finalists)
     dense_cfg = space.densest()
-    dense = Candidate(dense_cfg, job.lat.dense_ms, dense_acc, flops_fn(dense_cfg) / 1e9 if flops_fn else None, "dense")
+    gflops = flops_fn(dense_cfg) / 1e9 if flops_fn else None
+    dense = Candidate(dense_cfg, job.lat.dense_ms, o.dense_acc, gflops, "dense")
     return SearchResult(
-        best=Candidate.from_point(best_p),
-        pareto=[Candidate.from_point(p) for p in front_p],
-        uniform_sparsity=[Candidate.from_point(p) for p in base.uniform_sparsity],
-        uniform_resize=[Candidate.from_point(p) for p in base.uniform_resize],
+        best=best_p,
+        pareto=front_p,
+        uniform_sparsity=list(base.uniform_sparsity),
+        uniform_resize=list(base.uniform_resize),
         dense=dense,
-        history=history,
+        history=o.history,
         budget_ms=job.budget_ms,
         metric=metric,
-        algorithm=job.algorithm,
+        algorithm=job.settings.algorithm,
         space=space,
         run=run,
-        evaluated=len(cache),
-        new_evaluations=cache.n_new,
+        evaluated=len(o.cache),
+        new_evaluations=o.cache.n_new,
         out=job.out_dir,
         tie=job.tie,
     )
@@ -539,56 +485,42 @@ class _Job:
     accuracy: AccuracyFn
     scorer: ConfigScorer
     tie: float
-    algorithm: str = "ga"
-    population: int = 32
-    generations: int = 12
-    seed: int = 0
+    settings: SearchSettings
     out_dir: Path | None = None
-    resume: bool = False
-    refine: bool = True
-    warm_start: bool = True
-    workers: int = 1
-    ray_address: str | None = None
 
 
-def _execute(
-    job: _Job, progress: bool | Callable[[dict[str, Any]], None], on_evaluated: Callable[[int], None] | None
-) -> tuple[SearchRun, AccuracyCache, Baselines, float, list[dict[str, Any]]]:
+def _execute(job: _Job) -> tuple[SearchRun, AccuracyCache, Baselines, float, list[dict[str, Any]]]:
     """Run the engine and the baselines (on Ray workers when asked): the run, the cache, the baselines, the
     densest config's accuracy and the generation history (a resumed search's earlier records included)."""
-    out_dir, algorithm = job.out_dir, job.algorithm
+    out_dir, s = job.out_dir, job.settings
     factory = functools.partial(_scorer_factory, job.model, job.accuracy)
-    ray_eval = _ray_evaluator(factory, job.workers, job.ray_address) if algorithm != "tune" else None
+    ray_eval = _ray_evaluator(factory, s.workers, s.ray_address) if s.algorithm != "tune" else None
     cache = AccuracyCache(
         job.space,
         ray_eval if ray_eval is not None else SerialEvaluator(job.scorer),
         out_dir / "accuracy_cache.jsonl" if out_dir else None,
-        on_evaluated=on_evaluated,
+        on_evaluated=s.on_evaluated,
         # a table predicts by kept-window counts, so genomes of one model are one config to it; a latency function
         # may tell them apart (the toy problems of the tests do)
         canon=GenomeCanon(job.space) if job.lat.table is not None else None,
     )
     history: list[dict[str, Any]] = []
-    on_generation, close_bar = _progress_callback(progress, job.generations, algorithm, history)
-    tune = {"evaluator_factory": factory, "workers": max(1, job.workers), "address": job.ray_address}
+    on_generation, close_bar = _progress_callback(s.progress, s.generations, s.algorithm, history)
+    tune = {"evaluator_factory": factory, "workers": max(1, s.workers), "address": s.ray_address}
+    resume = s.resume and out_dir is not None and _engine_state_exists(out_dir, s.algorithm)
+    engine = dataclasses.replace(
+        s, resume=resume, tie=job.tie, options={**(s.options or {}), **(tune if s.algorithm == "tune" else {})}
+    )
     try:
         run = run_search(
             job.space,
             job.lat,
             cache,
             job.budget_ms,
-            algorithm=algorithm,
-            population=job.population,
-            generations=job.generations,
-            seed=job.seed,
+            engine,
             out_dir=out_dir,
-            resume=job.resume and out_dir is not None and _engine_state_exists(out_dir, algorithm),
             on_generation=on_generation,
-            refine=job.refine,
-            warm_start=job.warm_start,
             seeds=job.lat.seed_genes,
-            tie=job.tie,
-            **(tune if algorithm == "tune" else {}),
         )
         base, dense_acc = _baselines(job.space, job.lat, cache, job.scorer, job.budget_ms, job.tie, out_dir)
     finally:
@@ -623,12 +555,16 @@ def _baselines(
     base = Baselines(uniform_sparsity_baseline(space, lat, cache, budget_ms), budget_ms=budget_ms, tie=tie)
     dense_cfg = space.densest()
     resize_acc = KeyedCache(scorer, out_dir / "resize_cache.jsonl" if out_dir else None)
+
+    def accuracy_at(r: tuple[int, int]) -> float:
+        """The dense model at resolution r: through the search's cache when r is a resolution of the space (that
+        config is a genome the search may have evaluated: each config is evaluated once), else its own cache."""
+        if tuple(r) in space.resolutions:
+            return float(cache.evaluate(space.encode(space.densest(r))[None])[0])
+        return resize_acc(SparsityConfig(dense_cfg.sparsity, dense_cfg.window_size, r))
+
     base.uniform_resize = uniform_resize_baseline(
-        lat.resize_resolutions,
-        lat.dense_at,
-        lambda r: resize_acc(SparsityConfig(dense_cfg.sparsity, dense_cfg.window_size, r)),
-        dense_cfg,
-        budget_ms,
+        lat.resize_resolutions, lat.dense_at, accuracy_at, dense_cfg, budget_ms
     )
     return base, float(cache.evaluate(space.encode(dense_cfg)[None])[0])
 
@@ -642,7 +578,7 @@ def _report(
     metric: str,
     meta: dict[str, Any],
     finalists: Finalists | None = None,
-) -> tuple[Point, list[Point]]:
+) -> tuple[Candidate, list[Candidate]]:
     """The best point and the front; written to `out_dir` (best.json, pareto.json, pareto.png) when given."""
     if out_dir is not None:
         return write_outputs(
@@ -651,7 +587,7 @@ def _report(
     best_p, front_p = _points(space, run, base, flops_fn, finalists)
     for p in base.uniform_sparsity + base.uniform_resize:
         if flops_fn is not None and p.gflops is None:
-            p.gflops = flops_fn(SparsityConfig.from_dict(p.config)) / 1e9
+            p.gflops = flops_fn(p.config) / 1e9
     return best_p, front_p
 
 
@@ -674,11 +610,11 @@ def _points(
     base: Baselines,
     flops_fn: Callable[[SparsityConfig], float] | None,
     finalists: Finalists | None = None,
-) -> tuple[Point, list[Point]]:
-    def point(i: int, label: str = "") -> Point:
+) -> tuple[Candidate, list[Candidate]]:
+    def point(i: int, label: str = "") -> Candidate:
         cfg = space.decode(run.genes[i])
-        return Point(
-            cfg.to_dict(),
+        return Candidate(
+            cfg,
             float(run.latency_ms[i]),
             float(run.accuracy[i]),
             flops_fn(cfg) / 1e9 if flops_fn else None,

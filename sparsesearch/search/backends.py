@@ -24,7 +24,7 @@ from .accuracy import AccuracyCache
 from .scoring import FeasibleScorer, LatencyFn
 from .selection import pick_best
 
-__all__ = ["ALGORITHMS", "Backend", "SearchContext", "check_options", "get_backend", "keyword_names"]
+__all__ = ["ALGORITHMS", "Backend", "SearchContext", "check_algorithm", "check_options", "get_backend", "keyword_names"]
 
 #: algorithm name -> (module of this package, function): imported only when chosen (optuna, Ray are optional)
 _REGISTRY: dict[str, tuple[str, str]] = {
@@ -36,6 +36,11 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "random": ("random_backend", "run_random"),
 }
 ALGORITHMS = tuple(_REGISTRY)
+
+
+def _clock() -> float:
+    """Seconds of the wall clock: what the generation log's "seconds" count from the search's start."""
+    return time.time()
 
 
 @dataclass
@@ -54,7 +59,7 @@ class SearchContext:
     out: Path | None
     resume: bool
     log: Callable[[dict[str, Any]], None]
-    t0: float = field(default_factory=time.time)
+    t0: float = field(default_factory=lambda: _clock())
     tie: float = 0.0
     seeds: np.ndarray | None = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -69,7 +74,7 @@ class SearchContext:
         rec: dict[str, Any] = {
             "generation": generation,
             "evaluated": len(self.cache),
-            "seconds": round(time.time() - self.t0, 3),
+            "seconds": round(_clock() - self.t0, 3),
         }
         items = self.cache.items()
         if items:
@@ -86,10 +91,15 @@ class SearchContext:
 Backend = Callable[[SearchContext], int]
 
 
-def get_backend(algorithm: str) -> Backend:
-    """The back end of `algorithm` (one of ALGORITHMS)."""
+def check_algorithm(algorithm: str) -> None:
+    """The one check of an algorithm name: SparseSearchError naming the choices for an unknown one."""
     if algorithm not in _REGISTRY:
         raise SparseSearchError(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+
+
+def get_backend(algorithm: str) -> Backend:
+    """The back end of `algorithm` (one of ALGORITHMS)."""
+    check_algorithm(algorithm)
     module, name = _REGISTRY[algorithm]
     fn: Backend = getattr(importlib.import_module(f".{module}", __package__), name)
     return fn

@@ -7,6 +7,7 @@ in their own modules behind `backends.get_backend`; this module runs one, then r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -20,10 +21,22 @@ from ..errors import SparseSearchError
 from ..space import SearchSpace
 from .accuracy import AccuracyCache
 from .backends import ALGORITHMS, SearchContext, get_backend
+from .neighbours import neighbours
 from .scoring import FeasibleScorer, LatencyFn
 from .selection import nondominated, pick_best
+from .settings import SearchSettings
+from .warmstart import scan_genomes, warm_start
 
-__all__ = ["ALGORITHMS", "SearchContext", "SearchRun", "run_search", "neighbours"]
+__all__ = [
+    "ALGORITHMS",
+    "Refine",
+    "SearchCallback",
+    "SearchContext",
+    "SearchRun",
+    "WarmStart",
+    "neighbours",
+    "run_search",
+]
 
 #: the back ends whose first population takes seeds (`warm_start`)
 WARM_STARTED = ("ga", "nsga2")
@@ -62,16 +75,16 @@ def _append_jsonl(path: Path | None, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _collect(
-    space: SearchSpace, cache: AccuracyCache, latency_fn: LatencyFn, budget_ms: float, algorithm: str, gens: int
-) -> SearchRun:
-    items = cache.items()
+def _collect(ctx: SearchContext, gens: int) -> SearchRun:
+    """Everything the cache holds, with predicted latencies: the run's record."""
+    items = ctx.cache.items()
+    n_var = ctx.space.n_var
     if not items:
-        return SearchRun(np.zeros((0, space.n_var), np.int64), np.zeros(0), np.zeros(0), budget_ms, algorithm, gens)
+        return SearchRun(np.zeros((0, n_var), np.int64), np.zeros(0), np.zeros(0), ctx.budget_ms, ctx.algorithm, gens)
     genes = np.stack([g for g, _ in items])
     acc = np.array([a for _, a in items])
-    lat = np.asarray(latency_fn(genes), dtype=np.float64)
-    return SearchRun(genes, acc, lat, budget_ms, algorithm, gens)
+    lat = np.asarray(ctx.latency_fn(genes), dtype=np.float64)
+    return SearchRun(genes, acc, lat, ctx.budget_ms, ctx.algorithm, gens, tie=ctx.tie)
 
 
 def run_search(
@@ -79,50 +92,42 @@ def run_search(
     latency_fn: LatencyFn,
     accuracy: AccuracyCache,
     budget_ms: float,
+    settings: SearchSettings | None = None,
     *,
-    algorithm: str = "ga",
-    population: int = 50,
-    generations: int = 20,
-    seed: int = 0,
     out_dir: str | os.PathLike | None = None,
-    resume: bool = False,
     on_generation: Callable[[dict[str, Any]], None] | None = None,
-    refine: bool = True,
     seeds: np.ndarray | None = None,
-    tie: float = 0.0,
-    warm_start: bool = True,
-    **backend_options: Any,
+    **overrides: Any,
 ) -> SearchRun:
     """Search `space` for the most accurate config whose predicted latency is within `budget_ms`.
 
     Args:
         latency_fn: (n, n_var) genomes -> (n,) ms (e.g. `LatencyTable.predict_many`).
         accuracy: the cache wrapping the evaluator; its file (if any) makes evaluations survive a kill.
-        population, generations: the budget of the search (population x generations evaluations at most for
-            the sampling back ends).
+        settings: how the search runs (`SearchSettings`: algorithm, population x generations, seed, resume,
+            refine, warm start, tie, the algorithm's own `options`); default `SearchSettings()`.
         out_dir: where checkpoints (`search_state.pkl`, `optuna.journal`) and `history.jsonl` go; None keeps all in
-            memory.
-        resume: continue from the checkpoint in out_dir (raises if there is none).
+            memory. `settings.resume` continues from the checkpoint there (raises if there is none).
         on_generation: called with each generation's log record (progress bars).
         seeds: genomes the pymoo back ends put in their first population when they meet the budget (evolve
             passes the fastest config of the space, so a budget near the minimum still has a feasible start).
-        refine: finish with a greedy +-1 neighbourhood search around the best config (a few dozen evaluations
-            at most per round; often recovers the last fraction of a point that a short evolution misses).
-        tie: accuracies within this margin count as equal when the best config is picked (logs and result).
-        warm_start: for the pymoo back ends, score each choice of each variable alone first and seed half the
-            first population with the configs an additive surrogate of those drops rates best within the budget
-            (`search.warmstart`; skipped when resuming, and when the scan would cost more evaluations than
-            population x generations).
-        **backend_options: the algorithm's own options, documented in its back-end module (pymoo's algorithm or
+        **overrides: fields of `SearchSettings` (e.g. ``population=12``) replace the settings' values; any other
+            keyword is an option of the algorithm, documented in its back-end module (pymoo's algorithm or
             optuna's sampler keyword arguments; Ray Tune: evaluator_factory, workers, address, cpus_per_worker).
             An option the algorithm does not take raises SparseSearchError.
     Returns:
         every evaluated config (feasible ones carry real accuracies) with latency and accuracy.
+
+    Around the back end's loop run the callbacks (`SearchCallback`): the warm start (`settings.warm_start`: for
+    the pymoo back ends, score each choice of each variable alone first and seed half the first population from
+    an additive surrogate, `search.warmstart`; skipped when resuming, and when the scan would cost more
+    evaluations than population x generations), then the refinement (`settings.refine`: a greedy +-1
+    neighbourhood search around the best config).
     """
-    if algorithm not in ALGORITHMS:
-        raise SparseSearchError(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
-    if population < 2 or generations < 1:
-        raise SparseSearchError("--population must be at least 2 and --generations at least 1")
+    names = {f.name for f in dataclasses.fields(SearchSettings)}
+    backend_options = dict((settings.options if settings is not None else None) or {})
+    backend_options.update({k: v for k, v in overrides.items() if k not in names})
+    s = dataclasses.replace(settings or SearchSettings(), **{k: v for k, v in overrides.items() if k in names})
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -131,40 +136,68 @@ def run_search(
         latency_fn,
         accuracy,
         budget_ms,
-        algorithm,
-        population,
-        generations,
-        seed,
+        s.algorithm,
+        s.population,
+        s.generations,
+        s.seed,
         out,
-        resume,
-        _logger(out, resume, algorithm, on_generation),
-        tie=tie,
+        s.resume,
+        _logger(out, s.resume, s.algorithm, on_generation),
+        tie=float(s.tie or 0.0),
         seeds=seeds,
-        options=dict(backend_options),
+        options=backend_options,
     )
-    scanned = _warm_start(ctx) if warm_start and not resume else 0
-    gens = get_backend(algorithm)(ctx)
-    run = _collect(space, accuracy, latency_fn, budget_ms, algorithm, gens)
-    run.tie = tie
-    if refine and len(run.genes) and (run.latency_ms <= budget_ms).any():
-        if _refine(ctx.scorer(), run.genes[run.best_index()]):
-            ctx.log({"generation": gens, "refined": True, **ctx.record(gens)})
-            run = _collect(space, accuracy, latency_fn, budget_ms, algorithm, gens)
-            run.tie = tie
-    run.extra["warm_start_scan"] = scanned
+    callbacks: list[SearchCallback] = [WarmStart()] if s.warm_start and not s.resume else []
+    callbacks += [Refine()] if s.refine else []
+    for cb in callbacks:
+        cb.before(ctx)
+    gens = get_backend(s.algorithm)(ctx)
+    run = _collect(ctx, gens)
+    for cb in callbacks:
+        if cb.after(ctx, run, gens):
+            run = _collect(ctx, gens)
+    run.extra["warm_start_scan"] = sum(cb.scanned for cb in callbacks if isinstance(cb, WarmStart))
     return run
 
 
-def _warm_start(ctx: SearchContext) -> int:
-    """Seed ctx's first population from a sensitivity scan (pymoo back ends only); the scan's size, 0 if none."""
-    from .warmstart import scan_genomes, warm_start  # noqa: PLC0415
+class SearchCallback:
+    """A step around a back end's loop (pymoo's `Callback` is the model): `before` the first generation (it may
+    evaluate configs and seed `ctx.seeds`), `after` the last (True when it evaluated configs, so the run's record
+    is collected again)."""
 
-    scan = len(scan_genomes(ctx.space))
-    if ctx.algorithm not in WARM_STARTED or scan > ctx.population * ctx.generations:
-        return 0
-    seeds = warm_start(ctx.space, ctx.latency_fn, ctx.cache.evaluate, ctx.budget_ms, ctx.population // 2, ctx.seed)
-    ctx.seeds = seeds if ctx.seeds is None else np.concatenate([seeds, ctx.seeds])
-    return scan
+    def before(self, ctx: SearchContext) -> None:
+        """Called once before the back end runs."""
+
+    def after(self, ctx: SearchContext, run: SearchRun, generations: int) -> bool:
+        """Called once after it; True if it evaluated configs."""
+        return False
+
+
+class WarmStart(SearchCallback):
+    """Seed the first population from a sensitivity scan (pymoo back ends only; `search.warmstart`)."""
+
+    def __init__(self) -> None:
+        self.scanned = 0
+
+    def before(self, ctx: SearchContext) -> None:
+        scan = len(scan_genomes(ctx.space))
+        if ctx.algorithm not in WARM_STARTED or scan > ctx.population * ctx.generations:
+            return
+        seeds = warm_start(ctx.space, ctx.latency_fn, ctx.cache.evaluate, ctx.budget_ms, ctx.population // 2, ctx.seed)
+        ctx.seeds = seeds if ctx.seeds is None else np.concatenate([seeds, ctx.seeds])
+        self.scanned = scan
+
+
+class Refine(SearchCallback):
+    """A greedy neighbourhood search around the best config within the budget, logged as a "refined" record."""
+
+    def after(self, ctx: SearchContext, run: SearchRun, generations: int) -> bool:
+        if not len(run.genes) or not (run.latency_ms <= ctx.budget_ms).any():
+            return False
+        if not _refine(ctx.scorer(), run.genes[run.best_index()]):
+            return False
+        ctx.log({"generation": generations, "refined": True, **ctx.record(generations)})
+        return True
 
 
 def _logger(
@@ -209,20 +242,3 @@ def _refine(scorer: FeasibleScorer, start: np.ndarray, max_rounds: int = 20, max
             break
         best, best_acc, improved = cand[j], float(acc[j]), True
     return improved
-
-
-def neighbours(x: np.ndarray) -> np.ndarray:
-    """(m, n_var) neighbours of genome x (n_var,): each gene one step up or down, alone or traded against another
-    gene's opposite step (so latency stays near the budget)."""
-    moves = []
-    for i in range(len(x)):
-        for step in (-1, 1):
-            y = x.copy()
-            y[i] += step
-            moves.append(y)
-            for j in range(len(x)):
-                if j != i:
-                    z = y.copy()
-                    z[j] -= step
-                    moves.append(z)
-    return np.stack(moves)

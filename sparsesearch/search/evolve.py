@@ -8,6 +8,7 @@ user's `--accuracy module:function`) and calls `search`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable
@@ -17,11 +18,13 @@ from typing import Any
 
 from ..config import SparsityConfig
 from ..errors import SparseSearchError
+from ..options import option
 from .accuracy import EvaluatorAccuracy, import_callable
 from .api import search
 from .budget import Budget, parse_budget
-from .engine import ALGORITHMS
-from .report import Baselines, Point
+from .records import Candidate
+from .report import Baselines
+from .settings import SearchSettings
 
 __all__ = [
     "BUILTIN_ACCURACIES",
@@ -36,37 +39,44 @@ __all__ = [
 BUILTIN_ACCURACIES = ("labels", "fidelity")
 
 
-@dataclass
-class EvolveOptions:
-    """Everything `sparsesearch evolve` takes (see its --help)."""
+@dataclass(kw_only=True)
+class EvolveOptions(SearchSettings):
+    """Everything `sparsesearch evolve` takes: the search's own settings (`SearchSettings`) and what evolve loads.
+    Its flags are built from these fields (`cli._base.add_options`); the model source (`--supernet`, or
+    `--model`, `--checkpoint`, `--head`, `--space`) and the table check's flags are shared with other commands
+    and added by their helpers."""
 
-    table: str
-    latency: str
-    out: str
-    supernet: str | None = None  # a supernet from `adapt`, or: a pretrained model, `model` + `checkpoint` + `space`
-    model: str | None = None
-    checkpoint: str | None = None
-    head: str = "auto"  # a pretrained model's head: "auto" (the checkpoint's, if any) or "none" (its features)
-    space: str | None = None
-    data: str | None = None
-    val_samples: int = 64
-    batch: int = 16
-    device: str = "cpu"
-    algorithm: str = "ga"
-    population: int = 32
-    generations: int = 12
-    workers: int = 1
-    ray: str | None = None
-    seed: int = 0
-    resume: bool = False
-    overwrite: bool = False
-    allow_foreign_table: bool = False
-    refine: bool = True
-    warm_start: bool = True  # seed the first population from a one-variable-at-a-time scan (search.warmstart)
-    table_check: bool = True  # an absolute budget first runs the table's speed check (latency.ensure_table_speed)
-    rescale_table: bool = False  # scale the table's predictions by the check's measured/predicted factor
-    accuracy: str | None = None  # "fidelity" (no labels), "package.module:function"; None or "labels": mIoU/top-1
-    finalists: int = 0  # re-time this many of the pick's candidates on this machine before choosing (search())
+    table: str = option(help="latency table written by `sparsesearch profile`", required=True)
+    latency: str = option(help="budget: 30ms, '30 ms', 0.03s, 30000us, or 0.6x of dense", required=True)
+    out: str = option(help="output folder", required=True)
+    supernet: str | None = option(None, help="a supernet from `adapt` (flag: cli._base.add_model_source)", cli=False)
+    model: str | None = option(None, help="a pretrained model's name (with checkpoint and space)", cli=False)
+    checkpoint: str | None = option(None, help="the pretrained model's weights", cli=False)
+    head: str = option("auto", help="a pretrained model's head: auto (the checkpoint's) or none", cli=False)
+    space: str | None = option(None, help="search space (needed with model; default: the supernet's)", cli=False)
+    accuracy: str | None = option(
+        None,
+        help="labels (default): mIoU or top-1 on labelled --data; fidelity: how closely each config reproduces "
+        "the dense model on the same images (no labels needed: a folder of images will do; any head or none); "
+        "or your own importable function fn(model, config) -> float, higher is better (the working directory "
+        "is importable)",
+        metavar="labels|fidelity|MODULE:FUNCTION",
+    )
+    data: str | None = option(
+        None,
+        help="validation data: a data folder (for fidelity, images alone will do) or synthetic[:N] (default: the "
+        "supernet's training data; needed with --model)",
+    )
+    batch: int = option(16, help="evaluation batch size")
+    allow_foreign_table: bool = option(
+        False, help="use a table measured on another device/dtype/torch (what-if studies)"
+    )
+    table_check: bool = option(
+        True, help="an absolute budget first runs the table's speed check (flag: --no-table-check)", cli=False
+    )
+    rescale_table: bool = option(
+        False, help="scale the table's predictions by the check's measured/predicted factor", cli=False
+    )
 
 
 @dataclass
@@ -74,9 +84,9 @@ class EvolveSummary:
     """What evolve found, for printing."""
 
     budget_ms: float
-    dense: Point
-    best: Point
-    front: list[Point]
+    dense: Candidate
+    best: Candidate
+    front: list[Candidate]
     baselines: Baselines
     metric: str
     evaluated: int
@@ -194,8 +204,6 @@ def evolve(
     on_evaluated: Callable[[int], None] | None = None,
 ) -> EvolveSummary:
     """Run the whole search; raises SparseSearchError subclasses for every input problem."""
-    if opts.algorithm not in ALGORITHMS:
-        raise SparseSearchError(f"unknown --algorithm {opts.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
     budget = parse_budget(opts.latency)
     builtin = opts.accuracy in (None, *BUILTIN_ACCURACIES)
     accuracy: Any = None if builtin else import_callable(str(opts.accuracy))  # a bad reference fails before any work
@@ -206,25 +214,10 @@ def evolve(
         accuracy.prepare(model)  # data problems (no labels, no images) come out before the search starts
     if opts.resume and not opts.overwrite and not Path(opts.out, "search_meta.json").is_file():
         raise SparseSearchError(f"--resume: {opts.out} holds no search (no search_meta.json); start without --resume")
-    result = search(
-        space,
-        latency=table,
-        accuracy=accuracy,
-        budget=budget,
-        model=model,
-        algorithm=opts.algorithm,
-        population=opts.population,
-        generations=opts.generations,
-        seed=opts.seed,
-        out=opts.out,
-        resume=opts.resume,
-        overwrite=opts.overwrite,
+    settings = dataclasses.replace(
+        opts,
         workers=max(1, opts.workers),
-        ray_address=opts.ray,
         progress=on_generation if on_generation is not None else False,
-        refine=opts.refine,
-        warm_start=opts.warm_start,
-        device=opts.device,
         fingerprint=_fingerprint(opts, table.meta),
         on_evaluated=on_evaluated,
         finalists=max(0, opts.finalists),
@@ -238,11 +231,14 @@ def evolve(
             **({"accuracy_function": opts.accuracy} if not builtin else {}),
         },
     )
+    result = search(
+        space, latency=table, accuracy=accuracy, budget=budget, model=model, out=opts.out, settings=settings
+    )
     return EvolveSummary(
         result.budget_ms,
-        result.dense.to_point(),
-        result.best.to_point(),
-        [c.to_point() for c in result.pareto],
+        result.dense,
+        result.best,
+        result.pareto,
         result.baselines(),
         result.metric,
         result.evaluated,

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..config import SparsityConfig
+from .records import Measured, MeasuredRow
 from .selection import Pick, nondominated, pick_best
 
 __all__ = ["Finalists", "MEASURED_RULE"]
@@ -117,7 +118,8 @@ class Finalists:
         configs(i), labels(i): the config and label of entry i of `lat` / `acc` ((n,) predicted ms, accuracy).
         baselines: entries (e.g. uniform sparsity near the budget) timed with the finalists whatever the
             prediction says of them, beyond the `n`: the pick weighs them by the same measured rule, and each
-            row's `within_budget` tells which of them that rule admits (what a comparison with them may use).
+            row's `within_budget` (`records.MeasuredRow`) tells which of them that rule admits (what a
+            comparison with them may use).
         """
         idx = self.candidates(lat, acc, budget_ms, first)
         have = set(idx.tolist())
@@ -127,34 +129,32 @@ class Finalists:
         scaled = ratio * self.dense_ms
         guarded = (ratio + self.guard * se) * self.dense_ms
         picked = pick_best(guarded, acc[idx], budget_ms, first.tie_margin)
-        record: dict[str, Any] = {
-            "finalists": len(idx) - len(extra),
-            "baselines_timed": len(extra),
-            "dense_measured_ms": float(ms[0]),
-            "dense_predicted_ms": float(self.dense_ms),
-            "guard": self.guard,
-            "rows": [
-                {
-                    "label": labels(int(i)),
-                    "config": configs(int(i)).to_dict(),
-                    "accuracy": float(acc[i]),
-                    "predicted_ms": float(lat[i]),
-                    "measured_ms": float(m),
-                    "measured_x_dense": float(r),
-                    "measured_x_dense_se": float(e),
-                    "measured_on_table_ms": float(s),
-                    "within_budget": bool(g <= budget_ms),
-                }
+        record = Measured(
+            finalists=len(idx) - len(extra),
+            baselines_timed=len(extra),
+            dense_measured_ms=float(ms[0]),
+            dense_predicted_ms=float(self.dense_ms),
+            guard=self.guard,
+            rows=[
+                MeasuredRow(
+                    label=labels(int(i)),
+                    config=configs(int(i)),
+                    accuracy=float(acc[i]),
+                    predicted_ms=float(lat[i]),
+                    measured_ms=float(m),
+                    measured_x_dense=float(r),
+                    measured_x_dense_se=float(e),
+                    measured_on_table_ms=float(s),
+                    within_budget=bool(g <= budget_ms),
+                )
                 for i, m, r, e, s, g in zip(idx, ms[1:], ratio, se, scaled, guarded)
             ],
-        }
+        )
         if picked is None:
-            record["outcome"] = "no finalist measured within the budget: the pick stands on the prediction"
+            record.outcome = "no finalist measured within the budget: the pick stands on the prediction"
             return Pick(first.index, first.rule, first.tie_margin, first.best_accuracy, first.tied, record)
         chosen = int(idx[picked.index])
-        record["outcome"] = (
-            "kept the prediction's pick" if chosen == first.index else "moved from the prediction's pick"
-        )
-        record["measured_x_dense"] = float(ratio[picked.index])
+        record.outcome = "kept the prediction's pick" if chosen == first.index else "moved from the prediction's pick"
+        record.measured_x_dense = float(ratio[picked.index])
         tied = tuple(int(idx[j]) for j in picked.tied)
         return Pick(chosen, MEASURED_RULE, picked.tie_margin, picked.best_accuracy, tied, record)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,46 +12,36 @@ import numpy as np
 
 from ..config import SparsityConfig
 from ..errors import SparseSearchError
-from ..fileio import atomic_write, atomic_write_text
+from ..fileio import atomic_write
 from ..space import SearchSpace
 from .accuracy import AccuracyCache
 from .engine import SearchRun
 from .finalists import Finalists
 from .problem import LatencyFn
+from .records import BestRecord, Candidate, ParetoRecord
 from .selection import Pick, pick_best
 
-__all__ = ["Point", "Baselines", "choose_best", "uniform_sparsity_baseline", "uniform_resize_baseline", "write_outputs"]
-
-
-@dataclass
-class Point:
-    """One config with its figures."""
-
-    config: dict[str, Any]
-    latency_ms: float
-    accuracy: float
-    gflops: float | None = None
-    label: str = ""
+__all__ = ["Baselines", "choose_best", "uniform_sparsity_baseline", "uniform_resize_baseline", "write_outputs"]
 
 
 @dataclass
 class Baselines:
     """SparseViT's comparison at the same budget: uniform sparsity, and the dense model at a lower resolution."""
 
-    uniform_sparsity: list[Point] = field(default_factory=list)  # every uniform level evaluated
-    uniform_resize: list[Point] = field(default_factory=list)  # every resolution evaluated
+    uniform_sparsity: list[Candidate] = field(default_factory=list)  # every uniform level evaluated
+    uniform_resize: list[Candidate] = field(default_factory=list)  # every resolution evaluated
     budget_ms: float = 0.0
     tie: float = 0.0  # accuracies this close count as equal (see selection.pick_best)
 
-    def best(self, points: list[Point]) -> Point | None:
+    def best(self, points: list[Candidate]) -> Candidate | None:
         """The best of `points` within the budget, by the rule every report uses."""
         pick = pick_best([p.latency_ms for p in points], [p.accuracy for p in points], self.budget_ms, self.tie)
         return points[pick.index] if pick is not None else None
 
 
-def _in_space(space: SearchSpace, p: Point) -> bool:
+def _in_space(space: SearchSpace, p: Candidate) -> bool:
     try:
-        space.encode(SparsityConfig.from_dict(p.config))
+        space.encode(p.config)
     except SparseSearchError:
         return False
     return True
@@ -62,15 +51,15 @@ def choose_best(
     space: SearchSpace,
     run: SearchRun,
     baselines: Baselines,
-    point: Callable[[int, str], Point],
+    point: Callable[[int, str], Candidate],
     finalists: Finalists | None = None,
-) -> tuple[Point, Pick]:
+) -> tuple[Candidate, Pick]:
     """The config to deploy: the best within the budget among everything evaluated, the baselines that are
     configs of `space` included (a resize baseline at a resolution the space does not offer stays a reference
     row: the supernet was not adapted for it and the exported model is not built for it). With `finalists`,
     the configs the rule weighs are re-timed on this machine and the rule applied to those figures.
 
-    `point(i, label)` builds the Point of run entry i. Raises SparseSearchError when nothing is within budget.
+    `point(i, label)` builds the Candidate of run entry i. Raises SparseSearchError when nothing is within budget.
     """
     extra = [p for p in baselines.uniform_sparsity + baselines.uniform_resize if _in_space(space, p)]
     lat = np.concatenate([run.latency_ms, [p.latency_ms for p in extra]])
@@ -82,7 +71,7 @@ def choose_best(
 
         def config(i: int) -> SparsityConfig:
             n = len(run.genes)
-            return space.decode(run.genes[i]) if i < n else SparsityConfig.from_dict(extra[i - n].config)
+            return space.decode(run.genes[i]) if i < n else extra[i - n].config
 
         def label(i: int) -> str:
             return "searched" if i < len(run.genes) else extra[i - len(run.genes)].label
@@ -92,10 +81,12 @@ def choose_best(
     if pick.index < len(run.genes):
         return point(pick.index, "searched"), pick
     chosen = extra[pick.index - len(run.genes)]
-    return Point(chosen.config, chosen.latency_ms, chosen.accuracy, chosen.gflops, f"searched ({chosen.label})"), pick
+    return Candidate(
+        chosen.config, chosen.latency_ms, chosen.accuracy, chosen.gflops, f"searched ({chosen.label})"
+    ), pick
 
 
-def _baselines_near(baselines: Baselines, extra: Sequence[Point], limit_ms: float, offset: int) -> list[int]:
+def _baselines_near(baselines: Baselines, extra: Sequence[Candidate], limit_ms: float, offset: int) -> list[int]:
     """Indices (after `offset` run entries) of the baselines in `extra` that the finalists time beside the
     search's configs: per kind, the two slowest predicted within `limit_ms` (the budget plus the finalists'
     slack), the ones a comparison at the budget is made with."""
@@ -120,12 +111,12 @@ def uniform_sparsity_baseline(
     cache: AccuracyCache,
     budget_ms: float,
     levels: Sequence[float] | None = None,
-) -> list[Point]:
+) -> list[Candidate]:
     """Uniform sparsity at each level (default: every gene choice): accuracy evaluated for the levels within the
     budget and for the first level over it, the over-budget one with the lowest latency (so the plot shows where
     uniform pruning crosses the budget; the pick rule never chooses it, being over the budget).
 
-    Returns the evaluated levels, as Points ordered by genome (densest first)."""
+    Returns the evaluated levels, as Candidates ordered by genome (densest first)."""
     levels = sorted(set(levels or [c for g in space.genes for c in g.choices]))
     X = np.unique(np.stack([_nearest_choice_genes(space, p) for p in levels]), axis=0)
     lat = np.asarray(latency_fn(X), dtype=np.float64)
@@ -136,7 +127,7 @@ def uniform_sparsity_baseline(
     X, lat = X[keep], lat[keep]
     acc = cache.evaluate(X) if len(X) else np.zeros(0)
     return [
-        Point(space.decode(x).to_dict(), float(ms), float(a), label=f"uniform {space.decode(x).mean_sparsity():.2f}")
+        Candidate(space.decode(x), float(ms), float(a), label=f"uniform {space.decode(x).mean_sparsity():.2f}")
         for x, ms, a in zip(X, lat, acc)
     ]
 
@@ -147,7 +138,7 @@ def uniform_resize_baseline(
     accuracy_at: Callable[[tuple[int, int]], float],
     dense_config: SparsityConfig,
     budget_ms: float,
-) -> list[Point]:
+) -> list[Candidate]:
     """The dense model at each profiled resolution within the budget, and at the fastest one over it (as
     `uniform_sparsity_baseline` keeps the first level over: where resizing crosses the budget, and a candidate
     when the table's prediction puts it just over); inputs resized, predictions scored at the label size. The
@@ -160,7 +151,7 @@ def uniform_resize_baseline(
         if lat > budget_ms and lat != min(over):
             continue
         cfg = SparsityConfig(dense_config.sparsity, dense_config.window_size, r)
-        points.append(Point(cfg.to_dict(), lat, float(accuracy_at(r)), label=f"dense {r[0]}x{r[1]}"))
+        points.append(Candidate(cfg, lat, float(accuracy_at(r)), label=f"dense {r[0]}x{r[1]}"))
     return points
 
 
@@ -174,7 +165,7 @@ def write_outputs(
     flops_fn: Callable[[SparsityConfig], float] | None = None,
     meta: dict[str, Any] | None = None,
     finalists: Finalists | None = None,
-) -> tuple[Point, list[Point]]:
+) -> tuple[Candidate, list[Candidate]]:
     """Write pareto.json, best.json (a loadable SparsityConfig file plus figures) and pareto.png into `out`.
 
     The best is `choose_best`'s (with `finalists`: re-timed on this machine). Returns the best point and the front.
@@ -182,10 +173,10 @@ def write_outputs(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    def point(i: int, label: str = "") -> Point:
+    def point(i: int, label: str = "") -> Candidate:
         cfg = space.decode(run.genes[i])
-        return Point(
-            cfg.to_dict(),
+        return Candidate(
+            cfg,
             float(run.latency_ms[i]),
             float(run.accuracy[i]),
             flops_fn(cfg) / 1e9 if flops_fn else None,
@@ -197,39 +188,30 @@ def write_outputs(
     best, pick = choose_best(space, run, baselines, point, finalists)
     for b in baselines.uniform_sparsity + baselines.uniform_resize:
         if flops_fn is not None and b.gflops is None:
-            b.gflops = flops_fn(SparsityConfig.from_dict(b.config)) / 1e9
-    header = {
+            b.gflops = flops_fn(b.config) / 1e9
+    header: dict[str, Any] = {
         "metric": metric,
         "budget_ms": run.budget_ms,
         "algorithm": run.algorithm,
         "space": space.name,
         "evaluated": int(len(run.genes)),
-        **(meta or {}),
     }
+    extra = dict(meta or {})
+    ParetoRecord(
+        **header,
+        front=front,
+        uniform_sparsity=baselines.uniform_sparsity,
+        uniform_resize=baselines.uniform_resize,
+        meta=extra,
+    ).save(out / "pareto.json")
     ub, rb = baselines.best(baselines.uniform_sparsity), baselines.best(baselines.uniform_resize)
-    pareto = {
-        **header,
-        "front": [asdict(p) for p in front],
-        "baselines": {
-            "uniform_sparsity": [asdict(p) for p in baselines.uniform_sparsity],
-            "uniform_resize": [asdict(p) for p in baselines.uniform_resize],
-        },
-    }
-    atomic_write_text(out / "pareto.json", json.dumps(pareto, indent=1) + "\n")
-    best_doc = {
-        "config": best.config,
-        **{k: v for k, v in asdict(best).items() if k != "config"},
-        **header,
-        "pick": pick.to_dict(),
-        "baselines": {"uniform_sparsity": asdict(ub) if ub else None, "uniform_resize": asdict(rb) if rb else None},
-    }
-    atomic_write_text(out / "best.json", json.dumps(best_doc, indent=1) + "\n")
+    BestRecord(best, **header, pick=pick, uniform_sparsity=ub, uniform_resize=rb, meta=extra).save(out / "best.json")
     _plot(out / "pareto.png", run, front, best, baselines, metric, space.name)
     return best, front
 
 
 def _plot(
-    path: Path, run: SearchRun, front: list[Point], best: Point, baselines: Baselines, metric: str, title: str
+    path: Path, run: SearchRun, front: list[Candidate], best: Candidate, baselines: Baselines, metric: str, title: str
 ) -> None:
     from matplotlib.figure import Figure  # noqa: PLC0415  (no pyplot: the caller's backend stays as it is)
 

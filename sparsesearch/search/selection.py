@@ -9,11 +9,13 @@ and the fastest of those wins; a remaining tie goes to the earlier one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .records import Measured
 
 __all__ = ["Pick", "pick_best", "PICK_RULE", "nondominated"]
 
@@ -29,16 +31,29 @@ class Pick:
     tie_margin: float
     best_accuracy: float
     tied: tuple[int, ...]
-    measured: dict[str, Any] | None = None  # finalists re-timed on this machine (`search.finalists`)
+    measured: Measured | None = None  # finalists re-timed on this machine (`search.finalists`)
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "rule": self.rule,
             "tie_margin": self.tie_margin,
             "best_accuracy": self.best_accuracy,
             "tied_with": len(self.tied) - 1,
-            **({"measured": self.measured} if self.measured is not None else {}),
+            **({"measured": self.measured.to_dict()} if self.measured is not None else {}),
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Pick:
+        """A pick as best.json records it; the indices into the search's record are not stored there (-1)."""
+        measured = d.get("measured")
+        return cls(
+            -1,
+            str(d["rule"]),
+            float(d["tie_margin"]),
+            float(d["best_accuracy"]),
+            (-1,) * (int(d.get("tied_with", 0)) + 1),
+            Measured.from_dict(measured) if measured is not None else None,
+        )
 
 
 def pick_best(

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..space import SearchSpace
+from .neighbours import neighbours
 from .scoring import LatencyFn
 
 __all__ = ["scan_genomes", "drop_table", "surrogate_seeds", "warm_start"]
@@ -96,8 +97,6 @@ def _cost(drop: np.ndarray, X: np.ndarray) -> np.ndarray:
 def _climb(
     space: SearchSpace, latency_fn: LatencyFn, drop: np.ndarray, budget_ms: float, x: np.ndarray, rounds: int
 ) -> np.ndarray:
-    from .engine import neighbours  # noqa: PLC0415
-
     best, best_cost = x, float(_cost(drop, x[None])[0])
     for _ in range(rounds):
         moves = np.unique(space.repair(neighbours(best)), axis=0)
