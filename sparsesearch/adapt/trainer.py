@@ -52,16 +52,14 @@ from .loop import (
 from .metrics_log import MetricsLog, tensorboard_writer
 from .options import AdaptOptions
 from .prepare import Plan, RunSetup
-from .sampling import RandomSparsity, input_resolution, kl_distill
+from .sampling import RandomSparsity, input_resolution
 from .stopping import StopRequested, StopSignals
 from .validation import make_evaluator, validate
 
 __all__ = [
     "AdaptResult",
     "adapt",
-    "train_supernet",
     "seg_or_cls_loss",
-    "distill_loss",
     "build_optimizer",
     "cosine_schedule",
 ]
@@ -133,26 +131,6 @@ def adapt(
         return _Run(setup, progress, on_step, say).run()
     finally:
         D.teardown(info)
-
-
-#: the same function under a name that does not shadow the ``sparsesearch.adapt`` package at top level
-train_supernet = adapt
-
-
-def distill_loss(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    temperature: float = 1.0,
-    target: torch.Tensor | None = None,
-    ignore_index: int = 255,
-) -> torch.Tensor:
-    """KL(teacher || student) of the class distributions, times T^2.
-
-    seg: student/teacher logits (B, C, H, W) (a teacher of another size is resized to the student's), averaged
-    over pixels (those whose ``target`` (B, H, W) is ``ignore_index`` excluded); cls: (B, C), averaged over B.
-    """
-    mask = (target != ignore_index) if student.dim() == 4 and target is not None else None
-    return kl_distill(student, teacher, temperature, mask)
 
 
 @dataclass
