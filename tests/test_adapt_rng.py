@@ -1,5 +1,5 @@
 """The trainer and export's fine-tune draw their random numbers without touching the caller's global RNG
-streams, and stay deterministic: the same seed gives the same weights (issue 15)."""
+streams, and stay deterministic: the same seed gives the same weights."""
 
 from __future__ import annotations
 

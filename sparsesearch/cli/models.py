@@ -15,7 +15,9 @@ class ModelsCommand(Command):
     help = "list the registered models"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'swin_t*'")
+        parser.add_argument(
+            "pattern", nargs="?", default="*", help="shell-style filter of the names this command lists (default: all)"
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         for name in list_models(args.pattern):
@@ -28,7 +30,7 @@ class SpaceCommand(Command):
     help = "validate a search space file and describe it (optionally sample configs)"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("space", help="search space YAML, e.g. search_spaces/swin_t.yaml")
+        parser.add_argument("space", help="search space YAML (the files in search_spaces/ are examples)")
         parser.add_argument("--sample", type=int, default=0, metavar="N", help="print N random configs")
         parser.add_argument("--seed", type=int, default=0)
 
