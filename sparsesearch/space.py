@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .config import SparsityConfig, read_structured
-from .errors import SpaceError
+from .errors import SpaceError, SparseSearchError
 from .fileio import to_plain
 
 if TYPE_CHECKING:
@@ -110,6 +110,10 @@ class SearchSpace:
             raise SpaceError(f"{source}: window_size in model_kwargs needs one value per stage ({len(self.depths)})")
         self.resolutions = self._parse_resolutions(data.get("resolutions", [arch.get("img_size", 224)]))
         self.window_choices = self._parse_windows(data.get("window_sizes"))
+        try:
+            self.family.check_window_choices(arch, self.window_choices)
+        except SparseSearchError as e:
+            raise SpaceError(f"{source}: {e}") from None
         default_choices = data.get("sparsity_choices")
         self.genes = self._parse_genes(data.get("genes"), default_choices)
         rules = data.get("rules") or {}
@@ -117,10 +121,11 @@ class SearchSpace:
             raise SpaceError(f"{source}: rules must be a mapping with keys from {sorted(_RULES)}, got {rules!r}")
         self.non_decreasing = bool(rules.get("non_decreasing_within_stage", False))
         if self.non_decreasing:
-            for stage_genes in self._stage_groups():
+            for stage_genes in self.stage_groups():
                 if len({self.genes[g].choices for g in stage_genes}) > 1:
                     raise SpaceError(
-                        f"{source}: non_decreasing_within_stage needs the genes of one stage to share their choices"
+                        f"{source}: non_decreasing_within_stage needs the genes of one stage to share their choices "
+                        "(genes with a single choice excepted)"
                     )
         self._block_gene = {b: gi for gi, g in enumerate(self.genes) for b in g.blocks}
 
@@ -217,11 +222,13 @@ class SearchSpace:
                 "prunes (they reshape the map): give them a gene of their own with choices [0.0]"
             )
 
-    def _stage_groups(self) -> list[list[int]]:
-        """Gene indices grouped by stage, each group ordered by first block."""
+    def stage_groups(self) -> list[list[int]]:
+        """The genes the ordering rule ties together: per stage, its genes with more than one choice, ordered by
+        first block (a gene with a single choice, e.g. of blocks a family never prunes, is in no group)."""
         groups: dict[int, list[int]] = {}
         for gi, g in enumerate(self.genes):
-            groups.setdefault(g.stage, []).append(gi)
+            if len(g.choices) > 1:
+                groups.setdefault(g.stage, []).append(gi)
         return [sorted(v, key=lambda gi: self.genes[gi].blocks[0]) for _, v in sorted(groups.items())]
 
     # ---- construction ------------------------------------------------------------------------------------
@@ -311,7 +318,7 @@ class SearchSpace:
         """(..., n_var) int: clip to bounds and, under the ordering rule, sort each stage's sparsity genes."""
         x = np.clip(np.rint(np.asarray(genes)).astype(np.int64), 0, self.upper_bounds)
         if self.non_decreasing:
-            for group in self._stage_groups():
+            for group in self.stage_groups():
                 if len(group) > 1:
                     x[..., group] = np.sort(x[..., group], axis=-1)
         return x

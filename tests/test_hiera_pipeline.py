@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sparsesearch as ss
 import torch
@@ -243,6 +244,19 @@ def test_eval_cli_on_the_supernet(quick_demo, capsys):
     assert "uniform" in capsys.readouterr().out
 
 
+def test_ordering_rule_leaves_the_qpool_gene_out():
+    """sam2_t orders the sparsity genes of each stage; the q-pool gene (one choice, 0) is in no group, and the
+    table's exact extremes honour the groups."""
+    space = ss.SearchSpace.load(SAM2_T)
+    assert space.non_decreasing
+    names = [[space.genes[g].name for g in group] for group in space.stage_groups()]
+    assert names == [["s1"], ["s2"], ["s3a", "s3b", "s3c"], ["s4"]]
+    genes = np.zeros(space.n_var, dtype=np.int64)
+    genes[[3, 4, 5]] = [8, 2, 5]  # s3a, s3b, s3c out of order
+    fixed = space.repair(genes)
+    assert fixed[[3, 4, 5]].tolist() == [2, 5, 8] and fixed[0] == 0
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     # a config that prunes a q-pool block, and a space whose q-pool gene has sparsity
     bad = tmp_path / "bad.json"
@@ -261,11 +275,13 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     bad_space.write_text(space)
     assert main(["space", str(bad_space)]) == 2
     assert "never prunes" in _one_line_error(capsys)
-    # a space whose pooled stage offers an odd window: profiling it stops at the q-pool block that would pool it
+    # a space whose pooled stage offers an odd window is refused when it is read, by any command
     odd_space = tmp_path / "odd_space.yaml"
     odd_space.write_text(DEMO.read_text().replace("window_sizes: [[8], [4, 8]", "window_sizes: [[7, 8], [4, 8]"))
+    assert main(["space", str(odd_space)]) == 2
+    assert "window choice(s) [7] of stage 0: the next stage's q-pool block pools" in _one_line_error(capsys)
     assert _profile(odd_space, tmp_path / "odd.json", "--head", "none", "--calibration", "0") == 2
-    assert "window_size[0] = 7: stage 0's window is pooled 2x2" in _one_line_error(capsys)
+    assert "window choice(s) [7] of stage 0" in _one_line_error(capsys)
     # an original SAM 1 checkpoint (image_encoder.* without a trunk) for a SAM 2 space
     sam1 = tmp_path / "sam1.pth"
     torch.save(

@@ -614,11 +614,10 @@ class LatencyTable:
         space = self.space
         values, base, pairs = self._build_lookup()
         n_genes = len(space.genes)
-        if space.non_decreasing:  # genes of one stage, in block order, are non-decreasing
-            by_stage: dict[int, list[int]] = {}
-            for gi, g in enumerate(space.genes):
-                by_stage.setdefault(g.stage, []).append(gi)
-            groups = [sorted(v, key=lambda gi: space.genes[gi].blocks[0]) for _, v in sorted(by_stage.items())]
+        if space.non_decreasing:  # the genes of each stage group, in block order, are non-decreasing
+            groups = space.stage_groups()
+            grouped = {gi for g in groups for gi in g}
+            groups += [[gi] for gi in range(n_genes) if gi not in grouped]
         else:
             groups = [[gi] for gi in range(n_genes)]
         best: tuple[float, np.ndarray] | None = None

@@ -159,6 +159,9 @@ class ModelFamily:
         """Whether a block may take a sparsity above 0 (a block that reshapes the map, e.g., never does)."""
         return True
 
+    def check_window_choices(self, arch: dict[str, Any], choices: Sequence[Sequence[int]]) -> None:
+        """SparseSearchError if a space's window choices (one list per row) hold a window the family cannot run."""
+
     def window_row(self, arch: dict[str, Any], stage: int, block: int) -> int:
         """The config row whose window block `block` of row `stage` runs with (its own row unless the family says
         otherwise: SAM 2's q-pool blocks keep the previous stage's window)."""

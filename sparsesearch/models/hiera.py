@@ -705,6 +705,18 @@ class HieraFamily(ModelFamily):
     def block_prunable(self, arch: dict[str, Any], stage: int, block: int) -> bool:
         return self.block_variant(arch, stage, block) != "qpool"
 
+    def check_window_choices(self, arch: dict[str, Any], choices: Sequence[Sequence[int]]) -> None:
+        """A window that the next stage's (windowed) q-pool block pools must be a multiple of its stride."""
+        depths, q = self.depths(arch), int(tuple(arch.get("q_stride", (2, 2)))[0])
+        global_blocks = set(arch.get("global_att_blocks", ()))
+        for s in range(min(int(arch.get("q_pool", 3)), len(depths) - 1)):
+            odd = [w for w in choices[s] if w % q]
+            if odd and sum(depths[: s + 1]) not in global_blocks:
+                raise SparseSearchError(
+                    f"window choice(s) {odd} of stage {s}: the next stage's q-pool block pools each window {q}x{q}, "
+                    f"so stage {s}'s windows must be multiples of {q}"
+                )
+
     def window_row(self, arch: dict[str, Any], stage: int, block: int) -> int:
         return stage - 1 if self.block_variant(arch, stage, block) == "qpool" else stage
 
