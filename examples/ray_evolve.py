@@ -35,7 +35,7 @@ def main() -> None:
             out=args.out,
             algorithm=args.algorithm,
             workers=args.workers,
-            ray=args.address,
+            ray_address=args.address,
             population=12,
             generations=4,
             val_samples=32,

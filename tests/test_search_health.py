@@ -50,7 +50,9 @@ seeds = warmstart.warm_start(space, toy_latency, cache.evaluate, 7.0, 4, seed=0)
 assert 1 <= len(seeds) <= 4
 for algorithm in ("random", "ga"):
     ctx = backends.SearchContext(space, toy_latency, cache, 7.0, algorithm, 6, 2, 0, None, False, lambda rec: None)
-    assert backends.get_backend(algorithm)(ctx) == 2
+    backend, scorer = backends.get_backend(algorithm)(ctx), ctx.scorer()
+    for _ in range(2):  # ask, score, tell: the engine's loop, written out
+        backend.tell(scorer.score(backend.ask()))
 print("ok", len(cache))
 """
 

@@ -33,6 +33,7 @@ from ..latency.structure import GenomeCanon
 from ..options import with_overrides
 from ..space import SearchSpace
 from .accuracy import AccuracyCache, AccuracyFn, ConfigScorer, KeyedCache, SerialEvaluator, callable_name, read_jsonl
+from .backends import SearchCallback, SearchContext
 from .budget import Budget, parse_budget
 from .engine import SearchRun, run_search
 from .finalists import Finalists
@@ -285,48 +286,43 @@ def _prepare_out(out: Path, fingerprint: dict[str, Any], resume: bool, overwrite
 
 
 def _engine_state_exists(out: Path, algorithm: str) -> bool:
-    """Whether the back end checkpointed anything (a search stopped in its first generation has not)."""
-    if algorithm in ("ga", "nsga2"):
-        return (out / "search_state.pkl").is_file()
-    if algorithm.startswith("optuna"):
-        return (out / "optuna.journal").is_file()
+    """Whether the search checkpointed anything (a search stopped in its first generation has not)."""
     if algorithm == "tune":
         return (out / "tune").is_dir()
-    return True  # random search: stateless, re-draws (seed, generation)
+    return (out / "search_state.pkl").is_file()
 
 
-def _progress_callback(
-    progress: bool | Callable[[dict[str, Any]], None], generations: int, algorithm: str, history: list[dict[str, Any]]
-) -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
-    """on_generation (collects history, drives a progress bar or the caller's callback) and a close function."""
-    bars: list[Any] = []
+class _Progress(SearchCallback):
+    """Collects the generation history and drives a progress bar (`progress=True`) or the caller's function."""
 
-    def on_generation(rec: dict[str, Any]) -> None:
-        history.append(dict(rec))
-        if callable(progress):
-            progress(rec)
+    def __init__(self, progress: bool | Callable[[dict[str, Any]], None], generations: int, algorithm: str) -> None:
+        self.progress, self.generations, self.algorithm = progress, generations, algorithm
+        self.history: list[dict[str, Any]] = []
+        self.bar: Any = None
+
+    def generation(self, ctx: SearchContext, record: dict[str, Any]) -> None:
+        self.history.append(dict(record))
+        if callable(self.progress):
+            self.progress(record)
             return
-        if not progress:
+        if not self.progress:
             return
-        if not bars:  # created at the first generation: input errors come out before any bar
+        if self.bar is None:  # created at the first generation: input errors come out before any bar
             from ..progress import progress_bar  # noqa: PLC0415
 
-            bars.append(progress_bar(generations, desc=f"search ({algorithm})", unit="gen"))
-        bar = bars[0]
-        if rec.get("refined"):
-            bar.set_postfix_str("refined around the best")
+            self.bar = progress_bar(self.generations, desc=f"search ({self.algorithm})", unit="gen")
+        if record.get("refined"):
+            self.bar.set_postfix_str("refined around the best")
             return
-        bar.n = min(int(rec.get("generation", 0)), generations)
-        post: dict[str, Any] = {"evaluated": rec.get("evaluated", 0)}
-        if "best_accuracy" in rec:
-            post.update(best=f"{rec['best_accuracy']:.4g}", ms=f"{rec['best_latency_ms']:.2f}")
-        bar.set_postfix(post)
+        self.bar.n = min(int(record.get("generation", 0)), self.generations)
+        post: dict[str, Any] = {"evaluated": record.get("evaluated", 0)}
+        if "best_accuracy" in record:
+            post.update(best=f"{record['best_accuracy']:.4g}", ms=f"{record['best_latency_ms']:.2f}")
+        self.bar.set_postfix(post)
 
-    def close() -> None:
-        for bar in bars:
-            bar.close()
-
-    return on_generation, close
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _scorer_factory(model: Any, accuracy: AccuracyFn) -> Callable[[SparsityConfig], float]:
@@ -504,12 +500,15 @@ def _execute(job: _Job) -> tuple[SearchRun, AccuracyCache, Baselines, float, lis
         # may tell them apart (the toy problems of the tests do)
         canon=GenomeCanon(job.space) if job.lat.table is not None else None,
     )
-    history: list[dict[str, Any]] = []
-    on_generation, close_bar = _progress_callback(s.progress, s.generations, s.algorithm, history)
+    progress = _Progress(s.progress, s.generations, s.algorithm)
     tune = {"evaluator_factory": factory, "workers": max(1, s.workers), "address": s.ray_address}
     resume = s.resume and out_dir is not None and _engine_state_exists(out_dir, s.algorithm)
     engine = dataclasses.replace(
-        s, resume=resume, tie=job.tie, options={**(s.options or {}), **(tune if s.algorithm == "tune" else {})}
+        s,
+        resume=resume,
+        tie=job.tie,
+        options={**(s.options or {}), **(tune if s.algorithm == "tune" else {})},
+        callbacks=[*s.callbacks, progress],
     )
     try:
         run = run_search(
@@ -519,14 +518,13 @@ def _execute(job: _Job) -> tuple[SearchRun, AccuracyCache, Baselines, float, lis
             job.budget_ms,
             engine,
             out_dir=out_dir,
-            on_generation=on_generation,
             seeds=job.lat.seed_genes,
         )
         base, dense_acc = _baselines(job.space, job.lat, cache, job.scorer, job.budget_ms, job.tie, out_dir)
     finally:
-        close_bar()
         if ray_eval is not None:
             ray_eval.close()
+    history = progress.history
     if out_dir is not None and (out_dir / "history.jsonl").is_file():
         history = read_jsonl(out_dir / "history.jsonl")
     return run, cache, base, dense_acc, history

@@ -1,9 +1,11 @@
 """The search back ends' interface and registry.
 
-A back end is a function `run(ctx: SearchContext) -> generations done` that evaluates configs through
-`ctx.cache` (directly or through `ctx.scorer()`), logs each generation with `ctx.log(ctx.record(gen))`, and
-checkpoints under `ctx.out`. The engine looks one up by algorithm name with `get_backend`; back ends import
-this module, never the engine.
+A back end is a `Backend`: the engine's one loop (`engine.run_search`) asks it for a generation of genomes,
+scores them (repair, predict, evaluate the feasible: `scoring.FeasibleScorer`), tells it the scores,
+checkpoints its `state()` and logs the generation; pymoo's ask/tell and optuna's ask/tell are the models. The
+engine looks one up by algorithm name with `get_backend`; back ends import this module, never the engine.
+Ray Tune schedules its trials itself, so its back end is a function `run(ctx) -> generations done` that
+evaluates, logs and checkpoints on its own (`tune_backend`).
 """
 
 from __future__ import annotations
@@ -21,19 +23,30 @@ import numpy as np
 from ..errors import SparseSearchError
 from ..space import SearchSpace
 from .accuracy import AccuracyCache
-from .scoring import FeasibleScorer, LatencyFn
+from .scoring import FeasibleScorer, LatencyFn, Scored
 from .selection import pick_best
 
-__all__ = ["ALGORITHMS", "Backend", "SearchContext", "check_algorithm", "check_options", "get_backend", "keyword_names"]
+__all__ = [
+    "ALGORITHMS",
+    "Backend",
+    "RunFunction",
+    "SearchCallback",
+    "SearchContext",
+    "check_algorithm",
+    "check_options",
+    "get_backend",
+    "keyword_names",
+]
 
-#: algorithm name -> (module of this package, function): imported only when chosen (optuna, Ray are optional)
+#: algorithm name -> (module of this package, Backend class or run function): imported only when chosen (optuna,
+#: Ray are optional)
 _REGISTRY: dict[str, tuple[str, str]] = {
-    "ga": ("pymoo_backend", "run_pymoo"),
-    "nsga2": ("pymoo_backend", "run_pymoo"),
-    "optuna-nsga2": ("optuna_backend", "run_optuna"),
-    "optuna-tpe": ("optuna_backend", "run_optuna"),
+    "ga": ("pymoo_backend", "PymooBackend"),
+    "nsga2": ("pymoo_backend", "PymooBackend"),
+    "optuna-nsga2": ("optuna_backend", "OptunaBackend"),
+    "optuna-tpe": ("optuna_backend", "OptunaBackend"),
     "tune": ("tune_backend", "run_tune"),
-    "random": ("random_backend", "run_random"),
+    "random": ("random_backend", "RandomBackend"),
 }
 ALGORITHMS = tuple(_REGISTRY)
 
@@ -88,7 +101,54 @@ class SearchContext:
         return rec
 
 
-Backend = Callable[[SearchContext], int]
+class Backend:
+    """What the engine's loop drives: `ask` a generation, `tell` its scores, `state` to checkpoint.
+
+    Built from the context (its options checked: one the algorithm does not take is refused by name). A resumed
+    search builds it with `ctx.resume` set and hands it the checkpointed state with `restore`; a back end that
+    persists itself (optuna's journal) returns None from `state` and reopens its storage when built.
+    """
+
+    def __init__(self, ctx: SearchContext) -> None:
+        self.ctx = ctx
+
+    def ask(self) -> np.ndarray:
+        """(n, n_var) genomes of the next generation (the engine repairs them before scoring)."""
+        raise NotImplementedError
+
+    def tell(self, scored: Scored) -> None:
+        """The scores of the genomes the last `ask` returned, in their order (`Scored.genes` as repaired)."""
+        raise NotImplementedError
+
+    def state(self) -> Any:
+        """What a resumed search needs (pickled by the engine after every generation); None: nothing."""
+        return None
+
+    def restore(self, state: Any) -> None:
+        """Continue from a checkpointed `state()`."""
+
+
+RunFunction = Callable[[SearchContext], int]
+
+
+class SearchCallback:
+    """A step around the engine's loop (pymoo's `Callback` is the model): `before` the first generation (it may
+    evaluate configs and seed `ctx.seeds`), `generation` with each logged record, `after` the last generation
+    (True when it evaluated configs, so the run's record is collected again), and `close` at the end, whatever
+    happened (e.g. a progress bar)."""
+
+    def before(self, ctx: SearchContext) -> None:
+        """Called once before the back end runs."""
+
+    def generation(self, ctx: SearchContext, record: dict[str, Any]) -> None:
+        """Called with each record the search logs (a generation's, or the refinement's)."""
+
+    def after(self, ctx: SearchContext, run: Any, generations: int) -> bool:
+        """Called once after the back end; `run` is the engine's SearchRun. True if it evaluated configs."""
+        return False
+
+    def close(self) -> None:
+        """Called once at the end of the search, also when it failed."""
 
 
 def check_algorithm(algorithm: str) -> None:
@@ -97,12 +157,12 @@ def check_algorithm(algorithm: str) -> None:
         raise SparseSearchError(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
 
 
-def get_backend(algorithm: str) -> Backend:
-    """The back end of `algorithm` (one of ALGORITHMS)."""
+def get_backend(algorithm: str) -> type[Backend] | RunFunction:
+    """The back end of `algorithm` (one of ALGORITHMS): a Backend class, or Ray Tune's run function."""
     check_algorithm(algorithm)
     module, name = _REGISTRY[algorithm]
-    fn: Backend = getattr(importlib.import_module(f".{module}", __package__), name)
-    return fn
+    found: type[Backend] | RunFunction = getattr(importlib.import_module(f".{module}", __package__), name)
+    return found
 
 
 def keyword_names(fn: Callable[..., Any], exclude: Collection[str] = ()) -> set[str]:

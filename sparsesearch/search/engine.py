@@ -2,27 +2,32 @@
 
 Every back end works on the same pieces: the space's integer genomes, a vectorised latency predictor, and an
 AccuracyCache (which persists evaluations, so a resumed search never re-evaluates a config). The back ends live
-in their own modules behind `backends.get_backend`; this module runs one, then refines around its best config.
+in their own modules behind `backends.get_backend` and only ask and tell (`backends.Backend`); this module owns the
+one loop that drives them (scoring, the atomic checkpoint, the log) and the callbacks around it (`SearchCallback`:
+the warm start, the refinement around the best config, the caller's progress).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import dill
 import numpy as np
 
 from ..errors import SparseSearchError
+from ..fileio import atomic_write
 from ..space import SearchSpace
 from .accuracy import AccuracyCache
-from .backends import ALGORITHMS, SearchContext, get_backend
+from .backends import ALGORITHMS, Backend, RunFunction, SearchCallback, SearchContext, get_backend
 from .neighbours import neighbours
-from .scoring import FeasibleScorer, LatencyFn
+from .scoring import FeasibleScorer, LatencyFn, Scored
 from .selection import nondominated, pick_best
 from .settings import SearchSettings
 from .warmstart import scan_genomes, warm_start
@@ -118,7 +123,8 @@ def run_search(
     Returns:
         every evaluated config (feasible ones carry real accuracies) with latency and accuracy.
 
-    Around the back end's loop run the callbacks (`SearchCallback`): the warm start (`settings.warm_start`: for
+    Around the back end's loop run the callbacks (`SearchCallback`, pymoo's `Callback` is the model; the caller's
+    own in `settings.callbacks`, e.g. the progress bar of `search`): the warm start (`settings.warm_start`: for
     the pymoo back ends, score each choice of each variable alone first and seed half the first population from
     an additive surrogate, `search.warmstart`; skipped when resuming, and when the scan would cost more
     evaluations than population x generations), then the refinement (`settings.refine`: a greedy +-1
@@ -131,6 +137,7 @@ def run_search(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+    listeners: list[Callable[[dict[str, Any]], None]] = [on_generation] if on_generation is not None else []
     ctx = SearchContext(
         space,
         latency_fn,
@@ -142,35 +149,85 @@ def run_search(
         s.seed,
         out,
         s.resume,
-        _logger(out, s.resume, s.algorithm, on_generation),
+        _logger(out, s.resume, s.algorithm, listeners),
         tie=float(s.tie or 0.0),
         seeds=seeds,
         options=backend_options,
     )
     callbacks: list[SearchCallback] = [WarmStart()] if s.warm_start and not s.resume else []
     callbacks += [Refine()] if s.refine else []
-    for cb in callbacks:
-        cb.before(ctx)
-    gens = get_backend(s.algorithm)(ctx)
-    run = _collect(ctx, gens)
-    for cb in callbacks:
-        if cb.after(ctx, run, gens):
-            run = _collect(ctx, gens)
+    callbacks += list(s.callbacks)
+    listeners += [functools.partial(cb.generation, ctx) for cb in callbacks]
+    try:
+        for cb in callbacks:
+            cb.before(ctx)
+        gens = _drive(ctx)
+        run = _collect(ctx, gens)
+        for cb in callbacks:
+            if cb.after(ctx, run, gens):
+                run = _collect(ctx, gens)
+    finally:
+        for cb in callbacks:
+            cb.close()
     run.extra["warm_start_scan"] = sum(cb.scanned for cb in callbacks if isinstance(cb, WarmStart))
     return run
 
 
-class SearchCallback:
-    """A step around a back end's loop (pymoo's `Callback` is the model): `before` the first generation (it may
-    evaluate configs and seed `ctx.seeds`), `after` the last (True when it evaluated configs, so the run's record
-    is collected again)."""
+def _drive(ctx: SearchContext) -> int:
+    """The one search loop: ask the back end for a generation, score it (repair, predict, evaluate the feasible
+    through the cache), tell it, checkpoint its state atomically, log; from the checkpoint when resuming. Returns
+    the generations done. Ray Tune, which schedules its trials itself, runs its own loop."""
+    found = get_backend(ctx.algorithm)
+    if not (isinstance(found, type) and issubclass(found, Backend)):
+        return cast(RunFunction, found)(ctx)
+    path = ctx.out / "search_state.pkl" if ctx.out is not None else None
+    backend = found(ctx)
+    generation = 0
+    if ctx.resume:
+        generation, state = _load_state(ctx, path)
+        backend.restore(state)
+    scorer = ctx.scorer()
+    while generation < ctx.generations:
+        X = backend.ask()
+        backend.tell(scorer.score(X) if len(X) else _nothing(ctx))
+        generation += 1
+        if path is not None:  # checkpoint before logging: a logged generation is always a saved one
+            _save_state(ctx, path, generation, backend.state())
+        ctx.log(ctx.record(generation))
+    return generation
 
-    def before(self, ctx: SearchContext) -> None:
-        """Called once before the back end runs."""
 
-    def after(self, ctx: SearchContext, run: SearchRun, generations: int) -> bool:
-        """Called once after it; True if it evaluated configs."""
-        return False
+def _save_state(ctx: SearchContext, path: Path, generation: int, state: Any) -> None:
+    """Checkpoint atomically (a kill mid-write leaves the last checkpoint), with dill: pymoo's operators hold
+    closures that plain pickle cannot."""
+    saved = {"algorithm": ctx.algorithm, "space": ctx.space.name, "generation": generation, "state": state}
+    atomic_write(path, lambda f: dill.dump(saved, f))
+
+
+def _nothing(ctx: SearchContext) -> Scored:
+    """The scores of an empty generation."""
+    n = ctx.space.n_var
+    return Scored(np.zeros((0, n), np.int64), np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool))
+
+
+def _load_state(ctx: SearchContext, path: Path | None) -> tuple[int, Any]:
+    """(generations done, the back end's state) from the checkpoint in `path`; SparseSearchError when there is
+    none, it cannot be read, or it is another search's."""
+    if path is None or not path.is_file():
+        raise SparseSearchError(f"--resume: no search checkpoint in {ctx.out} (start without --resume)")
+    try:
+        with open(path, "rb") as f:
+            saved = dill.load(f)
+    except Exception as e:  # a foreign or damaged file
+        raise SparseSearchError(f"--resume: cannot read {path} ({type(e).__name__}); remove it to start over") from None
+    if not isinstance(saved, dict) or saved.get("algorithm") != ctx.algorithm or saved.get("space") != ctx.space.name:
+        found = saved if isinstance(saved, dict) else {}
+        raise SparseSearchError(
+            f"--resume: {path} is a {found.get('algorithm')} search of space {found.get('space')}, "
+            f"not {ctx.algorithm} of {ctx.space.name}"
+        )
+    state = saved.get("state")
+    return int(saved.get("generation", int(getattr(state, "n_iter", 1) or 1) - 1)), state
 
 
 class WarmStart(SearchCallback):
@@ -201,9 +258,10 @@ class Refine(SearchCallback):
 
 
 def _logger(
-    out: Path | None, resume: bool, algorithm: str, on_generation: Callable[[dict[str, Any]], None] | None
+    out: Path | None, resume: bool, algorithm: str, listeners: list[Callable[[dict[str, Any]], None]]
 ) -> Callable[[dict[str, Any]], None]:
-    """The generation log: appended to out/history.jsonl (started afresh unless resuming) and passed on."""
+    """The generation log: appended to out/history.jsonl (started afresh unless resuming) and passed on to the
+    listeners (the caller's on_generation, the callbacks' `generation`)."""
     history = out / "history.jsonl" if out is not None else None
     if history is not None and not resume and history.exists():
         history.unlink()
@@ -211,8 +269,8 @@ def _logger(
     def log(rec: dict[str, Any]) -> None:
         rec["algorithm"] = algorithm
         _append_jsonl(history, rec)
-        if on_generation is not None:
-            on_generation(rec)
+        for listen in listeners:
+            listen(rec)
 
     return log
 

@@ -1,13 +1,13 @@
 """optuna back ends: NSGA-II (accuracy up, latency down) or TPE (accuracy up), latency <= budget as a constraint.
 
-Trials are asked in batches of `population` and told after the batch is evaluated, so evaluation can run in
-parallel (Ray) and a generation maps onto a batch. The study lives in `out/optuna.journal` (optuna's journal
+Trials are asked in batches of `population` and told after the engine evaluated the batch, so evaluation can run
+in parallel (Ray) and a generation maps onto a batch. The study lives in `out/optuna.journal` (optuna's journal
 storage), so a killed search resumes with every finished trial.
 
 Options (`run_search(..., **options)`): keyword arguments of the sampler (`optuna.samplers.NSGAIISampler` or
 `TPESampler`, e.g. `mutation_prob`, `multivariate`, `n_startup_trials`); the seed (and NSGA-II's population size)
-come from the search's own settings. optuna's log level is raised to WARNING while the search runs and put back
-after it.
+come from the search's own settings. optuna's log level is raised to WARNING while the back end asks and tells,
+and put back after each.
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from ..errors import SparseSearchError
-from .backends import SearchContext, check_options, keyword_names
+import numpy as np
 
-__all__ = ["run_optuna"]
+from ..errors import SparseSearchError
+from .backends import Backend, SearchContext, check_options, keyword_names
+from .scoring import Scored
+
+__all__ = ["OptunaBackend"]
 
 _DIRECTIONS: tuple[Literal["maximize"], Literal["minimize"]] = ("maximize", "minimize")  # accuracy, latency
 
@@ -74,23 +77,32 @@ def _study(ctx: SearchContext) -> Any:
     )
 
 
-def run_optuna(ctx: SearchContext) -> int:
-    """optuna-nsga2 or optuna-tpe (ctx.algorithm), ctx.population trials per generation."""
-    import numpy as np  # noqa: PLC0415
-    import optuna  # noqa: PLC0415
+class OptunaBackend(Backend):
+    """optuna-nsga2 or optuna-tpe (ctx.algorithm): ctx.population trials asked a generation, told once the engine
+    scored them. The study persists itself (the journal in ctx.out), so `state` is None."""
 
-    with _quiet_optuna():
-        study = _study(ctx)
-        multi, ub, scorer = ctx.algorithm == "optuna-nsga2", ctx.space.upper_bounds, ctx.scorer()
-        done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
-        for gen in range(done // ctx.population + 1, ctx.generations + 1):
-            trials = [study.ask() for _ in range(ctx.population)]
-            X = np.array([[t.suggest_int(f"x{i}", 0, int(ub[i])) for i in range(ctx.space.n_var)] for t in trials])
-            s = scorer.score(X)
-            for t, x, a, lat in zip(trials, s.genes, s.accuracy, s.latency_ms):
+    def __init__(self, ctx: SearchContext) -> None:
+        super().__init__(ctx)
+        with _quiet_optuna():
+            self.study = _study(ctx)
+        self.multi = ctx.algorithm == "optuna-nsga2"
+        self._trials: list[Any] = []
+
+    def ask(self) -> np.ndarray:
+        ctx, ub = self.ctx, self.ctx.space.upper_bounds
+        with _quiet_optuna():
+            self._trials = [self.study.ask() for _ in range(ctx.population)]
+            return np.array(
+                [[t.suggest_int(f"x{i}", 0, int(ub[i])) for i in range(ctx.space.n_var)] for t in self._trials],
+                dtype=np.int64,
+            )
+
+    def tell(self, scored: Scored) -> None:
+        budget = self.ctx.budget_ms
+        with _quiet_optuna():
+            for t, x, a, lat in zip(self._trials, scored.genes, scored.accuracy, scored.latency_ms):
                 t.set_user_attr("genes", [int(v) for v in x])
                 t.set_user_attr("latency_ms", float(lat))
-                t.set_constraint("latency", float(lat - ctx.budget_ms))  # feasible when <= 0
-                study.tell(t, [float(a), float(lat)] if multi else float(a))
-            ctx.log(ctx.record(gen))
-    return ctx.generations
+                t.set_constraint("latency", float(lat - budget))  # feasible when <= 0
+                self.study.tell(t, [float(a), float(lat)] if self.multi else float(a))
+        self._trials = []

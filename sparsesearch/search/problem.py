@@ -12,7 +12,7 @@ from pymoo.core.sampling import Sampling
 
 from ..space import SearchSpace
 from .accuracy import AccuracyCache
-from .scoring import FeasibleScorer, LatencyFn
+from .scoring import FeasibleScorer, LatencyFn, Scored
 
 __all__ = ["SparsityProblem", "SpaceRepair", "FeasibleSampling", "ChoiceMutation", "LatencyFn"]
 
@@ -41,6 +41,7 @@ class SparsityProblem(Problem):
         )
         self.space = space
         self.budget_ms = float(budget_ms)
+        self.told: Scored | None = None  # the scores of the genomes being evaluated, when the engine scored them
         self.bind(latency_fn, accuracy)
 
     def bind(self, latency_fn: LatencyFn, accuracy: AccuracyCache) -> None:
@@ -52,10 +53,15 @@ class SparsityProblem(Problem):
         state = dict(self.__dict__)
         state["latency_fn"] = None
         state["accuracy"] = None
+        state["told"] = None
         return state
 
     def _evaluate(self, X: np.ndarray, out: dict[str, Any], *args: Any, **kwargs: Any) -> None:
-        s = FeasibleScorer(self.space, self.latency_fn, self.accuracy.evaluate, self.budget_ms).score(X)
+        s = getattr(
+            self, "told", None
+        )  # scored by the engine (the same repair, prediction and evaluation): used as it is
+        if s is None or s.genes.shape != np.shape(X) or not np.array_equal(s.genes, np.asarray(X, dtype=np.int64)):
+            s = FeasibleScorer(self.space, self.latency_fn, self.accuracy.evaluate, self.budget_ms).score(X)
         out["F"] = np.column_stack([-s.accuracy] if self.n_obj == 1 else [-s.accuracy, s.latency_ms])
         out["G"] = (s.latency_ms - self.budget_ms)[:, None]
 

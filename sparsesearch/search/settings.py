@@ -3,13 +3,13 @@ from these fields) and the demo all take a `SearchSettings`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SparseSearchError
 from ..options import option
-from .backends import ALGORITHMS, check_algorithm
+from .backends import ALGORITHMS, SearchCallback, check_algorithm
 
 __all__ = ["SearchSettings", "FINALISTS_HELP"]
 
@@ -61,6 +61,9 @@ class SearchSettings:
         None, help="extra settings a resumed search must match (the CLI adds its supernet and data)", cli=False
     )
     meta: Mapping[str, Any] | None = option(None, help="extra fields of best.json and pareto.json", cli=False)
+    callbacks: Sequence[SearchCallback] = option(
+        (), help="the caller's own callbacks around the search loop (`SearchCallback`)", cli=False
+    )
     options: Mapping[str, Any] | None = option(
         None, help="the algorithm's own options (pymoo's algorithm or optuna's sampler keyword arguments)", cli=False
     )
