@@ -102,6 +102,9 @@ class DemoOptions:
     quick: bool = option(False, help="a reduced run in seconds (tiny model, 64x64)")
 
     def __post_init__(self) -> None:
+        from .search.backends import check_algorithm  # noqa: PLC0415
+
+        check_algorithm(self.algorithm)  # before any stage runs
         if self.resolutions is not None:
             self.resolutions = tuple(int(r) for r in self.resolutions)
 

@@ -55,7 +55,7 @@ def test_second_demo_run_reuses_the_first(demo, capsys):
     assert "\nspeed: " in text and "\naccuracy: " in text  # the verdict under the table
 
 
-def test_a_demo_never_writes_into_another_spaces_run(demo, capsys):
+def test_a_demo_never_writes_into_another_spaces_run(demo, capsys, tmp_path):
     """The folder of one space's demo refuses another space's run (one line, exit 2) and is left as it was; each
     space has its own default folder."""
     from sparsesearch.pipeline import DemoOptions, demo_folder
@@ -74,6 +74,8 @@ def test_a_demo_never_writes_into_another_spaces_run(demo, capsys):
     assert DemoOptions().effective().out == demo_folder("search_spaces/demo.yaml") == "runs/demo"
     assert DemoOptions(space="search_spaces/sam_demo.yaml").effective().out == "runs/demo_sam_demo"
     assert DemoOptions(quick=True).effective().out == "runs/demo_quick"
+    assert main(["demo", "--algorithm", "sa", "--out", str(tmp_path / "never")]) == 2  # before any stage runs
+    assert "unknown algorithm 'sa'" in capsys.readouterr().err and not (tmp_path / "never").exists()
 
 
 def _evolve(out, *extra):
