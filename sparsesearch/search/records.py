@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import SparsityConfig
 from ..fileio import atomic_write_text
@@ -118,8 +118,45 @@ def _optional(d: Mapping[str, Any] | None) -> Candidate | None:
     return Candidate.from_dict(d) if d else None
 
 
+#: the search's header, in best.json and pareto.json alike
+_HEADER = ("metric", "budget_ms", "algorithm", "space", "evaluated")
+
+
+def _header(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The header fields of a best.json / pareto.json document, typed."""
+    return {
+        "metric": str(d["metric"]),
+        "budget_ms": float(d["budget_ms"]),
+        "algorithm": str(d["algorithm"]),
+        "space": str(d["space"]),
+        "evaluated": int(d["evaluated"]),
+    }
+
+
+R = TypeVar("R", bound="_JsonFile")
+
+
+class _JsonFile:
+    """`load` / `save` of a record that has `to_dict` and `from_dict` (written atomically)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls: type[R], path: str | os.PathLike) -> R:
+        record: R = cls.from_dict(json.loads(Path(path).read_text()))
+        return record
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+
 @dataclass
-class BestRecord:
+class BestRecord(_JsonFile):
     """best.json: the config to deploy with its figures (a loadable `SparsityConfig` file), the search's header,
     how it was picked (`pick`, a `selection.Pick`), the best baseline of each kind within the budget, and the
     caller's extra fields (`meta`: the budget's text, the supernet, the table...)."""
@@ -135,10 +172,8 @@ class BestRecord:
     uniform_resize: Candidate | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
-    _HEADER = ("metric", "budget_ms", "algorithm", "space", "evaluated")
-
     def to_dict(self) -> dict[str, Any]:
-        header = {k: getattr(self, k) for k in self._HEADER}
+        header = {k: getattr(self, k) for k in _HEADER}
         return {
             **self.best.to_dict(),
             **header,
@@ -154,27 +189,16 @@ class BestRecord:
     def from_dict(cls, d: Mapping[str, Any]) -> BestRecord:
         from .selection import Pick  # noqa: PLC0415  (selection imports this module)
 
-        own = {"config", "latency_ms", "accuracy", "gflops", "label", "pick", "baselines", *cls._HEADER}
+        own = {"config", "latency_ms", "accuracy", "gflops", "label", "pick", "baselines", *_HEADER}
         base = d.get("baselines") or {}
         return cls(
             best=Candidate.from_dict(d),
-            metric=str(d["metric"]),
-            budget_ms=float(d["budget_ms"]),
-            algorithm=str(d["algorithm"]),
-            space=str(d["space"]),
-            evaluated=int(d["evaluated"]),
+            **_header(d),
             pick=Pick.from_dict(d["pick"]),
             uniform_sparsity=_optional(base.get("uniform_sparsity")),
             uniform_resize=_optional(base.get("uniform_resize")),
             meta={k: v for k, v in d.items() if k not in own},
         )
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> BestRecord:
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-    def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @property
     def measured(self) -> Measured | None:
@@ -190,7 +214,7 @@ class BestRecord:
 
 
 @dataclass
-class ParetoRecord:
+class ParetoRecord(_JsonFile):
     """pareto.json: the accuracy/latency front within the budget and every baseline evaluated."""
 
     metric: str
@@ -203,11 +227,9 @@ class ParetoRecord:
     uniform_resize: list[Candidate]
     meta: dict[str, Any] = field(default_factory=dict)
 
-    _HEADER = ("metric", "budget_ms", "algorithm", "space", "evaluated")
-
     def to_dict(self) -> dict[str, Any]:
         return {
-            **{k: getattr(self, k) for k in self._HEADER},
+            **{k: getattr(self, k) for k in _HEADER},
             **self.meta,
             "front": [p.to_dict() for p in self.front],
             "baselines": {
@@ -219,22 +241,11 @@ class ParetoRecord:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ParetoRecord:
         base = d.get("baselines") or {}
-        own = {"front", "baselines", *cls._HEADER}
+        own = {"front", "baselines", *_HEADER}
         return cls(
-            metric=str(d["metric"]),
-            budget_ms=float(d["budget_ms"]),
-            algorithm=str(d["algorithm"]),
-            space=str(d["space"]),
-            evaluated=int(d["evaluated"]),
+            **_header(d),
             front=[Candidate.from_dict(p) for p in d.get("front", [])],
             uniform_sparsity=[Candidate.from_dict(p) for p in base.get("uniform_sparsity", [])],
             uniform_resize=[Candidate.from_dict(p) for p in base.get("uniform_resize", [])],
             meta={k: v for k, v in d.items() if k not in own},
         )
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> ParetoRecord:
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-    def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
