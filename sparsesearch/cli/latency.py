@@ -73,6 +73,16 @@ def table_speed(
     return table, checked
 
 
+def _runtime_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """--runtime of the commands that use a table: default the table's; another is refused in one line."""
+    parser.add_argument(
+        "--runtime",
+        default=None,
+        choices=["torch", "onnxruntime"],
+        help=f"the runtime to {what} (default: the table's; a table of another runtime is refused)",
+    )
+
+
 class ProfileCommand(Command):
     name = "profile"
     help = "measure a latency table of a search space on this machine"
@@ -147,6 +157,13 @@ class ProfileCommand(Command):
             action="store_true",
             help="leave glibc's allocator as it is (default: keep freed memory in the heap, see tune_malloc)",
         )
+        parser.add_argument(
+            "--runtime",
+            default="torch",
+            choices=["torch", "onnxruntime"],
+            help="where the parts run: torch eager (default) or onnxruntime (each part exported to ONNX and timed "
+            "in ONNX Runtime; CPU, fp32; needs pip install 'sparsesearch[onnx]')",
+        )
         parser.add_argument("--fresh", action="store_true", help="ignore partial results of an interrupted run")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -176,13 +193,15 @@ class ProfileCommand(Command):
             max_load=args.max_load,
             max_wait_s=args.max_wait,
             seed=args.seed,
+            runtime=args.runtime,
         )
         profiler = Profiler(space, settings)
         out = args.out or default_table_path(profiler.space, settings)
         env = profiler.environment
+        runtime = "" if settings.runtime == "torch" else f"{settings.runtime} {profiler.runtime_version}, "
         print(
             f"profiling {space.name} ({space.architecture}) on {env['device']} "
-            f"[{settings.dtype}, batch {settings.batch}, "
+            f"[{runtime}{settings.dtype}, batch {settings.batch}, "
             f"threads {settings.threads or 'default'}, {', '.join(_res(r) for r in profiler.resolutions)}]"
         )
         bar = None
@@ -253,6 +272,7 @@ class LatencyCommand(Command):
             "report is kept); the PNG goes beside it",
         )
         v.add_argument("--no-progress", action="store_true")
+        _runtime_flag(v, "time the whole models in")
         s = sub.add_parser("show", help="print a table's metadata and entries")
         s.add_argument("--table", required=True)
         p = sub.add_parser("predict", help="predict the latency of configs (JSON/YAML files) from a table")
@@ -270,6 +290,7 @@ class LatencyCommand(Command):
             "an absolute one runs the speed check",
         )
         add_table_check_flags(p)
+        _runtime_flag(p, "predict for")
         c = sub.add_parser(
             "check", help="time the table's calibration configs here: measured/predicted factor (a few seconds)"
         )
@@ -278,6 +299,7 @@ class LatencyCommand(Command):
         c.add_argument("--seconds", type=float, default=4.0, help="about how long to time (default 4)")
         c.add_argument("--rounds", type=int, default=None, help="interleaved passes (default: fit --seconds)")
         c.add_argument("--json", type=Path, default=None, help="also write the check's figures to this JSON file")
+        _runtime_flag(c, "time the configs in")
 
     def run(self, args: argparse.Namespace) -> int:
         return {"validate": self.validate, "show": self.show, "predict": self.predict, "check": self.check}[
@@ -295,7 +317,9 @@ class LatencyCommand(Command):
             raise CommandError(f"need 0 < --tolerance < 1 and --seconds > 0, got {args.tolerance} and {args.seconds}")
         table = _load_table(args.table)
         _allocator_as_profiled(table)
-        result = check_table(table, budget_s=args.seconds, rounds=args.rounds, tolerance=args.tolerance)
+        result = check_table(
+            table, budget_s=args.seconds, rounds=args.rounds, tolerance=args.tolerance, runtime=args.runtime
+        )
         print(f"{args.table}: {result.line()}")
         if result.vs_profile is not None:
             print(f"  the calibration configs take {result.vs_profile:.3f}x the time the profile measured for them")
@@ -317,7 +341,7 @@ class LatencyCommand(Command):
             raise CommandError(f"--n must be >= 0, got {args.n}")
         table = _load_table(args.table, args.space)
         if not args.allow_foreign_table:
-            table.check_compatible()
+            table.check_compatible(runtime=args.runtime)
         _allocator_as_profiled(table)
         json_path, png_path = report_paths(args.table, keep_existing=True)
         if args.report:
@@ -345,6 +369,7 @@ class LatencyCommand(Command):
                 quiet=args.wait_quiet,
                 max_load=args.max_load,
                 max_wait_s=args.max_wait,
+                runtime=args.runtime,
                 on_config=on_config,
             )
         finally:
@@ -353,9 +378,11 @@ class LatencyCommand(Command):
         write_report(report, json_path, png_path)
         s = report.summary()
         m = table.meta
+        timed_in = report.settings["runtime"]
+        runtime = "" if timed_in == "torch" else f"{timed_in} {report.settings['runtime_version']}, "
         print(
-            f"{table.space.name} on {m['device']} [{m['dtype']}, batch {m['batch']}, threads {m['threads']}, "
-            f"{m.get('clock', 'wall')} clock]"
+            f"{table.space.name} on {m['device']} [{runtime}{m['dtype']}, batch {m['batch']}, "
+            f"threads {m['threads']}, {m.get('clock', 'wall')} clock]"
         )
         print(
             f"  configs        {s['n']} (dense, uniform, {args.n} random), "
@@ -395,6 +422,7 @@ class LatencyCommand(Command):
             "cuda",
             "torch",
             "triton",
+            "runtime",
             "threads",
             "dtype",
             "batch",
@@ -403,7 +431,8 @@ class LatencyCommand(Command):
             "rounds",
             "date",
         ):
-            print(f"  {key:<9} {m.get(key)}")
+            value = f"{table.runtime} {m.get('runtime_version', '')}".strip() if key == "runtime" else m.get(key)
+            print(f"  {key:<9} {value}")
         print(f"  space     {m['space']['name']} ({m['space']['architecture']}, {m['space']['hash']})")
         fp = m.get("fingerprint")
         if isinstance(fp, dict):
@@ -448,7 +477,7 @@ class LatencyCommand(Command):
 
         table = _load_table(args.table, args.space)
         if not args.allow_foreign_table:
-            table.check_compatible()
+            table.check_compatible(runtime=args.runtime)
         budget = parse_budget(args.latency) if args.latency is not None else None
         configs = []
         for path in args.configs:

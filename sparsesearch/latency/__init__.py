@@ -4,8 +4,8 @@ any config as the sum of its parts, and validate predictions against end-to-end 
 Modules: `plan` (what a profile measures), `profile` (the profiler that measures it), `resume` (partial results),
 `fit` (from measurements to figures and the correction), `meta` (what a table records), `table` (the table and
 its predictions), `measure` (statistics and timers), `load` (waiting for a quiet machine), `malloc` (the
-allocator setting), `env` (the machine), `structure` (block kinds of a space), `validate` and `check` (timing a
-table's predictions end to end)."""
+allocator setting), `env` (the machine), `structure` (block kinds of a space), `runtime` (torch or ONNX Runtime:
+where parts and whole models run), `validate` and `check` (timing a table's predictions end to end)."""
 
 from .check import TableCheck, TableSpeedError, check_table, check_timer, ensure_table_speed, reprofile_command
 from .env import device_name, device_slug, environment, fingerprint, machine_slug
@@ -26,6 +26,7 @@ from .measure import (
 from .plan import Entry, ProfileSettings, default_table_path
 from .profile import Profiler, profile
 from .resume import PartialProfileWarning, partial_path
+from .runtime import RUNTIMES
 from .table import KindTable, LatencyTable, TableMachineWarning
 from .validate import (
     ValidationReport,
@@ -63,6 +64,7 @@ __all__ = [
     "CudaTimer",
     "make_timer",
     "STATISTICS",
+    "RUNTIMES",
     "summarize",
     "combine_rounds",
     "time_parts",

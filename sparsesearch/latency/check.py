@@ -28,6 +28,7 @@ from ..models.family import prunable
 from ..scoped import torch_threads
 from .env import device_type, fingerprint, machine_slug
 from .measure import CpuTimer, Timer, make_timer
+from .runtime import OrtCall, ort_call
 from .structure import res_key
 from .table import LatencyTable
 
@@ -135,10 +136,21 @@ class _Forward:
     """One config's whole forward, as the timer calls it; carries its `genome` and `config` so that a test's fake
     timer can return a time for it without running anything."""
 
-    def __init__(self, model: torch.nn.Module, image: torch.Tensor, genome: np.ndarray, config: SparsityConfig) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        image: torch.Tensor,
+        genome: np.ndarray,
+        config: SparsityConfig,
+        session: OrtCall | None = None,
+    ) -> None:
         self.model, self.image, self.genome, self.config = model, image, genome, config
+        self.session = session  # ONNX Runtime: the model exported at this config
+        self.array = image.cpu().numpy() if session is not None else None
 
     def __call__(self) -> Any:
+        if self.session is not None and self.array is not None:
+            return self.session(self.array)
         return self.model(self.image)
 
 
@@ -200,6 +212,7 @@ def check_table(
     tolerance: float = DEFAULT_TOLERANCE,
     timer: Timer | None = None,
     on_round: Callable[[int, int], None] | None = None,
+    runtime: str | None = None,
 ) -> TableCheck:
     """Time the table's check configs (`check_genomes`) on this machine and compare with its predictions.
 
@@ -215,10 +228,13 @@ def check_table(
         timer: a Timer (default `check_timer(table)`); it is called with a callable that has `.genome` and
             `.config`, so a fake timer can answer without running the model.
         on_round: called after each round with (done, total).
+        runtime: the runtime the configs are timed in: the table's (None or the same; "onnxruntime": each
+            config exported and timed in ONNX Runtime, `latency.runtime`); another is refused in one line.
     """
     started = time.perf_counter()
     meta = table.meta
     device_type(meta["device_type"])  # a CUDA table on a machine without one: one clear line
+    _refuse_other_runtime(table, runtime)
     timer = timer or check_timer(table)
     configs = check_genomes(table)
     genomes = np.stack([g for _, g, _ in configs])
@@ -228,9 +244,10 @@ def check_table(
 
     model, images = table_model(table)
     space = table.space
-    forwards = [_Forward(model, images[space.resolutions[int(g[-1])]], g, space.decode(g)) for g in genomes]
-    samples: list[list[float]] = [[] for _ in forwards]
     net = prunable(model)
+    with torch_threads(int(meta["threads"])):
+        forwards = [_forward(table, model, images[space.resolutions[int(g[-1])]], g) for g in genomes]
+    samples: list[list[float]] = [[] for _ in forwards]
     with torch_threads(int(meta["threads"])), torch.inference_mode():
         for fwd in forwards:
             net.set_config(fwd.config)
@@ -247,18 +264,7 @@ def check_table(
                 break
     combine = np.min if table.statistic == "min" else np.median
     figures = [float(combine(s)) for s in samples]
-    rows = []
-    for (label, genome, profile_ms), p, m in zip(configs, predicted, figures):
-        rows.append(
-            {
-                "label": label,
-                "genome": [int(v) for v in genome],
-                "predicted_ms": round(float(p), 5),
-                "measured_ms": round(m, 5),
-                "ratio": round(m / float(p), 5),
-                **({"profile_ms": profile_ms} if profile_ms else {}),
-            }
-        )
+    rows = _rows(configs, predicted, figures)
     factor = float(np.median([m / float(p) for p, m in zip(predicted, figures)]))
     return TableCheck(
         table.source,
@@ -272,6 +278,42 @@ def check_table(
     )
 
 
+def _refuse_other_runtime(table: LatencyTable, runtime: str | None) -> None:
+    """LatencyTableError (one line) unless the table can be timed in `runtime` (None: its own) here."""
+    problem = table.runtime_problem(runtime)
+    if problem:
+        raise LatencyTableError(
+            f"{table.source} was measured for {problem}: check a table of this runtime, or profile one with "
+            f"`sparsesearch profile --runtime {runtime or table.runtime}`"
+        )
+
+
+def _rows(
+    configs: list[tuple[str, np.ndarray, float | None]], predicted: np.ndarray, figures: list[float]
+) -> list[dict[str, Any]]:
+    """The check's row per config: label, genome, predicted and measured ms, their ratio, the profile's ms."""
+    return [
+        {
+            "label": label,
+            "genome": [int(v) for v in genome],
+            "predicted_ms": round(float(p), 5),
+            "measured_ms": round(m, 5),
+            "ratio": round(m / float(p), 5),
+            **({"profile_ms": profile_ms} if profile_ms else {}),
+        }
+        for (label, genome, profile_ms), p, m in zip(configs, predicted, figures)
+    ]
+
+
+def _forward(table: LatencyTable, model: torch.nn.Module, image: torch.Tensor, genome: np.ndarray) -> _Forward:
+    """One check config's forward in the table's runtime (ONNX Runtime: the model exported at the config)."""
+    config = table.space.decode(genome)
+    if table.runtime == "torch":
+        return _Forward(model, image, genome, config)
+    prunable(model).set_config(config)
+    return _Forward(model, image, genome, config, ort_call(model, image, model))
+
+
 def reprofile_command(table: LatencyTable) -> str:
     """The `sparsesearch profile` command that measures the table's setup again on this machine, over it."""
     m = table.meta
@@ -283,7 +325,8 @@ def reprofile_command(table: LatencyTable) -> str:
         f"--head {m.get('head', 'cls')} --num-classes {m.get('num_classes', 1000)} --warmup {m.get('warmup', 2)} "
         f"--repeats {m.get('repeats', 10)} --rounds {m.get('rounds', 3)} "
         f"--calibration {m.get('calibration', 12) or 12} "
-        f"--out {table.source}"
+        + (f"--runtime {table.runtime} " if table.runtime != "torch" else "")
+        + f"--out {table.source}"
     )
 
 

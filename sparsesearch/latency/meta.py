@@ -1,5 +1,7 @@
 """What a table records about how it was measured: the machine and software (`env.environment`), the settings,
-the statistic, the timer, how long it waited for a quiet machine, the allocator setting and the space."""
+the runtime the parts ran in (`runtime`, `runtime_version`: "torch" and its version, or "onnxruntime" and
+onnxruntime's), the statistic, the timer, how long it waited for a quiet machine, the allocator setting and the
+space."""
 
 from __future__ import annotations
 
@@ -68,7 +70,9 @@ def profile_meta(profiler: Profiler, threads: int, duration_s: float) -> dict[st
         ),
         "max_k_points": s.max_k_points,
         "calibration": s.calibration,
-        "in_model": s.in_model,
+        "in_model": s.in_model_pass,
+        "runtime": s.runtime,
+        "runtime_version": profiler.runtime_version,
         "flush_bytes": profiler.flush_bytes,
         "max_foreign_load": profiler.max_load,
         "waited_s": round(profiler.monitor.waited_s, 1),

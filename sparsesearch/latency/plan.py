@@ -17,6 +17,7 @@ from ..errors import LatencyTableError
 from ..space import SearchSpace
 from .env import device_type, machine_slug, parse_dtype
 from .measure import CLOCKS, DEFAULT_TRIM, STATISTICS
+from .runtime import check_runtime, runtime_version
 from .structure import BlockKind, kinds_and_counts, res_key, space_family
 
 __all__ = ["ProfileSettings", "Entry", "ProfilePlan", "default_table_path", "WHOLE_FORWARD", "expected_time_order"]
@@ -56,6 +57,10 @@ class ProfileSettings:
         quiet: on CPU, start each measurement only once other processes use at most `max_load` cores
             (None: the cores this process leaves free + 0.25), waiting at most `max_wait_s` over the run.
         seed: seed of the random inputs and of the calibration configs.
+        runtime: where the parts run, "torch" (eager) or "onnxruntime" (each part exported to ONNX and timed in
+            an ONNX Runtime session, `latency.runtime`; CPU and fp32 only). ONNX Runtime has no forward hooks:
+            its tables have no in-model pass (`in_model_pass`), their correction is fitted on the calibration
+            configs' whole forwards, each exported at its config.
     """
 
     device: str = "cpu"
@@ -80,9 +85,22 @@ class ProfileSettings:
     max_load: float | None = None
     max_wait_s: float = 600.0
     seed: int = 0
+    runtime: str = "torch"
+
+    @property
+    def in_model_pass(self) -> bool:
+        """Whether the profile times parts inside whole forwards (`in_model`; torch only: it needs hooks)."""
+        return self.in_model and self.runtime == "torch"
 
     def validate(self) -> None:
         device_type(self.device)
+        check_runtime(self.runtime)
+        if self.runtime != "torch":
+            runtime_version(self.runtime)
+            if torch.device(self.device).type != "cpu" or self.dtype != "fp32":
+                raise LatencyTableError(
+                    f"--runtime {self.runtime} times fp32 on the CPU: use --device cpu --dtype fp32"
+                )
         parse_dtype(self.dtype)
         if self.batch < 1:
             raise LatencyTableError(f"--batch must be at least 1, got {self.batch}")
@@ -125,11 +143,14 @@ class Entry:
 def default_table_path(
     space: SearchSpace, settings: ProfileSettings, root: str | os.PathLike = "latency_tables"
 ) -> Path:
-    """latency_tables/<machine-slug>/<space>_<res>[-<res>...]_<dtype>_b<batch>.json (see `machine_slug`)"""
+    """latency_tables/<machine-slug>/<space>_<res>[-<res>...]_<dtype>_b<batch>[_<runtime>].json (see
+    `machine_slug`; no runtime suffix for torch)"""
 
     resolutions = settings.resolutions or space.resolutions
     res = "-".join(res_key(r) for r in resolutions)
-    return Path(root) / machine_slug(settings.device) / f"{space.name}_{res}_{settings.dtype}_b{settings.batch}.json"
+    tag = "" if settings.runtime == "torch" else f"_{settings.runtime}"
+    name = f"{space.name}_{res}_{settings.dtype}_b{settings.batch}{tag}.json"
+    return Path(root) / machine_slug(settings.device) / name
 
 
 class ProfilePlan:
@@ -216,7 +237,7 @@ class ProfilePlan:
             for kind in kinds:
                 for k in self.measured_counts(kind):
                     entries.append(Entry(f"{kind.key}/k{k}", "block", res, kind=kind, k=k))
-            if self.settings.in_model:
+            if self.settings.in_model_pass:
                 for label, genome in self.level_genomes(self.resolutions.index(res)):
                     entries.append(Entry(f"{r}/in_model/{label}", "in_model", res, genome=genome.tolist()))
         for i, genome in enumerate(self.calibration_genomes()):

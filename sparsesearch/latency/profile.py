@@ -24,6 +24,10 @@ What is measured, per resolution:
 4. calibration: plain whole forwards of a few configs (the two corners and random ones): the correction
    when there is no in-model pass, otherwise an out-of-sample check of the table, kept in it.
 
+With `ProfileSettings.runtime` "onnxruntime" every part and calibration config is exported to ONNX and timed in
+ONNX Runtime (`runtime.py`); it has no hooks, so there is no in-model pass (3.): the figures are the isolated
+ones and the correction is fitted on the calibration configs (4.).
+
 Each entry is measured in several rounds spread over the run; its figure is the mean of its rounds. On CPU a
 sample during which another process preempted the measuring thread is re-run, and each measurement can wait
 for the machine to be quiet. Partial results are saved atomically after every measurement; a rerun with the
@@ -63,6 +67,7 @@ from .measure import (
 from .meta import profile_meta
 from .plan import WHOLE_FORWARD, Entry, ProfilePlan, ProfileSettings, default_table_path, expected_time_order
 from .resume import PartialResults, settings_hash
+from .runtime import OrtCall, ort_call, runtime_version
 from .structure import sparsity_for_count, stage_shapes
 from .table import LatencyTable
 
@@ -101,10 +106,15 @@ class Profiler(ProfilePlan):
             else None
         )
         self._model: torch.nn.Module | None = None
+        self.runtime_version = runtime_version(settings.runtime)
+        self._sessions: dict[str, OrtCall] = {}  # onnxruntime: each entry's session, made once for all rounds
 
     def settings_hash(self) -> str:
         """Identifies measurements that can be reused by a resumed run (same machine, software and settings)."""
-        return settings_hash(self.environment, self.settings, self.resolutions, self.space)
+        env = self.environment
+        if self.settings.runtime != "torch":
+            env = {**env, "runtime_version": self.runtime_version}
+        return settings_hash(env, self.settings, self.resolutions, self.space)
 
     # ---- measuring -------------------------------------------------------------------------------------------
     def model(self) -> torch.nn.Module:
@@ -148,6 +158,8 @@ class Profiler(ProfilePlan):
         `run` then consumes, so the part starts with the caches and predictors in the state the model leaves
         them in. The patch embedding has no predecessor: the image comes cold from the data loader."""
         model = self.model()
+        if self.settings.runtime == "onnxruntime":
+            return self._ort_entry_fn(entry)
         if entry.part == "model":
             assert entry.genome is not None
             config = self.space.decode(np.asarray(entry.genome))
@@ -165,6 +177,40 @@ class Profiler(ProfilePlan):
             held[0] = prev(first)
 
         return (lambda: plan.run(held[0])), setup
+
+    def _session(self, entry: Entry, fn: Callable[[torch.Tensor], Any], example: torch.Tensor) -> OrtCall:
+        """The entry's part (`fn`, its config set) exported at `example`'s shape and loaded into ONNX Runtime,
+        once for all rounds."""
+        if entry.key not in self._sessions:
+            self._sessions[entry.key] = ort_call(fn, example, self.model())
+        return self._sessions[entry.key]
+
+    def _ort_entry_fn(self, entry: Entry) -> tuple[Callable[[], Any], Callable[[], Any] | None]:
+        """`entry_fn` in ONNX Runtime: the part (or the whole model at its config) runs in a session on a numpy
+        input; the part that precedes it runs in torch in `setup`, its output converted there (untimed)."""
+        model = self.model()
+        if entry.part == "model":
+            assert entry.genome is not None
+            prunable(model).set_config(self.space.decode(np.asarray(entry.genome)))
+            image = self._randn(self.settings.batch, 3, *entry.resolution)
+            whole = self._session(entry, model, image)
+            array = image.cpu().numpy()
+            return (lambda: whole(array)), None
+        plan = self._plan(entry)
+        first = self._randn(*plan.before_input)
+        prev = plan.before
+        if prev is None:
+            run = self._session(entry, plan.run, first)
+            array = first.cpu().numpy()
+            return (lambda: run(array)), None
+        x = prev(first)
+        run = self._session(entry, plan.run, x)
+        held: list[np.ndarray] = [x.cpu().numpy()]
+
+        def setup() -> None:
+            held[0] = prev(first).cpu().numpy()
+
+        return (lambda: run(held[0])), setup
 
     def model_parts(self) -> list[tuple[str, torch.nn.Module]]:
         """(name, module) of every part of the model, in forward order, named as in `LatencyTable.parts`."""
@@ -207,11 +253,15 @@ class Profiler(ProfilePlan):
         net = prunable(model)
         parts = self.model_parts()
         s = self.settings
-        calls = []
+        calls: list[tuple[Any, Callable[[], Any]]] = []
         for e in entries:
             assert e.genome is not None and e.part in ("in_model", "model")
+            config = self.space.decode(np.asarray(e.genome))
+            if s.runtime == "onnxruntime":  # the whole model exported at its config (no in-model entries here)
+                calls.append((config, self._ort_entry_fn(e)[0]))
+                continue
             image = self._randn(s.batch, 3, *e.resolution)
-            calls.append((self.space.decode(np.asarray(e.genome)), functools.partial(model, image)))
+            calls.append((config, functools.partial(model, image)))
         samples: list[dict[str, list[Stat]]] = [{} for _ in entries]
         with torch.inference_mode():
             for config, call in calls:

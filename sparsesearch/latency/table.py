@@ -14,6 +14,7 @@ File format (JSON, written by `sparsesearch profile`)::
      "meta": {device, device_type, device_slug, driver, cuda, torch, triton, numpy, python, host_cpu,
               platform, kernel_backend, code_hash, threads, dtype, batch, resolutions, head, num_classes,
               warmup, repeats, rounds, trim, statistic, timer, clock, flush_bytes, in_model, calibration,
+              runtime ("torch" when absent, or "onnxruntime"), runtime_version,
               date, duration_s, waited_s, busy_measurements, space: {name, architecture, source, hash}, ...},
      "space": {the search space as YAML would hold it, with the table's resolutions},
      "tables": [{"resolution": [H, W],
@@ -49,6 +50,7 @@ from ..ops import keep_count
 from ..space import SearchSpace
 from .env import DTYPES, device_name, fingerprint, fingerprint_diff
 from .measure import Stat
+from .runtime import INSTALL_HINT, check_runtime, installed_version, table_runtime
 from .structure import res_key, space_family, space_hash
 
 __all__ = ["LatencyTable", "KindTable", "FORMAT", "VERSION", "TableMachineWarning", "machine_note"]
@@ -377,7 +379,9 @@ class LatencyTable:
         m = self.meta
         return (
             f"LatencyTable(space={self.space.name!r}, device={m['device']!r}, dtype={m['dtype']}, batch={m['batch']}, "
-            f"threads={m['threads']}, resolutions={[res_key(r) for r in self.resolutions]})"
+            f"threads={m['threads']}, resolutions={[res_key(r) for r in self.resolutions]}"
+            + (f", runtime={self.runtime!r}" if self.runtime != "torch" else "")
+            + ")"
         )
 
     # ---- compatibility ---------------------------------------------------------------------------------------
@@ -388,6 +392,7 @@ class LatencyTable:
         batch: int | None = None,
         torch_version: str | None = None,
         threads: int | None = None,
+        runtime: str | None = None,
     ) -> None:
         """Raise LatencyTableError unless this table was measured for the setup about to use it.
 
@@ -396,6 +401,8 @@ class LatencyTable:
                 machine's device name must equal the table's.
             dtype, batch, threads: checked when given.
             torch_version: the running torch by default.
+            runtime: "torch" or "onnxruntime" (`latency.runtime`); the table's runtime by default. A table of
+                another runtime is refused, and one of ONNX Runtime needs the version it was measured with.
         """
         problems = []
         want_type = torch.device(device).type if device is not None else self.meta["device_type"]
@@ -416,11 +423,34 @@ class LatencyTable:
         running = torch_version or torch.__version__
         if running != self.meta["torch"]:
             problems.append(f"torch {self.meta['torch']} (running {running})")
+        other_runtime = self.runtime_problem(runtime)
+        if other_runtime:
+            problems.insert(0, other_runtime)
         if problems:
+            profile = f"sparsesearch profile --runtime {runtime}" if runtime else "sparsesearch profile"
             raise LatencyTableError(
                 f"{self.source} was measured for {'; '.join(problems)}: profile this setup with "
-                "`sparsesearch profile`, or pass --allow-foreign-table for a what-if study"
+                f"`{profile}`, or pass --allow-foreign-table for a what-if study"
             )
+
+    @property
+    def runtime(self) -> str:
+        """Where the table's parts ran: "torch" (also every table that does not say) or "onnxruntime"."""
+        return table_runtime(self.meta)
+
+    def runtime_problem(self, runtime: str | None = None) -> str | None:
+        """What keeps this table from `runtime` (default: its own), e.g. "onnxruntime 1.31.1 (asked for
+        torch)", or None. Torch's version is `check_compatible`'s; ONNX Runtime's must be installed and equal."""
+        mine = self.runtime
+        version = self.meta.get("runtime_version") or (self.meta["torch"] if mine == "torch" else "?")
+        if runtime is not None and check_runtime(runtime) != mine:
+            return f"{mine} {version} (asked for {runtime})"
+        if mine == "torch":
+            return None
+        here = installed_version(mine)
+        if here is None:
+            return f"{mine} {version} (not installed: {INSTALL_HINT})"
+        return None if here == version else f"{mine} {version} (running {here})"
 
     def check_space(self, space: SearchSpace) -> None:
         """Raise LatencyTableError unless `space` is the table's space (same architecture content) and every

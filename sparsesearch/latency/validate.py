@@ -32,6 +32,7 @@ from .measure import (
     make_timer,
     time_interleaved,
 )
+from .runtime import check_runtime, ort_call, runtime_version
 from .table import LatencyTable
 
 __all__ = [
@@ -262,6 +263,9 @@ class ValidationSettings:
             `ProfileSettings`.
         drift_check: also time the profile's calibration configs again (not part of the figures) to tell how
             much faster or slower the machine runs now than while it was profiled (`speed_vs_profile`).
+        runtime: where to time the whole models, "torch" or "onnxruntime" (each config exported and timed in
+            ONNX Runtime, `latency.runtime`); None: the table's. Another runtime than the table's is refused
+            unless `allow_foreign`.
     """
 
     n: int = 50
@@ -274,6 +278,7 @@ class ValidationSettings:
     max_load: float | None = None
     max_wait_s: float = 600.0
     drift_check: bool = True
+    runtime: str | None = None
 
 
 def validate(
@@ -301,9 +306,11 @@ def validate(
     dev_type = meta["device_type"]
     device = torch.device(dev_type)
     if not allow_foreign:
-        table.check_compatible()
+        table.check_compatible(runtime=o.runtime)
     else:
         device_type(dev_type)
+    runtime = o.runtime or table.runtime
+    runtime_version(check_runtime(runtime))
     warmup, repeats, rounds = _counts(meta, o.warmup, o.repeats, o.rounds)
     timer = timer or _table_timer(table)
     genomes = validation_genomes(table, n, seed)
@@ -316,7 +323,7 @@ def validate(
     threads = int(meta["threads"])
     limit = (max_load if max_load is not None else default_max_load(device, threads)) if o.quiet else None
     model, images = table_model(table)
-    timed = _TimedModel(table.space, model, images, timer, warmup, repeats)
+    timed = _TimedModel(table.space, model, images, timer, warmup, repeats, runtime)
     with torch_threads(threads), torch.inference_mode():
         stats = timed.run([g for _, g in genomes], rounds, monitor, limit, max_wait_s, on_config, predicted)
     rows = [
@@ -342,6 +349,8 @@ def validate(
         "waited_s": round(monitor.waited_s, 1),
         "busy_measurements": monitor.busy,
         "clock": meta.get("clock", "wall"),
+        "runtime": runtime,
+        "runtime_version": runtime_version(runtime),
         "malloc": malloc,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -370,14 +379,15 @@ def time_configs(
     statistic; configs interleaved forward by forward, each timed forward after an untimed one of its own,
     `rounds` rounds of `repeats` passes in order of predicted time (`time_interleaved`). For figures relative
     to each other (e.g. to a dense config in the list): the absolute level is this moment's machine speed.
-    Each Stat's `rounds` holds every round's figure (`combine_rounds`), for the figures' noise.
+    Each Stat's `rounds` holds every round's figure (`combine_rounds`), for the figures' noise. The models run in
+    the table's runtime (torch, or each config exported to ONNX Runtime).
     """
     meta = table.meta
     device_type(meta["device_type"])
     timer = timer or _table_timer(table)
     genomes = [table.space.encode(c) for c in configs]
     model, images = table_model(table)
-    timed = _TimedModel(table.space, model, images, timer, warmup, repeats)
+    timed = _TimedModel(table.space, model, images, timer, warmup, repeats, table.runtime)
     predicted = table.predict_many(np.stack(genomes))
     with torch_threads(int(meta["threads"])), torch.inference_mode():
         stats = timed.run(genomes, rounds, LoadMonitor(), None, 0.0, None, predicted)
@@ -424,6 +434,23 @@ class _TimedModel:
     timer: Timer
     warmup: int
     repeats: int
+    runtime: str = "torch"
+
+    def forwards(self, genomes: list[np.ndarray]) -> list[tuple[Callable[[], Any], Callable[[], Any]]]:
+        """(setup, call) per genome: in torch, set the config and run the model; in ONNX Runtime, the model
+        exported at the config (once, here) run in a session (nothing to set up)."""
+        net = prunable(self.model)
+        out: list[tuple[Callable[[], Any], Callable[[], Any]]] = []
+        for g in genomes:
+            config = self.space.decode(g)
+            image = self.images[self.space.resolutions[int(g[-1])]]
+            if self.runtime == "torch":
+                out.append((functools.partial(net.set_config, config), functools.partial(self.model, image)))
+                continue
+            net.set_config(config)
+            session = ort_call(self.model, image, self.model)
+            out.append((_nothing, functools.partial(session, image.cpu().numpy())))
+        return out
 
     def run(
         self,
@@ -438,16 +465,8 @@ class _TimedModel:
         """Per genome, one Stat per round of whole-model forwards, configs interleaved forward by forward
         (`time_interleaved`), in order of their `predicted` times when given; with `limit` set, every pass first
         waits for a quiet machine."""
-        net = prunable(self.model)
-        runs = [
-            (
-                functools.partial(net.set_config, self.space.decode(g)),
-                functools.partial(self.model, self.images[self.space.resolutions[int(g[-1])]]),
-            )
-            for g in genomes
-        ]
         return time_interleaved(
-            runs,
+            self.forwards(genomes),
             self.timer,
             self.warmup,
             self.repeats,
@@ -456,6 +475,10 @@ class _TimedModel:
             after_round=None if on_config is None else lambda r: on_config(r * len(genomes), rounds * len(genomes)),
             order=None if predicted is None else [int(i) for i in np.argsort(predicted, kind="stable")],
         )
+
+
+def _nothing() -> None:
+    """The setup of a config exported with its config fixed."""
 
 
 def report_paths(table_path: str | os.PathLike, keep_existing: bool = False) -> tuple[Path, Path]:
