@@ -20,12 +20,15 @@ from sparsesearch.latency import LatencyTable, Profiler, ProfileSettings, check_
 from sparsesearch.latency.fit import CalibrationWarning
 from sparsesearch.latency.runtime import ort_call, table_runtime
 from sparsesearch.models.family import get_family, prunable
+from sparsesearch.supernet import SupernetMeta, save_supernet
 
 pytest.importorskip("onnxruntime")
 
 FAST: dict[str, Any] = dict(
     threads=1, warmup=0, repeats=1, rounds=1, calibration=2, flush_mb=0, quiet=False, malloc=False
 )
+#: the tiny space's model with a segmentation head (its part in ONNX Runtime takes the other levels as constants)
+ORT: dict[str, Any] = dict(**FAST, head="seg", num_classes=3, runtime="onnxruntime")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,7 @@ def ort_table(space: ss.SearchSpace, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("table") / "quick_ort.json"
     with warnings.catch_warnings():  # one-sample figures may miss their calibration configs: noise, not a failure
         warnings.simplefilter("ignore", CalibrationWarning)
-        table = Profiler(space, ProfileSettings(**FAST, runtime="onnxruntime")).run(out)
+        table = Profiler(space, ProfileSettings(**ORT)).run(out)
     return table, out
 
 
@@ -77,10 +80,10 @@ def test_an_onnxruntime_table_records_its_runtime_round_trips_and_predicts(ort_t
 
 
 def test_a_part_and_a_whole_model_in_onnxruntime_give_torch_outputs(space):
-    profiler = Profiler(space, ProfileSettings(**FAST, runtime="onnxruntime"))
+    profiler = Profiler(space, ProfileSettings(**ORT))
     model = profiler.model()
     entries = [e for e in profiler.plan() if e.part in ("block", "fixed")]
-    picked = [e for e in entries if e.part == "fixed"][:2] + [e for e in entries if e.k is not None][:6]
+    picked = [e for e in entries if e.part == "fixed"] + [e for e in entries if e.k is not None][:6]
     with torch.no_grad():
         for e in picked:
             plan = profiler._plan(e)
@@ -150,3 +153,31 @@ def test_validate_and_check_time_whole_models_in_the_tables_runtime(ort_table, t
     rescaled, checked = ensure_table_speed(table, None, rescale=True, budget_s=0.2)
     assert checked is not None and rescaled.speed_factor == pytest.approx(checked.factor)
     assert rescaled.runtime == "onnxruntime"
+
+
+def test_cli_profile_runtime_onnxruntime_writes_a_table_show_names_the_runtime(space, tmp_path, capsys):
+    out = tmp_path / "t.json"
+    args = ["profile", "--space", space.source, "--runtime", "onnxruntime", "--threads", "1", "--warmup", "0"]
+    args += ["--repeats", "1", "--rounds", "1", "--calibration", "2", "--flush-mb", "0", "--default-malloc"]
+    args += ["--head", "none"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        assert main([*args, "--no-progress", "--out", str(out)]) == 0
+    assert "onnxruntime" in capsys.readouterr().out
+    table = LatencyTable.load(out)
+    assert table.runtime == "onnxruntime" and table.meta["in_model"] is False
+    assert main(["latency", "show", "--table", str(out)]) == 0
+    assert f"runtime   onnxruntime {table.meta['runtime_version']}" in capsys.readouterr().out
+
+
+def test_evolve_searches_against_an_onnxruntime_table(ort_table, space, tmp_path, capsys):
+    _, path = ort_table
+    kwargs = {"head": "seg", "num_classes": 3}
+    model = space.create_model(**kwargs, seed=0)
+    meta = SupernetMeta.create(space, kwargs, task="seg", num_classes=3, data="synthetic:4", image_size=(64, 64))
+    save_supernet(tmp_path / "supernet.pt", model, meta)
+    args = ["evolve", "--supernet", str(tmp_path / "supernet.pt"), "--table", str(path), "--latency", "1000ms"]
+    args += ["--rescale-table", "--out", str(tmp_path / "run"), "--val-samples", "2", "--population", "4"]
+    assert main([*args, "--generations", "1", "--no-refine"]) == 0
+    assert "table speed check" in capsys.readouterr().out  # timed in ONNX Runtime, the table's runtime
+    assert (tmp_path / "run" / "best.json").is_file()

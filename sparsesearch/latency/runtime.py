@@ -91,11 +91,13 @@ def export_backend(model: nn.Module) -> Iterator[None]:
 
 
 class _Call(nn.Module):
-    """A callable of one tensor as a module, for the exporter (it holds `fn`'s module, if any, as a child)."""
+    """A callable of one tensor as a module, for the exporter; `model` is held as a child, so that the parameters
+    `fn` uses are the exported graph's weights, not constants (only those it uses are exported)."""
 
-    def __init__(self, fn: Callable[[torch.Tensor], Any]) -> None:
+    def __init__(self, fn: Callable[[torch.Tensor], Any], model: nn.Module) -> None:
         super().__init__()
         self.fn = fn
+        self.model = model
 
     def forward(self, x: torch.Tensor) -> Any:
         return self.fn(x)
@@ -110,7 +112,7 @@ def onnx_bytes(fn: Callable[[torch.Tensor], Any], example: torch.Tensor, model: 
         warnings.simplefilter("ignore")
         path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sparsesearch-ort-"))) / "part.onnx"
         x = example.detach().clone()  # a normal tensor even if `example` was made in inference mode
-        module = fn if isinstance(fn, nn.Module) else _Call(fn)
+        module = fn if isinstance(fn, nn.Module) else _Call(fn, model)
         torch.onnx.export(module, (x,), str(path), opset_version=OPSET, dynamo=False, input_names=["x"])
         return path.read_bytes()
 
