@@ -16,7 +16,14 @@ import sparsesearch as ss
 import torch
 from sparsesearch.cli import main
 from sparsesearch.errors import LatencyTableError
-from sparsesearch.latency import LatencyTable, Profiler, ProfileSettings, check_table, ensure_table_speed
+from sparsesearch.latency import (
+    LatencyTable,
+    Profiler,
+    ProfileSettings,
+    check_table,
+    default_table_path,
+    ensure_table_speed,
+)
 from sparsesearch.latency.fit import CalibrationWarning
 from sparsesearch.latency.runtime import ort_call, table_runtime
 from sparsesearch.models.family import get_family, prunable
@@ -120,7 +127,9 @@ def test_a_table_of_one_runtime_is_refused_for_another_in_one_line(ort_table, tm
 def test_a_table_of_another_onnxruntime_version_or_none_installed_is_refused(ort_table, monkeypatch):
     table, _ = ort_table
     other = LatencyTable({**table.meta, "runtime_version": "0.0.1"}, table.space.to_dict(), table.resolution_tables)
-    with pytest.raises(LatencyTableError, match=r"onnxruntime 0\.0\.1 \(running "):
+    with pytest.raises(
+        LatencyTableError, match=r"onnxruntime 0\.0\.1 \(running .*`sparsesearch profile --runtime onnx"
+    ):
         other.check_compatible()
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
     with pytest.raises(LatencyTableError, match=r"pip install 'sparsesearch\[onnx\]'"):
@@ -129,7 +138,11 @@ def test_a_table_of_another_onnxruntime_version_or_none_installed_is_refused(ort
         ProfileSettings(runtime="onnxruntime").validate()
 
 
-def test_onnxruntime_profiles_fp32_on_the_cpu_only():
+def test_onnxruntime_profiles_fp32_on_the_cpu_only(space):
+    assert (
+        default_table_path(space, ProfileSettings(runtime="onnxruntime")).name == "quick_64x64_fp32_b1_onnxruntime.json"
+    )
+    assert default_table_path(space, ProfileSettings()).name == "quick_64x64_fp32_b1.json"
     with pytest.raises(LatencyTableError, match="--device cpu --dtype fp32"):
         ProfileSettings(runtime="onnxruntime", dtype="bf16").validate()
     with pytest.raises(LatencyTableError, match="--runtime must be one of"):

@@ -42,6 +42,8 @@ def settings_hash(
     """Identifies measurements that can be reused by a resumed run (same machine, software and settings)."""
     env = {k: v for k, v in environment.items() if k not in ("platform",)}
     s = asdict(settings)
+    if s["runtime"] == "torch":  # the default: a partial file written before the runtime existed still resumes
+        del s["runtime"]
     s["resolutions"] = [list(r) for r in resolutions]
     text = json.dumps({"env": env, "settings": s, "space": space_hash(space)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

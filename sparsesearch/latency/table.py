@@ -427,7 +427,8 @@ class LatencyTable:
         if other_runtime:
             problems.insert(0, other_runtime)
         if problems:
-            profile = f"sparsesearch profile --runtime {runtime}" if runtime else "sparsesearch profile"
+            want = runtime or self.runtime
+            profile = "sparsesearch profile" + (f" --runtime {want}" if runtime or want != "torch" else "")
             raise LatencyTableError(
                 f"{self.source} was measured for {'; '.join(problems)}: profile this setup with "
                 f"`{profile}`, or pass --allow-foreign-table for a what-if study"
