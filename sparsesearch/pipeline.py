@@ -25,6 +25,7 @@ from .config import SparsityConfig
 from .errors import SparseSearchError
 from .fileio import atomic_write_text
 from .options import option
+from .scoped import torch_threads
 
 if TYPE_CHECKING:
     from .search.records import BestRecord, MeasuredRow, ParetoRecord
@@ -134,6 +135,13 @@ class DemoOptions:
                 "latency": "100000ms",
             }
         )
+
+
+def _malloc_tuned() -> bool:
+    """Whether this process's allocator is tuned (`sparsesearch.latency.tune_malloc`)."""
+    from .latency.malloc import malloc_tuned  # noqa: PLC0415
+
+    return malloc_tuned() is not None
 
 
 def demo_folder(space_path: str, quick: bool = False) -> str:
@@ -432,9 +440,7 @@ class _Demo:
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.root / DEMO_MARK, json.dumps(owner, indent=1) + "\n")
-        if o.threads:
-            torch.set_num_threads(o.threads)
-        self.threads = torch.get_num_threads()
+        self.threads = torch.get_num_threads()  # `run_demo` sets o.threads for the run
         self.space_path = o.space
         if o.quick:
             self.space_path = str(self.root / "quick.yaml")
@@ -469,7 +475,9 @@ class _Demo:
             num_classes=4,
             seed=o.seed,
             calibration=2 if o.quick else 6,
-            malloc=True,  # as `sparsesearch profile`: no page faults whose number depends on the allocation history
+            # as the process is: `sparsesearch demo` tunes its allocator (no page faults whose number depends on the
+            # allocation history), a library caller's process stays as it is
+            malloc=_malloc_tuned(),
             quiet=not o.quick,
             max_wait_s=120.0,
         )
@@ -643,10 +651,6 @@ class _Demo:
         o = self.o
         self.say(f"measuring the final comparison on this machine (test split, {o.measure_rounds} interleaved rounds)")
         table = LatencyTable.load(table_path)
-        if table.meta.get("malloc"):
-            from .latency import tune_malloc  # noqa: PLC0415
-
-            tune_malloc()  # timed as the table was profiled (process-wide; a resumed demo may not have profiled)
         model, space, meta = load_supernet(supernet)
         raw, _, _ = load_supernet(pretrained)
         test = build_eval_dataset(meta, None, "test")
@@ -663,12 +667,8 @@ class _Demo:
             # slowed the sparse rows by ~2% of dense against the finalists' timing of the same configs
             runs.append((model, cfg, (int(h), int(w))))
             scores.append(evals[id(raw if role == "unadapted" else model)](cfg))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(o.latency_threads)  # timed as the table was profiled
-        try:
+        with torch_threads(o.latency_threads):  # timed as the table was profiled
             measured = _measure_interleaved(runs, o.measure_rounds, 5 if o.quick else 8, table.statistic)
-        finally:
-            torch.set_num_threads(threads)
         rows = []
         for (name, role, d), (m, cfg, res), ms, sc in zip(picks, runs, measured, scores):
             pred = table.predict(cfg) if res in table.resolutions else table.dense_latency(res)
@@ -733,8 +733,15 @@ def _resize_note(space: Any, rows: Sequence[DemoRow]) -> str:
 def run_demo(options: DemoOptions, say: Callable[[str], None] = lambda msg: None, progress: bool = True) -> DemoSummary:
     """Run (or reuse) every stage and measure the final comparison on this machine.
 
-    `say` receives one line per stage; `progress` shows the stages' progress bars.
+    `say` receives one line per stage; `progress` shows the stages' progress bars. The process's allocator is left
+    as it is (`sparsesearch demo` tunes its own, see `sparsesearch.latency.tune_malloc`) and its thread count is
+    restored after the run.
     """
+    with torch_threads(options.threads):  # training and evaluation; the thread count is restored after the run
+        return _run_demo(options, say, progress)
+
+
+def _run_demo(options: DemoOptions, say: Callable[[str], None], progress: bool) -> DemoSummary:
     from .latency import device_name  # noqa: PLC0415
     from .space import SearchSpace  # noqa: PLC0415
 

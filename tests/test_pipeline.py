@@ -145,3 +145,18 @@ def test_table_range_restricted_to_the_space_resolutions(demo):
     assert table.min_latency(space.resolutions) == pytest.approx(table.predict(cfg), rel=1e-12)
     assert table.min_latency(space.resolutions) >= table.min_latency()
     assert table.max_latency(space.resolutions) >= table.dense_latency(space.resolutions[0]) * 0.5
+
+
+def test_run_demo_leaves_the_process_as_it_was(tmp_path, monkeypatch):
+    """The library's demo restores torch's thread count and leaves the allocator alone (the CLI tunes its own)."""
+    import torch
+    from sparsesearch.latency import malloc
+    from sparsesearch.pipeline import DemoOptions, run_demo
+
+    calls = []
+    monkeypatch.setattr(malloc, "_mallopt", lambda *a: calls.append(a) or True)
+    monkeypatch.setattr(malloc, "_MALLOC_TUNED", None)
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    run_demo(DemoOptions(quick=True, out=str(tmp_path / "run"), threads=wanted), progress=False)
+    assert torch.get_num_threads() == before and calls == []

@@ -119,14 +119,14 @@ def add_model_source(parser: argparse.ArgumentParser, space: bool = True) -> Non
         "--model",
         default=None,
         metavar="NAME",
-        help="a pretrained model instead of a supernet (e.g. samvit_base_patch16; `sparsesearch models` lists them); "
+        help="a pretrained model instead of a supernet (a name `sparsesearch models` lists); "
         "needs --checkpoint and --space",
     )
     g.add_argument(
         "--checkpoint",
         default=None,
         metavar="PATH",
-        help="the --model's weights: timm or Microsoft Swin, timm samvit or SAM, a supernet, or an export folder",
+        help="the --model's weights: timm's layout or the model's original release, a supernet, or an export folder",
     )
     g.add_argument(
         "--head",
