@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 
 import numpy as np
@@ -184,6 +185,30 @@ def test_optuna_log_level_is_left_as_the_caller_set_it(space, level):
         run_search(space, toy_latency, _cache(space), 7.0, algorithm="optuna-tpe", population=4, generations=2)
         assert optuna.logging.get_verbosity() == getattr(optuna.logging, level)
     finally:
+        optuna.logging.set_verbosity(before)
+
+
+def test_optuna_trial_lines_are_silent_during_the_search_only(space):
+    """The search drops optuna's per-trial INFO records without changing a logger's level: a record optuna logs
+    after the search gets through."""
+    optuna = pytest.importorskip("optuna")
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler, log = Keep(logging.DEBUG), logging.getLogger("optuna")
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    log.addHandler(handler)
+    try:
+        run_search(space, toy_latency, _cache(space), 7.0, algorithm="optuna-tpe", population=4, generations=2)
+        assert not any("Trial" in m for m in seen)
+        optuna.create_study().optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+        assert any("Trial 0 finished" in m for m in seen)
+    finally:
+        log.removeHandler(handler)
         optuna.logging.set_verbosity(before)
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import SparseSearchError
+from ..scoped import quiet_logger
 from .backends import Backend, SearchContext, check_options, keyword_names
 from .scoring import Scored
 
@@ -29,15 +30,12 @@ _DIRECTIONS: tuple[Literal["maximize"], Literal["minimize"]] = ("maximize", "min
 
 @contextlib.contextmanager
 def _quiet_optuna() -> Iterator[None]:
-    """optuna's per-trial INFO lines off for the search only: the caller's level is restored after it."""
-    import optuna  # noqa: PLC0415
+    """optuna's per-trial INFO lines off on this thread while the search runs; no logger's level changes (another
+    thread's optuna study logs as before)."""
+    import optuna  # noqa: PLC0415,F401  (optuna adds its log handler when imported: import it first)
 
-    before = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(max(before, optuna.logging.WARNING))
-    try:
+    with quiet_logger("optuna"):
         yield
-    finally:
-        optuna.logging.set_verbosity(before)
 
 
 def _sampler(ctx: SearchContext) -> Any:
