@@ -278,9 +278,13 @@ def test_segmentation_head_and_multiscale_features():
 def test_registered_models_build(name):
     m = ss.create_model(name, num_classes=3)
     assert m.model_name == name
-    cfg = ss.SparsityConfig.uniform(0.5, m.depths, m.default_window_size)
+    cfg = m.uniform_config(0.5)  # 0.5 in every block the family prunes, 0 in the others (SAM 2's q-pool blocks)
     m.set_config(cfg)
     assert m.config is cfg
+    blocks = [b for row in m.config_rows() for b in row]
+    assert [b.sparsity for b in blocks] == [0.5 if b.prunable else 0.0 for b in blocks]
+    if all(b.prunable for b in blocks):
+        assert cfg == ss.SparsityConfig.uniform(0.5, m.depths, m.default_window_size)
 
 
 def test_inference_writes_in_place_only_into_owned_tensors():

@@ -121,8 +121,10 @@ class WindowAttention(nn.Module):
         a gather and, with a mask, an (nW, heads, N, N) add in every block of every forward.
         """
         table = self.relative_position_bias_table
+        if torch.is_grad_enabled() or _tracing():  # (checked first: a traced graph cannot ask for the version)
+            return self._build_bias(wh, ww, mask)
         version = _version_of(table)
-        if torch.is_grad_enabled() or _tracing() or version is None:
+        if version is None:
             return self._build_bias(wh, ww, mask)
         key = (version, table.data_ptr(), table.dtype)
         hit = self._bias_cache.get((wh, ww, mask is None))
