@@ -147,16 +147,31 @@ def test_table_range_restricted_to_the_space_resolutions(demo):
     assert table.max_latency(space.resolutions) >= table.dense_latency(space.resolutions[0]) * 0.5
 
 
-def test_run_demo_leaves_the_process_as_it_was(tmp_path, monkeypatch):
-    """The library's demo restores torch's thread count and leaves the allocator alone (the CLI tunes its own)."""
+def test_run_demo_restores_the_thread_count(monkeypatch):
+    """The library's demo runs its stages at `threads` and puts the caller's count back, also when a stage fails."""
     import torch
-    from sparsesearch.latency import malloc
-    from sparsesearch.pipeline import DemoOptions, run_demo
+    from sparsesearch import pipeline
 
-    calls = []
-    monkeypatch.setattr(malloc, "_mallopt", lambda *a: calls.append(a) or True)
-    monkeypatch.setattr(malloc, "_MALLOC_TUNED", None)
     before = torch.get_num_threads()
     wanted = 1 if before != 1 else 2
-    run_demo(DemoOptions(quick=True, out=str(tmp_path / "run"), threads=wanted), progress=False)
-    assert torch.get_num_threads() == before and calls == []
+    seen = []
+
+    def stages(options, say, progress):
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("a stage failed")
+
+    monkeypatch.setattr(pipeline, "_run_demo", stages)
+    with pytest.raises(RuntimeError):
+        pipeline.run_demo(pipeline.DemoOptions(quick=True, threads=wanted))
+    assert seen == [wanted] and torch.get_num_threads() == before
+
+
+def test_the_demo_profiles_with_the_allocator_the_process_has(monkeypatch):
+    """run_demo asks for no allocator tuning of its own: its table records what the process runs with."""
+    from sparsesearch import pipeline
+    from sparsesearch.latency import malloc
+
+    monkeypatch.setattr(malloc, "_MALLOC_TUNED", None)
+    assert pipeline._malloc_tuned() is False
+    monkeypatch.setattr(malloc, "_MALLOC_TUNED", "tuned")
+    assert pipeline._malloc_tuned() is True

@@ -166,7 +166,8 @@ class SwinTransformer(WindowPrunableModel):
         self.head_type = head
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)  # stochastic depth rising linearly (not a tensor: meta-device builds)
+        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         stages, prev, start = [], embed_dim, 0
         for i in range(n):
             stages.append(
