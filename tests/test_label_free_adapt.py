@@ -22,20 +22,7 @@ from sparsesearch.errors import ConfigError
 from sparsesearch.fidelity import dense_reference
 from sparsesearch.supernet import load_supernet
 
-SWIN = {
-    "name": "tiny",
-    "architecture": "swin_nano",
-    "model_kwargs": {"embed_dim": 16, "num_heads": [1, 1, 2, 2], "window_size": 4, "seg_dim": 16},
-    "resolutions": [[64, 64]],
-    "sparsity_choices": [0.0, 0.25, 0.5, 0.75],
-    "genes": [
-        {"name": "s1", "blocks": ["0.0", "0.1"]},
-        {"name": "s2", "blocks": ["1.0", "1.1"]},
-        {"name": "s3", "blocks": ["2.0", "2.1"]},
-        {"name": "s4", "blocks": ["3.0", "3.1"], "choices": [0.0]},
-    ],
-    "window_sizes": [[4], [4], [4], [4]],
-}
+from .tiny_spaces import SWIN
 
 
 @pytest.fixture(scope="module")
