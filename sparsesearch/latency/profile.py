@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from ..errors import LatencyTableError, SparseSearchError
-from ..models.family import prunable
+from ..models.family import PartInputs, prunable
 from ..scoped import torch_threads
 from ..space import SearchSpace
 from .env import DTYPES, environment
@@ -140,17 +140,17 @@ class Profiler(ProfilePlan):
     def _plan(self, entry: Entry) -> Any:
         """The family's plan for timing a block kind at a kept count or a fixed part (see `PartPlan`)."""
         model = self.model()
-        B = self.settings.batch
         shapes = stage_shapes(self.space, entry.resolution)
+        windows = tuple(self._default_window(i) for i in range(len(shapes)))
+        at = PartInputs(shapes, entry.resolution, self.settings.batch, self._head, windows)
         if entry.part == "block":
             kind = entry.kind
             assert kind is not None and entry.k is not None
             p = sparsity_for_count(entry.k, kind.num_windows)
-            return self.family.block_plan(model, kind.stage, kind.variant, kind.window, p, shapes, entry.resolution, B)
+            return self.family.block_plan(model, kind.stage, kind.variant, kind.window, p, at)
         if entry.name not in self.family.fixed_parts(self.arch, self._head):
             raise LatencyTableError(f"unknown part {entry.name!r}")
-        windows = [self._default_window(i) for i in range(len(shapes))]
-        return self.family.fixed_plan(model, entry.name, entry.resolution, self._head, shapes, windows, B)
+        return self.family.fixed_plan(model, entry.name, at)
 
     def entry_fn(self, entry: Entry) -> tuple[Callable[[], Any], Callable[[], Any] | None]:
         """(run, setup): `run` runs the entry's part once; `setup` (untimed, after the timer's cache flush,

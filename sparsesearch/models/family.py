@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "StageShape",
     "PartPlan",
+    "PartInputs",
     "ModelFamily",
     "register_family",
     "families",
@@ -86,6 +87,18 @@ class StageShape:
     dim: int
     heads: int
     depth: int
+
+
+@dataclass(frozen=True)
+class PartInputs:
+    """What the profiler times a part at: the stage shapes at `resolution`, the batch, the head, and each row's
+    default window (the window of the parts around a fixed part)."""
+
+    shapes: list[StageShape]
+    resolution: tuple[int, int]
+    batch: int
+    head: str | None
+    default_window: tuple[int, ...]
 
 
 @dataclass
@@ -180,30 +193,14 @@ class ModelFamily:
         raise NotImplementedError
 
     def block_plan(
-        self,
-        model: nn.Module,
-        stage: int,
-        variant: str,
-        window: int,
-        sparsity: float,
-        shapes: list[StageShape],
-        resolution: tuple[int, int],
-        batch: int,
+        self, model: nn.Module, stage: int, variant: str, window: int, sparsity: float, at: PartInputs
     ) -> PartPlan:
-        """Set a representative block of (stage, variant) to `window` and `sparsity` and say how to time it."""
+        """Set a representative block of (stage, variant) to `window` and `sparsity` and say how to time it (at the
+        shapes, resolution and batch of `at`)."""
         raise NotImplementedError
 
-    def fixed_plan(
-        self,
-        model: nn.Module,
-        name: str,
-        resolution: tuple[int, int],
-        head: str | None,
-        shapes: list[StageShape],
-        default_window: Sequence[int],
-        batch: int,
-    ) -> PartPlan:
-        """How to time the fixed part `name` (one of `fixed_parts`)."""
+    def fixed_plan(self, model: nn.Module, name: str, at: PartInputs) -> PartPlan:
+        """How to time the fixed part `name` (one of `fixed_parts`) at `at`."""
         raise NotImplementedError
 
     def describe(self, arch: dict[str, Any]) -> str:

@@ -38,7 +38,7 @@ from ..config import SparsityConfig
 from ..errors import CheckpointError, SparseSearchError
 from ..ops import WindowGeometry
 from .checkpoint import LoadReport
-from .family import ModelFamily, PartPlan, StageShape, head_part, register_family
+from .family import ModelFamily, PartInputs, PartPlan, StageShape, head_part, register_family
 from .heads import ClassifierHead, FPNSegHead
 from .layers import DropPath, Mlp, init_linear_weights
 from .pruned_path import ScoreCarry
@@ -737,20 +737,13 @@ class HieraFamily(ModelFamily):
         return parts + head_part(hiera, head)
 
     def block_plan(
-        self,
-        model: nn.Module,
-        stage: int,
-        variant: str,
-        window: int,
-        sparsity: float,
-        shapes: list[StageShape],
-        resolution: tuple[int, int],
-        batch: int,
+        self, model: nn.Module, stage: int, variant: str, window: int, sparsity: float, at: PartInputs
     ) -> PartPlan:
         """A block follows the one before it (the patch embedding for the first block), which runs on that block's
         own input map: the same window (where both run one row's window) and kept count (where it is a pruned block
         of the same stage), dense otherwise. So a q-pool block follows the previous stage's last block, and the
         first windowed block of stages 2-4 follows the q-pool block, which takes the previous stage's map."""
+        shapes, resolution, batch = at.shapes, at.resolution, at.batch
         hiera = _hiera(model)
         blocks = hiera.hiera_blocks
         group = hiera.stage_blocks(stage)
@@ -770,23 +763,15 @@ class HieraFamily(ModelFamily):
     def _arch_of(model: HieraDet) -> dict[str, Any]:
         return {"stages": model.depths, "global_att_blocks": model.global_att_blocks}
 
-    def fixed_plan(
-        self,
-        model: nn.Module,
-        name: str,
-        resolution: tuple[int, int],
-        head: str | None,
-        shapes: list[StageShape],
-        default_window: Sequence[int],
-        batch: int,
-    ) -> PartPlan:
+    def fixed_plan(self, model: nn.Module, name: str, at: PartInputs) -> PartPlan:
         """The patch embedding (with the position embedding) takes the image; the head follows the last block
         (dense; a segmentation head also reads the other stage maps, random here)."""
+        shapes, resolution, batch, head = at.shapes, at.resolution, at.batch, at.head
         hiera = _hiera(model)
         if name == "patch_embed":
             return PartPlan(hiera.embed, None, (batch, 3, *resolution))
         prev = hiera.hiera_blocks[-1]
-        prev.window_size, prev.sparsity = default_window[hiera.window_stage_of[-1]], 0.0
+        prev.window_size, prev.sparsity = at.default_window[hiera.window_stage_of[-1]], 0.0
         before = _block_input(hiera, len(hiera.hiera_blocks) - 1, shapes, batch)
         if head == "cls":
             return PartPlan(hiera.head, prev, before)

@@ -28,7 +28,7 @@ from ..config import SparsityConfig
 from ..errors import SparseSearchError
 from ..ops import WindowGeometry
 from .checkpoint import LoadReport
-from .family import ModelFamily, PartPlan, StageShape, head_part, register_family
+from .family import ModelFamily, PartInputs, PartPlan, StageShape, head_part, register_family
 from .heads import ClassifierHead, PyramidSegHead
 from .layers import DropPath, Mlp, init_linear_weights
 from .registry import register_models
@@ -522,19 +522,12 @@ class SamViTFamily(ModelFamily):
         return parts + head_part(sam, head)
 
     def block_plan(
-        self,
-        model: nn.Module,
-        stage: int,
-        variant: str,
-        window: int,
-        sparsity: float,
-        shapes: list[StageShape],
-        resolution: tuple[int, int],
-        batch: int,
+        self, model: nn.Module, stage: int, variant: str, window: int, sparsity: float, at: PartInputs
     ) -> PartPlan:
         """A windowed block follows the one before it in its group (same window and kept count), or the previous
         group's global block (dense) / the patch embedding when it opens the group; a global block follows the
         last windowed block of its group."""
+        shapes, resolution, batch = at.shapes, at.resolution, at.batch
         sam = _samvit(model)
         group = sam.group_blocks(stage)
         block = group[-1] if variant == "global" else group[0]
@@ -549,18 +542,10 @@ class SamViTFamily(ModelFamily):
         prev.window_size, prev.sparsity = (window, sparsity) if same_group else (prev.window_size, 0.0)
         return PartPlan(block, prev, (batch, sh.H, sh.W, sh.dim))
 
-    def fixed_plan(
-        self,
-        model: nn.Module,
-        name: str,
-        resolution: tuple[int, int],
-        head: str | None,
-        shapes: list[StageShape],
-        default_window: Sequence[int],
-        batch: int,
-    ) -> PartPlan:
+    def fixed_plan(self, model: nn.Module, name: str, at: PartInputs) -> PartPlan:
         """The patch embedding (with the position embedding) takes the image; the neck follows the last block
         (dense), the head the neck."""
+        shapes, resolution, batch, head = at.shapes, at.resolution, at.batch, at.head
         sam = _samvit(model)
         if name == "patch_embed":
             return PartPlan(sam.embed, None, (batch, 3, *resolution))
@@ -568,7 +553,7 @@ class SamViTFamily(ModelFamily):
         neck = sam.neck
         if name == "neck":
             last = _sam_blocks(sam)[-1]
-            last.window_size, last.sparsity = default_window[-1], 0.0
+            last.window_size, last.sparsity = at.default_window[-1], 0.0
             return PartPlan(lambda x: neck(x.permute(0, 3, 1, 2)), last, (batch, sh.H, sh.W, sh.dim))
         if head == "cls":
             cls_head = sam.head

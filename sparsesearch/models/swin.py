@@ -20,7 +20,7 @@ from ..config import SparsityConfig
 from ..errors import SparseSearchError
 from ..ops import WindowGeometry
 from .checkpoint import LoadReport
-from .family import ModelFamily, PartPlan, StageShape, head_part, register_family
+from .family import ModelFamily, PartInputs, PartPlan, StageShape, head_part, register_family
 from .heads import ClassifierHead, FPNSegHead
 from .layers import DropPath, Mlp, PatchEmbed, PatchMerging, WindowAttention, init_linear_weights
 from .registry import register_models
@@ -362,18 +362,11 @@ class SwinFamily(ModelFamily):
         return parts + head_part(swin, head)
 
     def block_plan(
-        self,
-        model: nn.Module,
-        stage: int,
-        variant: str,
-        window: int,
-        sparsity: float,
-        shapes: list[StageShape],
-        resolution: tuple[int, int],
-        batch: int,
+        self, model: nn.Module, stage: int, variant: str, window: int, sparsity: float, at: PartInputs
     ) -> PartPlan:
         """Regular blocks follow the stage's patch merging (the patch embedding in stage 0); shifted blocks follow
         a regular block of the same window and kept count."""
+        shapes, resolution, batch = at.shapes, at.resolution, at.batch
         swin = _swin(model)
         blocks = _swin_blocks(_swin_stage(swin, stage))
         block = blocks[1 if variant == "shifted" else 0]
@@ -388,18 +381,10 @@ class SwinFamily(ModelFamily):
         p = shapes[stage - 1]
         return PartPlan(block, _swin_stage(swin, stage).downsample, (batch, p.H, p.W, p.dim))
 
-    def fixed_plan(
-        self,
-        model: nn.Module,
-        name: str,
-        resolution: tuple[int, int],
-        head: str | None,
-        shapes: list[StageShape],
-        default_window: Sequence[int],
-        batch: int,
-    ) -> PartPlan:
+    def fixed_plan(self, model: nn.Module, name: str, at: PartInputs) -> PartPlan:
         """A patch merging follows the last block of the previous stage (dense), the final norm the last block,
         the head the norm; the patch embedding takes the image."""
+        shapes, resolution, batch, head = at.shapes, at.resolution, at.batch, at.head
         swin = _swin(model)
         if name == "patch_embed":
             return PartPlan(swin.patch_embed, None, (batch, 3, *resolution))
@@ -418,7 +403,7 @@ class SwinFamily(ModelFamily):
         i = int(name.split(".")[1]) - 1 if name.startswith("layers.") else len(shapes) - 1
         part = _swin_stage(swin, i + 1).downsample if name.startswith("layers.") else swin.norm
         prev = _swin_blocks(_swin_stage(swin, i))[-1]
-        prev.window_size, prev.sparsity = default_window[i], 0.0
+        prev.window_size, prev.sparsity = at.default_window[i], 0.0
         sh = shapes[i]
         return PartPlan(part, prev, (batch, sh.H, sh.W, sh.dim))
 
