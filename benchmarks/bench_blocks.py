@@ -69,9 +69,7 @@ def fixed_windows(blk: SwinBlock) -> Callable[..., torch.Tensor]:
         rows = idx.reshape(-1)
         if carry is not None:
             carry.set(None, None)
-        return fused_pruned_forward(
-            x, g, idx, blk.norm1, lambda y: blk.attn(y, g.wh, g.ww, mask, rows), blk.norm2, blk.mlp, owns_input
-        )
+        return fused_pruned_forward(x, g, idx, blk, lambda y: blk.attn(y, g.wh, g.ww, mask, rows), owns_input)
 
     return forward
 

@@ -28,7 +28,7 @@ the (B, H, W, C) map. Same values as `ops.score_windows` (same per-token reducti
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -36,7 +36,15 @@ from torch import nn
 from .. import ops
 from ..ops import WindowGeometry
 
-__all__ = ["KeptTokens", "ScoreCarry", "kept_tokens", "token_scores", "window_scores", "fused_pruned_forward"]
+__all__ = [
+    "BlockParts",
+    "KeptTokens",
+    "ScoreCarry",
+    "kept_tokens",
+    "token_scores",
+    "window_scores",
+    "fused_pruned_forward",
+]
 
 
 class ScoreCarry:
@@ -104,14 +112,20 @@ def kept_tokens(g: WindowGeometry, idx: torch.Tensor) -> KeptTokens:
     return KeptTokens(tok.index_select(0, slots), slots)
 
 
+class BlockParts(Protocol):
+    """The per-token parts of a pre-norm block: norm1, norm2 and the MLP (a `PrunedWindowBlock` is one)."""
+
+    norm1: nn.Module
+    norm2: nn.Module
+    mlp: nn.Module
+
+
 def fused_pruned_forward(
     x: torch.Tensor,
     g: WindowGeometry,
     idx: torch.Tensor,
-    norm1: nn.Module,
+    block: BlockParts,
     attend: Callable[[torch.Tensor], torch.Tensor],
-    norm2: nn.Module,
-    mlp: nn.Module,
     inplace: bool,
     tok: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -120,11 +134,13 @@ def fused_pruned_forward(
     Args:
         x: (B, H, W, C) block input; written in place when `inplace` (the caller owns it), else copied once.
         idx: (B, k) kept window indices.
+        block: its norm1, norm2 and mlp run on the (M, C) real tokens.
         attend: (B*k, N, C) normalised windows, zeros at padded slots -> (B*k, N, C) attention output.
         tok: (B, H*W) token scores of x, or None; when given, updated in place to those of the output.
     Returns:
         (B, H, W, C): x with the kept windows' real tokens replaced by the block's output.
     """
+    norm1, norm2, mlp = block.norm1, block.norm2, block.mlp
     B, H, W, C = x.shape
     k, N = idx.shape[1], g.window_area
     kt = kept_tokens(g, idx)

@@ -212,10 +212,8 @@ class PrunedWindowBlock(nn.Module):
             x,
             g,
             idx,
-            self.norm1,
+            self,
             lambda y: self._attend_kept_windows(y, g, idx),
-            self.norm2,
-            self.mlp,
             inplace=owns_input and ops.can_scatter_inplace(x, x),
             tok=tok if carry is not None else None,
         )
