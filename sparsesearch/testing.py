@@ -12,7 +12,15 @@ from .config import SparsityConfig
 from .errors import SparseSearchError
 from .space import SearchSpace
 
-__all__ = ["toy_architecture", "toy_space_yaml", "toy_space", "toy_latency", "toy_accuracy", "exhaustive_best"]
+__all__ = [
+    "toy_architecture",
+    "toy_space_yaml",
+    "toy_space",
+    "toy_latency",
+    "toy_accuracy",
+    "exhaustive_best",
+    "quick_profile_args",
+]
 
 #: what the toy space needs of a model: four rows of two blocks, every block prunable
 TOY_DEPTHS = (2, 2, 2, 2)
@@ -95,3 +103,11 @@ def exhaustive_best(space: SearchSpace, budget_ms: float) -> tuple[np.ndarray, f
     acc = np.array([toy_accuracy(space.decode(x)) for x in X])
     i = int(np.argmax(acc))
     return X[i], float(acc[i])
+
+
+def quick_profile_args(space: str | Path, resolution: str, out: str | Path, *extra: str) -> list[str]:
+    """`sparsesearch profile` arguments for a table in seconds (one thread, one repeat and round, two calibration
+    configs, no cache flush, the allocator as it is, no progress bar): what a test needs, not a usable table."""
+    quick = ["--threads", "1", "--warmup", "0", "--repeats", "1", "--rounds", "1", "--calibration", "2"]
+    quick += ["--flush-mb", "0", "--default-malloc", "--no-progress"]
+    return ["profile", "--space", str(space), "--resolution", resolution, *quick, "--out", str(out), *extra]

@@ -17,6 +17,7 @@ from sparsesearch.latency import LatencyTable, Profiler, ProfileSettings
 from sparsesearch.models.family import get_family
 from sparsesearch.models.hiera import HieraDet
 from sparsesearch.ops import keep_count
+from sparsesearch.testing import quick_profile_args
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "search_spaces" / "sam2_demo.yaml"
@@ -99,32 +100,7 @@ def test_flops_windowed_linear_global_quadratic_qpool_unchanged():
 
 
 def _profile(space: Path, out: Path, *extra: str) -> int:
-    return main(
-        [
-            "profile",
-            "--space",
-            str(space),
-            "--resolution",
-            "64x64",
-            "--threads",
-            "1",
-            "--warmup",
-            "0",
-            "--repeats",
-            "1",
-            "--rounds",
-            "1",
-            "--calibration",
-            "2",
-            "--flush-mb",
-            "0",
-            "--default-malloc",
-            "--no-progress",
-            "--out",
-            str(out),
-            *extra,
-        ]
-    )
+    return main(quick_profile_args(str(space), "64x64", str(out), *extra))
 
 
 def test_profile_validate_predict(tmp_path, capsys):

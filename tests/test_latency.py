@@ -37,6 +37,7 @@ from sparsesearch.latency.measure import combine_rounds, retry_preempted, summar
 from sparsesearch.latency.resume import PartialProfileWarning
 from sparsesearch.latency.structure import kinds_and_counts, space_hash, sparsity_for_count
 from sparsesearch.ops import keep_count
+from sparsesearch.testing import quick_profile_args
 
 ROOT = Path(__file__).resolve().parents[1]
 # The tests use their own copy of a demo-like space (swin_nano, pairs of blocks per gene, two window choices),
@@ -683,29 +684,7 @@ def _one_line_error(capsys) -> str:
 
 def test_cli_profile_and_validate(tmp_path, capsys):
     out = tmp_path / "cli.json"
-    args = [
-        "profile",
-        "--space",
-        str(DEMO),
-        "--resolution",
-        "32x32",
-        "--threads",
-        "1",
-        "--warmup",
-        "0",
-        "--repeats",
-        "1",
-        "--rounds",
-        "1",
-        "--calibration",
-        "2",
-        "--flush-mb",
-        "0",
-        "--default-malloc",
-        "--no-progress",
-        "--out",
-        str(out),
-    ]
+    args = quick_profile_args(str(DEMO), "32x32", str(out))
     assert main(args) == 0
     assert "wrote" in capsys.readouterr().out and out.exists()
     assert main(["latency", "validate", "--table", str(out), "--n", "2", "--no-progress", "--space", str(DEMO)]) == 2

@@ -14,6 +14,7 @@ from sparsesearch.flops import count_flops
 from sparsesearch.latency import LatencyTable, Profiler, ProfileSettings
 from sparsesearch.models.family import get_family
 from sparsesearch.ops import keep_count
+from sparsesearch.testing import quick_profile_args
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "search_spaces" / "sam_demo.yaml"
@@ -69,29 +70,7 @@ def test_flops_windowed_linear_global_quadratic():
 
 def test_profile_validate_predict(tmp_path, capsys):
     out = tmp_path / "sam.json"
-    args = [
-        "profile",
-        "--space",
-        str(DEMO),
-        "--resolution",
-        "96x96",
-        "--threads",
-        "1",
-        "--warmup",
-        "0",
-        "--repeats",
-        "1",
-        "--rounds",
-        "1",
-        "--calibration",
-        "2",
-        "--flush-mb",
-        "0",
-        "--default-malloc",
-        "--no-progress",
-        "--out",
-        str(out),
-    ]
+    args = quick_profile_args(str(DEMO), "96x96", str(out))
     assert main(args) == 0
     table = LatencyTable.load(out)
     doc = json.loads(out.read_text())
