@@ -65,7 +65,7 @@ def write_images(folder: Path, n: int, size: int, seed: int) -> None:
         Image.fromarray(pixels).save(folder / f"scene_{i:03d}.png")
 
 
-def main(argv: list[str] | None = None) -> dict[str, object]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="samvit_base_patch16", help="a SAM encoder of the zoo (`sparsesearch models`)")
     ap.add_argument("--model-kwargs", default="{}", help="JSON architecture overrides (e.g. a smaller test model)")
@@ -80,11 +80,39 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ap.add_argument("--threads", type=int, default=1, help="CPU threads of the latency table and the timing")
     ap.add_argument("--out", default="runs/sam_no_labels")
     args = ap.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
     if args.model not in ss.list_models() or "global_attn_indexes" not in model_defaults(args.model):
         ap.error(f"--model {args.model}: pick a SAM encoder (samvit_*) from `sparsesearch models`")
+    return args
+
+
+def load_encoder(space: ss.SearchSpace, checkpoint: str | None, out: Path) -> tuple[torch.nn.Module, str]:
+    """The space's encoder (no head: its output is the neck embedding) with the user's weights, or random weights
+    saved to `out` (so that the export reads them like a checkpoint); returns it and the weights' path."""
+    model = space.create_model(head=None, seed=0)
+    if checkpoint:
+        loaded = ss.load_checkpoint(model, checkpoint)
+        print(f"loaded {checkpoint} ({loaded.converted_from}; {'; '.join(loaded.notes) or 'as is'})")
+    else:
+        print("no --checkpoint: random weights (the mechanics only; pass your SAM checkpoint for real figures)")
+        checkpoint = str(out / "random_weights.pth")
+        torch.save(model.state_dict(), checkpoint)
+    return model.eval(), checkpoint
+
+
+def latency_table(space: ss.SearchSpace, path: Path, threads: int, repeats: int) -> ss.LatencyTable:
+    """This machine's latency table of the space (measured once; a second run reads it)."""
+    if path.is_file():
+        table = ss.LatencyTable.load(path)
+    else:
+        table = profile(space, ProfileSettings(threads=threads, head="none", repeats=repeats, rounds=2), path)
+    print(f"latency table {path}: dense {table.dense_latency():.1f} ms on this machine")
+    return table
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     space_file = out / "space.yaml"
     space_file.write_text(yaml.safe_dump(space_for(args.model, args.resolution, json.loads(args.model_kwargs))))
     space = ss.SearchSpace.load(space_file)
@@ -93,25 +121,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     if not args.images:
         print(f"no --images: scoring on {args.val_images} synthetic scenes written to {images}")
         write_images(images, args.val_images, args.resolution, seed=0)
-
-    model = space.create_model(head=None, seed=0)  # the encoder: its output is the neck embedding
-    checkpoint = args.checkpoint
-    if checkpoint:
-        loaded = ss.load_checkpoint(model, checkpoint)
-        print(f"loaded {checkpoint} ({loaded.converted_from}; {'; '.join(loaded.notes) or 'as is'})")
-    else:
-        print("no --checkpoint: random weights (the mechanics only; pass your SAM checkpoint for real figures)")
-        checkpoint = str(out / "random_weights.pth")
-        torch.save(model.state_dict(), checkpoint)
-    model.eval()
-
+    model, checkpoint = load_encoder(space, args.checkpoint, out)
     table_file = out / "table.json"
-    if table_file.is_file():
-        table = ss.LatencyTable.load(table_file)
-    else:
-        settings = ProfileSettings(threads=args.threads, head="none", repeats=args.profile_repeats, rounds=2)
-        table = profile(space, settings, table_file)
-    print(f"latency table {table_file}: dense {table.dense_latency():.1f} ms on this machine")
+    table = latency_table(space, table_file, args.threads, args.profile_repeats)
 
     result = ss.search(
         space,
@@ -127,13 +139,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         overwrite=True,
         progress=False,
     )
-    best = result.best
-    dense_ms = table.dense_latency()
+    best, dense_ms = result.best, table.dense_latency()
     print(
         f"best within {args.latency}: sparsity {best.config.sparsity} -> {best.latency_ms:.1f} ms predicted "
         f"({best.latency_ms / dense_ms:.2f}x dense), fidelity {best.accuracy:.2f} (100 = the dense encoder's output)"
     )
-
     ss.export_model(
         None,
         best.config,
