@@ -1,13 +1,14 @@
 """The end-to-end demo pipeline (`sparsesearch demo`, `make demo`): profile -> dense pretraining -> supernet
-adaptation -> evolve -> export -> the final comparison, measured on this machine.
+adaptation -> evolve -> the same search on the pretrained weights (training-free) -> export -> the final
+comparison, measured on this machine.
 
 Every stage writes into its own folder under `out` with a stamp of the settings that produced it; a rerun with
 the same settings reuses the stage's result, a change (or `fresh=True`) redoes it and everything after it.
 
-The final table scores every row on the held-out test split (the search chose on the val split), times every
+The final table scores every row on the held-out test split (the searches chose on the val split), times every
 row interleaved in one sitting (rounds over all rows, median round), and puts the measured "x dense" beside the
-table's prediction; :func:`verdict` says whether the demo's claims held (a `Verdict`, printed in two lines).
-"""
+table's prediction; :func:`sparsesearch.verdict.verdict` says whether the demo's claims held and what the search
+gains with and without training (a `Verdict`, printed in three lines)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,21 @@ from .errors import SparseSearchError
 from .fileio import atomic_write_text
 from .options import option
 from .scoped import torch_threads
+from .verdict import (
+    BASELINES,
+    RESIZE_MARGIN,
+    UNIFORM_SPARSITY_ROLES,
+    Comparison,
+    DemoRow,
+    Verdict,
+    baseline_note,
+    row_of,
+    settle_baselines,
+    verdict,
+)
 
 if TYPE_CHECKING:
-    from .search.records import BestRecord, MeasuredRow, ParetoRecord
+    from .search.records import BestRecord, ParetoRecord
 
 __all__ = [
     "DemoOptions",
@@ -39,10 +52,10 @@ __all__ = [
     "Comparison",
     "verdict",
     "RESIZE_MARGIN",
+    "baseline_note",
+    "settle_baselines",
 ]
 
-#: mIoU points the searched config must gain over uniform resizing at the same budget (the demo's claim).
-RESIZE_MARGIN = 2.0
 #: uniform sparsity of the "unadapted" row: the dense-pretrained weights pruned without adaptation.
 UNADAPTED_SPARSITY = 0.7
 
@@ -152,31 +165,9 @@ def demo_folder(space_path: str, quick: bool = False) -> str:
     return f"runs/{name}_quick" if quick else f"runs/{name}"
 
 
-#: what a row of the final table is (the verdict reads these, not the display names); a "_candidate" row is a
-#: baseline timed beside the one compared with (see `settle_baselines`)
-ROLES = ("dense", "unadapted", "uniform_sparsity", "uniform_resize", "searched")
-BASELINES = ("uniform_sparsity", "uniform_resize")
 #: baseline candidates: the search's pick and its neighbours predicted within the budget plus this share (as the
 #: finalists' slack), timed in the final table so the one compared with is within the budget *as measured*
 BASELINE_SLACK = 0.1
-
-
-@dataclass
-class DemoRow:
-    """One line of the final comparison: latencies (ms and x dense, predicted by the table and measured),
-    accuracy on the held-out split (with its standard error over the images) and GFLOPs."""
-
-    name: str
-    config: dict[str, Any]
-    predicted_ms: float
-    measured_ms: float
-    accuracy: float
-    gflops: float
-    role: str = "searched"
-    predicted_x: float = float("nan")
-    measured_x: float = float("nan")
-    stderr: float = float("nan")
-    left_out: tuple[float, ...] = ()  # the accuracy with each test item left out (for paired comparisons)
 
 
 @dataclass
@@ -193,149 +184,7 @@ class DemoSummary:
     resize_note: str = ""
     baseline_note: str = ""  # baselines the search's timing left out (see `baseline_note`)
     outcome: Verdict | None = None  # the verdict as data
-    verdict: list[str] = field(default_factory=list)  # its two lines (`Verdict.lines`)
-
-
-def _row(rows: Sequence[DemoRow], role: str) -> DemoRow | None:
-    return next((r for r in rows if r.role == role), None)
-
-
-def _label(row: DemoRow) -> str:
-    """The config a row names: "uniform 0.60" of "uniform sparsity (uniform 0.60)"; else the whole name."""
-    return row.name[row.name.find("(") + 1 : -1] if row.name.endswith(")") else row.name
-
-
-def _paired_se(a: DemoRow, b: DemoRow) -> float | None:
-    """The standard error of a's gain over b on the same test items, when both kept them."""
-    if not a.left_out or len(a.left_out) != len(b.left_out):
-        return None
-    from .evaluate import jackknife_stderr  # noqa: PLC0415
-
-    return float(jackknife_stderr([x - y for x, y in zip(a.left_out, b.left_out)]))
-
-
-@dataclass
-class Comparison:
-    """The searched config against one baseline kind (the row `settle_baselines` chose), or its absence."""
-
-    kind: str  # "uniform_sparsity" or "uniform_resize"
-    needed: float  # the gain the claim needs (0: at or above; the resize margin)
-    label: str = ""  # the baseline's config ("uniform 0.60"); "" when the table has none within the budget
-    accuracy: float = float("nan")
-    measured_x: float = float("nan")
-    gain: float = float("nan")  # searched minus baseline accuracy
-    paired_se: float | None = None
-    over_budget: bool = False  # the baseline row ran over the budget as measured (none of its kind within it)
-
-    @property
-    def present(self) -> bool:
-        return bool(self.label)
-
-    @property
-    def held(self) -> bool:
-        return self.present and self.gain >= self.needed
-
-    def phrase(self) -> str:
-        name = "the best uniform sparsity" if self.kind == "uniform_sparsity" else "uniform resize"
-        if not self.present:
-            return f"no {self.kind.replace('_', ' ')} within the budget to compare with"
-        se = f" (+-{self.paired_se:.2f} paired)" if self.paired_se is not None else ""
-        over = ", over the budget: none of its candidates ran within it" if self.over_budget else ""
-        need = "at or above needed" if self.needed == 0 else f"at least +{self.needed:g} needed"
-        return (
-            f"{self.gain:+.2f}{se} over {name} ({self.label} at {self.measured_x:.2f}x as measured{over}: "
-            f"{self.accuracy:.2f}; {need})"
-        )
-
-
-@dataclass
-class Verdict:
-    """Whether the demo's claims held, as data; `lines()` says it in two lines.
-
-    speed: the searched config *measured* at or under its budget (as a multiple of dense). accuracy: its accuracy
-    at or above the best uniform sparsity and at least the margin above uniform resizing within the same budget.
-    """
-
-    budget_x: float
-    metric: str
-    searched: bool  # the table has a searched row
-    measured_x: float = float("nan")
-    predicted_x: float = float("nan")
-    accuracy: float = float("nan")
-    comparisons: list[Comparison] = field(default_factory=list)
-
-    @property
-    def speed_held(self) -> bool:
-        return self.searched and self.measured_x <= self.budget_x
-
-    @property
-    def accuracy_held(self) -> bool:
-        return self.searched and all(c.held for c in self.comparisons)
-
-    def comparison(self, kind: str) -> Comparison:
-        return next(c for c in self.comparisons if c.kind == kind)
-
-    def lines(self) -> list[str]:
-        if not self.searched:
-            return ["speed: no searched config in the table.", "accuracy: no searched config in the table."]
-        fast = self.speed_held
-        speed = (
-            f"speed: {'held' if fast else 'did not hold'}. The searched config ran at {self.measured_x:.2f}x dense "
-            f"as measured (predicted {self.predicted_x:.2f}x), {'within' if fast else 'over'} its budget of "
-            f"{self.budget_x:.2f}x."
-        )
-        accuracy = (
-            f"accuracy: {'held' if self.accuracy_held else 'did not hold'}. The searched config scores "
-            f"{self.accuracy:.2f} {self.metric}: " + " and ".join(c.phrase() for c in self.comparisons) + "."
-        )
-        return [speed, accuracy]
-
-
-def verdict(rows: Sequence[DemoRow], budget_x: float, metric: str = "mIoU", margin: float = RESIZE_MARGIN) -> Verdict:
-    """Whether the demo's claims held, from the final table's rows (see `Verdict`): the baselines compared are the
-    rows `settle_baselines` chose. A claim whose baseline row is missing does not hold."""
-    best = _row(rows, "searched")
-    if best is None:
-        return Verdict(budget_x, metric, searched=False)
-    out = Verdict(budget_x, metric, True, best.measured_x, best.predicted_x, best.accuracy)
-    for kind, needed in zip(BASELINES, (0.0, margin)):
-        base = _row(rows, kind)
-        if base is None:
-            out.comparisons.append(Comparison(kind, needed))
-            continue
-        out.comparisons.append(
-            Comparison(
-                kind,
-                needed,
-                _label(base),
-                base.accuracy,
-                base.measured_x,
-                best.accuracy - base.accuracy,
-                _paired_se(best, base),
-                base.measured_x > budget_x,
-            )
-        )
-    return out
-
-
-def settle_baselines(rows: list[DemoRow], budget_x: float, search: BestRecord | None = None) -> list[DemoRow]:
-    """Per baseline kind, the row the verdict compares with: the most accurate of the search's pick and its
-    timed neighbours that are within the budget (by the search's own measured rule, `BestRecord.within_budget`,
-    where its finalists timed them, as the searched config had to be; else as measured here); the pick by
-    prediction when none is. The others stay in the table as "<role>_candidate" rows."""
-
-    def admitted(r: DemoRow) -> bool:
-        by_search = search.within_budget(r.config) if search is not None and r.config else None
-        return by_search if by_search is not None else r.measured_x <= budget_x
-
-    for role in BASELINES:
-        group = [r for r in rows if r.role in (role, f"{role}_candidate")]
-        fits = [r for r in group if admitted(r)]
-        if fits:
-            chosen = max(fits, key=lambda r: (r.accuracy, -r.measured_x))
-            for r in group:
-                r.role = role if r is chosen else f"{role}_candidate"
-    return rows
+    verdict: list[str] = field(default_factory=list)  # its lines (`Verdict.lines`)
 
 
 class _Stage:
@@ -487,7 +336,7 @@ class _Demo:
         stage.dir.mkdir(parents=True, exist_ok=True)  # keeps a partial profile: the profiler resumes it
         stage.product.unlink(missing_ok=True)
         sizes = ", ".join(f"{h}x{w}" for h, w in res)
-        self.say(f"[1/5] profiling {Path(self.space_path).name} on this CPU ({o.latency_threads} thread(s)) at {sizes}")
+        self.say(f"[1/6] profiling {Path(self.space_path).name} on this CPU ({o.latency_threads} thread(s)) at {sizes}")
         with progress_bar(desc="profile", unit="entry", enabled=self.progress) as bar:
 
             def on_start(done: int, total: int) -> None:
@@ -534,7 +383,7 @@ class _Demo:
         return self._train(
             "pretrain",
             "dense pretraining",
-            f"[2/5] dense pretraining: {o.pretrain_steps} steps from random init (the 'pretrained checkpoint')",
+            f"[2/6] dense pretraining: {o.pretrain_steps} steps from random init (the 'pretrained checkpoint')",
             steps=o.pretrain_steps,
             lr=o.pretrain_lr,
             sampler="dense",
@@ -547,7 +396,7 @@ class _Demo:
         return self._train(
             "adapt",
             "supernet",
-            f"[3/5] adapting a supernet: {o.steps} steps, sandwich sampling + in-place distillation",
+            f"[3/6] adapting a supernet: {o.steps} steps, sandwich sampling + in-place distillation",
             steps=o.steps,
             lr=o.lr,
             sampler="sandwich",
@@ -556,17 +405,19 @@ class _Demo:
             ckpt_every=max(1, o.steps // 4),
         )
 
-    def search(self, supernet: Path, table: Path) -> _Stage:
-        """4. The evolutionary search under the budget (val split)."""
+    def search(self, supernet: Path, table: Path, training_free: bool = False) -> _Stage:
+        """4. The evolutionary search under the budget (val split) on the adapted supernet; 5. with
+        `training_free`, the same search on the pretrained weights as they are (no adaptation)."""
         from .progress import progress_bar  # noqa: PLC0415
         from .search.evolve import EvolveOptions, evolve  # noqa: PLC0415
 
         o = self.o
+        name = "search_pretrained" if training_free else "search"
         eo = EvolveOptions(
             supernet=str(supernet),
             table=str(table),
             latency=o.latency,
-            out=str(self.root / "search"),
+            out=str(self.root / name),
             val_samples=o.val_samples,
             algorithm=o.algorithm,
             population=o.population,
@@ -575,12 +426,13 @@ class _Demo:
             overwrite=True,
             finalists=o.finalists,
         )
-        stage = _Stage(self.root, "search", asdict(eo), "best.json")
-        if self._reuse(stage, "search"):
+        stage = _Stage(self.root, name, asdict(eo), "best.json")
+        if self._reuse(stage, "training-free search" if training_free else "search"):
             return stage
         stage.reset()
+        what = "the pretrained weights, not adapted (training-free)" if training_free else "the supernet"
         self.say(
-            f"[4/5] searching under a budget of {o.latency} "
+            f"[{5 if training_free else 4}/6] searching {what} under a budget of {o.latency} "
             f"({o.algorithm}, population {o.population}, {o.generations} generations)"
         )
         with progress_bar(o.generations, desc="evolve", unit="gen", enabled=self.progress) as bar:
@@ -606,14 +458,16 @@ class _Demo:
         if self._reuse(stage, "export"):
             return
         stage.reset()
-        self.say("[5/5] exporting the searched model (weights, config, model card, ONNX)")
+        self.say("[6/6] exporting the searched model (weights, config, model card, ONNX)")
         export_model(str(supernet), search.product, stage.dir, table=table, measure=False, onnx=True)
         stage.finish()
 
-    def picks(self, space: Any, best: BestRecord, pareto: ParetoRecord) -> list[tuple[str, str, dict[str, Any]]]:
+    def picks(
+        self, space: Any, best: BestRecord, pareto: ParetoRecord, free: BestRecord | None = None
+    ) -> list[tuple[str, str, dict[str, Any]]]:
         """(name, role, config) of each row: dense, unadapted, per baseline kind the search's rule's pick by
         prediction with its neighbours near the budget ("<role>_candidate" rows; `settle_baselines` decides which
-        one is compared after timing), searched."""
+        one is compared after timing), the training-free search's pick (`free`), searched."""
         from .search.selection import pick_best  # noqa: PLC0415
 
         out = [("dense", "dense", space.densest().to_dict())]
@@ -636,48 +490,54 @@ class _Demo:
                 if i < len(points) and (i == pick.index or lat[i] <= budget * (1 + BASELINE_SLACK)):
                     r = role if i == pick.index else f"{role}_candidate"
                     out.append((f"{label} ({points[i].label})", r, points[i].config.to_dict()))
+        if free is not None:
+            name = "training-free searched (pretrained weights, no adaptation)"
+            out.append((name, "training_free", free.best.config.to_dict()))
         out.append((best.best.label or "searched", "searched", best.best.config.to_dict()))
         return out
 
     def compare(
-        self, supernet: Path, pretrained: Path, table_path: Path, best: BestRecord, pareto: ParetoRecord
+        self,
+        supernet: Path,
+        pretrained: Path,
+        table_path: Path,
+        searches: tuple[BestRecord, ParetoRecord, BestRecord | None],
     ) -> list[DemoRow]:
-        """The final table: every row scored on the test split and timed interleaved, on this machine."""
+        """The final table: every row scored on the test split and timed interleaved, on this machine.
+        `searches`: the adapted search's best and pareto records, the training-free search's best."""
         from .evaluate import Evaluator  # noqa: PLC0415
-        from .flops import count_flops  # noqa: PLC0415
         from .latency import LatencyTable  # noqa: PLC0415
         from .supernet import build_eval_dataset, load_supernet  # noqa: PLC0415
 
         o = self.o
+        best, pareto, free = searches
         self.say(f"measuring the final comparison on this machine (test split, {o.measure_rounds} interleaved rounds)")
         table = LatencyTable.load(table_path)
         model, space, meta = load_supernet(supernet)
         raw, _, _ = load_supernet(pretrained)
         test = build_eval_dataset(meta, None, "test")
-        evals = {id(m): Evaluator(m, test, o.test_samples, batch=16) for m in (model, raw)}
-        self.samples = evals[id(model)].n
-        picks = self.picks(space, best, pareto)
-        runs: list[tuple[torch.nn.Module, SparsityConfig, tuple[int, int]]] = []
-        scores = []
-        for _, role, d in picks:
-            cfg = SparsityConfig.from_dict(d)
-            h, w = cfg.resolution or space.resolutions[0]
-            # every row is timed on the supernet: the unadapted row runs the same architecture and config (its
-            # weights do not change the work), and alternating two models (2 x 20 MB, more than this VM's L3)
-            # slowed the sparse rows by ~2% of dense against the finalists' timing of the same configs
-            runs.append((model, cfg, (int(h), int(w))))
-            scores.append(evals[id(raw if role == "unadapted" else model)](cfg))
+        adapted, unadapted = (Evaluator(m, test, o.test_samples, batch=16) for m in (model, raw))
+        self.samples = adapted.n
+        picks = self.picks(space, best, pareto, free)
+        configs = [SparsityConfig.from_dict(d) for _, _, d in picks]
+        sizes = [_size(cfg.resolution or space.resolutions[0]) for cfg in configs]
+        # every row is timed on the supernet: the pretrained-weight rows run the same architecture and config
+        # (weights do not change the work), and alternating two models (2 x 20 MB, more than this VM's L3) slowed
+        # the sparse rows by ~2% of dense against the finalists' timing of the same configs
+        runs = [(model, cfg, (h, w)) for cfg, (h, w) in zip(configs, sizes)]
         with torch_threads(o.latency_threads):  # timed as the table was profiled
             measured = _measure_interleaved(runs, o.measure_rounds, 5 if o.quick else 8, table.statistic)
         rows = []
-        for (name, role, d), (m, cfg, res), ms, sc in zip(picks, runs, measured, scores):
+        for (name, role, d), cfg, res, ms in zip(picks, configs, sizes, measured):
+            on_pretrained = role in ("unadapted", "training_free")
+            sc = (unadapted if on_pretrained else adapted)(cfg)
             pred = table.predict(cfg) if res in table.resolutions else table.dense_latency(res)
-            gf = count_flops(m, res, cfg).gflops
-            rows.append(
-                DemoRow(
-                    name, d, float(pred), ms, float(sc.value), gf, role, stderr=float(sc.stderr), left_out=sc.left_out
-                )
-            )
+            row = DemoRow(name, d, float(pred), ms, float(sc.value), _gflops(model, res, cfg), role)
+            row.stderr, row.left_out = float(sc.stderr), sc.left_out
+            if on_pretrained or role in UNIFORM_SPARSITY_ROLES:  # the training-free baseline's candidates
+                pre = sc if on_pretrained else unadapted(cfg)
+                row.pretrained_accuracy, row.pretrained_left_out = float(pre.value), pre.left_out
+            rows.append(row)
         for m in (model, raw):
             m.set_config(None)  # type: ignore[operator]
         for r in rows:
@@ -685,42 +545,19 @@ class _Demo:
         return settle_baselines(rows, best.budget_ms / rows[0].predicted_ms, best)
 
 
-def baseline_note(rows: Sequence[DemoRow], search: BestRecord) -> str:
-    """A line per baseline row the search timed and its rule left out (measured x dense plus `guard` standard
-    errors over the budget): why the verdict compares with another row, or, where no row of that kind was
-    admitted, that it compares with this one anyway (a baseline given more time than the budget)."""
-    measured = search.measured
-    if measured is None:
-        return ""
-    guard = measured.guard
-    budget_x = search.budget_ms / measured.dense_predicted_ms
+def _size(res: Sequence[int]) -> tuple[int, int]:
+    return int(res[0]), int(res[1])
 
-    def line(label: str, hit: MeasuredRow, tail: str) -> str:
-        x, se = hit.measured_x_dense, hit.measured_x_dense_se
-        return f"{label}: timed by the search at {x:.3f}x +- {se:.3f} dense, {tail} (+{guard:g} SE)"
 
-    head: list[str] = []
-    lines: list[str] = []
-    for r in rows:
-        hit = measured.row(r.config) if r.config else None
-        if hit is None:
-            continue
-        if r.role == "searched" and hit.within_budget:
-            head.append(line("searched", hit, f"within its {budget_x:.2f}x budget by its rule"))
-        elif r.role.split("_candidate")[0] in BASELINES and not hit.within_budget:
-            then = (
-                "not compared"
-                if r.role.endswith("_candidate")
-                else "compared all the same, as none of its kind was within it (a baseline given more time)"
-            )
-            over = f"over its {budget_x:.2f}x budget by the rule its pick passed"
-            lines.append(line(_label(r), hit, over) + f": {then}")
-    return "\n".join(head + lines)
+def _gflops(model: torch.nn.Module, res: tuple[int, int], cfg: SparsityConfig) -> float:
+    from .flops import count_flops  # noqa: PLC0415
+
+    return float(count_flops(model, res, cfg).gflops)
 
 
 def _resize_note(space: Any, rows: Sequence[DemoRow]) -> str:
     """How the resize baseline was trained: a resolution of the space (adapted at it) or not."""
-    r = _row(rows, "uniform_resize")
+    r = row_of(rows, "uniform_resize")
     if r is None:
         return "uniform resize: no resolution within the budget"
     res = tuple(SparsityConfig.from_dict(r.config).resolution or space.resolutions[0])
@@ -750,12 +587,14 @@ def _run_demo(options: DemoOptions, say: Callable[[str], None], progress: bool) 
     pretrained = demo.pretrain()
     supernet = demo.adapt(pretrained.product)
     search = demo.search(supernet.product, table.product)
+    free = demo.search(pretrained.product, table.product, training_free=True)
     from .search.records import BestRecord, ParetoRecord  # noqa: PLC0415
 
     best = BestRecord.load(search.product)
     pareto = ParetoRecord.load(search.dir / "pareto.json")
     demo.export(supernet.product, best, search, table.product)
-    rows = demo.compare(supernet.product, pretrained.product, table.product, best, pareto)
+    searches = (best, pareto, BestRecord.load(free.product))
+    rows = demo.compare(supernet.product, pretrained.product, table.product, searches)
     budget_x = best.budget_ms / rows[0].predicted_ms
     metric = best.metric
     outcome = verdict(rows, budget_x, metric)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from sparsesearch.config import SparsityConfig
-from sparsesearch.pipeline import RESIZE_MARGIN, DemoRow, baseline_note, settle_baselines, verdict
 from sparsesearch.search.records import BestRecord, Candidate, Measured, MeasuredRow, ParetoRecord
 from sparsesearch.search.selection import Pick
+from sparsesearch.verdict import RESIZE_MARGIN, DemoRow, baseline_note, settle_baselines, verdict
 
 
 def _row(
@@ -49,7 +49,7 @@ def test_every_claim_holds() -> None:
 def test_the_printed_lines_are_made_from_the_outcome() -> None:
     held, failed = verdict(_table(), budget_x=0.7), verdict(_table(searched_x=0.74, uniform=95.2), budget_x=0.7)
     for v in (held, failed):
-        speed, accuracy = v.lines()
+        speed, accuracy = v.lines()  # no training-free row: two lines
         assert speed.startswith(f"speed: {'held' if v.speed_held else 'did not hold'}.")
         assert accuracy.startswith(f"accuracy: {'held' if v.accuracy_held else 'did not hold'}.")
         assert f"{v.measured_x:.2f}x" in speed and all(f"{c.gain:+.2f}" in accuracy for c in v.comparisons)
@@ -225,3 +225,53 @@ def test_a_baseline_kind_with_nothing_admitted_is_compared_all_the_same_and_says
     assert [r.name for r in settled if r.role == "uniform_sparsity"] == ["uniform sparsity (uniform 0.50)"]
     assert "uniform 0.50: timed by the search at 0.690x +- 0.014 dense" in baseline_note(settled, best)
     assert "compared all the same, as none of its kind was within it" in baseline_note(settled, best)
+
+
+def _with_training_free(tf_accuracy: float, admitted: tuple[bool, bool, bool]) -> list[DemoRow]:
+    """A table with a training-free searched row (87.0 at 0.66x) and uniform rows scored on both weights: the
+    unadapted 0.7 (80.0), the uniform pick (adapted 94.5, pretrained 82.0), a denser candidate (94.8 / 84.0)."""
+    rows = _table()
+    rows[1].name = "unadapted @0.7 (dense weights, no adaptation)"
+    unadapted, uniform = rows[1], rows[2]
+    unadapted.accuracy = unadapted.pretrained_accuracy = 80.0
+    uniform.pretrained_accuracy = 82.0
+    denser = _row("uniform_sparsity_candidate", 0.69, 94.8, name="uniform sparsity (uniform 0.40)")
+    denser.pretrained_accuracy = 84.0
+    free = _row("training_free", 0.66, tf_accuracy, name="training-free searched")
+    free.pretrained_accuracy = tf_accuracy
+    for r, ok in zip((unadapted, uniform, denser), admitted):
+        r.admitted = ok
+    return [*rows[:3], denser, *rows[3:-1], free, rows[-1]]
+
+
+@pytest.mark.parametrize(
+    "admitted, label, base",
+    [
+        ((True, True, True), "uniform 0.40", 84.0),  # the most accurate pretrained uniform
+        ((True, True, False), "uniform_sparsity", 82.0),  # the denser one ran over the budget: not compared
+        ((True, False, False), "unadapted @0.7", 80.0),  # the unadapted row is a uniform sparsity of the same weights
+    ],
+)
+def test_the_training_free_search_is_compared_with_the_best_uniform_sparsity_of_the_same_weights(
+    admitted, label, base
+) -> None:
+    v = verdict(_with_training_free(87.0, admitted), budget_x=0.7)
+    tf = v.training_free
+    assert tf is not None and tf.label == label and tf.accuracy == base and tf.gain == pytest.approx(87.0 - base)
+    assert (v.training_free_accuracy, v.training_free_x) == (87.0, 0.66)
+    # the adapted claims still read the adapted accuracies: uniform 0.40 (94.8) was not settled as the pick here
+    assert v.comparison("uniform_sparsity").accuracy == 94.5
+    assert v.accuracy_held and v.speed_held  # the training-free figure is no claim of its own
+
+
+def test_the_third_line_gives_the_search_gain_with_and_without_training() -> None:
+    v = verdict(_with_training_free(81.0, (True, True, True)), budget_x=0.7)
+    lines = v.lines()
+    assert len(lines) == 3 and lines[2].startswith("search gain over uniform sparsity: +0.50 after adaptation")
+    assert f"{v.training_free.gain:+.2f} over the best uniform sparsity of the same weights" in lines[2]
+    assert v.training_free.gain == pytest.approx(-3.0)  # a loss is reported as one, not hidden
+
+
+def test_settle_baselines_marks_the_rows_within_the_budget() -> None:
+    rows = settle_baselines(_candidates(pick_x=0.71, sparser_x=0.65, denser_x=0.78), budget_x=0.7)
+    assert [r.admitted for r in rows] == [r.measured_x <= 0.7 for r in rows]

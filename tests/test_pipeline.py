@@ -24,6 +24,7 @@ def test_quick_demo_runs_every_stage(demo, capsys):
         "search/best.json",
         "search/pareto.json",
         "search/pareto.png",
+        "search_pretrained/best.json",
         "export/model.safetensors",
         "export/card.json",
         "export/model.onnx",
@@ -33,14 +34,24 @@ def test_quick_demo_runs_every_stage(demo, capsys):
     summary = json.loads((out / "summary.json").read_text())
     rows = summary["rows"]
     roles = [r["role"] for r in rows]
-    assert roles[:2] == ["dense", "unadapted"] and roles[-1] == "searched" and "uniform_sparsity" in roles
+    assert roles[:2] == ["dense", "unadapted"] and roles[-2:] == ["training_free", "searched"]
+    assert "uniform_sparsity" in roles
     assert rows[-1]["name"].startswith("searched")
     assert all(r["measured_ms"] > 0 and r["gflops"] > 0 and 0 <= r["accuracy"] <= 100 for r in rows)
     assert rows[0]["measured_x"] == rows[0]["predicted_x"] == 1.0
     unadapted = next(r for r in rows if r["role"] == "unadapted")
     assert {s for stage in unadapted["config"]["sparsity"] for s in stage} <= {0.0, 0.75}  # the quick space's 0.7
     assert summary["split"] == "test" and summary["samples"] == 4
-    assert len(summary["verdict"]) == 2 and summary["verdict"][0].startswith("speed: ")
+    assert len(summary["verdict"]) == 3 and summary["verdict"][0].startswith("speed: ")
+    free = summary["outcome"]["training_free"]  # the pretrained weights searched, against their uniform sparsity
+    tf_row = rows[-2]
+    assert free["gain"] == pytest.approx(tf_row["accuracy"] - free["accuracy"])
+    assert tf_row["pretrained_accuracy"] == tf_row["accuracy"]
+    pretrained_uniform = [r["pretrained_accuracy"] for r in rows if r["role"].startswith("uniform_sparsity")]
+    assert pretrained_uniform and all(0 <= a <= 100 for a in pretrained_uniform)
+    assert free["accuracy"] == max(
+        r["pretrained_accuracy"] for r in rows if r["admitted"] and r["role"].startswith(("uniform_sparsity", "unad"))
+    )
     measured = json.loads((out / "search" / "best.json").read_text())["pick"]["measured"]  # finalists re-timed
     assert 1 <= measured["finalists"] <= 3 and all(r["measured_ms"] > 0 for r in measured["rows"])
 
@@ -50,9 +61,14 @@ def test_second_demo_run_reuses_the_first(demo, capsys):
     capsys.readouterr()
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "reused from an earlier run: latency table, dense pretraining, supernet, search, export" in text
+    assert (
+        "reused from an earlier run: latency table, dense pretraining, supernet, search, training-free search, export"
+        in text
+    )
     assert "searched" in text and "unadapted @0.7" in text and "meas. x dense" in text
+    assert "training-free searched (pretrained weights, no adaptation)" in text
     assert "\nspeed: " in text and "\naccuracy: " in text  # the verdict under the table
+    assert "\nsearch gain over uniform sparsity: " in text
 
 
 def test_a_demo_never_writes_into_another_spaces_run(demo, capsys, tmp_path):
