@@ -18,8 +18,9 @@ class DemoCommand(Command):
     description = (
         "Profile a CPU latency table for search_spaces/demo.yaml (--space for another), train its model dense "
         "on synthetic dense scenes (the stand-in for a pretrained checkpoint), adapt a supernet from it, search under "
-        "a latency budget, export the result, and print dense vs unadapted pruning vs uniform sparsity vs uniform "
-        "resize vs searched (predicted and measured x dense, held-out mIoU, FLOPs), with a two-line verdict. Each "
+        "a latency budget, search the pretrained weights the same way without training, export the result, and print "
+        "dense vs unadapted pruning vs uniform sparsity vs uniform resize vs training-free searched vs searched "
+        "(predicted and measured x dense, held-out mIoU, FLOPs), with a verdict. Each "
         "space's demo has a folder of its own. A second run reuses what the first produced; --fresh starts over."
     )
 
@@ -47,7 +48,7 @@ class DemoCommand(Command):
 
 
 def format_summary(s: DemoSummary) -> str:
-    """The final table, the note on the resize baseline and the two-line verdict, as printed."""
+    """The final table, the note on the resize baseline and the verdict, as printed."""
     from tabulate import tabulate  # noqa: PLC0415
 
     rows = [
