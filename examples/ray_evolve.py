@@ -4,8 +4,9 @@
         --table runs/demo/table/table.json [--workers 2 | --address auto] [--algorithm ga|tune]
 
 Each worker loads the supernet and its validation subset once and scores the configs it is sent; a local Ray
-instance is started when no --address is given. With --algorithm tune the search itself runs as a Ray Tune
-experiment (optuna searcher behind a concurrency limit). Run `make demo` first for the default inputs.
+instance is started when no --address is given. With --algorithm tune the configs are proposed by a Ray Tune
+searcher (optuna's TPE behind Tune's OptunaSearch), evaluated on the same workers. Run `make demo` first for the
+default inputs.
 """
 
 from __future__ import annotations

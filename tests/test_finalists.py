@@ -175,6 +175,28 @@ def test_baselines_are_timed_beside_the_finalists_and_weighed_by_the_same_rule()
     assert pick.index == 5  # the only one within the budget as measured
 
 
+def test_finalists_are_a_callback_of_the_search_that_replaces_its_pick(tmp_path):
+    """Given to `run_search` as a callback, the finalists time the configs its pick weighs and the run's pick is
+    theirs (with the timing recorded)."""
+    from sparsesearch.search import AccuracyCache, SerialEvaluator, run_search
+    from sparsesearch.testing import toy_accuracy, toy_latency, toy_space
+
+    space = toy_space(tmp_path)
+    seen: list = []
+
+    def measure(configs):  # the dense config 20 ms, every other its predicted latency twice over
+        seen.append(len(configs))
+        return [
+            20.0 if c.key() == space.densest().key() else 2 * toy_latency(space.encode(c)[None])[0] for c in configs
+        ]
+
+    final = Finalists(measure, space.densest(), 10.0, n=3)
+    cache = AccuracyCache(space, SerialEvaluator(toy_accuracy))
+    run = run_search(space, toy_latency, cache, 7.0, algorithm="random", population=8, generations=2, callbacks=[final])
+    assert seen == [4]  # one timing: dense and the 3 finalists (no baselines in a bare run_search)
+    assert run.pick is not None and run.pick.measured is not None and run.pick.measured.finalists == 3
+
+
 def test_finalists_need_a_table(tmp_path):
     space = ss.SearchSpace.load(DEMO)
     with pytest.raises(SparseSearchError, match="needs a latency table"):

@@ -11,7 +11,7 @@ import pytest
 import sparsesearch as ss
 from sparsesearch.errors import SparseSearchError
 from sparsesearch.search import AccuracyCache, SerialEvaluator, backends, run_search
-from sparsesearch.search.backends import ALGORITHMS, get_backend
+from sparsesearch.search.backends import ALGORITHMS, SearchCallback, get_backend
 from sparsesearch.search.report import uniform_sparsity_baseline
 from sparsesearch.search.scoring import FeasibleScorer
 from sparsesearch.search.settings import SearchSettings
@@ -130,10 +130,12 @@ def test_the_scorer_evaluates_only_repaired_feasible_genomes(space):
     assert len(seen) == 1 and np.array_equal(seen[0], s.genes[s.feasible])
 
 
-@pytest.mark.parametrize("algorithm", ["ga", "nsga2", "random", "optuna-tpe", "optuna-nsga2"])
+@pytest.mark.parametrize("algorithm", ["ga", "nsga2", "random", "optuna-tpe", "optuna-nsga2", "tune"])
 def test_unknown_backend_options_are_refused_by_name(space, algorithm):
     if algorithm.startswith("optuna"):
         pytest.importorskip("optuna")
+    if algorithm == "tune":
+        pytest.importorskip("ray.tune")
     with pytest.raises(SparseSearchError, match=rf"algorithm '{algorithm}' does not take the option\(s\) bogus_knob"):
         run_search(
             space, toy_latency, _cache(space), 7.0, algorithm=algorithm, population=4, generations=1, bogus_knob=1
@@ -297,3 +299,61 @@ def test_resuming_a_finished_search_evaluates_nothing(space, tmp_path, algorithm
     history: list[dict] = []
     again = run_search(space, toy_latency, cache(), 7.0, resume=True, on_generation=history.append, **kw)
     assert history == [] and calls == [] and again.generations_done == 3
+
+
+class _Spy(SearchCallback):
+    """A callback that records which hooks the engine called, in order."""
+
+    def __init__(self):
+        self.calls = []
+
+    def before(self, ctx):
+        self.calls.append("before")
+
+    def generation(self, ctx, record):
+        self.calls.append("refined" if record.get("refined") else "generation")
+
+    def after(self, ctx, run, generations):
+        self.calls.append("after")
+        return False
+
+    def pick(self, ctx, choice, first):
+        self.calls.append("pick")
+        return first
+
+    def close(self):
+        self.calls.append("close")
+
+
+@pytest.mark.parametrize("algorithm", ["ga", "random", "tune"])
+def test_every_back_end_runs_in_the_one_loop_with_the_callbacks_around_it(space, algorithm, tmp_path):
+    if algorithm == "tune":
+        pytest.importorskip("ray.tune")
+    spy = _Spy()
+    run = run_search(
+        space,
+        toy_latency,
+        _cache(space),
+        7.0,
+        algorithm=algorithm,
+        population=4,
+        generations=3,
+        refine=False,
+        warm_start=False,
+        callbacks=[spy],
+        out_dir=tmp_path,
+    )
+    assert spy.calls == ["before", "generation", "generation", "generation", "after", "pick", "close"]
+    assert run.pick is not None and run.pick.index == run.best_index()  # the pick hook left it alone
+    assert (tmp_path / "search_state.pkl").is_file()  # the engine's checkpoint, whatever the back end
+
+
+def test_a_failing_search_still_closes_its_callbacks(space):
+    spy = _Spy()
+
+    def fail(X):
+        raise RuntimeError("latency source down")
+
+    with pytest.raises(RuntimeError, match="latency source down"):
+        run_search(space, fail, _cache(space), 7.0, algorithm="random", population=4, generations=2, callbacks=[spy])
+    assert spy.calls == ["before", "close"]

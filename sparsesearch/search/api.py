@@ -41,7 +41,7 @@ from .records import Candidate
 from .report import (
     Baselines,
     _plot,
-    choose_best,
+    best_and_front,
     uniform_resize_baseline,
     uniform_sparsity_baseline,
     write_outputs,
@@ -285,10 +285,8 @@ def _prepare_out(out: Path, fingerprint: dict[str, Any], resume: bool, overwrite
     atomic_write_text(meta_path, json.dumps(fingerprint, indent=1) + "\n")
 
 
-def _engine_state_exists(out: Path, algorithm: str) -> bool:
+def _engine_state_exists(out: Path) -> bool:
     """Whether the search checkpointed anything (a search stopped in its first generation has not)."""
-    if algorithm == "tune":
-        return (out / "tune").is_dir()
     return (out / "search_state.pkl").is_file()
 
 
@@ -391,10 +389,10 @@ def search(
     )
     _prepare(job, {**fp, **builtin, "latency_source": lat.name, **(s.fingerprint or {})}, s.overwrite)
     final = _finalists(lat, space, s.finalists)  # before the search: a function latency source fails at once
-    outcome = _Outcome(*_execute(job))
+    outcome = _execute(job, [final] if final is not None else [])
     metric = s.metric or getattr(acc_fn, "metric", None) or "accuracy"
     report_meta = {"budget": str(b), **(s.meta or {})}
-    return _result(job, outcome, metric, report_meta, final)
+    return _result(job, outcome, metric, report_meta)
 
 
 def _new_job(
@@ -431,7 +429,8 @@ def _finalists(lat: _Latency, space: SearchSpace, n: int) -> Finalists | None:
 
 @dataclass
 class _Outcome:
-    """What `_execute` gives back: the run, the cache, the baselines, the densest config's accuracy, the history."""
+    """What `_execute` gives back: the run (its baselines and pick made), the cache, the densest config's
+    accuracy, the history."""
 
     run: SearchRun
     cache: AccuracyCache
@@ -440,14 +439,15 @@ class _Outcome:
     history: list[dict[str, Any]]
 
 
-def _result(
-    job: _Job, o: _Outcome, metric: str, meta: dict[str, Any], finalists: Finalists | None = None
-) -> SearchResult:
+def _result(job: _Job, o: _Outcome, metric: str, meta: dict[str, Any]) -> SearchResult:
     """The outputs (written to the out folder when there is one) and the SearchResult."""
     model, space, run, base = job.model, job.space, o.run, o.base
     flops = job.settings.flops
     flops_fn = _flops_fn(model, space) if flops and model is not None and hasattr(model, "set_config") else None
-    best_p, front_p = _report(space, run, base, flops_fn, job.out_dir, metric, meta, finalists)
+    if job.out_dir is not None:
+        best_p, front_p = write_outputs(job.out_dir, space, run, base, metric=metric, flops_fn=flops_fn, meta=meta)
+    else:
+        best_p, front_p, _ = best_and_front(space, run, base, flops_fn)
     dense_cfg = space.densest()
     gflops = flops_fn(dense_cfg) / 1e9 if flops_fn else None
     dense = Candidate(dense_cfg, job.lat.dense_ms, o.dense_acc, gflops, "dense")
@@ -485,12 +485,30 @@ class _Job:
     out_dir: Path | None = None
 
 
-def _execute(job: _Job) -> tuple[SearchRun, AccuracyCache, Baselines, float, list[dict[str, Any]]]:
-    """Run the engine and the baselines (on Ray workers when asked): the run, the cache, the baselines, the
-    densest config's accuracy and the generation history (a resumed search's earlier records included)."""
+class _BaselineStep(SearchCallback):
+    """After the search (and its refinement): SparseViT's baselines at the budget and the densest config's
+    accuracy (`_baselines`), put on the run for the pick to weigh."""
+
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+        self.base = Baselines()
+        self.dense_acc = float("nan")
+
+    def after(self, ctx: SearchContext, run: SearchRun, generations: int) -> bool:
+        job = self.job
+        self.base, self.dense_acc = _baselines(
+            job.space, job.lat, ctx.cache, job.scorer, job.budget_ms, job.tie, job.out_dir
+        )
+        run.baselines = self.base
+        return False  # the run's record stays the search's own: the baselines are reported beside it
+
+
+def _execute(job: _Job, callbacks: list[SearchCallback]) -> _Outcome:
+    """Run the engine (on Ray workers when asked) with the progress, the baselines and `callbacks` (the
+    finalists) after the caller's own: the run, the cache, the baselines, the densest config's accuracy and the
+    generation history (a resumed search's earlier records included)."""
     out_dir, s = job.out_dir, job.settings
-    factory = functools.partial(_scorer_factory, job.model, job.accuracy)
-    ray_eval = _ray_evaluator(factory, s.workers, s.ray_address) if s.algorithm != "tune" else None
+    ray_eval = _ray_evaluator(functools.partial(_scorer_factory, job.model, job.accuracy), s.workers, s.ray_address)
     cache = AccuracyCache(
         job.space,
         ray_eval if ray_eval is not None else SerialEvaluator(job.scorer),
@@ -501,33 +519,19 @@ def _execute(job: _Job) -> tuple[SearchRun, AccuracyCache, Baselines, float, lis
         canon=GenomeCanon(job.space) if job.lat.table is not None else None,
     )
     progress = _Progress(s.progress, s.generations, s.algorithm)
-    tune = {"evaluator_factory": factory, "workers": max(1, s.workers), "address": s.ray_address}
-    resume = s.resume and out_dir is not None and _engine_state_exists(out_dir, s.algorithm)
-    engine = dataclasses.replace(
-        s,
-        resume=resume,
-        tie=job.tie,
-        options={**(s.options or {}), **(tune if s.algorithm == "tune" else {})},
-        callbacks=[*s.callbacks, progress],
-    )
+    baselines = _BaselineStep(job)
+    resume = s.resume and out_dir is not None and _engine_state_exists(out_dir)
+    steps = [*s.callbacks, progress, baselines, *callbacks]
+    engine = dataclasses.replace(s, resume=resume, tie=job.tie, callbacks=steps)
     try:
-        run = run_search(
-            job.space,
-            job.lat,
-            cache,
-            job.budget_ms,
-            engine,
-            out_dir=out_dir,
-            seeds=job.lat.seed_genes,
-        )
-        base, dense_acc = _baselines(job.space, job.lat, cache, job.scorer, job.budget_ms, job.tie, out_dir)
+        run = run_search(job.space, job.lat, cache, job.budget_ms, engine, out_dir=out_dir, seeds=job.lat.seed_genes)
     finally:
         if ray_eval is not None:
             ray_eval.close()
     history = progress.history
     if out_dir is not None and (out_dir / "history.jsonl").is_file():
         history = read_jsonl(out_dir / "history.jsonl")
-    return run, cache, base, dense_acc, history
+    return _Outcome(run, cache, baselines.base, baselines.dense_acc, history)
 
 
 def _ray_evaluator(factory: Callable[[], Any], workers: int, ray_address: str | None) -> Any:
@@ -567,28 +571,6 @@ def _baselines(
     return base, float(cache.evaluate(space.encode(dense_cfg)[None])[0])
 
 
-def _report(
-    space: SearchSpace,
-    run: SearchRun,
-    base: Baselines,
-    flops_fn: Callable[[SparsityConfig], float] | None,
-    out_dir: Path | None,
-    metric: str,
-    meta: dict[str, Any],
-    finalists: Finalists | None = None,
-) -> tuple[Candidate, list[Candidate]]:
-    """The best point and the front; written to `out_dir` (best.json, pareto.json, pareto.png) when given."""
-    if out_dir is not None:
-        return write_outputs(
-            out_dir, space, run, base, metric=metric, flops_fn=flops_fn, meta=meta, finalists=finalists
-        )
-    best_p, front_p = _points(space, run, base, flops_fn, finalists)
-    for p in base.uniform_sparsity + base.uniform_resize:
-        if flops_fn is not None and p.gflops is None:
-            p.gflops = flops_fn(p.config) / 1e9
-    return best_p, front_p
-
-
 def _flops_fn(model: Any, space: SearchSpace) -> Callable[[SparsityConfig], float]:
     from ..flops import count_flops  # noqa: PLC0415
 
@@ -600,26 +582,6 @@ def _flops_fn(model: Any, space: SearchSpace) -> Callable[[SparsityConfig], floa
         return float(count_flops(model, cfg.resolution or res, cfg).total)
 
     return lambda cfg: flops_of(cfg.key())
-
-
-def _points(
-    space: SearchSpace,
-    run: SearchRun,
-    base: Baselines,
-    flops_fn: Callable[[SparsityConfig], float] | None,
-    finalists: Finalists | None = None,
-) -> tuple[Candidate, list[Candidate]]:
-    def point(i: int, label: str = "") -> Candidate:
-        cfg = space.decode(run.genes[i])
-        return Candidate(
-            cfg,
-            float(run.latency_ms[i]),
-            float(run.accuracy[i]),
-            flops_fn(cfg) / 1e9 if flops_fn else None,
-            label,
-        )
-
-    return choose_best(space, run, base, point, finalists)[0], [point(int(i)) for i in run.pareto_indices()]
 
 
 def _tie_margin(tie: float | None, accuracy: Any, model: Any, space: SearchSpace) -> float:

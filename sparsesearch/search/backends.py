@@ -4,8 +4,6 @@ A back end is a `Backend`: the engine's one loop (`engine.run_search`) asks it f
 scores them (repair, predict, evaluate the feasible: `scoring.FeasibleScorer`), tells it the scores,
 checkpoints its `state()` and logs the generation; pymoo's ask/tell and optuna's ask/tell are the models. The
 engine looks one up by algorithm name with `get_backend`; back ends import this module, never the engine.
-Ray Tune schedules its trials itself, so its back end is a function `run(ctx) -> generations done` that
-evaluates, logs and checkpoints on its own (`tune_backend`).
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,12 +22,14 @@ from ..errors import SparseSearchError
 from ..space import SearchSpace
 from .accuracy import AccuracyCache
 from .scoring import FeasibleScorer, LatencyFn, Scored
-from .selection import pick_best
+from .selection import Pick, pick_best
+
+if TYPE_CHECKING:
+    from .engine import Choice, SearchRun
 
 __all__ = [
     "ALGORITHMS",
     "Backend",
-    "RunFunction",
     "SearchCallback",
     "SearchContext",
     "check_algorithm",
@@ -38,14 +38,13 @@ __all__ = [
     "keyword_names",
 ]
 
-#: algorithm name -> (module of this package, Backend class or run function): imported only when chosen (optuna,
-#: Ray are optional)
+#: algorithm name -> (module of this package, Backend class): imported only when chosen (optuna, Ray are optional)
 _REGISTRY: dict[str, tuple[str, str]] = {
     "ga": ("pymoo_backend", "PymooBackend"),
     "nsga2": ("pymoo_backend", "PymooBackend"),
     "optuna-nsga2": ("optuna_backend", "OptunaBackend"),
     "optuna-tpe": ("optuna_backend", "OptunaBackend"),
-    "tune": ("tune_backend", "run_tune"),
+    "tune": ("tune_backend", "TuneBackend"),
     "random": ("random_backend", "RandomBackend"),
 }
 ALGORITHMS = tuple(_REGISTRY)
@@ -128,14 +127,17 @@ class Backend:
         """Continue from a checkpointed `state()`."""
 
 
-RunFunction = Callable[[SearchContext], int]
-
-
 class SearchCallback:
-    """A step around the engine's loop (pymoo's `Callback` is the model): `before` the first generation (it may
-    evaluate configs and seed `ctx.seeds`), `generation` with each logged record, `after` the last generation
-    (True when it evaluated configs, so the run's record is collected again), and `close` at the end, whatever
-    happened (e.g. a progress bar)."""
+    """A feature around the engine's loop (pymoo's `Callback` is the model); each hook does nothing unless
+    overridden, and the engine calls them on every callback in its list, in order:
+
+    - `before` the first generation (it may evaluate configs and seed `ctx.seeds`: the warm start);
+    - `generation` with each logged record (a progress bar);
+    - `after` the last generation (True when it evaluated configs, so the run's record is collected again: the
+      refinement);
+    - `pick` on the pick among everything evaluated, which it may replace (the finalists re-time it);
+    - `close` at the end, whatever happened.
+    """
 
     def before(self, ctx: SearchContext) -> None:
         """Called once before the back end runs."""
@@ -143,9 +145,13 @@ class SearchCallback:
     def generation(self, ctx: SearchContext, record: dict[str, Any]) -> None:
         """Called with each record the search logs (a generation's, or the refinement's)."""
 
-    def after(self, ctx: SearchContext, run: Any, generations: int) -> bool:
+    def after(self, ctx: SearchContext, run: SearchRun, generations: int) -> bool:
         """Called once after the back end; `run` is the engine's SearchRun. True if it evaluated configs."""
         return False
+
+    def pick(self, ctx: SearchContext, choice: Choice, first: Pick) -> Pick:
+        """Called once with what the pick weighs (`engine.Choice`) and the pick so far; returns the pick."""
+        return first
 
     def close(self) -> None:
         """Called once at the end of the search, also when it failed."""
@@ -157,11 +163,11 @@ def check_algorithm(algorithm: str) -> None:
         raise SparseSearchError(f"unknown algorithm {algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
 
 
-def get_backend(algorithm: str) -> type[Backend] | RunFunction:
-    """The back end of `algorithm` (one of ALGORITHMS): a Backend class, or Ray Tune's run function."""
+def get_backend(algorithm: str) -> type[Backend]:
+    """The Backend class of `algorithm` (one of ALGORITHMS)."""
     check_algorithm(algorithm)
     module, name = _REGISTRY[algorithm]
-    found: type[Backend] | RunFunction = getattr(importlib.import_module(f".{module}", __package__), name)
+    found: type[Backend] = getattr(importlib.import_module(f".{module}", __package__), name)
     return found
 
 

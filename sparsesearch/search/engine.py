@@ -3,8 +3,17 @@
 Every back end works on the same pieces: the space's integer genomes, a vectorised latency predictor, and an
 AccuracyCache (which persists evaluations, so a resumed search never re-evaluates a config). The back ends live
 in their own modules behind `backends.get_backend` and only ask and tell (`backends.Backend`); this module owns the
-one loop that drives them (scoring, the atomic checkpoint, the log) and the callbacks around it (`SearchCallback`:
-the warm start, the refinement around the best config, the caller's progress).
+one loop that drives them (scoring, the atomic checkpoint, the log), the pick at its end (`choose`), and the
+callbacks around both (`SearchCallback`, pymoo's `Callback` is the model):
+
+    before(ctx)                     once, before the first generation        WarmStart: the sensitivity scan, seeds
+    generation(ctx, record)         after each ask / evaluate / tell           the progress bar of `search`
+    after(ctx, run, generations)    once, after the last generation           Refine; `search`'s baselines
+    pick(ctx, choice, first)        once, on the pick of everything evaluated  Finalists (`search.finalists`)
+    close()                         at the end, also when the search failed   the progress bar
+
+Each feature is one object in the list the engine gets (`SearchSettings.callbacks`, after the warm start and the
+refinement that `SearchSettings.warm_start` / `refine` add).
 """
 
 from __future__ import annotations
@@ -16,29 +25,36 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
 import dill
 import numpy as np
 
+from ..config import SparsityConfig
 from ..errors import SparseSearchError
 from ..fileio import atomic_write
 from ..space import SearchSpace
 from .accuracy import AccuracyCache
-from .backends import ALGORITHMS, Backend, RunFunction, SearchCallback, SearchContext, get_backend
+from .backends import ALGORITHMS, SearchCallback, SearchContext, get_backend
 from .neighbours import neighbours
 from .scoring import FeasibleScorer, LatencyFn, Scored
-from .selection import nondominated, pick_best
+from .selection import Pick, nondominated, pick_best
 from .settings import SearchSettings
 from .warmstart import scan_genomes, warm_start
 
+if TYPE_CHECKING:
+    from .records import Candidate
+    from .report import Baselines
+
 __all__ = [
     "ALGORITHMS",
+    "Choice",
     "Refine",
     "SearchCallback",
     "SearchContext",
     "SearchRun",
     "WarmStart",
+    "choose",
     "neighbours",
     "run_search",
 ]
@@ -59,6 +75,8 @@ class SearchRun:
     generations_done: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     tie: float = 0.0  # accuracies this close count as equal (the evaluation's noise): see selection.pick_best
+    baselines: Baselines | None = None  # what the pick weighs beside the search's configs (`search`'s baselines)
+    pick: Pick | None = None  # the pick at the search's end (`choose`); None when nothing is within the budget
 
     def best_index(self) -> int:
         """The best config within the budget by `selection.pick_best` (the one rule every report uses)."""
@@ -118,17 +136,17 @@ def run_search(
             passes the fastest config of the space, so a budget near the minimum still has a feasible start).
         **overrides: fields of `SearchSettings` (e.g. ``population=12``) replace the settings' values; any other
             keyword is an option of the algorithm, documented in its back-end module (pymoo's algorithm or
-            optuna's sampler keyword arguments; Ray Tune: evaluator_factory, workers, address, cpus_per_worker).
+            optuna's sampler keyword arguments; Ray Tune: a `searcher`, or OptunaSearch's keyword arguments).
             An option the algorithm does not take raises SparseSearchError.
     Returns:
         every evaluated config (feasible ones carry real accuracies) with latency and accuracy.
 
-    Around the back end's loop run the callbacks (`SearchCallback`, pymoo's `Callback` is the model; the caller's
-    own in `settings.callbacks`, e.g. the progress bar of `search`): the warm start (`settings.warm_start`: for
-    the pymoo back ends, score each choice of each variable alone first and seed half the first population from
-    an additive surrogate, `search.warmstart`; skipped when resuming, and when the scan would cost more
-    evaluations than population x generations), then the refinement (`settings.refine`: a greedy +-1
-    neighbourhood search around the best config).
+    Around the loop run the callbacks (`SearchCallback`, see the module docstring): the warm start
+    (`settings.warm_start`: for the pymoo back ends, score each choice of each variable alone first and seed half
+    the first population from an additive surrogate, `search.warmstart`; skipped when resuming, and when the scan
+    would cost more evaluations than population x generations), the refinement (`settings.refine`: a greedy +-1
+    neighbourhood search around the best config), then the caller's own (`settings.callbacks`). The run's `pick`
+    is `choose`'s, with the callbacks' `pick` hooks.
     """
     names = {f.name for f in dataclasses.fields(SearchSettings)}
     backend_options = dict((settings.options if settings is not None else None) or {})
@@ -159,29 +177,41 @@ def run_search(
     callbacks += list(s.callbacks)
     listeners += [functools.partial(cb.generation, ctx) for cb in callbacks]
     try:
-        for cb in callbacks:
-            cb.before(ctx)
-        gens = _drive(ctx)
-        run = _collect(ctx, gens)
-        for cb in callbacks:
-            if cb.after(ctx, run, gens):
-                run = _collect(ctx, gens)
+        return _run(ctx, callbacks)
     finally:
         for cb in callbacks:
             cb.close()
+
+
+def _run(ctx: SearchContext, callbacks: list[SearchCallback]) -> SearchRun:
+    """The callbacks' `before`, the loop, their `after` (the run's record collected again after one that
+    evaluated configs, what the earlier ones put on it kept), and the pick."""
+    for cb in callbacks:
+        cb.before(ctx)
+    gens = _drive(ctx)
+    run = _collect(ctx, gens)
+    for cb in callbacks:
+        if cb.after(ctx, run, gens):
+            run = dataclasses.replace(_collect(ctx, gens), baselines=run.baselines, extra=run.extra)
     run.extra["warm_start_scan"] = sum(cb.scanned for cb in callbacks if isinstance(cb, WarmStart))
+    run.pick = choose(ctx.space, run, run.baselines, lambda choice, first: _pick_hooks(ctx, callbacks, choice, first))
     return run
+
+
+def _pick_hooks(ctx: SearchContext, callbacks: list[SearchCallback], choice: Choice, first: Pick) -> Pick:
+    """The callbacks' `pick` hooks in order, each handed the pick so far."""
+    pick = first
+    for cb in callbacks:
+        pick = cb.pick(ctx, choice, pick)
+    return pick
 
 
 def _drive(ctx: SearchContext) -> int:
     """The one search loop: ask the back end for a generation, score it (repair, predict, evaluate the feasible
     through the cache), tell it, checkpoint its state atomically, log; from the checkpoint when resuming. Returns
-    the generations done. Ray Tune, which schedules its trials itself, runs its own loop."""
-    found = get_backend(ctx.algorithm)
-    if not (isinstance(found, type) and issubclass(found, Backend)):
-        return cast(RunFunction, found)(ctx)
+    the generations done."""
     path = ctx.out / "search_state.pkl" if ctx.out is not None else None
-    backend = found(ctx)
+    backend = get_backend(ctx.algorithm)(ctx)
     generation = 0
     if ctx.resume:
         generation, state = _load_state(ctx, path)
@@ -195,6 +225,80 @@ def _drive(ctx: SearchContext) -> int:
             _save_state(ctx, path, generation, backend.state())
         ctx.log(ctx.record(generation))
     return generation
+
+
+@dataclass
+class Choice:
+    """What the pick weighs: the run's configs, then the baselines that are configs of the space (a resize
+    baseline at a resolution the space does not offer stays a reference row: the supernet was not adapted for it
+    and the exported model is not built for it). Entry i < len(run.genes) is the run's, the others `extra`'s."""
+
+    space: SearchSpace
+    run: SearchRun
+    extra: list[Candidate]
+    baselines: Baselines | None = None
+
+    @classmethod
+    def of(cls, space: SearchSpace, run: SearchRun, baselines: Baselines | None = None) -> Choice:
+        """The run's configs and those of `baselines` (uniform sparsity, then resize) that are configs of `space`."""
+        points = baselines.uniform_sparsity + baselines.uniform_resize if baselines is not None else []
+        return cls(space, run, [p for p in points if _in_space(space, p)], baselines)
+
+    @property
+    def latency_ms(self) -> np.ndarray:
+        """(n,) predicted milliseconds of every entry."""
+        return np.concatenate([self.run.latency_ms, [p.latency_ms for p in self.extra]])
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        """(n,) accuracy of every entry."""
+        return np.concatenate([self.run.accuracy, [p.accuracy for p in self.extra]])
+
+    def config(self, i: int) -> SparsityConfig:
+        """The config of entry i."""
+        n = len(self.run.genes)
+        return self.space.decode(self.run.genes[i]) if i < n else self.extra[i - n].config
+
+    def label(self, i: int) -> str:
+        """ "searched" for the run's entries, the baseline's own label for the others."""
+        n = len(self.run.genes)
+        return "searched" if i < n else self.extra[i - n].label
+
+    def baselines_near(self, limit_ms: float) -> list[int]:
+        """Entries of the baselines a comparison at the budget is made with: per kind (uniform sparsity, uniform
+        resize), the two slowest predicted within `limit_ms` (e.g. the budget plus the finalists' slack)."""
+        if self.baselines is None:
+            return []
+        out: list[int] = []
+        for kind in (self.baselines.uniform_sparsity, self.baselines.uniform_resize):
+            mine = [j for j, p in enumerate(self.extra) if any(p is q for q in kind) and p.latency_ms <= limit_ms]
+            out += [len(self.run.genes) + j for j in sorted(mine, key=lambda j: -self.extra[j].latency_ms)[:2]]
+        return out
+
+
+def choose(
+    space: SearchSpace,
+    run: SearchRun,
+    baselines: Baselines | None = None,
+    hooks: Callable[[Choice, Pick], Pick] | None = None,
+) -> Pick | None:
+    """The pick among everything evaluated within the budget, the baselines that are configs of `space` included
+    (`Choice`), by `selection.pick_best`; then `hooks(choice, pick)` may replace it (the callbacks' `pick`: the
+    finalists re-time the configs the rule weighs). None when nothing is within the budget."""
+    choice = Choice.of(space, run, baselines)
+    pick = pick_best(choice.latency_ms, choice.accuracy, run.budget_ms, run.tie)
+    if pick is None or hooks is None:
+        return pick
+    return hooks(choice, pick)
+
+
+def _in_space(space: SearchSpace, p: Candidate) -> bool:
+    """Whether `p`'s config is one of `space`'s."""
+    try:
+        space.encode(p.config)
+    except SparseSearchError:
+        return False
+    return True
 
 
 def _save_state(ctx: SearchContext, path: Path, generation: int, state: Any) -> None:

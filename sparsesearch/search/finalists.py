@@ -10,19 +10,26 @@ latency, so a machine that is uniformly faster or slower than the table moves no
 rule to those figures. The baselines near the budget (`choose(baselines=...)`: uniform sparsity and resize) are
 timed in the same run: the pick weighs them by that rule like any config, and the record says which of them it
 admits, so a comparison with them (the demo's verdict) holds them to the test the pick had to pass.
+
+`Finalists` is a callback of the search's engine (`SearchCallback`): its `pick` hook, called once the search, its
+refinement and its baselines are done, replaces the prediction's pick by the measured one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..config import SparsityConfig
+from .backends import SearchCallback, SearchContext
 from .records import Measured, MeasuredRow
 from .selection import Pick, nondominated, pick_best
+
+if TYPE_CHECKING:
+    from .engine import Choice
 
 __all__ = ["Finalists", "MEASURED_RULE"]
 
@@ -56,8 +63,8 @@ def _figures(measured: Sequence[Any], n: int) -> tuple[np.ndarray, np.ndarray, n
 
 
 @dataclass
-class Finalists:
-    """How finalists are re-timed.
+class Finalists(SearchCallback):
+    """How finalists are re-timed: a callback of the search (`pick`), or called directly (`choose`).
 
     Attributes:
         measure: configs -> milliseconds per forward of each, timed together in one run on this machine.
@@ -80,6 +87,12 @@ class Finalists:
     n: int = 8
     slack: float = 0.1
     guard: float = 1.5
+
+    def pick(self, ctx: SearchContext, choice: Choice, first: Pick) -> Pick:
+        """The search's pick re-timed: `choose` over everything the pick weighs, with the baselines near the
+        budget (per kind, the two slowest predicted within the budget plus the slack) timed beside them."""
+        near = choice.baselines_near(ctx.budget_ms * (1.0 + self.slack))
+        return self.choose(choice.config, choice.latency_ms, choice.accuracy, ctx.budget_ms, first, choice.label, near)
 
     def candidates(self, lat: np.ndarray, acc: np.ndarray, budget_ms: float, first: Pick) -> np.ndarray:
         """Indices of the finalists among the configs predicted within the budget plus the slack, `n` in all:

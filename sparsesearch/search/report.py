@@ -15,13 +15,19 @@ from ..errors import SparseSearchError
 from ..fileio import atomic_write
 from ..space import SearchSpace
 from .accuracy import AccuracyCache
-from .engine import SearchRun
-from .finalists import Finalists
+from .engine import Choice, SearchRun, choose
 from .problem import LatencyFn
 from .records import BestRecord, Candidate, ParetoRecord
 from .selection import Pick, pick_best
 
-__all__ = ["Baselines", "choose_best", "uniform_sparsity_baseline", "uniform_resize_baseline", "write_outputs"]
+__all__ = [
+    "Baselines",
+    "best_and_front",
+    "choose_best",
+    "uniform_sparsity_baseline",
+    "uniform_resize_baseline",
+    "write_outputs",
+]
 
 
 @dataclass
@@ -39,62 +45,27 @@ class Baselines:
         return points[pick.index] if pick is not None else None
 
 
-def _in_space(space: SearchSpace, p: Candidate) -> bool:
-    try:
-        space.encode(p.config)
-    except SparseSearchError:
-        return False
-    return True
-
-
 def choose_best(
-    space: SearchSpace,
-    run: SearchRun,
-    baselines: Baselines,
-    point: Callable[[int, str], Candidate],
-    finalists: Finalists | None = None,
+    space: SearchSpace, run: SearchRun, baselines: Baselines, point: Callable[[int, str], Candidate]
 ) -> tuple[Candidate, Pick]:
-    """The config to deploy: the best within the budget among everything evaluated, the baselines that are
-    configs of `space` included (a resize baseline at a resolution the space does not offer stays a reference
-    row: the supernet was not adapted for it and the exported model is not built for it). With `finalists`,
-    the configs the rule weighs are re-timed on this machine and the rule applied to those figures.
+    """The config to deploy and its pick: the run's own (`run.pick`, made at the search's end by `engine.choose`:
+    the best within the budget among everything evaluated, the baselines that are configs of `space` included,
+    re-timed on this machine when the search had the finalists' callback), or, for baselines that are not the
+    run's own, that rule applied to them.
 
     `point(i, label)` builds the Candidate of run entry i. Raises SparseSearchError when nothing is within budget.
     """
-    extra = [p for p in baselines.uniform_sparsity + baselines.uniform_resize if _in_space(space, p)]
-    lat = np.concatenate([run.latency_ms, [p.latency_ms for p in extra]])
-    acc = np.concatenate([run.accuracy, [p.accuracy for p in extra]])
-    pick = pick_best(lat, acc, run.budget_ms, run.tie)
+    choice = Choice.of(space, run, baselines)
+    pick = run.pick if run.baselines is baselines else choose(space, run, baselines)
     if pick is None:
         raise SparseSearchError("the search evaluated no config within the budget")
-    if finalists is not None:
-
-        def config(i: int) -> SparsityConfig:
-            n = len(run.genes)
-            return space.decode(run.genes[i]) if i < n else extra[i - n].config
-
-        def label(i: int) -> str:
-            return "searched" if i < len(run.genes) else extra[i - len(run.genes)].label
-
-        near = _baselines_near(baselines, extra, run.budget_ms * (1.0 + finalists.slack), len(run.genes))
-        pick = finalists.choose(config, lat, acc, run.budget_ms, pick, label, near)
-    if pick.index < len(run.genes):
+    n = len(run.genes)
+    if pick.index < n:
         return point(pick.index, "searched"), pick
-    chosen = extra[pick.index - len(run.genes)]
+    chosen = choice.extra[pick.index - n]
     return Candidate(
         chosen.config, chosen.latency_ms, chosen.accuracy, chosen.gflops, f"searched ({chosen.label})"
     ), pick
-
-
-def _baselines_near(baselines: Baselines, extra: Sequence[Candidate], limit_ms: float, offset: int) -> list[int]:
-    """Indices (after `offset` run entries) of the baselines in `extra` that the finalists time beside the
-    search's configs: per kind, the two slowest predicted within `limit_ms` (the budget plus the finalists'
-    slack), the ones a comparison at the budget is made with."""
-    out: list[int] = []
-    for kind in (baselines.uniform_sparsity, baselines.uniform_resize):
-        mine = [j for j, p in enumerate(extra) if any(p is q for q in kind) and p.latency_ms <= limit_ms]
-        out += [offset + j for j in sorted(mine, key=lambda j: -extra[j].latency_ms)[:2]]
-    return out
 
 
 def _nearest_choice_genes(space: SearchSpace, p: float) -> np.ndarray:
@@ -155,6 +126,28 @@ def uniform_resize_baseline(
     return points
 
 
+def best_and_front(
+    space: SearchSpace,
+    run: SearchRun,
+    baselines: Baselines,
+    flops_fn: Callable[[SparsityConfig], float] | None = None,
+) -> tuple[Candidate, list[Candidate], Pick]:
+    """The best point (`choose_best`), the accuracy/latency front within the budget, and the pick; the GFLOPs of
+    every point and baseline counted with `flops_fn` when given."""
+
+    def point(i: int, label: str = "") -> Candidate:
+        cfg = space.decode(run.genes[i])
+        gflops = flops_fn(cfg) / 1e9 if flops_fn else None
+        return Candidate(cfg, float(run.latency_ms[i]), float(run.accuracy[i]), gflops, label)
+
+    baselines.tie = run.tie
+    best, pick = choose_best(space, run, baselines, point)
+    for b in baselines.uniform_sparsity + baselines.uniform_resize:
+        if flops_fn is not None and b.gflops is None:
+            b.gflops = flops_fn(b.config) / 1e9
+    return best, [point(int(i)) for i in run.pareto_indices()], pick
+
+
 def write_outputs(
     out: str | os.PathLike,
     space: SearchSpace,
@@ -164,31 +157,15 @@ def write_outputs(
     metric: str = "accuracy",
     flops_fn: Callable[[SparsityConfig], float] | None = None,
     meta: dict[str, Any] | None = None,
-    finalists: Finalists | None = None,
 ) -> tuple[Candidate, list[Candidate]]:
     """Write pareto.json, best.json (a loadable SparsityConfig file plus figures) and pareto.png into `out`.
 
-    The best is `choose_best`'s (with `finalists`: re-timed on this machine). Returns the best point and the front.
+    The best is `choose_best`'s (re-timed on this machine when the search had the finalists' callback). Returns
+    the best point and the front.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-
-    def point(i: int, label: str = "") -> Candidate:
-        cfg = space.decode(run.genes[i])
-        return Candidate(
-            cfg,
-            float(run.latency_ms[i]),
-            float(run.accuracy[i]),
-            flops_fn(cfg) / 1e9 if flops_fn else None,
-            label,
-        )
-
-    front = [point(int(i)) for i in run.pareto_indices()]
-    baselines.tie = run.tie
-    best, pick = choose_best(space, run, baselines, point, finalists)
-    for b in baselines.uniform_sparsity + baselines.uniform_resize:
-        if flops_fn is not None and b.gflops is None:
-            b.gflops = flops_fn(b.config) / 1e9
+    best, front, pick = best_and_front(space, run, baselines, flops_fn)
     header: dict[str, Any] = {
         "metric": metric,
         "budget_ms": run.budget_ms,

@@ -1,127 +1,93 @@
-"""The search as a Ray Tune experiment: a `Tuner` with the optuna searcher behind a concurrency limit.
+"""Ray Tune back end: a Ray Tune searcher (optuna's TPE behind Tune's `OptunaSearch` by default), asked and told a
+generation at a time by the engine like every other back end.
 
-Each trial is one config: its latency is predicted in the trial (a table lookup), and only a config within the
-budget is evaluated, by an evaluator that each trial actor builds once from `evaluator_factory` (actors are
-reused across trials, so e.g. the supernet is loaded once per worker); one over the budget reports accuracy 0
-with its latency, which teaches the searcher where the constraint lies. Results are folded back into the
-search's AccuracyCache, so outputs look the same as for every other back end.
+Each generation asks the searcher for `population` trials (`Searcher.suggest`), the engine scores them (repair,
+predict, evaluate the ones within the budget through the search's AccuracyCache) and tells the searcher each
+trial's result (`Searcher.on_trial_complete`: accuracy, 0 over the budget, which teaches the searcher where the
+constraint lies, and the predicted latency). The searcher is the back end's state, checkpointed by the engine after
+every generation (so a killed search resumes at its last generation, as the others do).
 
-Options (`run_search(..., **options)`): evaluator_factory (required), workers, address, cpus_per_worker.
+Parallel trials on a Ray cluster come from the engine's evaluation, not from Tune's trial runner: with
+`workers` / `ray_address` (`SearchSettings`) a generation's configs are evaluated on Ray actors
+(`parallel.RayEvaluator`, each building the model once), the same for every back end. Tune's runner would add
+asynchronous scheduling and its schedulers (ASHA, PBT), which act on a trial's intermediate results; a trial here
+is one config's single accuracy figure, so they have nothing to act on, and its experiment folder would be a
+second checkpoint beside the engine's.
+
+Options (`run_search(..., **options)`): `searcher`, a Ray Tune `Searcher` of the caller's own (it is given the
+space's genes as its search space, metric "accuracy", mode "max"), or keyword arguments of `OptunaSearch` (e.g.
+`sampler`, `points_to_evaluate`); the search space, metric, mode and seed come from the search's own settings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config import SparsityConfig
 from ..errors import SparseSearchError
-from ..space import SearchSpace
-from .backends import SearchContext, check_options
-from .parallel import start_ray
-from .scoring import FeasibleScorer, LatencyFn
+from .backends import Backend, SearchContext, check_options, keyword_names
+from .optuna_backend import _quiet_optuna
+from .scoring import Scored
 
-__all__ = ["run_tune"]
+__all__ = ["TuneBackend"]
 
-_OPTIONS = ("evaluator_factory", "workers", "address", "cpus_per_worker")
-
-
-def _trial_class(tune: Any) -> type:
-    """A Tune class trainable (defined once Ray is imported) that scores one config per trial."""
-
-    class ConfigTrial(tune.Trainable):
-        def setup(
-            self,
-            config: dict[str, Any],
-            space: SearchSpace,
-            latency_fn: LatencyFn,
-            budget_ms: float,
-            factory: Callable[[], Callable[[SparsityConfig], float]],
-        ) -> None:
-            self.space = space
-            evaluate = factory()  # once per actor: e.g. loading the supernet
-
-            def accuracy(X: np.ndarray) -> np.ndarray:
-                return np.array([float(evaluate(space.decode(x))) for x in X], dtype=np.float64)
-
-            self.scorer = FeasibleScorer(space, latency_fn, accuracy, budget_ms)
-
-        def step(self) -> dict[str, Any]:
-            genes = np.array([[self.config[f"x{i}"] for i in range(self.space.n_var)]], dtype=np.int64)
-            s = self.scorer.score(genes)
-            return {
-                "genes": s.genes[0].tolist(),
-                "latency_ms": float(s.latency_ms[0]),
-                "feasible": bool(s.feasible[0]),
-                "accuracy": float(s.accuracy[0]),
-                "done": True,
-            }
-
-        def reset_config(self, new_config: dict[str, Any]) -> bool:
-            return True  # the next trial's config is in self.config; the evaluator is kept
-
-    return ConfigTrial
+_OWN = ("space", "metric", "mode", "seed")  # set from the search's settings
 
 
-def _tuner(ctx: SearchContext, trainable: Any, exp: Path, workers: int) -> Any:
-    """A new Tuner over the space's genes, or the one of a killed experiment in `exp` (resume)."""
+def _param_space(ctx: SearchContext) -> dict[str, Any]:
+    """The space's genes as Tune's search space: x{i} an integer in 0 .. upper bound i."""
     from ray import tune  # noqa: PLC0415
-    from ray.tune.search import ConcurrencyLimiter  # noqa: PLC0415
+
+    return {f"x{i}": tune.randint(0, int(u) + 1) for i, u in enumerate(ctx.space.upper_bounds)}
+
+
+def _searcher(ctx: SearchContext) -> Any:
+    """The caller's searcher (options["searcher"]) set to the space's genes, or a new OptunaSearch."""
     from ray.tune.search.optuna import OptunaSearch  # noqa: PLC0415
 
-    name = f"sparsesearch-{ctx.space.name}"
-    if ctx.resume:
-        if not (exp / name).is_dir():
-            raise SparseSearchError(f"--resume: no Ray Tune experiment in {exp} (start without --resume)")
-        return tune.Tuner.restore(str(exp / name), trainable=trainable, resume_errored=True)
-    param_space = {f"x{i}": tune.randint(0, int(u) + 1) for i, u in enumerate(ctx.space.upper_bounds)}
-    searcher = ConcurrencyLimiter(OptunaSearch(metric="accuracy", mode="max", seed=ctx.seed), max_concurrent=workers)
-    return tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            num_samples=ctx.population * ctx.generations,
-            metric="accuracy",
-            mode="max",
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(name=name, storage_path=str(exp), verbose=0),
-    )
+    options = dict(ctx.options)
+    given = options.pop("searcher", None)
+    if given is not None:
+        check_options(ctx.algorithm, options, (), "the Ray Tune back end beside a searcher")
+        if not given.set_search_properties("accuracy", "max", _param_space(ctx)):
+            raise SparseSearchError(f"--algorithm tune: the searcher {type(given).__name__} already has a space")
+        return given
+    allowed = keyword_names(OptunaSearch.__init__, _OWN) | {"searcher"}
+    check_options(ctx.algorithm, options, allowed, "Ray Tune's OptunaSearch")
+    return OptunaSearch(space=_param_space(ctx), metric="accuracy", mode="max", seed=ctx.seed, **options)
 
 
-def run_tune(ctx: SearchContext) -> int:
-    """Run population x generations trials, at most `workers` at a time."""
-    check_options(ctx.algorithm, ctx.options, _OPTIONS, "the Ray Tune back end")
-    factory = ctx.options.get("evaluator_factory")
-    workers, cpus = int(ctx.options.get("workers", 2)), int(ctx.options.get("cpus_per_worker", 1))
-    if factory is None:
-        raise SparseSearchError("--algorithm tune needs an evaluator factory (the supernet and data to evaluate on)")
-    if ctx.out is None:
-        raise SparseSearchError("--algorithm tune needs an output folder for its experiment")
-    started = start_ray(ctx.options.get("address"), workers * cpus, "--algorithm tune")
-    import ray  # noqa: PLC0415
-    from ray import tune  # noqa: PLC0415
+class TuneBackend(Backend):
+    """ctx.population trials of the Ray Tune searcher a generation; the state is the searcher (pickled by the
+    engine), so a resumed search is the uninterrupted one."""
 
-    try:
-        trainable = tune.with_resources(
-            tune.with_parameters(
-                _trial_class(tune), space=ctx.space, latency_fn=ctx.latency_fn, budget_ms=ctx.budget_ms, factory=factory
-            ),
-            {"cpu": cpus},
-        )
-        results = _tuner(ctx, trainable, (ctx.out / "tune").resolve(), workers).fit()
-        metrics = [results[i].metrics for i in range(len(results))]
-        feasible = [m for m in metrics if m and m.get("feasible") and "genes" in m]
-        if feasible:
-            ctx.cache.record(
-                np.array([m["genes"] for m in feasible], dtype=np.int64), [m["accuracy"] for m in feasible]
-            )
-        ctx.log({**ctx.record(ctx.generations), "trials": len(results)})
-    finally:
-        if started:
-            ray.shutdown()
-    return ctx.generations
+    def __init__(self, ctx: SearchContext) -> None:
+        super().__init__(ctx)
+        with _quiet_optuna():
+            self.searcher: Any = _searcher(ctx)
+        self.trials = 0  # trials asked so far: each trial's id
+        self._asked: list[str] = []
+
+    def ask(self) -> np.ndarray:
+        n_var = self.ctx.space.n_var
+        self._asked = [f"trial_{self.trials + i:06d}" for i in range(self.ctx.population)]
+        with _quiet_optuna():
+            configs = [self.searcher.suggest(t) for t in self._asked]
+        if any(not isinstance(c, dict) for c in configs):
+            raise SparseSearchError(f"--algorithm tune: the searcher suggested no config ({configs!r})")
+        self.trials += len(self._asked)
+        return np.array([[int(c[f"x{i}"]) for i in range(n_var)] for c in configs], dtype=np.int64)
+
+    def tell(self, scored: Scored) -> None:
+        with _quiet_optuna():
+            for t, a, lat, ok in zip(self._asked, scored.accuracy, scored.latency_ms, scored.feasible):
+                result = {"accuracy": float(a), "latency_ms": float(lat), "feasible": bool(ok)}
+                self.searcher.on_trial_complete(t, result)
+        self._asked = []
+
+    def state(self) -> Any:
+        return {"searcher": self.searcher, "trials": self.trials}
+
+    def restore(self, state: Any) -> None:
+        self.searcher, self.trials = state["searcher"], int(state["trials"])
