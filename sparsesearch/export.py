@@ -6,6 +6,11 @@ An exported folder holds:
     config.json         the fixed SparsityConfig
     card.json           parameters, FLOPs (fvcore, per part), predicted and measured latency, accuracy
     model.onnx          optional: dynamic batch axis, checked against torch with ONNX Runtime at batch 1 and 3
+    model.int8.onnx     optional (--quantize dynamic): model.onnx with its linear layers (MatMul, Gemm with constant
+                        weights) quantised by ONNX Runtime's dynamic quantisation, checked against torch the same way
+
+With ONNX, the card also gives the ONNX Runtime latency (fp32, and int8 when quantised) of the config and of the
+dense config beside torch's, and the int8 model's accuracy beside the fp32 one's when the export evaluates labels.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from torch import nn
 from .config import SparsityConfig
 from .errors import CheckpointError, DataError, SparseSearchError
 from .fileio import atomic_write, atomic_write_text
-from .models.family import family_of_model
 from .options import settings_from
 
 __all__ = [
@@ -36,6 +40,12 @@ __all__ = [
     "load_exported",
     "measure_latency",
     "check_onnx",
+    "check_quantize",
+    "export_onnx_file",
+    "quantize_onnx",
+    "OrtModule",
+    "QUANTIZE_MODES",
+    "INT8_TOLERANCE",
     "finetune_config",
 ]
 
@@ -62,6 +72,8 @@ class ExportReport:
     accuracy_dense: dict[str, Any] | None = None
     finetune_steps: int = 0
     onnx: dict[str, Any] | None = None
+    onnx_ms: dict[str, Any] | None = None  # ONNX Runtime latency (fp32, int8; config and dense) beside torch's
+    accuracy_int8: dict[str, Any] | None = None  # the int8 ONNX model's accuracy (labels only)
     source: str = ""
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     versions: dict[str, str] = field(
@@ -88,62 +100,165 @@ def measure_latency(
         return float(timer.measure(lambda: model(x), warmup=warmup, repeats=repeats).ms)
 
 
-def check_onnx(
-    model: Any, path: Path, resolution: tuple[int, int], seed: int = 0, batches: tuple[int, ...] = (1, 3)
-) -> dict[str, Any]:
-    """Export `model` to ONNX (plain ops, TopK selection) with a dynamic batch axis, and compare ONNX Runtime's
-    output with torch's at each of `batches` (the kept-window count is per image, so any batch size runs).
+#: the ways `--quantize` can quantise the ONNX model
+QUANTIZE_MODES = ("dynamic",)
+#: the int8 model passes its check when max |int8 - torch| <= INT8_TOLERANCE * max |torch| at every batch: dynamic
+#: quantisation rounds each linear layer's weights to 1/254 of their range and its input to 1/255 of its range per
+#: call, an error of about 1 % per layer that a dozen layers compound to a few percent of the output's range
+INT8_TOLERANCE = 0.1
+_ONNX_HINT = "pip install 'sparsesearch[onnx]'"
 
-    Returns the report: the file, max |onnxruntime - torch| over all batches and per batch, opset, versions, ok.
-    """
+
+def _onnxruntime(what: str = "--onnx") -> Any:
+    """The onnxruntime module; SparseSearchError (one line: how to install it) when onnx or onnxruntime is missing."""
     try:
-        import numpy as np  # noqa: PLC0415
+        import onnx  # noqa: F401, PLC0415
         import onnxruntime as ort  # noqa: PLC0415
     except ImportError:
-        raise SparseSearchError("--onnx needs onnx and onnxruntime: pip install 'sparsesearch[onnx]'") from None
+        raise SparseSearchError(f"{what} needs onnx and onnxruntime: {_ONNX_HINT}") from None
+    return ort
+
+
+def check_quantize(onnx: bool, quantize: str | None) -> None:
+    """SparseSearchError (one line) unless `quantize` is None or a mode of `QUANTIZE_MODES` asked with `onnx`, and
+    ONNX Runtime's quantisation tools import here."""
+    if quantize is None:
+        return
+    if quantize not in QUANTIZE_MODES:
+        raise SparseSearchError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
+    if not onnx:
+        raise SparseSearchError("--quantize quantises the ONNX model: add --onnx")
+    _onnxruntime("--quantize")
+    try:
+        import onnxruntime.quantization  # noqa: F401, PLC0415
+    except ImportError as e:
+        raise SparseSearchError(f"--quantize needs onnxruntime.quantization ({e}): {_ONNX_HINT}") from None
+
+
+def export_onnx_file(model: Any, path: Path, example: torch.Tensor) -> None:
+    """Write `model` (its config set) to ONNX at `path` (atomically): the blocks on the "export" kernel backend
+    (static sizes but the batch, TopK selection), opset 18, input "image" (B, 3, H, W) with a dynamic batch axis
+    B, output "logits"; H and W are those of `example`."""
     import warnings  # noqa: PLC0415
 
-    g = torch.Generator().manual_seed(seed)
-    inputs = {b: torch.randn(b, 3, *resolution, generator=g) for b in batches}
-    blocks = family_of_model(model).block_modules(model)
-    previous = [blk.kernel_backend for blk in blocks]
-    model.set_kernel_backend("export")
-    try:
-        tmp = path.with_name(f".{path.name}.tmp")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (inputs[batches[0]],),
-                str(tmp),
-                opset_version=18,
-                dynamo=False,
-                input_names=["image"],
-                output_names=["logits"],
-                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-            )
-        os.replace(tmp, path)
-        with torch.inference_mode():
-            refs = {b: model(x).numpy() for b, x in inputs.items()}
-    finally:
-        for blk, backend in zip(blocks, previous):
-            blk.kernel_backend = backend
+    from .latency.runtime import OPSET, export_backend  # noqa: PLC0415
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    with torch.inference_mode(False), torch.no_grad(), export_backend(model), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example.detach().clone(),),
+            str(tmp),
+            opset_version=OPSET,
+            dynamo=False,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    os.replace(tmp, path)
+
+
+def quantize_onnx(src: Path, dst: Path) -> None:
+    """Write `src`'s dynamic int8 quantisation to `dst` (atomically): ONNX Runtime's `quantize_dynamic` of the
+    MatMul and Gemm nodes with a constant weight (the linear layers; not attention's activation products), int8
+    weights, activations quantised per call."""
+    check_quantize(True, "dynamic")
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415
+
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    quantize_dynamic(
+        str(src),
+        str(tmp),
+        op_types_to_quantize=["MatMul", "Gemm"],
+        weight_type=QuantType.QInt8,
+        extra_options={"MatMulConstBOnly": True},
+    )
+    os.replace(tmp, dst)
+
+
+def _compare(path: Path, inputs: dict[int, torch.Tensor], refs: dict[int, Any]) -> dict[str, Any]:
+    """ONNX Runtime's output of the model at `path` on each batch of `inputs` against torch's `refs` (numpy):
+    max |diff| over all and per batch, and max |diff| / max |torch| (inf where a shape differs)."""
+    import numpy as np  # noqa: PLC0415
+
+    ort = _onnxruntime()
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    diffs = {}
+    diffs, rel = {}, {}
     for b, x in inputs.items():
         out = sess.run(None, {"image": x.numpy()})[0]
-        diffs[b] = float(np.abs(out - refs[b]).max()) if out.shape == refs[b].shape else float("inf")
-    diff = max(diffs.values())
+        same = out.shape == refs[b].shape
+        diffs[b] = float(np.abs(out - refs[b]).max()) if same else float("inf")
+        rel[b] = diffs[b] / max(float(np.abs(refs[b]).max()), 1e-12)
     return {
         "file": path.name,
-        "max_abs_diff": diff,
+        "max_abs_diff": max(diffs.values()),
         "max_abs_diff_by_batch": {str(b): d for b, d in diffs.items()},
-        "input": ["batch", 3, *resolution],
-        "dynamic_batch": True,
-        "opset": 18,
-        "onnxruntime": ort.__version__,
-        "ok": diff < 1e-3,
+        "max_rel_diff": max(rel.values()),
     }
+
+
+def check_onnx(
+    model: Any,
+    path: Path,
+    resolution: tuple[int, int],
+    seed: int = 0,
+    batches: tuple[int, ...] = (1, 3),
+    quantize: str | None = None,
+) -> dict[str, Any]:
+    """Export `model` to ONNX (`export_onnx_file`: plain ops, TopK selection, a dynamic batch axis) and compare
+    ONNX Runtime's output with torch's (the model as it runs in torch, on its own kernel backend) at each of
+    `batches` (the kept-window count is per image, so any batch size runs). With `quantize` ("dynamic") also write
+    the int8 model beside it (`model.int8.onnx` for `model.onnx`; `quantize_onnx`) and compare it the same way.
+
+    Returns the report: the file, max |onnxruntime - torch| over all batches and per batch, opset, versions, ok
+    (fp32 within 1e-3); with `quantize` an "int8" entry of the same figures, ok within `INT8_TOLERANCE` of the
+    output's range.
+    """
+    ort = _onnxruntime()
+    check_quantize(True, quantize)
+    g = torch.Generator().manual_seed(seed)
+    inputs = {b: torch.randn(b, 3, *resolution, generator=g) for b in batches}
+    with torch.inference_mode():
+        refs = {b: model(x).numpy() for b, x in inputs.items()}
+    export_onnx_file(model, path, inputs[batches[0]])
+    report = _compare(path, inputs, refs)
+    report.update(
+        input=["batch", 3, *resolution],
+        dynamic_batch=True,
+        opset=18,
+        onnxruntime=ort.__version__,
+        ok=report["max_abs_diff"] < 1e-3,
+    )
+    if quantize is not None:
+        int8 = path.with_name(path.name.removesuffix(".onnx") + ".int8.onnx")
+        quantize_onnx(path, int8)
+        q = _compare(int8, inputs, refs)
+        report["int8"] = {
+            **q,
+            "quantize": quantize,
+            "tolerance": INT8_TOLERANCE,
+            "ok": q["max_rel_diff"] <= INT8_TOLERANCE,
+        }
+    return report
+
+
+class OrtModule(nn.Module):
+    """An ONNX model in an ONNX Runtime session (`latency.runtime.ort_session`: CPU, all optimisations, no
+    spinning) as a module: forward((B, 3, H, W) CPU float32) -> the model's first output as a tensor. Carries
+    `head_type` and `num_classes` for the evaluators."""
+
+    def __init__(self, path: Path, threads: int, head_type: str | None = None, num_classes: int | None = None) -> None:
+        super().__init__()
+        from .latency.runtime import OrtCall, ort_session  # noqa: PLC0415
+
+        self.call = OrtCall(ort_session(path.read_bytes(), threads))
+        self.head_type = head_type
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> the ONNX model's output, e.g. (B, classes, H, W) logits."""
+        return torch.from_numpy(self.call(x.detach().float().cpu())[0])
 
 
 @dataclass
@@ -223,7 +338,10 @@ class ExportSettings:
         table: a latency table (of the same space) for the predicted latency.
         finetune_steps, finetune_lr: fine-tune this one config for N steps on the supernet's training data (or
             `data`) first.
-        onnx: also write model.onnx, checked with ONNX Runtime. device: where it runs. measure: time it here.
+        onnx: also write model.onnx, checked with ONNX Runtime. device: where it runs. measure: time it here (with
+            onnx also in ONNX Runtime).
+        quantize: with onnx, "dynamic" also writes model.int8.onnx (ONNX Runtime's dynamic int8 quantisation of
+            the linear layers); None: no int8 model.
         progress: called with a line per stage.
         table_check, rescale_table: when `config` is a search's best.json with an absolute budget, the table's
             speed check runs first (`latency.ensure_table_speed`: stops outside +-10%, or rescales the table).
@@ -240,6 +358,7 @@ class ExportSettings:
     finetune_steps: int = 0
     finetune_lr: float = 1e-4
     onnx: bool = False
+    quantize: str | None = None
     device: str = "cpu"
     measure: bool = True
     progress: Callable[[str], None] | None = None
@@ -268,6 +387,9 @@ def export_model(
     model, checkpoint, space, head, data = s.model, s.checkpoint, s.space, s.head, s.data
     val_samples, accuracy, table, finetune_steps, onnx = s.val_samples, s.accuracy, s.table, s.finetune_steps, s.onnx
     device, measure, progress, rescale_table = s.device, s.measure, s.progress, s.rescale_table
+    check_quantize(onnx, s.quantize)
+    if onnx:
+        _onnxruntime()
     from .supernet import load_model_source  # noqa: PLC0415
 
     say = progress or (lambda msg: None)
@@ -297,17 +419,26 @@ def export_model(
         report.table = str(table)
         report.predicted_ms = float(t.predict(cfg))
         report.predicted_dense_ms = float(t.dense_latency(resolution))
+    statistic = checked[0].statistic if checked else "mean"
     if measure:
         say("measuring latency on this machine")
-        _measure(report, net, cfg, dense_cfg, resolution, device, checked[0].statistic if checked else "mean")
-    if data is not None or val_samples is not None:
+        _measure(report, net, cfg, dense_cfg, resolution, device, statistic)
+    evaluate = data is not None or val_samples is not None
+    if evaluate:
         say("evaluating accuracy")
         fidelity = accuracy == "fidelity"
         _evaluate(report, net, meta, cfg, dense_cfg, resolution, data, val_samples, device, fidelity)
     _write_model(out, net, the_space, meta, cfg, resolution)
     if onnx:
-        say("exporting ONNX and checking it with ONNX Runtime")
-        report.onnx = check_onnx(net.cpu(), out / "model.onnx", resolution)
+        say("exporting ONNX and checking it with ONNX Runtime" + (" (and its int8 model)" if s.quantize else ""))
+        report.onnx = check_onnx(net.cpu(), out / "model.onnx", resolution, quantize=s.quantize)
+        if measure:
+            say("measuring the ONNX model's latency in ONNX Runtime")
+            _measure_onnx(report, net, dense_cfg, out, statistic)
+        if s.quantize and evaluate and accuracy == "labels":
+            say("evaluating the int8 model's accuracy")
+            _evaluate_int8(report, net, meta, out / "model.int8.onnx", (data, val_samples))
+        net.to(device)
     atomic_write_text(out / "card.json", json.dumps(asdict(report), indent=1) + "\n")
     return report
 
@@ -357,6 +488,70 @@ def _measure(
     report.measured_dense_ms = measure_latency(model, resolution, device=device, statistic=statistic)
     model.set_config(cfg)
     report.measured_on = f"{device_name(device)}, {torch.get_num_threads()} threads, batch 1"
+
+
+def _time_onnx(path: Path, resolution: tuple[int, int], statistic: str) -> float:
+    """Milliseconds per call of the ONNX model at `path` in ONNX Runtime (`ort_session`: CPU, all optimisations,
+    torch's thread count, no spinning), batch 1, timed as `measure_latency` times torch."""
+    from .latency import make_timer  # noqa: PLC0415
+    from .latency.runtime import OrtCall, ort_session  # noqa: PLC0415
+
+    call = OrtCall(ort_session(path.read_bytes(), torch.get_num_threads()))
+    x = torch.randn(1, 3, *resolution).numpy()
+    timer = make_timer("cpu", statistic=statistic)
+    return float(timer.measure(lambda: call(x), warmup=3, repeats=10).ms)
+
+
+def _measure_onnx(report: ExportReport, model: Any, dense_cfg: SparsityConfig, out: Path, statistic: str) -> None:
+    """ONNX Runtime latency of the exported files (fp32, and int8 when written) and of the dense config exported
+    and quantised the same way (in a temporary folder), into `report.onnx_ms`, beside torch's `measured_ms`."""
+    import tempfile  # noqa: PLC0415
+
+    resolution = (int(report.resolution[0]), int(report.resolution[1]))
+    onnx = report.onnx or {}
+    files = {"fp32": out / "model.onnx"}
+    if "int8" in onnx:
+        files["int8"] = out / "model.int8.onnx"
+    cfg = model.config
+    ms: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="sparsesearch-export-") as tmp:
+        model.set_config(dense_cfg)
+        try:
+            export_onnx_file(model, Path(tmp) / "dense.onnx", torch.randn(1, 3, *resolution))
+        finally:
+            model.set_config(cfg)
+        dense = {"fp32": Path(tmp) / "dense.onnx"}
+        if "int8" in files:
+            dense["int8"] = Path(tmp) / "dense.int8.onnx"
+            quantize_onnx(dense["fp32"], dense["int8"])
+        for kind, path in files.items():
+            ms[kind] = _time_onnx(path, resolution, statistic)
+            ms[f"{kind}_dense"] = _time_onnx(dense[kind], resolution, statistic)
+    from .latency import device_name  # noqa: PLC0415
+
+    ms.update(
+        onnxruntime=onnx.get("onnxruntime"),
+        measured_on=f"{device_name('cpu')}, ONNX Runtime CPU, {torch.get_num_threads()} threads, batch 1",
+        torch_ms=report.measured_ms,
+        torch_dense_ms=report.measured_dense_ms,
+    )
+    report.onnx_ms = ms
+
+
+def _evaluate_int8(
+    report: ExportReport, model: Any, meta: Any, path: Path, what: tuple[str | None, int | None]
+) -> None:
+    """The labelled accuracy of the int8 ONNX model at `path` in ONNX Runtime, on the data (`what`: data, number of
+    items) the fp32 figures came from, into `report.accuracy_int8`."""
+    from .evaluate import Evaluator  # noqa: PLC0415
+    from .supernet import build_eval_dataset  # noqa: PLC0415
+
+    data, val_samples = what
+    dataset = build_eval_dataset(meta, data, labelled=True)
+    ort_model = OrtModule(path, torch.get_num_threads(), getattr(model, "head_type", None), meta.num_classes or None)
+    res = tuple(report.resolution)
+    ev = Evaluator(ort_model, dataset, val_samples, device="cpu")
+    report.accuracy_int8 = ev(None, None if res == tuple(meta.image_size) else res).to_dict()
 
 
 def _evaluate(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -73,6 +74,11 @@ class DropPath(nn.Module):
 def _tracing() -> bool:
     """Whether this forward is traced (jit / ONNX export / torch.compile): shapes are symbolic, nothing cached."""
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
+def _exporting() -> bool:
+    """Whether this forward is being exported (ONNX export or a jit trace), not compiled: sizes may be baked in."""
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
 
 
 def _version_of(t: torch.Tensor) -> int | None:
@@ -155,6 +161,8 @@ class WindowAttention(nn.Module):
         Returns:
             (Bw, N, C).
         """
+        if _exporting():
+            return self._forward_export(x, wh, ww, mask, rows)
         Bw, N, C = x.shape
         qkv = self.qkv(x).reshape(Bw, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
@@ -166,6 +174,31 @@ class WindowAttention(nn.Module):
         # a (1, heads, N, N) bias broadcasts inside SDPA; expanding it first makes the CPU kernel copy it per window
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
         return self.proj(out.transpose(1, 2).reshape(Bw, N, C))
+
+    def _forward_export(
+        self, x: torch.Tensor, wh: int, ww: int, mask: torch.Tensor | None, rows: torch.Tensor | None
+    ) -> torch.Tensor:
+        """`forward` as the exporter should see it: (Bw, N, C) windows -> (Bw, N, C), the same values.
+
+        The sizes but the batch are constants (reshapes take -1 for it); the scale is a constant, not derived from
+        the traced head size; the position bias and shift mask are summed into one constant (nW or 1, heads, N, N)
+        that broadcasts over the images of the batch (no Tile of it per image), or is indexed by the kept windows'
+        `rows`; the attention is written out (MatMul, Add, Softmax, MatMul), which ONNX Runtime fuses.
+        """
+        N, C = int(x.shape[1]), int(x.shape[2])
+        h, d = self.num_heads, self.head_dim
+        q, k, v = self.qkv(x).reshape(-1, N, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # each (Bw, h, N, d)
+        attn = (q * (1.0 / math.sqrt(d))) @ k.transpose(-2, -1)  # (Bw, h, N, N); SDPA's default scale
+        bias = self._build_bias(wh, ww, mask)  # (1 or nW, h, N, N)
+        if mask is not None and rows is not None:
+            attn = attn + bias.index_select(0, rows)
+        elif mask is not None:  # every window of each image in grid order
+            nW = int(bias.shape[0])
+            attn = (attn.view(-1, nW, h, N, N) + bias).view(-1, h, N, N)
+        else:
+            attn = attn + bias
+        out = attn.softmax(dim=-1) @ v  # (Bw, h, N, d)
+        return self.proj(out.transpose(1, 2).reshape(-1, N, C))
 
 
 class PatchEmbed(nn.Module):

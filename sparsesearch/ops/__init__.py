@@ -2,9 +2,10 @@
 
 `backend="auto"` (the default) uses the Triton kernels for CUDA tensors when they are available and the torch
 reference otherwise. Override per call with `backend=` or globally with the environment variable
-``SPARSESEARCH_KERNELS=torch|triton|auto|export``. "export" calls the torch reference as plain torch ops, not
-through the custom ops, and selects windows with TopK: for exporters that only know standard ops (ONNX, whose
-TopK breaks ties by the lower index, as the reference does).
+``SPARSESEARCH_KERNELS=torch|triton|auto|export``. "export" runs plain torch ops written for the graph they
+export to (`export_impl`: static sizes but the batch, one ScatterND write-back), not the custom ops, and selects
+windows with TopK: for exporters that only know standard ops (ONNX, whose TopK breaks ties by the lower index, as
+the reference does).
 
 Both backends run as torch custom ops (``sparsesearch::score_windows``, ``gather_windows``, ``scatter_windows``,
 ``scatter_windows_inplace``; see `custom_ops`): the torch bodies of `reference` are the body of the torch backend,
@@ -20,7 +21,7 @@ from typing import Any, Literal
 import torch
 
 from ..errors import SparseSearchError
-from . import custom_ops, reference
+from . import custom_ops, export_impl, reference
 from .geometry import (
     WindowGeometry,
     WindowTables,
@@ -153,7 +154,7 @@ def score_windows(x: torch.Tensor, geom: WindowGeometry, backend: Backend | None
     """
     choice = _choice(backend)
     if choice == "export":
-        return reference.score(x, geom)
+        return export_impl.score(x, geom)
     return custom_ops.score_windows_op(x, geom, _use_triton(x, choice), _direct(x))
 
 
@@ -174,7 +175,7 @@ def gather_windows(
     """
     choice = _choice(backend)
     if choice == "export":
-        return reference.gather(x, idx, geom)
+        return export_impl.gather(x, idx, geom)
     return custom_ops.gather_windows_op(x, idx, geom, _use_triton(x, choice), _direct(x))
 
 
@@ -213,7 +214,7 @@ def scatter_windows(
     """
     choice = _choice(backend)
     if choice == "export":
-        return reference.scatter(x, windows, idx, geom)
+        return export_impl.scatter(x, windows, idx, geom)
     use_triton = _use_triton(x, choice)
     direct = _direct(x)
     if inplace and can_scatter_inplace(x, windows):

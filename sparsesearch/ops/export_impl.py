@@ -1,0 +1,70 @@
+"""Bodies of the "export" backend: the window ops as plain torch ops an exporter (ONNX) turns into a lean graph.
+
+The same values as `reference` (checked against it in tests/test_export_onnx.py), written for the graph they export
+to rather than for eager speed:
+- every size but the batch is a Python int (the map's H, W, C come from the traced shape as constants), so a graph
+  with a dynamic batch axis carries no Shape / Gather / Concat arithmetic for them: reshapes take -1 for the batch;
+- the write-back is one ScatterND of whole token rows into the block input (ONNX Runtime runs it in place), not the
+  reference's extra-row buffer, ScatterElements of single elements and slice: a padded slot rewrites its window's
+  first token with that token's own value (`WindowTables.safe` / `src`), as the in-place reference does;
+- the per-window index tables (`WindowTables`) are constants of the graph, indexed by the kept windows.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .geometry import WindowGeometry, token_index, window_tables
+
+__all__ = ["score", "gather", "scatter", "map_size"]
+
+
+def map_size(x: torch.Tensor) -> tuple[int, int, int]:
+    """(H, W, C) of a (B, H, W, C) map as Python ints (constants of a traced graph; the batch stays symbolic)."""
+    return int(x.shape[1]), int(x.shape[2]), int(x.shape[3])
+
+
+def _offsets(x: torch.Tensor, step: int) -> torch.Tensor:
+    """(B, 1, 1) int64 [0, step, 2*step, ...] for the B rows of x (B a graph value when traced)."""
+    return (torch.arange(x.shape[0], device=x.device) * step).view(-1, 1, 1)
+
+
+def score(x: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
+    """(B, H, W, C) -> (B, nW) float32 window scores, as `reference.score`."""
+    H, W, _ = map_size(x)
+    tok = x.abs().mean(dim=-1, dtype=torch.float32).reshape(-1, H * W).square()
+    if geom.padded:
+        tok = F.pad(tok, (0, 1))  # slot H*W scores 0: padded positions
+    return tok[:, token_index(geom, x.device)].sum(dim=-1).sqrt()
+
+
+def _rows(x: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
+    """(B, H, W, C), (B, k) -> (B, k, N) int64 row of each kept window position in x viewed as (B*H*W, C); a padded
+    position reads its window's first token."""
+    H, W, _ = map_size(x)
+    return window_tables(geom, x.device).safe[idx] + _offsets(x, H * W)
+
+
+def gather(x: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
+    """(B, H, W, C), (B, k) -> (B*k, N, C) kept windows, zeros at padded positions, as `reference.gather`."""
+    C, N = int(x.shape[3]), geom.window_area
+    out = x.reshape(-1, C).index_select(0, _rows(x, idx, geom).reshape(-1)).view(-1, N, C)
+    pad = window_tables(geom, x.device).pad
+    if pad is not None:
+        out = out.masked_fill(pad[idx].view(-1, N, 1), 0)
+    return out
+
+
+def scatter(x: torch.Tensor, windows: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
+    """(B, H, W, C), (B*k, N, C), (B, k) -> (B, H, W, C): x with the kept windows' tokens replaced (padded positions
+    discarded), as `reference.scatter`; a new tensor (one ScatterND in ONNX)."""
+    H, W, C = map_size(x)
+    N = geom.window_area
+    rows = windows.reshape(-1, C).to(x.dtype)
+    src = window_tables(geom, x.device).src
+    if src is not None:  # a padded slot writes its window's first token with that token's own new value
+        pos = src[idx].view(-1, N) + _offsets(windows, N).view(-1, 1)
+        rows = rows.index_select(0, pos.reshape(-1))
+    out = x.reshape(-1, C).index_put((_rows(x, idx, geom).reshape(-1),), rows)
+    return out.view(-1, H, W, C)

@@ -1,0 +1,170 @@
+"""The ONNX export: the "export" window ops against the reference, exported models against torch at batch 1 and 3
+(fp32 and dynamic int8), the card's ONNX Runtime figures, and `--quantize`'s bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import sparsesearch as ss
+import torch
+from sparsesearch import ops
+from sparsesearch.cli import main
+from sparsesearch.export import INT8_TOLERANCE, check_onnx, check_quantize, export_model
+from sparsesearch.ops import WindowGeometry
+from sparsesearch.supernet import SupernetMeta, save_supernet
+
+pytest.importorskip("onnxruntime")
+
+SPACE = """
+name: tiny
+architecture: swin_nano
+model_kwargs: {embed_dim: 16, num_heads: [1, 1, 2, 2]}
+resolutions: [[64, 64]]
+sparsity_choices: [0.0, 0.25, 0.5, 0.75]
+genes:
+  - {name: a, blocks: ["0.0", "0.1"]}
+  - {name: b, blocks: ["1.0", "1.1"]}
+  - {name: c, blocks: ["2.0", "2.1", "3.0", "3.1"]}
+window_sizes: [[4], [4, 2], [4], [4]]
+"""
+
+
+@pytest.fixture(scope="module")
+def supernet(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sn")
+    (d / "space.yaml").write_text(SPACE)
+    space = ss.SearchSpace.load(d / "space.yaml")
+    kwargs = {"head": "seg", "num_classes": 3}
+    torch.manual_seed(0)
+    model = space.create_model(**kwargs)
+    meta = SupernetMeta.create(space, kwargs, task="seg", num_classes=3, data="synthetic:8", image_size=(64, 64))
+    save_supernet(d / "supernet.pt", model, meta)
+    cfg = ss.SparsityConfig([[0.5, 0.5], [0.25, 0.25], [0.75, 0.75], [0.75, 0.75]], [4, 2, 4, 4], (64, 64))
+    cfg.save(d / "best.json")
+    return d
+
+
+@pytest.mark.parametrize(
+    "geom",
+    [WindowGeometry.create(8, 8, 4, False), WindowGeometry.create(8, 8, 4, True), WindowGeometry.create(9, 7, 4, True)],
+)
+def test_export_ops_equal_the_reference(geom):
+    """Scores, gather and write-back of the "export" backend give the torch backend's values (padded maps too)."""
+    torch.manual_seed(0)
+    x = torch.randn(3, geom.H, geom.W, 8)
+    k = ops.keep_count(0.5, geom.num_windows)
+    scores = ops.score_windows(x, geom, "export")
+    torch.testing.assert_close(scores, ops.score_windows(x, geom, "torch"))
+    idx = ops.select_windows(scores, k, "export")
+    assert torch.equal(idx, ops.select_windows(scores, k, "torch"))
+    windows = ops.gather_windows(x, idx, geom, "export")
+    assert torch.equal(windows, ops.gather_windows(x, idx, geom, "torch"))
+    new = torch.randn_like(windows)
+    assert torch.equal(
+        ops.scatter_windows(x, new, idx, geom, "export"), ops.scatter_windows(x, new, idx, geom, "torch")
+    )
+
+
+@pytest.mark.parametrize("sparsity, side", [(0.0, 64), (0.5, 64), (0.5, 72)])
+def test_onnx_export_agrees_with_torch_at_batch_1_and_3(sparsity, side, tmp_path):
+    """fp32 within 1e-4 of the model as torch runs it (its own backend), dense and pruned, on a map whose windows
+    tile exactly (64) and on one with padded and shifted windows (72: 18x18, windows of 4)."""
+    torch.manual_seed(0)
+    model = ss.create_model("swin_nano", head="seg", num_classes=3, embed_dim=16, num_heads=[1, 1, 2, 2], window_size=4)
+    model.eval().set_config(model.uniform_config(sparsity) if sparsity else None)
+    report = check_onnx(model, tmp_path / "m.onnx", (side, side))
+    assert set(report["max_abs_diff_by_batch"]) == {"1", "3"}
+    assert report["max_abs_diff"] < 1e-4 and report["ok"]
+
+
+def test_onnx_int8_agrees_within_its_tolerance(tmp_path):
+    """Dynamic int8 within INT8_TOLERANCE of the output's range at batch 1 and 3 (the bound the export checks: weights
+    and each linear layer's input rounded to 1/254 and 1/255 of their ranges, a dozen layers; this model lands near
+    0.02), and written beside the fp32 model."""
+    torch.manual_seed(0)
+    model = ss.create_model("swin_nano", head="seg", num_classes=3, embed_dim=16, num_heads=[1, 1, 2, 2], window_size=4)
+    model.eval().set_config(model.uniform_config(0.5))
+    report = check_onnx(model, tmp_path / "model.onnx", (64, 64), quantize="dynamic")
+    int8 = report["int8"]
+    assert int8["file"] == "model.int8.onnx" and (tmp_path / "model.int8.onnx").is_file()
+    assert set(int8["max_abs_diff_by_batch"]) == {"1", "3"}
+    assert 0 < int8["max_rel_diff"] <= INT8_TOLERANCE and int8["ok"]
+    assert (tmp_path / "model.int8.onnx").stat().st_size < (tmp_path / "model.onnx").stat().st_size
+
+
+def test_card_gives_onnx_runtime_latency_beside_torch(supernet, tmp_path):
+    """The card: ONNX Runtime ms of fp32 and int8, of the config and the dense config, beside torch's; the int8
+    model's accuracy beside the fp32 one's."""
+    d = supernet
+    report = export_model(
+        d / "supernet.pt", d / "best.json", tmp_path / "e", onnx=True, quantize="dynamic", val_samples=2
+    )
+    card = json.loads((tmp_path / "e" / "card.json").read_text())
+    ms = card["onnx_ms"]
+    for key in ("fp32", "fp32_dense", "int8", "int8_dense"):
+        assert ms[key] > 0
+    assert ms["torch_ms"] == card["measured_ms"] == report.measured_ms and ms["torch_dense_ms"] > 0
+    assert "ONNX Runtime" in ms["measured_on"] and ms["onnxruntime"]
+    assert card["onnx"]["int8"]["ok"] and card["accuracy_int8"]["metric"] == card["accuracy"]["metric"] == "mIoU"
+    assert card["accuracy_int8"]["n"] == 2
+
+
+def test_cli_export_quantize_prints_both_models(supernet, tmp_path, capsys):
+    d = supernet
+    argv = [
+        "export",
+        "--supernet",
+        str(d / "supernet.pt"),
+        "--config",
+        str(d / "best.json"),
+        "--out",
+        str(tmp_path / "e"),
+    ]
+    assert main([*argv, "--onnx", "--quantize", "dynamic", "--no-measure"]) == 0
+    out = capsys.readouterr().out
+    assert "model.onnx" in out and "model.int8.onnx" in out and "wrote" in out
+    assert (tmp_path / "e" / "model.int8.onnx").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--quantize", "dynamic"], "add --onnx"), (["--onnx", "--quantize", "static"], "must be one of dynamic")],
+)
+def test_cli_quantize_bad_input_is_one_line(supernet, extra, message, tmp_path, capsys):
+    d = supernet
+    argv = [
+        "export",
+        "--supernet",
+        str(d / "supernet.pt"),
+        "--config",
+        str(d / "best.json"),
+        "--out",
+        str(tmp_path / "e"),
+    ]
+    assert main([*argv, "--no-measure", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "e").exists()
+
+
+def test_quantize_without_onnxruntime_is_one_line(supernet, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
+    with pytest.raises(ss.SparseSearchError, match="pip install"):
+        check_quantize(True, "dynamic")
+    with pytest.raises(ss.SparseSearchError, match="must be one of"):
+        check_quantize(True, "static")
+    d = supernet
+    argv = [
+        "export",
+        "--supernet",
+        str(d / "supernet.pt"),
+        "--config",
+        str(d / "best.json"),
+        "--out",
+        str(tmp_path / "e"),
+    ]
+    assert main([*argv, "--onnx", "--quantize", "dynamic", "--no-measure"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "onnxruntime" in err and "pip install" in err and len(err.splitlines()) == 1
