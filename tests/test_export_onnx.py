@@ -168,3 +168,15 @@ def test_quantize_without_onnxruntime_is_one_line(supernet, tmp_path, capsys, mo
     assert main([*argv, "--onnx", "--quantize", "dynamic", "--no-measure"]) == 2
     err = capsys.readouterr().err.strip()
     assert "onnxruntime" in err and "pip install" in err and len(err.splitlines()) == 1
+
+
+def test_sam2_export_has_no_shape_merge_conflict(tmp_path):
+    """SAM 2's position embedding exports as one Tile (no If whose branches disagree on the repeats' rank, which
+    ONNX Runtime reported as a "Concat output 4 vs 5" shape-merge warning), and the export agrees with torch."""
+    onnx = pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    model = ss.create_model("sam2_hiera_nano", head=None).eval()
+    model.set_config(model.uniform_config(0.5))
+    report = check_onnx(model, tmp_path / "m.onnx", (128, 128))
+    assert report["max_abs_diff"] < 1e-4
+    assert not [n.name for n in onnx.load(str(tmp_path / "m.onnx")).graph.node if n.op_type == "If"]

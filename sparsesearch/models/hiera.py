@@ -138,7 +138,9 @@ def hiera_pos_embed(pos_embed: torch.Tensor, pos_embed_window: torch.Tensor, siz
     dtype = torch.promote_types(pos_embed.dtype, torch.float32)  # bicubic needs float32 or wider
     pos = F.interpolate(pos_embed.to(dtype), size=(H, W), mode="bicubic", align_corners=False)
     wh, ww = pos_embed_window.shape[-2:]
-    win = pos_embed_window.to(dtype).tile(1, 1, -(-H // wh), -(-W // ww))[:, :, :H, :W]
+    # repeat, not tile (the same for a full-rank repeat count): the ONNX exporter writes tile as an If whose
+    # branches disagree on the rank of the repeats (ONNX Runtime's "Concat output 4 vs 5" shape-merge warning)
+    win = pos_embed_window.to(dtype).repeat(1, 1, -(-H // wh), -(-W // ww))[:, :, :H, :W]
     return (pos + win).permute(0, 2, 3, 1).to(pos_embed.dtype)
 
 
