@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import platform
 from collections.abc import Callable
@@ -167,13 +168,18 @@ def quantize_onnx(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415
 
     tmp = dst.with_name(f".{dst.name}.tmp")
-    quantize_dynamic(
-        str(src),
-        str(tmp),
-        op_types_to_quantize=["MatMul", "Gemm"],
-        weight_type=QuantType.QInt8,
-        extra_options={"MatMulConstBOnly": True},
-    )
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # its advice to pre-process (shape inference) the graph: ours has static shapes
+    try:
+        quantize_dynamic(
+            str(src),
+            str(tmp),
+            op_types_to_quantize=["MatMul", "Gemm"],
+            weight_type=QuantType.QInt8,
+            extra_options={"MatMulConstBOnly": True},
+        )
+    finally:
+        logging.disable(previous)
     os.replace(tmp, dst)
 
 
