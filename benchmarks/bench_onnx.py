@@ -7,7 +7,8 @@
 Models (--model): "demo" is the demo space's model (search_spaces/demo.yaml: swin_nano, embed 48, windows 8/8/8/4,
 FPN segmentation head, 4 classes) at 256x256; "swin_t_512" the Swin-T backbone at 512x512; "samvit_nano" the
 samvit_nano backbone at 192x192. Weights are random (seed 0): the kept windows follow the input, not the weights, so
-the work per config is what a trained model does. Configs: dense, uniform --sparsity, and with --config a config
+the work per config is what a trained model does. Configs: dense, uniform --sparsity (the demo's with its space's
+windows 8/8/8/4, the others with the model's default windows), and with --config a config
 file (e.g. a search's best.json) on the models it fits, at its own resolution when it carries one.
 
 Each config is exported as `sparsesearch export --onnx` exports it (`export_onnx_file`: the "export" kernel backend,
@@ -85,11 +86,21 @@ def build(preset: str) -> tuple[Any, int]:
     return model.eval(), int(spec["side"])
 
 
-def configs(model: Any, args: argparse.Namespace) -> dict[str, ss.SparsityConfig | None]:
-    """name -> config: dense (None), uniform at each --sparsity, and --config where the model takes it."""
-    out: dict[str, ss.SparsityConfig | None] = {"dense": None}
+def uniform(preset: str, model: Any, p: float) -> ss.SparsityConfig | None:
+    """Uniform sparsity p (None: dense) with the preset's windows: a space's first window choice per stage (the
+    demo's 8/8/8/4, which tile its 256x256 maps exactly), else the model's defaults."""
+    spec = MODELS[preset]
+    if "space" not in spec:
+        return model.uniform_config(p) if p > 0 else None
+    space = ss.SearchSpace.load(ROOT / spec["space"])
+    return space.uniform(p) if p > 0 else space.densest()
+
+
+def configs(preset: str, model: Any, args: argparse.Namespace) -> dict[str, ss.SparsityConfig | None]:
+    """name -> config: dense, uniform at each --sparsity, and --config where the model takes it."""
+    out: dict[str, ss.SparsityConfig | None] = {"dense": uniform(preset, model, 0.0)}
     for p in sorted(set(args.sparsity) - {0.0}):
-        out[f"uniform {p:g}"] = model.uniform_config(p)
+        out[f"uniform {p:g}"] = uniform(preset, model, p)
     if args.config is not None:
         cfg = ss.SparsityConfig.load(args.config)
         try:
@@ -115,7 +126,7 @@ def export_all(preset: str, args: argparse.Namespace, folder: Path) -> dict[str,
     from sparsesearch.export import export_onnx_file, quantize_onnx  # noqa: PLC0415
 
     model, side = build(preset)
-    cfgs = configs(model, args)
+    cfgs = configs(preset, model, args)
     files: dict[str, dict[str, str]] = {}
     for i, (name, cfg) in enumerate(cfgs.items()):
         model.set_config(cfg)
