@@ -18,9 +18,9 @@ from .errors import (
     SpaceError,
     SparseSearchError,
 )
-from .evaluate import EvalResult, Evaluator, evaluate
+from .evaluate import EvalResult, EvalSettings, Evaluator, evaluate
 from .export import ExportSettings, export_model, load_exported
-from .fidelity import FidelityError, FidelityEvaluator, fidelity
+from .fidelity import FidelityError, FidelityEvaluator, FidelitySettings, fidelity
 from .latency import LatencyTable
 from .models import SamViT, SwinTransformer, create_model, list_models, load_checkpoint
 from .search import AccuracyFunctionError, Candidate, SearchResult, SearchSettings, search
@@ -51,9 +51,11 @@ __all__ = [
     "RandomSparsity",
     "evaluate",
     "Evaluator",
+    "EvalSettings",
     "EvalResult",
     "fidelity",
     "FidelityEvaluator",
+    "FidelitySettings",
     "FidelityAccuracy",
     "FidelityError",
     "export_model",

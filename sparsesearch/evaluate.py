@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -20,9 +20,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .config import SparsityConfig
 from .errors import ConfigError, DataError
+from .options import settings_from
 
 __all__ = [
     "EvalResult",
+    "ScoringSettings",
+    "EvalSettings",
     "Evaluator",
     "evaluate",
     "confusion_matrix",
@@ -203,6 +206,44 @@ def _num_classes(model: nn.Module, dataset: Any, num_classes: int | None) -> int
     return int(n)
 
 
+@dataclass(kw_only=True)
+class ScoringSettings:
+    """How an evaluator loads its items and runs the model (what `EvalSettings` and `FidelitySettings` share).
+
+    Attributes:
+        batch: items per forward pass.
+        device: where to run (None: the model's device).
+        amp: autocast (bf16 on CPU, fp16 on CUDA).
+        preload: keep the subset in memory (None: when it takes less than 1 GiB), so repeated calls skip
+            decoding/generation.
+        cache: remember the result of each config (keyed by ``config.key()`` and resolution).
+        workers: DataLoader workers for loading.
+    """
+
+    batch: int = 16
+    device: str | torch.device | None = None
+    amp: bool = False
+    preload: bool | None = None
+    cache: bool = True
+    workers: int = 0
+
+
+@dataclass(kw_only=True)
+class EvalSettings(ScoringSettings):
+    """How :class:`Evaluator` and :func:`evaluate` score: the `ScoringSettings` and the labelled metric's task,
+    class count and ignore index.
+
+    Attributes:
+        task: "seg" (mIoU) or "cls" (top-1); None: the model's head, else the data set's task.
+        num_classes: classes of the metric; None: the model's, else the data set's.
+        ignore_index: the label value no metric counts; None: the data set's, else 255.
+    """
+
+    task: str | None = None
+    num_classes: int | None = None
+    ignore_index: int | None = None
+
+
 class Evaluator:
     """Scores configs of one model on a fixed subset: the first ``n`` items of ``dataset``.
 
@@ -210,14 +251,9 @@ class Evaluator:
         model: a model of the zoo (or any module taking ``(x, config=...)``), with a "seg" or "cls" head.
         dataset: items (image (3, H, W) float, mask (H, W) int64) or (image, class int).
         n: number of items (None: all of them).
-        batch: items per forward pass.
-        device: where to run (default: the model's device).
-        amp: autocast (bf16 on CPU, fp16 on CUDA).
-        task, num_classes, ignore_index: inferred from the model/dataset when None.
-        preload: keep the subset in memory (default: when it takes less than 1 GiB), so repeated calls skip
-            decoding/generation.
-        cache: remember the result of each config (keyed by ``config.key()`` and resolution).
-        workers: DataLoader workers for loading.
+        settings: an :class:`EvalSettings` (default: its defaults): batch, device, amp, task, num_classes,
+            ignore_index, preload, cache, workers; **overrides: its fields by name (``batch=8, device="cuda"``);
+            an unknown name raises SparseSearchError.
     """
 
     def __init__(
@@ -225,38 +261,37 @@ class Evaluator:
         model: nn.Module,
         dataset: Dataset[Any],
         n: int | None = None,
-        *,
-        batch: int = 16,
-        device: str | torch.device | None = None,
-        amp: bool = False,
-        task: str | None = None,
-        num_classes: int | None = None,
-        ignore_index: int | None = None,
-        preload: bool | None = None,
-        cache: bool = True,
-        workers: int = 0,
+        settings: EvalSettings | None = None,
+        **overrides: Any,
     ) -> None:
+        s = settings_from(EvalSettings, settings, overrides, "Evaluator")
+        self.model = model
+        self._setup_task(dataset, s.task, s.num_classes, s.ignore_index)
+        self._subset(dataset, n, s)
+
+    def _subset(self, dataset: Dataset[Any], n: int | None, s: ScoringSettings) -> None:
+        """Take the first `n` items of `dataset` (preloaded as `s.preload` says) and how to run them from `s`."""
         total = len(dataset)  # type: ignore[arg-type]
         if n is not None and n < 1:
             raise DataError(f"the number of evaluation items must be >= 1, got {n}")
         self.n = total if n is None else min(int(n), total)
         if self.n == 0:
             raise DataError("the evaluation data set is empty")
-        self.model = model
         self.dataset = Subset(dataset, range(self.n))
-        self.batch = max(1, int(batch))
+        self.batch = max(1, int(s.batch))
+        device = s.device
         if device is None:
-            first = next(model.parameters(), None)
+            first = next(self.model.parameters(), None)
             device = first.device if first is not None else "cpu"
         self.device = torch.device(device)
-        self.amp = amp
-        self._setup_task(dataset, task, num_classes, ignore_index)
-        self.workers = workers
-        self._cache: dict[str, EvalResult] | None = {} if cache else None
+        self.amp = s.amp
+        self.workers = s.workers
+        self._cache: dict[str, EvalResult] | None = {} if s.cache else None
         self._batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        preload = s.preload
         if preload is None:
-            first = dataset[0][0]
-            preload = first.numel() * first.element_size() * self.n < PRELOAD_LIMIT_BYTES
+            image = dataset[0][0]
+            preload = image.numel() * image.element_size() * self.n < PRELOAD_LIMIT_BYTES
         if preload:
             self._batches = list(self._load())
 
@@ -374,34 +409,19 @@ def evaluate(
     dataset: Dataset[Any],
     n: int | None = None,
     *,
-    batch: int = 16,
-    device: str | torch.device | None = None,
-    amp: bool = False,
     resolution: Sequence[int] | None = None,
-    task: str | None = None,
-    num_classes: int | None = None,
-    ignore_index: int | None = None,
-    workers: int = 0,
+    settings: EvalSettings | None = None,
+    **overrides: Any,
 ) -> EvalResult:
     """mIoU ("seg") or top-1 ("cls") of ``model`` under ``config`` on the first ``n`` items of ``dataset``.
 
     Images (B, 3, H, W) go through ``model`` with ``config`` applied for the call (the previous config is
-    restored); segmentation logits (B, C, H, W) are compared with masks (B, H, W) through a confusion
-    matrix that skips ``ignore_index`` (default: the data set's, else 255). Deterministic: same items, same
+    restored), resized first to ``resolution`` (H, W) when given (None: the config's own); segmentation logits
+    (B, C, H, W) are compared with masks (B, H, W) through a confusion matrix that skips the ignore index (default:
+    the data set's, else 255). ``settings``: an :class:`EvalSettings` (or its fields by name: ``batch=8``,
+    ``num_classes=3``); its ``preload`` and ``cache`` do not apply to one call. Deterministic: same items, same
     order, inference mode. See :class:`Evaluator` to score many configs on one preloaded subset.
     """
-    ev = Evaluator(
-        model,
-        dataset,
-        n,
-        batch=batch,
-        device=device,
-        amp=amp,
-        task=task,
-        num_classes=num_classes,
-        ignore_index=ignore_index,
-        preload=False,
-        cache=False,
-        workers=workers,
-    )
+    s = settings_from(EvalSettings, settings, overrides, "evaluate")
+    ev = Evaluator(model, dataset, n, replace(s, preload=False, cache=False))
     return ev(config, resolution)

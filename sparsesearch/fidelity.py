@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -30,7 +31,8 @@ from torch.utils.data import Dataset, TensorDataset
 
 from .config import SparsityConfig
 from .errors import DataError, SparseSearchError
-from .evaluate import EvalResult, Evaluator, jackknife_stderr
+from .evaluate import EvalResult, Evaluator, ScoringSettings, jackknife_stderr
+from .options import settings_from
 
 if TYPE_CHECKING:
     from .space import SearchSpace
@@ -39,6 +41,7 @@ __all__ = [
     "FIDELITY_KINDS",
     "FidelityError",
     "FidelityEvaluator",
+    "FidelitySettings",
     "fidelity",
     "dense_reference",
     "as_image_dataset",
@@ -188,6 +191,27 @@ def _applied(model: nn.Module, config: SparsityConfig | None) -> Iterator[None]:
         set_config(previous)
 
 
+@dataclass(kw_only=True)
+class FidelitySettings(ScoringSettings):
+    """How :class:`FidelityEvaluator` and :func:`fidelity` score: the
+    :class:`~sparsesearch.evaluate.ScoringSettings` (batch, device, amp, preload, cache, workers) and what is
+    compared with what.
+
+    Attributes:
+        reference: the config of the dense run (None: `set_config(None)`, the model's dense config); its
+            resolution, if any, resizes the reference's inputs.
+        reference_model: run the reference on this model instead (e.g. the pretrained weights a supernet was
+            adapted from, to score fidelity to the original); None: the scored model itself.
+        task: "seg", "cls" or "features" (None: from the model's head, see :func:`fidelity_kind`).
+        channel_dim: the channel dimension of "features" outputs (None: see :func:`feature_channel_dim`).
+    """
+
+    reference: SparsityConfig | None = None
+    reference_model: nn.Module | None = None
+    task: str | None = None
+    channel_dim: int | None = None
+
+
 class FidelityEvaluator(Evaluator):
     """Scores configs of one model by fidelity to the model run under `reference` (default: dense) on the first
     ``n`` items of ``dataset`` (labels, if any, are ignored).
@@ -200,13 +224,10 @@ class FidelityEvaluator(Evaluator):
         model: any module whose output is a tensor or a list of tensors (a model of the zoo, a `features_only`
             model, your own); configs need its `set_config`.
         dataset: items (image (3, H, W) float, anything), e.g. an unlabelled image folder.
-        reference: the config of the dense run (None: `set_config(None)`, the model's dense config); its
-            resolution, if any, resizes the reference's inputs.
-        reference_model: run the reference on this model instead (e.g. the pretrained weights a supernet was
-            adapted from, to score fidelity to the original); None: `model` itself.
-        task: "seg", "cls" or "features" (None: from the model's head, see :func:`fidelity_kind`).
-        channel_dim: the channel dimension of "features" outputs (None: see :func:`feature_channel_dim`).
-        n, batch, device, amp, preload, cache, workers: as for Evaluator.
+        n: number of items (None: all of them).
+        settings: a :class:`FidelitySettings` (default: its defaults): reference, reference_model, task,
+            channel_dim, and batch, device, amp, preload, cache, workers as for Evaluator; **overrides: its fields
+            by name (``reference=dense_reference(space), batch=8``); an unknown name raises SparseSearchError.
     """
 
     def __init__(
@@ -214,43 +235,21 @@ class FidelityEvaluator(Evaluator):
         model: nn.Module,
         dataset: Dataset[Any],
         n: int | None = None,
-        *,
-        reference: SparsityConfig | None = None,
-        reference_model: nn.Module | None = None,
-        task: str | None = None,
-        channel_dim: int | None = None,
-        batch: int = 16,
-        device: str | torch.device | None = None,
-        amp: bool = False,
-        preload: bool | None = None,
-        cache: bool = True,
-        workers: int = 0,
+        settings: FidelitySettings | None = None,
+        **overrides: Any,
     ) -> None:
-        self.reference = reference
-        self.reference_model = reference_model
-        self.channel_dim = channel_dim
+        s = settings_from(FidelitySettings, settings, overrides, "FidelityEvaluator")
+        self.model = model
+        self.reference = s.reference
+        self.reference_model = s.reference_model
+        self.channel_dim = s.channel_dim
         self.reference_images = 0
         self._refs: list[list[torch.Tensor]] | None = None
         self._dims: list[int] = []
-        super().__init__(
-            model,
-            dataset,
-            n,
-            batch=batch,
-            device=device,
-            amp=amp,
-            task=task,
-            preload=preload,
-            cache=cache,
-            workers=workers,
-        )
-
-    def _setup_task(
-        self, dataset: Dataset[Any], task: str | None, num_classes: int | None, ignore_index: int | None
-    ) -> None:
-        self.task = fidelity_kind(self.model, task)
+        self.task = fidelity_kind(model, s.task)
         self.num_classes = 0
         self.ignore_index = None
+        self._subset(dataset, n, s)
 
     @property
     def _name(self) -> str:
@@ -335,14 +334,9 @@ def fidelity(
     data: Dataset[Any] | torch.Tensor,
     n: int | None = None,
     *,
-    reference: SparsityConfig | None = None,
-    task: str | None = None,
-    channel_dim: int | None = None,
     resolution: Sequence[int] | None = None,
-    batch: int = 16,
-    device: str | torch.device | None = None,
-    amp: bool = False,
-    workers: int = 0,
+    settings: FidelitySettings | None = None,
+    **overrides: Any,
 ) -> EvalResult:
     """How closely `model` under `config` reproduces `model` under `reference` (default: dense) on the first `n`
     images of `data`: an EvalResult with metric "fidelity" (percent, higher is better), its jackknife standard
@@ -351,26 +345,15 @@ def fidelity(
     Args:
         data: a (N, 3, H, W) tensor of images, or a dataset of (image (3, H, W), anything) items (an unlabelled
             folder from `sparsesearch.data.build_dataset`, a labelled one: labels are ignored).
-        reference: the dense run's config (None: `model.set_config(None)`).
-        task: "seg", "cls" or "features" (None: from the model's head; "features" for a backbone).
-        channel_dim: where the channels of a "features" output are (None: inferred, see `feature_channel_dim`).
         resolution: (H, W) to resize the inputs of `config`'s run to (None: `config.resolution`, else as they
             are); the reference runs on the images as they are.
+        settings: a :class:`FidelitySettings` (or its fields by name: ``reference=...``, ``task="features"``,
+            ``batch=8``): the dense run's config (`reference`, None: `model.set_config(None)`), what is compared
+            (`task`, `channel_dim`) and how it runs; its `cache` does not apply to one call.
 
     Raises FidelityError when the model's output is not a tensor or a list of tensors. To score many configs,
     keep one :class:`FidelityEvaluator` (the dense outputs are computed once).
     """
-    ev = FidelityEvaluator(
-        model,
-        as_image_dataset(data),
-        n,
-        reference=reference,
-        task=task,
-        channel_dim=channel_dim,
-        batch=batch,
-        device=device,
-        amp=amp,
-        cache=False,
-        workers=workers,
-    )
+    s = settings_from(FidelitySettings, settings, overrides, "fidelity")
+    ev = FidelityEvaluator(model, as_image_dataset(data), n, replace(s, cache=False))
     return ev(config, resolution)

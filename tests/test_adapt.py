@@ -20,20 +20,14 @@ from sparsesearch.errors import CheckpointError, ConfigError
 from sparsesearch.evaluate import Evaluator, confusion_matrix, evaluate, miou_from_confusion, resolve_config
 from sparsesearch.supernet import build_eval_dataset, load_supernet, read_supernet_file
 
+from .tiny_spaces import SWIN
+
 ROOT = Path(__file__).resolve().parents[1]
 
+#: the shared tiny swin space with a wider head, a second window choice in the first two stages, and no ordering rule
 TINY = {
-    "name": "tiny",
-    "architecture": "swin_nano",
-    "model_kwargs": {"embed_dim": 16, "num_heads": [1, 1, 2, 2], "window_size": 4, "seg_dim": 32},
-    "resolutions": [[64, 64]],
-    "sparsity_choices": [0.0, 0.25, 0.5, 0.75],
-    "genes": [
-        {"name": "s1", "blocks": ["0.0", "0.1"]},
-        {"name": "s2", "blocks": ["1.0", "1.1"]},
-        {"name": "s3", "blocks": ["2.0", "2.1"]},
-        {"name": "s4", "blocks": ["3.0", "3.1"], "choices": [0.0]},
-    ],
+    **SWIN,
+    "model_kwargs": {**SWIN["model_kwargs"], "seg_dim": 32},
     "window_sizes": [[4, 3], [4, 3], [4], [4]],
     "rules": {"non_decreasing_within_stage": False},
 }
@@ -116,6 +110,7 @@ def test_evaluator_is_deterministic_cached_and_restores_the_config(trained):
     assert ev(cfg) is a  # cached
     assert ev(space.densest()).n == 6
     assert Evaluator(model, ds, 6, batch=4, preload=False, cache=False)(cfg).value == a.value
+    assert Evaluator(model, ds, 6, ss.EvalSettings(batch=4, preload=False))(cfg).value == a.value
     assert model.config is None and not model.training
     assert evaluate(model, cfg, ds, 100).n == len(ds)  # n larger than the split: all of it
 

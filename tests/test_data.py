@@ -11,14 +11,17 @@ from PIL import Image
 from sparsesearch.data import (
     DEFAULT_SYNTHETIC_SIZE,
     ImageFolderClassification,
+    LoaderPlacement,
+    SceneSettings,
     SegmentationFolder,
+    SegmentationLayout,
     SparseScenes,
     build_dataset,
     make_loader,
     parse_synthetic_spec,
 )
 from sparsesearch.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from sparsesearch.errors import DataError
+from sparsesearch.errors import DataError, SparseSearchError
 
 # ---------------------------------------------------------------------------------------------------------
 # helpers
@@ -235,6 +238,11 @@ def test_synthetic_coverage_makes_dense_scenes() -> None:
     assert np.array_equal(sparse.generate(5)[1], SparseScenes(16, 128, seed=3, coverage=(0.06, 0.16)).generate(5)[1])
     with pytest.raises(ValueError, match="coverage"):
         SparseScenes(4, coverage=(0.5, 0.2))
+    # the options as a settings object draw the same scenes; a name that is no option is refused
+    typed = SparseScenes(16, 128, seed=3, settings=SceneSettings(objects=(4, 10), coverage=(0.3, 0.5)))
+    assert np.array_equal(typed.generate(5)[1], dense.generate(5)[1])
+    with pytest.raises(SparseSearchError, match="unknown setting"):
+        SparseScenes(4, object=(1, 2))
 
 
 def test_synthetic_normalisation_and_epoch_flips() -> None:
@@ -350,7 +358,8 @@ def test_segmentation_folder_layouts(tmp_path: Path) -> None:
     ds = SegmentationFolder(city, 16, train=False, image_suffix="_leftImg8bit", label_suffix="_gtFine_labelTrainIds")
     assert len(ds) == 1 and ds[0][1].shape == (16, 16)
     (city / "classes.txt").write_text("road\ncar\nperson\nsky\n")
-    named = SegmentationFolder(city, 16, train=False, image_suffix="_leftImg8bit", label_suffix="_gtFine_labelTrainIds")
+    layout = SegmentationLayout(image_suffix="_leftImg8bit", label_suffix="_gtFine_labelTrainIds")
+    named = SegmentationFolder(city, 16, train=False, layout=layout)
     assert named.num_classes == 4 and named.class_names == ["road", "car", "person", "sky"]
 
 
@@ -558,6 +567,8 @@ def test_make_loader_is_seeded_and_resumable() -> None:
     assert all(len(r) == 4 for r in ranks) and set(sum(ranks, [])) == set(range(10))
     unshuffled = [int(i) for b in make_loader(IndexDataset(10), 4, shuffle=False, drop_last=True) for i in b]
     assert unshuffled == list(range(8))
+    placed = make_loader(IndexDataset(10), 3, True, 1, epoch=3, placement=LoaderPlacement(rank=1, world_size=3))
+    assert [int(i) for b in placed for i in b] == order(epoch=3, rank=1, world_size=3)
     ds_flip = SparseScenes(10, 16, seed=0, hflip=True)
     make_loader(ds_flip, 2, shuffle=False, epoch=5)
     assert ds_flip.epoch == 5

@@ -90,6 +90,8 @@ def test_classification_fidelity_is_top1_agreement():
     loo, se = _loo_stderr(agree)
     assert r.value == pytest.approx(agree.mean()) and r.stderr == pytest.approx(se)
     assert np.allclose(r.left_out, loo)
+    typed = ss.fidelity(model, cfg, x, settings=ss.FidelitySettings(reference=ref_cfg, batch=5))
+    assert typed.value == r.value and typed.left_out == r.left_out
 
 
 def test_backbone_fidelity_is_the_mean_cosine_of_feature_vectors():
@@ -143,7 +145,8 @@ def test_the_dense_model_runs_once_per_image_and_the_paired_noise_is_the_jackkni
     x = _images(5)
     seen: list[int] = []
     model.register_forward_pre_hook(lambda mod, args: seen.append(int(args[0].shape[0])))
-    ev = FidelityEvaluator(model, torch.utils.data.TensorDataset(x, torch.zeros(5)), reference=dense_reference(space))
+    settings = ss.FidelitySettings(reference=dense_reference(space))
+    ev = FidelityEvaluator(model, torch.utils.data.TensorDataset(x, torch.zeros(5)), settings=settings)
     configs = [space.uniform(0.25), space.uniform(0.5), space.sparsest()]
     results = [ev(c) for c in configs + configs]  # the second round comes from the cache
     assert ev.reference_images == 5 and sum(seen) == 5 * (1 + len(configs))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import SparsityConfig
-from ..data import make_loader
+from ..data import LoaderPlacement, make_loader
 from ..options import settings_from
 from .checkpoint import capture_rng, restore_rng
 from .sampling import RandomSparsity, StepConfig
@@ -140,17 +140,6 @@ class Optimisation:
             self.scaler.load_state_dict(state["scaler"])
 
 
-@dataclass
-class LoaderPlacement:
-    """Where a run's batches are loaded: `workers` loader processes, this process's `rank` of `world_size`, and
-    whether batches go to pinned memory."""
-
-    workers: int = 0
-    rank: int = 0
-    world_size: int = 1
-    pin_memory: bool = False
-
-
 def batches(
     dataset: Any,
     batch: int,
@@ -177,13 +166,10 @@ def batches(
                 batch,
                 shuffle=True,
                 seed=seed,
-                workers=where.workers,
-                drop_last=True,
                 epoch=epoch,
                 skip_batches=within,
-                rank=where.rank,
-                world_size=where.world_size,
-                pin_memory=where.pin_memory,
+                drop_last=True,
+                placement=where,
             )
             loader_iter, loader_epoch = iter(loader), epoch
         yield step, epoch, next(loader_iter)

@@ -15,24 +15,33 @@ from sparsesearch.data.build import (
     UNLABELLED,
     AnyDataset,
     EpochSampler,
+    LoaderPlacement,
     build_dataset,
     make_loader,
     parse_synthetic_spec,
 )
-from sparsesearch.data.folders import ImageFolderClassification, ImageFolderUnlabelled, SegmentationFolder
-from sparsesearch.data.synthetic import SparseScenes
+from sparsesearch.data.folders import (
+    ImageFolderClassification,
+    ImageFolderUnlabelled,
+    SegmentationFolder,
+    SegmentationLayout,
+)
+from sparsesearch.data.synthetic import SceneSettings, SparseScenes
 from sparsesearch.data.transforms import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "parse_synthetic_spec",
     "SparseScenes",
+    "SceneSettings",
     "ImageFolderClassification",
     "SegmentationFolder",
+    "SegmentationLayout",
     "ImageFolderUnlabelled",
     "UNLABELLED",
     "build_dataset",
     "make_loader",
     "EpochSampler",
+    "LoaderPlacement",
     "AnyDataset",
     "DEFAULT_SYNTHETIC_SIZE",
     "SPLIT_ALIASES",

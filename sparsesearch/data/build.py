@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sized
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,13 @@ from sparsesearch.data.folders import (
 from sparsesearch.data.synthetic import SparseScenes
 from sparsesearch.data.transforms import IMAGE_EXTENSIONS, Size
 from sparsesearch.errors import DataError
+from sparsesearch.options import settings_from
 
 __all__ = [
     "build_dataset",
     "parse_synthetic_spec",
     "make_loader",
+    "LoaderPlacement",
     "EpochSampler",
     "AnyDataset",
     "DEFAULT_SYNTHETIC_SIZE",
@@ -295,28 +298,44 @@ class EpochSampler(Sampler[int]):
         return max(0, self.per_rank - self.start)
 
 
+@dataclass
+class LoaderPlacement:
+    """Where batches are loaded (none of it changes which batches a loader gives).
+
+    Attributes:
+        workers: DataLoader worker processes (0: in this process).
+        rank, world_size: this process's rank of ``world_size`` DDP processes; the ranks split each epoch's order.
+        pin_memory: put batches in pinned memory (faster copies to a GPU).
+    """
+
+    workers: int = 0
+    rank: int = 0
+    world_size: int = 1
+    pin_memory: bool = False
+
+
 def make_loader(
     dataset: Dataset[Any],
     batch: int,
     shuffle: bool,
     seed: int = 0,
-    workers: int = 0,
-    drop_last: bool = False,
     *,
     epoch: int = 0,
     skip_batches: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    pin_memory: bool = False,
+    drop_last: bool = False,
+    placement: LoaderPlacement | None = None,
+    **overrides: Any,
 ) -> DataLoader[Any]:
     """A DataLoader over one epoch whose batches depend on (dataset, seed, epoch) alone.
 
     Build one loader per epoch. The order comes from an :class:`EpochSampler` seeded with (seed, epoch);
     the dataset's own random augmentation is drawn per item from (its seed, epoch, index) after
     ``dataset.set_epoch(epoch)`` is called here; so the batches do not depend on ``workers``, and a run
-    resumed at (epoch, skip_batches) sees exactly the batches an uninterrupted run would. For DDP pass
-    ``rank``/``world_size``: the ranks split the epoch's order and get equal batch counts.
+    resumed at (epoch, skip_batches) sees exactly the batches an uninterrupted run would. ``placement`` (or its
+    fields by name: ``workers=2``, ``rank=1, world_size=4`` for DDP, ``pin_memory=True``): a
+    :class:`LoaderPlacement`; the DDP ranks split the epoch's order and get equal batch counts.
     """
+    where = settings_from(LoaderPlacement, placement, overrides, "make_loader")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     set_epoch = getattr(dataset, "set_epoch", None)
@@ -325,14 +344,14 @@ def make_loader(
     if not isinstance(dataset, Sized):
         raise TypeError("make_loader needs a map-style dataset with __len__")
     n = len(dataset)
-    sampler = EpochSampler(n, shuffle, seed, epoch, rank, world_size, start=skip_batches * batch)
+    sampler = EpochSampler(n, shuffle, seed, epoch, where.rank, where.world_size, start=skip_batches * batch)
     return DataLoader(
         dataset,
         batch_size=batch,
         sampler=sampler,
-        num_workers=workers,
+        num_workers=where.workers,
         drop_last=drop_last,
-        pin_memory=pin_memory,
+        pin_memory=where.pin_memory,
         generator=torch.Generator().manual_seed(_mix(seed, epoch)),
         persistent_workers=False,
     )

@@ -8,7 +8,9 @@ on the number of workers. A missing, empty or malformed folder or file raises :c
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,11 +33,13 @@ from sparsesearch.data.transforms import (
     to_tensor,
 )
 from sparsesearch.errors import DataError
+from sparsesearch.options import settings_from
 
 __all__ = [
     "ImageFolderUnlabelled",
     "ImageFolderClassification",
     "SegmentationFolder",
+    "SegmentationLayout",
     "IMAGE_DIR_NAMES",
     "LABEL_DIR_NAMES",
     "find_segmentation_dirs",
@@ -74,7 +78,44 @@ def find_segmentation_dirs(root: Path) -> tuple[Path, Path] | None:
     return images, labels
 
 
-class ImageFolderClassification(Dataset[tuple[torch.Tensor, int]]):
+class _Folder:
+    """What the folder datasets share: the checked root, size, train flag, seed, scale range and epoch of the
+    random augmentation, the items in :attr:`samples`, and normalisation with the ImageNet mean/std."""
+
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
+    samples: Sequence[Any]
+
+    def _setup(
+        self, root: str | Path, hint: str, size: Size, train: bool, seed: int, scale: tuple[float, float]
+    ) -> None:
+        """Check `root` (DataError with `hint` when it is no folder) and keep the settings every folder set has."""
+        self.root = _check_root(root, hint)
+        self.size = as_hw(size)
+        self.train = train
+        self.seed = seed
+        self.scale = scale
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random augmentation :meth:`__getitem__` draws."""
+        self.epoch = int(epoch)
+
+    def _crop_and_flip(self, img: Image.Image, index: int) -> Image.Image:
+        """The train augmentation of an image set: a random resized crop (scale :attr:`scale`, ratio 3/4-4/3) to
+        :attr:`size` and a random horizontal flip, drawn from (seed, epoch, index)."""
+        rng = item_rng(self.seed, self.epoch, index)
+        box = random_resized_crop_box(img.width, img.height, rng, self.scale)
+        img = resize_image(img, self.size, box=box)
+        if rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return img
+
+
+class ImageFolderClassification(_Folder, Dataset[tuple[torch.Tensor, int]]):
     """ImageNet-layout classification: ``root/<class>/<image>`` -> (image (3, H, W) float32, class int).
 
     Class indices follow the sorted class folder names (:attr:`class_names`); images are found
@@ -86,8 +127,6 @@ class ImageFolderClassification(Dataset[tuple[torch.Tensor, int]]):
     """
 
     task = "cls"
-    mean = IMAGENET_MEAN
-    std = IMAGENET_STD
 
     def __init__(
         self,
@@ -100,13 +139,8 @@ class ImageFolderClassification(Dataset[tuple[torch.Tensor, int]]):
         scale: tuple[float, float] = (0.08, 1.0),
     ) -> None:
         hint = "expected ImageNet layout ROOT/<class>/<image>"
-        self.root = _check_root(root, hint)
-        self.size = as_hw(size)
-        self.train = train
-        self.seed = seed
+        self._setup(root, hint, size, train, seed, scale)
         self.crop_ratio = crop_ratio
-        self.scale = scale
-        self.epoch = 0
         class_dirs = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not class_dirs:
             raise DataError(f"data folder {self.root} has no class sub-folders; {hint}")
@@ -139,25 +173,13 @@ class ImageFolderClassification(Dataset[tuple[torch.Tensor, int]]):
         """Class index of every item, in order."""
         return [t for _, t in self.samples]
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose random augmentation :meth:`__getitem__` draws."""
-        self.epoch = int(epoch)
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         """Item ``index``: image (3, H, W) float32 normalised, class index int."""
         path, target = self.samples[index]
-        index = index % len(self.samples)
         img = load_rgb(path)
         th, tw = self.size
         if self.train:
-            rng = item_rng(self.seed, self.epoch, index)
-            box = random_resized_crop_box(img.width, img.height, rng, self.scale)
-            img = resize_image(img, self.size, box=box)
-            if rng.random() < 0.5:
-                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            img = self._crop_and_flip(img, index % len(self.samples))
         else:
             s = max(th / self.crop_ratio / img.height, tw / self.crop_ratio / img.width)
             nh, nw = max(th, round(img.height * s)), max(tw, round(img.width * s))
@@ -167,7 +189,23 @@ class ImageFolderClassification(Dataset[tuple[torch.Tensor, int]]):
         return to_tensor(img, self.mean, self.std), target
 
 
-class SegmentationFolder(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+@dataclass
+class SegmentationLayout:
+    """Where :class:`SegmentationFolder` finds its files under ``root/images`` and ``root/labels``.
+
+    Attributes:
+        image_suffix, label_suffix: endings of the file names (before the extension) left out when an image is
+            paired with its label, e.g. Cityscapes' ``"_leftImg8bit"`` and ``"_gtFine_labelTrainIds"``.
+        subdir: read ``images/<subdir>`` and ``labels/<subdir>`` (the ADE20K/mmseg split layout); None: the two
+            folders themselves.
+    """
+
+    image_suffix: str = ""
+    label_suffix: str = ""
+    subdir: str | None = None
+
+
+class SegmentationFolder(_Folder, Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Segmentation from ``root/images/*`` + ``root/labels/*.png`` -> (image (3, H, W) float32, label (H, W) int64).
 
     Folder names ``img_dir``/``ann_dir`` (mmseg) and ``annotations`` (ADE20K) are accepted too. Images
@@ -187,12 +225,11 @@ class SegmentationFolder(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     val set (which may lack the highest class). A label value >= ``num_classes`` (other than the ignore
     index) raises DataError naming the file when the item is loaded.
 
-    ``subdir``: read ``images/<subdir>`` and ``labels/<subdir>`` (the ADE20K/mmseg split layout).
+    ``layout`` (or its fields by name: ``subdir="training"``, ``image_suffix=...``): a :class:`SegmentationLayout`;
+    ``subdir`` reads ``images/<subdir>`` and ``labels/<subdir>`` (the ADE20K/mmseg split layout).
     """
 
     task = "seg"
-    mean = IMAGENET_MEAN
-    std = IMAGENET_STD
 
     def __init__(
         self,
@@ -203,15 +240,18 @@ class SegmentationFolder(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         num_classes: int | None = None,
         seed: int = 0,
         scale: tuple[float, float] = (0.5, 2.0),
-        image_suffix: str = "",
-        label_suffix: str = "",
-        subdir: str | None = None,
+        *,
+        layout: SegmentationLayout | None = None,
+        **overrides: Any,
     ) -> None:
+        files = settings_from(SegmentationLayout, layout, overrides, "SegmentationFolder")
+        image_suffix, label_suffix, subdir = files.image_suffix, files.label_suffix, files.subdir
         hint = (
             f"expected ROOT/{{{'|'.join(IMAGE_DIR_NAMES)}}}/<name>.jpg|png and "
             f"ROOT/{{{'|'.join(LABEL_DIR_NAMES)}}}/<name>.png"
         )
-        self.root = _check_root(root, hint)
+        self._setup(root, hint, size, train, seed, scale)
+        self.ignore_index = ignore_index
         dirs = find_segmentation_dirs(self.root)
         if dirs is None:
             raise DataError(f"data folder {self.root} has no image and label folders; {hint}")
@@ -221,12 +261,6 @@ class SegmentationFolder(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             for d in (self.image_dir, self.label_dir):
                 if not d.is_dir():
                     raise DataError(f"split folder {d} does not exist; {hint} with one sub-folder per split")
-        self.size = as_hw(size)
-        self.train = train
-        self.ignore_index = ignore_index
-        self.seed = seed
-        self.scale = scale
-        self.epoch = 0
 
         images = _files(self.image_dir, IMAGE_EXTENSIONS)
         if not images:
@@ -287,13 +321,6 @@ class SegmentationFolder(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             return self._class_names
         return [str(i) for i in range(self.num_classes)]
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose random augmentation :meth:`__getitem__` draws."""
-        self.epoch = int(epoch)
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Item ``index``: image (3, H, W) float32 normalised, label (H, W) int64 (``ignore_index`` kept)."""
         img_path, lab_path = self.samples[index]
@@ -331,7 +358,7 @@ class SegmentationFolder(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             )
 
 
-class ImageFolderUnlabelled(Dataset[tuple[torch.Tensor, int]]):
+class ImageFolderUnlabelled(_Folder, Dataset[tuple[torch.Tensor, int]]):
     """Images without labels: every image under ``root`` (jpg/jpeg/png/bmp/webp, nested folders included, hidden
     ones skipped, sorted by path) -> (image (3, H, W) float32, -1).
 
@@ -343,8 +370,6 @@ class ImageFolderUnlabelled(Dataset[tuple[torch.Tensor, int]]):
 
     task = "unlabelled"
     labelled = False
-    mean = IMAGENET_MEAN
-    std = IMAGENET_STD
 
     def __init__(
         self,
@@ -355,12 +380,7 @@ class ImageFolderUnlabelled(Dataset[tuple[torch.Tensor, int]]):
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
         scale: tuple[float, float] = (0.25, 1.0),
     ) -> None:
-        self.root = _check_root(root, "expected a folder of images (jpg/png, nested folders are fine)")
-        self.size = as_hw(size)
-        self.train = train
-        self.seed = seed
-        self.scale = scale
-        self.epoch = 0
+        self._setup(root, "expected a folder of images (jpg/png, nested folders are fine)", size, train, seed, scale)
         self.samples: list[Path] = _files(self.root, extensions)
         if not self.samples:
             raise DataError(
@@ -368,24 +388,9 @@ class ImageFolderUnlabelled(Dataset[tuple[torch.Tensor, int]]):
                 "included): put the images to score or train on there"
             )
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose random augmentation :meth:`__getitem__` draws."""
-        self.epoch = int(epoch)
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         """Item ``index``: image (3, H, W) float32 normalised, and -1 (no label)."""
         path = self.samples[index]
-        index = index % len(self.samples)
         img = load_rgb(path)
-        if self.train:
-            rng = item_rng(self.seed, self.epoch, index)
-            box = random_resized_crop_box(img.width, img.height, rng, self.scale)
-            img = resize_image(img, self.size, box=box)
-            if rng.random() < 0.5:
-                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        else:
-            img = resize_image(img, self.size)
+        img = self._crop_and_flip(img, index % len(self.samples)) if self.train else resize_image(img, self.size)
         return to_tensor(img, self.mean, self.std), -1

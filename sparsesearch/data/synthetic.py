@@ -16,14 +16,17 @@ from __future__ import annotations
 import colorsys
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from sparsesearch.data.transforms import Size, as_hw, item_rng, to_tensor
+from sparsesearch.options import settings_from
 
-__all__ = ["SparseScenes", "SPLITS"]
+__all__ = ["SparseScenes", "SceneSettings", "SPLITS"]
 
 #: split name -> code mixed into the per-item seed (train and val never share an item).
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
@@ -46,6 +49,23 @@ class _ClassStyle:
         self.angle = ((c - 1) * _GOLDEN) % math.pi
 
 
+@dataclass
+class SceneSettings:
+    """What the scenes of :class:`SparseScenes` hold (the options of a ``"synthetic:N:OPTIONS"`` data spec).
+
+    Attributes:
+        objects: inclusive (min, max) number of objects per image.
+        coverage: (min, max) share of the canvas the objects of one image cover together, drawn uniformly per
+            image; the default (0.06, 0.16) gives sparse scenes, e.g. (0.3, 0.5) dense ones (harder for pruning:
+            most windows then hold part of an object).
+        noise: standard deviation of the pixel noise, raw pixel scale [0, 1].
+    """
+
+    objects: tuple[int, int] = (1, 4)
+    coverage: tuple[float, float] = (0.06, 0.16)
+    noise: float = 0.04
+
+
 class SparseScenes(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Synthetic sparse-scene segmentation: ``n`` items of (image (3, H, W) float32, mask (H, W) int64).
 
@@ -54,15 +74,12 @@ class SparseScenes(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         size: canvas size, an int or (height, width); at least 16 each.
         num_classes: classes including background 0 (so ``num_classes - 1`` object classes); 2 to 64.
         seed: non-negative seed; with ``split`` and the index it fixes every item.
-        objects: inclusive (min, max) number of objects per image.
-        coverage: (min, max) share of the canvas the objects of one image cover together, drawn uniformly
-            per image; the default (0.06, 0.16) gives sparse scenes, e.g. (0.3, 0.5) dense ones (harder for
-            pruning: most windows then hold part of an object).
-        noise: standard deviation of the pixel noise, raw pixel scale [0, 1].
         split: "train", "val" or "test"; each split draws different items.
         hflip: flip each item horizontally with probability 1/2, drawn from (seed, split, index, epoch);
             call :meth:`set_epoch` each epoch for fresh flips.
         transform: optional ``(image, mask) -> (image, mask)`` applied last, to the normalised tensors.
+        settings: what the scenes hold (a :class:`SceneSettings`: objects, coverage, noise); **overrides: its
+            fields by name (``objects=(4, 10), coverage=(0.3, 0.5)``).
 
     ``image`` is normalised with :attr:`mean`/:attr:`std` (the raw-pixel statistics of this generator);
     ``mask`` holds values in ``[0, num_classes)``, 0 exactly where no object was drawn. :meth:`generate`
@@ -81,13 +98,15 @@ class SparseScenes(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         size: Size = 256,
         num_classes: int = 4,
         seed: int = 0,
-        objects: tuple[int, int] = (1, 4),
-        coverage: tuple[float, float] = (0.06, 0.16),
-        noise: float = 0.04,
+        *,
         split: str = "train",
         hflip: bool = False,
         transform: PairTransform | None = None,
+        settings: SceneSettings | None = None,
+        **overrides: Any,
     ) -> None:
+        scene = settings_from(SceneSettings, settings, overrides, "SparseScenes")
+        objects, coverage, noise = scene.objects, scene.coverage, scene.noise
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         self.size = as_hw(size)
