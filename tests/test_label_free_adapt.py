@@ -22,6 +22,7 @@ from sparsesearch.errors import ConfigError
 from sparsesearch.fidelity import dense_reference
 from sparsesearch.supernet import load_supernet
 
+from .cli_checks import one_line_exit_2
 from .tiny_spaces import SWIN
 
 
@@ -121,19 +122,11 @@ def test_random_sparsity_with_a_frozen_teacher_in_a_users_loop():
         ss.RandomSparsity(model, space).teach(x)
 
 
-def _one_line_exit_2(args: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> None:
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-
-
 def test_bad_label_free_adapt_input_is_one_line(files, tmp_path, capsys):
     base = ["adapt", "--space", str(files["space"]), "--data", str(files["images"]), "--steps", "1", "--batch", "2"]
     out = ["--out", str(tmp_path / "run"), "--quiet"]
-    _one_line_exit_2([*base, "--teacher", "frozen", *out], capsys, "--teacher frozen needs --init")
+    one_line_exit_2([*base, "--teacher", "frozen", *out], capsys, "--teacher frozen needs --init")
     init = ["--init", str(files["ckpt"])]
-    _one_line_exit_2([*base, *init, "--teacher", "frozen", "--distill", *out], capsys, "two teachers")
-    _one_line_exit_2([*base, *init, "--teacher", "frozen", "--task", "seg", *out], capsys, "features head")
-    _one_line_exit_2([*base, *init, *out], capsys, "without labels", "--teacher frozen")
+    one_line_exit_2([*base, *init, "--teacher", "frozen", "--distill", *out], capsys, "two teachers")
+    one_line_exit_2([*base, *init, "--teacher", "frozen", "--task", "seg", *out], capsys, "features head")
+    one_line_exit_2([*base, *init, *out], capsys, "without labels", "--teacher frozen")

@@ -22,6 +22,7 @@ from sparsesearch.fidelity import dense_reference
 from sparsesearch.latency import ProfileSettings, profile
 from torch import nn
 
+from .cli_checks import one_line_exit_2, quick_search_args
 from .tiny_spaces import SAM, SWIN
 
 
@@ -73,12 +74,7 @@ def _evolve(f: dict[str, Path], out: Path, *extra: str) -> list[str]:
         str(f["table"]),
         "--latency",
         "1.2x",  # the tiny model's table is noise: any config may be the fastest
-        "--out",
-        str(out),
-        "--population",
-        "4",
-        "--generations",
-        "2",
+        *quick_search_args(out),
         "--val-samples",
         "4",
         *extra,
@@ -183,33 +179,25 @@ class _DictOut(nn.Module):
         return {"features": self.inner(x)}
 
 
-def _one_line_exit_2(args: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> None:
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-
-
 def test_bad_input_is_one_line_and_exit_2(files, tmp_path, capsys, monkeypatch):
     f = files
     fid = ["--accuracy", "fidelity", "--data", str(f["images"])]
     out = tmp_path / "s"
-    _one_line_exit_2(
+    one_line_exit_2(
         _evolve(f, out, "--supernet", str(f["seg"]), *_model_args(f), *fid), capsys, "--supernet and --model"
     )
-    _one_line_exit_2(
+    one_line_exit_2(
         _evolve(f, out, "--model", "swin_nano", "--checkpoint", str(f["backbone"]), *fid), capsys, "needs --space"
     )
-    _one_line_exit_2(_evolve(f, out, "--model", "swin_nano", "--space", str(f["space"]), *fid), capsys, "--checkpoint")
+    one_line_exit_2(_evolve(f, out, "--model", "swin_nano", "--space", str(f["space"]), *fid), capsys, "--checkpoint")
     sam_into_swin = ["--model", "swin_nano", "--checkpoint", str(f["sam"]), "--space", str(f["space"])]
-    _one_line_exit_2(_evolve(f, out, *sam_into_swin, *fid), capsys, "SAM", "Swin")
+    one_line_exit_2(_evolve(f, out, *sam_into_swin, *fid), capsys, "SAM", "Swin")
     labelled = ["--data", str(f["images"])]  # a segmentation head, mIoU asked of images without labels
-    _one_line_exit_2(_evolve(f, out, *_model_args(f, "seg"), *labelled), capsys, "without labels", "fidelity")
-    _one_line_exit_2(
+    one_line_exit_2(_evolve(f, out, *_model_args(f, "seg"), *labelled), capsys, "without labels", "fidelity")
+    one_line_exit_2(
         _evolve(f, out, *_model_args(f), "--accuracy", "fidelity", "--data", str(f["empty"])), capsys, "no images"
     )
-    _one_line_exit_2(["eval", *_model_args(f), *labelled], capsys, "without a head", "fidelity")
+    one_line_exit_2(["eval", *_model_args(f), *labelled], capsys, "without a head", "fidelity")
 
     import sparsesearch.supernet as sn
 
@@ -220,5 +208,5 @@ def test_bad_input_is_one_line_and_exit_2(files, tmp_path, capsys, monkeypatch):
         return _DictOut(model), space, meta
 
     monkeypatch.setattr(sn, "load_pretrained", dict_model)
-    _one_line_exit_2(["eval", *_model_args(f), *fid, "--config", "uniform:0.5"], capsys, "returned a dict")
+    one_line_exit_2(["eval", *_model_args(f), *fid, "--config", "uniform:0.5"], capsys, "returned a dict")
     assert not out.exists()  # nothing was searched
