@@ -4,7 +4,9 @@ answer can be checked against exhaustive enumeration."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,14 +14,19 @@ from .config import SparsityConfig
 from .errors import SparseSearchError
 from .space import SearchSpace
 
+if TYPE_CHECKING:
+    from .search.settings import SearchSettings
+
 __all__ = [
     "toy_architecture",
     "toy_space_yaml",
     "toy_space",
     "toy_latency",
     "toy_accuracy",
+    "toy_config_latency",
     "exhaustive_best",
     "quick_profile_args",
+    "quick_settings",
 ]
 
 #: what the toy space needs of a model: four rows of two blocks, every block prunable
@@ -79,6 +86,11 @@ def toy_latency(X: np.ndarray) -> np.ndarray:
     return 2.0 + ((1.0 - _gene_sparsity(np.atleast_2d(X))) * _COST).sum(axis=1)
 
 
+def toy_config_latency(space: SearchSpace) -> Callable[[SparsityConfig], float]:
+    """`toy_latency` as a function of one config of `space` (what `search` takes as its latency)."""
+    return lambda config: float(toy_latency(space.encode(config)[None])[0])
+
+
 def toy_accuracy(config: SparsityConfig) -> float:
     """A smooth accuracy with an interaction between the first two genes (higher is better)."""
     p = np.array(
@@ -111,3 +123,13 @@ def quick_profile_args(space: str | Path, resolution: str, out: str | Path, *ext
     quick = ["--threads", "1", "--warmup", "0", "--repeats", "1", "--rounds", "1", "--calibration", "2"]
     quick += ["--flush-mb", "0", "--default-malloc", "--no-progress"]
     return ["profile", "--space", str(space), "--resolution", resolution, *quick, "--out", str(out), *extra]
+
+
+def quick_settings(population: int, generations: int, **overrides: Any) -> SearchSettings:
+    """The settings of a small, quiet search for a test or an example: `population` x `generations`, no progress
+    bar, no GFLOPs counted; `overrides` are other fields of `SearchSettings` (e.g. ``seed=1``, ``refine=False``)."""
+    from .search.settings import SearchSettings  # noqa: PLC0415
+
+    return SearchSettings(
+        **{"progress": False, "flops": False, **overrides}, population=population, generations=generations
+    )

@@ -13,7 +13,15 @@ import torch
 from sparsesearch.cli import main
 from sparsesearch.latency import ProfileSettings, profile
 from sparsesearch.supernet import SupernetMeta, save_supernet
-from sparsesearch.testing import exhaustive_best, toy_accuracy, toy_latency, toy_space, toy_space_yaml
+from sparsesearch.testing import (
+    exhaustive_best,
+    quick_settings,
+    toy_accuracy,
+    toy_config_latency,
+    toy_latency,
+    toy_space,
+    toy_space_yaml,
+)
 
 TINY = """
 name: tiny_api
@@ -34,10 +42,6 @@ def toy(tmp_path_factory):
     return toy_space(tmp_path_factory.mktemp("toy"))
 
 
-def _toy_ms(space):
-    return lambda cfg: float(toy_latency(space.encode(cfg)[None])[0])
-
-
 def _toy_acc(model, cfg):
     assert model is None  # no model given: the function gets None
     return toy_accuracy(cfg)
@@ -48,14 +52,7 @@ def test_search_finds_the_exhaustive_optimum(toy, budget, tmp_path):
     ms = 7.0 if budget != "0.5x" else 0.5 * float(toy_latency(toy.encode(toy.densest())[None])[0])
     _, best = exhaustive_best(toy, ms)
     r = ss.search(
-        toy,
-        latency=_toy_ms(toy),
-        accuracy=_toy_acc,
-        budget=budget,
-        population=30,
-        generations=30,
-        seed=1,
-        progress=False,
+        toy, latency=toy_config_latency(toy), accuracy=_toy_acc, budget=budget, settings=quick_settings(30, 30, seed=1)
     )
     assert r.budget_ms == pytest.approx(ms)
     assert r.best.accuracy == pytest.approx(best, abs=1e-12) and r.best.latency_ms <= ms
@@ -93,7 +90,7 @@ def test_each_config_is_evaluated_once_the_resize_baseline_included(tmp_path):
 
 
 def test_settings_come_as_an_object_or_by_name_and_an_unknown_name_is_refused(toy):
-    kw = dict(latency=_toy_ms(toy), accuracy=_toy_acc, budget=7.0)
+    kw = dict(latency=toy_config_latency(toy), accuracy=_toy_acc, budget=7.0)
     with pytest.raises(ss.SparseSearchError, match=r"unknown setting\(s\) populaton; known: .*population"):
         ss.search(toy, **kw, populaton=4)
     with pytest.raises(ss.SparseSearchError, match="unknown algorithm 'sa'"):
@@ -143,12 +140,8 @@ def test_search_applies_configs_to_the_model_and_matches_enumeration(tmp_path):
         accuracy=fidelity,
         budget=budget,
         model=model,
-        population=8,
-        generations=4,
-        seed=0,
         out=tmp_path / "s",
-        progress=False,
-        flops=False,
+        settings=quick_settings(8, 4),
     )
     assert r.best.accuracy == pytest.approx(max(truth), abs=1e-9) and r.best.latency_ms <= budget
     assert r.best.accuracy < 0 and r.dense.accuracy == 0.0  # a real trade-off: the dense model is over budget
@@ -172,14 +165,7 @@ def test_an_error_keeps_what_was_evaluated_and_resume_goes_on(toy, tmp_path):
         return toy_accuracy(cfg)
 
     kw = dict(
-        latency=_toy_ms(toy),
-        accuracy=acc,
-        budget=7.0,
-        population=10,
-        generations=4,
-        seed=2,
-        out=tmp_path,
-        progress=False,
+        latency=toy_config_latency(toy), accuracy=acc, budget=7.0, out=tmp_path, settings=quick_settings(10, 4, seed=2)
     )
     with pytest.raises(ss.AccuracyFunctionError, match="raised ValueError: metric server down") as err:
         ss.search(toy, **kw)
@@ -203,32 +189,20 @@ def test_an_error_keeps_what_was_evaluated_and_resume_goes_on(toy, tmp_path):
 def test_a_non_number_is_refused_with_the_config(toy, value):
     with pytest.raises(ss.AccuracyFunctionError, match="must return a finite number"):
         ss.search(
-            toy,
-            latency=_toy_ms(toy),
-            accuracy=lambda m, c: value,
-            budget=7.0,
-            population=4,
-            generations=1,
-            progress=False,
+            toy, latency=toy_config_latency(toy), accuracy=lambda m, c: value, budget=7.0, settings=quick_settings(4, 1)
         )
 
 
 def test_numpy_and_tensor_scores_are_numbers(toy):
+    tensor = lambda m, c: torch.tensor(toy_accuracy(c))  # noqa: E731
     r = ss.search(
-        toy,
-        latency=_toy_ms(toy),
-        accuracy=lambda m, c: torch.tensor(toy_accuracy(c)),
-        budget=7.0,
-        population=6,
-        generations=2,
-        progress=False,
-        refine=False,
+        toy, latency=toy_config_latency(toy), accuracy=tensor, budget=7.0, settings=quick_settings(6, 2, refine=False)
     )
     assert r.best.accuracy == pytest.approx(toy_accuracy(r.best.config), abs=1e-6)
 
 
 def test_resume_without_a_search_and_bad_budgets(toy, tmp_path):
-    kw = dict(latency=_toy_ms(toy), accuracy=_toy_acc, population=4, generations=1, progress=False)
+    kw = dict(latency=toy_config_latency(toy), accuracy=_toy_acc, settings=quick_settings(4, 1))
     with pytest.raises(ss.SparseSearchError, match="holds no search"):
         ss.search(toy, budget=7.0, out=tmp_path, resume=True, **kw)
     with pytest.raises(ss.BudgetError, match="below the fastest config"):
@@ -343,14 +317,10 @@ def test_cli_bad_accuracy_reference_is_one_line(supernet, tmp_path, monkeypatch,
 def test_ray_workers_give_the_serial_search(toy):
     pytest.importorskip("ray")
     kw = dict(
-        latency=_toy_ms(toy),
+        latency=toy_config_latency(toy),
         accuracy=lambda m, c: toy_accuracy(c),
         budget=7.0,
-        population=8,
-        generations=2,
-        seed=0,
-        progress=False,
-        refine=False,
+        settings=quick_settings(8, 2, refine=False),
     )
     parallel = ss.search(toy, workers=2, **kw)  # the function travels to the workers pickled
     serial = ss.search(toy, **kw)

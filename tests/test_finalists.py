@@ -13,6 +13,7 @@ from sparsesearch.latency.profile import Profiler, ProfileSettings
 from sparsesearch.search.finalists import MEASURED_RULE, Finalists
 from sparsesearch.search.records import BestRecord
 from sparsesearch.search.selection import Pick, pick_best
+from sparsesearch.testing import quick_settings
 
 from .test_latency import DEMO, FAST
 
@@ -124,14 +125,8 @@ def test_search_times_finalists_on_the_tables_model(tmp_path):
         latency=table,
         accuracy=lambda model, cfg: 1.0,  # every config tied: the pick is the latency's alone
         budget=float(table.max_latency()),  # every config admitted: a 1-sample table is noise
-        population=6,
-        generations=1,
-        seed=0,
         out=tmp_path / "run",
-        progress=False,
-        refine=False,
-        flops=False,
-        finalists=3,
+        settings=quick_settings(6, 1, refine=False, finalists=3),
     )
     doc = json.loads((tmp_path / "run" / "best.json").read_text())
     record = BestRecord.load(tmp_path / "run" / "best.json")

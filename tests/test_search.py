@@ -131,25 +131,21 @@ def test_only_feasible_configs_are_evaluated(space, warm_start):
     scan = {tuple(x) for x in scan_genomes(space)}
     over = {tuple(x) for x in genomes if toy_latency(x[None])[0] > 6.0}
     assert over <= scan if warm_start else not over
-    assert run.extra["warm_start_scan"] == (len(scan) if warm_start else 0)
+    assert run.extra.get("warm_start_scan", 0) == (len(scan) if warm_start else 0)
 
 
-@pytest.mark.parametrize("algorithm", ["ga", "optuna-tpe", "random"])
+@pytest.mark.parametrize("algorithm", ["ga", "optuna-tpe", "random", "tune"])
 def test_kill_and_resume_continues_the_search(space, tmp_path, algorithm):
-    budget = 7.0
+    if algorithm == "tune":
+        pytest.importorskip("ray.tune")
     full_dir, part_dir = tmp_path / "full", tmp_path / "part"
-    full = run_search(
-        space,
-        toy_latency,
-        _cache(space, full_dir / "acc.jsonl"),
-        budget,
-        algorithm=algorithm,
-        population=12,
-        generations=6,
-        seed=3,
-        out_dir=full_dir,
-        refine=False,
-    )
+
+    def search(out_dir, calls=None, **kw):
+        cache = _cache(space, out_dir / "acc.jsonl", calls)
+        settings = {"algorithm": algorithm, "population": 12, "generations": 6, "seed": 3, "refine": False}
+        return run_search(space, toy_latency, cache, 7.0, out_dir=out_dir, **settings, **kw)
+
+    full = search(full_dir)
 
     class Killed(Exception):
         pass
@@ -159,38 +155,14 @@ def test_kill_and_resume_continues_the_search(space, tmp_path, algorithm):
             raise Killed
 
     with pytest.raises(Killed):
-        run_search(
-            space,
-            toy_latency,
-            _cache(space, part_dir / "acc.jsonl"),
-            budget,
-            algorithm=algorithm,
-            population=12,
-            generations=6,
-            seed=3,
-            out_dir=part_dir,
-            on_generation=kill_after_3,
-            refine=False,
-        )
+        search(part_dir, on_generation=kill_after_3)
     calls: list[str] = []
-    resumed = run_search(
-        space,
-        toy_latency,
-        _cache(space, part_dir / "acc.jsonl", calls),
-        budget,
-        algorithm=algorithm,
-        population=12,
-        generations=6,
-        seed=3,
-        out_dir=part_dir,
-        resume=True,
-        refine=False,
-    )
+    resumed = search(part_dir, calls, resume=True)
     gens = [json.loads(line)["generation"] for line in (part_dir / "history.jsonl").read_text().splitlines()]
     assert gens == list(range(1, 7))  # generations 1-3, then 4-6 after the resume: none repeated
     assert len(calls) < len(full.genes)  # the persisted accuracies were reused
-    if algorithm != "optuna-tpe":  # pymoo's state is pickled whole, random's batches come from (seed, generation):
-        # the resumed run is the uninterrupted run
+    if algorithm != "optuna-tpe":  # pymoo's algorithm and Tune's searcher are pickled whole, random's batches come
+        # from (seed, generation): the resumed run is the uninterrupted run
         assert {tuple(g) for g in resumed.genes} == {tuple(g) for g in full.genes}
         assert resumed.accuracy.max() == full.accuracy.max()
 

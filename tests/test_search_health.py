@@ -15,7 +15,7 @@ from sparsesearch.search.backends import ALGORITHMS, SearchCallback, get_backend
 from sparsesearch.search.report import uniform_sparsity_baseline
 from sparsesearch.search.scoring import FeasibleScorer
 from sparsesearch.search.settings import SearchSettings
-from sparsesearch.testing import toy_accuracy, toy_latency, toy_space
+from sparsesearch.testing import quick_settings, toy_accuracy, toy_config_latency, toy_latency, toy_space
 
 
 @pytest.fixture(scope="module")
@@ -239,16 +239,8 @@ def test_the_log_counts_seconds_from_the_search_start(space, monkeypatch):
     def tick():
         clock[0] += 1.0
 
-    run_search(
-        space,
-        toy_latency,
-        _cache(space, on_call=tick),
-        7.0,
-        algorithm="random",
-        population=3,
-        generations=1,
-        on_generation=history.append,
-    )
+    settings = SearchSettings(algorithm="random", population=3, generations=1)
+    run_search(space, toy_latency, _cache(space, on_call=tick), 7.0, settings, on_generation=history.append)
     refined = [h for h in history if h.get("refined")]
     assert refined, "the toy search should improve on a 3-config random start"
     assert [h["seconds"] for h in history] == [float(h["evaluated"]) for h in history]
@@ -262,15 +254,11 @@ def test_a_resumed_search_takes_dense_and_resize_baselines_from_its_caches(space
         return toy_accuracy(cfg)
 
     kw = dict(
-        latency=lambda c: float(toy_latency(space.encode(c)[None])[0]),
+        latency=toy_config_latency(space),
         accuracy=accuracy,
         budget=15.0,  # the dense model and its resize baseline are within the budget: both evaluated
-        population=6,
-        generations=2,
-        seed=0,
         out=tmp_path / "run",
-        progress=False,
-        flops=False,
+        settings=quick_settings(6, 2),
     )
     first = ss.search(space, **kw)
     assert first.uniform_resize and space.densest().key() in calls

@@ -53,7 +53,7 @@ import pytest  # noqa: E402
 import sparsesearch as ss  # noqa: E402
 from sparsesearch.errors import SparseSearchError  # noqa: E402
 from sparsesearch.search.api import Candidate  # noqa: E402
-from sparsesearch.testing import toy_accuracy, toy_latency, toy_space  # noqa: E402
+from sparsesearch.testing import quick_settings, toy_accuracy, toy_config_latency, toy_space  # noqa: E402
 
 
 class _CoarseAccuracy:
@@ -70,8 +70,9 @@ class _CoarseAccuracy:
 
 def _toy_search(space, acc, **kw):
     """ss.search on the toy problem under a 7 ms budget, seed 0, no progress bar, no refinement."""
-    latency = lambda c: float(toy_latency(space.encode(c)[None])[0])  # noqa: E731
-    return ss.search(space, latency=latency, accuracy=acc, budget=7.0, seed=0, progress=False, refine=False, **kw)
+    return ss.search(
+        space, latency=toy_config_latency(space), accuracy=acc, budget=7.0, progress=False, refine=False, **kw
+    )
 
 
 def _fastest_tied(result, points):
@@ -115,16 +116,9 @@ def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
     matplotlib.rcParams["backend"] = "svg"  # whatever the caller chose
     try:
         space = toy_space(tmp_path)
+        settings = quick_settings(6, 1, refine=False)
         r = ss.search(
-            space,
-            latency=lambda c: float(toy_latency(space.encode(c)[None])[0]),
-            accuracy=_CoarseAccuracy(),
-            budget=7.0,
-            population=6,
-            generations=1,
-            seed=0,
-            progress=False,
-            refine=False,
+            space, latency=toy_config_latency(space), accuracy=_CoarseAccuracy(), budget=7.0, settings=settings
         )
         path = r.plot(tmp_path / "p.png")
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -7,10 +7,11 @@ One timing stack: a `Timer` times calls (`measure`) and the parts of a forward (
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -157,8 +158,8 @@ def combine_rounds(stats: Sequence[Stat], statistic: str = "mean") -> Stat:
 class Timer:
     """Times a zero-argument callable: `warmup` untimed calls, then `repeats` timed calls, one sample each; or a
     whole forward and each part inside it (`measure_parts`). The one timing stack of the package: subclasses say
-    how one forward is timed (`_forwards`), how a part's hooks read the clock (`_part_start`, `_part_end`) and
-    how a raw reading becomes milliseconds (`_ms`).
+    how one call is timed (`_timed_call`, inside `_session`, with at most `_max_rejects` calls re-run), how a
+    part's hooks read the clock (`_part_start`, `_part_end`) and how a raw reading becomes milliseconds (`_ms`).
 
     Before every call of `measure` (warm-up included) the timer can evict the caches by reading a buffer of
     `flush_bytes` and then run `setup` (untimed): a part measured in isolation then starts as it does inside the
@@ -231,7 +232,6 @@ class Timer:
         out["plain"] = summarize([self._ms(r["total"]) for r in plain], self.trim, plain_rejected, self.statistic)
         return out
 
-    # ---- what a subclass says --------------------------------------------------------------------------------
     def _forwards(
         self,
         run: Callable[[], Any],
@@ -241,8 +241,31 @@ class Timer:
     ) -> tuple[list[dict[str, Any]], int]:
         """`repeats` timed calls of `run`, each after an untimed `before()`: one row per call, ``{"total": raw
         reading, **current}`` (`current`: what the part hooks left during the call), and how many calls were
-        thrown away and re-run."""
+        thrown away (another process took the CPU) and re-run."""
+
+        def once() -> tuple[dict[str, Any], bool]:
+            if before is not None:
+                before()
+            if current is not None:
+                current.clear()
+            raw, preempted = self._timed_call(run)
+            return {"total": raw, **(current or {})}, preempted
+
+        with self._session():
+            return retry_preempted(once, repeats, self._max_rejects(repeats))
+
+    # ---- what a subclass says --------------------------------------------------------------------------------
+    def _session(self) -> contextlib.AbstractContextManager[Any]:
+        """Around a series of timed calls (e.g. draining the device queue before and after)."""
+        return contextlib.nullcontext()
+
+    def _timed_call(self, run: Callable[[], Any]) -> tuple[Any, bool]:
+        """(raw reading, whether another process took the CPU during it) of one `run()`."""
         raise NotImplementedError  # pragma: no cover
+
+    def _max_rejects(self, repeats: int) -> int:
+        """How many preempted calls of a series of `repeats` may be re-run."""
+        return 0
 
     def _part_start(self) -> Any:
         raise NotImplementedError  # pragma: no cover
@@ -313,27 +336,18 @@ class CpuTimer(Timer):
     def _now(self) -> int:
         return time.thread_time_ns() if self.clock == "thread" else time.perf_counter_ns()
 
-    def _forwards(
-        self,
-        run: Callable[[], Any],
-        repeats: int,
-        current: dict[str, Any] | None,
-        before: Callable[[], None] | None,
-    ) -> tuple[list[dict[str, Any]], int]:
-        thread_clock = self.clock == "thread"
-        if thread_clock and torch.get_num_threads() != 1:
+    def _session(self) -> contextlib.AbstractContextManager[Any]:
+        if self.clock == "thread" and torch.get_num_threads() != 1:
             raise LatencyTableError("the thread clock needs one torch thread (--threads 1)")
-        check = not thread_clock and self.min_cpu_fraction > 0 and torch.get_num_threads() == 1
+        return contextlib.nullcontext()
 
-        def once() -> tuple[dict[str, Any], bool]:
-            if before is not None:
-                before()
-            if current is not None:
-                current.clear()
-            elapsed, preempted = _timed_cpu_call(run, self._now, self.min_cpu_fraction)
-            return {"total": elapsed, **(current or {})}, check and preempted
+    def _timed_call(self, run: Callable[[], Any]) -> tuple[int, bool]:
+        elapsed, preempted = _timed_cpu_call(run, self._now, self.min_cpu_fraction)
+        check = self.clock != "thread" and self.min_cpu_fraction > 0 and torch.get_num_threads() == 1
+        return elapsed, check and preempted
 
-        return retry_preempted(once, repeats, self.max_rejects_per_repeat * repeats)
+    def _max_rejects(self, repeats: int) -> int:
+        return self.max_rejects_per_repeat * repeats
 
     def _part_start(self) -> int:
         return self._now()
@@ -379,26 +393,17 @@ class CudaTimer(Timer):
             self._buffer = torch.empty(self.flush_bytes // 4, dtype=torch.float32, device=self.device)
         self._buffer.zero_()  # as triton.testing.do_bench: overwrite a buffer larger than L2
 
-    def _forwards(
-        self,
-        run: Callable[[], Any],
-        repeats: int,
-        current: dict[str, Any] | None,
-        before: Callable[[], None] | None,
-    ) -> tuple[list[dict[str, Any]], int]:
-        rows: list[dict[str, Any]] = []
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[None]:
         with torch.cuda.device(self.device):
             torch.cuda.synchronize()
-            for _ in range(repeats):
-                if before is not None:
-                    before()
-                if current is not None:
-                    current.clear()
-                start = self._part_start()
-                run()
-                rows.append({"total": self._part_end(start), **(current or {})})
+            yield
             torch.cuda.synchronize()
-        return rows, 0
+
+    def _timed_call(self, run: Callable[[], Any]) -> tuple[tuple[torch.cuda.Event, torch.cuda.Event], bool]:
+        start = self._part_start()
+        run()
+        return self._part_end(start), False
 
     def _part_start(self) -> torch.cuda.Event:
         ev = torch.cuda.Event(enable_timing=True)

@@ -30,6 +30,7 @@ __all__ = [
     "sparsity_for_count",
     "res_key",
     "GenomeCanon",
+    "BlockShape",
 ]
 
 
@@ -39,11 +40,10 @@ def res_key(resolution: tuple[int, int]) -> str:
 
 
 @dataclass(frozen=True)
-class BlockKind:
-    """Blocks that cost the same for a given kept-window count: one stage (config row), window size and variant
-    (the family's own key, `ModelFamily.block_variant`) of one family."""
+class BlockShape:
+    """Where a block runs and its shape: stage (config row), window size, variant (the family's own key,
+    `ModelFamily.block_variant`), the feature map H x W, its width and heads."""
 
-    resolution: tuple[int, int]
     stage: int
     window: int
     variant: str
@@ -51,6 +51,14 @@ class BlockKind:
     W: int
     dim: int
     heads: int
+
+
+@dataclass(frozen=True)
+class BlockKind(BlockShape):
+    """Blocks that cost the same for a given kept-window count: one shape (`BlockShape`) at one resolution, of one
+    family."""
+
+    resolution: tuple[int, int]
     family: str
 
     @property
@@ -97,9 +105,8 @@ def block_kind(
     fam = space_family(space)
     sh = (shapes or stage_shapes(space, resolution))[stage]
     variant = fam.block_variant(_arch(space), stage, block)
-    return BlockKind(
-        (int(resolution[0]), int(resolution[1])), stage, window, variant, sh.H, sh.W, sh.dim, sh.heads, fam.name
-    )
+    res = (int(resolution[0]), int(resolution[1]))
+    return BlockKind(stage, window, variant, sh.H, sh.W, sh.dim, sh.heads, resolution=res, family=fam.name)
 
 
 def space_fingerprint(space: SearchSpace) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from ..space import SearchSpace
 from .env import DTYPES, device_name, fingerprint, fingerprint_diff
 from .measure import Stat
 from .runtime import INSTALL_HINT, check_runtime, installed_version, table_runtime
-from .structure import res_key, space_family, space_hash
+from .structure import BlockShape, res_key, space_family, space_hash
 
 __all__ = ["LatencyTable", "KindTable", "FORMAT", "VERSION", "TableMachineWarning", "machine_note"]
 
@@ -92,8 +92,8 @@ def _stored_variant(d: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
-class KindTable:
-    """Measured latency of one block kind as a function of its kept-window count.
+class KindTable(BlockShape):
+    """Measured latency of one block kind (its shape, `BlockShape`) as a function of its kept-window count.
 
     `ks` are ascending; `ks[-1] == num_windows` is the dense block. Counts strictly between two measured
     pruned counts are interpolated linearly; the dense count is never interpolated (it runs another path).
@@ -101,13 +101,6 @@ class KindTable:
     and in-model measurements, see `Profiler`).
     """
 
-    stage: int
-    window: int
-    variant: str
-    H: int
-    W: int
-    dim: int
-    heads: int
     num_windows: int
     ks: tuple[int, ...]
     stats: tuple[Stat, ...]

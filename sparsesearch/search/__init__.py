@@ -14,7 +14,8 @@ from .accuracy import (
 from .api import SearchResult, search
 from .backends import ALGORITHMS, SearchContext
 from .budget import Budget, parse_budget
-from .engine import Refine, SearchCallback, SearchRun, WarmStart, run_search
+from .engine import Choice, Refine, SearchCallback, SearchRun, WarmStart, run_search
+from .finalists import Finalists
 from .problem import ChoiceMutation, FeasibleSampling, SpaceRepair, SparsityProblem
 from .records import BestRecord, Candidate, Measured, MeasuredRow, ParetoRecord
 from .settings import SearchSettings
@@ -23,6 +24,8 @@ __all__ = [
     "ALGORITHMS",
     "AccuracyCache",
     "BestRecord",
+    "Choice",
+    "Finalists",
     "Measured",
     "MeasuredRow",
     "ParetoRecord",

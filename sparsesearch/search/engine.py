@@ -3,14 +3,15 @@
 Every back end works on the same pieces: the space's integer genomes, a vectorised latency predictor, and an
 AccuracyCache (which persists evaluations, so a resumed search never re-evaluates a config). The back ends live
 in their own modules behind `backends.get_backend` and only ask and tell (`backends.Backend`); this module owns the
-one loop that drives them (scoring, the atomic checkpoint, the log), the pick at its end (`choose`), and the
+one loop that drives them (scoring, the atomic checkpoint, the log), the pick at its end (`Choice`), and the
 callbacks around both (`SearchCallback`, pymoo's `Callback` is the model):
 
-    before(ctx)                     once, before the first generation        WarmStart: the sensitivity scan, seeds
-    generation(ctx, record)         after each ask / evaluate / tell           the progress bar of `search`
-    after(ctx, run, generations)    once, after the last generation           Refine; `search`'s baselines
-    pick(ctx, choice, first)        once, on the pick of everything evaluated  Finalists (`search.finalists`)
-    close()                         at the end, also when the search failed   the progress bar
+    hook                            called                                      used by
+    before(ctx)                     once, before the first generation           WarmStart: the scan, the seeds
+    generation(ctx, record)         after each ask / evaluate / tell, logged    the progress bar of `search`
+    after(ctx, run, generations)    once, after the last generation             Refine; `search`'s baselines
+    pick(ctx, choice, first)        once, on the pick among all evaluated       Finalists (`search.finalists`)
+    close()                         at the end, also when the search failed     the progress bar
 
 Each feature is one object in the list the engine gets (`SearchSettings.callbacks`, after the warm start and the
 refinement that `SearchSettings.warm_start` / `refine` add).
@@ -54,7 +55,6 @@ __all__ = [
     "SearchContext",
     "SearchRun",
     "WarmStart",
-    "choose",
     "neighbours",
     "run_search",
 ]
@@ -76,7 +76,7 @@ class SearchRun:
     extra: dict[str, Any] = field(default_factory=dict)
     tie: float = 0.0  # accuracies this close count as equal (the evaluation's noise): see selection.pick_best
     baselines: Baselines | None = None  # what the pick weighs beside the search's configs (`search`'s baselines)
-    pick: Pick | None = None  # the pick at the search's end (`choose`); None when nothing is within the budget
+    pick: Pick | None = None  # the pick at the search's end (`Choice.best`, then the callbacks' `pick` hooks)
 
     def best_index(self) -> int:
         """The best config within the budget by `selection.pick_best` (the one rule every report uses)."""
@@ -103,7 +103,8 @@ def _collect(ctx: SearchContext, gens: int) -> SearchRun:
     items = ctx.cache.items()
     n_var = ctx.space.n_var
     if not items:
-        return SearchRun(np.zeros((0, n_var), np.int64), np.zeros(0), np.zeros(0), ctx.budget_ms, ctx.algorithm, gens)
+        empty = np.zeros((0, n_var), np.int64), np.zeros(0), np.zeros(0)
+        return SearchRun(*empty, ctx.budget_ms, ctx.algorithm, gens, tie=ctx.tie)
     genes = np.stack([g for g, _ in items])
     acc = np.array([a for _, a in items])
     lat = np.asarray(ctx.latency_fn(genes), dtype=np.float64)
@@ -146,7 +147,7 @@ def run_search(
     the first population from an additive surrogate, `search.warmstart`; skipped when resuming, and when the scan
     would cost more evaluations than population x generations), the refinement (`settings.refine`: a greedy +-1
     neighbourhood search around the best config), then the caller's own (`settings.callbacks`). The run's `pick`
-    is `choose`'s, with the callbacks' `pick` hooks.
+    is `Choice.best`'s, which the callbacks' `pick` hooks may replace.
     """
     names = {f.name for f in dataclasses.fields(SearchSettings)}
     backend_options = dict((settings.options if settings is not None else None) or {})
@@ -193,17 +194,12 @@ def _run(ctx: SearchContext, callbacks: list[SearchCallback]) -> SearchRun:
     for cb in callbacks:
         if cb.after(ctx, run, gens):
             run = dataclasses.replace(_collect(ctx, gens), baselines=run.baselines, extra=run.extra)
-    run.extra["warm_start_scan"] = sum(cb.scanned for cb in callbacks if isinstance(cb, WarmStart))
-    run.pick = choose(ctx.space, run, run.baselines, lambda choice, first: _pick_hooks(ctx, callbacks, choice, first))
-    return run
-
-
-def _pick_hooks(ctx: SearchContext, callbacks: list[SearchCallback], choice: Choice, first: Pick) -> Pick:
-    """The callbacks' `pick` hooks in order, each handed the pick so far."""
-    pick = first
+    choice = Choice.of(ctx.space, run, run.baselines)
+    run.pick = choice.best()
     for cb in callbacks:
-        pick = cb.pick(ctx, choice, pick)
-    return pick
+        if run.pick is not None:  # nothing within the budget: nothing to pick among
+            run.pick = cb.pick(ctx, choice, run.pick)
+    return run
 
 
 def _drive(ctx: SearchContext) -> int:
@@ -264,6 +260,11 @@ class Choice:
         n = len(self.run.genes)
         return "searched" if i < n else self.extra[i - n].label
 
+    def best(self) -> Pick | None:
+        """The pick by `selection.pick_best` (the run's budget and tie margin); None when nothing is within the
+        budget."""
+        return pick_best(self.latency_ms, self.accuracy, self.run.budget_ms, self.run.tie)
+
     def baselines_near(self, limit_ms: float) -> list[int]:
         """Entries of the baselines a comparison at the budget is made with: per kind (uniform sparsity, uniform
         resize), the two slowest predicted within `limit_ms` (e.g. the budget plus the finalists' slack)."""
@@ -274,22 +275,6 @@ class Choice:
             mine = [j for j, p in enumerate(self.extra) if any(p is q for q in kind) and p.latency_ms <= limit_ms]
             out += [len(self.run.genes) + j for j in sorted(mine, key=lambda j: -self.extra[j].latency_ms)[:2]]
         return out
-
-
-def choose(
-    space: SearchSpace,
-    run: SearchRun,
-    baselines: Baselines | None = None,
-    hooks: Callable[[Choice, Pick], Pick] | None = None,
-) -> Pick | None:
-    """The pick among everything evaluated within the budget, the baselines that are configs of `space` included
-    (`Choice`), by `selection.pick_best`; then `hooks(choice, pick)` may replace it (the callbacks' `pick`: the
-    finalists re-time the configs the rule weighs). None when nothing is within the budget."""
-    choice = Choice.of(space, run, baselines)
-    pick = pick_best(choice.latency_ms, choice.accuracy, run.budget_ms, run.tie)
-    if pick is None or hooks is None:
-        return pick
-    return hooks(choice, pick)
 
 
 def _in_space(space: SearchSpace, p: Candidate) -> bool:
@@ -335,7 +320,8 @@ def _load_state(ctx: SearchContext, path: Path | None) -> tuple[int, Any]:
 
 
 class WarmStart(SearchCallback):
-    """Seed the first population from a sensitivity scan (pymoo back ends only; `search.warmstart`)."""
+    """Seed the first population from a sensitivity scan (pymoo back ends only; `search.warmstart`); the run's
+    `extra["warm_start_scan"]` counts the configs the scan evaluated."""
 
     def __init__(self) -> None:
         self.scanned = 0
@@ -347,6 +333,10 @@ class WarmStart(SearchCallback):
         seeds = warm_start(ctx.space, ctx.latency_fn, ctx.cache.evaluate, ctx.budget_ms, ctx.population // 2, ctx.seed)
         ctx.seeds = seeds if ctx.seeds is None else np.concatenate([seeds, ctx.seeds])
         self.scanned = scan
+
+    def after(self, ctx: SearchContext, run: SearchRun, generations: int) -> bool:
+        run.extra["warm_start_scan"] = self.scanned  # the configs the scan evaluated (0: skipped)
+        return False
 
 
 class Refine(SearchCallback):

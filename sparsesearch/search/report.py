@@ -15,7 +15,7 @@ from ..errors import SparseSearchError
 from ..fileio import atomic_write
 from ..space import SearchSpace
 from .accuracy import AccuracyCache
-from .engine import Choice, SearchRun, choose
+from .engine import Choice, SearchRun
 from .problem import LatencyFn
 from .records import BestRecord, Candidate, ParetoRecord
 from .selection import Pick, pick_best
@@ -48,7 +48,7 @@ class Baselines:
 def choose_best(
     space: SearchSpace, run: SearchRun, baselines: Baselines, point: Callable[[int, str], Candidate]
 ) -> tuple[Candidate, Pick]:
-    """The config to deploy and its pick: the run's own (`run.pick`, made at the search's end by `engine.choose`:
+    """The config to deploy and its pick: the run's own (`run.pick`, made at the search's end by `engine.Choice`:
     the best within the budget among everything evaluated, the baselines that are configs of `space` included,
     re-timed on this machine when the search had the finalists' callback), or, for baselines that are not the
     run's own, that rule applied to them.
@@ -56,7 +56,7 @@ def choose_best(
     `point(i, label)` builds the Candidate of run entry i. Raises SparseSearchError when nothing is within budget.
     """
     choice = Choice.of(space, run, baselines)
-    pick = run.pick if run.baselines is baselines else choose(space, run, baselines)
+    pick = run.pick if run.baselines is baselines else choice.best()
     if pick is None:
         raise SparseSearchError("the search evaluated no config within the budget")
     n = len(run.genes)
