@@ -12,7 +12,8 @@ import torch
 from sparsesearch import ops
 from sparsesearch.cli import main
 from sparsesearch.export import INT8_TOLERANCE, check_onnx, check_quantize, export_model
-from sparsesearch.ops import WindowGeometry
+from sparsesearch.models.window_block import window_partition, window_reverse
+from sparsesearch.ops import WindowGeometry, export_impl
 from sparsesearch.supernet import SupernetMeta, save_supernet
 
 pytest.importorskip("onnxruntime")
@@ -65,6 +66,21 @@ def test_export_ops_equal_the_reference(geom):
     assert torch.equal(
         ops.scatter_windows(x, new, idx, geom, "export"), ops.scatter_windows(x, new, idx, geom, "torch")
     )
+
+
+@pytest.mark.parametrize(
+    "geom",
+    [WindowGeometry.create(8, 8, 4, True), WindowGeometry.create(9, 7, 4, True), WindowGeometry.create(6, 6, 8, False)],
+)
+def test_export_partition_and_reverse_equal_roll_pad_partition(geom):
+    """The dense path's shift + pad + partition (and back) as the export writes it, one Gather each way."""
+    y = torch.randn(2, geom.H, geom.W, 5)
+    rolled = torch.roll(y, (-geom.sh, -geom.sw), (1, 2))
+    padded = torch.nn.functional.pad(rolled, (0, 0, 0, geom.Wp - geom.W, 0, geom.Hp - geom.H))
+    windows = window_partition(padded, geom.wh, geom.ww)
+    assert torch.equal(export_impl.partition(y, geom), windows)
+    back = window_reverse(windows * 2, geom.wh, geom.ww, geom.Hp, geom.Wp)[:, : geom.H, : geom.W]
+    assert torch.equal(export_impl.reverse(windows * 2, geom), torch.roll(back, (geom.sh, geom.sw), (1, 2)))
 
 
 @pytest.mark.parametrize("sparsity, side", [(0.0, 64), (0.5, 64), (0.5, 72)])

@@ -31,7 +31,7 @@ from torch import nn
 from .. import ops
 from ..config import SparsityConfig
 from ..errors import SparseSearchError
-from ..ops import WindowGeometry
+from ..ops import WindowGeometry, export_impl
 from .layers import DropPath, config_applied
 from .pruned_path import ScoreCarry, fused_pruned_forward, token_scores, window_scores
 
@@ -152,6 +152,8 @@ class PrunedWindowBlock(nn.Module):
         norm1), attend within every window, reverse."""
         if self.global_attn:
             return self.attend_global(y)
+        if torch.onnx.is_in_onnx_export():  # shift, pad and partition as one Gather each way (`export_impl`)
+            return export_impl.reverse(self.attend_windows(export_impl.partition(y, g), g, None), g)
         H, W = int(y.shape[1]), int(y.shape[2])
         if g.shifted:
             y = torch.roll(y, shifts=(-g.sh, -g.sw), dims=(1, 2))

@@ -7,7 +7,9 @@ to rather than for eager speed:
 - the write-back is one ScatterND of whole token rows into the block input (ONNX Runtime runs it in place), not the
   reference's extra-row buffer, ScatterElements of single elements and slice: a padded slot rewrites its window's
   first token with that token's own value (`WindowTables.safe` / `src`), as the in-place reference does;
-- the per-window index tables (`WindowTables`) are constants of the graph, indexed by the kept windows.
+- the per-window index tables (`WindowTables`) are constants of the graph, indexed by the kept windows;
+- the dense path's shift, padding and window partition is one Gather of the map's tokens (`partition`), and its
+  reverse one Gather back (`reverse`), instead of rolls (Slice, Concat), a pad and 6-d transposes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 
 from .geometry import WindowGeometry, token_index, window_tables
 
-__all__ = ["score", "gather", "scatter", "map_size"]
+__all__ = ["score", "gather", "scatter", "partition", "reverse", "map_size"]
 
 
 def map_size(x: torch.Tensor) -> tuple[int, int, int]:
@@ -68,3 +70,32 @@ def scatter(x: torch.Tensor, windows: torch.Tensor, idx: torch.Tensor, geom: Win
         rows = rows.index_select(0, pos.reshape(-1))
     out = x.reshape(-1, C).index_put((_rows(x, idx, geom).reshape(-1),), rows)
     return out.view(-1, H, W, C)
+
+
+def partition(y: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
+    """(B, H, W, C) -> (B*nW, N, C): every window of the shifted, zero-padded map, in grid order (the dense path's
+    roll, pad and `window_partition` as one Gather by `token_index`)."""
+    H, W, C = map_size(y)
+    flat = y.reshape(-1, H * W, C)
+    if geom.padded:
+        flat = F.pad(flat, (0, 0, 0, 1))  # row H*W: the zeros padded positions read
+    return flat[:, token_index(geom, y.device).reshape(-1)].reshape(-1, geom.window_area, C)
+
+
+def _inverse_index(geom: WindowGeometry, device: torch.device) -> torch.Tensor:
+    """(H*W,) int64: the slot (window * N + position) of the shifted, padded partition that holds each token; built
+    from plain numbers, so that a trace takes it as a constant."""
+    tok = token_index(geom, "cpu").reshape(-1).tolist()
+    inv = [0] * (geom.H * geom.W)
+    for slot, t in enumerate(tok):
+        if t < geom.H * geom.W:
+            inv[t] = slot
+    return torch.tensor(inv, dtype=torch.int64, device=device)
+
+
+def reverse(w: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
+    """(B*nW, N, C) windows of `partition`'s layout -> (B, H, W, C) un-shifted map without the padding (the dense
+    path's `window_reverse`, crop and roll back as one Gather)."""
+    C = int(w.shape[-1])
+    flat = w.reshape(-1, geom.num_windows * geom.window_area, C)
+    return flat[:, _inverse_index(geom, w.device)].reshape(-1, geom.H, geom.W, C)
