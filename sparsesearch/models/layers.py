@@ -77,8 +77,9 @@ def _tracing() -> bool:
 
 
 def _exporting() -> bool:
-    """Whether this forward is being exported (ONNX export or a jit trace), not compiled: sizes may be baked in."""
-    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+    """Whether this forward is being exported to ONNX (not a plain jit trace, e.g. fvcore's FLOP count, nor
+    torch.compile): sizes but the batch may be baked in."""
+    return torch.onnx.is_in_onnx_export()
 
 
 def _version_of(t: torch.Tensor) -> int | None:
