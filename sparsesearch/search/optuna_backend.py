@@ -23,13 +23,13 @@ from ..scoped import quiet_logger
 from .backends import Backend, SearchContext, check_options, keyword_names
 from .scoring import Scored
 
-__all__ = ["OptunaBackend"]
+__all__ = ["OptunaBackend", "quiet_optuna"]
 
 _DIRECTIONS: tuple[Literal["maximize"], Literal["minimize"]] = ("maximize", "minimize")  # accuracy, latency
 
 
 @contextlib.contextmanager
-def _quiet_optuna() -> Iterator[None]:
+def quiet_optuna() -> Iterator[None]:
     """optuna's per-trial INFO lines off on this thread while the search runs; no logger's level changes (another
     thread's optuna study logs as before)."""
     import optuna  # noqa: PLC0415,F401  (optuna adds its log handler when imported: import it first)
@@ -81,14 +81,14 @@ class OptunaBackend(Backend):
 
     def __init__(self, ctx: SearchContext) -> None:
         super().__init__(ctx)
-        with _quiet_optuna():
+        with quiet_optuna():
             self.study = _study(ctx)
         self.multi = ctx.algorithm == "optuna-nsga2"
         self._trials: list[Any] = []
 
     def ask(self) -> np.ndarray:
         ctx, ub = self.ctx, self.ctx.space.upper_bounds
-        with _quiet_optuna():
+        with quiet_optuna():
             self._trials = [self.study.ask() for _ in range(ctx.population)]
             return np.array(
                 [[t.suggest_int(f"x{i}", 0, int(ub[i])) for i in range(ctx.space.n_var)] for t in self._trials],
@@ -97,7 +97,7 @@ class OptunaBackend(Backend):
 
     def tell(self, scored: Scored) -> None:
         budget = self.ctx.budget_ms
-        with _quiet_optuna():
+        with quiet_optuna():
             for t, x, a, lat in zip(self._trials, scored.genes, scored.accuracy, scored.latency_ms):
                 t.set_user_attr("genes", [int(v) for v in x])
                 t.set_user_attr("latency_ms", float(lat))

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import SparseSearchError
 from .backends import Backend, SearchContext, check_options, keyword_names
-from .optuna_backend import _quiet_optuna
+from .optuna_backend import quiet_optuna
 from .scoring import Scored
 
 __all__ = ["TuneBackend"]
@@ -64,7 +64,7 @@ class TuneBackend(Backend):
 
     def __init__(self, ctx: SearchContext) -> None:
         super().__init__(ctx)
-        with _quiet_optuna():
+        with quiet_optuna():
             self.searcher: Any = _searcher(ctx)
         self.trials = 0  # trials asked so far: each trial's id
         self._asked: list[str] = []
@@ -72,7 +72,7 @@ class TuneBackend(Backend):
     def ask(self) -> np.ndarray:
         n_var = self.ctx.space.n_var
         self._asked = [f"trial_{self.trials + i:06d}" for i in range(self.ctx.population)]
-        with _quiet_optuna():
+        with quiet_optuna():
             configs = [self.searcher.suggest(t) for t in self._asked]
         if any(not isinstance(c, dict) for c in configs):
             raise SparseSearchError(f"--algorithm tune: the searcher suggested no config ({configs!r})")
@@ -80,7 +80,7 @@ class TuneBackend(Backend):
         return np.array([[int(c[f"x{i}"]) for i in range(n_var)] for c in configs], dtype=np.int64)
 
     def tell(self, scored: Scored) -> None:
-        with _quiet_optuna():
+        with quiet_optuna():
             for t, a, lat, ok in zip(self._asked, scored.accuracy, scored.latency_ms, scored.feasible):
                 result = {"accuracy": float(a), "latency_ms": float(lat), "feasible": bool(ok)}
                 self.searcher.on_trial_complete(t, result)
