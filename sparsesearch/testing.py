@@ -27,6 +27,7 @@ __all__ = [
     "exhaustive_best",
     "quick_profile_args",
     "quick_settings",
+    "tiny_supernet",
 ]
 
 #: what the toy space needs of a model: four rows of two blocks, every block prunable
@@ -133,3 +134,21 @@ def quick_settings(population: int, generations: int, **overrides: Any) -> Searc
     return SearchSettings(
         **{"progress": False, "flops": False, **overrides}, population=population, generations=generations
     )
+
+
+def tiny_supernet(folder: str | Path, space_yaml: str, num_classes: int = 3) -> tuple[SearchSpace, Any]:
+    """A supernet file of a small space, for tests: `space_yaml` written to folder/space.yaml, the space's model
+    with a segmentation head of `num_classes` and seeded random weights (seed 0; the process's generators are
+    left alone) saved to folder/supernet.pt, its data 8 synthetic 64x64 scenes. Returns the space and the model."""
+    from .supernet import SupernetMeta, save_supernet  # noqa: PLC0415
+
+    folder = Path(folder)
+    (folder / "space.yaml").write_text(space_yaml)
+    space = SearchSpace.load(folder / "space.yaml")
+    kwargs = {"head": "seg", "num_classes": num_classes}
+    model = space.create_model(seed=0, **kwargs)
+    meta = SupernetMeta.create(
+        space, kwargs, task="seg", num_classes=num_classes, data="synthetic:8", image_size=(64, 64)
+    )
+    save_supernet(folder / "supernet.pt", model, meta)
+    return space, model

@@ -12,10 +12,10 @@ import sparsesearch as ss
 import torch
 from sparsesearch.cli import main
 from sparsesearch.latency import ProfileSettings, profile
-from sparsesearch.supernet import SupernetMeta, save_supernet
 from sparsesearch.testing import (
     exhaustive_best,
     quick_settings,
+    tiny_supernet,
     toy_accuracy,
     toy_config_latency,
     toy_latency,
@@ -215,13 +215,7 @@ def test_resume_without_a_search_and_bad_budgets(toy, tmp_path):
 @pytest.fixture(scope="module")
 def supernet(tmp_path_factory):
     d = tmp_path_factory.mktemp("sn")
-    (d / "space.yaml").write_text(TINY)
-    space = ss.SearchSpace.load(d / "space.yaml")
-    kwargs = {"head": "seg", "num_classes": 3}
-    torch.manual_seed(0)
-    model = space.create_model(**kwargs)
-    meta = SupernetMeta.create(space, kwargs, task="seg", num_classes=3, data="synthetic:8", image_size=(64, 64))
-    save_supernet(d / "supernet.pt", model, meta)
+    space, _ = tiny_supernet(d, TINY)
     profile(
         space,
         ProfileSettings(

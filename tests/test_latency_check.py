@@ -33,7 +33,7 @@ from sparsesearch.latency import (
 )
 from sparsesearch.latency.env import fingerprint_diff, fingerprint_hash
 from sparsesearch.latency.measure import Timer
-from sparsesearch.supernet import SupernetMeta, save_supernet
+from sparsesearch.testing import tiny_supernet
 
 from tests.test_latency import one_by_one
 
@@ -107,13 +107,7 @@ class FakeTimer(Timer):
 def setup(tmp_path_factory):
     """A supernet of the tiny space and a (fake) table of it: (folder, space, table path)."""
     d = tmp_path_factory.mktemp("check")
-    (d / "space.yaml").write_text(SPACE)
-    space = ss.SearchSpace.load(d / "space.yaml")
-    kwargs = {"head": "seg", "num_classes": 3}
-    torch.manual_seed(0)
-    model = space.create_model(**kwargs)
-    meta = SupernetMeta.create(space, kwargs, task="seg", num_classes=3, data="synthetic:8", image_size=(64, 64))
-    save_supernet(d / "supernet.pt", model, meta)
+    space, _ = tiny_supernet(d, SPACE)
     mp = pytest.MonkeyPatch()
     try:
         _profile(space, d / "table.json", mp)
