@@ -131,10 +131,15 @@ def _report_onnx(onnx: dict[str, Any], out: str) -> int:
     for name, check, what in checks:
         by_batch = ", ".join(f"batch {b}: {d:.2e}" for b, d in check["max_abs_diff_by_batch"].items())
         print(f"ONNX: {out}/{name} (any batch size), {what} {by_batch} ({check['max_rel_diff']:.1e} of the range)")
-    for name, check, _ in checks:
-        if not check["ok"]:
-            print(f"sparsesearch export: error: ONNX Runtime's output of {name} differs from torch's", flush=True)
-            return 1
+    if not onnx["ok"]:
+        print("sparsesearch export: error: ONNX Runtime's output of model.onnx differs from torch's", flush=True)
+        return 1
+    if "int8" in onnx and not onnx["int8"]["ok"]:  # quantisation error, not a broken export: the card has accuracy
+        print(
+            f"sparsesearch export: warning: model.int8.onnx differs from torch by {onnx['int8']['max_rel_diff']:.2f} "
+            f"of the output's range (over {onnx['int8']['tolerance']}): check its accuracy before deploying it",
+            flush=True,
+        )
     _wrote(out)
     return 0
 
