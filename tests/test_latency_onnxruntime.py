@@ -25,7 +25,7 @@ from sparsesearch.latency import (
     ensure_table_speed,
 )
 from sparsesearch.latency.fit import CalibrationWarning
-from sparsesearch.latency.runtime import ort_call, table_runtime
+from sparsesearch.latency.runtime import EXPORT_FORM, ort_call, table_runtime
 from sparsesearch.models.family import get_family, prunable
 from sparsesearch.supernet import SupernetMeta, save_supernet
 
@@ -131,6 +131,11 @@ def test_a_table_of_another_onnxruntime_version_or_none_installed_is_refused(ort
         LatencyTableError, match=r"onnxruntime 0\.0\.1 \(running .*`sparsesearch profile --runtime onnx"
     ):
         other.check_compatible()
+    # a table of an earlier export form timed other graphs than this version exports
+    assert table.meta["export_form"] == EXPORT_FORM
+    old = LatencyTable({**table.meta, "export_form": EXPORT_FORM - 1}, table.space.to_dict(), table.resolution_tables)
+    with pytest.raises(LatencyTableError, match=rf"export form {EXPORT_FORM - 1} \(this version exports form"):
+        old.check_compatible()
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
     with pytest.raises(LatencyTableError, match=r"pip install 'sparsesearch\[onnx\]'"):
         table.check_compatible()

@@ -9,6 +9,7 @@ import datetime as _dt
 from typing import TYPE_CHECKING, Any
 
 from .env import machine_slug
+from .runtime import EXPORT_FORM
 from .structure import space_hash
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ def profile_meta(profiler: Profiler, threads: int, duration_s: float) -> dict[st
         "in_model": s.in_model_pass,
         "runtime": s.runtime,
         "runtime_version": profiler.runtime_version,
+        **({"export_form": EXPORT_FORM} if s.runtime == "onnxruntime" else {}),
         "flush_bytes": profiler.flush_bytes,
         "max_foreign_load": profiler.max_load,
         "waited_s": round(profiler.monitor.waited_s, 1),

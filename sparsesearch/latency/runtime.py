@@ -27,6 +27,7 @@ from ..models.family import family_of_model, prunable
 __all__ = [
     "RUNTIMES",
     "INSTALL_HINT",
+    "EXPORT_FORM",
     "check_runtime",
     "table_runtime",
     "installed_version",
@@ -43,6 +44,9 @@ RUNTIMES = ("torch", "onnxruntime")
 INSTALL_HINT = "pip install 'sparsesearch[onnx]'"
 #: the ONNX opset of the exported parts (as `sparsesearch export --onnx`)
 OPSET = 18
+#: the version of the exported graph's form (bumped when the export of a block changes what ONNX Runtime runs):
+#: an onnxruntime table records it, and one of another form is refused (its figures time another graph)
+EXPORT_FORM = 2
 
 
 def check_runtime(runtime: str) -> str:

@@ -50,7 +50,7 @@ from ..ops import keep_count
 from ..space import SearchSpace
 from .env import DTYPES, device_name, fingerprint, fingerprint_diff
 from .measure import Stat
-from .runtime import INSTALL_HINT, check_runtime, installed_version, table_runtime
+from .runtime import EXPORT_FORM, INSTALL_HINT, check_runtime, installed_version, table_runtime
 from .structure import BlockShape, res_key, space_family, space_hash
 
 __all__ = ["LatencyTable", "KindTable", "FORMAT", "VERSION", "TableMachineWarning", "machine_note"]
@@ -444,7 +444,12 @@ class LatencyTable:
         here = installed_version(mine)
         if here is None:
             return f"{mine} {version} (not installed: {INSTALL_HINT})"
-        return None if here == version else f"{mine} {version} (running {here})"
+        if here != version:
+            return f"{mine} {version} (running {here})"
+        form = int(self.meta.get("export_form", 1))
+        if form != EXPORT_FORM:
+            return f"{mine} {version}, graphs of export form {form} (this version exports form {EXPORT_FORM})"
+        return None
 
     def check_space(self, space: SearchSpace) -> None:
         """Raise LatencyTableError unless `space` is the table's space (same architecture content) and every
