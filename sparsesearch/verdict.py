@@ -269,10 +269,11 @@ def baseline_note(rows: Sequence[DemoRow], search: BestRecord) -> str:
         return ""
     guard = measured.guard
     budget_x = search.budget_ms / measured.dense_predicted_ms
+    sitting = f" with {measured.sitting_se:g} between sittings" if measured.sitting_se else ""
 
     def line(label: str, hit: MeasuredRow, tail: str) -> str:
         x, se = hit.measured_x_dense, hit.measured_x_dense_se
-        return f"{label}: timed by the search at {x:.3f}x +- {se:.3f} dense, {tail} (+{guard:g} SE)"
+        return f"{label}: timed by the search at {x:.3f}x +- {se:.3f} dense, {tail} (+{guard:g} SE{sitting})"
 
     head: list[str] = []
     lines: list[str] = []

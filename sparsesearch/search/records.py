@@ -95,6 +95,7 @@ class Measured:
     rows: list[MeasuredRow]
     outcome: str = ""
     measured_x_dense: float | None = None  # the pick's, when a finalist measured within the budget
+    sitting_se: float = 0.0  # the guard's allowance for another sitting (`Finalists.sitting_se`); 0 in old records
 
     def row(self, config: SparsityConfig | Mapping[str, Any]) -> MeasuredRow | None:
         """The timing of `config`, if the finalists timed it."""
