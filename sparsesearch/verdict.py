@@ -105,7 +105,8 @@ class Comparison:
     measured_x: float = float("nan")
     gain: float = float("nan")  # searched minus baseline accuracy
     paired_se: float | None = None
-    over_budget: bool = False  # the baseline row ran over the budget as measured (none of its kind within it)
+    over_budget: bool = False  # the baseline row ran over the budget in the final table's timing
+    admitted: bool = True  # within the budget by `settle_baselines`' rule (False: none of its kind was)
 
     @property
     def present(self) -> bool:
@@ -120,7 +121,11 @@ class Comparison:
         if not self.present:
             return f"no {self.kind.replace('_', ' ')} within the budget to compare with"
         se = f" (+-{self.paired_se:.2f} paired)" if self.paired_se is not None else ""
-        over = ", over the budget: none of its candidates ran within it" if self.over_budget else ""
+        over = ""
+        if not self.admitted:
+            over = ", over the budget: none of its candidates ran within it"
+        elif self.over_budget:
+            over = " (within the budget by the search's timing)"
         needs = ("; at or above needed" if self.needed == 0 else f"; at least +{self.needed:g} needed") if need else ""
         return (
             f"{self.gain:+.2f}{se} over {_NAMES[self.kind]} ({self.label} at {self.measured_x:.2f}x as measured"
@@ -204,6 +209,7 @@ def _compare(kind: str, needed: float, best: DemoRow, base: DemoRow, budget_x: f
         best.accuracy - accuracy,
         _paired_se(best.left_out, left_out),
         base.measured_x > budget_x,
+        base.admitted,
     )
 
 

@@ -275,3 +275,15 @@ def test_the_third_line_gives_the_search_gain_with_and_without_training() -> Non
 def test_settle_baselines_marks_the_rows_within_the_budget() -> None:
     rows = settle_baselines(_candidates(pick_x=0.71, sparser_x=0.65, denser_x=0.78), budget_x=0.7)
     assert [r.admitted for r in rows] == [r.measured_x <= 0.7 for r in rows]
+
+
+def test_a_baseline_admitted_by_the_searchs_timing_but_over_in_this_one_says_so() -> None:
+    rows = _table()
+    rows[2].measured_x = 0.705  # the uniform pick: within the budget by the search's rule, over it in this timing
+    uni = verdict(settle_baselines(rows, 0.7), 0.7).comparison("uniform_sparsity")
+    assert uni.over_budget and not uni.admitted  # admitted by this timing's figure alone (no search record here)
+    assert "none of its candidates ran within it" in uni.phrase()
+    rows[2].admitted = True  # as when the search's finalists admitted it
+    uni = verdict(rows, 0.7).comparison("uniform_sparsity")
+    assert uni.over_budget and uni.admitted and "(within the budget by the search's timing)" in uni.phrase()
+    assert "none of its candidates" not in uni.phrase()
