@@ -14,37 +14,25 @@ from sparsesearch.cli import main
 from sparsesearch.export import INT8_TOLERANCE, check_onnx, check_quantize, export_model
 from sparsesearch.models.window_block import window_partition, window_reverse
 from sparsesearch.ops import WindowGeometry, export_impl
-from sparsesearch.supernet import SupernetMeta, save_supernet
+from sparsesearch.testing import tiny_supernet
+
+from .test_export import SPACE
 
 pytest.importorskip("onnxruntime")
-
-SPACE = """
-name: tiny
-architecture: swin_nano
-model_kwargs: {embed_dim: 16, num_heads: [1, 1, 2, 2]}
-resolutions: [[64, 64]]
-sparsity_choices: [0.0, 0.25, 0.5, 0.75]
-genes:
-  - {name: a, blocks: ["0.0", "0.1"]}
-  - {name: b, blocks: ["1.0", "1.1"]}
-  - {name: c, blocks: ["2.0", "2.1", "3.0", "3.1"]}
-window_sizes: [[4], [4, 2], [4], [4]]
-"""
 
 
 @pytest.fixture(scope="module")
 def supernet(tmp_path_factory):
     d = tmp_path_factory.mktemp("sn")
-    (d / "space.yaml").write_text(SPACE)
-    space = ss.SearchSpace.load(d / "space.yaml")
-    kwargs = {"head": "seg", "num_classes": 3}
-    torch.manual_seed(0)
-    model = space.create_model(**kwargs)
-    meta = SupernetMeta.create(space, kwargs, task="seg", num_classes=3, data="synthetic:8", image_size=(64, 64))
-    save_supernet(d / "supernet.pt", model, meta)
+    tiny_supernet(d, SPACE)  # test_export's tiny space, seeded weights
     cfg = ss.SparsityConfig([[0.5, 0.5], [0.25, 0.25], [0.75, 0.75], [0.75, 0.75]], [4, 2, 4, 4], (64, 64))
     cfg.save(d / "best.json")
     return d
+
+
+def _export_argv(d, out):
+    """`sparsesearch export` of the fixture's supernet at its best.json into `out`."""
+    return ["export", "--supernet", str(d / "supernet.pt"), "--config", str(d / "best.json"), "--out", str(out)]
 
 
 @pytest.mark.parametrize(
@@ -128,16 +116,7 @@ def test_card_gives_onnx_runtime_latency_beside_torch(supernet, tmp_path):
 
 
 def test_cli_export_quantize_prints_both_models(supernet, tmp_path, capsys):
-    d = supernet
-    argv = [
-        "export",
-        "--supernet",
-        str(d / "supernet.pt"),
-        "--config",
-        str(d / "best.json"),
-        "--out",
-        str(tmp_path / "e"),
-    ]
+    argv = _export_argv(supernet, tmp_path / "e")
     assert main([*argv, "--onnx", "--quantize", "dynamic", "--no-measure"]) == 0
     out = capsys.readouterr().out
     assert "model.onnx" in out and "model.int8.onnx" in out and "wrote" in out
@@ -149,16 +128,7 @@ def test_cli_export_quantize_prints_both_models(supernet, tmp_path, capsys):
     [(["--quantize", "dynamic"], "add --onnx"), (["--onnx", "--quantize", "static"], "must be one of dynamic")],
 )
 def test_cli_quantize_bad_input_is_one_line(supernet, extra, message, tmp_path, capsys):
-    d = supernet
-    argv = [
-        "export",
-        "--supernet",
-        str(d / "supernet.pt"),
-        "--config",
-        str(d / "best.json"),
-        "--out",
-        str(tmp_path / "e"),
-    ]
+    argv = _export_argv(supernet, tmp_path / "e")
     assert main([*argv, "--no-measure", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
@@ -171,16 +141,7 @@ def test_quantize_without_onnxruntime_is_one_line(supernet, tmp_path, capsys, mo
         check_quantize(True, "dynamic")
     with pytest.raises(ss.SparseSearchError, match="must be one of"):
         check_quantize(True, "static")
-    d = supernet
-    argv = [
-        "export",
-        "--supernet",
-        str(d / "supernet.pt"),
-        "--config",
-        str(d / "best.json"),
-        "--out",
-        str(tmp_path / "e"),
-    ]
+    argv = _export_argv(supernet, tmp_path / "e")
     assert main([*argv, "--onnx", "--quantize", "dynamic", "--no-measure"]) == 2
     err = capsys.readouterr().err.strip()
     assert "onnxruntime" in err and "pip install" in err and len(err.splitlines()) == 1
