@@ -141,24 +141,11 @@ def check_quantize(onnx: bool, quantize: str | None) -> None:
 def export_onnx_file(model: Any, path: Path, example: torch.Tensor) -> None:
     """Write `model` (its config set) to ONNX at `path` (atomically): the blocks on the "export" kernel backend
     (static sizes but the batch, TopK selection), opset 18, input "image" (B, 3, H, W) with a dynamic batch axis
-    B, output "logits"; H and W are those of `example`."""
-    import warnings  # noqa: PLC0415
-
-    from .latency.runtime import OPSET, export_backend  # noqa: PLC0415
+    B, output "logits"; H and W are those of `example` (`latency.runtime.write_onnx`)."""
+    from .latency.runtime import write_onnx  # noqa: PLC0415
 
     tmp = path.with_name(f".{path.name}.tmp")
-    with torch.inference_mode(False), torch.no_grad(), export_backend(model), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example.detach().clone(),),
-            str(tmp),
-            opset_version=OPSET,
-            dynamo=False,
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        )
+    write_onnx(model, example, tmp, model, ("image", "logits"), dynamic_batch=True)
     os.replace(tmp, path)
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "runtime_version",
     "export_backend",
     "onnx_bytes",
+    "write_onnx",
     "ort_session",
     "OrtCall",
     "ort_call",
@@ -107,17 +108,36 @@ class _Call(nn.Module):
         return self.fn(x)
 
 
-def onnx_bytes(fn: Callable[[torch.Tensor], Any], example: torch.Tensor, model: nn.Module) -> bytes:
-    """`fn` (a part of `model`, or `model` itself, with its config already set) exported to ONNX at the fixed shape
-    of `example`, with `model`'s blocks on the "export" backend; the serialized model."""
+def write_onnx(
+    module: nn.Module,
+    example: torch.Tensor,
+    path: str | Path,
+    model: nn.Module,
+    names: tuple[str, str | None] = ("x", None),
+    dynamic_batch: bool = False,
+) -> None:
+    """`module` (`model`, or a part of it, with its config already set) exported to ONNX at `path`: the TorchScript
+    exporter, opset `OPSET`, `model`'s blocks on the "export" backend, at the shape of `example` (with
+    `dynamic_batch`, its first axis a "batch" axis of the input and the output). names: (input, output) names,
+    None for the exporter's output name."""
+    in_name, out_name = names
+    kwargs: dict[str, Any] = {"output_names": [out_name]} if out_name else {}
+    if dynamic_batch:
+        kwargs["dynamic_axes"] = {n: {0: "batch"} for n in (in_name, out_name) if n}
     with contextlib.ExitStack() as stack:
         for ctx in (torch.inference_mode(False), torch.no_grad(), export_backend(model), warnings.catch_warnings()):
             stack.enter_context(ctx)
         warnings.simplefilter("ignore")
-        path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sparsesearch-ort-"))) / "part.onnx"
         x = example.detach().clone()  # a normal tensor even if `example` was made in inference mode
-        module = fn if isinstance(fn, nn.Module) else _Call(fn, model)
-        torch.onnx.export(module, (x,), str(path), opset_version=OPSET, dynamo=False, input_names=["x"])
+        torch.onnx.export(module, (x,), str(path), opset_version=OPSET, dynamo=False, input_names=[in_name], **kwargs)
+
+
+def onnx_bytes(fn: Callable[[torch.Tensor], Any], example: torch.Tensor, model: nn.Module) -> bytes:
+    """`fn` (a part of `model`, or `model` itself, with its config already set) exported to ONNX at the fixed shape
+    of `example` (`write_onnx`); the serialized model."""
+    with tempfile.TemporaryDirectory(prefix="sparsesearch-ort-") as folder:
+        path = Path(folder) / "part.onnx"
+        write_onnx(fn if isinstance(fn, nn.Module) else _Call(fn, model), example, path, model)
         return path.read_bytes()
 
 
