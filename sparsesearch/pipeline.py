@@ -524,7 +524,7 @@ class _Demo:
         # every row is timed on the supernet: the pretrained-weight rows run the same architecture and config
         # (weights do not change the work), and alternating two models (2 x 20 MB, more than this VM's L3) slowed
         # the sparse rows by ~2% of dense against the finalists' timing of the same configs
-        runs = [(model, cfg, (h, w)) for cfg, (h, w) in zip(configs, sizes)]
+        runs = [(model, cfg, res) for cfg, res in zip(configs, sizes)]
         with torch_threads(o.latency_threads):  # timed as the table was profiled
             measured = _measure_interleaved(runs, o.measure_rounds, 5 if o.quick else 8, table.statistic)
         rows = []
