@@ -173,7 +173,7 @@ class WindowAttention(nn.Module):
         elif mask is not None and (Bw != bias.shape[0] or _tracing()):  # traced: the batch is symbolic
             bias = bias.repeat(Bw // bias.shape[0], 1, 1, 1)
         # a (1, heads, N, N) bias broadcasts inside SDPA; expanding it first makes the CPU kernel copy it per window
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias if bias.dtype == q.dtype else bias.to(q.dtype))
         return self.proj(out.transpose(1, 2).reshape(Bw, N, C))
 
     def _forward_export(

@@ -22,7 +22,7 @@ sees the M-row linears and counts the FLOPs really done.
 Scores without reading the whole map: a block changes only the real tokens of its kept windows, so the token
 scores mean_c |x| of its output are those of its input with those M rows recomputed. A `ScoreCarry` handed from
 block to block within a stage holds them; the next block then scores its windows from (B, H*W) floats instead of
-the (B, H, W, C) map. Same values as `ops.score_windows` (same per-token reduction, same window sum).
+the (B, H, W, C) map. Same values as `ops.score_windows` (the same token reduction and window norm).
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ __all__ = [
 
 
 class ScoreCarry:
-    """Token scores of the last output of a chain of blocks: `tok` (B, H*W) float32 mean_c |x| of the tensor
-    `of`. A block may use them only when its input *is* `of` (the previous block's output); any other block
-    path resets the carry. The owner clears `wanted` before the chain's last block: nothing reads the scores of
-    its output, so that block does not update them."""
+    """Token scores of the last output of a chain of blocks: `tok` (B, H*W) float32 mean_c |x| of the tensor `of`.
+    A block may use them only when its input *is* `of` (the previous block's output); any other block path resets
+    the carry. The owner clears `wanted` before the chain's last block: nothing reads the scores of its output, so
+    that block does not update them."""
 
     def __init__(self) -> None:
         self.of: torch.Tensor | None = None
@@ -73,11 +73,10 @@ def token_scores(x: torch.Tensor) -> torch.Tensor:
 def window_scores(tok: torch.Tensor, g: WindowGeometry) -> torch.Tensor:
     """(B, H*W) token scores -> (B, nW) window scores, L2 norm over each window (padded positions score 0), as
     `ops.reference.score_windows` computes them."""
-    sq = tok.square()
     if g.padded:
-        sq = torch.cat([sq, sq.new_zeros(sq.shape[0], 1)], dim=1)
-    per_window = sq.index_select(1, ops.token_index(g, tok.device).view(-1))  # index_select: 2x aten::index's speed
-    return per_window.view(sq.shape[0], g.num_windows, g.window_area).sum(dim=-1).sqrt()
+        tok = torch.cat([tok, tok.new_zeros(tok.shape[0], 1)], dim=1)
+    per_window = tok.index_select(1, ops.window_tables(g, tok.device).flat)  # index_select: 2x aten::index's speed
+    return torch.linalg.vector_norm(per_window.view(tok.shape[0], g.num_windows, g.window_area), dim=-1)
 
 
 class KeptTokens(NamedTuple):
@@ -98,14 +97,13 @@ def kept_tokens(g: WindowGeometry, idx: torch.Tensor) -> KeptTokens:
     B = idx.shape[0]
     HW = g.H * g.W
     tables = ops.window_tables(g, idx.device)
-    flat_idx = idx.reshape(-1)
-    tok = tables.token.index_select(0, flat_idx).view(B, -1, g.window_area)  # (B, k, N), HW at padded slots
+    tok = tables.token[idx]  # (B, k, N), HW at padded slots
     if B > 1:
         tok = tok + ops.geometry.image_offsets(B, HW, idx.device)
-    tok = tok.reshape(-1)
+    tok = tok.view(-1)
     if tables.pad is None:
         return KeptTokens(tok, None)
-    pad = tables.pad.index_select(0, flat_idx).reshape(-1)
+    pad = tables.pad[idx].view(-1)
     if not bool(pad.any()):
         return KeptTokens(tok, None)
     slots = (~pad).nonzero().squeeze(1)
@@ -140,21 +138,20 @@ def fused_pruned_forward(
     Returns:
         (B, H, W, C): x with the kept windows' real tokens replaced by the block's output.
     """
-    norm1, norm2, mlp = block.norm1, block.norm2, block.mlp
     B, H, W, C = x.shape
-    k, N = idx.shape[1], g.window_area
+    rows = B * idx.shape[1] * g.window_area  # slots of the window batch
     kt = kept_tokens(g, idx)
-    flat = x.reshape(B * H * W, C)
-    t = flat.index_select(0, kt.src)  # (M, C)
-    y = norm1(t)
-    if kt.slots is not None:
-        y = y.new_zeros(B * k * N, C).index_copy_(0, kt.slots, y)
-    a = attend(y.view(B * k, N, C)).reshape(B * k * N, C)
-    t += a if kt.slots is None else a.index_select(0, kt.slots)
-    t += mlp(norm2(t))
     out = x if inplace else x.clone(memory_format=torch.contiguous_format)
-    t = t.to(out.dtype)
-    out.view(B * H * W, C).index_copy_(0, kt.src, t)
+    flat = out.view(B * H * W, C)
+    t = flat.index_select(0, kt.src)  # (M, C)
+    y = block.norm1(t)
+    if kt.slots is not None:
+        y = y.new_zeros(rows, C).index_copy_(0, kt.slots, y)
+    a = attend(y.view(-1, g.window_area, C)).reshape(rows, C)
+    t += a if kt.slots is None else a.index_select(0, kt.slots)
+    t += block.mlp(block.norm2(t))
+    # (each call here costs microseconds of dispatch in every pruned block: no conversion unless one is needed)
+    flat.index_copy_(0, kt.src, t if t.dtype == out.dtype else t.to(out.dtype))
     if tok is not None:
         tok.view(-1).index_copy_(0, kt.src, token_scores(t))
     return out

@@ -22,7 +22,7 @@ for a model whose config rows are lists of blocks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +100,7 @@ class PrunedWindowBlock(nn.Module):
         self.window_size = 0
         self.sparsity = 0.0
         self.kernel_backend: ops.Backend | None = None  # None: ops dispatch decides
+        self._plans: dict[tuple[int, int, int, float], tuple[WindowGeometry, int]] = {}
 
     @property
     def prunable(self) -> bool:
@@ -134,18 +135,30 @@ class PrunedWindowBlock(nn.Module):
         write the kept windows straight into x instead of copying every pruned token (the models do this).
         `carry` (given by `run_blocks`) passes token scores from one block's output to the next block's scoring.
         """
-        g = self.geometry(int(x.shape[1]), int(x.shape[2]))  # int(): sizes are tensors when ONNX-traced
-        if self.sparsity > 0.0:
-            k = ops.keep_count(self.sparsity, g.num_windows)
-            if k < g.num_windows:
-                if self._fused_ok(x, g):
-                    return self._forward_fused(x, g, k, owns_input, carry)
-                if carry is not None:
-                    carry.set(None, None)
-                return self._forward_pruned(x, g, k, owns_input)
+        g, k = self._plan(int(x.shape[1]), int(x.shape[2]))  # int(): sizes are tensors when ONNX-traced
+        if k < g.num_windows:
+            if self._fused_ok(x, g):
+                return self._forward_fused(x, g, k, owns_input, carry)
+            if carry is not None:
+                carry.set(None, None)
+            return self._forward_pruned(x, g, k, owns_input)
         if carry is not None:
             carry.set(None, None)
         return self._forward_dense(x, g)
+
+    def _plan(self, H: int, W: int) -> tuple[WindowGeometry, int]:
+        """The tiling of an (H, W) map and the windows kept per image (all of them when dense). Cached per map size,
+        window and sparsity outside torch.compile: building them costs microseconds in every block of every
+        forward, a few percent of a small pruned model."""
+        key = (H, W, self.window_size, self.sparsity)
+        compiling = torch.compiler.is_compiling()
+        plan = None if compiling else self._plans.get(key)
+        if plan is None:
+            g = self.geometry(H, W)
+            plan = (g, ops.keep_count(self.sparsity, g.num_windows) if self.sparsity > 0.0 else g.num_windows)
+            if not compiling:
+                self._plans[key] = plan
+        return plan
 
     def _attend_map(self, y: torch.Tensor, g: WindowGeometry) -> torch.Tensor:
         """Dense attention of the normalised map y (B, H, W, C) -> (B, H, W, C): shift, pad with zeros (after
@@ -208,8 +221,10 @@ class PrunedWindowBlock(nn.Module):
             carry.set(None, None)
             carry = None
         if tok is None:
-            tok = token_scores(x).reshape(B, H * W)
-        idx = ops.select_windows(window_scores(tok, g), k)  # (B, k); not "export" here (see _fused_ok)
+            tok = token_scores(x).view(B, H * W)
+        # the windows by descending score: the fused path's output does not depend on their order (each real token
+        # is written back to its own row), so the ascending sort `ops.select_windows` adds is skipped
+        idx = torch.sort(window_scores(tok, g), dim=1, descending=True, stable=True).indices[:, :k]  # (B, k)
         out = fused_pruned_forward(
             x,
             g,
@@ -237,14 +252,15 @@ class PrunedWindowBlock(nn.Module):
         """Whether the fused real-token path may run: inference (grad mode off) on the torch backend, no stochastic
         depth, not exporting; under torch.compile only on an unpadded map (a padded one gathers a data-dependent
         count of real tokens, which would break the graph; the general path has static shapes)."""
-        backend: Any = self.kernel_backend  # typed loosely: a str here, ops.Backend in the dispatch
-        if not self.fused_pruned_path or torch.is_grad_enabled() or ops.resolve_backend(x, backend) != "torch":
+        if not self.fused_pruned_path or torch.is_grad_enabled() or torch.onnx.is_in_onnx_export():
             return False
         if self.training and (self.drop_path1.p > 0.0 or self.drop_path2.p > 0.0):
             return False
-        if torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export():
+        if not ops.runs_torch(x, self.kernel_backend):
+            return False
+        if torch.compiler.is_compiling():
             return self.skip_padded_tokens and not g.padded
-        return self._skip_padded()  # False when exporting
+        return self.skip_padded_tokens
 
     def _mlp_on_real_tokens(self, windows: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """windows (B*k, N, C), pad (B, k, N) bool -> windows with norm2 + MLP + residual applied to the real

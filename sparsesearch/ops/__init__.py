@@ -42,6 +42,7 @@ __all__ = [
     "shift_mask",
     "relative_position_index",
     "resolve_backend",
+    "runs_torch",
     "score_windows",
     "select_windows",
     "gather_windows",
@@ -92,6 +93,15 @@ def resolve_backend(x: torch.Tensor, backend: Backend | None = None) -> str:
             )
         return "triton"
     return "triton" if kernels is not None and x.device.type == "cuda" and kernels.supports(x) else "torch"
+
+
+def runs_torch(x: torch.Tensor, backend: Backend | None = None) -> bool:
+    """Whether the window ops run their torch bodies on x, i.e. `resolve_backend(x, backend) == "torch"`, without
+    its lookups in the common case (a CPU tensor under "auto"): every pruned block of every forward asks."""
+    choice = _choice(backend)
+    if choice == "torch" or (choice == "auto" and not x.is_cuda):
+        return True
+    return resolve_backend(x, backend) == "torch"
 
 
 def _choice(backend: Backend | None) -> str:

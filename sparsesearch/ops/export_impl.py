@@ -35,10 +35,10 @@ def _offsets(x: torch.Tensor, step: int) -> torch.Tensor:
 def score(x: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
     """(B, H, W, C) -> (B, nW) float32 window scores, as `reference.score`."""
     H, W, _ = map_size(x)
-    tok = x.abs().mean(dim=-1, dtype=torch.float32).reshape(-1, H * W).square()
+    tok = x.abs().mean(dim=-1, dtype=torch.float32).reshape(-1, H * W)
     if geom.padded:
         tok = F.pad(tok, (0, 1))  # slot H*W scores 0: padded positions
-    return tok[:, token_index(geom, x.device)].sum(dim=-1).sqrt()
+    return torch.linalg.vector_norm(tok[:, token_index(geom, x.device)], dim=-1)
 
 
 def _rows(x: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:

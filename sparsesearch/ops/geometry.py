@@ -12,11 +12,14 @@ All index tensors here depend only on (H, W, window, shift), never on data; most
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar, cast
 
 import torch
+
+T = TypeVar("T")
 
 __all__ = [
     "WindowGeometry",
@@ -63,37 +66,31 @@ class WindowGeometry:
         sw = window // 2 if shifted and W > window else 0
         return cls(H, W, wh, ww, sh, sw)
 
-    @property
-    def Hp(self) -> int:
-        return math.ceil(self.H / self.wh) * self.wh
+    # derived once (a block asks for them in every forward): not compared, hashed or shown
+    Hp: int = field(init=False, compare=False, repr=False)
+    Wp: int = field(init=False, compare=False, repr=False)
+    nWh: int = field(init=False, compare=False, repr=False)
+    nWw: int = field(init=False, compare=False, repr=False)
+    num_windows: int = field(init=False, compare=False, repr=False)
+    window_area: int = field(init=False, compare=False, repr=False)
+    padded: bool = field(init=False, compare=False, repr=False)
+    shifted: bool = field(init=False, compare=False, repr=False)
 
-    @property
-    def Wp(self) -> int:
-        return math.ceil(self.W / self.ww) * self.ww
-
-    @property
-    def nWh(self) -> int:
-        return self.Hp // self.wh
-
-    @property
-    def nWw(self) -> int:
-        return self.Wp // self.ww
-
-    @property
-    def num_windows(self) -> int:
-        return self.nWh * self.nWw
-
-    @property
-    def window_area(self) -> int:
-        return self.wh * self.ww
-
-    @property
-    def padded(self) -> bool:
-        return self.Hp != self.H or self.Wp != self.W
-
-    @property
-    def shifted(self) -> bool:
-        return self.sh > 0 or self.sw > 0
+    def __post_init__(self) -> None:
+        Hp, Wp = math.ceil(self.H / self.wh) * self.wh, math.ceil(self.W / self.ww) * self.ww
+        nWh, nWw = Hp // self.wh, Wp // self.ww
+        derived = {
+            "Hp": Hp,
+            "Wp": Wp,
+            "nWh": nWh,
+            "nWw": nWw,
+            "num_windows": nWh * nWw,
+            "window_area": self.wh * self.ww,
+            "padded": Hp != self.H or Wp != self.W,
+            "shifted": self.sh > 0 or self.sw > 0,
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)  # a frozen dataclass: set once, here
 
 
 def keep_count(sparsity: float, num_windows: int) -> int:
@@ -109,7 +106,34 @@ def _device_key(device: torch.device | str) -> str:
     return str(torch.device(device))
 
 
-@lru_cache(maxsize=256)
+_MISS = object()
+
+
+def _device_cached(build: Callable[..., T]) -> Callable[..., T]:
+    """`build(*args, device)` cached per argument tuple, the device (last) as the caller gives it. A hit costs one dict
+    lookup: the window ops and blocks ask several times in every pruned block of every forward. A miss builds
+    outside inference mode (a table built inside it would be an inference tensor, unusable by autograd afterwards).
+    Under torch.compile the builder is traced through its lru_cache, as dynamo reads no Python dict of tensors."""
+    traced = lru_cache(maxsize=256)(build)
+    hits: dict[tuple[Any, ...], Any] = {}
+
+    def get(*args: Any) -> T:
+        if torch.compiler.is_compiling():
+            with torch.inference_mode(False):
+                return traced(*args[:-1], _device_key(args[-1]))
+        hit = hits.get(args, _MISS)
+        if hit is _MISS:
+            with torch.inference_mode(False):
+                hit = traced(*args[:-1], _device_key(args[-1]))
+            if len(hits) >= 1024:
+                hits.clear()
+            hits[args] = hit
+        return cast("T", hit)
+
+    return get
+
+
+@_device_cached
 def _token_index(geom: WindowGeometry, device: str) -> torch.Tensor:
     hp = torch.arange(geom.Hp)
     wp = torch.arange(geom.Wp)
@@ -127,8 +151,7 @@ def token_index(geom: WindowGeometry, device: torch.device | str = "cpu") -> tor
 
     Padded positions hold H*W (one past the last token), so a buffer with one extra row can absorb them.
     """
-    with torch.inference_mode(False):  # cached: must stay usable by autograd after an inference-mode call
-        return _token_index(geom, _device_key(device))
+    return _token_index(geom, device)
 
 
 def token_window_index(geom: WindowGeometry, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -164,6 +187,7 @@ class WindowTables(NamedTuple):
         (so a padded slot rewrites the first token with that token's own value); None when unpadded.
     pad: bool, True at padded positions; None when unpadded.
     valid: float32, 1 at real tokens and 0 at padded positions.
+    flat: (nW*wh*ww,) `token` flattened, window-major.
     """
 
     token: torch.Tensor
@@ -171,37 +195,36 @@ class WindowTables(NamedTuple):
     src: torch.Tensor | None
     pad: torch.Tensor | None
     valid: torch.Tensor
+    flat: torch.Tensor
 
 
-@lru_cache(maxsize=256)
+@_device_cached
 def _window_tables(geom: WindowGeometry, device: str) -> WindowTables:
     token = _token_index(geom, device)
     pad = token == geom.H * geom.W
     safe = torch.where(pad, token[:, :1].expand_as(token), token)
     if not geom.padded:
-        return WindowTables(token, safe, None, None, torch.ones(token.shape, device=device))
+        return WindowTables(token, safe, None, None, torch.ones(token.shape, device=device), token.view(-1))
     src = torch.arange(geom.window_area, device=device).expand_as(token).masked_fill(pad, 0)
-    return WindowTables(token, safe, src.contiguous(), pad, (~pad).float())
+    return WindowTables(token, safe, src.contiguous(), pad, (~pad).float(), token.view(-1))
 
 
 def window_tables(geom: WindowGeometry, device: torch.device | str = "cpu") -> WindowTables:
     """The cached :class:`WindowTables` of `geom` on `device`."""
-    with torch.inference_mode(False):
-        return _window_tables(geom, _device_key(device))
+    return _window_tables(geom, device)
 
 
-@lru_cache(maxsize=256)
+@_device_cached
 def _image_offsets(count: int, step: int, device: str) -> torch.Tensor:
     return (torch.arange(count) * step).view(count, 1, 1).to(device)
 
 
 def image_offsets(count: int, step: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """(count, 1, 1) int64 tensor [0, step, 2*step, ...]: the row offset of each image (or window) in a flat buffer."""
-    with torch.inference_mode(False):
-        return _image_offsets(count, step, _device_key(device))
+    return _image_offsets(count, step, device)
 
 
-@lru_cache(maxsize=256)
+@_device_cached
 def _shift_mask(geom: WindowGeometry, device: str) -> torch.Tensor | None:
     if not geom.shifted:
         return None
@@ -223,11 +246,10 @@ def shift_mask(geom: WindowGeometry, device: torch.device | str = "cpu") -> torc
 
     Regions are computed on the padded grid, exactly as timm does.
     """
-    with torch.inference_mode(False):
-        return _shift_mask(geom, _device_key(device))
+    return _shift_mask(geom, device)
 
 
-@lru_cache(maxsize=64)
+@_device_cached
 def _relative_position_index(wh: int, ww: int, max_window: int, device: str) -> torch.Tensor:
     coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
     rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N)
@@ -240,5 +262,4 @@ def relative_position_index(wh: int, ww: int, max_window: int, device: torch.dev
 
     A window smaller than M reads the centre crop of the table, so every window size shares the same weights.
     """
-    with torch.inference_mode(False):
-        return _relative_position_index(wh, ww, max_window, _device_key(device))
+    return _relative_position_index(wh, ww, max_window, device)

@@ -25,14 +25,10 @@ def score(x: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
         (B, nW) float32: L2 norm over each window of the token scores mean_c |x| (padded positions score 0).
     """
     B, H, W, _ = x.shape
-    # squared before indexing (the same values as squaring the indexed copy): nW*N >= H*W elements are indexed
-    tok = (
-        x.abs().mean(dim=-1, dtype=torch.float32).reshape(B, H * W).square()
-    )  # (linalg.vector_norm(ord=1) is 30x slower on CPU)
+    tok = x.abs().mean(dim=-1, dtype=torch.float32).reshape(B, H * W)  # (vector_norm(ord=1) is 30x slower on CPU)
     if geom.padded:
         tok = torch.cat([tok, tok.new_zeros(B, 1)], dim=1)  # slot H*W scores 0: padded positions
-    per_window = tok[:, token_index(geom, x.device)]  # (B, nW, N)
-    return per_window.sum(dim=-1).sqrt()
+    return torch.linalg.vector_norm(tok[:, token_index(geom, x.device)], dim=-1)  # (B, nW, N) -> (B, nW)
 
 
 def select(scores: torch.Tensor, k: int) -> torch.Tensor:
