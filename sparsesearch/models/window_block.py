@@ -33,7 +33,7 @@ from ..config import SparsityConfig
 from ..errors import SparseSearchError
 from ..ops import WindowGeometry, export_impl
 from .layers import DropPath, config_applied
-from .pruned_path import ScoreCarry, fused_pruned_forward, token_scores, window_scores
+from .pruned_path import ScoreCarry, fused_pruned_forward, kept_tokens, token_scores, window_scores
 
 __all__ = [
     "PrunedWindowBlock",
@@ -222,13 +222,14 @@ class PrunedWindowBlock(nn.Module):
             carry = None
         if tok is None:
             tok = token_scores(x).view(B, H * W)
+        tables = ops.window_tables(g, x.device)
         # the windows by descending score: the fused path's output does not depend on their order (each real token
         # is written back to its own row), so the ascending sort `ops.select_windows` adds is skipped
-        idx = torch.sort(window_scores(tok, g), dim=1, descending=True, stable=True).indices[:, :k]  # (B, k)
+        idx = torch.sort(window_scores(tok, g, tables), dim=1, descending=True, stable=True).indices[:, :k]  # (B, k)
         out = fused_pruned_forward(
             x,
             g,
-            idx,
+            kept_tokens(g, idx, tables),
             self,
             lambda y: self._attend_kept_windows(y, g, idx),
             inplace=owns_input and ops.can_scatter_inplace(x, x),
