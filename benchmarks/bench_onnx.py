@@ -1,15 +1,18 @@
 """torch eager vs ONNX Runtime (fp32 and dynamic int8) of the exported models, dense vs pruned, in one table.
 
-    .venv/bin/python benchmarks/bench_onnx.py [--model demo swin_t_512 samvit_nano] [--sparsity 0.5 0.7]
-        [--config best.json] [--threads 1 2] [--isolate process|passive] [--rounds 3] [--min-time 1.0]
-        [--no-int8] [--json out.json]
+    .venv/bin/python benchmarks/bench_onnx.py [--model demo demo_backbone swin_t_512 samvit_nano]
+        [--sparsity 0.5 0.7] [--config best.json] [--threads 1 2] [--isolate process|passive] [--rounds 3]
+        [--min-time 1.0] [--no-int8] [--no-malloc] [--json out.json]
 
 Models (--model): "demo" is the demo space's model (search_spaces/demo.yaml: swin_nano, embed 48, windows 8/8/8/4,
-FPN segmentation head, 4 classes) at 256x256; "swin_t_512" the Swin-T backbone at 512x512; "samvit_nano" the
-samvit_nano backbone at 192x192. Weights are random (seed 0): the kept windows follow the input, not the weights, so
-the work per config is what a trained model does. Configs: dense, uniform --sparsity (the demo's with its space's
-windows 8/8/8/4, the others with the model's default windows), and with --config a config
-file (e.g. a search's best.json) on the models it fits, at its own resolution when it carries one.
+FPN segmentation head, 4 classes) at 256x256, "demo_backbone" the same model without its head; "swin_t_512" the
+Swin-T backbone at 512x512; "samvit_nano" the samvit_nano backbone at 192x192. Weights are random (seed 0): the kept
+windows follow the input, not the weights, so the work per config is what a trained model does. Configs: dense,
+uniform --sparsity (the demo's with its space's windows 8/8/8/4, the others with the model's default windows), and
+with --config a config file (e.g. a search's best.json) on the models it fits, at its own resolution when it carries
+one. Each worker tunes glibc malloc as `sparsesearch profile` does (--no-malloc keeps the defaults): with the
+defaults, torch's large activations are fresh mmaps page-faulted in every forward, which ONNX Runtime's arena
+never pays.
 
 Each config is exported as `sparsesearch export --onnx` exports it (`export_onnx_file`: the "export" kernel backend,
 dynamic batch axis, opset 18) and quantised as `--quantize dynamic` does (`quantize_onnx`); ONNX Runtime runs it on
@@ -53,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: model presets: how each is built and the input side
 MODELS: dict[str, dict[str, Any]] = {
     "demo": {"space": "search_spaces/demo.yaml", "kwargs": {"head": "seg", "num_classes": 4}, "side": 256},
+    "demo_backbone": {"space": "search_spaces/demo.yaml", "kwargs": {"head": None}, "side": 256},
     "swin_t_512": {"name": "swin_tiny_patch4_window7_224", "kwargs": {"head": None}, "side": 512},
     "samvit_nano": {"name": "samvit_nano", "kwargs": {"head": None}, "side": 192},
 }
@@ -70,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=3, help="rounds of interleaved passes")
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds per config per round (about)")
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 models")
+    ap.add_argument("--no-malloc", action="store_true", help="keep glibc malloc defaults in the workers")
     ap.add_argument("--json", type=Path, help="also write the figures here (JSON)")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # internal: a job file (see `run_worker`)
     return ap.parse_args(argv)
@@ -198,6 +203,8 @@ def run_worker(job_file: Path) -> None:
     job = json.loads(job_file.read_text())
     threads = int(job["threads"])
     torch.set_num_threads(threads)
+    if job["malloc"]:  # large tensors from the heap, not fresh mmaps page-faulted in every forward (as the tables)
+        ss.latency.tune_malloc()
     keys: list[tuple[str, str]] = []
     calls: list[Callable[[], object]] = []
     with torch.inference_mode():
@@ -217,7 +224,7 @@ def run_job(job: dict[str, Any], runtimes: list[str], threads: int, args: argpar
     """Run one worker process on `runtimes` at `threads`; its samples."""
     path = folder / f"job_{job['preset']}_{threads}_{'_'.join(runtimes)}.json"
     path.write_text(json.dumps({**job, "runtimes": runtimes, "threads": threads, "rounds": args.rounds,
-                                "min_time": args.min_time}))  # fmt: skip
+                                "min_time": args.min_time, "malloc": not args.no_malloc}))  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     if args.isolate == "passive":
         env["OMP_WAIT_POLICY"] = "PASSIVE"
@@ -265,7 +272,11 @@ def print_table(records: list[dict], args: argparse.Namespace) -> None:
         f"# torch eager vs ONNX Runtime {ort.__version__} (CPU provider, ORT_ENABLE_ALL, no spinning), batch 1, "
         f"configs interleaved forward by forward; {how}; {args.rounds} rounds of about {args.min_time} s per config"
     )
-    print(f"# machine: {machine_line().split('; ')[0]}; {os.cpu_count()} CPUs visible; torch {torch.__version__}")
+    malloc = "glibc defaults" if args.no_malloc else "glibc tuned as `sparsesearch profile` tunes it"
+    print(
+        f"# machine: {machine_line().split('; ')[0]}; {os.cpu_count()} CPUs visible; torch {torch.__version__}; "
+        f"malloc in the workers: {malloc}"
+    )
     headers = ["model", "threads", "config", "torch ms", "ORT fp32 ms", "ORT int8 ms", "fp32 / torch",
                "int8 / torch", "x dense torch", "x dense fp32", "x dense int8"]  # fmt: skip
     rows = [[r["model"], r["threads"], r["config"], _fmt(r, "torch_ms", 2), _fmt(r, "ort_fp32_ms", 2),
