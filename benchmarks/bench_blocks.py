@@ -33,7 +33,7 @@ from tabulate import tabulate
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sparsesearch as ss  # noqa: E402
 from sparsesearch import ops  # noqa: E402
-from sparsesearch.models.pruned_path import fused_pruned_forward, token_scores, window_scores  # noqa: E402
+from sparsesearch.models.pruned_path import fused_pruned_forward, kept_tokens, token_scores, window_scores  # noqa: E402
 from sparsesearch.models.swin import SwinBlock  # noqa: E402
 
 from _machine import machine_line  # noqa: E402
@@ -58,18 +58,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def fixed_windows(blk: SwinBlock) -> Callable[..., torch.Tensor]:
     """A stand-in for `blk._forward_fused` that scores and selects once, then reuses those windows."""
-    kept: dict[tuple[int, ...], tuple[torch.Tensor, Any]] = {}
+    kept: dict[tuple[int, ...], tuple[torch.Tensor, Any, Any]] = {}
 
     def forward(x: torch.Tensor, g: ops.WindowGeometry, k: int, owns_input: bool, carry: Any) -> torch.Tensor:
         key = tuple(x.shape)
         if key not in kept:
             idx = ops.select_windows(window_scores(token_scores(x).reshape(x.shape[0], -1), g), k)
-            kept[key] = (idx, ops.shift_mask(g, x.device))
-        idx, mask = kept[key]
+            kept[key] = (idx, ops.shift_mask(g, x.device), kept_tokens(g, idx))
+        idx, mask, kt = kept[key]
         rows = idx.reshape(-1)
         if carry is not None:
             carry.set(None, None)
-        return fused_pruned_forward(x, g, idx, blk, lambda y: blk.attn(y, g.wh, g.ww, mask, rows), owns_input)
+        return fused_pruned_forward(x, g, kt, blk, lambda y: blk.attn(y, g.wh, g.ww, mask, rows), owns_input)
 
     return forward
 
