@@ -169,10 +169,12 @@ def score_windows(x: torch.Tensor, geom: WindowGeometry, backend: Backend | None
 
 
 def select_windows(scores: torch.Tensor, k: int, backend: Backend | None = None) -> torch.Tensor:
-    """(B, nW) scores -> (B, k) int64 kept indices, ascending; ties go to the lower index."""
+    """(B, nW) scores -> (B, k) int64 kept indices, ascending; ties go to the lower index.
+
+    "export": the same windows by descending score (one TopK, whose ties go to the lower index): the exported
+    block's gather, attention and write-back do not depend on the windows' order."""
     if _choice(backend) == "export":
-        top = torch.topk(scores, k, dim=1, largest=True, sorted=True).indices
-        return torch.topk(top, k, dim=1, largest=False, sorted=True).values
+        return torch.topk(scores, k, dim=1, largest=True, sorted=True).indices
     return reference.select(scores, k)
 
 
