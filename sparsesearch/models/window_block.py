@@ -157,6 +157,8 @@ class PrunedWindowBlock(nn.Module):
             g = self.geometry(H, W)
             plan = (g, ops.keep_count(self.sparsity, g.num_windows) if self.sparsity > 0.0 else g.num_windows)
             if not compiling:
+                if len(self._plans) >= 64:  # a sampler of arbitrary sparsities would grow it without end
+                    self._plans.clear()
                 self._plans[key] = plan
         return plan
 
