@@ -57,6 +57,9 @@ class ScoreCarry:
         self.of: torch.Tensor | None = None
         self.tok: torch.Tensor | None = None
         self.wanted = True
+        # kernel backend -> whether this forward may take the fused path (grad mode, export, backend): one forward's
+        # blocks share the answer, and asking costs microseconds per block
+        self.fused: dict[object, bool] = {}
 
     def get(self, x: torch.Tensor) -> torch.Tensor | None:
         return self.tok if self.of is x else None

@@ -137,7 +137,7 @@ class PrunedWindowBlock(nn.Module):
         """
         g, k = self._plan(int(x.shape[1]), int(x.shape[2]))  # int(): sizes are tensors when ONNX-traced
         if k < g.num_windows:
-            if self._fused_ok(x, g):
+            if self._fused_ok(x, g, carry):
                 return self._forward_fused(x, g, k, owns_input, carry)
             if carry is not None:
                 carry.set(None, None)
@@ -251,15 +251,21 @@ class PrunedWindowBlock(nn.Module):
             or (self.training and self.drop_path2.p > 0.0)
         )
 
-    def _fused_ok(self, x: torch.Tensor, g: WindowGeometry) -> bool:
+    def _fused_ok(self, x: torch.Tensor, g: WindowGeometry, carry: ScoreCarry | None = None) -> bool:
         """Whether the fused real-token path may run: inference (grad mode off) on the torch backend, no stochastic
         depth, not exporting; under torch.compile only on an unpadded map (a padded one gathers a data-dependent
-        count of real tokens, which would break the graph; the general path has static shapes)."""
-        if not self.fused_pruned_path or torch.is_grad_enabled() or torch.onnx.is_in_onnx_export():
+        count of real tokens, which would break the graph; the general path has static shapes). The forward-wide
+        part of the answer is kept in `carry` for the chain's other blocks."""
+        if not self.fused_pruned_path or (self.training and (self.drop_path1.p > 0.0 or self.drop_path2.p > 0.0)):
             return False
-        if self.training and (self.drop_path1.p > 0.0 or self.drop_path2.p > 0.0):
-            return False
-        if not ops.runs_torch(x, self.kernel_backend):
+        ok = carry.fused.get(self.kernel_backend) if carry is not None else None
+        if ok is None:
+            ok = not (torch.is_grad_enabled() or torch.onnx.is_in_onnx_export()) and ops.runs_torch(
+                x, self.kernel_backend
+            )
+            if carry is not None:
+                carry.fused[self.kernel_backend] = ok
+        if not ok:
             return False
         if torch.compiler.is_compiling():
             return self.skip_padded_tokens and not g.padded
