@@ -513,6 +513,25 @@ def test_dispatch(monkeypatch):
     assert not triton_backend.supports(torch.zeros(2, dtype=torch.int32))
 
 
+@cpu_only
+@pytest.mark.parametrize("env", [None, "auto", "torch", "triton", "export"])
+@pytest.mark.parametrize("backend", [None, "auto", "torch", "triton", "export"])
+def test_runs_torch_says_what_resolve_backend_says(monkeypatch, env, backend):
+    """The blocks' cheap check of the torch backend answers as the full dispatch, for every argument and setting."""
+    if env is None:
+        monkeypatch.delenv("SPARSESEARCH_KERNELS", raising=False)
+    else:
+        monkeypatch.setenv("SPARSESEARCH_KERNELS", env)
+    for x in (torch.zeros(1, 4, 4, 8), torch.zeros(1, 4, 4, 8, dtype=torch.float64)):
+        try:
+            want = ops.resolve_backend(x, backend) == "torch"
+        except SparseSearchError:
+            with pytest.raises(SparseSearchError):
+                ops.runs_torch(x, backend)
+            continue
+        assert ops.runs_torch(x, backend) == want
+
+
 @cuda_only
 def test_dispatch_on_cuda(monkeypatch):
     """ "auto" takes the compiled kernels for CUDA float tensors, the torch path for anything else."""

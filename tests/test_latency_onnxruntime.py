@@ -103,8 +103,11 @@ def test_a_part_and_a_whole_model_in_onnxruntime_give_torch_outputs(space):
         config = space.decode(space.encode(space.sparsest()))
         prunable(model).set_config(config)
         image = profiler._randn(1, 3, 64, 64)
-        got = ort_call(model, image, model, threads=1)(image)[0]
+        call = ort_call(model, image, model, threads=1)
+        got = call(image)[0]
         assert np.abs(got - model(image).numpy()).max() < 1e-4
+    # every session takes its memory from the process's one shared arena (a profile holds one per entry)
+    assert call.session.get_session_options().get_session_config_entry("session.use_env_allocators") == "1"
 
 
 def test_a_table_of_one_runtime_is_refused_for_another_in_one_line(ort_table, tmp_path, capsys):
