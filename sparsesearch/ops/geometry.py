@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, NamedTuple, TypeVar, cast
 
 import torch
@@ -113,21 +112,18 @@ def _device_cached(build: Callable[..., T]) -> Callable[..., T]:
     """`build(*args, device)` cached per argument tuple, the device (last) as the caller gives it. A hit costs one dict
     lookup: the window ops and blocks ask several times in every pruned block of every forward. A miss builds
     outside inference mode (a table built inside it would be an inference tensor, unusable by autograd afterwards).
-    Under torch.compile the builder is traced through its lru_cache, as dynamo reads no Python dict of tensors."""
-    traced = lru_cache(maxsize=256)(build)
+    Under torch.compile the builder is traced every time (dynamo reads no Python dict of tensors)."""
     hits: dict[tuple[Any, ...], Any] = {}
 
     def get(*args: Any) -> T:
-        if torch.compiler.is_compiling():
-            with torch.inference_mode(False):
-                return traced(*args[:-1], _device_key(args[-1]))
-        hit = hits.get(args, _MISS)
+        hit = _MISS if torch.compiler.is_compiling() else hits.get(args, _MISS)
         if hit is _MISS:
             with torch.inference_mode(False):
-                hit = traced(*args[:-1], _device_key(args[-1]))
-            if len(hits) >= 1024:
-                hits.clear()
-            hits[args] = hit
+                hit = build(*args[:-1], _device_key(args[-1]))
+            if not torch.compiler.is_compiling():
+                if len(hits) >= 1024:
+                    hits.clear()
+                hits[args] = hit
         return cast("T", hit)
 
     return get
