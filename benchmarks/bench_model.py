@@ -104,7 +104,9 @@ def make_clock(args: argparse.Namespace) -> Callable[[Callable[[], object]], flo
 def _floor_forward(blk: SwinBlock) -> Callable[..., torch.Tensor]:
     """A stand-in for `blk.forward` that does the work of its kept windows on the dense path: the dense block on
     a (B, wh, k*ww, C) strip (k = the windows it keeps; a view of the map's first rows when they suffice), output
-    discarded, the map returned unchanged. Shifted blocks keep their shift along the strip (roll and mask)."""
+    discarded, the map returned unchanged. A shifted block keeps its map's shift on the strip (a roll along both
+    dimensions and a shift mask in every window; `WindowGeometry.create` on the strip itself would drop the shift
+    along its height, which is one window, and at k = 1 along both)."""
 
     def forward(x: torch.Tensor, owns_input: bool = False, carry: Any = None) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -115,7 +117,7 @@ def _floor_forward(blk: SwinBlock) -> Callable[..., torch.Tensor]:
         n = B * g.wh * k * g.ww
         flat = x.reshape(-1, C)
         strip = (flat[:n] if n <= flat.shape[0] else flat.new_zeros(n, C)).view(B, g.wh, k * g.ww, C)
-        blk._forward_dense(strip, ss.ops.WindowGeometry.create(g.wh, k * g.ww, blk.window_size, blk.shifted))
+        blk._forward_dense(strip, ss.ops.WindowGeometry(g.wh, k * g.ww, g.wh, g.ww, g.sh, g.sw))
         return x
 
     return forward

@@ -52,6 +52,23 @@ def test_dense_forward_equals_reference(size):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_cached_attention_bias_one_entry_per_mask():
+    """Two map sizes (two shift masks) in turn reuse their cached biases instead of rebuilding at every switch, and
+    each equals a fresh build; the cache stays bounded."""
+    from sparsesearch import ops  # noqa: PLC0415
+
+    attn = _model(window_size=4).stages[0].swin_blocks[1].attn
+    masks = [ops.shift_mask(ops.WindowGeometry.create(h, h, 4, True)) for h in (8, 12, 16, 20, 24, 28)]
+    with torch.inference_mode():
+        first = [attn.attention_bias(4, 4, mask) for mask in masks[:2]]
+        for _ in range(2):
+            for mask, want in zip(masks[:2], first):
+                assert attn.attention_bias(4, 4, mask) is want
+        for mask in masks:
+            torch.testing.assert_close(attn.attention_bias(4, 4, mask), attn._build_bias(4, 4, mask), rtol=0, atol=0)
+        assert len(attn._bias_cache) <= 4
+
+
 def test_cached_attention_bias_follows_weight_changes():
     """In inference the position bias (+ shift mask) is cached per block; changing the tables in place or loading
     other weights must take effect on the next forward, as the reference built from the new weights shows."""

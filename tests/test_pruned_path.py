@@ -228,3 +228,30 @@ def test_rows_copy_writes_rows_bit_for_bit(dtype, C, offset):
     want[index] = src
     pruned_path._rows_copy(dst, index, src)
     assert torch.equal(dst.view(ints), want.view(ints))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_token_scores_are_the_mean_of_abs_bit_for_bit(dtype):
+    """The fused path's token scores (a sum and a cached divisor) are mean_c |x| in float32, bit for bit, for every
+    channel count, and inside inference mode as outside."""
+    gen = torch.Generator().manual_seed(11)
+    for C in (1, 3, 48, 96, 97, 384):
+        x = (torch.randn(2, 5, 7, C, generator=gen) * torch.rand(2, 5, 7, C, generator=gen) * 9).to(dtype)
+        want = x.abs().float().mean(dim=-1)
+        assert torch.equal(pruned_path.token_scores(x), want)
+        with torch.inference_mode():
+            assert torch.equal(pruned_path.token_scores(x), want)
+
+
+def test_selection_keeps_the_highest_scores_ties_to_the_lower_index():
+    """`reference.select` (which the fused path calls directly) against a Python sort by (-score, index): exact
+    ties, a single window and every k, ascending output."""
+    gen = torch.Generator().manual_seed(5)
+    scores = torch.randint(0, 4, (3, 9), generator=gen).float()  # many exact ties
+    scores[2] = 1.0  # all tied
+    for k in range(1, 10):
+        got = ops.reference.select(scores, k)
+        for b in range(3):
+            want = sorted(sorted(range(9), key=lambda i: (-float(scores[b, i]), i))[:k])
+            assert got[b].tolist() == want
+    assert ops.reference.select(torch.tensor([[2.0]]), 1).tolist() == [[0]]

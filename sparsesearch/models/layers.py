@@ -111,8 +111,10 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        # (wh, ww, unmasked) -> (key, mask, bias): inference cache of `attention_bias`, not state
-        self._bias_cache: dict[tuple[int, int, bool], tuple[Any, torch.Tensor | None, torch.Tensor]] = {}
+        # (wh, ww, id(mask)) -> (key, mask, bias): inference cache of `attention_bias`, not state. One entry per
+        # mask (the entry holds the mask, so its id stays its own): a model run at several configs or map sizes
+        # in turn (a search, a benchmark) would otherwise rebuild the bias at every switch
+        self._bias_cache: dict[tuple[int, int, int], tuple[Any, torch.Tensor | None, torch.Tensor]] = {}
 
     def position_bias(self, wh: int, ww: int) -> torch.Tensor:
         """(heads, N, N) bias for a wh x ww window."""
@@ -134,12 +136,15 @@ class WindowAttention(nn.Module):
         if version is None:
             return self._build_bias(wh, ww, mask)
         key = (version, table.data_ptr(), table.dtype)
-        hit = self._bias_cache.get((wh, ww, mask is None))
+        slot = (wh, ww, id(mask))
+        hit = self._bias_cache.get(slot)
         if hit is not None and hit[0] == key and hit[1] is mask:
             return hit[2]
         with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode too
             bias = self._build_bias(wh, ww, mask)
-        self._bias_cache[(wh, ww, mask is None)] = (key, mask, bias)
+        if len(self._bias_cache) >= 4:  # each entry can be tens of MB (Swin-T at 1024: 39 MB in stage 1)
+            self._bias_cache.clear()
+        self._bias_cache[slot] = (key, mask, bias)
         return bias
 
     def _build_bias(self, wh: int, ww: int, mask: torch.Tensor | None) -> torch.Tensor:

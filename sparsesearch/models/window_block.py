@@ -225,9 +225,9 @@ class PrunedWindowBlock(nn.Module):
         if tok is None:
             tok = token_scores(x).view(B, H * W)
         tables = ops.window_tables(g, x.device)
-        # the windows by descending score: the fused path's output does not depend on their order (each real token
-        # is written back to its own row), so the ascending sort `ops.select_windows` adds is skipped
-        idx = torch.sort(window_scores(tok, g, tables), dim=1, descending=True, stable=True).indices[:, :k]  # (B, k)
+        # ascending window order, though the output does not depend on it: the gathers and write-backs then walk
+        # the map forward, which saves more than the second sort costs (demo model on CPU: 0.003-0.005 x dense)
+        idx = ops.reference.select(window_scores(tok, g, tables), k)  # (B, k)
         out = fused_pruned_forward(
             x,
             g,
