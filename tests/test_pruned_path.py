@@ -210,26 +210,6 @@ def test_samvit_block_fused_equals_general_path(hw, p, is_global, monkeypatch):
     torch.testing.assert_close(fused, general, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "dtype,C,offset", [(torch.float32, 8, 0), (torch.float32, 6, 0), (torch.float32, 8, 1), (torch.float16, 8, 0)]
-)
-def test_rows_copy_writes_rows_bit_for_bit(dtype, C, offset):
-    """The write-back (16-byte elements where the rows allow, else element by element) puts every source row into
-    its destination row bit for bit, NaN payloads and signed zeros included, and touches no other row."""
-    gen = torch.Generator().manual_seed(3)
-    base = torch.randn(10 * C + offset, generator=gen).to(dtype)
-    dst = base[offset:].view(10, C)
-    src = torch.randn(3, C, generator=gen).to(dtype)
-    ints = torch.int16 if dtype == torch.float16 else torch.int32
-    nan, negative_zero = (0x7E01, -0x8000) if dtype == torch.float16 else (0x7FC00001, -0x80000000)
-    src.view(ints)[0, 0], src.view(ints)[1, 1] = nan, negative_zero  # a NaN with a payload, a negative zero
-    index = torch.tensor([7, 2, 5])
-    want = dst.clone()
-    want[index] = src
-    pruned_path._rows_copy(dst, index, src)
-    assert torch.equal(dst.view(ints), want.view(ints))
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_token_scores_are_the_mean_of_abs_bit_for_bit(dtype):
     """The fused path's token scores (a sum and a cached divisor) are mean_c |x| in float32, bit for bit, for every
