@@ -28,11 +28,11 @@ TINY = {"embed_dim": 16, "num_heads": [1, 2, 2, 4], "window_size": [4, 4, 4, 2]}
 def test_floor_block_runs_the_dense_block_on_k_whole_windows(shifted, hw, p, monkeypatch):
     blk = SwinBlock(8, 2, 4, 4, shifted).eval()
     blk.sparsity = p
-    seen: list[tuple[tuple[int, ...], tuple[int, int, int, int]]] = []
+    seen: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
     dense = blk._forward_dense
 
     def record(x, g):  # type: ignore[no-untyped-def]
-        seen.append((tuple(x.shape), (g.H, g.W, g.wh, g.ww)))
+        seen.append((tuple(x.shape), (g.H, g.W, g.wh, g.ww, g.sh, g.sw)))
         return dense(x, g)
 
     monkeypatch.setattr(blk, "_forward_dense", record)
@@ -40,8 +40,11 @@ def test_floor_block_runs_the_dense_block_on_k_whole_windows(shifted, hw, p, mon
     with torch.no_grad():
         out = bench_model._floor_forward(blk)(x)
     assert out is x  # the map passes on unchanged
-    k = keep_count(p, blk.geometry(*hw).num_windows)
-    assert seen == [((2, 4, 4 * k, 8), (4, 4 * k, 4, 4))]  # one strip of k windows, the block's window size
+    g = blk.geometry(*hw)
+    k = keep_count(p, g.num_windows)
+    # one strip of k windows at the block's window size, shifted as the block's map is (roll and mask)
+    assert seen == [((2, 4, 4 * k, 8), (4, 4 * k, 4, 4, g.sh, g.sw))]
+    assert shifted == (g.sh > 0 and g.sw > 0)
 
 
 def test_bench_model_floor_rows(tmp_path, capsys):

@@ -727,8 +727,10 @@ def test_named_ops_seen_by_dispatch_modes():
             self.names: list[str] = []
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-            # the attention's rows of its (nW, heads, N, N) bias are an index_select of its own, not a window op
-            if not (str(func).startswith("aten.index_select") and args[0].dim() == 4):
+            # the attention's rows of its (u, heads, N, N) bias and the kept windows' mask kinds (an (nW,) int64
+            # table) are index_selects of the attention's own, not window ops
+            own = args and (args[0].dim() == 4 or (args[0].dim() == 1 and args[0].dtype == torch.int64))
+            if not (str(func).startswith("aten.index_select") and own):
                 self.names.append(str(func))
             return func(*args, **(kwargs or {}))
 

@@ -85,3 +85,27 @@ def _unpartition(parts: torch.Tensor, g: WindowGeometry) -> torch.Tensor:
     B, _, _, C = parts.shape
     x = parts.view(B, g.nWh, g.nWw, g.wh, g.ww, C).permute(0, 1, 3, 2, 4, 5).reshape(B, g.Hp, g.Wp, C)
     return torch.roll(x[:, : g.H, : g.W], shifts=(g.sh, g.sw), dims=(1, 2))
+
+
+@pytest.mark.parametrize(
+    "geom",
+    [
+        WindowGeometry.create(16, 16, 4, True),
+        WindowGeometry.create(9, 11, 4, True),  # padded
+        WindowGeometry.create(4, 12, 4, True),  # shifted along the width only
+        WindowGeometry(4, 16, 4, 4, 2, 2),  # one window row, shifted along both dimensions
+        WindowGeometry.create(16, 16, 4, False),
+    ],
+    ids=str,
+)
+def test_shift_mask_kinds_rebuild_the_shift_mask(geom):
+    """The distinct masks and each window's kind give back the shift mask exactly; at most 4 kinds."""
+    kinds = ops.shift_mask_kinds(geom)
+    mask = ops.shift_mask(geom)
+    if mask is None:
+        assert kinds is None
+        return
+    assert kinds is not None
+    masks, which = kinds
+    assert masks.shape[0] <= 4 and which.shape == (geom.num_windows,) and which.dtype == torch.int64
+    assert torch.equal(masks[which], mask)

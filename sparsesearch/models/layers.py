@@ -94,6 +94,10 @@ def _version_of(t: torch.Tensor) -> int | None:
         return None
 
 
+#: What one attention's bias cache may hold: an entry can be tens of MB (Swin-T at 1024, stage 1: 39 MB)
+_BIAS_CACHE_BYTES = 64 * 2**20
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows, with a relative position bias shared across window sizes.
 
@@ -142,7 +146,8 @@ class WindowAttention(nn.Module):
             return hit[2]
         with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode too
             bias = self._build_bias(wh, ww, mask)
-        if len(self._bias_cache) >= 4:  # each entry can be tens of MB (Swin-T at 1024: 39 MB in stage 1)
+        held = sum(entry[2].nbytes for entry in self._bias_cache.values())
+        if len(self._bias_cache) >= 8 or held + bias.nbytes > _BIAS_CACHE_BYTES:
             self._bias_cache.clear()
         self._bias_cache[slot] = (key, mask, bias)
         return bias
@@ -161,9 +166,10 @@ class WindowAttention(nn.Module):
 
         Args:
             x: (Bw, N, C) windows.
-            mask: (nW, N, N) additive mask of the image's window grid (shifted windows), or None.
-            rows: (Bw,) int64 grid window of each row of x (kept windows), or None when x holds every window of
-                each image in grid order (Bw = B * nW).
+            mask: (nW, N, N) additive masks (shifted windows), or None.
+            rows: (Bw,) int64 the mask of each row of x (kept windows: their grid windows, or their masks' rows in
+                a (u, N, N) `mask` of distinct masks), or None when x holds every window of each image in grid
+                order and `mask` is the image's window grid (Bw = B * nW).
         Returns:
             (Bw, N, C).
         """

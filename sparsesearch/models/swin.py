@@ -62,7 +62,15 @@ class SwinBlock(PrunedWindowBlock):
         return WindowGeometry.create(H, W, self.window_size, self.shifted)
 
     def attend_windows(self, y: torch.Tensor, g: WindowGeometry, rows: torch.Tensor | None) -> torch.Tensor:
-        """(Bw, N, C) -> (Bw, N, C): windowed attention with the position bias and (shifted) the shift mask."""
+        """(Bw, N, C) -> (Bw, N, C): windowed attention with the position bias and (shifted) the shift mask.
+
+        Kept windows (rows given) of a shifted block take their bias from the few distinct masks (`shift_mask_kinds`:
+        the gather reads (u, heads, N, N), which stays in cache, instead of (nW, heads, N, N)); not when compiling
+        (`torch.unique` has a data-dependent size) or exporting (the exported graph keeps one Gather)."""
+        if rows is not None and g.shifted and not (torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
+            kinds = ops.shift_mask_kinds(g, y.device)
+            if kinds is not None:
+                return self.attn(y, g.wh, g.ww, kinds[0], kinds[1].index_select(0, rows))
         return self.attn(y, g.wh, g.ww, ops.shift_mask(g, y.device), rows)
 
 

@@ -28,6 +28,7 @@ from .geometry import (
     keep_count,
     relative_position_index,
     shift_mask,
+    shift_mask_kinds,
     token_index,
     window_tables,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "token_index",
     "window_tables",
     "shift_mask",
+    "shift_mask_kinds",
     "relative_position_index",
     "resolve_backend",
     "runs_torch",

@@ -246,6 +246,25 @@ def shift_mask(geom: WindowGeometry, device: torch.device | str = "cpu") -> torc
 
 
 @_device_cached
+def _shift_mask_kinds(geom: WindowGeometry, device: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    mask = _shift_mask(geom, device)
+    if mask is None:
+        return None
+    masks, kinds = torch.unique(mask.reshape(geom.num_windows, -1), dim=0, return_inverse=True)
+    return masks.view(-1, geom.window_area, geom.window_area), kinds
+
+
+def shift_mask_kinds(
+    geom: WindowGeometry, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`shift_mask(geom)` as its distinct masks: ((u, N, N) float32, (nW,) int64 which of them each window has), so
+    `masks[kinds]` is the shift mask; u is at most 4 (interior, last window row, last window column, corner). None if
+    unshifted. Gathering kept windows' masks (or biases) from the u distinct ones reads a few kB instead of nW masks.
+    """
+    return _shift_mask_kinds(geom, device)
+
+
+@_device_cached
 def _relative_position_index(wh: int, ww: int, max_window: int, device: str) -> torch.Tensor:
     coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
     rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N)
