@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import LatencyTableError
 from ..models.family import family_of_model, prunable
+from .onnx_graph import fold_reshapes
 
 __all__ = [
     "RUNTIMES",
@@ -47,7 +48,7 @@ INSTALL_HINT = "pip install 'sparsesearch[onnx]'"
 OPSET = 18
 #: the version of the exported graph's form (bumped when the export of a block changes what ONNX Runtime runs):
 #: an onnxruntime table records it, and one of another form is refused (its figures time another graph)
-EXPORT_FORM = 4
+EXPORT_FORM = 5
 
 
 def check_runtime(runtime: str) -> str:
@@ -130,6 +131,7 @@ def write_onnx(
         warnings.simplefilter("ignore")
         x = example.detach().clone()  # a normal tensor even if `example` was made in inference mode
         torch.onnx.export(module, (x,), str(path), opset_version=OPSET, dynamo=False, input_names=[in_name], **kwargs)
+    fold_reshapes(path)
 
 
 def onnx_bytes(fn: Callable[[torch.Tensor], Any], example: torch.Tensor, model: nn.Module) -> bytes:

@@ -48,7 +48,20 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., C) -> (..., C)."""
+        if _exporting() and x.dim() > 2:
+            return _unflatten(self.fc2(self.act(self.fc1(_rows_of(x)))), x)
         return self.fc2(self.act(self.fc1(x)))
+
+
+def _rows_of(x: torch.Tensor) -> torch.Tensor:
+    """(..., C) -> (R, C) for an exported linear: ONNX Runtime fuses a 2-d MatMul and its bias Add into one Gemm,
+    but leaves an N-d one as MatMul + Add (the Adds of the demo model: 1.0 of its 11 ms)."""
+    return x.reshape(-1, int(x.shape[-1]))
+
+
+def _unflatten(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(R, C') rows of `_rows_of(like)` -> (*like.shape[:-1], C'), the sizes but the first as traced constants."""
+    return y.view(-1, *(int(s) for s in like.shape[1:-1]), int(y.shape[-1]))
 
 
 class DropPath(nn.Module):
@@ -199,7 +212,9 @@ class WindowAttention(nn.Module):
         """
         N, C = int(x.shape[1]), int(x.shape[2])
         h, d = self.num_heads, self.head_dim
-        q, k, v = self.qkv(x).reshape(-1, N, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # each (Bw, h, N, d)
+        # (Bw, 3h, N, d) split in three: one Transpose and one Split (a 5-d permute and unbind export as a Split,
+        # three Squeezes and three Transposes)
+        q, k, v = self.qkv(_rows_of(x)).reshape(-1, N, 3 * h, d).transpose(1, 2).split(h, dim=1)  # each (Bw, h, N, d)
         attn = (q * (1.0 / math.sqrt(d))) @ k.transpose(-2, -1)  # (Bw, h, N, N); SDPA's default scale
         bias = self._build_bias(wh, ww, mask)  # (1 or nW, h, N, N)
         if mask is not None and rows is not None:
@@ -210,7 +225,7 @@ class WindowAttention(nn.Module):
         else:
             attn = attn + bias
         out = attn.softmax(dim=-1) @ v  # (Bw, h, N, d)
-        return self.proj(out.transpose(1, 2).reshape(-1, N, C))
+        return self.proj(out.transpose(1, 2).reshape(-1, C)).view(-1, N, C)  # 2-d: a Gemm (`_rows_of`)
 
 
 class PatchEmbed(nn.Module):

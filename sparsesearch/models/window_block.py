@@ -141,6 +141,8 @@ class PrunedWindowBlock(nn.Module):
                 return self._forward_fused(x, g, k, owns_input, carry)
             if carry is not None:
                 carry.set(None, None)
+            if torch.onnx.is_in_onnx_export():
+                return self._forward_pruned_export(x, g, k)
             return self._forward_pruned(x, g, k, owns_input)
         if carry is not None:
             carry.set(None, None)
@@ -208,6 +210,22 @@ class PrunedWindowBlock(nn.Module):
         else:
             windows = windows + self.drop_path2(self.mlp(self.norm2(windows)), B)
         return ops.scatter_windows(x, windows, idx, g, self.kernel_backend, inplace=owns_input)
+
+    def _forward_pruned_export(self, x: torch.Tensor, g: WindowGeometry, k: int) -> torch.Tensor:
+        """The pruned block as ONNX sees it (the "export" window ops, whatever the block's backend): the kept
+        windows' slots as (B*k*N, C) rows from one Gather to one ScatterND, norms, residuals and MLP on those rows
+        (2-d: each linear is one Gemm), the attention on the (B*k, N, C) windows. Padded slots hold their window's
+        first token, zeroed after norm1 (as the general path zeroes them before and after), and are not written back.
+        """
+        C, N = int(x.shape[3]), g.window_area
+        idx = ops.select_windows(ops.score_windows(x, g, "export"), k, "export")  # (B, k)
+        t = export_impl.kept_rows(x, idx, g)  # (B*k*N, C)
+        y = self.norm1(t)
+        if g.padded:
+            y = y * ops.window_tables(g, x.device).valid[idx].reshape(-1, 1).to(y.dtype)
+        t = t + self._attend_kept_windows(y.view(-1, N, C), g, idx).reshape(-1, C)
+        t = t + self.mlp(self.norm2(t))
+        return export_impl.scatter(x, t, idx, g)
 
     def _forward_fused(
         self, x: torch.Tensor, g: WindowGeometry, k: int, owns_input: bool, carry: ScoreCarry | None

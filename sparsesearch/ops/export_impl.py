@@ -14,12 +14,14 @@ to rather than for eager speed:
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 
 from .geometry import WindowGeometry, token_index, window_tables
 
-__all__ = ["score", "gather", "scatter", "partition", "reverse", "map_size"]
+__all__ = ["score", "gather", "kept_rows", "scatter", "partition", "reverse", "map_size"]
 
 
 def map_size(x: torch.Tensor) -> tuple[int, int, int]:
@@ -27,9 +29,52 @@ def map_size(x: torch.Tensor) -> tuple[int, int, int]:
     return int(x.shape[1]), int(x.shape[2]), int(x.shape[3])
 
 
-def _offsets(x: torch.Tensor, step: int) -> torch.Tensor:
-    """(B, 1, 1) int64 [0, step, 2*step, ...] for the B rows of x (B a graph value when traced)."""
-    return (torch.arange(x.shape[0], device=x.device) * step).view(-1, 1, 1)
+def _offsets(x: torch.Tensor, step: int, per_image: bool = False) -> torch.Tensor:
+    """(B, 1, 1) int64 [0, step, 2*step, ...] for the B rows of x (B a graph value when traced).
+
+    `per_image` (x a batch of maps, so B is the graph's batch): traced once per step and graph, since every block of
+    a stage adds the same offsets, and each computation is five nodes (Shape, Gather, Range, Mul, Reshape) that
+    ONNX Runtime cannot merge (each reads its own block's input)."""
+    state = torch._C._get_tracing_state() if per_image else None
+    if state is None:
+        return (torch.arange(x.shape[0], device=x.device) * step).view(-1, 1, 1)
+    if _TRACED_OFFSETS.get("state") is not state:
+        _TRACED_OFFSETS.clear()
+        _TRACED_OFFSETS["state"] = state
+    key = (step, str(x.device))
+    if key not in _TRACED_OFFSETS:
+        _TRACED_OFFSETS[key] = (torch.arange(x.shape[0], device=x.device) * step).view(-1, 1, 1)
+    return cast("torch.Tensor", _TRACED_OFFSETS[key])
+
+
+#: the offsets of the graph being traced ("state": its tracing state; (step, device): the offsets)
+_TRACED_OFFSETS: dict[object, object] = {}
+
+
+class _GatherRows(torch.autograd.Function):
+    """data (R, C), index (...) int64 -> (..., C): the rows of data, exported as one Gather (indexing exports with
+    shape arithmetic around it)."""
+
+    @staticmethod
+    def forward(ctx: Any, data: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        return data.index_select(0, index.reshape(-1)).view(*index.shape, data.shape[-1])
+
+    @staticmethod
+    def symbolic(g: Any, data: Any, index: Any) -> Any:
+        return g.op("Gather", data, index, axis_i=0)
+
+
+class _ScatterRows(torch.autograd.Function):
+    """data (R, C), index (...) int64 of distinct rows, updates (..., C) -> data with those rows replaced, exported
+    as one ScatterND (`index_put` exports with a Shape / Slice / Concat / Reshape chain for the updates' shape)."""
+
+    @staticmethod
+    def forward(ctx: Any, data: torch.Tensor, index: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        return data.index_put((index.reshape(-1),), updates.reshape(-1, data.shape[-1]))
+
+    @staticmethod
+    def symbolic(g: Any, data: Any, index: Any, updates: Any) -> Any:
+        return g.op("ScatterND", data, g.op("Unsqueeze", index, g.op("Constant", value_t=torch.tensor([-1]))), updates)
 
 
 def score(x: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
@@ -45,30 +90,38 @@ def _rows(x: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> torch.Ten
     """(B, H, W, C), (B, k) -> (B, k, N) int64 row of each kept window position in x viewed as (B*H*W, C); a padded
     position reads its window's first token."""
     H, W, _ = map_size(x)
-    return window_tables(geom, x.device).safe[idx] + _offsets(x, H * W)
+    return window_tables(geom, x.device).safe[idx] + _offsets(x, H * W, per_image=True)
 
 
 def gather(x: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
     """(B, H, W, C), (B, k) -> (B*k, N, C) kept windows, zeros at padded positions, as `reference.gather`."""
     C, N = int(x.shape[3]), geom.window_area
-    out = x.reshape(-1, C).index_select(0, _rows(x, idx, geom).reshape(-1)).view(-1, N, C)
+    out = _GatherRows.apply(x.reshape(-1, C), _rows(x, idx, geom).view(-1, N))
     pad = window_tables(geom, x.device).pad
     if pad is not None:
         out = out.masked_fill(pad[idx].view(-1, N, 1), 0)
     return out
 
 
+def kept_rows(x: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
+    """(B, H, W, C), (B, k) -> (B*k*N, C): every slot of the kept windows as a row, window-major (one Gather); a
+    padded slot holds its window's first token (not zeros: the exported block zeroes it after norm1)."""
+    C = int(x.shape[3])
+    return _GatherRows.apply(x.reshape(-1, C), _rows(x, idx, geom).reshape(-1))
+
+
 def scatter(x: torch.Tensor, windows: torch.Tensor, idx: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
-    """(B, H, W, C), (B*k, N, C), (B, k) -> (B, H, W, C): x with the kept windows' tokens replaced (padded positions
-    discarded), as `reference.scatter`; a new tensor (one ScatterND in ONNX)."""
+    """(B, H, W, C), (B*k, N, C) or (B*k*N, C), (B, k) -> (B, H, W, C): x with the kept windows' tokens replaced
+    (padded positions discarded), as `reference.scatter`; a new tensor (one ScatterND in ONNX)."""
     H, W, C = map_size(x)
     N = geom.window_area
-    rows = windows.reshape(-1, C).to(x.dtype)
+    rows = windows.to(x.dtype)
+    shape = (-1,) if rows.dim() == 2 else (-1, N)  # the slots, as the rows are laid out
     src = window_tables(geom, x.device).src
     if src is not None:  # a padded slot writes its window's first token with that token's own new value
-        pos = src[idx].view(-1, N) + _offsets(windows, N).view(-1, 1)
-        rows = rows.index_select(0, pos.reshape(-1))
-    out = x.reshape(-1, C).index_put((_rows(x, idx, geom).reshape(-1),), rows)
+        pos = src[idx].view(-1, N) + _offsets(idx.reshape(-1), N).view(-1, 1)
+        rows = _GatherRows.apply(rows.reshape(-1, C), pos.view(shape))
+    out = _ScatterRows.apply(x.reshape(-1, C), _rows(x, idx, geom).view(shape), rows)
     return out.view(-1, H, W, C)
 
 
