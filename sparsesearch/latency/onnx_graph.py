@@ -27,6 +27,7 @@ def fold_reshapes(path: str | Path) -> int:
     removed = _fold(model.graph)
     removed += _drop_identities(model)
     if removed:
+        _drop_unused_constants(model.graph)  # ONNX Runtime warns of each unused initializer it drops
         onnx.save(model, str(path))
     return removed
 
@@ -129,3 +130,12 @@ def _same_shape(shape: Any, target: list[int]) -> bool:
         elif not known or dim.dim_value != want:
             return False
     return True
+
+
+def _drop_unused_constants(graph: Any) -> None:
+    """Remove the Constant nodes and initializers nothing reads any more (the removed Reshapes' target shapes)."""
+    used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
+    used |= {inp.name for inp in graph.input}  # an initializer listed as an input stays (older IRs do that)
+    _remove(graph, {i for i, n in enumerate(graph.node) if n.op_type == "Constant" and n.output[0] not in used})
+    for i in sorted((i for i, t in enumerate(graph.initializer) if t.name not in used), reverse=True):
+        del graph.initializer[i]
