@@ -23,6 +23,11 @@ class ClassifierHead(nn.Module):
         return self.fc(x.mean(dim=(1, 2)))
 
 
+def _size(x: torch.Tensor) -> tuple[int, int]:
+    """(h, w) of an NCHW map as ints: a traced graph (ONNX) then resizes to constants, without shape arithmetic."""
+    return int(x.shape[-2]), int(x.shape[-1])
+
+
 class FPNSegHead(nn.Module):
     """Light FPN (Panoptic-FPN style) semantic segmentation head over stride 4/8/16/32 NHWC features.
 
@@ -45,8 +50,8 @@ class FPNSegHead(nn.Module):
         """feats: NHWC per stage, finest first; returns (B, num_classes, *out_size) logits."""
         lat = [conv(f.permute(0, 3, 1, 2)) for conv, f in zip(self.lateral, feats)]
         for i in range(len(lat) - 1, 0, -1):
-            lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[-2:], mode="nearest")
-        size = lat[0].shape[-2:]
+            lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=_size(lat[i - 1]), mode="nearest")
+        size = _size(lat[0])
         fused = sum(
             F.interpolate(smooth(x), size=size, mode="bilinear", align_corners=False) if i else smooth(x)
             for i, (smooth, x) in enumerate(zip(self.smooth, lat))

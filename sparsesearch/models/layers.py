@@ -256,10 +256,11 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C)."""
-        B, H, W, C = x.shape
+        # sizes as ints and -1 for the batch: a traced graph (ONNX) then carries no shape arithmetic for them
+        H, W, C = int(x.shape[1]), int(x.shape[2]), int(x.shape[3])
         if H % 2 or W % 2:
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
-            H, W = x.shape[1:3]
+            H, W = H + H % 2, W + W % 2
         # channel order (w offset, h offset, C) == Microsoft's cat(x0, x1, x2, x3)
-        x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        x = x.reshape(-1, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).reshape(-1, H // 2, W // 2, 4 * C)
         return self.reduction(self.norm(x))
