@@ -79,8 +79,10 @@ class _ScatterRows(torch.autograd.Function):
 
 def score(x: torch.Tensor, geom: WindowGeometry) -> torch.Tensor:
     """(B, H, W, C) -> (B, nW) float32 window scores, as `reference.score`."""
-    H, W, _ = map_size(x)
-    tok = x.abs().mean(dim=-1, dtype=torch.float32).reshape(-1, H * W)
+    H, W, C = map_size(x)
+    # from the (B*H*W, C) rows the gather and write-back read too: a block after a pruned one then reads the
+    # ScatterND's rows directly (its map-shaped output and the reshape back fold away)
+    tok = x.reshape(-1, C).abs().mean(dim=-1, dtype=torch.float32).reshape(-1, H * W)
     if geom.padded:
         tok = F.pad(tok, (0, 1))  # slot H*W scores 0: padded positions
     return torch.linalg.vector_norm(tok[:, token_index(geom, x.device)], dim=-1)
