@@ -169,27 +169,27 @@ class HieraAttention(nn.Module):
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Bw, L, dim) -> q, k, v, each (Bw, heads, L, head_dim)."""
-        Bw, L, _ = x.shape
-        qkv = self.qkv(x).reshape(Bw, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        L = int(x.shape[1])
+        qkv = self.qkv(x).reshape(-1, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return qkv.unbind(0)
 
     def _out(self, out: torch.Tensor) -> torch.Tensor:
         """(Bw, heads, L, head_dim) -> (Bw, L, dim_out) through `proj`."""
-        Bw, _, L, _ = out.shape
-        return self.proj(out.transpose(1, 2).reshape(Bw, L, self.dim_out))
+        L = int(out.shape[2])
+        return self.proj(out.transpose(1, 2).reshape(-1, L, self.dim_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attention over each of Bw grids, queries pooled if this is a q-pool block.
 
         x: (Bw, h, w, dim) windows or whole maps -> (Bw, h', w', dim_out), (h', w') = (h, w) // q_stride.
         """
-        Bw, h, w, C = x.shape
-        q, k, v = self._qkv(x.reshape(Bw, h * w, C))
+        _, h, w, C = x.shape  # the batch of grids as -1 in each reshape: a dynamic axis of an export
+        q, k, v = self._qkv(x.reshape(-1, h * w, C))
         if self.q_pool is not None:
-            q = _pool_nhwc(self.q_pool, q.transpose(1, 2).reshape(Bw, h, w, self.dim_out))
+            q = _pool_nhwc(self.q_pool, q.transpose(1, 2).reshape(-1, h, w, self.dim_out))
             h, w = int(q.shape[1]), int(q.shape[2])
-            q = q.reshape(Bw, h * w, self.num_heads, self.head_dim).transpose(1, 2)
-        return self._out(F.scaled_dot_product_attention(q, k, v)).view(Bw, h, w, self.dim_out)
+            q = q.reshape(-1, h * w, self.num_heads, self.head_dim).transpose(1, 2)
+        return self._out(F.scaled_dot_product_attention(q, k, v)).view(-1, h, w, self.dim_out)
 
     def attend(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attention over token sets, without query pooling.

@@ -110,13 +110,13 @@ class SamAttention(nn.Module):
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * table_size[1] - 1, self.head_dim))
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        Bw, N, _ = x.shape
-        qkv = self.qkv(x).reshape(Bw, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        N = int(x.shape[1])  # the batch of grids as -1: a dynamic axis of an export
+        qkv = self.qkv(x).reshape(-1, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return qkv.unbind(0)  # each (Bw, heads, N, hd)
 
     def _out(self, out: torch.Tensor) -> torch.Tensor:
-        Bw, _, N, _ = out.shape
-        return self.proj(out.transpose(1, 2).reshape(Bw, N, -1))
+        N = int(out.shape[2])
+        return self.proj(out.transpose(1, 2).reshape(-1, N, self.num_heads * self.head_dim))
 
     def forward_grid(self, x: torch.Tensor, h: int, w: int, crop: bool) -> torch.Tensor:
         """x: (Bw, h*w, C) tokens of full h x w grids (windows, or the whole map) -> (Bw, h*w, C)."""

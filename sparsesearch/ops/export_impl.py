@@ -32,22 +32,27 @@ def map_size(x: torch.Tensor) -> tuple[int, int, int]:
 def _offsets(x: torch.Tensor, step: int, per_image: bool = False) -> torch.Tensor:
     """(B, 1, 1) int64 [0, step, 2*step, ...] for the B rows of x (B a graph value when traced).
 
-    `per_image` (x a batch of maps, so B is the graph's batch): traced once per step and graph, since every block of
-    a stage adds the same offsets, and each computation is five nodes (Shape, Gather, Range, Mul, Reshape) that
-    ONNX Runtime cannot merge (each reads its own block's input)."""
+    `per_image` (x a batch of maps, so B is the graph's batch): the image numbers [0, 1, ...] are traced once per
+    graph and each step's offsets once, since every pruned block of a stage adds the same offsets: traced per block
+    they are five nodes each (Shape, Gather, Range, Mul, Reshape) that ONNX Runtime cannot merge (each reads its own
+    block's input), here four for the graph and one Mul per step."""
     state = torch._C._get_tracing_state() if per_image else None
     if state is None:
         return (torch.arange(x.shape[0], device=x.device) * step).view(-1, 1, 1)
     if _TRACED_OFFSETS.get("state") is not state:
         _TRACED_OFFSETS.clear()
         _TRACED_OFFSETS["state"] = state
+    images = ("images", str(x.device))
+    if images not in _TRACED_OFFSETS:
+        _TRACED_OFFSETS[images] = torch.arange(x.shape[0], device=x.device).view(-1, 1, 1)
     key = (step, str(x.device))
     if key not in _TRACED_OFFSETS:
-        _TRACED_OFFSETS[key] = (torch.arange(x.shape[0], device=x.device) * step).view(-1, 1, 1)
+        _TRACED_OFFSETS[key] = cast("torch.Tensor", _TRACED_OFFSETS[images]) * step
     return cast("torch.Tensor", _TRACED_OFFSETS[key])
 
 
-#: the offsets of the graph being traced ("state": its tracing state; (step, device): the offsets)
+#: the graph being traced ("state": its tracing state; ("images", device): its image numbers (B, 1, 1); (step,
+#: device): the offsets of a step)
 _TRACED_OFFSETS: dict[object, object] = {}
 
 
