@@ -1,8 +1,8 @@
 """torch eager vs ONNX Runtime (fp32 and dynamic int8) of the exported models, dense vs pruned, in one table.
 
     .venv/bin/python benchmarks/bench_onnx.py [--model demo demo_backbone swin_t_512 samvit_nano]
-        [--sparsity 0.5 0.7] [--config best.json] [--threads 1 2] [--isolate process|passive] [--rounds 3]
-        [--min-time 1.0] [--no-int8] [--no-malloc] [--json out.json]
+        [--sparsity 0.5 0.7] [--config best.json] [--threads 1 2] [--isolate process|passive] [--ort-spin]
+        [--rounds 3] [--min-time 1.0] [--no-int8] [--no-malloc] [--json out.json]
 
 Models (--model): "demo" is the demo space's model (search_spaces/demo.yaml: swin_nano, embed 48, windows 8/8/8/4,
 FPN segmentation head, 4 classes) at 256x256, "demo_backbone" the same model without its head; "swin_t_512" the
@@ -18,6 +18,11 @@ Each config is exported as `sparsesearch export --onnx` exports it (`export_onnx
 dynamic batch axis, opset 18) and quantised as `--quantize dynamic` does (`quantize_onnx`); ONNX Runtime runs it on
 the CPU provider with every graph optimisation, the row's intra-op threads, one inter-op thread and thread spinning
 off (`latency.runtime.ort_session`); torch runs the model in eager inference (`torch.inference_mode`), batch 1.
+--ort-spin runs ONNX Runtime with its default threading instead: threads spinning between operators, one pool shared
+by the worker's sessions (as a process serving one model runs it); torch's OpenMP threads spin between operators by
+default either way. With spinning off, every operator ONNX Runtime splits across threads first wakes a sleeping
+thread (about 10 us at 2 threads on the AMD EPYC VM), which a pruned graph, with its score and write-back operators,
+pays more often than the dense one.
 
 Timing: within a process the configs are timed interleaved forward by forward, each timed call right after an
 untimed one of its own (as bench_model.py; --rounds x about --min-time seconds of passes per config); "x dense" is
@@ -71,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--isolate", choices=["process", "passive"], default="process",
                     help="each runtime in its own process, or all in one with passive thread pools")  # fmt: skip
+    ap.add_argument("--ort-spin", action="store_true",
+                    help="ORT's default spinning threads, one pool per worker (with --isolate process)")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=3, help="rounds of interleaved passes")
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds per config per round (about)")
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 models")
@@ -171,7 +178,7 @@ def _callers(job: dict[str, Any], runtime: str, threads: int) -> tuple[dict[str,
 
     out: dict[str, Callable[[], object]] = {}
     for name, files in job["files"].items():
-        sess = OrtCall(ort_session(Path(files[runtime]).read_bytes(), threads))
+        sess = OrtCall(ort_session(Path(files[runtime]).read_bytes(), threads, spinning=bool(job["ort_spin"])))
         xn = xs[name].numpy()
         out[name] = lambda s=sess, xn=xn: s(xn)  # type: ignore[misc]
     return out, None
@@ -224,7 +231,8 @@ def run_job(job: dict[str, Any], runtimes: list[str], threads: int, args: argpar
     """Run one worker process on `runtimes` at `threads`; its samples."""
     path = folder / f"job_{job['preset']}_{threads}_{'_'.join(runtimes)}.json"
     path.write_text(json.dumps({**job, "runtimes": runtimes, "threads": threads, "rounds": args.rounds,
-                                "min_time": args.min_time, "malloc": not args.no_malloc}))  # fmt: skip
+                                "min_time": args.min_time, "malloc": not args.no_malloc,
+                                "ort_spin": args.ort_spin}))  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     if args.isolate == "passive":
         env["OMP_WAIT_POLICY"] = "PASSIVE"
@@ -268,8 +276,9 @@ def print_table(records: list[dict], args: argparse.Namespace) -> None:
         how = "each runtime in its own process (ORT/torch: ratio of medians)"
     else:
         how = "all runtimes interleaved in one process, both thread pools passive (ORT/torch: per-pass ratios)"
+    spin = "spinning threads, one pool per worker" if args.ort_spin else "no spinning"
     print(
-        f"# torch eager vs ONNX Runtime {ort.__version__} (CPU provider, ORT_ENABLE_ALL, no spinning), batch 1, "
+        f"# torch eager vs ONNX Runtime {ort.__version__} (CPU provider, ORT_ENABLE_ALL, {spin}), batch 1, "
         f"configs interleaved forward by forward; {how}; {args.rounds} rounds of about {args.min_time} s per config"
     )
     malloc = "glibc defaults" if args.no_malloc else "glibc tuned as `sparsesearch profile` tunes it"
@@ -291,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker is not None:
         run_worker(args.worker)
         return
+    if args.ort_spin and args.isolate != "process":
+        sys.exit("bench_onnx: --ort-spin times ONNX Runtime in a process of its own: use it with --isolate process")
     runtimes = [rt for rt in RUNTIMES if not (args.no_int8 and rt == "ort_int8")]
     records: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-onnx-") as tmp:
@@ -308,7 +319,10 @@ def main(argv: list[str] | None = None) -> None:
     print_table(records, args)
     if args.json:
         args.json.write_text(
-            json.dumps({"machine": machine_line(), "isolate": args.isolate, "rows": records}, indent=1)
+            json.dumps(
+                {"machine": machine_line(), "isolate": args.isolate, "ort_spin": args.ort_spin, "rows": records},
+                indent=1,
+            )
         )
 
 

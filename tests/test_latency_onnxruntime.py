@@ -202,3 +202,39 @@ def test_evolve_searches_against_an_onnxruntime_table(ort_table, space, tmp_path
     assert main([*args, "--generations", "1", "--no-refine"]) == 0
     assert "table speed check" in capsys.readouterr().out  # timed in ONNX Runtime, the table's runtime
     assert (tmp_path / "run" / "best.json").is_file()
+
+
+_SPINNING = """
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+from sparsesearch.errors import LatencyTableError
+from sparsesearch.latency.runtime import OrtCall, ort_session
+
+w = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+graph = helper.make_graph(
+    [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 8])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])],
+    initializer=[numpy_helper.from_array(w, "w")],
+)
+data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9).SerializeToString()
+x = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
+a, b = (OrtCall(ort_session(data, 2, spinning=True)) for _ in range(2))
+assert abs(a(x)[0] - x @ w).max() < 1e-5 and abs(b(x)[0] - x @ w).max() < 1e-5
+try:
+    ort_session(data, 1, spinning=True)
+except LatencyTableError as e:
+    print("refused:", e)
+"""
+
+
+def test_spinning_sessions_share_one_pool_of_one_thread_count():
+    """`ort_session(spinning=True)` (bench_onnx --ort-spin): sessions of one process share one spinning pool and give
+    the model's outputs; asking that process for another thread count is one clear error. In a subprocess: the pool
+    belongs to ONNX Runtime's environment, one per process."""
+    import subprocess  # noqa: PLC0415
+
+    proc = subprocess.run([sys.executable, "-c", _SPINNING], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = proc.stdout.strip()
+    assert line.startswith("refused:") and "2 threads, not 1" in line and "\n" not in line

@@ -143,23 +143,53 @@ def onnx_bytes(fn: Callable[[torch.Tensor], Any], example: torch.Tensor, model: 
         return path.read_bytes()
 
 
-def ort_session(data: bytes, threads: int) -> Any:
+def ort_session(data: bytes, threads: int, spinning: bool = False) -> Any:
     """An ONNX Runtime session of a serialized model: CPU provider, all graph optimisations, `threads` intra-op
     threads, one inter-op thread, no thread spinning (a spinning pool would take the CPU between timed calls), and
-    the process's one shared CPU arena (`_shared_arena`)."""
+    the process's one shared CPU arena (`_shared_arena`).
+
+    `spinning`: ONNX Runtime's default threading instead, its threads spinning between operators, in one pool of
+    `threads` shared by every session of the process (`_spinning_pool`; sessions with pools of their own would spin
+    against each other): how a process serving one model runs it with default settings."""
     runtime_version("onnxruntime")
     import onnxruntime as ort  # noqa: PLC0415
 
+    if spinning:
+        _spinning_pool(ort, int(threads))
     _shared_arena(ort)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = int(threads)
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if spinning:
+        so.use_per_session_threads = False
+    else:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.add_session_config_entry("session.use_env_allocators", "1")
     return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+_POOL: list[int] = []  # the thread count of this process's shared spinning pool, once made
+
+
+def _spinning_pool(ort: Any, threads: int) -> None:
+    """Give ONNX Runtime's environment one intra-op pool of `threads` (ORT's defaults: spinning), once per process,
+    before any session exists; a later call for another count is an error (the pool cannot change)."""
+    if _POOL:
+        if _POOL[0] != threads:
+            raise LatencyTableError(
+                f"this process's shared ONNX Runtime pool has {_POOL[0]} threads, not {threads}: time other thread "
+                "counts in a process of their own"
+            )
+        return
+    if _ARENA:
+        raise LatencyTableError("the shared ONNX Runtime pool must be made before any session: make it first")
+    from onnxruntime.capi import _pybind_state  # noqa: PLC0415
+
+    _pybind_state.set_global_thread_pool_sizes(threads, 1)
+    _POOL.append(threads)
 
 
 _ARENA: list[bool] = []  # whether this process registered the shared arena
