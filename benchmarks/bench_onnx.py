@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_onnx.py [--model demo demo_backbone swin_t_512 samvit_nano]
         [--sparsity 0.5 0.7] [--config best.json] [--threads 1 2] [--isolate process|passive] [--ort-spin]
-        [--rounds 3] [--min-time 1.0] [--no-int8] [--no-malloc] [--json out.json]
+        [--rounds 3] [--min-time 1.0] [--repeat 1] [--no-int8] [--no-malloc] [--json out.json]
 
 Models (--model): "demo" is the demo space's model (search_spaces/demo.yaml: swin_nano, embed 48, windows 8/8/8/4,
 FPN segmentation head, 4 classes) at 256x256, "demo_backbone" the same model without its head; "swin_t_512" the
@@ -30,7 +30,8 @@ the median of the per-pass ratios to the dense call of the same pass. --isolate 
 runtime in its own process, one after the other, so the thread pools of torch and ONNX Runtime never meet; the
 ORT/torch ratios then compare medians of separate processes. --isolate passive times all runtimes interleaved in one
 process with both pools passive (OMP_WAIT_POLICY=PASSIVE for torch, no spinning for ONNX Runtime); ORT/torch is then
-also a median of per-pass ratios. The output says which.
+also a median of per-pass ratios. The output says which. --repeat N runs the processes N times, one after the other,
+and pools their passes: a process caught in a slow spell of the machine then moves the figures less.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="ORT's default spinning threads, one pool per worker (with --isolate process)")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=3, help="rounds of interleaved passes")
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds per config per round (about)")
+    ap.add_argument("--repeat", type=int, default=1, help="run each model's worker processes this many times")
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 models")
     ap.add_argument("--no-malloc", action="store_true", help="keep glibc malloc defaults in the workers")
     ap.add_argument("--json", type=Path, help="also write the figures here (JSON)")
@@ -242,6 +244,23 @@ def run_job(job: dict[str, Any], runtimes: list[str], threads: int, args: argpar
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _samples(job: dict[str, Any], runtimes: list[str], threads: int, args: argparse.Namespace, folder: Path) -> dict:
+    """{runtime: {config: [ms per pass]}} of one run: a process per runtime (--isolate process) or one for all."""
+    if args.isolate == "process":
+        return {rt: run_job(job, [rt], threads, args, folder)[rt] for rt in runtimes}
+    return run_job(job, runtimes, threads, args, folder)
+
+
+def _pooled(runs: list[dict[str, dict[str, list[float]]]]) -> dict[str, dict[str, list[float]]]:
+    """The passes of several runs, run after run (pass i of every config still comes from one pass)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        for rt, by_cfg in run.items():
+            for name, got in by_cfg.items():
+                out.setdefault(rt, {}).setdefault(name, []).extend(got)
+    return out
+
+
 def _ratio(a: list[float], b: list[float]) -> float:
     """Median of per-pass ratios a/b."""
     return statistics.median(x / y for x, y in zip(a, b))
@@ -280,6 +299,7 @@ def print_table(records: list[dict], args: argparse.Namespace) -> None:
     print(
         f"# torch eager vs ONNX Runtime {ort.__version__} (CPU provider, ORT_ENABLE_ALL, {spin}), batch 1, "
         f"configs interleaved forward by forward; {how}; {args.rounds} rounds of about {args.min_time} s per config"
+        + (f", {args.repeat} runs of the processes pooled" if args.repeat > 1 else "")
     )
     malloc = "glibc defaults" if args.no_malloc else "glibc tuned as `sparsesearch profile` tunes it"
     print(
@@ -311,10 +331,7 @@ def main(argv: list[str] | None = None) -> None:
             job = export_all(preset, args, folder)
             for threads in args.threads:
                 print(f"# timing {preset} at {threads} threads ...", file=sys.stderr, flush=True)
-                if args.isolate == "process":
-                    samples = {rt: run_job(job, [rt], threads, args, folder)[rt] for rt in runtimes}
-                else:
-                    samples = run_job(job, runtimes, threads, args, folder)
+                samples = _pooled([_samples(job, runtimes, threads, args, folder) for _ in range(args.repeat)])
                 records += rows_of(preset, threads, samples, args.isolate == "passive")
     print_table(records, args)
     if args.json:
