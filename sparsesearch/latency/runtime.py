@@ -185,7 +185,10 @@ def _spinning_pool(ort: Any, threads: int) -> None:
             )
         return
     if _ARENA:
-        raise LatencyTableError("the shared ONNX Runtime pool must be made before any session: make it first")
+        raise LatencyTableError(
+            "ONNX Runtime's shared pool can only be made before the process's first session: ask for spinning "
+            "sessions in a process of their own"
+        )
     from onnxruntime.capi import _pybind_state  # noqa: PLC0415
 
     _pybind_state.set_global_thread_pool_sizes(threads, 1)
