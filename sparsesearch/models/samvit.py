@@ -16,6 +16,7 @@ as the tiling of its global block) and one sparsity per block, so SAM ViT-B's 12
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -30,7 +31,7 @@ from ..ops import WindowGeometry
 from .checkpoint import LoadReport
 from .family import ModelFamily, PartInputs, PartPlan, StageShape, head_part, register_family
 from .heads import ClassifierHead, PyramidSegHead
-from .layers import DropPath, Mlp, init_linear_weights
+from .layers import DropPath, Mlp, _exporting, _rows_of, init_linear_weights
 from .registry import register_models
 from .window_block import PrunedWindowBlock, WindowPrunableModel, run_blocks
 
@@ -120,6 +121,8 @@ class SamAttention(nn.Module):
 
     def forward_grid(self, x: torch.Tensor, h: int, w: int, crop: bool) -> torch.Tensor:
         """x: (Bw, h*w, C) tokens of full h x w grids (windows, or the whole map) -> (Bw, h*w, C)."""
+        if _exporting():
+            return self._forward_grid_export(x, h, w, crop)
         q, k, v = self._qkv(x)
         bias = None
         if self.use_rel_pos:
@@ -130,6 +133,26 @@ class SamAttention(nn.Module):
             rel_w = torch.einsum("bnhwc,wkc->bnhwk", rq, Rw)
             bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(*q.shape[:2], h * w, h * w)
         return self._out(F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
+
+    def _forward_grid_export(self, x: torch.Tensor, h: int, w: int, crop: bool) -> torch.Tensor:
+        """`forward_grid` as the exporter should see it, the same values: the linears on 2-d rows (ONNX Runtime's
+        Gemm with its bias), qkv split by one Transpose and one Split, the scale a constant (SDPA's export derives
+        it from the traced head size: Shape, Slice, Cast, Sqrt, Div and two Muls per block), the relative
+        positions as batched MatMuls (ONNX Runtime's Einsum transposes and copies around one), the attention
+        written out (MatMul, Add, Softmax, MatMul)."""
+        N, C = int(x.shape[1]), int(x.shape[2])
+        nh, d = self.num_heads, self.head_dim
+        q, k, v = self.qkv(_rows_of(x)).reshape(-1, N, 3 * nh, d).transpose(1, 2).split(nh, dim=1)  # (Bw, nh, N, d)
+        attn = (q * (1.0 / math.sqrt(d))) @ k.transpose(-2, -1)  # (Bw, nh, N, N); SDPA's default scale
+        if self.use_rel_pos:
+            Rh = _rel_grid(self.rel_pos_h, h, crop).to(q.dtype)  # (h, h, d)
+            Rw = _rel_grid(self.rel_pos_w, w, crop).to(q.dtype)  # (w, w, d)
+            rq = q.reshape(-1, nh, h, w, d)
+            rel_h = rq @ Rh.transpose(1, 2)  # (Bw, nh, h, w, h): row i's queries against Rh[i]
+            rel_w = (rq.transpose(2, 3) @ Rw.transpose(1, 2)).transpose(2, 3)  # (Bw, nh, h, w, w)
+            attn = attn + (rel_h[..., :, None] + rel_w[..., None, :]).reshape(-1, nh, N, N)
+        out = attn.softmax(dim=-1) @ v  # (Bw, nh, N, d)
+        return self.proj(out.transpose(1, 2).reshape(-1, C)).view(-1, N, C)
 
     def forward_windows(
         self, x: torch.Tensor, win_rows: torch.Tensor, win_cols: torch.Tensor, wh: int, ww: int, H: int, W: int
@@ -161,7 +184,11 @@ class SamAttention(nn.Module):
         bh = bh.masked_fill((rows >= H).view(B, 1, 1, nk * wh), float("-inf"))
         bw = bw.masked_fill((cols >= W).view(B, 1, 1, nk * ww), float("-inf"))
         bias = bh.view(B, nh, L, nk, wh, 1) + bw.view(B, nh, L, nk, 1, ww)
-        return self._out(F.scaled_dot_product_attention(q, k, v, attn_mask=bias.view(B, nh, L, L)))
+        # the default scale, given: exported, a constant rather than computed from the traced head size
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias.view(B, nh, L, L), scale=1.0 / math.sqrt(self.head_dim)
+        )
+        return self._out(out)
 
     @staticmethod
     def _rel_per_coord(q: torch.Tensor, coord: torch.Tensor, table: torch.Tensor, size: int) -> torch.Tensor:
