@@ -48,7 +48,7 @@ INSTALL_HINT = "pip install 'sparsesearch[onnx]'"
 OPSET = 18
 #: the version of the exported graph's form (bumped when the export of a block changes what ONNX Runtime runs):
 #: an onnxruntime table records it, and one of another form is refused (its figures time another graph)
-EXPORT_FORM = 6
+EXPORT_FORM = 7
 
 
 def check_runtime(runtime: str) -> str:

@@ -40,7 +40,7 @@ from ..ops import WindowGeometry
 from .checkpoint import LoadReport
 from .family import ModelFamily, PartInputs, PartPlan, StageShape, head_part, register_family
 from .heads import ClassifierHead, FPNSegHead
-from .layers import DropPath, Mlp, init_linear_weights
+from .layers import DropPath, Mlp, _exporting, _rows_of, init_linear_weights
 from .pruned_path import ScoreCarry
 from .registry import register_models
 from .window_block import (
@@ -170,13 +170,23 @@ class HieraAttention(nn.Module):
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Bw, L, dim) -> q, k, v, each (Bw, heads, L, head_dim)."""
         L = int(x.shape[1])
-        qkv = self.qkv(x).reshape(-1, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        rows = _rows_of(x) if _exporting() else x  # exported: a 2-d linear, one Gemm with its bias
+        qkv = self.qkv(rows).reshape(-1, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return qkv.unbind(0)
 
     def _out(self, out: torch.Tensor) -> torch.Tensor:
         """(Bw, heads, L, head_dim) -> (Bw, L, dim_out) through `proj`."""
         L = int(out.shape[2])
+        if _exporting():
+            return self.proj(out.transpose(1, 2).reshape(-1, self.dim_out)).view(-1, L, self.dim_out)
         return self.proj(out.transpose(1, 2).reshape(-1, L, self.dim_out))
+
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """SDPA with its default scale given: exported, a constant rather than computed from the traced head size
+        (Shape, Slice, Cast, Sqrt, Div per block)."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(self.head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attention over each of Bw grids, queries pooled if this is a q-pool block.
@@ -189,7 +199,7 @@ class HieraAttention(nn.Module):
             q = _pool_nhwc(self.q_pool, q.transpose(1, 2).reshape(-1, h, w, self.dim_out))
             h, w = int(q.shape[1]), int(q.shape[2])
             q = q.reshape(-1, h * w, self.num_heads, self.head_dim).transpose(1, 2)
-        return self._out(F.scaled_dot_product_attention(q, k, v)).view(-1, h, w, self.dim_out)
+        return self._out(self._attend(q, k, v)).view(-1, h, w, self.dim_out)
 
     def attend(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attention over token sets, without query pooling.
@@ -200,7 +210,7 @@ class HieraAttention(nn.Module):
             raise ValueError("a q-pool attention pools its queries on a grid: call it with (B, h, w, C)")
         q, k, v = self._qkv(x)
         mask = None if key_mask is None else key_mask[:, None, None, :]
-        return self._out(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+        return self._out(self._attend(q, k, v, mask))
 
 
 class HieraBlock(PrunedWindowBlock):
