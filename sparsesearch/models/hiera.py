@@ -40,7 +40,7 @@ from ..ops import WindowGeometry
 from .checkpoint import LoadReport
 from .family import ModelFamily, PartInputs, PartPlan, StageShape, head_part, register_family
 from .heads import ClassifierHead, FPNSegHead
-from .layers import DropPath, Mlp, _exporting, _rows_of, init_linear_weights
+from .layers import DropPath, Mlp, _rows_of, init_linear_weights
 from .pruned_path import ScoreCarry
 from .registry import register_models
 from .window_block import (
@@ -170,16 +170,14 @@ class HieraAttention(nn.Module):
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Bw, L, dim) -> q, k, v, each (Bw, heads, L, head_dim)."""
         L = int(x.shape[1])
-        rows = _rows_of(x) if _exporting() else x  # exported: a 2-d linear, one Gemm with its bias
-        qkv = self.qkv(rows).reshape(-1, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # on 2-d rows (the same product as on (Bw, L, dim)): exported, one Gemm with its bias, not MatMul + Add
+        qkv = self.qkv(_rows_of(x)).reshape(-1, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return qkv.unbind(0)
 
     def _out(self, out: torch.Tensor) -> torch.Tensor:
         """(Bw, heads, L, head_dim) -> (Bw, L, dim_out) through `proj`."""
         L = int(out.shape[2])
-        if _exporting():
-            return self.proj(out.transpose(1, 2).reshape(-1, self.dim_out)).view(-1, L, self.dim_out)
-        return self.proj(out.transpose(1, 2).reshape(-1, L, self.dim_out))
+        return self.proj(out.transpose(1, 2).reshape(-1, self.dim_out)).view(-1, L, self.dim_out)
 
     def _attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
